@@ -1,0 +1,10 @@
+project = "encanalyze"
+author = "encanalyze developers"
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon"]
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+autodoc_typehints = "description"
+autodoc_member_order = "bysource"
+html_theme = "alabaster"
+exclude_patterns = ["_build"]
+nitpicky = False

@@ -1,0 +1,114 @@
+"""The one place that talks to array-api-compat: namespaces, devices and dtypes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+Array = Any
+Namespace = Any
+
+__all__ = [
+    "Array",
+    "Namespace",
+    "check_same_home",
+    "default_float",
+    "device_of",
+    "float_dtype",
+    "namespace_name",
+    "namespace_of",
+    "work_dtype",
+]
+
+
+def namespace_of(*arrays: Array) -> Namespace:
+    """Return the array API namespace of ``arrays``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array (a list, a Python scalar, ...) or the arrays belong to
+        different namespaces.
+    """
+    for x in arrays:
+        python_scalar = isinstance(x, (bool, int, float, complex))
+        if not array_api_compat.is_array_api_obj(x) or (
+            python_scalar and not array_api_compat.is_numpy_array(x)  # NumPy scalars are 0-d
+        ):
+            raise TypeError(
+                f"expected an array (NumPy, torch, CuPy or any array API array), got "
+                f"{type(x).__name__}; pass an array, e.g. numpy.asarray(x)"
+            )
+    return array_api_compat.array_namespace(*arrays)
+
+
+def device_of(x: Array) -> Any:
+    """Return the device ``x`` lives on."""
+    return array_api_compat.device(x)
+
+
+def namespace_name(xp: Namespace) -> str:
+    """Return a short human name for a namespace (``numpy``, ``torch``, ``array_api_strict``)."""
+    return xp.__name__.removeprefix("array_api_compat.")
+
+
+def default_float(xp: Namespace, device: Any) -> Any:
+    """Return the namespace's default real floating dtype on ``device``."""
+    return xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+
+
+def float_dtype(xp: Namespace, x: Array) -> Any:
+    """Return the floating dtype that stats and encodings of ``x`` are kept in.
+
+    Real floating inputs keep their dtype; integer and bool inputs use the namespace's default
+    floating dtype.
+
+    Raises
+    ------
+    TypeError
+        For complex or non-numeric dtypes.
+    """
+    dtype = x.dtype
+    try:
+        if xp.isdtype(dtype, "real floating"):
+            return dtype
+        if xp.isdtype(dtype, ("integral", "bool")):
+            return default_float(xp, device_of(x))
+        is_complex = xp.isdtype(dtype, "complex floating")
+    except (TypeError, ValueError, KeyError):
+        is_complex = False
+    kind = "complex" if is_complex else "non-numeric"
+    raise TypeError(
+        f"unsupported {kind} dtype {dtype}: encodings are computed for real floating, integer "
+        f"and bool arrays"
+    )
+
+
+def work_dtype(xp: Namespace, dtype: Any) -> Any:
+    """Return the dtype to do encoding arithmetic in: float64 for float64, else float32."""
+    return xp.float64 if dtype == xp.float64 else xp.float32
+
+
+def check_same_home(home: tuple[Namespace, Any], xp: Namespace, x: Array) -> None:
+    """Raise if ``x`` (of namespace ``xp``) does not live in ``home = (namespace, device)``.
+
+    Raises
+    ------
+    TypeError
+        When the namespaces differ (both are named).
+    ValueError
+        When the devices differ (both are named).
+    """
+    xp_ref, dev_ref = home
+    if xp_ref is not xp:
+        raise TypeError(
+            f"this analyzer's statistics are {namespace_name(xp_ref)} arrays but the input is a "
+            f"{namespace_name(xp)} array; use one namespace per analyzer (or reset_stats())"
+        )
+    dev_x = device_of(x)
+    if dev_ref != dev_x:
+        raise ValueError(
+            f"this analyzer's statistics are on device {dev_ref} but the input is on device "
+            f"{dev_x}; move the input there (or reset_stats())"
+        )

@@ -1,0 +1,125 @@
+"""The min-max encoding rules and conversions between (min, max) and (scale, offset).
+
+All functions are pure and work on all encodings at once.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+from ._xp import Array, Namespace, device_of, namespace_of, work_dtype
+
+__all__ = [
+    "EPS_FLOAT32",
+    "minimum_scale",
+    "minmax_encoding",
+    "symmetric_steps",
+    "to_scale_offset",
+    "validate_num_steps",
+]
+
+EPS_FLOAT32 = 2.0**-23
+"""Machine epsilon of float32."""
+
+
+def validate_num_steps(num_steps: object, is_symmetric: bool = False) -> int:
+    """Return ``num_steps`` as an int after validating it.
+
+    ``num_steps`` may be an int or an integral float (``math.pow(2, 8)``) and must be > 0;
+    symmetric encodings need at least 2 steps.
+
+    Raises
+    ------
+    TypeError
+        If ``num_steps`` is not a real number (bools included).
+    ValueError
+        If it is zero, negative, non-integral or non-finite, or < 2 for symmetric encodings.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Real):
+        raise TypeError(f"num_steps must be an int or an integral float, got {num_steps!r}")
+    value = float(num_steps)
+    if not math.isfinite(value) or value != math.floor(value) or value <= 0:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    steps = int(value)
+    if is_symmetric and steps < 2:
+        raise ValueError(f"symmetric encodings need num_steps >= 2, got {num_steps!r}")
+    return steps
+
+
+def minimum_scale(num_steps: int) -> float:
+    """Return the smallest scale an encoding may have: ``min(eps_float32, 0.01 / num_steps)``."""
+    return min(EPS_FLOAT32, 0.01 / num_steps)
+
+
+def symmetric_steps(num_steps: int) -> tuple[int, int]:
+    """Return ``(negative, positive)`` steps of a symmetric grid: ``(ceil(n/2), floor(n/2))``."""
+    return (num_steps + 1) // 2, num_steps // 2
+
+
+def minmax_encoding(
+    xp: Namespace, lo: Array, hi: Array, num_steps: int, is_symmetric: bool
+) -> tuple[Array, Array]:
+    """Apply the min-max encoding rules to a ``(lo, hi)`` pair of arrays.
+
+    1. Zero is put into the range.
+    2. Ranges narrower than ``num_steps * minimum_scale(num_steps)`` are widened.
+    3. Symmetric encodings get ``ceil(n/2)`` negative and ``floor(n/2)`` positive steps of one
+       delta (with one extra positive step in the delta for the 2-bit grid, ``n == 3``).
+    4. Infinities are clamped to the dtype's finite extremes (with a ``RuntimeWarning``).
+
+    Arithmetic happens in float32 (float64 for float64 inputs); the result has ``lo``'s dtype.
+    """
+    out_dtype = lo.dtype
+    wd = work_dtype(xp, out_dtype)
+    lo = xp.minimum(xp.astype(lo, wd), xp.asarray(0.0, dtype=wd, device=device_of(lo)))
+    hi = xp.maximum(xp.astype(hi, wd), xp.asarray(0.0, dtype=wd, device=device_of(hi)))
+    s = minimum_scale(num_steps)
+    neg, pos = symmetric_steps(num_steps)
+    narrow = (hi - lo) / num_steps < s
+    if is_symmetric:
+        hi = xp.where(narrow, hi + pos * s, hi)
+        lo = xp.where(narrow, lo - neg * s, lo)
+        pos_delta = pos + 1 if num_steps == 3 else pos
+        delta = xp.maximum(hi / pos_delta, -lo / neg)
+        lo, hi = -neg * delta, pos * delta
+    else:
+        hi = xp.where(narrow, hi + num_steps * s, hi)
+    return _clamp_to_finite(xp, lo, hi, out_dtype)
+
+
+def _clamp_to_finite(xp: Namespace, lo: Array, hi: Array, dtype) -> tuple[Array, Array]:
+    big = float(xp.finfo(dtype).max)
+    lo_c = xp.clip(lo, -big, big)
+    hi_c = xp.clip(hi, -big, big)
+    if bool(xp.any((lo_c != lo) | (hi_c != hi))):
+        warnings.warn(
+            f"encodings were infinite or beyond {dtype}'s range and were clamped to its finite "
+            f"extremes (+-{big:.6g})",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return xp.astype(lo_c, dtype), xp.astype(hi_c, dtype)
+
+
+def to_scale_offset(
+    enc_min: Array, enc_max: Array, num_steps: int | float, is_symmetric: bool = False
+) -> tuple[Array, Array]:
+    """Turn encodings into ``scale = (max - min) / n`` and integer ``offset = round(min / scale)``.
+
+    Symmetric encodings get their exact offset ``-ceil(n/2)`` (``-128`` for 8 bit). The offset
+    is returned as int64.
+    """
+    xp = namespace_of(enc_min, enc_max)
+    num_steps = validate_num_steps(num_steps, is_symmetric)
+    wd = work_dtype(xp, enc_min.dtype)
+    lo, hi = xp.astype(enc_min, wd), xp.astype(enc_max, wd)
+    scale = (hi - lo) / num_steps
+    if is_symmetric:
+        offset = xp.full(
+            lo.shape, -symmetric_steps(num_steps)[0], dtype=xp.int64, device=device_of(lo)
+        )
+    else:
+        offset = xp.astype(xp.round(lo / scale), xp.int64)
+    return xp.astype(scale, enc_min.dtype), offset

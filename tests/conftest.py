@@ -1,0 +1,126 @@
+"""The ``backend`` fixture: one parametrisation per installed array backend.
+
+``ENCANALYZE_BACKENDS`` (comma-separated: numpy, array_api_strict, torch, torch-cuda, cupy)
+picks the backends; by default every installed CPU backend runs, plus torch-cuda and cupy where
+a GPU is present. A backend named explicitly but not available is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "torch-cuda", "cupy")
+
+
+def _gpu_available(name: str) -> bool:
+    try:
+        if name == "torch-cuda":
+            import torch
+
+            return torch.cuda.is_available()
+        if name == "cupy":
+            import cupy
+
+            return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+    return False
+
+
+def _installed(name: str) -> bool:
+    module = {"torch-cuda": "torch"}.get(name, name)
+    if importlib.util.find_spec(module) is None:
+        return False
+    return name not in ("torch-cuda", "cupy") or _gpu_available(name)
+
+
+def selected_backends() -> list[str]:
+    env = os.environ.get("ENCANALYZE_BACKENDS", "").strip()
+    if not env:
+        return [b for b in ALL_BACKENDS if _installed(b)]
+    names = [n.strip() for n in env.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_BACKENDS]
+    if unknown:
+        raise pytest.UsageError(f"ENCANALYZE_BACKENDS: unknown backends {unknown}")
+    return names
+
+
+@dataclass
+class Backend:
+    """An array backend under test: its namespace, device and converters."""
+
+    name: str
+    xp: Any
+    device: Any
+
+    def asarray(self, a, dtype: str | None = None):
+        """Convert a NumPy array (or nested list) to this backend, optionally casting."""
+        a = np.asarray(a)
+        if dtype is not None:
+            a = a.astype(dtype)
+        if self.name == "array_api_strict":
+            return self.xp.asarray(a)
+        return self.xp.asarray(a, device=self.device)
+
+    def dtype(self, name: str):
+        return getattr(self.xp, name)
+
+    def to_numpy(self, a) -> np.ndarray:
+        if self.name.startswith("torch"):
+            return a.detach().cpu().numpy()
+        if self.name == "cupy":
+            return a.get()
+        return np.from_dlpack(a) if self.name == "array_api_strict" else np.asarray(a)
+
+    def check(self, a, shape=None, dtype=None) -> None:
+        """Assert ``a`` lives in this backend's namespace and device (and has shape/dtype)."""
+        import array_api_compat
+
+        assert array_api_compat.array_namespace(a) is self.xp, type(a)
+        assert array_api_compat.device(a) == self.device
+        if shape is not None:
+            assert tuple(a.shape) == tuple(shape)
+        if dtype is not None:
+            want = self.dtype(dtype) if isinstance(dtype, str) else dtype
+            assert a.dtype == want, (a.dtype, want)
+
+
+def make_backend(name: str) -> Backend:
+    import array_api_compat
+
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+
+        return Backend(name, xp, "cpu")
+    if name == "array_api_strict":
+        import array_api_strict as xp
+
+        return Backend(name, xp, xp.Device("CPU_DEVICE"))
+    if name in ("torch", "torch-cuda"):
+        import torch
+
+        xp = array_api_compat.array_namespace(torch.empty(0))
+        dev = torch.device("cuda", 0) if name == "torch-cuda" else torch.device("cpu")
+        return Backend(name, xp, dev)
+    if name == "cupy":
+        import cupy
+
+        xp = array_api_compat.array_namespace(cupy.empty(0))
+        return Backend(name, xp, cupy.cuda.Device(0))
+    raise ValueError(name)
+
+
+@pytest.fixture(params=selected_backends())
+def backend(request) -> Backend:
+    return make_backend(request.param)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261126)

@@ -1,0 +1,51 @@
+"""Native fast paths against the portable fallback, on every backend."""
+
+import numpy as np
+import pytest
+
+from encanalyze import backends
+from encanalyze.backends import _portable
+
+
+def _data(rng, shape, kind):
+    x = rng.standard_normal(shape).astype(np.float32)
+    if kind == "nan":
+        x[rng.random(shape) < 0.1] = np.nan
+        x[0] = np.nan  # one whole slice of NaN
+    elif kind == "inf":
+        x[rng.random(shape) < 0.05] = np.inf
+        x[rng.random(shape) < 0.05] = -np.inf
+    elif kind == "int":
+        x = (x * 100).astype(np.int32)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["plain", "nan", "inf", "int"])
+@pytest.mark.parametrize("axes", [(1,), (0,), (0, 2), (0, 1, 2)])
+def test_minmax_native_equals_portable(backend, rng, kind, axes):
+    xp = backend.xp
+    x = backend.asarray(_data(rng, (6, 50, 7), kind))
+    got = backends.minmax(xp, x, axes)
+    want = _portable.minmax(xp, x, axes)
+    for g, w in zip(got[:2], want[:2]):
+        backend.check(g, w.shape, w.dtype)
+        np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
+    counts = [
+        np.zeros(got[0].shape) if c is None else backend.to_numpy(c) for c in (got[2], want[2])
+    ]
+    np.testing.assert_array_equal(*counts)
+    if kind == "nan":
+        assert got[2] is not None and np.sum(counts[0]) > 0
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice")
+def test_minmax_portable_semantics(rng):
+    import array_api_compat.numpy as xp
+
+    x = _data(rng, (6, 50, 7), "nan")
+    lo, hi, num_nan = _portable.minmax(xp, x, (1,))
+    np.testing.assert_array_equal(num_nan, np.isnan(x).sum(axis=1))
+    finite = ~np.isnan(x).all(axis=1)
+    np.testing.assert_array_equal(lo[finite], np.nanmin(x, axis=1)[finite])
+    np.testing.assert_array_equal(hi[finite], np.nanmax(x, axis=1)[finite])
+    assert np.all(lo[~finite] == np.inf) and np.all(hi[~finite] == -np.inf)

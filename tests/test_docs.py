@@ -1,0 +1,81 @@
+"""Every example in README.md, docs/ and the docstrings runs."""
+
+import doctest
+import importlib
+import importlib.util
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import encanalyze
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _blocks():
+    readme = (ROOT / "README.md").read_text()
+    for i, block in enumerate(re.findall(r"```python\n(.*?)```", readme, re.S)):
+        yield pytest.param(block, id=f"README-{i}")
+    for page in sorted((ROOT / "docs").glob("*.rst")):
+        text = page.read_text()
+        pattern = r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)"
+        for i, block in enumerate(re.findall(pattern, text)):
+            code = "\n".join(line[3:] for line in block.splitlines())
+            yield pytest.param(code, id=f"{page.stem}-{i}")
+
+
+@pytest.mark.parametrize("code", list(_blocks()))
+def test_doc_example_runs(code):
+    for module in re.findall(r"^\s*import (\w+)", code, re.M):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    if "import cupy" in code:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no GPU for CuPy")
+    exec(compile(code, "<doc example>", "exec"), {})
+
+
+def test_there_are_examples():
+    ids = [p.id for p in _blocks()]
+    assert any(i.startswith("README") for i in ids) and any(i.startswith("index") for i in ids)
+
+
+@pytest.mark.parametrize(
+    "name", [m.name for m in pkgutil.walk_packages(encanalyze.__path__, "encanalyze.")]
+)
+def test_docstring_examples(name):
+    if name.endswith("__main__"):
+        pytest.skip("entry point")
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+def test_demo_command_prints_encodings():
+    out = subprocess.run(
+        [sys.executable, "-m", "encanalyze"], capture_output=True, text=True, check=True
+    ).stdout
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["backend", "tensor", "shape"]
+    rows = [line.split() for line in lines[1:]]
+    assert {r[0] for r in rows} >= {"numpy"}
+    numpy_rows = {r[1]: r for r in rows if r[0] == "numpy"}
+    assert set(numpy_rows) == {
+        "conv.weight",
+        "fc.weight",
+        "relu.out",
+        "attn.logits",
+        "ffn.out",
+        "const",
+    }
+    # every backend prints the same encodings as NumPy
+    for r in rows:
+        assert r[1:] == numpy_rows[r[1]][1:]
+    # the constant tensor 0.75 gets [0, 0.75] (zero put in range), offset 0
+    assert " ".join(numpy_rows["const"]).endswith("0.0000 0.7500 2.941e-03 0 [0.7500, 0.7500]")
