@@ -1,15 +1,23 @@
 """encanalyze: quantization encoding analyzers written once against the Python array API."""
 
-from .analyzers import EncodingAnalyzer, MinMaxEncodingAnalyzer
+from .analyzers import (
+    EncodingAnalyzer,
+    HistogramAnalyzer,
+    MinMaxEncodingAnalyzer,
+    PercentileEncodingAnalyzer,
+)
 from .encoding import to_scale_offset
-from .stats import MinMaxRange, StatisticsNotFoundError
+from .stats import Histogram, MinMaxRange, StatisticsNotFoundError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EncodingAnalyzer",
+    "Histogram",
+    "HistogramAnalyzer",
     "MinMaxEncodingAnalyzer",
     "MinMaxRange",
+    "PercentileEncodingAnalyzer",
     "StatisticsNotFoundError",
     "to_scale_offset",
 ]

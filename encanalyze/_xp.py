@@ -18,6 +18,7 @@ __all__ = [
     "float_dtype",
     "namespace_name",
     "namespace_of",
+    "on_host",
     "work_dtype",
 ]
 
@@ -46,6 +47,19 @@ def namespace_of(*arrays: Array) -> Namespace:
 def device_of(x: Array) -> Any:
     """Return the device ``x`` lives on."""
     return array_api_compat.device(x)
+
+
+def on_host(x: Array) -> bool:
+    """Return True where reading ``x``'s values costs no device sync (NumPy, torch on the CPU).
+
+    Such backends may take data-dependent shortcuts; everything else (GPUs, unknown backends)
+    runs the same sync-free code whatever the data.
+    """
+    if array_api_compat.is_numpy_array(x):
+        return True
+    if array_api_compat.is_torch_array(x):
+        return x.device.type == "cpu"
+    return False
 
 
 def namespace_name(xp: Namespace) -> str:

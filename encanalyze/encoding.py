@@ -59,7 +59,7 @@ def symmetric_steps(num_steps: int) -> tuple[int, int]:
 
 
 def minmax_encoding(
-    xp: Namespace, lo: Array, hi: Array, num_steps: int, is_symmetric: bool
+    xp: Namespace, lo: Array, hi: Array, num_steps: int, is_symmetric: bool, out_dtype=None
 ) -> tuple[Array, Array]:
     """Apply the min-max encoding rules to a ``(lo, hi)`` pair of arrays.
 
@@ -69,10 +69,11 @@ def minmax_encoding(
        delta (with one extra positive step in the delta for the 2-bit grid, ``n == 3``).
     4. Infinities are clamped to the dtype's finite extremes (with a ``RuntimeWarning``).
 
-    Arithmetic happens in float32 (float64 for float64 inputs); the result has ``lo``'s dtype.
+    Arithmetic happens in float32 (float64 for float64 inputs); the result has ``out_dtype``
+    (default: ``lo``'s dtype).
     """
-    out_dtype = lo.dtype
-    wd = work_dtype(xp, out_dtype)
+    out_dtype = lo.dtype if out_dtype is None else out_dtype
+    wd = work_dtype(xp, xp.result_type(lo.dtype, out_dtype))
     lo = xp.minimum(xp.astype(lo, wd), xp.asarray(0.0, dtype=wd, device=device_of(lo)))
     hi = xp.maximum(xp.astype(hi, wd), xp.asarray(0.0, dtype=wd, device=device_of(hi)))
     s = minimum_scale(num_steps)

@@ -11,7 +11,10 @@ import encanalyze
 # shared/ sits beside the checkout (in development and in CI)
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference-vectors"
 
-ANALYZERS = {"minmax": encanalyze.MinMaxEncodingAnalyzer}
+ANALYZERS = {
+    "minmax": encanalyze.MinMaxEncodingAnalyzer,
+    "percentile": encanalyze.PercentileEncodingAnalyzer,
+}
 
 CASES = json.loads((VECTORS / "cases.json").read_text()) if VECTORS.exists() else []
 pytestmark = pytest.mark.skipif(not CASES, reason=f"reference vectors not found at {VECTORS}")
@@ -31,6 +34,17 @@ def test_reference_case(backend, arrays, case):
     analyzer = ANALYZERS[case["method"]](tuple(case["shape"]), **case["params"])
     for name in case["inputs"]:
         analyzer.update_stats(backend.asarray(arrays[name]))
+    if "expected_histogram" in case:
+        stats = analyzer.get_stats()
+        want_counts = arrays[case["expected_histogram"]]
+        want_edges = arrays[case["expected_bin_edges"]]
+        backend.check(stats.histogram, want_counts.shape, "float32")
+        np.testing.assert_allclose(backend.to_numpy(stats.bin_edges), want_edges, rtol=1e-6)
+        counts = backend.to_numpy(stats.histogram)
+        # exact, except a few counts between neighbouring bins where a value sits within
+        # float32 rounding of an edge (the reference bins with torch.histc)
+        np.testing.assert_array_equal(counts.sum(axis=-1), want_counts.sum(axis=-1))
+        assert np.abs(counts - want_counts).max() <= 2, np.abs(counts - want_counts).max()
     lo, hi = analyzer.compute_encodings(case["num_steps"], case["is_symmetric"])
     want_lo, want_hi = arrays[case["expected_min"]], arrays[case["expected_max"]]
     backend.check(lo, want_lo.shape, str(want_lo.dtype))

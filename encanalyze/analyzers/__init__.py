@@ -1,6 +1,13 @@
 """Calibration methods, one module each."""
 
 from .base import EncodingAnalyzer
+from .histogram import HistogramAnalyzer
 from .minmax import MinMaxEncodingAnalyzer
+from .percentile import PercentileEncodingAnalyzer
 
-__all__ = ["EncodingAnalyzer", "MinMaxEncodingAnalyzer"]
+__all__ = [
+    "EncodingAnalyzer",
+    "HistogramAnalyzer",
+    "MinMaxEncodingAnalyzer",
+    "PercentileEncodingAnalyzer",
+]

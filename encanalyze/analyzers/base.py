@@ -35,7 +35,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
     def __init__(self, shape, block_size=None) -> None:
         self.shape = normalize_shape(shape)
         self.block_size = normalize_block_size(block_size, self.shape)
-        self._stats: S | None = None
+        self._state = None  # running statistics plus whatever else the method keeps
         self._home: tuple[Namespace, object] | None = None  # namespace and device of the stats
 
     def __repr__(self) -> str:
@@ -50,20 +50,19 @@ class EncodingAnalyzer(ABC, Generic[S]):
         xp = namespace_of(x)
         if self._home is not None:
             check_same_home(self._home, xp, x)
-        batch = self._batch_stats(xp, x)
-        if self._stats is None:
-            self._stats, self._home = batch, (xp, device_of(x))
-        else:
-            self._stats = self._merge(self._stats, batch)
+        batch, state = self._update(xp, x, self._state)  # pure: raises before any change
+        self._state = state
+        if self._home is None:
+            self._home = (xp, device_of(x))
         return batch
 
     def reset_stats(self) -> None:
         """Forget every statistic gathered so far."""
-        self._stats = self._home = None
+        self._state = self._home = None
 
     def get_stats(self) -> S | None:
         """Return the running statistics (``None`` before the first update)."""
-        return self._stats
+        return None if self._state is None else self._stats_of(self._state)
 
     # -- encodings --------------------------------------------------------------------------
     def compute_encodings(self, num_steps: int | float, is_symmetric: bool) -> tuple[Array, Array]:
@@ -75,11 +74,12 @@ class EncodingAnalyzer(ABC, Generic[S]):
             Before any update, or while an encoding element has never seen a value.
         """
         num_steps = validate_num_steps(num_steps, is_symmetric)
-        if self._stats is None:
+        stats = self.get_stats()
+        if stats is None:
             raise StatisticsNotFoundError(
                 f"{type(self).__name__} has no statistics: call update_stats() first"
             )
-        return self.compute_encodings_from_stats(self._stats, num_steps, is_symmetric)
+        return self.compute_encodings_from_stats(stats, num_steps, is_symmetric)
 
     def compute_encodings_from_stats(
         self, stats: S, num_steps: int | float, is_symmetric: bool
@@ -97,6 +97,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
                 f"stats of shape {stats.shape} do not match the analyzer's encoding shape "
                 f"{self.shape}"
             )
+        self._check_stats(stats)
         empty = stats.num_empty()
         if empty:
             raise StatisticsNotFoundError(
@@ -119,7 +120,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         """Return the encodings of ``x`` alone; the running statistics are untouched."""
         num_steps = validate_num_steps(num_steps, is_symmetric)
         self._check_params(num_steps, is_symmetric)
-        stats = self._batch_stats(namespace_of(x), x)
+        stats, _ = self._update(namespace_of(x), x, None)
         return self.compute_encodings_from_stats(stats, num_steps, is_symmetric)
 
     # -- helpers for subclasses -------------------------------------------------------------
@@ -129,6 +130,9 @@ class EncodingAnalyzer(ABC, Generic[S]):
     def _check_params(self, num_steps: int, is_symmetric: bool) -> None:
         """Raise for parameter combinations a method cannot encode (none by default)."""
 
+    def _check_stats(self, stats: S) -> None:
+        """Raise ``ValueError`` where ``stats`` (of the right shape) do not fit this analyzer."""
+
     # -- what each method provides ----------------------------------------------------------
     @staticmethod
     @abstractmethod
@@ -136,12 +140,12 @@ class EncodingAnalyzer(ABC, Generic[S]):
         """Return one array of ``stats`` (to find their namespace and device)."""
 
     @abstractmethod
-    def _batch_stats(self, xp: Namespace, x: Array) -> S:
-        """Return the statistics of ``x`` alone (validating it)."""
+    def _update(self, xp: Namespace, x: Array, state) -> tuple[S, object]:
+        """Return the statistics of ``x`` alone and the new running state (``state`` is kept)."""
 
-    @abstractmethod
-    def _merge(self, running: S, batch: S) -> S:
-        """Return running statistics merged with a batch's."""
+    def _stats_of(self, state) -> S:
+        """Return the running statistics held in ``state`` (by default the state itself)."""
+        return state
 
     @abstractmethod
     def _encodings(

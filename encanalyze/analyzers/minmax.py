@@ -55,11 +55,9 @@ class MinMaxEncodingAnalyzer(EncodingAnalyzer[MinMaxRange]):
     def _stats_array(stats: MinMaxRange) -> Array:
         return stats.min
 
-    def _batch_stats(self, xp: Namespace, x: Array) -> MinMaxRange:
-        return minmax_stats(xp, x, self)
-
-    def _merge(self, running: MinMaxRange, batch: MinMaxRange) -> MinMaxRange:
-        return merge_minmax(running, batch, self._home[0])
+    def _update(self, xp: Namespace, x: Array, state: MinMaxRange | None):
+        batch = minmax_stats(xp, x, self)
+        return batch, batch if state is None else merge_minmax(state, batch, xp)
 
     def _encodings(
         self, xp: Namespace, stats: MinMaxRange, num_steps: int, is_symmetric: bool

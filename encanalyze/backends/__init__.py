@@ -9,27 +9,72 @@ tests check this on every backend.
 
 from __future__ import annotations
 
-from array_api_compat import is_numpy_namespace, is_torch_namespace
+from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
 from .._xp import Array, Namespace
 from . import _portable
 
-__all__ = ["minmax"]
+__all__ = ["bincount_rows", "histogram_rows", "minmax"]
 
 
-def minmax(xp: Namespace, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array | None]:
-    """Reduce ``x`` over ``axes`` to its minimum, maximum and number of NaN values.
-
-    NaN values are ignored; a slice with no non-NaN value gives ``(+inf, -inf)``. Integer
-    inputs keep their dtype. The count is int64, or ``None`` where a host-side path knows there
-    is no NaN (integers, or NumPy / torch CPU inputs without NaN).
-    """
+def _native(xp: Namespace):
+    """Return the native module for ``xp``, or None (imported lazily: torch/cupy are optional)."""
     if is_numpy_namespace(xp):
         from . import _numpy
 
-        return _numpy.minmax(x, axes)
+        return _numpy
     if is_torch_namespace(xp):
         from . import _torch
 
-        return _torch.minmax(x, axes)
-    return _portable.minmax(xp, x, axes)
+        return _torch
+    if is_cupy_namespace(xp):
+        from . import _cupy
+
+        return _cupy
+    return None
+
+
+def minmax(
+    xp: Namespace, x: Array, axes: tuple[int, ...], finite: bool = False
+) -> tuple[Array, Array, Array | None]:
+    """Reduce ``x`` over ``axes`` to its minimum, maximum and number of NaN values.
+
+    NaN values (and, with ``finite=True``, infinities too) are left out of the range; a slice
+    with no such value gives ``(+inf, -inf)``. Integer inputs keep their dtype. The NaN count is
+    int64, or ``None`` where a host-side path knows there is no NaN (integers, or NumPy / torch
+    CPU inputs without NaN).
+    """
+    native = _native(xp)
+    if native is not None and hasattr(native, "minmax"):
+        return native.minmax(x, axes, finite)
+    return _portable.minmax(xp, x, axes, finite)
+
+
+def bincount_rows(xp: Namespace, idx: Array, num_bins: int, weights: Array | None = None) -> Array:
+    """Count (or sum ``weights`` of) the bin indices of each row of ``idx`` separately.
+
+    ``idx`` is ``(E, N)`` integer with values in ``[0, num_bins)``; the result is
+    ``(E, num_bins)``: int64 counts, or sums in ``weights``' dtype (``weights`` is ``(E, N)``).
+    Sums are exact for integer-valued weights below 2**53 (float64) or 2**24 (float32).
+    """
+    native = _native(xp)
+    if native is not None:
+        return native.bincount_rows(idx, num_bins, weights)
+    return _portable.bincount_rows(xp, idx, num_bins, weights)
+
+
+def histogram_rows(
+    xp: Namespace, rows: Array, lo: Array, hi: Array, num_bins: int, may_have_nan: bool
+) -> Array:
+    """Histogram each row of ``rows`` ``(E, V)`` over its own range ``[lo, hi]`` ``(E,)``.
+
+    A value ``x`` lands in bin ``floor((x - lo) / (hi - lo) * num_bins)`` (arithmetic in
+    ``rows``' floating dtype, in that order), clamped to ``[0, num_bins - 1]``: ``hi`` is in the
+    last bin, values below / above the range (infinities too) in the end bins. NaN values are
+    dropped (looked for only when ``may_have_nan``). Needs ``lo < hi``. Returns ``(E, num_bins)``
+    int64 counts.
+    """
+    native = _native(xp)
+    if native is not None:
+        return native.histogram_rows(rows, lo, hi, num_bins, may_have_nan)
+    return _portable.histogram_rows(xp, rows, lo, hi, num_bins, may_have_nan)

@@ -4,16 +4,53 @@ from __future__ import annotations
 
 from .._xp import Array, Namespace, device_of
 
-__all__ = ["minmax"]
+__all__ = ["bincount_rows", "histogram_rows", "minmax"]
 
 
-def minmax(xp: Namespace, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array | None]:
+def minmax(
+    xp: Namespace, x: Array, axes: tuple[int, ...], finite: bool = False
+) -> tuple[Array, Array, Array | None]:
     """NaN-ignoring min, max and NaN count over ``axes``; see :func:`encanalyze.backends.minmax`."""
     if not xp.isdtype(x.dtype, "real floating"):
-        lo, hi = xp.min(x, axis=axes), xp.max(x, axis=axes)
-        return lo, hi, None
+        return xp.min(x, axis=axes), xp.max(x, axis=axes), None
     nan = xp.isnan(x)
+    keep = xp.isfinite(x) if finite else ~nan
     inf = xp.asarray(xp.inf, dtype=x.dtype, device=device_of(x))
-    lo = xp.min(xp.where(nan, inf, x), axis=axes)
-    hi = xp.max(xp.where(nan, -inf, x), axis=axes)
+    lo = xp.min(xp.where(keep, x, inf), axis=axes)
+    hi = xp.max(xp.where(keep, x, -inf), axis=axes)
     return lo, hi, xp.astype(xp.count_nonzero(nan, axis=axes), xp.int64)
+
+
+def bincount_rows(xp: Namespace, idx: Array, num_bins: int, weights: Array | None = None) -> Array:
+    """Per-row bincount by sorting: searchsorted finds each bin's run in the sorted keys."""
+    rows, n = idx.shape
+    dev = device_of(idx)
+    offsets = xp.arange(rows, dtype=idx.dtype, device=dev) * num_bins
+    keys = xp.reshape(idx + offsets[:, None], (rows * n,))
+    bounds = xp.arange(rows * num_bins + 1, dtype=idx.dtype, device=dev)
+    if weights is None:
+        pos = xp.searchsorted(xp.sort(keys), bounds)
+        counts = xp.astype(pos[1:] - pos[:-1], xp.int64)
+    else:
+        order = xp.argsort(keys)
+        keys = xp.take(keys, order)
+        csum = xp.cumulative_sum(
+            xp.take(xp.reshape(weights, (rows * n,)), order), include_initial=True
+        )
+        pos = xp.searchsorted(keys, bounds)
+        counts = xp.take(csum, pos[1:]) - xp.take(csum, pos[:-1])
+    return xp.reshape(counts, (rows, num_bins))
+
+
+def histogram_rows(
+    xp: Namespace, rows: Array, lo: Array, hi: Array, num_bins: int, may_have_nan: bool
+) -> Array:
+    """Bin index by the formula, then :func:`bincount_rows` (NaN goes to a cut-off extra bin)."""
+    t = (rows - lo[:, None]) / (hi - lo)[:, None] * num_bins
+    t = xp.clip(xp.floor(t), 0.0, float(num_bins - 1))
+    nbins = num_bins
+    if may_have_nan:
+        t = xp.where(xp.isnan(t), float(num_bins), t)
+        nbins += 1
+    counts = bincount_rows(xp, xp.astype(t, xp.int64), nbins)
+    return counts[:, :num_bins] if may_have_nan else counts

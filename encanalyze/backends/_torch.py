@@ -7,7 +7,7 @@ import torch
 
 from . import _portable
 
-__all__ = ["minmax"]
+__all__ = ["bincount_rows", "histogram_rows", "minmax"]
 
 
 def _aminmax(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,16 +17,47 @@ def _aminmax(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torc
     return torch.amin(x, dim=axes), torch.amax(x, dim=axes)
 
 
-def minmax(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+def minmax(x: torch.Tensor, axes: tuple[int, ...], finite: bool = False) -> tuple:
     """``aminmax`` for full reductions, ``amin`` + ``amax`` along dims.
 
-    On the CPU the NaN-masking path runs only when the reduced result holds a NaN (checking it
-    is a host read, not a device sync). On accelerators the masking path always runs, so that an
+    On the CPU the masking path runs only when the reduced result is not clean (checking it is
+    a host read, not a device sync). On accelerators the masking path always runs, so that an
     update never waits for the device.
     """
     if x.is_floating_point() and x.device.type != "cpu":
-        return _portable.minmax(xp, x, axes)
+        return _portable.minmax(xp, x, axes, finite)
     lo, hi = _aminmax(x, axes)
-    if x.is_floating_point() and bool(torch.isnan(lo).any()):
-        return _portable.minmax(xp, x, axes)
+    if x.is_floating_point():
+        clean = (
+            bool(torch.isfinite(lo).all() & torch.isfinite(hi).all())
+            if finite
+            else not bool(torch.isnan(lo).any())
+        )
+        if not clean:
+            return _portable.minmax(xp, x, axes, finite)
     return lo, hi, None
+
+
+def bincount_rows(
+    idx: torch.Tensor, num_bins: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``scatter_add_`` along the rows (no offsets, no flattening)."""
+    rows = idx.shape[0]
+    if weights is None:
+        if rows == 1:
+            return torch.bincount(idx.reshape(-1), minlength=num_bins).reshape(1, num_bins)
+        weights = torch.ones((), dtype=torch.int64, device=idx.device).expand(idx.shape)
+    out = torch.zeros((rows, num_bins), dtype=weights.dtype, device=idx.device)
+    return out.scatter_add_(1, idx, weights)
+
+
+def histogram_rows(
+    rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, num_bins: int, may_have_nan: bool
+) -> torch.Tensor:
+    """Apply the portable formula in place, then count with :func:`bincount_rows`."""
+    t = torch.sub(rows, lo[:, None])
+    t.div_((hi - lo)[:, None]).mul_(num_bins).floor_().clamp_(0, num_bins - 1)
+    nbins = num_bins + 1 if may_have_nan else num_bins
+    if may_have_nan:
+        t = torch.nan_to_num_(t, nan=float(num_bins))
+    return bincount_rows(t.long(), nbins)[:, :num_bins]

@@ -1,0 +1,119 @@
+"""Shared shell of the histogram-based analyzers (percentile, SQNR)."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+from .._xp import Array, Namespace, device_of, float_dtype, namespace_of
+from ..histograms import RowHistogram, bin_edges, histogram_update
+from ..shapes import to_rows
+from ..stats import Histogram
+from .base import EncodingAnalyzer
+
+__all__ = ["HistogramAnalyzer", "validate_num_bins"]
+
+
+def validate_num_bins(num_bins: object) -> int:
+    """Return ``num_bins`` as a positive int, else raise ``TypeError``/``ValueError``."""
+    if isinstance(num_bins, bool):
+        raise TypeError(f"num_bins must be a positive integer, got {num_bins!r}")
+    try:
+        value = operator.index(num_bins)
+    except TypeError:
+        raise TypeError(f"num_bins must be a positive integer, got {num_bins!r}") from None
+    if value <= 0:
+        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
+    return value
+
+
+class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
+    """Keeps one histogram per encoding element (see :class:`~encanalyze.Histogram`).
+
+    Parameters
+    ----------
+    shape
+        Shape of the encodings.
+    num_bins
+        Bins per histogram.
+    growth_limit
+        How far the histogram range may grow after the first batch, in multiples of that
+        batch's range (``g`` allows ``[lo0 - (hi0 - lo0) g / 2, hi0 + (hi0 - lo0) g / 2]``);
+        values beyond count in the end bins. ``None``: unlimited.
+    block_size
+        Optional block size for block-wise encodings.
+    """
+
+    stats_type = Histogram
+
+    def __init__(self, shape, num_bins: int = 2048, growth_limit=None, block_size=None) -> None:
+        super().__init__(shape, block_size)
+        self.num_bins = validate_num_bins(num_bins)
+        if growth_limit is None:
+            growth_limit = math.inf
+        if isinstance(growth_limit, bool) or not isinstance(growth_limit, (int, float)):
+            raise TypeError(f"histogram growth limit must be a number, got {growth_limit!r}")
+        if math.isnan(growth_limit) or growth_limit < 1:
+            raise ValueError(f"histogram growth limit must be >= 1, got {growth_limit!r}")
+        self.growth_limit = float(growth_limit)
+
+    # state: (RowHistogram of the (E,) rows, growth limits or None)
+    def _update(self, xp: Namespace, x: Array, state):
+        dtype = float_dtype(xp, x)
+        p = self._plan(x)
+        if p.values_per_encoding == 0:
+            empty = self._empty_rows(xp, dtype, device_of(x))
+            return self._to_stats(xp, empty), (empty, None) if state is None else state
+        rows = to_rows(xp, x, p)
+        if xp.isdtype(rows.dtype, "bool"):
+            rows = xp.astype(rows, dtype)
+        running, limits = (None, None) if state is None else state
+        batch, merged, limits = histogram_update(
+            xp, rows, dtype, self.num_bins, running, limits, self.growth_limit
+        )
+        return self._to_stats(xp, batch), (merged, limits)
+
+    def _empty_rows(self, xp: Namespace, dtype, device) -> RowHistogram:
+        """Histograms that have seen nothing."""
+        e = math.prod(self.shape)
+        return RowHistogram(
+            xp.zeros((e, self.num_bins), dtype=xp.float32, device=device),
+            xp.full((e,), xp.inf, dtype=dtype, device=device),
+            xp.full((e,), -xp.inf, dtype=dtype, device=device),
+            None,
+        )
+
+    def _stats_of(self, state) -> Histogram:
+        running, _ = state
+        return self._to_stats(namespace_of(running.counts), running)
+
+    def _to_stats(self, xp: Namespace, h: RowHistogram) -> Histogram:
+        shape = self.shape
+        return Histogram(
+            xp.reshape(h.counts, (*shape, self.num_bins)),
+            xp.reshape(bin_edges(xp, h.lo, h.hi, self.num_bins), (*shape, self.num_bins + 1)),
+            xp.reshape(h.lo, shape),
+            xp.reshape(h.hi, shape),
+            None if h.num_nan is None else xp.reshape(h.num_nan, shape),
+        )
+
+    @staticmethod
+    def _stats_array(stats: Histogram) -> Array:
+        return stats.histogram
+
+    def _check_stats(self, stats: Histogram) -> None:
+        want = (*self.shape, self.num_bins)
+        got = tuple(stats.histogram.shape)
+        if got != want or tuple(stats.bin_edges.shape) != (*self.shape, self.num_bins + 1):
+            raise ValueError(
+                f"histogram of shape {got} (edges {tuple(stats.bin_edges.shape)}) does not match "
+                f"the analyzer's {want} (edges {(*self.shape, self.num_bins + 1)})"
+            )
+
+    def _rows(self, xp: Namespace, stats: Histogram) -> tuple[Array, Array]:
+        """Return ``(counts (E, B), edges (E, B + 1))`` of ``stats``."""
+        e = math.prod(self.shape)
+        return (
+            xp.reshape(stats.histogram, (e, self.num_bins)),
+            xp.reshape(stats.bin_edges, (e, self.num_bins + 1)),
+        )

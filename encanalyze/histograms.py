@@ -1,0 +1,205 @@
+"""Batched histogram statistics: binning, range growth and re-binning of ``E`` rows at once.
+
+Everything here works on the ``(E, V)`` row view of an input (see :mod:`encanalyze.shapes`):
+``E`` histograms of ``B`` equal-width bins, each with its own range ``[lo, hi]``. Rows that have
+seen no finite value hold ``lo = +inf``, ``hi = -inf`` and zero counts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from . import backends
+from ._xp import Array, Namespace, device_of, on_host, work_dtype
+
+__all__ = [
+    "RowHistogram",
+    "bin_counts",
+    "bin_edges",
+    "histogram_update",
+    "rebin",
+    "wide_dtype",
+]
+
+
+class RowHistogram(NamedTuple):
+    """Histograms of ``E`` rows: counts ``(E, B)`` float32, range ``lo``/``hi`` ``(E,)``."""
+
+    counts: Array
+    lo: Array
+    hi: Array
+    num_nan: Array | None
+
+
+def wide_dtype(xp: Namespace, device) -> object:
+    """float64 where the device has it (exact integer sums to 2**53), else float32."""
+    dtypes = xp.__array_namespace_info__().dtypes(device=device, kind="real floating")
+    return xp.float64 if "float64" in dtypes else xp.float32
+
+
+def bin_edges(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
+    """Return the ``(E, B + 1)`` edges ``lo + k * (hi - lo) / B`` in the work dtype.
+
+    Rows without a range (``lo > hi``) get zeros.
+    """
+    wd = work_dtype(xp, lo.dtype)
+    lo_w, hi_w = xp.astype(lo, wd), xp.astype(hi, wd)
+    valid = lo_w <= hi_w
+    lo_w, hi_w = xp.where(valid, lo_w, 0.0), xp.where(valid, hi_w, 0.0)
+    k = xp.arange(num_bins + 1, dtype=wd, device=device_of(lo))
+    return lo_w[:, None] + k[None, :] * ((hi_w - lo_w) / num_bins)[:, None]
+
+
+def bin_counts(
+    xp: Namespace, rows: Array, lo: Array, hi: Array, num_bins: int, may_have_nan: bool
+) -> Array:
+    """Count each row's values into ``B`` bins over its ``[lo, hi]``: ``(E, B)`` float32.
+
+    A value ``x`` lands in bin ``floor((x - lo) / (hi - lo) * B)``, clamped to ``[0, B - 1]``
+    (so ``hi`` is in the last bin, values below/above the range, infinities included, in the end
+    bins). NaN is dropped (only looked for when ``may_have_nan``). Rows with ``lo > hi`` count
+    nothing.
+    """
+    wd = work_dtype(xp, rows.dtype) if xp.isdtype(rows.dtype, "real floating") else None
+    wd = wd or work_dtype(xp, lo.dtype)
+    valid = lo <= hi
+    lo_w = xp.where(valid, xp.astype(lo, wd), 0.0)
+    hi_w = xp.where(valid, xp.astype(hi, wd), 1.0)
+    rows = xp.astype(rows, wd, copy=False)
+    counts = backends.histogram_rows(xp, rows, lo_w, hi_w, num_bins, may_have_nan)
+    return _keep_rows(xp, xp.astype(counts, xp.float32), valid)
+
+
+def rebin(
+    xp: Namespace, counts: Array, lo: Array, hi: Array, new_lo: Array, new_hi: Array
+) -> Array:
+    """Move ``(E, B)`` counts over ``[lo, hi]`` onto ``B`` bins over ``[new_lo, new_hi]``.
+
+    ``[new_lo, new_hi]`` must contain ``[lo, hi]``. Each old bin's mass is taken as uniform over
+    its width: for an old bin starting at ``a`` the target is
+    ``j = min(floor((a - new_lo) / w_new), B - 1)``; ``min(round((new_lo + (j + 1) w_new - a) /
+    w_old * c), c)`` goes to ``j`` and the rest to the bin that contains ``a + w_new``. Counts are
+    conserved exactly. Rows with ``lo > hi`` must hold zero counts; they stay zero.
+    """
+    num_rows, num_bins = counts.shape
+    wd = work_dtype(xp, lo.dtype)
+    valid = lo <= hi
+    lo_w = xp.where(valid, xp.astype(lo, wd), 0.0)
+    hi_w = xp.where(valid, xp.astype(hi, wd), 1.0)
+    nlo = xp.where(valid, xp.astype(new_lo, wd), 0.0)
+    nhi = xp.where(valid, xp.astype(new_hi, wd), 1.0)
+    w_old = ((hi_w - lo_w) / num_bins)[:, None]
+    w_new = ((nhi - nlo) / num_bins)[:, None]
+    k = xp.arange(num_bins, dtype=wd, device=device_of(counts))
+    start = lo_w[:, None] + w_old * k[None, :]
+    last = float(num_bins - 1)
+    j = xp.clip(xp.floor((start - nlo[:, None]) / w_new), 0.0, last)
+    c = xp.astype(counts, wd)
+    part = xp.minimum(xp.round((nlo[:, None] + (j + 1) * w_new - start) / w_old * c), c)
+    j2 = xp.clip(xp.floor((start + w_new - nlo[:, None]) / w_new), 0.0, last)
+    wide = wide_dtype(xp, device_of(counts))
+    moved = backends.bincount_rows(xp, xp.astype(j, xp.int64), num_bins, xp.astype(part, wide))
+    rest = backends.bincount_rows(xp, xp.astype(j2, xp.int64), num_bins, xp.astype(c - part, wide))
+    return xp.astype(moved + rest, xp.float32)
+
+
+def _keep_rows(xp: Namespace, counts: Array, keep: Array) -> Array:
+    """Zero the rows of ``(E, B)`` float ``counts`` where ``keep`` ``(E,)`` is False."""
+    return counts * xp.astype(keep, counts.dtype)[:, None]
+
+
+def _last_edge(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
+    """Return the last edge ``lo + B * ((hi - lo) / B)``: a histogram's stored upper end.
+
+    It can differ from ``hi`` by float rounding; like the reference, the stored range of every
+    histogram is its first and last edge, so later merges start from exactly those edges.
+    """
+    wd = work_dtype(xp, lo.dtype)
+    valid = lo <= hi
+    lo_w = xp.where(valid, xp.astype(lo, wd), 0.0)
+    hi_w = xp.where(valid, xp.astype(hi, wd), 0.0)
+    end = lo_w + num_bins * ((hi_w - lo_w) / num_bins)
+    return xp.where(valid, xp.astype(end, lo.dtype), hi)
+
+
+def _growth_limits(lo: Array, hi: Array, growth_limit: float) -> tuple[Array, Array]:
+    half = (hi - lo) * (growth_limit / 2)
+    return lo - half, hi + half
+
+
+def histogram_update(
+    xp: Namespace,
+    rows: Array,
+    dtype,
+    num_bins: int,
+    running: RowHistogram | None = None,
+    limits: tuple[Array, Array] | None = None,
+    growth_limit: float = math.inf,
+) -> tuple[RowHistogram, RowHistogram, tuple[Array, Array] | None]:
+    """Histogram a batch of rows and merge it into the running histograms.
+
+    Parameters
+    ----------
+    xp
+        Namespace of ``rows``.
+    rows
+        ``(E, V)`` values (any real dtype).
+    dtype
+        Floating dtype the ranges are kept in (the input's).
+    num_bins
+        Bins per histogram.
+    running, limits
+        Running histograms and their growth limits (``None`` before the first batch).
+    growth_limit
+        How far, in multiples of the first range, a range may grow in total (``inf``: no limit).
+
+    Returns
+    -------
+    batch, merged, limits
+        The batch's own histograms (over its own finite range), the merged running histograms
+        (the batch's values counted on the new edges and added to the re-binned old counts),
+        and the growth limits.
+    """
+    lo, hi, num_nan = backends.minmax(xp, rows, (1,), finite=True)
+    lo, hi = xp.astype(lo, dtype, copy=False), xp.astype(hi, dtype, copy=False)
+    seen = lo <= hi  # rows with at least one finite value
+    point = lo == hi  # [v - 0.5, v + 0.5], at least one ulp wide even where 0.5 rounds away
+    lo = xp.where(
+        point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.asarray(-xp.inf, dtype=dtype))), lo
+    )
+    hi = xp.where(
+        point, xp.maximum(hi + 0.5, xp.nextafter(hi, xp.asarray(xp.inf, dtype=dtype))), hi
+    )
+    may_have_nan = num_nan is not None
+    counts = bin_counts(xp, rows, lo, hi, num_bins, may_have_nan)
+    batch = RowHistogram(counts, lo, _last_edge(xp, lo, hi, num_bins), num_nan)
+    lo, hi = batch.lo, batch.hi
+    batch_limits = _growth_limits(lo, hi, growth_limit) if math.isfinite(growth_limit) else None
+    if running is None:
+        return batch, batch, batch_limits
+
+    was_seen = running.lo <= running.hi
+    if batch_limits is not None and limits is None:
+        limits = batch_limits
+    elif batch_limits is not None:  # rows seeing their first value take this batch's limits
+        limits = (
+            xp.where(was_seen, limits[0], batch_limits[0]),
+            xp.where(was_seen, limits[1], batch_limits[1]),
+        )
+    new_lo, new_hi = xp.minimum(running.lo, lo), xp.maximum(running.hi, hi)
+    if limits is not None:
+        new_lo = xp.where(seen, xp.maximum(new_lo, limits[0]), new_lo)
+        new_hi = xp.where(seen, xp.minimum(new_hi, limits[1]), new_hi)
+    changed = was_seen & ((new_lo != running.lo) | (new_hi != running.hi))
+    old = running.counts
+    if not on_host(old) or bool(xp.any(changed)):  # host backends skip an unchanged rebin
+        rebinned = rebin(xp, old, running.lo, running.hi, new_lo, new_hi)
+        old = xp.where(changed[:, None], rebinned, old)
+    new = _keep_rows(xp, bin_counts(xp, rows, new_lo, new_hi, num_bins, may_have_nan), seen)
+    if running.num_nan is None or num_nan is None:
+        total_nan = running.num_nan if num_nan is None else num_nan
+    else:
+        total_nan = running.num_nan + num_nan
+    merged = RowHistogram(old + new, new_lo, _last_edge(xp, new_lo, new_hi, num_bins), total_nan)
+    return batch, merged, limits

@@ -1,0 +1,366 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from encanalyze import (
+    Histogram,
+    PercentileEncodingAnalyzer,
+    StatisticsNotFoundError,
+    backends,
+)
+from encanalyze.analyzers.histogram import HistogramAnalyzer
+from encanalyze.analyzers.percentile import percentile_range
+from encanalyze.backends import _portable
+from encanalyze.histograms import bin_counts, bin_edges
+from tests import reference
+
+
+class Observer(HistogramAnalyzer):
+    """A histogram analyzer with a growth limit whose encodings are the histogram's range."""
+
+    def _encodings(self, xp, stats, num_steps, is_symmetric):
+        counts, edges = self._rows(xp, stats)
+        return percentile_range(xp, counts, edges, 100)
+
+
+SETTINGS = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+# -- the batched bincount primitive: native paths against the portable fallback ---------------
+@pytest.mark.parametrize("rows, n, bins", [(1, 1000, 7), (5, 300, 16), (64, 50, 2048), (3, 1, 1)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bincount_rows_native_equals_portable(backend, rng, rows, n, bins, weighted):
+    xp = backend.xp
+    idx_np = rng.integers(0, bins, (rows, n))
+    idx = backend.asarray(idx_np, "int64")
+    weights = None
+    w_np = rng.integers(0, 1000, (rows, n)).astype(np.float64)
+    if weighted:
+        weights = backend.asarray(w_np, "float64")
+    got = backends.bincount_rows(xp, idx, bins, weights)
+    want = _portable.bincount_rows(xp, idx, bins, weights)
+    backend.check(got, (rows, bins), "float64" if weighted else "int64")
+    np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
+    expect = np.stack(
+        [np.bincount(r, w if weighted else None, minlength=bins) for r, w in zip(idx_np, w_np)]
+    )
+    np.testing.assert_array_equal(backend.to_numpy(got), expect)
+
+
+def _values_on_edges(rng, rows, n):
+    """Random values plus values exactly on the edges of their row's first-batch histogram."""
+    x = rng.standard_normal((rows, n)).astype(np.float32)
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    k = rng.integers(0, 17, (rows, n // 4)).astype(np.float32)
+    x[:, : n // 4] = lo + k * ((hi - lo) / np.float32(16))
+    x[:, : n // 4] = np.clip(x[:, : n // 4], lo, hi)
+    return x
+
+
+@pytest.mark.parametrize("may_have_nan", [False, True])
+def test_bin_counts_follow_the_bin_rule(backend, rng, may_have_nan):
+    xp = backend.xp
+    x = _values_on_edges(rng, 6, 400)
+    x[1, :3] = [np.inf, -np.inf, 1e30]
+    if may_have_nan:
+        x[2, 5:9] = np.nan
+    lo = np.nanmin(np.where(np.isfinite(x), x, np.nan), axis=1)
+    hi = np.nanmax(np.where(np.isfinite(x), x, np.nan), axis=1)
+    counts = bin_counts(
+        xp, backend.asarray(x), backend.asarray(lo), backend.asarray(hi), 16, may_have_nan
+    )
+    backend.check(counts, (6, 16), "float32")
+    for r in range(6):
+        v = x[r][~np.isnan(x[r])]
+        t = np.clip(np.floor((v - lo[r]) / (hi[r] - lo[r]) * np.float32(16)), 0, 15).astype(int)
+        np.testing.assert_array_equal(backend.to_numpy(counts)[r], np.bincount(t, minlength=16))
+
+
+def test_bin_edges(backend):
+    edges = bin_edges(
+        backend.xp,
+        backend.asarray([-1.0, 2.0], "float32"),
+        backend.asarray([1.0, 6.0], "float32"),
+        4,
+    )
+    backend.check(edges, (2, 5), "float32")
+    np.testing.assert_array_equal(backend.to_numpy(edges), [[-1, -0.5, 0, 0.5, 1], [2, 3, 4, 5, 6]])
+
+
+# -- the running histogram ------------------------------------------------------------------
+def _run(backend, shape, batches, num_bins, growth_limit=None):
+    analyzer = Observer(shape, num_bins=num_bins, growth_limit=growth_limit)
+    for b in batches:
+        analyzer.update_stats(backend.asarray(b))
+    return analyzer
+
+
+@pytest.mark.parametrize("growth_limit", [None, 1.0, 3.0])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_running_histograms_match_reference(backend, rng, growth_limit, dtype):
+    scales = [(1.0, 0.0), (3.0, 1.0), (0.5, -2.0), (6.0, 0.0)]
+    batches = [(rng.standard_normal((5, 200)) * s + m).astype(dtype) for s, m in scales]
+    batches[2][3] = 7.25  # a constant batch in one row
+    analyzer = _run(backend, (5, 1), batches, 64, growth_limit)
+    stats = analyzer.get_stats()
+    backend.check(stats.histogram, (5, 1, 64), "float32")
+    backend.check(stats.min, (5, 1), dtype)
+    g = math.inf if growth_limit is None else growth_limit
+    for r in range(5):
+        counts, lo, hi = reference.histogram_rows([b[r] for b in batches], 64, g)
+        np.testing.assert_array_equal(backend.to_numpy(stats.histogram)[r, 0], counts)
+        assert backend.to_numpy(stats.min)[r, 0] == lo
+        assert backend.to_numpy(stats.max)[r, 0] == hi
+        assert counts.sum() == 800
+
+
+def test_counts_conserved_and_growth_limited(backend, rng):
+    first = rng.uniform(-1, 1, (2, 100)).astype(np.float32)
+    second = np.concatenate([first * 10, first], axis=1)
+    analyzer = _run(backend, (2, 1), [first, second], 32, growth_limit=1.0)
+    stats = analyzer.get_stats()
+    lo0, hi0 = first.min(axis=1), first.max(axis=1)
+    half = (hi0 - lo0) / 2
+    np.testing.assert_allclose(backend.to_numpy(stats.min)[:, 0], lo0 - half, rtol=1e-6)
+    np.testing.assert_allclose(backend.to_numpy(stats.max)[:, 0], hi0 + half, rtol=1e-6)
+    np.testing.assert_array_equal(backend.to_numpy(stats.histogram).sum(axis=-1)[:, 0], 300)
+    with pytest.raises(ValueError, match="growth limit"):
+        Observer((1,), growth_limit=0.5)
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_channels_on_the_last_axis_stay_separate(backend, rng, steps):
+    # the reference mixes channels here from the second update on (SPEC defect 1)
+    batches = [
+        rng.standard_normal((16, 5)).astype(np.float32) * (1 + np.arange(5)) + i
+        for i in range(steps + 1)
+    ]
+    last = _run(backend, (1, 5), batches, 32).get_stats()
+    lead = _run(backend, (5, 1), [b.T for b in batches], 32).get_stats()
+    np.testing.assert_array_equal(
+        backend.to_numpy(last.histogram)[0], backend.to_numpy(lead.histogram)[:, 0]
+    )
+    np.testing.assert_array_equal(
+        backend.to_numpy(last.bin_edges)[0], backend.to_numpy(lead.bin_edges)[:, 0]
+    )
+    for c in range(5):
+        counts, lo, _ = reference.histogram_rows([b[:, c] for b in batches], 32)
+        np.testing.assert_array_equal(backend.to_numpy(last.histogram)[0, c], counts)
+
+
+def test_block_wise_histograms(backend, rng):
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    y = rng.standard_normal((4, 64)).astype(np.float32) * 2
+    analyzer = PercentileEncodingAnalyzer((4, 4), num_bins=16, block_size=(1, 16))
+    analyzer.update_stats(backend.asarray(x))
+    analyzer.update_stats(backend.asarray(y))
+    stats = analyzer.get_stats()
+    backend.check(stats.histogram, (4, 4, 16), "float32")
+    for i in range(4):
+        for j in range(4):
+            counts, lo, hi = reference.histogram_rows(
+                [x[i, j * 16 : (j + 1) * 16], y[i, j * 16 : (j + 1) * 16]], 16
+            )
+            np.testing.assert_array_equal(backend.to_numpy(stats.histogram)[i, j], counts)
+
+
+def test_non_finite_values(backend):
+    analyzer = Observer((3, 1), num_bins=4)
+    x = np.array(
+        [
+            [0.0, 1.0, np.inf, np.nan],
+            [np.inf, -np.inf, np.nan, np.inf],
+            [np.nan, np.nan, np.nan, np.nan],
+        ],
+        np.float32,
+    )
+    stats = analyzer.update_stats(backend.asarray(x))
+    counts = backend.to_numpy(stats.histogram)[:, 0]
+    # inf counts in the end bin but never sets the range; all non-finite rows count nothing
+    np.testing.assert_array_equal(counts, [[1, 0, 0, 2], [0, 0, 0, 0], [0, 0, 0, 0]])
+    assert backend.to_numpy(stats.max)[0, 0] == 1.0
+    assert backend.to_numpy(stats.num_nan)[:, 0].tolist() == [1, 1, 4]
+    with pytest.raises(StatisticsNotFoundError, match="2 of 3"):
+        PercentileEncodingAnalyzer((3, 1), num_bins=4).compute_encodings_from_stats(
+            stats, 255, False
+        )
+    analyzer.update_stats(backend.asarray(np.zeros((3, 0), np.float32)))  # empty: no-op
+    np.testing.assert_array_equal(backend.to_numpy(analyzer.get_stats().histogram)[:, 0], counts)
+    analyzer.update_stats(backend.asarray(np.array([[2.0], [5.0], [-1.0]], np.float32)))
+    stats = analyzer.get_stats()
+    np.testing.assert_array_equal(backend.to_numpy(stats.histogram).sum(axis=-1)[:, 0], [4, 1, 1])
+    # a row's first finite value gives it the [v - 0.5, v + 0.5] range
+    assert backend.to_numpy(stats.min)[1:, 0].tolist() == [4.5, -1.5]
+
+
+finite32 = st.floats(-1e4, 1e4, width=32)
+
+
+@SETTINGS
+@given(
+    batches=st.lists(
+        hnp.arrays(np.float32, st.tuples(st.just(3), st.integers(0, 40)), elements=finite32),
+        min_size=1,
+        max_size=4,
+    ),
+    growth=st.sampled_from([None, 1.0, 2.5]),
+)
+def test_merges_conserve_counts(backend, batches, growth):
+    analyzer = Observer((3, 1), num_bins=8, growth_limit=growth)
+    for b in batches:
+        analyzer.update_stats(backend.asarray(b))
+    total = sum(b.shape[1] for b in batches)
+    counts = backend.to_numpy(analyzer.get_stats().histogram)
+    np.testing.assert_array_equal(counts.sum(axis=-1)[:, 0], total)
+    assert np.all(counts >= 0) and np.all(counts == np.round(counts))
+
+
+# -- percentile -----------------------------------------------------------------------------
+SEED_COUNTS = [1, 1, 8, 13, 19, 27, 16, 10, 3, 2]
+SEED_EDGES = [
+    -2.5710,
+    -2.0989,
+    -1.6269,
+    -1.1548,
+    -0.6827,
+    -0.2106,
+    0.2614,
+    0.7335,
+    1.2056,
+    1.6776,
+    2.1497,
+]
+
+
+def test_seed_example(backend):
+    analyzer = PercentileEncodingAnalyzer(shape=(1,), num_bins=10, percentile=80)
+    edges = backend.asarray([SEED_EDGES], "float32")
+    stats = Histogram(backend.asarray([SEED_COUNTS], "float32"), edges, edges[:, 0], edges[:, -1])
+    lo, hi = analyzer.compute_encodings_from_stats(stats, num_steps=256, is_symmetric=False)
+    backend.check(lo, (1,), "float32")
+    # targets 20 and 80 hit bins 3 and 6: their lower edges, exactly
+    assert backend.to_numpy(lo).tolist() == [np.float32(-1.1548)]
+    assert backend.to_numpy(hi).tolist() == [np.float32(0.2614)]
+
+
+@pytest.mark.parametrize("p", [50, 80, 99.9, 100])
+@pytest.mark.parametrize("n, sym", [(255, False), (255, True), (15, False), (65535, True)])
+def test_percentile_matches_reference(backend, rng, p, n, sym):
+    counts = rng.integers(0, 50, (6, 32)).astype(np.float32)
+    counts[0, :] = 0
+    counts[0, 5] = 7  # a single populated bin
+    lo = rng.uniform(-5, 1, 6).astype(np.float32)
+    edges = lo[:, None] + np.arange(33, dtype=np.float32) * rng.uniform(0.01, 1, (6, 1)).astype(
+        np.float32
+    )
+    stats = Histogram(
+        backend.asarray(counts),
+        backend.asarray(edges),
+        backend.asarray(edges[:, 0]),
+        backend.asarray(edges[:, -1]),
+    )
+    got_lo, got_hi = PercentileEncodingAnalyzer(6, 32, p).compute_encodings_from_stats(
+        stats, n, sym
+    )
+    for r in range(6):
+        want = reference.minmax_encoding(
+            *reference.percentile_range(counts[r], edges[r], p), n, sym
+        )
+        np.testing.assert_allclose(backend.to_numpy(got_lo)[r], want[0], rtol=2e-7)
+        np.testing.assert_allclose(backend.to_numpy(got_hi)[r], want[1], rtol=2e-7)
+
+
+def test_percentile_end_to_end_and_set_percentile(backend, rng):
+    x = rng.standard_normal((2, 10000)).astype(np.float32)
+    analyzer = PercentileEncodingAnalyzer((2, 1), num_bins=512, percentile=99)
+    analyzer.update_stats(backend.asarray(x[:, :5000]))
+    analyzer.update_stats(backend.asarray(x[:, 5000:] * 1.5))
+    lo99, hi99 = (backend.to_numpy(a) for a in analyzer.compute_encodings(255, False))
+    analyzer.set_percentile(100)
+    lo100, hi100 = (backend.to_numpy(a) for a in analyzer.compute_encodings(255, False))
+    assert np.all(lo100 < lo99) and np.all(hi99 < hi100)
+    both = np.concatenate([x[:, :5000], x[:, 5000:] * 1.5], axis=1)
+    # the 1% / 99% cut lands within a bin or two of the true quantiles
+    width = (both.max(axis=1) - both.min(axis=1)) / 512
+    assert np.all(np.abs(hi99[:, 0] - np.quantile(both, 0.99, axis=1)) < 2 * width)
+    assert np.all(np.abs(lo99[:, 0] - np.quantile(both, 0.01, axis=1)) < 2 * width)
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_bad_num_bins(bad):
+    with pytest.raises(ValueError, match="num_bins"):
+        PercentileEncodingAnalyzer((1,), num_bins=bad)
+    with pytest.raises(TypeError, match="num_bins"):
+        PercentileEncodingAnalyzer((1,), num_bins=2.5)
+
+
+@pytest.mark.parametrize("bad", [49.9, 100.1, math.nan, -1])
+def test_bad_percentile(bad):
+    with pytest.raises(ValueError, match="percentile"):
+        PercentileEncodingAnalyzer((1,), percentile=bad)
+    analyzer = PercentileEncodingAnalyzer((1,), percentile=90)
+    with pytest.raises(ValueError, match="percentile"):
+        analyzer.set_percentile(bad)
+    assert analyzer.percentile == 90
+
+
+def test_errors_leave_histograms_unchanged(backend, rng):
+    analyzer = PercentileEncodingAnalyzer((3, 1), num_bins=16, percentile=95)
+    analyzer.update_stats(backend.asarray(rng.standard_normal((3, 50)), "float32"))
+    before = [
+        backend.to_numpy(a).copy()
+        for a in (analyzer.get_stats().histogram, analyzer.get_stats().bin_edges)
+    ]
+    wrong = Histogram(
+        backend.asarray(np.ones((3, 1, 8)), "float32"),
+        backend.asarray(np.ones((3, 1, 9)), "float32"),
+        backend.asarray(np.zeros((3, 1)), "float32"),
+        backend.asarray(np.ones((3, 1)), "float32"),
+    )
+    calls = [
+        (
+            lambda: analyzer.update_stats(backend.asarray(np.ones((4, 5)))),
+            ValueError,
+            r"\(3, 1\).*\(4, 5\)",
+        ),
+        (
+            lambda: analyzer.update_stats(backend.asarray(np.ones((3, 2)), "complex64")),
+            TypeError,
+            "complex",
+        ),
+        (lambda: analyzer.update_stats([1.0, 2.0, 3.0]), TypeError, "pass an array"),
+        (
+            lambda: analyzer.compute_encodings_from_stats(wrong, 255, False),
+            ValueError,
+            r"\(3, 1, 8\).*\(3, 1, 16\)",
+        ),
+        (lambda: analyzer.compute_encodings(2.5, False), ValueError, "num_steps"),
+    ]
+    for call, exc, pattern in calls:
+        with pytest.raises(exc, match=pattern):
+            call()
+        after = (analyzer.get_stats().histogram, analyzer.get_stats().bin_edges)
+        for a, b in zip(before, after):
+            np.testing.assert_array_equal(a, backend.to_numpy(b))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64", "int32"])
+def test_result_dtypes(backend, rng, dtype):
+    if dtype == "float16" and backend.name == "array_api_strict":
+        pytest.skip("float16 is not in the array API standard")
+    x = backend.asarray(rng.standard_normal((2, 64)) * 20, dtype)
+    analyzer = PercentileEncodingAnalyzer((2, 1), num_bins=32, percentile=99)
+    analyzer.update_stats(x)
+    lo, hi = analyzer.compute_encodings(255, True)
+    info = backend.xp.__array_namespace_info__()
+    want = (
+        info.default_dtypes(device=backend.device)["real floating"] if dtype == "int32" else dtype
+    )
+    backend.check(lo, (2, 1), want)
+    assert np.all(backend.to_numpy(lo) < 0) and np.all(backend.to_numpy(hi) > 0)
