@@ -5,6 +5,8 @@ from .analyzers import (
     HistogramAnalyzer,
     MinMaxEncodingAnalyzer,
     PercentileEncodingAnalyzer,
+    SqnrEncodingAnalyzer,
+    TfEnhancedEncodingAnalyzer,
 )
 from .encoding import to_scale_offset
 from .stats import Histogram, MinMaxRange, StatisticsNotFoundError
@@ -18,6 +20,8 @@ __all__ = [
     "MinMaxEncodingAnalyzer",
     "MinMaxRange",
     "PercentileEncodingAnalyzer",
+    "SqnrEncodingAnalyzer",
     "StatisticsNotFoundError",
+    "TfEnhancedEncodingAnalyzer",
     "to_scale_offset",
 ]

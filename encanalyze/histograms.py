@@ -174,8 +174,10 @@ def histogram_update(
     may_have_nan = num_nan is not None
     counts = bin_counts(xp, rows, lo, hi, num_bins, may_have_nan)
     batch = RowHistogram(counts, lo, _last_edge(xp, lo, hi, num_bins), num_nan)
-    lo, hi = batch.lo, batch.hi
-    batch_limits = _growth_limits(lo, hi, growth_limit) if math.isfinite(growth_limit) else None
+    # growth limits from the stored (first and last edge) range; merges take the raw batch range
+    batch_limits = (
+        _growth_limits(batch.lo, batch.hi, growth_limit) if math.isfinite(growth_limit) else None
+    )
     if running is None:
         return batch, batch, batch_limits
 

@@ -76,7 +76,7 @@ def histogram_rows(batches, num_bins: int, growth_limit: float = math.inf):
                 limits = (blo - half, state[2] + half)
             continue
         counts, lo, hi = state
-        new_lo, new_hi = min(lo, blo), max(hi, last_edge(blo, bhi))
+        new_lo, new_hi = min(lo, blo), max(hi, bhi)
         if limits is not None:
             new_lo, new_hi = max(new_lo, limits[0]), min(new_hi, limits[1])
         if (new_lo, new_hi) != (lo, hi):
@@ -106,3 +106,53 @@ def percentile_range(counts, edges, p: float):
     i_hi = int(np.argmax(cs >= total * (p / 100)))
     i_lo = int(np.argmax(cs >= total * (1 - p / 100)))
     return edges[i_lo], edges[i_hi]
+
+
+def sqnr_candidates(lo, hi, n, symmetric, num_deltas, num_offsets=21):
+    """SPEC.md "SQNR" candidates for one histogram, in float32, as a list of (delta, offset)."""
+    f = np.float32
+    lo, hi = f(min(lo, 0)), f(max(hi, 0))
+    s = f(min(EPS32, 0.01 / n))
+    hi = max(hi, f(lo + s * f(n)))
+    out = []
+    if symmetric:
+        dmax = f(f(2) * max(hi, -lo) / f(n))
+        for k in range(1, num_deltas + 1):
+            out.append((max(f(dmax * f(k) / f(num_deltas - 1)), s), f(math.floor(-n / 2))))
+        return out
+    dmax = f((hi - lo) / f(n))
+    o_obs = f(np.round(lo / dmax))
+    count = min(n + 2, num_offsets)
+    offsets = [f(round(-n + t * n / (count - 2))) for t in range(count - 1)] + [o_obs]
+    obs_min = f(dmax * o_obs)
+    obs_max = f(obs_min + f(dmax * f(n)))
+    for k in range(1, num_deltas + 1):
+        d = f(dmax * f(k) / f(num_deltas - 1))
+        for o in offsets:
+            bottom = max(obs_min, f(d * o))
+            top = min(obs_max, f(f(d * o) + f(d * f(n))))
+            d2 = max(f((top - bottom) / f(n)), s)
+            out.append((d2, f(np.round(bottom / d2))))
+    return out
+
+
+def sqnr_noise(counts, edges, delta, offset, n, gamma):
+    """SPEC.md expected noise of one candidate on one histogram, bin by bin, in float64."""
+    edges = np.asarray(edges, np.float64)
+    m = (edges[:-1] + edges[1:]) / 2
+    d, o = float(delta), float(offset)
+    q = np.round(m / d - o)
+    clipped = (q < 0) | (q > n)
+    err = ((np.clip(q, 0, n) + o) * d - m) ** 2
+    return float(np.sum(np.asarray(counts, np.float64) * np.where(clipped, gamma * err, err)))
+
+
+def sqnr_encoding(counts, edges, lo, hi, n, symmetric, gamma, num_deltas=None):
+    """SPEC.md SQNR search for one histogram: (min, max, noise of the winner, all noises)."""
+    num_deltas = num_deltas or (101 if symmetric else 17)
+    cands = sqnr_candidates(lo, hi, n, symmetric, num_deltas)
+    noises = [sqnr_noise(counts, edges, d, o, n, gamma) for d, o in cands]
+    best = int(np.argmin(noises))
+    d, o = cands[best]
+    enc_min = np.float32(o * d)
+    return enc_min, np.float32(enc_min + np.float32(n) * d), noises[best], noises

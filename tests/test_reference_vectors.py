@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import encanalyze
+from tests import reference
 
 # shared/ sits beside the checkout (in development and in CI)
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference-vectors"
@@ -14,6 +15,8 @@ VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference-vectors"
 ANALYZERS = {
     "minmax": encanalyze.MinMaxEncodingAnalyzer,
     "percentile": encanalyze.PercentileEncodingAnalyzer,
+    "sqnr": encanalyze.SqnrEncodingAnalyzer,
+    "tf_enhanced": encanalyze.TfEnhancedEncodingAnalyzer,
 }
 
 CASES = json.loads((VECTORS / "cases.json").read_text()) if VECTORS.exists() else []
@@ -48,5 +51,30 @@ def test_reference_case(backend, arrays, case):
     lo, hi = analyzer.compute_encodings(case["num_steps"], case["is_symmetric"])
     want_lo, want_hi = arrays[case["expected_min"]], arrays[case["expected_max"]]
     backend.check(lo, want_lo.shape, str(want_lo.dtype))
-    np.testing.assert_allclose(backend.to_numpy(lo), want_lo, rtol=1e-5)
-    np.testing.assert_allclose(backend.to_numpy(hi), want_hi, rtol=1e-5)
+    lo, hi = backend.to_numpy(lo), backend.to_numpy(hi)
+    off = ~(np.isclose(lo, want_lo, rtol=1e-5, atol=0) & np.isclose(hi, want_hi, rtol=1e-5, atol=0))
+    if case["id"] in REFERENCE_NOT_LEAST_NOISE and off.any():
+        _assert_less_noise(backend, analyzer, case, lo, hi, want_lo, want_hi, off)
+        off[:] = False
+    assert not off.any(), (lo[off], want_lo[off], hi[off], want_hi[off])
+
+
+# Case 65 (TfEnhanced, 4 bit, asymmetric), element 2: the reference picks (-8.146343, 12.219517),
+# whose expected noise under SPEC's model is 42.92787, over (-8.182712, ...) at 42.92705 (the
+# histograms are identical). encanalyze picks the least-noise candidate, as SPEC says.
+REFERENCE_NOT_LEAST_NOISE = {65}
+
+
+def _assert_less_noise(backend, analyzer, case, lo, hi, want_lo, want_hi, off):
+    stats = analyzer.get_stats()
+    num_bins = stats.num_bins
+    counts = backend.to_numpy(stats.histogram).reshape(-1, num_bins)
+    edges = backend.to_numpy(stats.bin_edges).reshape(-1, num_bins + 1)
+    n, gamma = case["num_steps"], analyzer.gamma
+    for r in np.nonzero(off.reshape(-1))[0]:
+        noise = []
+        for a, b in ((lo, hi), (want_lo, want_hi)):
+            d = (float(b.reshape(-1)[r]) - float(a.reshape(-1)[r])) / n
+            o = round(float(a.reshape(-1)[r]) / d)
+            noise.append(reference.sqnr_noise(counts[r], edges[r], d, o, n, gamma))
+        assert noise[0] < noise[1], noise

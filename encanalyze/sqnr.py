@@ -1,0 +1,189 @@
+"""The SQNR (expected-noise) search: candidate grids and two exact ways to score them.
+
+For each encoding's histogram, every bin's mass is taken to sit at its midpoint ``m``. A candidate
+grid ``(delta d, offset o)`` quantizes ``m`` to ``q = round(m / d - o)``; bins with ``q < 0`` or
+``q > n`` are clipped, and ``qdq = (clip(q, 0, n) + o) * d``. Its expected noise is
+``sum(count * (qdq - m)**2)``, clipped bins weighted by ``gamma``. The least-noise candidate
+wins (the first one on ties).
+
+:func:`noise_brute_force` evaluates that sum bin by bin: ``O(bins)`` per candidate.
+
+:func:`noise_by_cells` is exact too, in ``O(n)`` per candidate: the bins that round to the same
+grid point form a contiguous run (midpoints increase), so with prefix sums ``P0, P1, P2`` of
+``count``, ``count * m`` and ``count * m**2`` each run's noise is
+``T**2 dP0 - 2 T dP1 + dP2`` for its target ``T``. Summation by parts removes the per-cell
+differences: only ``P0`` and ``P1`` at the ``n`` interior run boundaries are gathered, and three
+dot products finish the sum. The run boundaries come from the uniform bin layout in closed form;
+the two clipping boundaries (where ``gamma`` applies) are then checked against the per-bin
+rounding rule itself, so they match the brute force exactly. It needs float64 (summation by
+parts cancels large terms) and pays off when ``n`` is well below the number of bins.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._xp import Array, Namespace, device_of
+from .encoding import minimum_scale
+
+__all__ = [
+    "asymmetric_candidates",
+    "noise_brute_force",
+    "noise_by_cells",
+    "symmetric_candidates",
+    "use_cells",
+]
+
+
+def asymmetric_candidates(
+    xp: Namespace, lo: Array, hi: Array, num_steps: int, num_deltas: int, num_offsets: int
+) -> tuple[Array, Array]:
+    """Return asymmetric candidate ``(deltas, offsets)``, each ``(E, num_deltas * K)``.
+
+    ``dmax = (hi - lo) / n``, ``o_obs = round(lo / dmax)``; deltas ``dmax * k / (D - 1)`` for
+    ``k = 1..D``; ``K = min(n + 2, num_offsets)`` offsets: ``round(-n + t * n / (K - 2))`` for
+    ``t = 0..K-2`` and ``o_obs``. Each pair's range ``[d o, d o + n d]`` is intersected with
+    ``[dmax o_obs, dmax o_obs + n dmax]``, giving ``d' = max((top - bottom) / n, s)`` and
+    ``o' = round(bottom / d')``. Order: delta-major. Arithmetic in ``lo``'s dtype.
+    """
+    n = num_steps
+    dev = device_of(lo)
+    dmax = (hi - lo) / n
+    o_obs = xp.round(lo / dmax)
+    k = xp.arange(1, num_deltas + 1, dtype=lo.dtype, device=dev)
+    deltas = dmax[:, None] * k[None, :] / (num_deltas - 1)
+    count = min(n + 2, num_offsets)
+    grid = [float(round(-n + t * n / (count - 2))) for t in range(count - 1)]
+    grid = xp.broadcast_to(xp.asarray(grid, dtype=lo.dtype, device=dev), (lo.shape[0], count - 1))
+    offsets = xp.concat([grid, o_obs[:, None]], axis=1)
+    d, o = deltas[:, :, None], offsets[:, None, :]
+    test_min = d * o
+    test_max = test_min + d * n
+    obs_min = (dmax * o_obs)[:, None, None]
+    obs_max = obs_min + (dmax * n)[:, None, None]
+    bottom = xp.maximum(obs_min, test_min)
+    top = xp.minimum(obs_max, test_max)
+    d_new = xp.maximum((top - bottom) / n, xp.asarray(minimum_scale(n), dtype=lo.dtype))
+    o_new = xp.round(bottom / d_new)
+    shape = (lo.shape[0], num_deltas * count)
+    return xp.reshape(d_new, shape), xp.reshape(o_new, shape)
+
+
+def symmetric_candidates(
+    xp: Namespace, lo: Array, hi: Array, num_steps: int, num_deltas: int
+) -> tuple[Array, Array]:
+    """Return symmetric candidates: deltas ``max(dmax k / (D - 1), s)``, one offset ``-ceil(n/2)``.
+
+    ``dmax = 2 max(hi, -lo) / n``, ``k = 1..D``; both results are ``(E, D)``.
+    """
+    dev = device_of(lo)
+    dmax = 2 * xp.maximum(hi, -lo) / num_steps
+    k = xp.arange(1, num_deltas + 1, dtype=lo.dtype, device=dev)
+    deltas = xp.maximum(
+        dmax[:, None] * k[None, :] / (num_deltas - 1),
+        xp.asarray(minimum_scale(num_steps), dtype=lo.dtype),
+    )
+    offsets = xp.full(deltas.shape, float(math.floor(-num_steps / 2)), dtype=lo.dtype, device=dev)
+    return deltas, offsets
+
+
+def _midpoints(edges: Array) -> Array:
+    return (edges[:, :-1] + edges[:, 1:]) / 2
+
+
+def noise_brute_force(
+    xp: Namespace, counts: Array, edges: Array, deltas: Array, offsets: Array, n: int, gamma: float
+) -> Array:
+    """Return each candidate's expected noise, bin by bin: ``(E, C)`` from ``(E, B)`` histograms.
+
+    Temporaries are ``E x C x B`` elements of ``counts``' dtype.
+    """
+    m = _midpoints(edges)[:, None, :]
+    d, o = deltas[:, :, None], offsets[:, :, None]
+    q = xp.round(m / d - o)
+    clipped = (q < 0) | (q > n)
+    err = (xp.clip(q, 0.0, float(n)) + o) * d - m
+    err = err * err
+    if gamma != 1:
+        err = xp.where(clipped, err * gamma, err)
+    return xp.sum(counts[:, None, :] * err, axis=-1)
+
+
+def use_cells(xp: Namespace, num_steps: int, num_bins: int, dtype) -> bool:
+    """Return whether :func:`noise_by_cells` is the cheaper exact method here."""
+    return dtype == xp.float64 and num_steps + 2 <= num_bins // 2
+
+
+def noise_by_cells(
+    xp: Namespace, counts: Array, edges: Array, deltas: Array, offsets: Array, n: int, gamma: float
+) -> Array:
+    """Return each candidate's expected noise from prefix sums, ``O(n)`` per candidate (float64).
+
+    Temporaries are ``E x C x (n + 2)`` elements. See the module docstring.
+    """
+    num_rows, num_bins = counts.shape
+    dev = device_of(counts)
+    wd = counts.dtype
+    m = _midpoints(edges)
+    p0 = xp.cumulative_sum(counts, axis=1, include_initial=True)
+    p1 = xp.cumulative_sum(counts * m, axis=1, include_initial=True)
+    p2 = xp.cumulative_sum(counts * m * m, axis=1, include_initial=True)
+    e0 = edges[:, :1]
+    w = (edges[:, num_bins:] - e0) / num_bins
+    d, o = deltas, offsets
+    num_cand = d.shape[1]
+
+    # first bin of each run k = 0..n+1: the first midpoint with m / d - o >= k - 1/2
+    k = xp.arange(n + 2, dtype=wd, device=dev)
+    thresholds = (k[None, None, :] - 0.5 + o[:, :, None]) * d[:, :, None] - e0[:, :, None]
+    first = xp.ceil(thresholds / w[:, :, None] - 0.5)
+    first = xp.astype(xp.clip(first, 0.0, float(num_bins)), xp.int64)
+
+    row = xp.arange(num_rows, dtype=xp.int64, device=dev)[:, None, None]
+    flat_m = xp.reshape(m, (num_rows * num_bins,))
+
+    def q_of(bins: Array) -> Array:  # the per-bin rounding rule, at bins (clamped into range)
+        safe = xp.clip(bins, 0, num_bins - 1)
+        mids = xp.take(flat_m, xp.reshape(row * num_bins + safe, (-1,)))
+        mids = xp.reshape(mids, bins.shape)
+        return xp.round(mids / d[:, :, None] - o[:, :, None])
+
+    # make the two clipping boundaries agree with round() exactly (gamma applies there)
+    edge_runs = xp.concat([first[:, :, :1], first[:, :, n + 1 :]], axis=2)
+    targets = xp.asarray([0.0, float(n + 1)], dtype=wd, device=dev)
+    below = edge_runs - 1
+    step_down = (edge_runs > 0) & (q_of(below) >= targets)
+    edge_runs = xp.where(step_down, below, edge_runs)
+    step_up = (edge_runs < num_bins) & (q_of(edge_runs) < targets)
+    edge_runs = xp.where(step_up, edge_runs + 1, edge_runs)
+    b0, bn = edge_runs[:, :, 0], edge_runs[:, :, 1]
+
+    def gather(prefix: Array, bins: Array) -> Array:  # prefix[row, bins] for (E, C[, K]) bins
+        flat = xp.reshape(prefix, (num_rows * (num_bins + 1),))
+        base = row * (num_bins + 1) if bins.ndim == 3 else row[:, :, 0] * (num_bins + 1)
+        return xp.reshape(xp.take(flat, xp.reshape(base + bins, (-1,))), bins.shape)
+
+    # interior boundaries k = 1..n, kept between the (exact) clipping boundaries
+    inner = xp.clip(first[:, :, 1 : n + 1], b0[:, :, None], bn[:, :, None])
+    g0, g1 = gather(p0, inner), gather(p1, inner)
+    coef = xp.arange(1, n + 1, dtype=wd, device=dev) * 2 - 1
+    s_a = xp.matmul(g0, coef) if n > 0 else xp.zeros((num_rows, num_cand), dtype=wd, device=dev)
+    s_b, s_c = xp.sum(g0, axis=-1), xp.sum(g1, axis=-1)
+
+    p0_0, p1_0, p2_0 = gather(p0, b0), gather(p1, b0), gather(p2, b0)
+    p0_n, p1_n, p2_n = gather(p0, bn), gather(p1, bn), gather(p2, bn)
+    tot0, tot1, tot2 = p0[:, num_bins:], p1[:, num_bins:], p2[:, num_bins:]
+    t0, tn = o * d, (o + n) * d
+    low = t0 * t0 * p0_0 - 2 * t0 * p1_0 + p2_0
+    high = tn * tn * (tot0 - p0_n) - 2 * tn * (tot1 - p1_n) + (tot2 - p2_n)
+    interior = (
+        tn * tn * p0_n
+        - t0 * t0 * p0_0
+        - d * d * (s_a + 2 * o * s_b)
+        + 2 * d * s_c
+        - 2 * tn * p1_n
+        + 2 * t0 * p1_0
+        + p2_n
+        - p2_0
+    )
+    return gamma * (low + high) + interior

@@ -1,0 +1,177 @@
+import math
+
+import numpy as np
+import pytest
+
+from encanalyze import Histogram, SqnrEncodingAnalyzer, TfEnhancedEncodingAnalyzer
+from encanalyze.analyzers.sqnr import sqnr_search
+from tests import reference
+
+SEED_COUNTS = [2, 0, 8, 8, 16, 22, 23, 12, 6, 3]
+
+
+def _hist(backend, counts, edges):
+    counts, edges = np.asarray(counts, np.float32), np.asarray(edges, np.float32)
+    return Histogram(
+        backend.asarray(counts),
+        backend.asarray(edges),
+        backend.asarray(edges[..., 0]),
+        backend.asarray(edges[..., -1]),
+    )
+
+
+def _random_histograms(rng, rows, bins, kind="mixed"):
+    counts = rng.integers(0, 40, (rows, bins)).astype(np.float32)
+    counts *= rng.random((rows, bins)) < rng.uniform(0.2, 1.0, (rows, 1))  # sparse ones too
+    counts[:, rng.integers(0, bins)] += 1  # never empty
+    lo = rng.uniform(-8, 0.5, rows).astype(np.float32)
+    width = rng.uniform(0.1, 12, rows).astype(np.float32)
+    if kind == "positive":
+        lo = np.abs(lo)
+    edges = lo[:, None] + np.arange(bins + 1, dtype=np.float32) * (width / bins)[:, None]
+    return counts, edges.astype(np.float32)
+
+
+def test_seed_example(backend):
+    analyzer = SqnrEncodingAnalyzer(shape=(1,), num_bins=10, gamma=1)
+    edges = np.linspace(-2.8907, 2.3912, 11, dtype=np.float32)[None]
+    lo, hi = analyzer.compute_encodings_from_stats(_hist(backend, [SEED_COUNTS], edges), 256, False)
+    backend.check(lo, (1,), "float32")
+    np.testing.assert_allclose(backend.to_numpy(lo), [-2.7080], atol=5e-5)
+    np.testing.assert_allclose(backend.to_numpy(hi), [2.2438], atol=5e-5)
+
+
+@pytest.mark.parametrize("n", [15, 255, 65535])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("gamma", [1.0, 3.0])
+def test_matches_numpy_brute_force(backend, rng, n, symmetric, gamma):
+    counts, edges = _random_histograms(rng, 6, 64)
+    analyzer = SqnrEncodingAnalyzer((6,), num_bins=64, gamma=gamma)
+    lo, hi = analyzer.compute_encodings_from_stats(_hist(backend, counts, edges), n, symmetric)
+    backend.check(lo, (6,), "float32")
+    for r in range(6):
+        want_lo, want_hi, best, noises = reference.sqnr_encoding(
+            counts[r], edges[r], edges[r, 0], edges[r, -1], n, symmetric, gamma
+        )
+        got = (float(backend.to_numpy(lo)[r]), float(backend.to_numpy(hi)[r]))
+        if got != (want_lo, want_hi):  # only a near-tie may choose another candidate
+            d = (got[1] - got[0]) / n
+            mine = reference.sqnr_noise(counts[r], edges[r], d, round(got[0] / d), n, gamma)
+            assert mine <= best * (1 + 1e-6), (got, (want_lo, want_hi))
+
+
+@pytest.mark.parametrize("n, bins", [(15, 2048), (255, 2048), (15, 512), (255, 1024), (3, 64)])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_cells_and_brute_force_choose_the_same(rng, n, bins, symmetric):
+    import array_api_compat.numpy as xp
+
+    counts, edges = _random_histograms(rng, 200, bins)
+    counts[:50] = np.round(counts[:50] * 1000)  # large counts too
+    args = (xp, counts, edges, edges[:, 0], edges[:, -1], n, symmetric)
+    got = sqnr_search(*args, method="cells", gamma=3.0)
+    want = sqnr_search(*args, method="brute", gamma=3.0)
+    differ = np.nonzero((got[0] != want[0]) | (got[1] != want[1]))[0]
+    for r in differ:  # allowed only where both noises agree to 1e-6
+        noise = [
+            reference.sqnr_noise(
+                counts[r], edges[r], (h - lo) / n, round(lo / ((h - lo) / n)), n, 3.0
+            )
+            for lo, h in ((got[0][r], got[1][r]), (want[0][r], want[1][r]))
+        ]
+        assert abs(noise[0] - noise[1]) <= 1e-6 * noise[1], (r, noise)
+    assert len(differ) <= 2
+
+
+def test_cells_noise_equals_brute_force_noise(rng):
+    import array_api_compat.numpy as xp
+
+    from encanalyze.sqnr import asymmetric_candidates, noise_brute_force, noise_by_cells
+
+    counts, edges = _random_histograms(rng, 50, 1024)
+    lo, hi = np.minimum(edges[:, 0], 0), np.maximum(edges[:, -1], 0)
+    d, o = asymmetric_candidates(xp, lo, hi, 255, 17, 21)
+    args = [a.astype(np.float64) for a in (counts, edges, d, o)]
+    brute = noise_brute_force(xp, *args, 255, 3.0)
+    cells = noise_by_cells(xp, *args, 255, 3.0)
+    np.testing.assert_allclose(cells, brute, rtol=1e-9)
+
+
+def test_max_parallelism_never_changes_results(backend, rng):
+    counts, edges = _random_histograms(rng, 9, 128)
+    stats = _hist(backend, counts.reshape(3, 3, 128), edges.reshape(3, 3, 129))
+    results = [
+        [
+            backend.to_numpy(a)
+            for a in SqnrEncodingAnalyzer(
+                (3, 3), 128, max_parallelism=p
+            ).compute_encodings_from_stats(stats, 255, False)
+        ]
+        for p in (1, 2, 64)
+    ]
+    for other in results[1:]:
+        np.testing.assert_array_equal(other[0], results[0][0])
+        np.testing.assert_array_equal(other[1], results[0][1])
+
+
+@pytest.mark.parametrize("layout", [((64, 6), (1, 6)), ((6, 64), (6, 1)), ((4, 6, 8), (6, 1))])
+def test_end_to_end_per_channel_any_axis(backend, rng, layout):
+    in_shape, shape = layout
+    batches = [rng.standard_normal(in_shape).astype(np.float32) * s for s in (1.0, 2.5)]
+    analyzer = SqnrEncodingAnalyzer(shape, num_bins=128, gamma=3.0)
+    for b in batches:
+        analyzer.update_stats(backend.asarray(b))
+    lo, hi = analyzer.compute_encodings(15, False)
+    backend.check(lo, shape, "float32")
+    stats = analyzer.get_stats()
+    counts = backend.to_numpy(stats.histogram).reshape(6, 128)
+    edges = backend.to_numpy(stats.bin_edges).reshape(6, 129)
+    for r in range(6):
+        want_lo, want_hi, _, _ = reference.sqnr_encoding(
+            counts[r], edges[r], edges[r, 0], edges[r, -1], 15, False, 3.0
+        )
+        assert backend.to_numpy(lo).ravel()[r] == want_lo
+        assert backend.to_numpy(hi).ravel()[r] == want_hi
+
+
+def test_tf_enhanced_settings():
+    a = TfEnhancedEncodingAnalyzer((4, 1))
+    assert (a.num_bins, a.gamma, a.growth_limit) == (512, 3.0, 3.0)
+    assert (a.asymmetric_delta_candidates, a.symmetric_delta_candidates, a.offset_candidates) == (
+        17,
+        101,
+        21,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, pattern",
+    [
+        ({"asymmetric_delta_candidates": 1}, ValueError, "asymmetric_delta_candidates"),
+        ({"symmetric_delta_candidates": 1}, ValueError, "symmetric_delta_candidates"),
+        ({"offset_candidates": 2}, ValueError, "offset_candidates"),
+        ({"max_parallelism": 0}, ValueError, "max_parallelism"),
+        ({"gamma": -0.5}, ValueError, "gamma"),
+        ({"gamma": math.inf}, ValueError, "gamma"),
+        ({"gamma": math.nan}, ValueError, "gamma"),
+        ({"gamma": "3"}, TypeError, "gamma"),
+        ({"offset_candidates": 2.5}, TypeError, "offset_candidates"),
+        ({"histogram_growth_limit": 0.9}, ValueError, "growth limit"),
+        ({"num_bins": 0}, ValueError, "num_bins"),
+    ],
+)
+def test_bad_parameters(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        SqnrEncodingAnalyzer((1,), **kwargs)
+
+
+def test_errors_leave_stats_unchanged(backend, rng):
+    analyzer = SqnrEncodingAnalyzer((2, 1), num_bins=32)
+    analyzer.update_stats(backend.asarray(rng.standard_normal((2, 40)), "float32"))
+    before = backend.to_numpy(analyzer.get_stats().histogram).copy()
+    with pytest.raises(ValueError, match="symmetric"):
+        analyzer.compute_encodings(1, True)
+    with pytest.raises(ValueError, match=r"\(2, 1\).*\(3, 40\)"):
+        analyzer.update_stats(backend.asarray(rng.standard_normal((3, 40)), "float32"))
+    np.testing.assert_array_equal(backend.to_numpy(analyzer.get_stats().histogram), before)
+    lo, hi = analyzer.compute_encodings(255, True)
+    assert np.all(backend.to_numpy(lo) < 0) and np.all(backend.to_numpy(hi) > 0)
