@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from ._xp import Array, Namespace, device_of
+from ._xp import Array, Namespace, device_of, on_host
 from .encoding import minimum_scale
 
 __all__ = [
@@ -119,59 +119,92 @@ def noise_by_cells(
 ) -> Array:
     """Return each candidate's expected noise from prefix sums, ``O(n)`` per candidate (float64).
 
-    Temporaries are ``E x C x (n + 2)`` elements. See the module docstring.
+    Temporaries are ``E x C x n`` elements (host backends work through the rows in pieces of
+    about 2**18 such elements, which keeps them in cache). See the module docstring.
     """
+    num_rows, num_bins = counts.shape
+    step = num_rows
+    if on_host(counts):
+        step = max(1, 2**18 // max(1, deltas.shape[1] * n))
+        step = -(-num_rows // -(-num_rows // step))  # equal pieces
+    if step >= num_rows:
+        return _noise_by_cells(xp, counts, edges, deltas, offsets, n, gamma)
+    parts = [
+        _noise_by_cells(
+            xp,
+            counts[a : a + step],
+            edges[a : a + step],
+            deltas[a : a + step],
+            offsets[a : a + step],
+            n,
+            gamma,
+        )
+        for a in range(0, num_rows, step)
+    ]
+    return xp.concat(parts, axis=0)
+
+
+def _noise_by_cells(
+    xp: Namespace, counts: Array, edges: Array, d: Array, o: Array, n: int, gamma: float
+) -> Array:
     num_rows, num_bins = counts.shape
     dev = device_of(counts)
     wd = counts.dtype
     m = _midpoints(edges)
-    p0 = xp.cumulative_sum(counts, axis=1, include_initial=True)
-    p1 = xp.cumulative_sum(counts * m, axis=1, include_initial=True)
-    p2 = xp.cumulative_sum(counts * m * m, axis=1, include_initial=True)
+    # prefix sums with a leading 0: one zero column on counts and midpoints serves all three
+    zero = xp.zeros((num_rows, 1), dtype=wd, device=dev)
+    c_pad, m_pad = xp.concat([zero, counts], axis=1), xp.concat([zero, m], axis=1)
+    cm = c_pad * m_pad
+    p0 = xp.cumulative_sum(c_pad, axis=1)
+    p1 = xp.cumulative_sum(cm, axis=1)
+    p2 = xp.cumulative_sum(cm * m_pad, axis=1)
     e0 = edges[:, :1]
     w = (edges[:, num_bins:] - e0) / num_bins
-    d, o = deltas, offsets
-    num_cand = d.shape[1]
-
-    # first bin of each run k = 0..n+1: the first midpoint with m / d - o >= k - 1/2
-    k = xp.arange(n + 2, dtype=wd, device=dev)
-    thresholds = (k[None, None, :] - 0.5 + o[:, :, None]) * d[:, :, None] - e0[:, :, None]
-    first = xp.ceil(thresholds / w[:, :, None] - 0.5)
-    first = xp.astype(xp.clip(first, 0.0, float(num_bins)), xp.int64)
-
-    row = xp.arange(num_rows, dtype=xp.int64, device=dev)[:, None, None]
+    # run k starts at the first midpoint with m / d - o >= k - 1/2; with uniform bins that is
+    # bin ceil(alpha + beta k), for m_i = e0 + (i + 1/2) w
+    beta = d / w
+    alpha = ((o - 0.5) * d - e0) / w - 0.5
+    row = xp.arange(num_rows, dtype=wd, device=dev)[:, None]
     flat_m = xp.reshape(m, (num_rows * num_bins,))
 
-    def q_of(bins: Array) -> Array:  # the per-bin rounding rule, at bins (clamped into range)
-        safe = xp.clip(bins, 0, num_bins - 1)
-        mids = xp.take(flat_m, xp.reshape(row * num_bins + safe, (-1,)))
-        mids = xp.reshape(mids, bins.shape)
-        return xp.round(mids / d[:, :, None] - o[:, :, None])
+    def take(flat: Array, bins: Array, width: int) -> Array:  # flat[row, bins], float bins
+        idx = xp.astype(bins + row * width, xp.int64)
+        return xp.reshape(xp.take(flat, xp.reshape(idx, (-1,))), bins.shape)
 
-    # make the two clipping boundaries agree with round() exactly (gamma applies there)
-    edge_runs = xp.concat([first[:, :, :1], first[:, :, n + 1 :]], axis=2)
-    targets = xp.asarray([0.0, float(n + 1)], dtype=wd, device=dev)
-    below = edge_runs - 1
-    step_down = (edge_runs > 0) & (q_of(below) >= targets)
-    edge_runs = xp.where(step_down, below, edge_runs)
-    step_up = (edge_runs < num_bins) & (q_of(edge_runs) < targets)
-    edge_runs = xp.where(step_up, edge_runs + 1, edge_runs)
-    b0, bn = edge_runs[:, :, 0], edge_runs[:, :, 1]
+    def clipping_boundary(k: int) -> Array:
+        """First bin of run ``k`` (0 or n + 1), exactly as the per-bin ``round()`` decides."""
+        b = xp.clip(xp.ceil(alpha + beta * k), 0.0, float(num_bins))
+        below = xp.clip(b - 1, 0.0, float(num_bins - 1))
+        q_below = xp.round(take(flat_m, below, num_bins) / d - o)
+        b = xp.where((b > 0) & (q_below >= k), b - 1, b)
+        at = xp.clip(b, 0.0, float(num_bins - 1))
+        q_at = xp.round(take(flat_m, at, num_bins) / d - o)
+        return xp.where((b < num_bins) & (q_at < k), b + 1, b)
 
-    def gather(prefix: Array, bins: Array) -> Array:  # prefix[row, bins] for (E, C[, K]) bins
-        flat = xp.reshape(prefix, (num_rows * (num_bins + 1),))
-        base = row * (num_bins + 1) if bins.ndim == 3 else row[:, :, 0] * (num_bins + 1)
-        return xp.reshape(xp.take(flat, xp.reshape(base + bins, (-1,))), bins.shape)
+    b0, bn = clipping_boundary(0), clipping_boundary(n + 1)
+    flat0 = xp.reshape(p0, (-1,))
+    flat1 = xp.reshape(p1, (-1,))
+    flat2 = xp.reshape(p2, (-1,))
+    width = num_bins + 1
+    if n > 0:  # interior boundaries k = 1..n, kept between the clipping ones
+        k = xp.arange(1, n + 1, dtype=wd, device=dev)
+        base = row * width  # the row offset rides along in the same arithmetic
+        inner = xp.ceil((alpha + base)[:, :, None] + beta[:, :, None] * k)
+        inner = xp.clip(inner, (b0 + base)[:, :, None], (bn + base)[:, :, None])
+        shape = inner.shape
+        idx = xp.reshape(xp.astype(inner, xp.int64), (-1,))
+        # gathered prefix sums as (E * C, n) matrices: the three sums are one small GEMM each
+        g0 = xp.reshape(xp.take(flat0, idx), (shape[0] * shape[1], n))
+        g1 = xp.reshape(xp.take(flat1, idx), (shape[0] * shape[1], n))
+        sums = xp.matmul(g0, xp.stack([2 * k - 1, xp.ones_like(k)], axis=1))
+        s_a = xp.reshape(sums[:, 0], shape[:2])
+        s_b = xp.reshape(sums[:, 1], shape[:2])
+        s_c = xp.reshape(xp.matmul(g1, xp.ones((n, 1), dtype=wd, device=dev)), shape[:2])
+    else:
+        s_a = s_b = s_c = xp.zeros(d.shape, dtype=wd, device=dev)
 
-    # interior boundaries k = 1..n, kept between the (exact) clipping boundaries
-    inner = xp.clip(first[:, :, 1 : n + 1], b0[:, :, None], bn[:, :, None])
-    g0, g1 = gather(p0, inner), gather(p1, inner)
-    coef = xp.arange(1, n + 1, dtype=wd, device=dev) * 2 - 1
-    s_a = xp.matmul(g0, coef) if n > 0 else xp.zeros((num_rows, num_cand), dtype=wd, device=dev)
-    s_b, s_c = xp.sum(g0, axis=-1), xp.sum(g1, axis=-1)
-
-    p0_0, p1_0, p2_0 = gather(p0, b0), gather(p1, b0), gather(p2, b0)
-    p0_n, p1_n, p2_n = gather(p0, bn), gather(p1, bn), gather(p2, bn)
+    p0_0, p1_0, p2_0 = (take(f, b0, width) for f in (flat0, flat1, flat2))
+    p0_n, p1_n, p2_n = (take(f, bn, width) for f in (flat0, flat1, flat2))
     tot0, tot1, tot2 = p0[:, num_bins:], p1[:, num_bins:], p2[:, num_bins:]
     t0, tn = o * d, (o + n) * d
     low = t0 * t0 * p0_0 - 2 * t0 * p1_0 + p2_0
