@@ -9,7 +9,8 @@ from .analyzers import (
     TfEnhancedEncodingAnalyzer,
 )
 from .encoding import to_scale_offset
-from .stats import Histogram, MinMaxRange, StatisticsNotFoundError
+from .persistence import StatsFileError, load, save
+from .stats import Histogram, MinMaxRange, StatisticsNotFoundError, merge_stats
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,10 @@ __all__ = [
     "PercentileEncodingAnalyzer",
     "SqnrEncodingAnalyzer",
     "StatisticsNotFoundError",
+    "StatsFileError",
     "TfEnhancedEncodingAnalyzer",
+    "load",
+    "merge_stats",
+    "save",
     "to_scale_offset",
 ]

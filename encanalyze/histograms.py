@@ -18,18 +18,26 @@ __all__ = [
     "bin_counts",
     "bin_edges",
     "histogram_update",
+    "last_edge",
+    "merge_rows",
     "rebin",
+    "rebin_onto",
     "wide_dtype",
 ]
 
 
 class RowHistogram(NamedTuple):
-    """Histograms of ``E`` rows: counts ``(E, B)`` float32, range ``lo``/``hi`` ``(E,)``."""
+    """Histograms of ``E`` rows: counts ``(E, B)`` float32, stored range ``lo``/``hi`` ``(E,)``.
+
+    ``num_nan`` counts dropped NaN values per row (``None``: none); ``limits`` holds the
+    growth limits ``(lo, hi)`` ``(E,)`` each, or ``None`` without a growth limit.
+    """
 
     counts: Array
     lo: Array
     hi: Array
-    num_nan: Array | None
+    num_nan: Array | None = None
+    limits: tuple[Array, Array] | None = None
 
 
 def wide_dtype(xp: Namespace, device) -> object:
@@ -96,7 +104,10 @@ def rebin(
     last = float(num_bins - 1)
     j = xp.clip(xp.floor((start - nlo[:, None]) / w_new), 0.0, last)
     c = xp.astype(counts, wd)
-    part = xp.minimum(xp.round((nlo[:, None] + (j + 1) * w_new - start) / w_old * c), c)
+    # the fraction of the old bin before the target's upper edge; clipped into [0, 1] first so
+    # that an empty bin stays 0 even where the fraction overflows (tiny old bins)
+    fraction = xp.clip((nlo[:, None] + (j + 1) * w_new - start) / w_old, 0.0, 1.0)
+    part = xp.minimum(xp.round(fraction * c), c)
     j2 = xp.clip(xp.floor((start + w_new - nlo[:, None]) / w_new), 0.0, last)
     wide = wide_dtype(xp, device_of(counts))
     moved = backends.bincount_rows(xp, xp.astype(j, xp.int64), num_bins, xp.astype(part, wide))
@@ -109,7 +120,7 @@ def _keep_rows(xp: Namespace, counts: Array, keep: Array) -> Array:
     return counts * xp.astype(keep, counts.dtype)[:, None]
 
 
-def _last_edge(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
+def last_edge(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
     """Return the last edge ``lo + B * ((hi - lo) / B)``: a histogram's stored upper end.
 
     It can differ from ``hi`` by float rounding; like the reference, the stored range of every
@@ -134,9 +145,8 @@ def histogram_update(
     dtype,
     num_bins: int,
     running: RowHistogram | None = None,
-    limits: tuple[Array, Array] | None = None,
     growth_limit: float = math.inf,
-) -> tuple[RowHistogram, RowHistogram, tuple[Array, Array] | None]:
+) -> tuple[RowHistogram, RowHistogram]:
     """Histogram a batch of rows and merge it into the running histograms.
 
     Parameters
@@ -149,22 +159,25 @@ def histogram_update(
         Floating dtype the ranges are kept in (the input's).
     num_bins
         Bins per histogram.
-    running, limits
-        Running histograms and their growth limits (``None`` before the first batch).
+    running
+        Running histograms (``None`` before the first batch).
     growth_limit
         How far, in multiples of the first range, a range may grow in total (``inf``: no limit).
 
     Returns
     -------
-    batch, merged, limits
-        The batch's own histograms (over its own finite range), the merged running histograms
-        (the batch's values counted on the new edges and added to the re-binned old counts),
-        and the growth limits.
+    batch, merged
+        The batch's own histograms (over its own finite range) and the merged running
+        histograms (the batch's values counted on the new edges and added to the re-binned old
+        counts), with their growth limits.
     """
     lo, hi, num_nan = backends.minmax(xp, rows, (1,), finite=True)
     lo, hi = xp.astype(lo, dtype, copy=False), xp.astype(hi, dtype, copy=False)
     seen = lo <= hi  # rows with at least one finite value
-    point = lo == hi  # [v - 0.5, v + 0.5], at least one ulp wide even where 0.5 rounds away
+    # a single value (or a range whose bin width underflows to 0) gets [v - 0.5, v + 0.5], at
+    # least one ulp wide even where 0.5 rounds away
+    wd = work_dtype(xp, dtype)
+    point = (xp.astype(hi, wd) - xp.astype(lo, wd)) / num_bins == 0
     lo = xp.where(
         point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.asarray(-xp.inf, dtype=dtype))), lo
     )
@@ -173,15 +186,17 @@ def histogram_update(
     )
     may_have_nan = num_nan is not None
     counts = bin_counts(xp, rows, lo, hi, num_bins, may_have_nan)
-    batch = RowHistogram(counts, lo, _last_edge(xp, lo, hi, num_bins), num_nan)
+    stored_hi = last_edge(xp, lo, hi, num_bins)
     # growth limits from the stored (first and last edge) range; merges take the raw batch range
     batch_limits = (
-        _growth_limits(batch.lo, batch.hi, growth_limit) if math.isfinite(growth_limit) else None
+        _growth_limits(lo, stored_hi, growth_limit) if math.isfinite(growth_limit) else None
     )
+    batch = RowHistogram(counts, lo, stored_hi, num_nan, batch_limits)
     if running is None:
-        return batch, batch, batch_limits
+        return batch, batch
 
     was_seen = running.lo <= running.hi
+    limits = running.limits
     if batch_limits is not None and limits is None:
         limits = batch_limits
     elif batch_limits is not None:  # rows seeing their first value take this batch's limits
@@ -193,15 +208,57 @@ def histogram_update(
     if limits is not None:
         new_lo = xp.where(seen, xp.maximum(new_lo, limits[0]), new_lo)
         new_hi = xp.where(seen, xp.minimum(new_hi, limits[1]), new_hi)
-    changed = was_seen & ((new_lo != running.lo) | (new_hi != running.hi))
-    old = running.counts
-    if not on_host(old) or bool(xp.any(changed)):  # host backends skip an unchanged rebin
-        rebinned = rebin(xp, old, running.lo, running.hi, new_lo, new_hi)
-        old = xp.where(changed[:, None], rebinned, old)
+    old = rebin_onto(xp, running, new_lo, new_hi)
     new = _keep_rows(xp, bin_counts(xp, rows, new_lo, new_hi, num_bins, may_have_nan), seen)
-    if running.num_nan is None or num_nan is None:
-        total_nan = running.num_nan if num_nan is None else num_nan
-    else:
-        total_nan = running.num_nan + num_nan
-    merged = RowHistogram(old + new, new_lo, _last_edge(xp, new_lo, new_hi, num_bins), total_nan)
-    return batch, merged, limits
+    merged = RowHistogram(
+        old + new,
+        new_lo,
+        last_edge(xp, new_lo, new_hi, num_bins),
+        _add_counts(running.num_nan, num_nan),
+        limits,
+    )
+    return batch, merged
+
+
+def _add_counts(a: Array | None, b: Array | None) -> Array | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a + b
+
+
+def rebin_onto(xp: Namespace, h: RowHistogram, lo: Array, hi: Array) -> Array:
+    """Return ``h``'s counts re-binned onto ``[lo, hi]`` (containing its range), row by row.
+
+    Rows whose range is already ``[lo, hi]`` (or that hold nothing) keep their counts.
+    """
+    changed = (h.lo <= h.hi) & ((lo != h.lo) | (hi != h.hi))
+    if on_host(h.counts) and not bool(xp.any(changed)):  # host backends skip a no-op rebin
+        return h.counts
+    return xp.where(changed[:, None], rebin(xp, h.counts, h.lo, h.hi, lo, hi), h.counts)
+
+
+def merge_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:
+    """Merge row histograms: union range, each re-binned once onto it, counts added.
+
+    Commutative and exact in total counts; not associative (see :func:`encanalyze.merge_stats`).
+    Growth limits, where present, become the union of the parts' limits.
+    """
+    num_bins = parts[0].counts.shape[1]
+    lo, hi = parts[0].lo, parts[0].hi
+    for p in parts[1:]:
+        lo, hi = xp.minimum(lo, p.lo), xp.maximum(hi, p.hi)
+    counts = rebin_onto(xp, parts[0], lo, hi)
+    num_nan, limits = parts[0].num_nan, parts[0].limits
+    for p in parts[1:]:
+        counts = counts + rebin_onto(xp, p, lo, hi)
+        num_nan = _add_counts(num_nan, p.num_nan)
+        if p.limits is not None:
+            limits = (
+                p.limits
+                if limits is None
+                else (
+                    xp.minimum(limits[0], p.limits[0]),
+                    xp.maximum(limits[1], p.limits[1]),
+                )
+            )
+    return RowHistogram(counts, lo, last_edge(xp, lo, hi, num_bins), num_nan, limits)

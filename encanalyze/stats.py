@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ._xp import Array, Namespace, namespace_of
+from .histograms import RowHistogram, bin_edges, merge_rows
 
 __all__ = [
     "Histogram",
@@ -12,6 +14,7 @@ __all__ = [
     "StatisticsNotFoundError",
     "empty_minmax",
     "merge_minmax",
+    "merge_stats",
 ]
 
 
@@ -130,3 +133,61 @@ def merge_minmax(a: MinMaxRange, b: MinMaxRange, xp: Namespace | None = None) ->
     else:
         num_nan = a.num_nan + b.num_nan
     return MinMaxRange(lo, hi, num_nan)
+
+
+def merge_stats(*stats: MinMaxRange | Histogram) -> MinMaxRange | Histogram:
+    """Merge statistics of one type gathered on different data (workers, shards, runs).
+
+    - :class:`MinMaxRange`: elementwise min / max, exact; any order or grouping gives the same.
+    - :class:`Histogram`: the union of the ranges; each histogram is re-binned once onto the
+      union's edges with the re-binning rule of an update (uniform mass per old bin), and the
+      counts are added. Total counts are conserved exactly and the result does not depend on
+      the order of the arguments. It does depend on grouping: ``merge(merge(a, b), c)``
+      re-bins ``a`` twice where ``merge(a, b, c)`` re-bins it once, which can move counts
+      between neighbouring bins (pass all parts in one call to avoid that).
+
+    Never-updated elements (``min = +inf``, zero counts) are the identity.
+
+    Raises
+    ------
+    TypeError
+        If the statistics are of different types.
+    ValueError
+        If their shapes (or numbers of bins) differ.
+    """
+    if not stats:
+        raise ValueError("merge_stats needs at least one statistics object")
+    kinds = {type(s).__name__ for s in stats}
+    if len(kinds) > 1:
+        raise TypeError(f"cannot merge statistics of different types: {sorted(kinds)}")
+    shapes = {s.shape for s in stats}
+    if len(shapes) > 1:
+        raise ValueError(f"cannot merge statistics of different shapes: {sorted(shapes)}")
+    if isinstance(stats[0], MinMaxRange):
+        merged = stats[0]
+        for other in stats[1:]:
+            merged = merge_minmax(merged, other)
+        return merged
+    bins = {s.num_bins for s in stats}
+    if len(bins) > 1:
+        raise ValueError(f"cannot merge histograms with different numbers of bins: {sorted(bins)}")
+    xp = namespace_of(*(s.histogram for s in stats))
+    shape, num_bins = stats[0].shape, stats[0].num_bins
+    e = math.prod(shape)
+    rows = [
+        RowHistogram(
+            xp.astype(xp.reshape(s.histogram, (e, num_bins)), xp.float32),
+            xp.reshape(s.min, (e,)),
+            xp.reshape(s.max, (e,)),
+            None if s.num_nan is None else xp.reshape(s.num_nan, (e,)),
+        )
+        for s in stats
+    ]
+    m = merge_rows(xp, rows)
+    return Histogram(
+        xp.reshape(m.counts, (*shape, num_bins)),
+        xp.reshape(bin_edges(xp, m.lo, m.hi, num_bins), (*shape, num_bins + 1)),
+        xp.reshape(m.lo, shape),
+        xp.reshape(m.hi, shape),
+        None if m.num_nan is None else xp.reshape(m.num_nan, shape),
+    )

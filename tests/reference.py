@@ -66,7 +66,7 @@ def histogram_rows(batches, num_bins: int, growth_limit: float = math.inf):
         if finite.size == 0:
             continue
         blo, bhi = finite.min(), finite.max()
-        if blo == bhi:
+        if (np.float32(bhi) - np.float32(blo)) / np.float32(num_bins) == 0:
             blo, bhi = dt(blo - dt(0.5)), dt(bhi + dt(0.5))
         if state is None:
             counts = np.bincount(index(values, blo, bhi), minlength=num_bins).astype(float)
@@ -87,7 +87,8 @@ def histogram_rows(batches, num_bins: int, growth_limit: float = math.inf):
                     continue
                 a = lo + w_old * dt(i)
                 j = min(max(int(np.floor((a - new_lo) / w_new)), 0), num_bins - 1)
-                part = min(np.round((new_lo + dt(j + 1) * w_new - a) / w_old * dt(c)), c)
+                fraction = min(max((new_lo + dt(j + 1) * w_new - a) / w_old, 0), 1)
+                part = min(np.round(dt(fraction) * dt(c)), c)
                 moved[j] += part
                 j2 = min(max(int(np.floor((a + w_new - new_lo) / w_new)), 0), num_bins - 1)
                 moved[j2] += c - part
@@ -156,3 +157,26 @@ def sqnr_encoding(counts, edges, lo, hi, n, symmetric, gamma, num_deltas=None):
     d, o = cands[best]
     enc_min = np.float32(o * d)
     return enc_min, np.float32(enc_min + np.float32(n) * d), noises[best], noises
+
+
+def rebin(counts, lo, hi, new_lo, new_hi):
+    """SPEC.md re-binning of one histogram's counts onto [new_lo, new_hi], a bin at a time."""
+    counts = np.asarray(counts, np.float64)
+    num_bins = len(counts)
+    if (new_lo, new_hi) == (lo, hi):
+        return counts
+    dt = np.float32
+    nb = dt(num_bins)
+    moved = np.zeros(num_bins)
+    w_old, w_new = (dt(hi) - dt(lo)) / nb, (dt(new_hi) - dt(new_lo)) / nb
+    for i, c in enumerate(counts):
+        if c == 0:
+            continue
+        a = dt(lo) + w_old * dt(i)
+        j = min(max(int(np.floor((a - dt(new_lo)) / w_new)), 0), num_bins - 1)
+        fraction = min(max((dt(new_lo) + dt(j + 1) * w_new - a) / w_old, 0), 1)
+        part = min(np.round(dt(fraction) * dt(c)), c)
+        moved[j] += part
+        j2 = min(max(int(np.floor((a + w_new - dt(new_lo)) / w_new)), 0), num_bins - 1)
+        moved[j2] += c - part
+    return moved

@@ -12,7 +12,10 @@ from ..encoding import validate_num_steps
 from ..shapes import Plan, normalize_block_size, normalize_shape, plan
 from ..stats import StatisticsNotFoundError
 
-__all__ = ["EncodingAnalyzer"]
+__all__ = ["STATE_FORMAT_VERSION", "EncodingAnalyzer"]
+
+STATE_FORMAT_VERSION = 1
+"""Version of :meth:`EncodingAnalyzer.state_dict` and of :func:`encanalyze.save`'s files."""
 
 S = TypeVar("S")
 
@@ -63,6 +66,106 @@ class EncodingAnalyzer(ABC, Generic[S]):
     def get_stats(self) -> S | None:
         """Return the running statistics (``None`` before the first update)."""
         return None if self._state is None else self._stats_of(self._state)
+
+    # -- merging and persistence ------------------------------------------------------------
+    def params(self) -> dict:
+        """Return the constructor arguments of this analyzer (JSON-compatible)."""
+        block = None if self.block_size is None else list(self.block_size)
+        return {"shape": list(self.shape), "block_size": block}
+
+    def _stats_params(self) -> dict:
+        """Return the parameters that shape the statistics (two analyzers must share to merge)."""
+        return self.params()
+
+    def merge(self, *others: EncodingAnalyzer) -> EncodingAnalyzer:
+        """Merge the running statistics of ``others`` into this analyzer's; return ``self``.
+
+        The others must be of the same class with the same statistics parameters (shape, block
+        size, number of bins, growth limit) and hold their statistics in the same namespace and
+        on the same device; never-updated analyzers change nothing. See
+        :func:`encanalyze.merge_stats` for what merging does to each kind of statistics.
+        """
+        for other in others:
+            if type(other) is not type(self):
+                raise TypeError(
+                    f"cannot merge a {type(other).__name__} into a {type(self).__name__}"
+                )
+            if other._stats_params() != self._stats_params():
+                raise ValueError(
+                    f"cannot merge analyzers with different parameters: "
+                    f"{other._stats_params()} into {self._stats_params()}"
+                )
+        held = [a for a in (self, *others) if a._state is not None]
+        if len(held) < 2:
+            if held:
+                self._state, self._home = held[0]._state, held[0]._home
+            return self
+        home = held[0]._home
+        for a in held[1:]:
+            check_same_home(home, a._home[0], self._stats_array(a.get_stats()))
+        self._state = self._merge_states(home[0], [a._state for a in held])
+        self._home = home
+        return self
+
+    def state_dict(self) -> dict:
+        """Return the analyzer's class, parameters and statistics (arrays of its namespace)."""
+        return {
+            "format_version": STATE_FORMAT_VERSION,
+            "class": type(self).__name__,
+            "params": self.params(),
+            "stats_params": self._stats_params(),
+            "state": None if self._state is None else self._state_arrays(self._state),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Replace the running statistics with those of ``state_dict`` (see :meth:`state_dict`).
+
+        Raises
+        ------
+        ValueError
+            If it was written by another class, with other statistics parameters, by another
+            format version, or holds arrays of the wrong shapes; the analyzer is then unchanged.
+        """
+        try:
+            version, cls = state_dict["format_version"], state_dict["class"]
+            theirs, arrays = state_dict["stats_params"], state_dict["state"]
+        except (KeyError, TypeError):
+            raise ValueError(
+                "not an encanalyze state dict (needs format_version, class, stats_params, state)"
+            ) from None
+        if version != STATE_FORMAT_VERSION:
+            raise ValueError(f"unsupported state format version {version!r}")
+        if cls != type(self).__name__:
+            raise ValueError(f"state of a {cls} cannot be loaded into a {type(self).__name__}")
+        own = self._stats_params()
+        if theirs != own:
+            raise ValueError(f"state parameters {theirs} do not match this analyzer's {own}")
+        if arrays is None:
+            self.reset_stats()
+            return
+        if not isinstance(arrays, dict) or not arrays:
+            raise ValueError("state arrays must be a non-empty dict of arrays")
+        first = next(iter(arrays.values()))
+        xp = namespace_of(first)
+        for value in arrays.values():
+            check_same_home((xp, device_of(first)), namespace_of(value), value)
+        state = self._state_from_arrays(xp, dict(arrays))
+        self._state, self._home = state, (xp, device_of(first))
+
+    @staticmethod
+    def _check_array(arrays: dict, name: str, shape: tuple, kind: str, optional: bool = False):
+        """Return ``arrays[name]`` after checking its shape and dtype kind, else ValueError."""
+        if name not in arrays or arrays[name] is None:
+            if optional:
+                return None
+            raise ValueError(f"state is missing the array {name!r}")
+        value = arrays[name]
+        xp = namespace_of(value)
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"state array {name!r} has shape {tuple(value.shape)}, not {shape}")
+        if not xp.isdtype(value.dtype, kind):
+            raise ValueError(f"state array {name!r} has dtype {value.dtype}, not {kind}")
+        return value
 
     # -- encodings --------------------------------------------------------------------------
     def compute_encodings(self, num_steps: int | float, is_symmetric: bool) -> tuple[Array, Array]:
@@ -146,6 +249,18 @@ class EncodingAnalyzer(ABC, Generic[S]):
     def _stats_of(self, state) -> S:
         """Return the running statistics held in ``state`` (by default the state itself)."""
         return state
+
+    @abstractmethod
+    def _merge_states(self, xp: Namespace, states: list) -> object:
+        """Return the state that merges ``states`` (two or more, all in namespace ``xp``)."""
+
+    @abstractmethod
+    def _state_arrays(self, state) -> dict:
+        """Return ``state`` as a flat dict of arrays."""
+
+    @abstractmethod
+    def _state_from_arrays(self, xp: Namespace, arrays: dict) -> object:
+        """Return the state held in ``arrays`` (validated: ValueError when they do not fit)."""
 
     @abstractmethod
     def _encodings(

@@ -6,7 +6,7 @@ import math
 import operator
 
 from .._xp import Array, Namespace, device_of, float_dtype, namespace_of
-from ..histograms import RowHistogram, bin_edges, histogram_update
+from ..histograms import RowHistogram, bin_edges, histogram_update, merge_rows
 from ..shapes import to_rows
 from ..stats import Histogram
 from .base import EncodingAnalyzer
@@ -57,21 +57,18 @@ class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
             raise ValueError(f"histogram growth limit must be >= 1, got {growth_limit!r}")
         self.growth_limit = float(growth_limit)
 
-    # state: (RowHistogram of the (E,) rows, growth limits or None)
-    def _update(self, xp: Namespace, x: Array, state):
+    # state: RowHistogram of the (E,) rows
+    def _update(self, xp: Namespace, x: Array, state: RowHistogram | None):
         dtype = float_dtype(xp, x)
         p = self._plan(x)
         if p.values_per_encoding == 0:
             empty = self._empty_rows(xp, dtype, device_of(x))
-            return self._to_stats(xp, empty), (empty, None) if state is None else state
+            return self._to_stats(xp, empty), empty if state is None else state
         rows = to_rows(xp, x, p)
         if xp.isdtype(rows.dtype, "bool"):
             rows = xp.astype(rows, dtype)
-        running, limits = (None, None) if state is None else state
-        batch, merged, limits = histogram_update(
-            xp, rows, dtype, self.num_bins, running, limits, self.growth_limit
-        )
-        return self._to_stats(xp, batch), (merged, limits)
+        batch, merged = histogram_update(xp, rows, dtype, self.num_bins, state, self.growth_limit)
+        return self._to_stats(xp, batch), merged
 
     def _empty_rows(self, xp: Namespace, dtype, device) -> RowHistogram:
         """Histograms that have seen nothing."""
@@ -83,9 +80,8 @@ class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
             None,
         )
 
-    def _stats_of(self, state) -> Histogram:
-        running, _ = state
-        return self._to_stats(namespace_of(running.counts), running)
+    def _stats_of(self, state: RowHistogram) -> Histogram:
+        return self._to_stats(namespace_of(state.counts), state)
 
     def _to_stats(self, xp: Namespace, h: RowHistogram) -> Histogram:
         shape = self.shape
@@ -116,4 +112,52 @@ class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
         return (
             xp.reshape(stats.histogram, (e, self.num_bins)),
             xp.reshape(stats.bin_edges, (e, self.num_bins + 1)),
+        )
+
+    def params(self) -> dict:
+        """Return the constructor arguments of this analyzer (JSON-compatible)."""
+        growth = None if math.isinf(self.growth_limit) else self.growth_limit
+        return {**super().params(), "num_bins": self.num_bins, "growth_limit": growth}
+
+    def _stats_params(self) -> dict:
+        block = None if self.block_size is None else list(self.block_size)
+        growth = None if math.isinf(self.growth_limit) else self.growth_limit
+        return {
+            "shape": list(self.shape),
+            "block_size": block,
+            "num_bins": self.num_bins,
+            "growth_limit": growth,
+        }
+
+    def _merge_states(self, xp: Namespace, states: list[RowHistogram]) -> RowHistogram:
+        return merge_rows(xp, states)
+
+    def _state_arrays(self, state: RowHistogram) -> dict:
+        out = {"counts": state.counts, "lo": state.lo, "hi": state.hi}
+        if state.num_nan is not None:
+            out["num_nan"] = state.num_nan
+        if state.limits is not None:
+            out["limit_lo"], out["limit_hi"] = state.limits
+        return out
+
+    def _state_from_arrays(self, xp: Namespace, arrays: dict) -> RowHistogram:
+        e = math.prod(self.shape)
+        counts = self._check_array(arrays, "counts", (e, self.num_bins), "real floating")
+        lo = self._check_array(arrays, "lo", (e,), "real floating")
+        hi = self._check_array(arrays, "hi", (e,), "real floating")
+        num_nan = self._check_array(arrays, "num_nan", (e,), "integral", optional=True)
+        limit_lo = self._check_array(arrays, "limit_lo", (e,), "real floating", optional=True)
+        limit_hi = self._check_array(arrays, "limit_hi", (e,), "real floating", optional=True)
+        if (limit_lo is None) != (limit_hi is None) or (
+            (limit_lo is None) != math.isinf(self.growth_limit)
+        ):
+            raise ValueError("state growth limits do not match the analyzer's growth_limit")
+        if lo.dtype != hi.dtype:
+            raise ValueError(f"state arrays 'lo' and 'hi' differ in dtype: {lo.dtype}, {hi.dtype}")
+        return RowHistogram(
+            xp.astype(counts, xp.float32),
+            lo,
+            hi,
+            None if num_nan is None else xp.astype(num_nan, xp.int64),
+            None if limit_lo is None else (limit_lo, limit_hi),
         )

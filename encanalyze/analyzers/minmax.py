@@ -63,3 +63,25 @@ class MinMaxEncodingAnalyzer(EncodingAnalyzer[MinMaxRange]):
         self, xp: Namespace, stats: MinMaxRange, num_steps: int, is_symmetric: bool
     ) -> tuple[Array, Array]:
         return minmax_encoding(xp, stats.min, stats.max, num_steps, is_symmetric)
+
+    def _merge_states(self, xp: Namespace, states: list[MinMaxRange]) -> MinMaxRange:
+        merged = states[0]
+        for other in states[1:]:
+            merged = merge_minmax(merged, other, xp)
+        return merged
+
+    def _state_arrays(self, state: MinMaxRange) -> dict:
+        out = {"min": state.min, "max": state.max}
+        if state.num_nan is not None:
+            out["num_nan"] = state.num_nan
+        return out
+
+    def _state_from_arrays(self, xp: Namespace, arrays: dict) -> MinMaxRange:
+        lo = self._check_array(arrays, "min", self.shape, "real floating")
+        hi = self._check_array(arrays, "max", self.shape, "real floating")
+        num_nan = self._check_array(arrays, "num_nan", self.shape, "integral", optional=True)
+        if lo.dtype != hi.dtype:
+            raise ValueError(
+                f"state arrays 'min' and 'max' differ in dtype: {lo.dtype}, {hi.dtype}"
+            )
+        return MinMaxRange(lo, hi, None if num_nan is None else xp.astype(num_nan, xp.int64))

@@ -84,6 +84,12 @@ class PercentileEncodingAnalyzer(HistogramAnalyzer):
             f"percentile={self.percentile}, block_size={self.block_size})"
         )
 
+    def params(self) -> dict:
+        """Return the constructor arguments of this analyzer (JSON-compatible)."""
+        params = super().params()
+        del params["growth_limit"]
+        return {**params, "percentile": self.percentile}
+
     def set_percentile(self, percentile: float) -> None:
         """Set the percentile used by later ``compute_encodings`` calls (in [50, 100])."""
         self.percentile = validate_percentile(percentile)

@@ -164,6 +164,21 @@ class SqnrEncodingAnalyzer(HistogramAnalyzer):
             f"gamma={self.gamma}, block_size={self.block_size})"
         )
 
+    def params(self) -> dict:
+        """Return the constructor arguments of this analyzer (JSON-compatible)."""
+        params = super().params()
+        return {
+            "shape": params["shape"],
+            "num_bins": self.num_bins,
+            "asymmetric_delta_candidates": self.asymmetric_delta_candidates,
+            "symmetric_delta_candidates": self.symmetric_delta_candidates,
+            "offset_candidates": self.offset_candidates,
+            "max_parallelism": self.max_parallelism,
+            "gamma": self.gamma,
+            "histogram_growth_limit": params["growth_limit"],
+            "block_size": params["block_size"],
+        }
+
     def _encodings(
         self, xp: Namespace, stats: Histogram, num_steps: int, is_symmetric: bool
     ) -> tuple[Array, Array]:
@@ -205,3 +220,7 @@ class TfEnhancedEncodingAnalyzer(SqnrEncodingAnalyzer):
             histogram_growth_limit=3.0,
             block_size=block_size,
         )
+
+    def params(self) -> dict:
+        """Return the constructor arguments of this analyzer (JSON-compatible)."""
+        return {"shape": list(self.shape), "block_size": super().params()["block_size"]}

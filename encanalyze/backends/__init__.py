@@ -9,12 +9,22 @@ tests check this on every backend.
 
 from __future__ import annotations
 
+import array_api_compat
+import numpy as np
 from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
 from .._xp import Array, Namespace
 from . import _portable
 
-__all__ = ["bincount_rows", "histogram_rows", "minmax"]
+__all__ = [
+    "bincount_rows",
+    "from_numpy",
+    "from_torch",
+    "histogram_rows",
+    "minmax",
+    "to_numpy",
+    "to_torch",
+]
 
 
 def _native(xp: Namespace):
@@ -78,3 +88,39 @@ def histogram_rows(
     if native is not None:
         return native.histogram_rows(rows, lo, hi, num_bins, may_have_nan)
     return _portable.histogram_rows(xp, rows, lo, hi, num_bins, may_have_nan)
+
+
+def to_numpy(x: Array) -> np.ndarray:
+    """Return ``x`` as a host NumPy array (copied off accelerators; bfloat16 becomes float32)."""
+    if array_api_compat.is_numpy_array(x):
+        return np.asarray(x)
+    if array_api_compat.is_torch_array(x):
+        from . import _torch
+
+        return _torch.to_numpy(x)
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    return np.from_dlpack(x)
+
+
+def from_numpy(xp: Namespace, a: np.ndarray, device=None, dtype_name: str | None = None) -> Array:
+    """Return host array ``a`` in namespace ``xp`` on ``device`` (restoring torch bfloat16)."""
+    if is_torch_namespace(xp):
+        from . import _torch
+
+        return _torch.from_numpy(a, device, dtype_name)
+    return xp.asarray(a) if device is None else xp.asarray(a, device=device)
+
+
+def to_torch(x: Array, device=None):
+    """Return ``x`` as a torch tensor on ``device`` (zero-copy through DLPack where possible)."""
+    from . import _torch
+
+    return _torch.to_torch(x, device)
+
+
+def from_torch(xp: Namespace, t, device) -> Array:
+    """Return torch tensor ``t`` as an array of ``xp`` on ``device`` (zero-copy where possible)."""
+    from . import _torch
+
+    return _torch.from_torch(xp, t, device)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import array_api_compat
 import array_api_compat.torch as xp
+import numpy as np
 import torch
 
 from . import _portable
 
-__all__ = ["bincount_rows", "histogram_rows", "minmax"]
+__all__ = [
+    "bincount_rows",
+    "from_numpy",
+    "from_torch",
+    "histogram_rows",
+    "minmax",
+    "to_numpy",
+    "to_torch",
+]
 
 
 def _aminmax(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,3 +71,50 @@ def histogram_rows(
     if may_have_nan:
         t = torch.nan_to_num_(t, nan=float(num_bins))
     return bincount_rows(t.long(), nbins)[:, :num_bins]
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """Copy ``t`` to a host NumPy array (bfloat16, which NumPy lacks, becomes float32)."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.cpu().numpy()
+
+
+def from_numpy(a: np.ndarray, device, dtype_name: str | None) -> torch.Tensor:
+    """Return ``a`` as a tensor on ``device``, as bfloat16 where ``dtype_name`` says so."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if dtype_name == "bfloat16":
+        t = t.to(torch.bfloat16)
+    return t if device is None else t.to(device)
+
+
+def to_torch(x, device=None) -> torch.Tensor:
+    """Return any supported array as a tensor on ``device`` (DLPack where it can be shared)."""
+    if array_api_compat.is_torch_array(x):
+        t = x
+    elif array_api_compat.is_numpy_array(x):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    else:  # CuPy and other DLPack producers; host-only ones go through NumPy
+        try:
+            t = torch.from_dlpack(x)
+        except (RuntimeError, TypeError, BufferError):
+            t = torch.from_numpy(np.from_dlpack(x))
+    return t if device is None else t.to(device)
+
+
+def from_torch(xp_out, t: torch.Tensor, device):
+    """Return tensor ``t`` in namespace ``xp_out`` on ``device``."""
+    if array_api_compat.is_torch_namespace(xp_out):
+        return t.to(device)
+    if array_api_compat.is_cupy_namespace(xp_out):
+        import cupy
+
+        with cupy.cuda.Device(device.id if hasattr(device, "id") else device):
+            return cupy.from_dlpack(t.to(f"cuda:{cupy.cuda.Device().id}").contiguous())
+    host = t.detach().cpu().numpy()
+    return (
+        xp_out.asarray(host)
+        if array_api_compat.is_numpy_namespace(xp_out)
+        else (xp_out.asarray(host, device=device))
+    )

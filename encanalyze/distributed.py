@@ -1,0 +1,153 @@
+"""Merging statistics across the ranks of a ``torch.distributed`` process group."""
+
+from __future__ import annotations
+
+import math
+
+from . import backends
+from .analyzers import EncodingAnalyzer, HistogramAnalyzer, MinMaxEncodingAnalyzer
+from .histograms import RowHistogram, last_edge, rebin_onto
+from .stats import MinMaxRange
+
+__all__ = ["all_reduce_stats"]
+
+# float dtypes by rank, so that ranks agree on the widest one (a rank without data knows none)
+_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _torch():
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError as err:  # pragma: no cover - exercised only without torch
+        raise ImportError(
+            "encanalyze.distributed.all_reduce_stats needs torch (pip install torch)"
+        ) from err
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "torch.distributed is not initialized: call torch.distributed.init_process_group "
+            "first (torchrun does the rendezvous)"
+        )
+    return torch, dist
+
+
+def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer:
+    """Replace every rank's running statistics with the merge of all ranks' statistics.
+
+    Every rank of ``group`` must call it (a collective) with an analyzer of the same class and
+    parameters. Min-max: one MIN all-reduce of the ranges and one SUM of the NaN counts.
+    Histograms: one MIN all-reduce agrees on the union range (and growth limits), each rank
+    re-bins its counts onto the common edges, and one SUM all-reduce of the counts (with the NaN
+    counts alongside) adds them, in float64, so the result is exact and independent of rank
+    order. It equals :func:`encanalyze.merge_stats` of all ranks' statistics.
+
+    A rank that saw no data takes part normally. NumPy, CuPy and array-api-strict statistics go
+    through torch (zero-copy via DLPack where possible) on the communication device: the CPU for
+    gloo, the current CUDA device for NCCL. A rank never updated at all receives the statistics
+    as torch tensors on that device.
+
+    Returns the analyzer.
+    """
+    torch, dist = _torch()
+    if dist.get_backend(group) == "nccl":
+        comm = torch.device("cuda", torch.cuda.current_device())
+    else:
+        comm = torch.device("cpu")
+    if isinstance(analyzer, MinMaxEncodingAnalyzer):
+        reduce = _minmax
+    elif isinstance(analyzer, HistogramAnalyzer):
+        reduce = _histogram
+    else:
+        raise TypeError(f"cannot all-reduce the statistics of a {type(analyzer).__name__}")
+    if analyzer._home is None:
+        import array_api_compat
+
+        xp, device = array_api_compat.array_namespace(torch.empty(0)), comm
+    else:
+        xp, device = analyzer._home
+    state = reduce(torch, dist, group, comm, analyzer, xp, device)
+    analyzer._state, analyzer._home = state, (xp, device)
+    return analyzer
+
+
+def _dtype_code(torch, state_array) -> float:
+    if state_array is None:
+        return 0.0
+    name = str(state_array.dtype).rsplit(".", 1)[-1]
+    return float(_DTYPES.index(name) + 1) if name in _DTYPES else 3.0
+
+
+def _agree_dtype(torch, codes_min):
+    code = int(-codes_min)
+    return _DTYPES[code - 1] if code else "float32"
+
+
+def _minmax(torch, dist, group, comm, analyzer, xp, device):
+    e = math.prod(analyzer.shape)
+    state: MinMaxRange | None = analyzer._state
+    lo = torch.full((e,), math.inf, dtype=torch.float64, device=comm)
+    hi = torch.full((e,), -math.inf, dtype=torch.float64, device=comm)
+    nan = torch.zeros((e,), dtype=torch.float64, device=comm)
+    if state is not None:
+        lo = backends.to_torch(state.min, comm).reshape(e).double()
+        hi = backends.to_torch(state.max, comm).reshape(e).double()
+        if state.num_nan is not None:
+            nan = backends.to_torch(state.num_nan, comm).reshape(e).double()
+    code = torch.tensor([-_dtype_code(torch, None if state is None else state.min)], device=comm)
+    packed = torch.cat([lo, -hi, code.double()])
+    dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
+    dist.all_reduce(nan, op=dist.ReduceOp.SUM, group=group)
+    dtype = getattr(xp, _agree_dtype(torch, packed[-1].item()))
+    lo, hi = packed[:e], -packed[e : 2 * e]
+
+    def back(t, dt):
+        return xp.reshape(xp.astype(backends.from_torch(xp, t, device), dt), analyzer.shape)
+
+    return MinMaxRange(back(lo, dtype), back(hi, dtype), back(nan.long(), xp.int64))
+
+
+def _histogram(torch, dist, group, comm, analyzer, xp, device):
+    e, num_bins = math.prod(analyzer.shape), analyzer.num_bins
+    state: RowHistogram | None = analyzer._state
+    limited = not math.isinf(analyzer.growth_limit)
+    inf = torch.full((e,), math.inf, dtype=torch.float64, device=comm)
+    lo, neg_hi = inf, inf
+    lim_lo, neg_lim_hi = inf, inf
+    if state is not None:
+        lo = backends.to_torch(state.lo, comm).double()
+        neg_hi = -backends.to_torch(state.hi, comm).double()
+        if state.limits is not None:
+            lim_lo = backends.to_torch(state.limits[0], comm).double()
+            neg_lim_hi = -backends.to_torch(state.limits[1], comm).double()
+    code = torch.tensor([-_dtype_code(torch, None if state is None else state.lo)], device=comm)
+    packed = torch.cat([lo, neg_hi, lim_lo, neg_lim_hi, code.double()])
+    dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
+    dtype = getattr(xp, _agree_dtype(torch, packed[-1].item()))
+
+    def back(t, dt=None):
+        out = backends.from_torch(xp, t, device)
+        return out if dt is None else xp.astype(out, dt)
+
+    union_lo, union_hi = back(packed[:e], dtype), back(-packed[e : 2 * e], dtype)
+    if state is None:
+        counts = xp.zeros((e, num_bins), dtype=xp.float32, device=device)
+        local = RowHistogram(counts, union_lo, union_hi)
+        nan = torch.zeros((e, 1), dtype=torch.float64, device=comm)
+    else:
+        local = state
+        nan = torch.zeros((e, 1), dtype=torch.float64, device=comm)
+        if state.num_nan is not None:
+            nan = backends.to_torch(state.num_nan, comm).double().reshape(e, 1)
+    counts = rebin_onto(xp, local, union_lo, union_hi)
+    total = torch.cat([backends.to_torch(counts, comm).double(), nan], dim=1)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    limits = None
+    if limited:
+        limits = (back(packed[2 * e : 3 * e], dtype), back(-packed[3 * e : 4 * e], dtype))
+    return RowHistogram(
+        back(total[:, :num_bins].float()),
+        union_lo,
+        last_edge(xp, union_lo, union_hi, num_bins),
+        back(total[:, num_bins].long()),
+        limits,
+    )

@@ -1,0 +1,52 @@
+"""A rank of the multi-process tests: calibrate a slice of a dataset, then all-reduce."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+METHODS = ("minmax", "percentile", "sqnr")
+
+
+def dataset(rank_count: int):
+    """Per-rank batches: rank r gets every batch i with i % (world - 1) == r; the last rank none."""
+    rng = np.random.default_rng(7)
+    batches = [rng.standard_normal((16, 6)).astype(np.float32) * (1 + i) for i in range(5)]
+    batches[2][3, 1] = np.nan
+    parts = [
+        [b for i, b in enumerate(batches) if i % (rank_count - 1) == r]
+        for r in range(rank_count - 1)
+    ]
+    return batches, parts + [[]]
+
+
+def make(method: str):
+    import encanalyze as ea
+
+    if method == "minmax":
+        return ea.MinMaxEncodingAnalyzer((1, 6))
+    if method == "percentile":
+        return ea.PercentileEncodingAnalyzer((1, 6), num_bins=32, percentile=99)
+    return ea.SqnrEncodingAnalyzer((1, 6), num_bins=32, histogram_growth_limit=2.0)
+
+
+def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    import encanalyze as ea
+    from encanalyze.distributed import all_reduce_stats
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        _, parts = dataset(world)
+        for method in METHODS:
+            analyzer = make(method)
+            for batch in parts[rank]:
+                analyzer.update_stats(batch)
+            if not parts[rank]:  # the rank with no data saw one empty batch
+                analyzer.update_stats(np.zeros((0, 6), np.float32))
+            all_reduce_stats(analyzer)
+            ea.save(analyzer, os.path.join(out_dir, f"{method}-{rank}.npz"))
+    finally:
+        dist.destroy_process_group()
