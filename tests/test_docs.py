@@ -5,8 +5,6 @@ import importlib
 import importlib.util
 import pkgutil
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -60,27 +58,3 @@ def test_docstring_examples(name):
         pytest.skip(f"{err.name} is not installed")
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
-
-
-def test_demo_command_prints_encodings():
-    out = subprocess.run(
-        [sys.executable, "-m", "encanalyze"], capture_output=True, text=True, check=True
-    ).stdout
-    lines = out.strip().splitlines()
-    assert lines[0].split()[:3] == ["backend", "tensor", "shape"]
-    rows = [line.split() for line in lines[1:]]
-    assert {r[0] for r in rows} >= {"numpy"}
-    numpy_rows = {r[1]: r for r in rows if r[0] == "numpy"}
-    assert set(numpy_rows) == {
-        "conv.weight",
-        "fc.weight",
-        "relu.out",
-        "attn.logits",
-        "ffn.out",
-        "const",
-    }
-    # every backend prints the same encodings as NumPy
-    for r in rows:
-        assert r[1:] == numpy_rows[r[1]][1:]
-    # the constant tensor 0.75 gets [0, 0.75] (zero put in range), offset 0
-    assert " ".join(numpy_rows["const"]).endswith("0.0000 0.7500 2.941e-03 0 [0.7500, 0.7500]")

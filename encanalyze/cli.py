@@ -1,0 +1,409 @@
+"""The ``encanalyze`` command: calibrate tensor files, compare methods, export encodings, plot.
+
+``encanalyze calibrate [FILES...]`` (also ``python -m encanalyze``) reads tensors, calibrates
+each with min-max, percentile and SQNR analyzers, and reports per tensor and method the encoding,
+its clipped fraction and the SQNR of quantize-dequantize on the tensor itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib.util
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from ._xp import namespace_of
+from .analyzers import MinMaxEncodingAnalyzer, PercentileEncodingAnalyzer, SqnrEncodingAnalyzer
+from .analyzers.histogram import validate_num_bins
+from .analyzers.percentile import validate_percentile
+from .encoding import to_scale_offset
+from .report import aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
+from .samples import sample_tensors
+from .shapes import plan
+from .tensor_io import TensorFileError, read_tensors
+
+__all__ = ["main"]
+
+METHODS = ("minmax", "percentile", "sqnr")
+
+
+class UsageError(Exception):
+    """A bad option value: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command's argument parser."""
+    parser = _Parser(prog="encanalyze", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"encanalyze {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    cal = sub.add_parser(
+        "calibrate",
+        help="calibrate tensors (built-in samples when no file is given)",
+        description="Calibrate the tensors of FILES (.npy, .npz, .safetensors, .pt/.pth, "
+        ".onnx initializers), or a built-in sample set when none is given.",
+    )
+    cal.add_argument("files", nargs="*", metavar="FILES")
+    cal.add_argument("--method", choices=(*METHODS, "all"), default="all")
+    cal.add_argument("--bits", type=int, default=8, help="bit width (2..16, default 8)")
+    cal.add_argument("--symmetric", action="store_true", help="symmetric grids")
+    cal.add_argument(
+        "--per-channel",
+        type=int,
+        metavar="AXIS",
+        default=None,
+        help="one encoding per index of AXIS (default: per tensor)",
+    )
+    cal.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="block-wise: blocks of this many values along --block-axis, per channel",
+    )
+    cal.add_argument("--block-axis", type=int, default=1, help="axis split into blocks (1)")
+    cal.add_argument("--percentile", type=float, default=99.99, help="for percentile (99.99)")
+    cal.add_argument("--num-bins", type=int, default=2048, help="histogram bins (2048)")
+    cal.add_argument("--gamma", type=float, default=3.0, help="SQNR clipping weight (3.0)")
+    cal.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only tensors whose name matches (glob; repeatable)",
+    )
+    cal.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="skip tensors whose name matches (glob; repeatable)",
+    )
+    cal.add_argument("--backend", choices=("numpy", "torch", "cupy"), default="numpy")
+    cal.add_argument("--device", default=None, help="device for torch/cupy (e.g. cuda:0)")
+    cal.add_argument("--output", type=Path, default=None, help="write an encodings file")
+    cal.add_argument("--output-format", choices=("aimet", "onnx-qdq"), default="aimet")
+    cal.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write one histogram PNG per tensor (needs matplotlib)",
+    )
+    cal.add_argument(
+        "--format", choices=("table", "json"), default="table", help="what goes to stdout"
+    )
+    return parser
+
+
+def _check_options(args) -> None:
+    if not 2 <= args.bits <= 16:
+        raise UsageError(f"--bits must be in 2..16, got {args.bits}")
+    for name, check in (("--percentile", validate_percentile), ("--num-bins", validate_num_bins)):
+        try:
+            check(getattr(args, name[2:].replace("-", "_")))
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"{name}: {err}") from None
+    if not math.isfinite(args.gamma) or args.gamma < 0:
+        raise UsageError(f"--gamma must be a finite number >= 0, got {args.gamma}")
+    if args.block_size is not None and args.block_size < 1:
+        raise UsageError(f"--block-size must be positive, got {args.block_size}")
+    if args.block_size is not None and args.per_channel is None:
+        raise UsageError("--block-size needs --per-channel AXIS")
+    if args.backend != "numpy" and importlib.util.find_spec(args.backend) is None:
+        raise UsageError(f"--backend {args.backend}: {args.backend} is not installed")
+    if args.device is not None and args.backend == "numpy":
+        raise UsageError("--device needs --backend torch or cupy")
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib (pip install matplotlib)")
+
+
+def _converter(backend: str, device):
+    if backend == "numpy":
+        return np.asarray
+    if backend == "torch":
+        import torch
+
+        dev = torch.device(device or "cpu")
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as err:
+            raise UsageError(f"--device {device}: {str(err).splitlines()[0]}") from None
+        return lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+    import cupy
+
+    dev = int(str(device or "0").removeprefix("cuda:"))
+
+    def to_cupy(a):
+        with cupy.cuda.Device(dev):
+            return cupy.asarray(a)
+
+    return to_cupy
+
+
+def _to_host(a) -> np.ndarray:
+    from .backends import to_numpy
+
+    return to_numpy(a)
+
+
+def _analyzer(method: str, layout, args):
+    if method == "minmax":
+        return MinMaxEncodingAnalyzer(layout.shape, block_size=layout.block_size)
+    if method == "percentile":
+        return PercentileEncodingAnalyzer(
+            layout.shape, args.num_bins, args.percentile, block_size=layout.block_size
+        )
+    return SqnrEncodingAnalyzer(
+        layout.shape, args.num_bins, gamma=args.gamma, block_size=layout.block_size
+    )
+
+
+def _load(args) -> dict[str, np.ndarray]:
+    if not args.files:
+        return sample_tensors()
+    tensors: dict[str, np.ndarray] = {}
+    for f in args.files:
+        for name, array in read_tensors(f).items():
+            key = name if name not in tensors else f"{Path(f).name}:{name}"
+            tensors[key] = array
+    return tensors
+
+
+def _selected(name: str, args) -> bool:
+    if args.include and not any(fnmatch.fnmatchcase(name, p) for p in args.include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, p) for p in args.exclude)
+
+
+def _skip_reason(array: np.ndarray) -> str | None:
+    if not np.issubdtype(array.dtype, np.floating):
+        return f"not floating point ({array.dtype})"
+    if array.size < 2:
+        return f"too small ({array.size} value{'s' if array.size != 1 else ''})"
+    if not np.isfinite(array).any():
+        return "no finite value"
+    return None
+
+
+def calibrate_one(name: str, array: np.ndarray, args, convert) -> dict:
+    """Calibrate one tensor with every selected method; return its report entry."""
+    layout = layout_for(array.shape, args.per_channel, args.block_size, args.block_axis)
+    x = convert(array)
+    xp = namespace_of(x)
+    num_steps = 2**args.bits - 1
+    p = plan(tuple(array.shape), layout.shape, layout.block_size)
+    methods = METHODS if args.method == "all" else (args.method,)
+    results = {}
+    for method in methods:
+        analyzer = _analyzer(method, layout, args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # NaN counts: reported below
+            analyzer.update_stats(x)
+            lo, hi = analyzer.compute_encodings(num_steps, args.symmetric)
+        scale, offset = to_scale_offset(lo, hi, num_steps, args.symmetric)
+        clipped, sqnr = quantization_quality(xp, x, p, scale, offset, num_steps)
+        results[method] = {
+            "min": _to_host(lo).reshape(-1).astype(float).tolist(),
+            "max": _to_host(hi).reshape(-1).astype(float).tolist(),
+            "scale": _to_host(scale).reshape(-1).astype(float).tolist(),
+            "offset": _to_host(offset).reshape(-1).astype(int).tolist(),
+            "clipped_fraction": clipped,
+            "sqnr_db": sqnr,
+        }
+    best = max(results, key=lambda m: results[m]["sqnr_db"])
+    return {
+        "name": name,
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "encoding_shape": list(layout.shape),
+        "enc_type": layout.enc_type,
+        "nan_values": int(np.isnan(array).sum()),
+        "methods": results,
+        "best": best,
+        "_layout": layout,
+    }
+
+
+class _Progress:
+    """A progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.active = total > 0 and sys.stderr.isatty()
+
+    def step(self, name: str) -> None:
+        self.done += 1
+        if self.active:
+            width = 30
+            filled = width * self.done // self.total
+            sys.stderr.write(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                f"{name[:40]:<40}"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.active:
+            sys.stderr.write("\r" + " " * 80 + "\r")
+            sys.stderr.flush()
+
+
+def _fmt(v: float, width: int = 11) -> str:
+    return f"{v:>{width}.4g}"
+
+
+def format_table(entries: list[dict]) -> str:
+    """Return the human table: one row per tensor and method, the best method marked."""
+    head = (
+        f"{'tensor':<24}{'shape':<18}{'method':<11}{'min':>11}{'max':>11}{'scale':>11}"
+        f"{'offset':>8}{'clipped %':>10}{'SQNR dB':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for e in entries:
+        for method, r in e["methods"].items():
+            per_tensor = len(r["scale"]) == 1
+            offset = (
+                f"{r['offset'][0]:>8d}" if per_tensor else f"{'(' + str(len(r['offset'])) + ')':>8}"
+            )
+            scale = _fmt(r["scale"][0]) if per_tensor else _fmt(float(np.median(r["scale"])))
+            mark = " *" if method == e["best"] else ""
+            lines.append(
+                f"{e['name'][:23]:<24}{str(tuple(e['shape']))[:17]:<18}{method:<11}"
+                f"{_fmt(min(r['min']))}{_fmt(max(r['max']))}{scale}{offset}"
+                f"{100 * r['clipped_fraction']:>10.3f}{r['sqnr_db']:>9.2f}{mark}"
+            )
+    lines.append(
+        "* best SQNR per tensor; per-channel rows show min(min), max(max), median "
+        "scale and (number of encodings)"
+    )
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    colors = {"minmax": "tab:blue", "percentile": "tab:orange", "sqnr": "tab:green"}
+    for e in entries:
+        values = tensors[e["name"]].astype(np.float64).ravel()
+        values = values[np.isfinite(values)]
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+        ax.hist(values, bins=256, color="0.6", log=True)
+        for method, r in e["methods"].items():
+            lo, hi = min(r["min"]), max(r["max"])
+            label = f"{method}: [{lo:.4g}, {hi:.4g}], SQNR {r['sqnr_db']:.2f} dB"
+            if method == e["best"]:
+                label += " (best)"
+            ax.axvline(lo, color=colors[method], linestyle="--", label=label)
+            ax.axvline(hi, color=colors[method], linestyle="--")
+        ax.set_title(f"{e['name']} {tuple(e['shape'])}")
+        ax.set_xlabel("value")
+        ax.set_ylabel("count (log)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = directory / (re.sub(r"[^A-Za-z0-9._-]+", "_", e["name"]) + ".png")
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def calibrate(args) -> int:
+    """Run ``encanalyze calibrate``; return the exit status."""
+    _check_options(args)
+    convert = _converter(args.backend, args.device)
+    tensors = _load(args)
+    chosen = {k: v for k, v in tensors.items() if _selected(k, args)}
+    if not chosen:
+        raise UsageError("no tensor matches --include/--exclude")
+    entries, skipped = [], []
+    progress = _Progress(len(chosen))
+    try:
+        for name, array in chosen.items():
+            reason = _skip_reason(array)
+            if reason is None:
+                try:
+                    entries.append(calibrate_one(name, array, args, convert))
+                except ValueError as err:
+                    reason = str(err)
+            if reason is not None:
+                skipped.append({"name": name, "reason": reason})
+            progress.step(name)
+    finally:
+        progress.close()
+    for s in skipped:
+        print(f"encanalyze: note: skipped {s['name']}: {s['reason']}", file=sys.stderr)
+    if not entries:
+        print("encanalyze: error: no tensor could be calibrated", file=sys.stderr)
+        return 1
+    if args.output is not None:
+        export = [
+            {
+                "name": e["name"],
+                "scale": e["methods"][e["best"]]["scale"],
+                "offset": e["methods"][e["best"]]["offset"],
+                "layout": e["_layout"],
+            }
+            for e in entries
+        ]
+        build = aimet_encodings if args.output_format == "aimet" else onnx_qdq_encodings
+        _write_atomic(args.output, json.dumps(build(export, args.bits, args.symmetric), indent=2))
+    if args.plot is not None:
+        _plot(entries, chosen, args.plot)
+    public = [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]
+    if args.format == "json":
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        print(json.dumps({"config": config, "tensors": public, "skipped": skipped}, indent=2))
+    else:
+        print(format_table(public))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``encanalyze`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "calibrate")  # calibrate is the default command
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command != "calibrate":
+            raise UsageError("expected the command 'calibrate'")
+        return calibrate(args)
+    except UsageError as err:
+        print(f"encanalyze: error: {err}", file=sys.stderr)
+        return 2
+    except (TensorFileError, OSError) as err:
+        print(f"encanalyze: error: {err}", file=sys.stderr)
+        return 1
