@@ -4,6 +4,8 @@ Native baselines over the same values: torch: ``torch.histc``; NumPy: the faster
 ``np.histogram`` and a hand-written index pass + ``np.bincount``. Goals: per-channel (512 x 4096,
 two updates plus compute) within 3x; per-tensor (4M values, one update plus compute) within
 1.5x. Also prints peak extra memory of an update (NumPy, tracemalloc) against the input size.
+``--device cuda``: per-channel 1024 x 8192 on torch CUDA and CuPy against one ``torch.histc``
+pass over the same 8M values (goal: within 3x).
 
     python benchmarks/bench_histogram.py [--device cuda]
 """
@@ -27,6 +29,7 @@ CASES = [  # name, batch shape, encoding shape, updates
     ("per-channel 512x4096 x2", (512, 4096), (512, 1), 2),
     ("per-tensor 4M x1", (4 * 1024 * 1024,), (1,), 1),
 ]
+GPU_CASES = [("per-channel 1024x8192 x1", (1024, 8192), (1024, 1), 1)]
 
 
 def _numpy_index_bincount(x: np.ndarray) -> np.ndarray:
@@ -39,7 +42,7 @@ def _numpy_index_bincount(x: np.ndarray) -> np.ndarray:
 def bench(backend: str, device: str = "cpu") -> list[str]:
     rng = np.random.default_rng(0)
     lines = []
-    for name, shape, enc, updates in CASES:
+    for name, shape, enc, updates in CASES if device == "cpu" else GPU_CASES:
         batches = [rng.standard_normal(shape, dtype=np.float32) * (1 + i) for i in range(updates)]
         sync = None
         if backend == "numpy":
@@ -53,11 +56,16 @@ def bench(backend: str, device: str = "cpu") -> list[str]:
         else:
             import torch
 
-            xs = [torch.from_numpy(b).to(device) for b in batches]
+            ts = [torch.from_numpy(b).to(device) for b in batches]
             sync = torch.cuda.synchronize if device != "cpu" else None
+            xs = ts
+            if backend == "cupy":  # same data, shared with torch through DLPack
+                import cupy
 
-            def natives(xs=xs):
-                return [lambda: [torch.histc(x, B) for x in xs]]
+                xs = [cupy.from_dlpack(t) for t in ts]
+
+            def natives(ts=ts):
+                return [lambda: [torch.histc(t, B) for t in ts]]
 
         def ours(xs=xs, enc=enc):
             analyzer = PercentileEncodingAnalyzer(enc, num_bins=B, percentile=99.9)
@@ -109,6 +117,13 @@ def main() -> None:
         backends.append("torch")
     except ImportError:
         pass
+    if args.device != "cpu":
+        try:
+            import cupy  # noqa: F401
+
+            backends.append("cupy")
+        except ImportError:
+            pass
     for b in backends:
         for line in bench(b, args.device):
             print(line, flush=True)

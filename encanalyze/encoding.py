@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 
+from ._warnings import warn
 from ._xp import Array, Namespace, device_of, namespace_of, work_dtype
 
 __all__ = [
@@ -95,11 +95,9 @@ def _clamp_to_finite(xp: Namespace, lo: Array, hi: Array, dtype) -> tuple[Array,
     lo_c = xp.clip(lo, -big, big)
     hi_c = xp.clip(hi, -big, big)
     if bool(xp.any((lo_c != lo) | (hi_c != hi))):
-        warnings.warn(
+        warn(
             f"encodings were infinite or beyond {dtype}'s range and were clamped to its finite "
-            f"extremes (+-{big:.6g})",
-            RuntimeWarning,
-            stacklevel=4,
+            f"extremes (+-{big:.6g})"
         )
     return xp.astype(lo_c, dtype), xp.astype(hi_c, dtype)
 

@@ -209,7 +209,10 @@ def histogram_update(
         new_lo = xp.where(seen, xp.maximum(new_lo, limits[0]), new_lo)
         new_hi = xp.where(seen, xp.minimum(new_hi, limits[1]), new_hi)
     old = rebin_onto(xp, running, new_lo, new_hi)
-    new = _keep_rows(xp, bin_counts(xp, rows, new_lo, new_hi, num_bins, may_have_nan), seen)
+    if on_host(rows) and bool(xp.all(((new_lo == lo) & (new_hi == hi)) | ~seen)):
+        new = counts  # the batch spans the new range: its own counts are the ones on the new edges
+    else:
+        new = _keep_rows(xp, bin_counts(xp, rows, new_lo, new_hi, num_bins, may_have_nan), seen)
     merged = RowHistogram(
         old + new,
         new_lo,

@@ -318,3 +318,11 @@ def test_properties(backend, a, b, n, sym):
     assert np.all(lo <= both.min(axis=0) * (1 - ulp))
     if not (sym and n == 3):  # SPEC: the 2-bit symmetric grid divides hi by 2 steps, not 1
         assert np.all(hi >= both.max(axis=0) * (1 - ulp))
+
+
+def test_warnings_point_at_the_callers_line():
+    analyzer = MinMaxEncodingAnalyzer((1,))
+    analyzer.update_stats(np.array([1.0, np.nan, np.inf]))
+    with pytest.warns(RuntimeWarning) as record:
+        analyzer.compute_encodings(255, False)
+    assert len(record) == 2 and all(w.filename == __file__ for w in record)

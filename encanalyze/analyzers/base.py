@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
+from .._warnings import warn
 from .._xp import Array, Namespace, check_same_home, device_of, namespace_of
 from ..encoding import validate_num_steps
 from ..shapes import Plan, normalize_block_size, normalize_shape, plan
@@ -209,11 +209,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
             )
         dropped = stats.total_nan()
         if dropped:
-            warnings.warn(
-                f"{dropped} NaN values were ignored while gathering statistics",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            warn(f"{dropped} NaN values were ignored while gathering statistics")
         xp = namespace_of(self._stats_array(stats))
         return self._encodings(xp, stats, num_steps, is_symmetric)
 
