@@ -87,7 +87,8 @@ def rebin(
     ``[new_lo, new_hi]`` must contain ``[lo, hi]``. Each old bin's mass is taken as uniform over
     its width: for an old bin starting at ``a`` the target is
     ``j = min(floor((a - new_lo) / w_new), B - 1)``; ``min(round((new_lo + (j + 1) w_new - a) /
-    w_old * c), c)`` goes to ``j`` and the rest to the bin that contains ``a + w_new``. Counts are
+    w_old * c), c)`` goes to ``j`` and the rest to the bin that contains ``a + w_new``, which is
+    ``min(j + 1, B - 1)`` (computed so, not by a second rounding-prone division). Counts are
     conserved exactly. Rows with ``lo > hi`` must hold zero counts; they stay zero.
     """
     num_rows, num_bins = counts.shape
@@ -108,10 +109,12 @@ def rebin(
     # that an empty bin stays 0 even where the fraction overflows (tiny old bins)
     fraction = xp.clip((nlo[:, None] + (j + 1) * w_new - start) / w_old, 0.0, 1.0)
     part = xp.minimum(xp.round(fraction * c), c)
-    j2 = xp.clip(xp.floor((start + w_new - nlo[:, None]) / w_new), 0.0, last)
     wide = wide_dtype(xp, device_of(counts))
-    moved = backends.bincount_rows(xp, xp.astype(j, xp.int64), num_bins, xp.astype(part, wide))
-    rest = backends.bincount_rows(xp, xp.astype(j2, xp.int64), num_bins, xp.astype(c - part, wide))
+    idx = xp.astype(j, xp.int64)
+    moved = backends.bincount_rows(xp, idx, num_bins, xp.astype(part, wide))
+    # the rest lies in the next target bin (w_new >= w_old); the last bin keeps what it has
+    following = xp.astype(xp.minimum(j + 1, last), xp.int64)
+    rest = backends.bincount_rows(xp, following, num_bins, xp.astype(c - part, wide))
     return xp.astype(moved + rest, xp.float32)
 
 

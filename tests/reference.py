@@ -90,8 +90,7 @@ def histogram_rows(batches, num_bins: int, growth_limit: float = math.inf):
                 fraction = min(max((new_lo + dt(j + 1) * w_new - a) / w_old, 0), 1)
                 part = min(np.round(dt(fraction) * dt(c)), c)
                 moved[j] += part
-                j2 = min(max(int(np.floor((a + w_new - new_lo) / w_new)), 0), num_bins - 1)
-                moved[j2] += c - part
+                moved[min(j + 1, num_bins - 1)] += c - part  # the bin holding a + w_new
             counts = moved
         counts = counts + np.bincount(index(values, new_lo, new_hi), minlength=num_bins)
         state = (counts, new_lo, last_edge(new_lo, new_hi))
@@ -177,6 +176,5 @@ def rebin(counts, lo, hi, new_lo, new_hi):
         fraction = min(max((dt(new_lo) + dt(j + 1) * w_new - a) / w_old, 0), 1)
         part = min(np.round(dt(fraction) * dt(c)), c)
         moved[j] += part
-        j2 = min(max(int(np.floor((a + w_new - dt(new_lo)) / w_new)), 0), num_bins - 1)
-        moved[j2] += c - part
+        moved[min(j + 1, num_bins - 1)] += c - part  # the bin holding a + w_new
     return moved
