@@ -219,7 +219,7 @@ def test_include_exclude_and_skips(tmp_path):
         (["ints.npy"], 1, "no tensor could be calibrated"),
         (["good.npy", "--bits", "1"], 2, "--bits must be in 2..16"),
         (["good.npy", "--percentile", "30"], 2, "--percentile: percentile must be in [50, 100]"),
-        (["good.npy", "--num-bins", "0"], 2, "--num-bins: num_bins must be a positive integer"),
+        (["good.npy", "--num-bins", "0"], 2, "--num-bins: num_bins must be an integer >= 1"),
         (["good.npy", "--gamma", "-1"], 2, "--gamma must be a finite number >= 0"),
         (["good.npy", "--block-size", "4"], 2, "--block-size needs --per-channel"),
         (["good.npy", "--method", "magic"], 2, "invalid choice: 'magic'"),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import operator
 
+from .._checks import int_at_least
 from .._xp import Array, Namespace, device_of, float_dtype, namespace_of
 from ..histograms import RowHistogram, bin_edges, histogram_update, merge_rows
 from ..shapes import to_rows
@@ -16,15 +16,7 @@ __all__ = ["HistogramAnalyzer", "validate_num_bins"]
 
 def validate_num_bins(num_bins: object) -> int:
     """Return ``num_bins`` as a positive int, else raise ``TypeError``/``ValueError``."""
-    if isinstance(num_bins, bool):
-        raise TypeError(f"num_bins must be a positive integer, got {num_bins!r}")
-    try:
-        value = operator.index(num_bins)
-    except TypeError:
-        raise TypeError(f"num_bins must be a positive integer, got {num_bins!r}") from None
-    if value <= 0:
-        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
-    return value
+    return int_at_least(num_bins, 1, "num_bins")
 
 
 class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
@@ -120,14 +112,7 @@ class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
         return {**super().params(), "num_bins": self.num_bins, "growth_limit": growth}
 
     def _stats_params(self) -> dict:
-        block = None if self.block_size is None else list(self.block_size)
-        growth = None if math.isinf(self.growth_limit) else self.growth_limit
-        return {
-            "shape": list(self.shape),
-            "block_size": block,
-            "num_bins": self.num_bins,
-            "growth_limit": growth,
-        }
+        return HistogramAnalyzer.params(self)  # the subclasses' extra parameters do not count
 
     def _merge_states(self, xp: Namespace, states: list[RowHistogram]) -> RowHistogram:
         return merge_rows(xp, states)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 
+from .._checks import int_at_least
 from .._xp import Array, Namespace, device_of, work_dtype
 from ..encoding import minimum_scale
 from ..histograms import wide_dtype
@@ -20,18 +20,6 @@ from ..stats import Histogram
 from .histogram import HistogramAnalyzer
 
 __all__ = ["SqnrEncodingAnalyzer", "TfEnhancedEncodingAnalyzer", "sqnr_search"]
-
-
-def _int_at_least(value: object, least: int, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer >= {least}, got {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer >= {least}, got {value!r}") from None
-    if out < least:
-        raise ValueError(f"{name} must be >= {least}, got {value!r}")
-    return out
 
 
 def sqnr_search(
@@ -144,14 +132,14 @@ class SqnrEncodingAnalyzer(HistogramAnalyzer):
         block_size=None,
     ) -> None:
         super().__init__(shape, num_bins, histogram_growth_limit, block_size)
-        self.asymmetric_delta_candidates = _int_at_least(
+        self.asymmetric_delta_candidates = int_at_least(
             asymmetric_delta_candidates, 2, "asymmetric_delta_candidates"
         )
-        self.symmetric_delta_candidates = _int_at_least(
+        self.symmetric_delta_candidates = int_at_least(
             symmetric_delta_candidates, 2, "symmetric_delta_candidates"
         )
-        self.offset_candidates = _int_at_least(offset_candidates, 3, "offset_candidates")
-        self.max_parallelism = _int_at_least(max_parallelism, 1, "max_parallelism")
+        self.offset_candidates = int_at_least(offset_candidates, 3, "offset_candidates")
+        self.max_parallelism = int_at_least(max_parallelism, 1, "max_parallelism")
         if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
             raise TypeError(f"gamma must be a finite number >= 0, got {gamma!r}")
         if not math.isfinite(gamma) or gamma < 0:
