@@ -181,12 +181,8 @@ def histogram_update(
     # least one ulp wide even where 0.5 rounds away
     wd = work_dtype(xp, dtype)
     point = (xp.astype(hi, wd) - xp.astype(lo, wd)) / num_bins == 0
-    lo = xp.where(
-        point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.asarray(-xp.inf, dtype=dtype))), lo
-    )
-    hi = xp.where(
-        point, xp.maximum(hi + 0.5, xp.nextafter(hi, xp.asarray(xp.inf, dtype=dtype))), hi
-    )
+    lo = xp.where(point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.full_like(lo, -xp.inf))), lo)
+    hi = xp.where(point, xp.maximum(hi + 0.5, xp.nextafter(hi, xp.full_like(hi, xp.inf))), hi)
     may_have_nan = num_nan is not None
     counts = bin_counts(xp, rows, lo, hi, num_bins, may_have_nan)
     stored_hi = last_edge(xp, lo, hi, num_bins)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ._xp import Array, Namespace
+from ._xp import Array, Namespace, device_of
 from .histograms import wide_dtype
 from .shapes import Plan, to_rows
 
@@ -81,7 +81,7 @@ def quantization_quality(
     scale``; SQNR is ``10 log10(sum(x**2) / sum((x - x_hat)**2))`` (inf for an exact grid).
     Non-finite values are left out. Arithmetic in float64 where the device has it.
     """
-    wd = wide_dtype(xp, getattr(x, "device", None))
+    wd = wide_dtype(xp, device_of(x))
     rows = xp.astype(to_rows(xp, x, p), wd)
     finite = xp.isfinite(rows)
     rows = xp.where(finite, rows, 0.0)

@@ -63,7 +63,7 @@ def asymmetric_candidates(
     obs_max = obs_min + (dmax * n)[:, None, None]
     bottom = xp.maximum(obs_min, test_min)
     top = xp.minimum(obs_max, test_max)
-    d_new = xp.maximum((top - bottom) / n, xp.asarray(minimum_scale(n), dtype=lo.dtype))
+    d_new = xp.maximum((top - bottom) / n, xp.asarray(minimum_scale(n), dtype=lo.dtype, device=dev))
     o_new = xp.round(bottom / d_new)
     shape = (lo.shape[0], num_deltas * count)
     return xp.reshape(d_new, shape), xp.reshape(o_new, shape)
@@ -81,7 +81,7 @@ def symmetric_candidates(
     k = xp.arange(1, num_deltas + 1, dtype=lo.dtype, device=dev)
     deltas = xp.maximum(
         dmax[:, None] * k[None, :] / (num_deltas - 1),
-        xp.asarray(minimum_scale(num_steps), dtype=lo.dtype),
+        xp.asarray(minimum_scale(num_steps), dtype=lo.dtype, device=dev),
     )
     offsets = xp.full(deltas.shape, float(math.floor(-num_steps / 2)), dtype=lo.dtype, device=dev)
     return deltas, offsets

@@ -47,8 +47,9 @@ def sqnr_search(
     n = num_steps
     num_rows, num_bins = counts.shape
     cd = work_dtype(xp, lo.dtype)  # candidates in float32 (float64 for float64 stats)
-    lo = xp.minimum(xp.astype(lo, cd), xp.asarray(0.0, dtype=cd))
-    hi = xp.maximum(xp.astype(hi, cd), xp.asarray(0.0, dtype=cd))
+    zero = xp.asarray(0.0, dtype=cd, device=device_of(lo))
+    lo = xp.minimum(xp.astype(lo, cd), zero)
+    hi = xp.maximum(xp.astype(hi, cd), zero)
     hi = xp.maximum(hi, lo + minimum_scale(n) * n)
     if is_symmetric:
         deltas, offsets = symmetric_candidates(xp, lo, hi, n, symmetric_delta_candidates)
