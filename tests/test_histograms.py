@@ -364,3 +364,22 @@ def test_result_dtypes(backend, rng, dtype):
     )
     backend.check(lo, (2, 1), want)
     assert np.all(backend.to_numpy(lo) < 0) and np.all(backend.to_numpy(hi) > 0)
+
+
+@pytest.mark.parametrize("may_have_nan", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_histogram_rows_native_equals_portable(backend, rng, may_have_nan, dtype):
+    xp = backend.xp
+    x = _values_on_edges(rng, 7, 300).astype(dtype)
+    x[0, :4] = [np.inf, -np.inf, 1e30, -1e30]
+    if may_have_nan:
+        x[3, ::7] = np.nan
+    lo = np.nanmin(np.where(np.isfinite(x), x, np.nan), axis=1)
+    hi = np.nanmax(np.where(np.isfinite(x), x, np.nan), axis=1)
+    args = (backend.asarray(x), backend.asarray(lo), backend.asarray(hi), 16, may_have_nan)
+    got = backends.histogram_rows(xp, *args)
+    want = _portable.histogram_rows(xp, *args)
+    backend.check(got, (7, 16), "int64")
+    np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
+    finite_or_inf = ~np.isnan(x)
+    np.testing.assert_array_equal(backend.to_numpy(got).sum(axis=1), finite_or_inf.sum(axis=1))
