@@ -383,3 +383,24 @@ def test_histogram_rows_native_equals_portable(backend, rng, may_have_nan, dtype
     np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
     finite_or_inf = ~np.isnan(x)
     np.testing.assert_array_equal(backend.to_numpy(got).sum(axis=1), finite_or_inf.sum(axis=1))
+
+
+def test_percentile_with_counts_past_float32_integers(backend, rng):
+    counts = rng.integers(0, 50, (3, 32)).astype(np.float64)
+    counts[:, 5] = 2.0**25 + 1  # totals past 2**24: running sums need the wide dtype
+    edges = np.linspace(-4, 4, 33)[None].repeat(3, axis=0).astype(np.float32)
+    stats = Histogram(
+        backend.asarray(counts, "float32"),
+        backend.asarray(edges),
+        backend.asarray(edges[:, 0]),
+        backend.asarray(edges[:, -1]),
+    )
+    lo, hi = PercentileEncodingAnalyzer(3, 32, 99.9999).compute_encodings_from_stats(
+        stats, 255, False
+    )
+    for r in range(3):
+        want = reference.minmax_encoding(
+            *reference.percentile_range(counts[r].astype(np.float32), edges[r], 99.9999), 255, False
+        )
+        np.testing.assert_allclose(backend.to_numpy(lo)[r], want[0], rtol=2e-7)
+        np.testing.assert_allclose(backend.to_numpy(hi)[r], want[1], rtol=2e-7)

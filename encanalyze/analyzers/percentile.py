@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 
-from .._xp import Array, Namespace, device_of
+from .._xp import Array, Namespace, device_of, on_host
 from ..encoding import minmax_encoding
 from ..histograms import wide_dtype
 from ..stats import Histogram
@@ -35,13 +35,15 @@ def percentile_range(
     num_rows, num_bins = counts.shape
     if percentile == 100:
         return edges[:, 0], edges[:, num_bins]
-    dev = device_of(counts)
-    cs = xp.cumulative_sum(xp.astype(counts, wide_dtype(xp, dev)), axis=1)
-    total = cs[:, num_bins - 1 :]
+    wide = wide_dtype(xp, device_of(counts))
+    # float32 running sums are exact below 2**24; host backends check that cheaply
+    exact = on_host(counts) and float(xp.max(xp.sum(counts, axis=1))) < 2**24
+    cs = xp.cumulative_sum(counts if exact else xp.astype(counts, wide), axis=1)
+    total = xp.astype(cs[:, num_bins - 1 :], wide)  # thresholds in the wide dtype either way
     i_hi = xp.count_nonzero(cs < total * (percentile / 100), axis=1)
     i_lo = xp.count_nonzero(cs < total * (1 - percentile / 100), axis=1)
     flat = xp.reshape(edges, (num_rows * (num_bins + 1),))
-    base = xp.arange(num_rows, dtype=i_hi.dtype, device=dev) * (num_bins + 1)
+    base = xp.arange(num_rows, dtype=i_hi.dtype, device=device_of(counts)) * (num_bins + 1)
     return xp.take(flat, base + i_lo), xp.take(flat, base + i_hi)
 
 

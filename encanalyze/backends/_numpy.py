@@ -40,17 +40,28 @@ def bincount_rows(idx: np.ndarray, num_bins: int, weights: np.ndarray | None = N
 def histogram_rows(
     rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int, may_have_nan: bool
 ) -> np.ndarray:
-    """Apply the portable formula in place, fold in row offsets, count with ``np.bincount``."""
-    num_rows = rows.shape[0]
-    t = np.subtract(rows, lo[:, None])
-    t /= (hi - lo)[:, None]
-    t *= num_bins
-    np.floor(t, out=t)
-    np.clip(t, 0, num_bins - 1, out=t)
+    """Apply the portable formula in place; count with ``np.bincount``, a block of rows at a time.
+
+    Blocks of rows small enough for the temporaries and the counts to stay in cache are about
+    twice as fast as one pass over all rows at once.
+    """
+    num_rows, num_values = rows.shape
     nbins = num_bins + 1 if may_have_nan else num_bins
-    if may_have_nan:
-        t[np.isnan(t)] = num_bins
-    if num_rows > 1:
-        t += (np.arange(num_rows, dtype=t.dtype) * nbins)[:, None]
-    counts = np.bincount(t.astype(np.intp).ravel(), minlength=num_rows * nbins)
-    return counts.astype(np.int64, copy=False).reshape(num_rows, nbins)[:, :num_bins]
+    step = max(1, min(2**17 // max(num_values, 1), 2**16 // nbins))
+    out = np.empty((num_rows, num_bins), dtype=np.int64)
+    offsets = (np.arange(min(step, num_rows), dtype=rows.dtype) * nbins)[:, None]
+    width = (hi - lo)[:, None]
+    for a in range(0, num_rows, step):
+        b = min(a + step, num_rows)
+        t = np.subtract(rows[a:b], lo[a:b, None])
+        t /= width[a:b]
+        t *= num_bins
+        np.floor(t, out=t)
+        np.clip(t, 0, num_bins - 1, out=t)
+        if may_have_nan:
+            t[np.isnan(t)] = num_bins
+        if b - a > 1:
+            t += offsets[: b - a]
+        counts = np.bincount(t.astype(np.intp).ravel(), minlength=(b - a) * nbins)
+        out[a:b] = counts.reshape(b - a, nbins)[:, :num_bins]
+    return out
