@@ -104,8 +104,8 @@ def work_dtype(xp: Namespace, dtype: Any) -> Any:
     return xp.float64 if dtype == xp.float64 else xp.float32
 
 
-def check_same_home(home: tuple[Namespace, Any], xp: Namespace, x: Array) -> None:
-    """Raise if ``x`` (of namespace ``xp``) does not live in ``home = (namespace, device)``.
+def check_same_home(home: tuple[Namespace, Any], xp: Namespace, device: Any) -> None:
+    """Raise unless namespace ``xp`` and ``device`` are ``home = (namespace, device)``.
 
     Raises
     ------
@@ -120,9 +120,8 @@ def check_same_home(home: tuple[Namespace, Any], xp: Namespace, x: Array) -> Non
             f"this analyzer's statistics are {namespace_name(xp_ref)} arrays but the input is a "
             f"{namespace_name(xp)} array; use one namespace per analyzer (or reset_stats())"
         )
-    dev_x = device_of(x)
-    if dev_ref != dev_x:
+    if dev_ref != device:
         raise ValueError(
             f"this analyzer's statistics are on device {dev_ref} but the input is on device "
-            f"{dev_x}; move the input there (or reset_stats())"
+            f"{device}; move the input there (or reset_stats())"
         )

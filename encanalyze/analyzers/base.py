@@ -52,7 +52,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         """
         xp = namespace_of(x)
         if self._home is not None:
-            check_same_home(self._home, xp, x)
+            check_same_home(self._home, xp, device_of(x))
         batch, state = self._update(xp, x, self._state)  # pure: raises before any change
         self._state = state
         if self._home is None:
@@ -102,7 +102,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
             return self
         home = held[0]._home
         for a in held[1:]:
-            check_same_home(home, a._home[0], self._stats_array(a.get_stats()))
+            check_same_home(home, *a._home)
         self._state = self._merge_states(home[0], [a._state for a in held])
         self._home = home
         return self
@@ -148,7 +148,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         first = next(iter(arrays.values()))
         xp = namespace_of(first)
         for value in arrays.values():
-            check_same_home((xp, device_of(first)), namespace_of(value), value)
+            check_same_home((xp, device_of(first)), namespace_of(value), device_of(value))
         state = self._state_from_arrays(xp, dict(arrays))
         self._state, self._home = state, (xp, device_of(first))
 
