@@ -15,6 +15,7 @@ from ._xp import Array, Namespace, device_of, on_host, work_dtype
 
 __all__ = [
     "RowHistogram",
+    "add_counts",
     "bin_counts",
     "bin_edges",
     "histogram_update",
@@ -46,6 +47,12 @@ def wide_dtype(xp: Namespace, device) -> object:
     return xp.float64 if "float64" in dtypes else xp.float32
 
 
+def _work_range(xp: Namespace, lo: Array, hi: Array, wd) -> tuple[Array, Array, Array]:
+    """Return ``(valid, lo, hi)`` in dtype ``wd``; rows without a range (``lo > hi``) get [0, 1]."""
+    valid = lo <= hi
+    return valid, xp.where(valid, xp.astype(lo, wd), 0.0), xp.where(valid, xp.astype(hi, wd), 1.0)
+
+
 def bin_edges(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
     """Return the ``(E, B + 1)`` edges ``lo + k * (hi - lo) / B`` in the work dtype.
 
@@ -71,9 +78,7 @@ def bin_counts(
     """
     wd = work_dtype(xp, rows.dtype) if xp.isdtype(rows.dtype, "real floating") else None
     wd = wd or work_dtype(xp, lo.dtype)
-    valid = lo <= hi
-    lo_w = xp.where(valid, xp.astype(lo, wd), 0.0)
-    hi_w = xp.where(valid, xp.astype(hi, wd), 1.0)
+    valid, lo_w, hi_w = _work_range(xp, lo, hi, wd)
     rows = xp.astype(rows, wd, copy=False)
     counts = backends.histogram_rows(xp, rows, lo_w, hi_w, num_bins, may_have_nan)
     return _keep_rows(xp, xp.astype(counts, xp.float32), valid)
@@ -116,9 +121,7 @@ def rebin(
 def _rebin(xp: Namespace, counts: Array, lo: Array, hi: Array, new_lo: Array, new_hi: Array):
     num_rows, num_bins = counts.shape
     wd = work_dtype(xp, lo.dtype)
-    valid = lo <= hi
-    lo_w = xp.where(valid, xp.astype(lo, wd), 0.0)
-    hi_w = xp.where(valid, xp.astype(hi, wd), 1.0)
+    valid, lo_w, hi_w = _work_range(xp, lo, hi, wd)
     nlo = xp.where(valid, xp.astype(new_lo, wd), 0.0)
     nhi = xp.where(valid, xp.astype(new_hi, wd), 1.0)
     w_old = ((hi_w - lo_w) / num_bins)[:, None]
@@ -154,10 +157,7 @@ def last_edge(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
     It can differ from ``hi`` by float rounding; like the reference, the stored range of every
     histogram is its first and last edge, so later merges start from exactly those edges.
     """
-    wd = work_dtype(xp, lo.dtype)
-    valid = lo <= hi
-    lo_w = xp.where(valid, xp.astype(lo, wd), 0.0)
-    hi_w = xp.where(valid, xp.astype(hi, wd), 0.0)
+    valid, lo_w, hi_w = _work_range(xp, lo, hi, work_dtype(xp, lo.dtype))
     end = lo_w + num_bins * ((hi_w - lo_w) / num_bins)
     return xp.where(valid, xp.astype(end, lo.dtype), hi)
 
@@ -241,13 +241,14 @@ def histogram_update(
         old + new,
         new_lo,
         last_edge(xp, new_lo, new_hi, num_bins),
-        _add_counts(running.num_nan, num_nan),
+        add_counts(running.num_nan, num_nan),
         limits,
     )
     return batch, merged
 
 
-def _add_counts(a: Array | None, b: Array | None) -> Array | None:
+def add_counts(a: Array | None, b: Array | None) -> Array | None:
+    """Add two optional per-row counts (``None`` means zeros)."""
     if a is None or b is None:
         return a if b is None else b
     return a + b
@@ -278,7 +279,7 @@ def merge_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:
     num_nan, limits = parts[0].num_nan, parts[0].limits
     for p in parts[1:]:
         counts = counts + rebin_onto(xp, p, lo, hi)
-        num_nan = _add_counts(num_nan, p.num_nan)
+        num_nan = add_counts(num_nan, p.num_nan)
         if p.limits is not None:
             limits = (
                 p.limits

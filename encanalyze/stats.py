@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ._xp import Array, Namespace, namespace_of
-from .histograms import RowHistogram, bin_edges, merge_rows
+from .histograms import RowHistogram, add_counts, bin_edges, merge_rows
 
 __all__ = [
     "Histogram",
@@ -128,11 +128,7 @@ def merge_minmax(a: MinMaxRange, b: MinMaxRange, xp: Namespace | None = None) ->
         a = MinMaxRange(xp.astype(a.min, dtype), xp.astype(a.max, dtype), a.num_nan)
         b = MinMaxRange(xp.astype(b.min, dtype), xp.astype(b.max, dtype), b.num_nan)
     lo, hi = xp.minimum(a.min, b.min), xp.maximum(a.max, b.max)
-    if a.num_nan is None or b.num_nan is None:
-        num_nan = a.num_nan if b.num_nan is None else b.num_nan
-    else:
-        num_nan = a.num_nan + b.num_nan
-    return MinMaxRange(lo, hi, num_nan)
+    return MinMaxRange(lo, hi, add_counts(a.num_nan, b.num_nan))
 
 
 def merge_stats(*stats: MinMaxRange | Histogram) -> MinMaxRange | Histogram:
