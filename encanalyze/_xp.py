@@ -16,6 +16,7 @@ __all__ = [
     "default_float",
     "device_of",
     "float_dtype",
+    "in_row_blocks",
     "namespace_name",
     "namespace_of",
     "on_host",
@@ -60,6 +61,23 @@ def on_host(x: Array) -> bool:
     if array_api_compat.is_torch_array(x):
         return x.device.type == "cpu"
     return False
+
+
+def in_row_blocks(xp: Namespace, fn, arrays: tuple, rows_per_block: int, *args) -> Array:
+    """Return ``fn(*arrays, *args)``, computed on equal blocks of rows and concatenated.
+
+    ``fn`` must work row by row (its result's row ``i`` depends on the arrays' rows ``i`` only).
+    Blocks keep temporaries small; one block covers all rows when ``rows_per_block`` does.
+    """
+    num_rows = arrays[0].shape[0]
+    if rows_per_block >= num_rows:
+        return fn(*arrays, *args)
+    step = -(-num_rows // -(-num_rows // max(1, rows_per_block)))  # equal pieces
+    blocks = [
+        fn(*(a[start : start + step, ...] for a in arrays), *args)
+        for start in range(0, num_rows, step)
+    ]
+    return xp.concat(blocks, axis=0)
 
 
 def namespace_name(xp: Namespace) -> str:

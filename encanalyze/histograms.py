@@ -8,10 +8,11 @@ seen no finite value hold ``lo = +inf``, ``hi = -inf`` and zero counts.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 from . import backends
-from ._xp import Array, Namespace, device_of, on_host, work_dtype
+from ._xp import Array, Namespace, device_of, in_row_blocks, on_host, work_dtype
 
 __all__ = [
     "RowHistogram",
@@ -99,26 +100,13 @@ def rebin(
     Host backends work through blocks of rows small enough to stay in cache.
     """
     num_rows, num_bins = counts.shape
-    step = max(1, 2**16 // num_bins) if on_host(counts) else num_rows
-    if step < num_rows:
-        return xp.concat(
-            [
-                _rebin(
-                    xp,
-                    counts[a : a + step],
-                    lo[a : a + step],
-                    hi[a : a + step],
-                    new_lo[a : a + step],
-                    new_hi[a : a + step],
-                )
-                for a in range(0, num_rows, step)
-            ],
-            axis=0,
-        )
-    return _rebin(xp, counts, lo, hi, new_lo, new_hi)
+    step = 2**16 // num_bins if on_host(counts) else num_rows
+    return in_row_blocks(xp, partial(_rebin, xp), (counts, lo, hi, new_lo, new_hi), step)
 
 
-def _rebin(xp: Namespace, counts: Array, lo: Array, hi: Array, new_lo: Array, new_hi: Array):
+def _rebin(
+    xp: Namespace, counts: Array, lo: Array, hi: Array, new_lo: Array, new_hi: Array
+) -> Array:
     num_rows, num_bins = counts.shape
     wd = work_dtype(xp, lo.dtype)
     valid, lo_w, hi_w = _work_range(xp, lo, hi, wd)

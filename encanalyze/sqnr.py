@@ -22,8 +22,9 @@ parts cancels large terms) and pays off when ``n`` is well below the number of b
 from __future__ import annotations
 
 import math
+from functools import partial
 
-from ._xp import Array, Namespace, device_of, on_host
+from ._xp import Array, Namespace, device_of, in_row_blocks, on_host
 from .encoding import minimum_scale
 
 __all__ = [
@@ -122,26 +123,12 @@ def noise_by_cells(
     Temporaries are ``E x C x n`` elements (host backends work through the rows in pieces of
     about 2**18 such elements, which keeps them in cache). See the module docstring.
     """
-    num_rows, num_bins = counts.shape
-    step = num_rows
+    step = counts.shape[0]
     if on_host(counts):
-        step = max(1, 2**18 // max(1, deltas.shape[1] * n))
-        step = -(-num_rows // -(-num_rows // step))  # equal pieces
-    if step >= num_rows:
-        return _noise_by_cells(xp, counts, edges, deltas, offsets, n, gamma)
-    parts = [
-        _noise_by_cells(
-            xp,
-            counts[a : a + step],
-            edges[a : a + step],
-            deltas[a : a + step],
-            offsets[a : a + step],
-            n,
-            gamma,
-        )
-        for a in range(0, num_rows, step)
-    ]
-    return xp.concat(parts, axis=0)
+        step = 2**18 // max(1, deltas.shape[1] * n)
+    return in_row_blocks(
+        xp, partial(_noise_by_cells, xp), (counts, edges, deltas, offsets), step, n, gamma
+    )
 
 
 def _noise_by_cells(
