@@ -70,14 +70,14 @@ def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer
     return analyzer
 
 
-def _dtype_code(torch, state_array) -> float:
+def _dtype_code(state_array) -> float:
     if state_array is None:
         return 0.0
     name = str(state_array.dtype).rsplit(".", 1)[-1]
     return float(_DTYPES.index(name) + 1) if name in _DTYPES else 3.0
 
 
-def _agree_dtype(torch, codes_min):
+def _agree_dtype(codes_min) -> str:
     code = int(-codes_min)
     return _DTYPES[code - 1] if code else "float32"
 
@@ -93,11 +93,11 @@ def _minmax(torch, dist, group, comm, analyzer, xp, device):
         hi = backends.to_torch(state.max, comm).reshape(e).double()
         if state.num_nan is not None:
             nan = backends.to_torch(state.num_nan, comm).reshape(e).double()
-    code = torch.tensor([-_dtype_code(torch, None if state is None else state.min)], device=comm)
+    code = torch.tensor([-_dtype_code(None if state is None else state.min)], device=comm)
     packed = torch.cat([lo, -hi, code.double()])
     dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
     dist.all_reduce(nan, op=dist.ReduceOp.SUM, group=group)
-    dtype = getattr(xp, _agree_dtype(torch, packed[-1].item()))
+    dtype = getattr(xp, _agree_dtype(packed[-1].item()))
     lo, hi = packed[:e], -packed[e : 2 * e]
 
     def back(t, dt):
@@ -119,26 +119,23 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
         if state.limits is not None:
             lim_lo = backends.to_torch(state.limits[0], comm).double()
             neg_lim_hi = -backends.to_torch(state.limits[1], comm).double()
-    code = torch.tensor([-_dtype_code(torch, None if state is None else state.lo)], device=comm)
+    code = torch.tensor([-_dtype_code(None if state is None else state.lo)], device=comm)
     packed = torch.cat([lo, neg_hi, lim_lo, neg_lim_hi, code.double()])
     dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
-    dtype = getattr(xp, _agree_dtype(torch, packed[-1].item()))
+    dtype = getattr(xp, _agree_dtype(packed[-1].item()))
 
     def back(t, dt=None):
         out = backends.from_torch(xp, t, device)
         return out if dt is None else xp.astype(out, dt)
 
     union_lo, union_hi = back(packed[:e], dtype), back(-packed[e : 2 * e], dtype)
-    if state is None:
+    if state is None:  # a rank without data contributes zero counts on the common edges
         counts = xp.zeros((e, num_bins), dtype=xp.float32, device=device)
-        local = RowHistogram(counts, union_lo, union_hi)
-        nan = torch.zeros((e, 1), dtype=torch.float64, device=comm)
-    else:
-        local = state
-        nan = torch.zeros((e, 1), dtype=torch.float64, device=comm)
-        if state.num_nan is not None:
-            nan = backends.to_torch(state.num_nan, comm).double().reshape(e, 1)
-    counts = rebin_onto(xp, local, union_lo, union_hi)
+        state = RowHistogram(counts, union_lo, union_hi)
+    nan = torch.zeros((e, 1), dtype=torch.float64, device=comm)
+    if state.num_nan is not None:
+        nan = backends.to_torch(state.num_nan, comm).double().reshape(e, 1)
+    counts = rebin_onto(xp, state, union_lo, union_hi)
     total = torch.cat([backends.to_torch(counts, comm).double(), nan], dim=1)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     limits = None
