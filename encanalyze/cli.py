@@ -26,6 +26,7 @@ from ._xp import namespace_of
 from .analyzers import MinMaxEncodingAnalyzer, PercentileEncodingAnalyzer, SqnrEncodingAnalyzer
 from .analyzers.histogram import validate_num_bins
 from .analyzers.percentile import validate_percentile
+from .backends import to_numpy
 from .encoding import to_scale_offset
 from .report import aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
 from .samples import sample_tensors
@@ -154,12 +155,6 @@ def _converter(backend: str, device):
     return to_cupy
 
 
-def _to_host(a) -> np.ndarray:
-    from .backends import to_numpy
-
-    return to_numpy(a)
-
-
 def _analyzer(method: str, layout, args):
     if method == "minmax":
         return MinMaxEncodingAnalyzer(layout.shape, block_size=layout.block_size)
@@ -217,10 +212,10 @@ def calibrate_one(name: str, array: np.ndarray, args, convert) -> dict:
         scale, offset = to_scale_offset(lo, hi, num_steps, args.symmetric)
         clipped, sqnr = quantization_quality(xp, x, p, scale, offset, num_steps)
         results[method] = {
-            "min": _to_host(lo).reshape(-1).astype(float).tolist(),
-            "max": _to_host(hi).reshape(-1).astype(float).tolist(),
-            "scale": _to_host(scale).reshape(-1).astype(float).tolist(),
-            "offset": _to_host(offset).reshape(-1).astype(int).tolist(),
+            "min": to_numpy(lo).reshape(-1).astype(float).tolist(),
+            "max": to_numpy(hi).reshape(-1).astype(float).tolist(),
+            "scale": to_numpy(scale).reshape(-1).astype(float).tolist(),
+            "offset": to_numpy(offset).reshape(-1).astype(int).tolist(),
             "clipped_fraction": clipped,
             "sqnr_db": sqnr,
         }
