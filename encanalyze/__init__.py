@@ -9,6 +9,7 @@ from .analyzers import (
     TfEnhancedEncodingAnalyzer,
 )
 from .encoding import to_scale_offset
+from .errors import EncodingAnalyzerError
 from .persistence import StatsFileError, load, save
 from .stats import Histogram, MinMaxRange, StatisticsNotFoundError, merge_stats
 
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EncodingAnalyzer",
+    "EncodingAnalyzerError",
     "Histogram",
     "HistogramAnalyzer",
     "MinMaxEncodingAnalyzer",

@@ -111,16 +111,20 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
     state: RowHistogram | None = analyzer._state
     limited = not math.isinf(analyzer.growth_limit)
     inf = torch.full((e,), math.inf, dtype=torch.float64, device=comm)
-    lo, neg_hi = inf, inf
-    lim_lo, neg_lim_hi = inf, inf
+    lo = neg_hi = lim_lo = neg_lim_hi = obs_lo = neg_obs_hi = inf
+    held = torch.zeros((e, 1), dtype=torch.float64, device=comm)
     if state is not None:
         lo = backends.to_torch(state.lo, comm).double()
         neg_hi = -backends.to_torch(state.hi, comm).double()
         if state.limits is not None:
             lim_lo = backends.to_torch(state.limits[0], comm).double()
             neg_lim_hi = -backends.to_torch(state.limits[1], comm).double()
+        observed = state.observed_range()
+        obs_lo = backends.to_torch(observed[0], comm).double()
+        neg_obs_hi = -backends.to_torch(observed[1], comm).double()
+        held = (lo <= -neg_hi).double().reshape(e, 1)
     code = torch.tensor([-_dtype_code(None if state is None else state.lo)], device=comm)
-    packed = torch.cat([lo, neg_hi, lim_lo, neg_lim_hi, code.double()])
+    packed = torch.cat([lo, neg_hi, lim_lo, neg_lim_hi, obs_lo, neg_obs_hi, code.double()])
     dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
     dtype = getattr(xp, _agree_dtype(packed[-1].item()))
 
@@ -136,15 +140,22 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
     if state.num_nan is not None:
         nan = backends.to_torch(state.num_nan, comm).double().reshape(e, 1)
     counts = rebin_onto(xp, state, union_lo, union_hi)
-    total = torch.cat([backends.to_torch(counts, comm).double(), nan], dim=1)
+    total = torch.cat([backends.to_torch(counts, comm).double(), nan, held], dim=1)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     limits = None
     if limited:
         limits = (back(packed[2 * e : 3 * e], dtype), back(-packed[3 * e : 4 * e], dtype))
+    # as merge_stats: a row held by one rank keeps its observed range, else the union range
+    several = back(total[:, num_bins + 1] > 1)
+    observed = (
+        xp.where(several, union_lo, back(packed[4 * e : 5 * e], dtype)),
+        xp.where(several, union_hi, back(-packed[5 * e : 6 * e], dtype)),
+    )
     return RowHistogram(
         back(total[:, :num_bins].float()),
         union_lo,
         last_edge(xp, union_lo, union_hi, num_bins),
         back(total[:, num_bins].long()),
         limits,
+        observed,
     )

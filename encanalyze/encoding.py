@@ -59,14 +59,23 @@ def symmetric_steps(num_steps: int) -> tuple[int, int]:
 
 
 def minmax_encoding(
-    xp: Namespace, lo: Array, hi: Array, num_steps: int, is_symmetric: bool, out_dtype=None
+    xp: Namespace,
+    lo: Array,
+    hi: Array,
+    num_steps: int,
+    is_symmetric: bool,
+    out_dtype=None,
+    *,
+    two_bit_step: bool = True,
 ) -> tuple[Array, Array]:
     """Apply the min-max encoding rules to a ``(lo, hi)`` pair of arrays.
 
     1. Zero is put into the range.
     2. Ranges narrower than ``num_steps * minimum_scale(num_steps)`` are widened.
     3. Symmetric encodings get ``ceil(n/2)`` negative and ``floor(n/2)`` positive steps of one
-       delta (with one extra positive step in the delta for the 2-bit grid, ``n == 3``).
+       delta. With ``two_bit_step`` (min-max's rule) the 2-bit grid, ``n == 3``, divides ``hi``
+       by one extra positive step; the histogram methods pass ``False``, as the reference's
+       percentile does: range (-10, 10), n = 3 gives (-10, 5) with it and (-20, 10) without.
     4. Infinities are clamped to the dtype's finite extremes (with a ``RuntimeWarning``).
 
     Arithmetic happens in float32 (float64 for float64 inputs); the result has ``out_dtype``
@@ -82,7 +91,7 @@ def minmax_encoding(
     if is_symmetric:
         hi = xp.where(narrow, hi + pos * s, hi)
         lo = xp.where(narrow, lo - neg * s, lo)
-        pos_delta = pos + 1 if num_steps == 3 else pos
+        pos_delta = pos + 1 if num_steps == 3 and two_bit_step else pos
         delta = xp.maximum(hi / pos_delta, -lo / neg)
         lo, hi = -neg * delta, pos * delta
     else:

@@ -29,10 +29,14 @@ __all__ = [
 
 
 class RowHistogram(NamedTuple):
-    """Histograms of ``E`` rows: counts ``(E, B)`` float32, stored range ``lo``/``hi`` ``(E,)``.
+    """Histograms of ``E`` rows: counts ``(E, B)`` float32, edge range ``lo``/``hi`` ``(E,)``.
 
-    ``num_nan`` counts dropped NaN values per row (``None``: none); ``limits`` holds the
-    growth limits ``(lo, hi)`` ``(E,)`` each, or ``None`` without a growth limit.
+    ``lo`` and ``hi`` are the first and last edge. ``num_nan`` counts dropped NaN values per row
+    (``None``: none); ``limits`` holds the growth limits ``(lo, hi)`` ``(E,)`` each, or ``None``
+    without a growth limit. ``observed`` is the range the statistics report as ``min``/``max``
+    (``None``: the edge range): after a row's first batch, that batch's finite min and max (a
+    constant row of 5.0 has edges [4.5, 5.5] and observed range [5, 5]); after each later batch,
+    the new range.
     """
 
     counts: Array
@@ -40,6 +44,11 @@ class RowHistogram(NamedTuple):
     hi: Array
     num_nan: Array | None = None
     limits: tuple[Array, Array] | None = None
+    observed: tuple[Array, Array] | None = None
+
+    def observed_range(self) -> tuple[Array, Array]:
+        """Return the observed ``(min, max)`` ``(E,)`` (the edge range where none is kept)."""
+        return (self.lo, self.hi) if self.observed is None else self.observed
 
 
 def wide_dtype(xp: Namespace, device) -> object:
@@ -190,20 +199,20 @@ def histogram_update(
     lo, hi, num_nan = backends.minmax(xp, rows, (1,), finite=True)
     lo, hi = xp.astype(lo, dtype, copy=False), xp.astype(hi, dtype, copy=False)
     seen = lo <= hi  # rows with at least one finite value
-    # a single value (or a range whose bin width underflows to 0) gets [v - 0.5, v + 0.5], at
-    # least one ulp wide even where 0.5 rounds away
+    # the batch's own edges: a single value (or a range whose bin width underflows to 0) gets
+    # [v - 0.5, v + 0.5], at least one ulp wide even where 0.5 rounds away
     wd = work_dtype(xp, dtype)
     point = (xp.astype(hi, wd) - xp.astype(lo, wd)) / num_bins == 0
-    lo = xp.where(point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.full_like(lo, -xp.inf))), lo)
-    hi = xp.where(point, xp.maximum(hi + 0.5, xp.nextafter(hi, xp.full_like(hi, xp.inf))), hi)
+    e_lo = xp.where(point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.full_like(lo, -xp.inf))), lo)
+    e_hi = xp.where(point, xp.maximum(hi + 0.5, xp.nextafter(hi, xp.full_like(hi, xp.inf))), hi)
     may_have_nan = num_nan is not None
-    counts = bin_counts(xp, rows, lo, hi, num_bins, may_have_nan)
-    stored_hi = last_edge(xp, lo, hi, num_bins)
-    # growth limits from the stored (first and last edge) range; merges take the raw batch range
+    counts = bin_counts(xp, rows, e_lo, e_hi, num_bins, may_have_nan)
+    stored_hi = last_edge(xp, e_lo, e_hi, num_bins)
+    # growth limits from the stored (first and last edge) range
     batch_limits = (
-        _growth_limits(lo, stored_hi, growth_limit) if math.isfinite(growth_limit) else None
+        _growth_limits(e_lo, stored_hi, growth_limit) if math.isfinite(growth_limit) else None
     )
-    batch = RowHistogram(counts, lo, stored_hi, num_nan, batch_limits)
+    batch = RowHistogram(counts, e_lo, stored_hi, num_nan, batch_limits, (lo, hi))
     if running is None:
         return batch, batch
 
@@ -216,21 +225,32 @@ def histogram_update(
             xp.where(was_seen, limits[0], batch_limits[0]),
             xp.where(was_seen, limits[1], batch_limits[1]),
         )
-    new_lo, new_hi = xp.minimum(running.lo, lo), xp.maximum(running.hi, hi)
+    # a later batch merges with its raw finite range; only a row's first batch is widened
+    new_lo = xp.minimum(running.lo, xp.where(was_seen, lo, e_lo))
+    new_hi = xp.maximum(running.hi, xp.where(was_seen, hi, e_hi))
     if limits is not None:
         new_lo = xp.where(seen, xp.maximum(new_lo, limits[0]), new_lo)
         new_hi = xp.where(seen, xp.minimum(new_hi, limits[1]), new_hi)
     old = rebin_onto(xp, running, new_lo, new_hi)
-    if on_host(rows) and bool(xp.all(((new_lo == lo) & (new_hi == hi)) | ~seen)):
+    if on_host(rows) and bool(xp.all(((new_lo == e_lo) & (new_hi == e_hi)) | ~seen)):
         new = counts  # the batch spans the new range: its own counts are the ones on the new edges
     else:
         new = _keep_rows(xp, bin_counts(xp, rows, new_lo, new_hi, num_bins, may_have_nan), seen)
+    # observed range: the new range where a seen row grew, the batch's own on a row's first
+    # batch, unchanged where the batch had nothing for the row
+    run_lo, run_hi = running.observed_range()
+    later = seen & was_seen
+    observed = (
+        xp.where(later, new_lo, xp.where(seen, lo, run_lo)),
+        xp.where(later, new_hi, xp.where(seen, hi, run_hi)),
+    )
     merged = RowHistogram(
         old + new,
         new_lo,
         last_edge(xp, new_lo, new_hi, num_bins),
         add_counts(running.num_nan, num_nan),
         limits,
+        observed,
     )
     return batch, merged
 
@@ -257,7 +277,9 @@ def merge_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:
     """Merge row histograms: union range, each re-binned once onto it, counts added.
 
     Commutative and exact in total counts; not associative (see :func:`encanalyze.merge_stats`).
-    Growth limits, where present, become the union of the parts' limits.
+    Growth limits, where present, become the union of the parts' limits. A row that holds data in
+    one part alone keeps that part's observed range; elsewhere the observed range is the union
+    range, as after a later batch.
     """
     num_bins = parts[0].counts.shape[1]
     lo, hi = parts[0].lo, parts[0].hi
@@ -265,9 +287,14 @@ def merge_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:
         lo, hi = xp.minimum(lo, p.lo), xp.maximum(hi, p.hi)
     counts = rebin_onto(xp, parts[0], lo, hi)
     num_nan, limits = parts[0].num_nan, parts[0].limits
+    obs_lo, obs_hi = parts[0].observed_range()
+    holders = xp.astype(parts[0].lo <= parts[0].hi, xp.int32)
     for p in parts[1:]:
         counts = counts + rebin_onto(xp, p, lo, hi)
         num_nan = add_counts(num_nan, p.num_nan)
+        p_lo, p_hi = p.observed_range()
+        obs_lo, obs_hi = xp.minimum(obs_lo, p_lo), xp.maximum(obs_hi, p_hi)
+        holders = holders + xp.astype(p.lo <= p.hi, xp.int32)
         if p.limits is not None:
             limits = (
                 p.limits
@@ -277,4 +304,6 @@ def merge_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:
                     xp.maximum(limits[1], p.limits[1]),
                 )
             )
-    return RowHistogram(counts, lo, last_edge(xp, lo, hi, num_bins), num_nan, limits)
+    several = holders > 1
+    observed = (xp.where(several, lo, obs_lo), xp.where(several, hi, obs_hi))
+    return RowHistogram(counts, lo, last_edge(xp, lo, hi, num_bins), num_nan, limits, observed)

@@ -15,6 +15,7 @@ import operator
 from dataclasses import dataclass
 
 from ._xp import Array, Namespace
+from .errors import EncodingAnalyzerError
 
 __all__ = ["Plan", "normalize_block_size", "normalize_shape", "plan", "to_rows"]
 
@@ -96,12 +97,13 @@ def plan(
 
     Raises
     ------
-    ValueError
-        If the shapes are incompatible; the message names both.
+    EncodingAnalyzerError
+        (a ``ValueError`` and a ``RuntimeError``) if the shapes are incompatible; the message
+        names both.
     """
     n = len(input_shape)
     if len(shape) > n:
-        raise ValueError(
+        raise EncodingAnalyzerError(
             f"encoding shape {shape} has more dimensions than the input shape {input_shape}"
         )
     enc = (1,) * (n - len(shape)) + shape
@@ -109,7 +111,7 @@ def plan(
     if block_size is None:
         for d, e in zip(input_shape, enc, strict=True):
             if e != 1 and e != d:
-                raise ValueError(
+                raise EncodingAnalyzerError(
                     f"encoding shape {shape} does not match input shape {input_shape}: every "
                     f"encoding dimension (aligned from the right) must be 1 or the input's"
                 )
@@ -119,7 +121,7 @@ def plan(
         for d, e, b in zip(input_shape, enc, blocks, strict=True):
             b = d // e if b == -1 else b
             if e * b != d:
-                raise ValueError(
+                raise EncodingAnalyzerError(
                     f"encoding shape {shape} with block_size {block_size} does not tile input "
                     f"shape {input_shape}: encoding dim {e} x block {b} != input dim {d}"
                 )

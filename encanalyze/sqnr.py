@@ -196,14 +196,9 @@ def _noise_by_cells(
     t0, tn = o * d, (o + n) * d
     low = t0 * t0 * p0_0 - 2 * t0 * p1_0 + p2_0
     high = tn * tn * (tot0 - p0_n) - 2 * tn * (tot1 - p1_n) + (tot2 - p2_n)
-    interior = (
-        tn * tn * p0_n
-        - t0 * t0 * p0_0
-        - d * d * (s_a + 2 * o * s_b)
-        + 2 * d * s_c
-        - 2 * tn * p1_n
-        + 2 * t0 * p1_0
-        + p2_n
-        - p2_0
-    )
+    # the grid terms in units of d: with integer counts the d**2 bracket is exact, so the large
+    # terms cancel before any rounding and data below the grid's resolution ties exactly
+    steps_sq = (o + n) * (o + n) * p0_n - o * o * p0_0 - s_a - 2 * o * s_b
+    steps = s_c - (o + n) * p1_n + o * p1_0
+    interior = d * d * steps_sq + 2 * d * steps + (p2_n - p2_0)
     return gamma * (low + high) + interior

@@ -78,8 +78,11 @@ class Histogram(_NanCount):
         ``(*shape, num_bins + 1)`` edges ``min + k * (max - min) / num_bins`` (float32, float64
         for float64 inputs). Elements that have seen no value hold zeros.
     min, max
-        ``(*shape)`` range of each histogram (the first and last edge), in the input's floating
-        dtype. Elements that have seen no value hold ``+inf`` and ``-inf``.
+        ``(*shape)`` observed range of each histogram, in the input's floating dtype: after an
+        element's first batch, that batch's finite min and max (a constant slice of 5.0 has
+        ``min = max = 5.0`` while its edges span [4.5, 5.5]); after each later batch, the new
+        range (which then equals the first and last edge). SQNR reads them; percentile reads
+        the edges. Elements that have seen no value hold ``+inf`` and ``-inf``.
     num_nan
         Optional int64 ``(*shape)``: NaN values dropped so far per element.
     """
@@ -170,20 +173,27 @@ def merge_stats(*stats: MinMaxRange | Histogram) -> MinMaxRange | Histogram:
     xp = namespace_of(*(s.histogram for s in stats))
     shape, num_bins = stats[0].shape, stats[0].num_bins
     e = math.prod(shape)
-    rows = [
-        RowHistogram(
-            xp.astype(xp.reshape(s.histogram, (e, num_bins)), xp.float32),
-            xp.reshape(s.min, (e,)),
-            xp.reshape(s.max, (e,)),
-            None if s.num_nan is None else xp.reshape(s.num_nan, (e,)),
-        )
-        for s in stats
-    ]
-    m = merge_rows(xp, rows)
+    m = merge_rows(xp, [_rows_of(xp, s, e) for s in stats])
+    obs_lo, obs_hi = m.observed_range()
     return Histogram(
         xp.reshape(m.counts, (*shape, num_bins)),
         xp.reshape(bin_edges(xp, m.lo, m.hi, num_bins), (*shape, num_bins + 1)),
-        xp.reshape(m.lo, shape),
-        xp.reshape(m.hi, shape),
+        xp.reshape(obs_lo, shape),
+        xp.reshape(obs_hi, shape),
         None if m.num_nan is None else xp.reshape(m.num_nan, shape),
+    )
+
+
+def _rows_of(xp: Namespace, h: Histogram, e: int) -> RowHistogram:
+    """Return ``h`` as ``E`` row histograms: edge range from its edges, observed from min/max."""
+    num_bins = h.num_bins
+    obs_lo, obs_hi = xp.reshape(h.min, (e,)), xp.reshape(h.max, (e,))
+    edges = xp.reshape(h.bin_edges, (e, num_bins + 1))
+    held = obs_lo <= obs_hi
+    return RowHistogram(
+        xp.astype(xp.reshape(h.histogram, (e, num_bins)), xp.float32),
+        xp.where(held, xp.astype(edges[:, 0], obs_lo.dtype), obs_lo),
+        xp.where(held, xp.astype(edges[:, num_bins], obs_hi.dtype), obs_hi),
+        None if h.num_nan is None else xp.reshape(h.num_nan, (e,)),
+        observed=(obs_lo, obs_hi),
     )

@@ -46,8 +46,20 @@ def histogram_rows(batches, num_bins: int, growth_limit: float = math.inf):
     """SPEC.md "Histogram stats", one row at a time, in the batches' float dtype.
 
     `batches` is a list of 1-D arrays (one row's values per update). Returns
-    (counts float64, lo, hi) of the running histogram, or None if no finite value was seen.
+    (counts float64, min, max) of the running histogram, min and max being the observed range
+    (the first batch's finite range, then each later batch's new range), or None if no finite
+    value was seen. `histogram_edges` gives the edge range of the same histogram.
     """
+    state = _histogram_state(batches, num_bins, growth_limit)
+    return None if state is None else state[:3]
+
+
+def histogram_edges(batches, num_bins: int, growth_limit: float = math.inf):
+    """The (first, last) edge of `histogram_rows`' histogram."""
+    return _histogram_state(batches, num_bins, growth_limit)[3:]
+
+
+def _histogram_state(batches, num_bins, growth_limit):
     dt = batches[0].dtype.type
     nb = dt(num_bins)
     state = None
@@ -66,16 +78,17 @@ def histogram_rows(batches, num_bins: int, growth_limit: float = math.inf):
         if finite.size == 0:
             continue
         blo, bhi = finite.min(), finite.max()
-        if (np.float32(bhi) - np.float32(blo)) / np.float32(num_bins) == 0:
-            blo, bhi = dt(blo - dt(0.5)), dt(bhi + dt(0.5))
         if state is None:
-            counts = np.bincount(index(values, blo, bhi), minlength=num_bins).astype(float)
-            state = (counts, blo, last_edge(blo, bhi))
+            elo, ehi = blo, bhi
+            if (np.float32(bhi) - np.float32(blo)) / np.float32(num_bins) == 0:
+                elo, ehi = dt(blo - dt(0.5)), dt(bhi + dt(0.5))  # the first batch only
+            counts = np.bincount(index(values, elo, ehi), minlength=num_bins).astype(float)
+            state = (counts, blo, bhi, elo, last_edge(elo, ehi))
             if math.isfinite(growth_limit):
-                half = (state[2] - blo) * dt(growth_limit / 2)
-                limits = (blo - half, state[2] + half)
+                half = (state[4] - elo) * dt(growth_limit / 2)
+                limits = (elo - half, state[4] + half)
             continue
-        counts, lo, hi = state
+        counts, _, _, lo, hi = state
         new_lo, new_hi = min(lo, blo), max(hi, bhi)
         if limits is not None:
             new_lo, new_hi = max(new_lo, limits[0]), min(new_hi, limits[1])
@@ -93,7 +106,7 @@ def histogram_rows(batches, num_bins: int, growth_limit: float = math.inf):
                 moved[min(j + 1, num_bins - 1)] += c - part  # the bin holding a + w_new
             counts = moved
         counts = counts + np.bincount(index(values, new_lo, new_hi), minlength=num_bins)
-        state = (counts, new_lo, last_edge(new_lo, new_hi))
+        state = (counts, new_lo, new_hi, new_lo, last_edge(new_lo, new_hi))
     return state
 
 

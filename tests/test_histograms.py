@@ -195,8 +195,11 @@ def test_non_finite_values(backend):
     analyzer.update_stats(backend.asarray(np.array([[2.0], [5.0], [-1.0]], np.float32)))
     stats = analyzer.get_stats()
     np.testing.assert_array_equal(backend.to_numpy(stats.histogram).sum(axis=-1)[:, 0], [4, 1, 1])
-    # a row's first finite value gives it the [v - 0.5, v + 0.5] range
-    assert backend.to_numpy(stats.min)[1:, 0].tolist() == [4.5, -1.5]
+    # a row's first finite value gives it [v - 0.5, v + 0.5] edges; min/max stay observed
+    assert backend.to_numpy(stats.min)[1:, 0].tolist() == [5.0, -1.0]
+    assert backend.to_numpy(stats.max)[1:, 0].tolist() == [5.0, -1.0]
+    edges = backend.to_numpy(stats.bin_edges)[1:, 0]
+    assert edges[:, [0, -1]].tolist() == [[4.5, 5.5], [-1.5, -0.5]]
 
 
 finite32 = st.floats(-1e4, 1e4, width=32)

@@ -6,6 +6,7 @@ import math
 
 from .._checks import int_at_least
 from .._xp import Array, Namespace, device_of, float_dtype, namespace_of
+from ..errors import EncodingAnalyzerError
 from ..histograms import RowHistogram, bin_edges, histogram_update, merge_rows
 from ..shapes import to_rows
 from ..stats import Histogram
@@ -46,7 +47,9 @@ class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
         if isinstance(growth_limit, bool) or not isinstance(growth_limit, (int, float)):
             raise TypeError(f"histogram growth limit must be a number, got {growth_limit!r}")
         if math.isnan(growth_limit) or growth_limit < 1:
-            raise ValueError(f"histogram growth limit must be >= 1, got {growth_limit!r}")
+            raise EncodingAnalyzerError(
+                f"histogram growth limit must be >= 1, got {growth_limit!r}"
+            )
         self.growth_limit = float(growth_limit)
 
     # state: RowHistogram of the (E,) rows
@@ -77,11 +80,12 @@ class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
 
     def _to_stats(self, xp: Namespace, h: RowHistogram) -> Histogram:
         shape = self.shape
+        lo, hi = h.observed_range()
         return Histogram(
             xp.reshape(h.counts, (*shape, self.num_bins)),
             xp.reshape(bin_edges(xp, h.lo, h.hi, self.num_bins), (*shape, self.num_bins + 1)),
-            xp.reshape(h.lo, shape),
-            xp.reshape(h.hi, shape),
+            xp.reshape(lo, shape),
+            xp.reshape(hi, shape),
             None if h.num_nan is None else xp.reshape(h.num_nan, shape),
         )
 
@@ -123,6 +127,8 @@ class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
             out["num_nan"] = state.num_nan
         if state.limits is not None:
             out["limit_lo"], out["limit_hi"] = state.limits
+        if state.observed is not None:
+            out["min"], out["max"] = state.observed
         return out
 
     def _state_from_arrays(self, xp: Namespace, arrays: dict) -> RowHistogram:
@@ -137,12 +143,21 @@ class HistogramAnalyzer(EncodingAnalyzer[Histogram]):
             (limit_lo is None) != math.isinf(self.growth_limit)
         ):
             raise ValueError("state growth limits do not match the analyzer's growth_limit")
-        if lo.dtype != hi.dtype:
-            raise ValueError(f"state arrays 'lo' and 'hi' differ in dtype: {lo.dtype}, {hi.dtype}")
+        # the observed range (files written before it was kept: the edge range)
+        obs_lo = self._check_array(arrays, "min", (e,), "real floating", optional=True)
+        obs_hi = self._check_array(arrays, "max", (e,), "real floating", optional=True)
+        if (obs_lo is None) != (obs_hi is None):
+            raise ValueError("state holds one of the arrays 'min' and 'max' without the other")
+        if any(a is not None and a.dtype != lo.dtype for a in (hi, obs_lo, obs_hi)):
+            raise ValueError(
+                f"state arrays 'lo', 'hi', 'min' and 'max' differ in dtype: {lo.dtype}, "
+                f"{hi.dtype}, {getattr(obs_lo, 'dtype', None)}, {getattr(obs_hi, 'dtype', None)}"
+            )
         return RowHistogram(
             xp.astype(counts, xp.float32),
             lo,
             hi,
             None if num_nan is None else xp.astype(num_nan, xp.int64),
             None if limit_lo is None else (limit_lo, limit_hi),
+            None if obs_lo is None else (obs_lo, obs_hi),
         )

@@ -30,7 +30,9 @@ def percentile_range(
 
     ``p == 100`` gives the first and last edge. Otherwise, with cumulative counts ``cs`` and total
     ``T``, ``hi`` is the lower edge of the first bin with ``cs >= T p / 100`` and ``lo`` the lower
-    edge of the first bin with ``cs >= T (1 - p / 100)``.
+    edge of the first bin with ``cs >= T (1 - p / 100)``. Both thresholds are evaluated in
+    float32 as the reference does, ``(T * f32(p)) / 100`` and ``T * f32(1 - p / 100)``: exact
+    hits are common (100 values, p = 99: the lower threshold is exactly 1.0).
     """
     num_rows, num_bins = counts.shape
     if percentile == 100:
@@ -39,9 +41,11 @@ def percentile_range(
     # float32 running sums are exact below 2**24; host backends check that cheaply
     exact = on_host(counts) and float(xp.max(xp.sum(counts, axis=1))) < 2**24
     cs = xp.cumulative_sum(counts if exact else xp.astype(counts, wide), axis=1)
-    total = xp.astype(cs[:, num_bins - 1 :], wide)  # thresholds in the wide dtype either way
-    i_hi = xp.count_nonzero(cs < total * (percentile / 100), axis=1)
-    i_lo = xp.count_nonzero(cs < total * (1 - percentile / 100), axis=1)
+    total = xp.astype(cs[:, num_bins - 1 :], xp.float32)
+    upper = (total * xp.asarray(percentile, dtype=xp.float32, device=device_of(counts))) / 100
+    lower = total * xp.asarray(1 - percentile / 100, dtype=xp.float32, device=device_of(counts))
+    i_hi = xp.count_nonzero(cs < xp.astype(upper, cs.dtype), axis=1)
+    i_lo = xp.count_nonzero(cs < xp.astype(lower, cs.dtype), axis=1)
     flat = xp.reshape(edges, (num_rows * (num_bins + 1),))
     base = xp.arange(num_rows, dtype=i_hi.dtype, device=device_of(counts)) * (num_bins + 1)
     return xp.take(flat, base + i_lo), xp.take(flat, base + i_hi)
@@ -102,5 +106,7 @@ class PercentileEncodingAnalyzer(HistogramAnalyzer):
         counts, edges = self._rows(xp, stats)
         lo, hi = percentile_range(xp, counts, edges, self.percentile)
         dtype = stats.min.dtype
-        lo, hi = minmax_encoding(xp, lo, hi, num_steps, is_symmetric, out_dtype=dtype)
+        lo, hi = minmax_encoding(
+            xp, lo, hi, num_steps, is_symmetric, out_dtype=dtype, two_bit_step=False
+        )
         return xp.reshape(lo, self.shape), xp.reshape(hi, self.shape)

@@ -19,7 +19,7 @@ from ..sqnr import (
 from ..stats import Histogram
 from .histogram import HistogramAnalyzer
 
-__all__ = ["SqnrEncodingAnalyzer", "TfEnhancedEncodingAnalyzer", "sqnr_search"]
+__all__ = ["SqnrEncodingAnalyzer", "TfEnhancedEncodingAnalyzer", "first_least", "sqnr_search"]
 
 
 def sqnr_search(
@@ -72,7 +72,7 @@ def sqnr_search(
             n,
             gamma,
         )
-        best.append(xp.argmin(noise, axis=1))
+        best.append(first_least(xp, noise))
     choice = xp.concat(best) if len(best) > 1 else best[0]
     num_cand = deltas.shape[1]
     flat = xp.arange(num_rows, dtype=choice.dtype, device=device_of(choice)) * num_cand + choice
@@ -80,6 +80,24 @@ def sqnr_search(
     o = xp.take(xp.reshape(offsets, (-1,)), flat)
     enc_min = o * d
     return enc_min, enc_min + n * d
+
+
+TIE_RTOL = 1e-9
+"""Noises within this relative distance of the least are ties (the first candidate wins)."""
+
+
+def first_least(xp: Namespace, noise: Array) -> Array:
+    """Return, per row of ``noise`` ``(E, C)``, the first candidate tied with the least noise.
+
+    The reference's sums tie exactly where every candidate rounds every bin to the same point
+    (data below the grid's resolution) and it keeps the first; the exact fast search reaches the
+    same sums in another order, so noises within ``TIE_RTOL`` of the least count as tied. A NaN
+    noise never wins.
+    """
+    noise = xp.where(xp.isnan(noise), xp.inf, noise)
+    least = xp.min(noise, axis=1, keepdims=True)
+    tied = noise <= least + TIE_RTOL * xp.abs(least)
+    return xp.argmax(xp.astype(tied, xp.int8), axis=1)  # the first True
 
 
 class SqnrEncodingAnalyzer(HistogramAnalyzer):
