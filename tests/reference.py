@@ -9,8 +9,11 @@ import numpy as np
 EPS32 = float(np.finfo(np.float32).eps)
 
 
-def minmax_encoding(lo, hi, n: int, symmetric: bool):
-    """SPEC.md "Min-max" encoding rules, elementwise, in float64."""
+def minmax_encoding(lo, hi, n: int, symmetric: bool, two_bit_step: bool = True):
+    """SPEC.md "Min-max" encoding rules, elementwise, in float64.
+
+    ``two_bit_step=False`` is the percentile variant (no extra positive step for n == 3).
+    """
     lo = np.minimum(np.asarray(lo, np.float64), 0.0)
     hi = np.maximum(np.asarray(hi, np.float64), 0.0)
     s = min(EPS32, 0.01 / n)
@@ -19,7 +22,7 @@ def minmax_encoding(lo, hi, n: int, symmetric: bool):
         pos, neg = math.floor(n / 2), math.ceil(n / 2)
         hi = np.where(narrow, hi + pos * s, hi)
         lo = np.where(narrow, lo - neg * s, lo)
-        delta = np.maximum(hi / (pos + 1 if n == 3 else pos), -lo / neg)
+        delta = np.maximum(hi / (pos + 1 if n == 3 and two_bit_step else pos), -lo / neg)
         return -neg * delta, pos * delta
     return lo, np.where(narrow, hi + n * s, hi)
 
@@ -115,9 +118,9 @@ def percentile_range(counts, edges, p: float):
     if p == 100:
         return edges[0], edges[-1]
     cs = np.cumsum(np.asarray(counts, np.float64))
-    total = cs[-1]
-    i_hi = int(np.argmax(cs >= total * (p / 100)))
-    i_lo = int(np.argmax(cs >= total * (1 - p / 100)))
+    total = np.float32(cs[-1])  # thresholds in float32, as the reference evaluates them
+    i_hi = int(np.argmax(cs >= (total * np.float32(p)) / np.float32(100)))
+    i_lo = int(np.argmax(cs >= total * np.float32(1 - p / 100)))
     return edges[i_lo], edges[i_hi]
 
 

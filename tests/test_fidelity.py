@@ -226,3 +226,45 @@ def test_observed_range_survives_save_load_and_merge(backend, tmp_path):
     old = SqnrEncodingAnalyzer((2, 1), num_bins=8)
     old.load_state_dict(state)
     assert backend.to_numpy(old.get_stats().min)[:, 0].tolist() == [4.5, -0.5]
+
+
+# -- randomized: the analyzers against SPEC's rules written out row by row -----------------
+@pytest.mark.parametrize("seed", range(6))
+def test_randomized_against_spec_model(backend, seed):
+    from tests import reference
+
+    rng = np.random.default_rng(seed)
+    c, b = 7, int(rng.choice([10, 64, 512]))
+    scales = rng.uniform(0.01, 20, c)
+    batches = [(rng.standard_normal((40, c)) * scales).astype(np.float32) for _ in range(3)]
+    batches[0][:, 0] = 0.0  # an all-zero channel, every batch
+    batches[1][:, 1] = 2.5  # a constant later batch
+    batches[0][:, 2] = -1.25  # a constant first batch
+    for x in batches:
+        x[:, 3] *= 1e-7  # near or below the grid's resolution
+    p = float(rng.choice([90.0, 99.0, 99.9, 100.0]))
+    runs = {
+        "percentile": PercentileEncodingAnalyzer((1, c), num_bins=b, percentile=p),
+        "sqnr": SqnrEncodingAnalyzer((1, c), num_bins=b, gamma=3.0),
+    }
+    for analyzer in runs.values():
+        _feed(backend, analyzer, *batches)
+    for n, sym in ((3, True), (15, False), (255, False), (254, True)):
+        for method, analyzer in runs.items():
+            lo, hi = (a[0] for a in _np(backend, *analyzer.compute_encodings(n, sym)))
+            for col in range(c):
+                rows = [x[:, col] for x in batches]
+                counts, mn, mx = reference.histogram_rows(rows, b)
+                first, last = reference.histogram_edges(rows, b)
+                edges = (first + np.arange(b + 1, dtype=np.float32) * ((last - first) / b)).astype(
+                    np.float32
+                )
+                if method == "percentile":
+                    want = reference.minmax_encoding(
+                        *reference.percentile_range(counts, edges, p), n, sym, two_bit_step=False
+                    )
+                else:
+                    want = reference.sqnr_encoding(counts, edges, mn, mx, n, sym, 3.0)[:2]
+                got = (lo[col], hi[col])
+                msg = (method, n, sym, col, got, want)
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12, err_msg=str(msg))
