@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import compare, machine  # noqa: E402
 
-from encanalyze.analyzers.sqnr import sqnr_search  # noqa: E402
+from encanalyze._rules.sqnr import sqnr_search  # noqa: E402
 
 
 def histograms(channels: int, bins: int = 2048):

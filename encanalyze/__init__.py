@@ -1,34 +1,30 @@
 """encanalyze: quantization encoding analyzers written once against the Python array API."""
 
-from .analyzers import (
-    EncodingAnalyzer,
-    HistogramAnalyzer,
-    MinMaxEncodingAnalyzer,
-    PercentileEncodingAnalyzer,
-    SqnrEncodingAnalyzer,
-    TfEnhancedEncodingAnalyzer,
-)
-from .encoding import to_scale_offset
-from .errors import EncodingAnalyzerError
-from .persistence import StatsFileError, load, save
-from .stats import Histogram, MinMaxRange, StatisticsNotFoundError, merge_stats
+from ._analyzer import EncodingAnalyzer, HistogramAnalyzer
+from ._encoding import to_scale_offset
+from ._errors import EncodingAnalyzerError, StatisticsNotFoundError
+from ._persistence import StatsFileError, load, save
+from ._registry import ANALYZERS, METHODS
+from ._stats import Histogram, MinMaxRange, merge_stats
+
+# every registered analyzer class (MinMaxEncodingAnalyzer, SqnrEncodingAnalyzer, ...): a new
+# method is exported by its registry entry (see _registry.py)
+globals().update(ANALYZERS)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS",
     "EncodingAnalyzer",
     "EncodingAnalyzerError",
     "Histogram",
     "HistogramAnalyzer",
-    "MinMaxEncodingAnalyzer",
     "MinMaxRange",
-    "PercentileEncodingAnalyzer",
-    "SqnrEncodingAnalyzer",
     "StatisticsNotFoundError",
     "StatsFileError",
-    "TfEnhancedEncodingAnalyzer",
     "load",
     "merge_stats",
     "save",
     "to_scale_offset",
+    *ANALYZERS,
 ]

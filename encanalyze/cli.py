@@ -1,8 +1,10 @@
 """The ``encanalyze`` command: calibrate tensor files, compare methods, export encodings, plot.
 
 ``encanalyze calibrate [FILES...]`` (also ``python -m encanalyze``) reads tensors, calibrates
-each with min-max, percentile and SQNR analyzers, and reports per tensor and method the encoding,
-its clipped fraction and the SQNR of quantize-dequantize on the tensor itself.
+each with every registered method (min-max, percentile, SQNR, MSE, entropy, moving-average
+min-max), and reports per tensor and method the encoding, its clipped fraction and the SQNR of
+quantize-dequantize on the tensor itself. Methods that share statistics (the histogram methods)
+gather them once per tensor.
 """
 
 from __future__ import annotations
@@ -22,20 +24,20 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from ._backends import to_numpy
+from ._encoding import to_scale_offset
+from ._observers.histogram import validate_num_bins
+from ._registry import METHODS as REGISTRY
+from ._report import aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
+from ._rules.percentile import validate_percentile
+from ._samples import sample_tensors
+from ._shapes import plan
+from ._tensor_io import TensorFileError, read_tensors
 from ._xp import namespace_of
-from .analyzers import MinMaxEncodingAnalyzer, PercentileEncodingAnalyzer, SqnrEncodingAnalyzer
-from .analyzers.histogram import validate_num_bins
-from .analyzers.percentile import validate_percentile
-from .backends import to_numpy
-from .encoding import to_scale_offset
-from .report import aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
-from .samples import sample_tensors
-from .shapes import plan
-from .tensor_io import TensorFileError, read_tensors
 
 __all__ = ["main"]
 
-METHODS = ("minmax", "percentile", "sqnr")
+METHODS = tuple(name for name, m in REGISTRY.items() if m.in_command)
 
 
 class UsageError(Exception):
@@ -156,15 +158,9 @@ def _converter(backend: str, device):
 
 
 def _analyzer(method: str, layout, args):
-    if method == "minmax":
-        return MinMaxEncodingAnalyzer(layout.shape, block_size=layout.block_size)
-    if method == "percentile":
-        return PercentileEncodingAnalyzer(
-            layout.shape, args.num_bins, args.percentile, block_size=layout.block_size
-        )
-    return SqnrEncodingAnalyzer(
-        layout.shape, args.num_bins, gamma=args.gamma, block_size=layout.block_size
-    )
+    m = REGISTRY[method]
+    options = {k: getattr(args, dest) for k, dest in m.options.items()}
+    return m.analyzer(layout.shape, block_size=layout.block_size, **options)
 
 
 def _load(args) -> dict[str, np.ndarray]:
@@ -203,11 +199,17 @@ def calibrate_one(name: str, array: np.ndarray, args, convert) -> dict:
     p = plan(tuple(array.shape), layout.shape, layout.block_size)
     methods = METHODS if args.method == "all" else (args.method,)
     results = {}
+    gathered = {}  # one analyzer per kind of statistics: each tensor is histogrammed once
     for method in methods:
         analyzer = _analyzer(method, layout, args)
+        key = (type(analyzer.observer).__name__, json.dumps(analyzer.observer.params()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # NaN counts: reported below
-            analyzer.update_stats(x)
+            if key in gathered:
+                analyzer.share_stats(gathered[key])
+            else:
+                analyzer.update_stats(x)
+                gathered[key] = analyzer
             lo, hi = analyzer.compute_encodings(num_steps, args.symmetric)
         scale, offset = to_scale_offset(lo, hi, num_steps, args.symmetric)
         clipped, sqnr = quantization_quality(xp, x, p, scale, offset, num_steps)
@@ -310,7 +312,8 @@ def _plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) 
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    colors = {"minmax": "tab:blue", "percentile": "tab:orange", "sqnr": "tab:green"}
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(METHODS)}
     for e in entries:
         values = tensors[e["name"]].astype(np.float64).ravel()
         values = values[np.isfinite(values)]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-from . import backends
-from .analyzers import EncodingAnalyzer, HistogramAnalyzer, MinMaxEncodingAnalyzer
-from .histograms import RowHistogram, last_edge, rebin_onto
-from .stats import MinMaxRange
+from ._analyzer import EncodingAnalyzer
+from ._backends import from_torch, to_torch
+from ._histograms import RowHistogram, last_edge, rebin_onto
+from ._observers import EmaState
+from ._stats import MinMaxRange
 
 __all__ = ["all_reduce_stats"]
 
@@ -41,6 +42,10 @@ def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer
     counts alongside) adds them, in float64, so the result is exact and independent of rank
     order. It equals :func:`encanalyze.merge_stats` of all ranks' statistics.
 
+    Moving-average min-max (:class:`~encanalyze.EmaMinMaxEncodingAnalyzer`): one SUM
+    all-reduce of the count-weighted ranges and counts gives the weighted average that its
+    ``merge`` computes (not exact: see the class).
+
     A rank that saw no data takes part normally. NumPy, CuPy and array-api-strict statistics go
     through torch (zero-copy via DLPack where possible) on the communication device: the CPU for
     gloo, the current CUDA device for NCCL. A rank never updated at all receives the statistics
@@ -53,11 +58,8 @@ def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer
         comm = torch.device("cuda", torch.cuda.current_device())
     else:
         comm = torch.device("cpu")
-    if isinstance(analyzer, MinMaxEncodingAnalyzer):
-        reduce = _minmax
-    elif isinstance(analyzer, HistogramAnalyzer):
-        reduce = _histogram
-    else:
+    reduce = _REDUCERS.get(getattr(getattr(analyzer, "observer", None), "kind", None))
+    if reduce is None:
         raise TypeError(f"cannot all-reduce the statistics of a {type(analyzer).__name__}")
     if analyzer._home is None:
         import array_api_compat
@@ -89,10 +91,10 @@ def _minmax(torch, dist, group, comm, analyzer, xp, device):
     hi = torch.full((e,), -math.inf, dtype=torch.float64, device=comm)
     nan = torch.zeros((e,), dtype=torch.float64, device=comm)
     if state is not None:
-        lo = backends.to_torch(state.min, comm).reshape(e).double()
-        hi = backends.to_torch(state.max, comm).reshape(e).double()
+        lo = to_torch(state.min, comm).reshape(e).double()
+        hi = to_torch(state.max, comm).reshape(e).double()
         if state.num_nan is not None:
-            nan = backends.to_torch(state.num_nan, comm).reshape(e).double()
+            nan = to_torch(state.num_nan, comm).reshape(e).double()
     code = torch.tensor([-_dtype_code(None if state is None else state.min)], device=comm)
     packed = torch.cat([lo, -hi, code.double()])
     dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
@@ -101,7 +103,7 @@ def _minmax(torch, dist, group, comm, analyzer, xp, device):
     lo, hi = packed[:e], -packed[e : 2 * e]
 
     def back(t, dt):
-        return xp.reshape(xp.astype(backends.from_torch(xp, t, device), dt), analyzer.shape)
+        return xp.reshape(xp.astype(from_torch(xp, t, device), dt), (e,))
 
     return MinMaxRange(back(lo, dtype), back(hi, dtype), back(nan.long(), xp.int64))
 
@@ -114,14 +116,14 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
     lo = neg_hi = lim_lo = neg_lim_hi = obs_lo = neg_obs_hi = inf
     held = torch.zeros((e, 1), dtype=torch.float64, device=comm)
     if state is not None:
-        lo = backends.to_torch(state.lo, comm).double()
-        neg_hi = -backends.to_torch(state.hi, comm).double()
+        lo = to_torch(state.lo, comm).double()
+        neg_hi = -to_torch(state.hi, comm).double()
         if state.limits is not None:
-            lim_lo = backends.to_torch(state.limits[0], comm).double()
-            neg_lim_hi = -backends.to_torch(state.limits[1], comm).double()
+            lim_lo = to_torch(state.limits[0], comm).double()
+            neg_lim_hi = -to_torch(state.limits[1], comm).double()
         observed = state.observed_range()
-        obs_lo = backends.to_torch(observed[0], comm).double()
-        neg_obs_hi = -backends.to_torch(observed[1], comm).double()
+        obs_lo = to_torch(observed[0], comm).double()
+        neg_obs_hi = -to_torch(observed[1], comm).double()
         held = (lo <= -neg_hi).double().reshape(e, 1)
     code = torch.tensor([-_dtype_code(None if state is None else state.lo)], device=comm)
     packed = torch.cat([lo, neg_hi, lim_lo, neg_lim_hi, obs_lo, neg_obs_hi, code.double()])
@@ -129,7 +131,7 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
     dtype = getattr(xp, _agree_dtype(packed[-1].item()))
 
     def back(t, dt=None):
-        out = backends.from_torch(xp, t, device)
+        out = from_torch(xp, t, device)
         return out if dt is None else xp.astype(out, dt)
 
     union_lo, union_hi = back(packed[:e], dtype), back(-packed[e : 2 * e], dtype)
@@ -138,9 +140,12 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
         state = RowHistogram(counts, union_lo, union_hi)
     nan = torch.zeros((e, 1), dtype=torch.float64, device=comm)
     if state.num_nan is not None:
-        nan = backends.to_torch(state.num_nan, comm).double().reshape(e, 1)
+        nan = to_torch(state.num_nan, comm).double().reshape(e, 1)
+    neg = torch.zeros((e, 1), dtype=torch.float64, device=comm)
+    if state.num_negative is not None:
+        neg = to_torch(state.num_negative, comm).double().reshape(e, 1)
     counts = rebin_onto(xp, state, union_lo, union_hi)
-    total = torch.cat([backends.to_torch(counts, comm).double(), nan, held], dim=1)
+    total = torch.cat([to_torch(counts, comm).double(), nan, held, neg], dim=1)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     limits = None
     if limited:
@@ -158,4 +163,41 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
         back(total[:, num_bins].long()),
         limits,
         observed,
+        back(total[:, num_bins + 2].long()) if analyzer.observer.absolute else None,
     )
+
+
+def _ema(torch, dist, group, comm, analyzer, xp, device):
+    e = analyzer.observer.num_rows
+    state: EmaState | None = analyzer._state
+    zeros = torch.zeros((e,), dtype=torch.float64, device=comm)
+    sums = torch.stack([zeros, zeros, zeros, zeros])  # count * min, count * max, count, NaN
+    if state is not None:
+        count = to_torch(state.count, comm).double()
+        held = count > 0
+        sums[0] = torch.where(held, count * to_torch(state.min, comm).double(), 0.0)
+        sums[1] = torch.where(held, count * to_torch(state.max, comm).double(), 0.0)
+        sums[2] = count
+        if state.num_nan is not None:
+            sums[3] = to_torch(state.num_nan, comm).double()
+    code = torch.tensor([-_dtype_code(None if state is None else state.min)], device=comm)
+    dist.all_reduce(code, op=dist.ReduceOp.MIN, group=group)
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    dtype = getattr(xp, _agree_dtype(code.item()))
+    count = sums[2]
+    held = count > 0
+    lo = torch.where(held, sums[0] / count.clamp(min=1), math.inf)
+    hi = torch.where(held, sums[1] / count.clamp(min=1), -math.inf)
+
+    def back(t, dt):
+        return xp.astype(from_torch(xp, t, device), dt)
+
+    return EmaState(
+        back(lo, dtype),
+        back(hi, dtype),
+        back(count.long(), xp.int64),
+        back(sums[3].long(), xp.int64),
+    )
+
+
+_REDUCERS = {"minmax": _minmax, "histogram": _histogram, "ema": _ema}

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from encanalyze import backends
-from encanalyze.backends import _portable
+from encanalyze import _backends as backends
+from encanalyze._backends import _portable
 
 
 def _data(rng, shape, kind):

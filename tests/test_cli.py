@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import encanalyze as ea
+import encanalyze.cli
 
 RNG = np.random.default_rng(3)
 WEIGHT = (RNG.standard_normal((8, 4, 3, 3)) * 0.1).astype(np.float32)
@@ -87,7 +88,8 @@ def test_builtin_samples_by_default():
     assert {line.split()[0] for line in rows} == {
         "conv.weight", "fc.weight", "relu.out", "attn.logits", "ffn.out", "const"
     }  # fmt: skip
-    assert len(rows) == 18 and sum(line.endswith("*") for line in rows) == 6  # one best each
+    num_methods = len(ea.cli.METHODS)
+    assert len(rows) == 6 * num_methods and sum(line.endswith("*") for line in rows) == 6
     assert run("calibrate").stdout == out.stdout  # deterministic; the explicit command
 
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from encanalyze.encoding import minmax_encoding, to_scale_offset, validate_num_steps
+from encanalyze._encoding import minmax_encoding, to_scale_offset, validate_num_steps
 from tests import reference
 
 

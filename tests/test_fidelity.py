@@ -18,7 +18,7 @@ from encanalyze import (
     SqnrEncodingAnalyzer,
     TfEnhancedEncodingAnalyzer,
 )
-from encanalyze.analyzers.sqnr import first_least, sqnr_search
+from encanalyze._rules.sqnr import first_least, sqnr_search
 
 EPS32 = float(np.finfo(np.float32).eps)
 

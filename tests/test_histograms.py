@@ -8,23 +8,23 @@ from hypothesis.extra import numpy as hnp
 
 from encanalyze import (
     Histogram,
+    HistogramAnalyzer,
     PercentileEncodingAnalyzer,
     StatisticsNotFoundError,
-    backends,
 )
-from encanalyze.analyzers.histogram import HistogramAnalyzer
-from encanalyze.analyzers.percentile import percentile_range
-from encanalyze.backends import _portable
-from encanalyze.histograms import bin_counts, bin_edges
+from encanalyze import _backends as backends
+from encanalyze._backends import _portable
+from encanalyze._histograms import bin_counts, bin_edges
+from encanalyze._rules.percentile import percentile_range
 from tests import reference
 
 
 class Observer(HistogramAnalyzer):
     """A histogram analyzer with a growth limit whose encodings are the histogram's range."""
 
-    def _encodings(self, xp, stats, num_steps, is_symmetric):
-        counts, edges = self._rows(xp, stats)
-        return percentile_range(xp, counts, edges, 100)
+    @staticmethod
+    def rule(xp, state, num_steps, is_symmetric):
+        return percentile_range(xp, state.counts, state.edges_of(xp), 100)
 
 
 SETTINGS = settings(

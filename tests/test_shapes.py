@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from encanalyze.shapes import normalize_block_size, normalize_shape, plan, to_rows
+from encanalyze._shapes import normalize_block_size, normalize_shape, plan, to_rows
 from tests import reference
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from encanalyze import Histogram, SqnrEncodingAnalyzer, TfEnhancedEncodingAnalyzer
-from encanalyze.analyzers.sqnr import sqnr_search
+from encanalyze._rules.sqnr import sqnr_search
 from tests import reference
 
 SEED_COUNTS = [2, 0, 8, 8, 16, 22, 23, 12, 6, 3]
@@ -85,7 +85,7 @@ def test_cells_and_brute_force_choose_the_same(rng, n, bins, symmetric):
 def test_cells_noise_equals_brute_force_noise(rng):
     import array_api_compat.numpy as xp
 
-    from encanalyze.sqnr import asymmetric_candidates, noise_brute_force, noise_by_cells
+    from encanalyze._rules.sqnr import asymmetric_candidates, noise_brute_force, noise_by_cells
 
     counts, edges = _random_histograms(rng, 50, 1024)
     lo, hi = np.minimum(edges[:, 0], 0), np.maximum(edges[:, -1], 0)

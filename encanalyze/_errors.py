@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["EncodingAnalyzerError"]
+__all__ = ["EncodingAnalyzerError", "StatisticsNotFoundError"]
+
+
+class StatisticsNotFoundError(RuntimeError):
+    """Encodings were requested for elements that have not seen any value."""
 
 
 class EncodingAnalyzerError(ValueError, RuntimeError):

@@ -14,8 +14,8 @@ import math
 import operator
 from dataclasses import dataclass
 
+from ._errors import EncodingAnalyzerError
 from ._xp import Array, Namespace
-from .errors import EncodingAnalyzerError
 
 __all__ = ["Plan", "normalize_block_size", "normalize_shape", "plan", "to_rows"]
 

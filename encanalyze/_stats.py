@@ -5,21 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ._histograms import RowHistogram, add_counts, bin_edges, merge_rows
 from ._xp import Array, Namespace, namespace_of
-from .histograms import RowHistogram, add_counts, bin_edges, merge_rows
 
 __all__ = [
     "Histogram",
     "MinMaxRange",
-    "StatisticsNotFoundError",
     "empty_minmax",
+    "histogram_rows",
     "merge_minmax",
     "merge_stats",
 ]
-
-
-class StatisticsNotFoundError(RuntimeError):
-    """Encodings were requested for elements that have not seen any value."""
 
 
 class _NanCount:
@@ -172,8 +168,7 @@ def merge_stats(*stats: MinMaxRange | Histogram) -> MinMaxRange | Histogram:
         raise ValueError(f"cannot merge histograms with different numbers of bins: {sorted(bins)}")
     xp = namespace_of(*(s.histogram for s in stats))
     shape, num_bins = stats[0].shape, stats[0].num_bins
-    e = math.prod(shape)
-    m = merge_rows(xp, [_rows_of(xp, s, e) for s in stats])
+    m = merge_rows(xp, [histogram_rows(xp, s) for s in stats])
     obs_lo, obs_hi = m.observed_range()
     return Histogram(
         xp.reshape(m.counts, (*shape, num_bins)),
@@ -184,9 +179,9 @@ def merge_stats(*stats: MinMaxRange | Histogram) -> MinMaxRange | Histogram:
     )
 
 
-def _rows_of(xp: Namespace, h: Histogram, e: int) -> RowHistogram:
-    """Return ``h`` as ``E`` row histograms: edge range from its edges, observed from min/max."""
-    num_bins = h.num_bins
+def histogram_rows(xp: Namespace, h: Histogram) -> RowHistogram:
+    """Return public ``h`` as row histograms: edge range from its edges, observed from min/max."""
+    num_bins, e = h.num_bins, math.prod(h.shape)
     obs_lo, obs_hi = xp.reshape(h.min, (e,)), xp.reshape(h.max, (e,))
     edges = xp.reshape(h.bin_edges, (e, num_bins + 1))
     held = obs_lo <= obs_hi
@@ -196,4 +191,5 @@ def _rows_of(xp: Namespace, h: Histogram, e: int) -> RowHistogram:
         xp.where(held, xp.astype(edges[:, num_bins], obs_hi.dtype), obs_hi),
         None if h.num_nan is None else xp.reshape(h.num_nan, (e,)),
         observed=(obs_lo, obs_hi),
+        edges=edges,
     )

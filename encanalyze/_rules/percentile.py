@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numbers
 
+from .._analyzer import HistogramAnalyzer
+from .._encoding import minmax_encoding
+from .._histograms import RowHistogram, wide_dtype
 from .._xp import Array, Namespace, device_of, on_host
-from ..encoding import minmax_encoding
-from ..histograms import wide_dtype
-from ..stats import Histogram
-from .histogram import HistogramAnalyzer
 
-__all__ = ["PercentileEncodingAnalyzer", "percentile_range", "validate_percentile"]
+__all__ = [
+    "PercentileEncodingAnalyzer",
+    "percentile_range",
+    "percentile_rule",
+    "validate_percentile",
+]
 
 
 def validate_percentile(percentile: object) -> float:
@@ -51,6 +55,16 @@ def percentile_range(
     return xp.take(flat, base + i_lo), xp.take(flat, base + i_hi)
 
 
+def percentile_rule(
+    xp: Namespace, state: RowHistogram, num_steps: int, is_symmetric: bool, *, percentile: float
+) -> tuple[Array, Array]:
+    """Clip each histogram at ``percentile``, then the min-max rules without the 2-bit step."""
+    lo, hi = percentile_range(xp, state.counts, state.edges_of(xp), percentile)
+    return minmax_encoding(
+        xp, lo, hi, num_steps, is_symmetric, out_dtype=state.lo.dtype, two_bit_step=False
+    )
+
+
 class PercentileEncodingAnalyzer(HistogramAnalyzer):
     """Percentile calibration: the range keeps all but ``(100 - p)%`` of each tail.
 
@@ -80,15 +94,15 @@ class PercentileEncodingAnalyzer(HistogramAnalyzer):
     [-1.1548] [0.2614]
     """
 
+    rule = staticmethod(percentile_rule)
+
     def __init__(self, shape, num_bins: int = 2048, percentile: float = 100, block_size=None):
         super().__init__(shape, num_bins, block_size=block_size)
         self.percentile = validate_percentile(percentile)
 
-    def __repr__(self) -> str:
-        return (
-            f"PercentileEncodingAnalyzer(shape={self.shape}, num_bins={self.num_bins}, "
-            f"percentile={self.percentile}, block_size={self.block_size})"
-        )
+    def rule_params(self) -> dict:
+        """Return the keyword arguments this analyzer passes to its rule."""
+        return {"percentile": self.percentile}
 
     def params(self) -> dict:
         """Return the constructor arguments of this analyzer (JSON-compatible)."""
@@ -99,14 +113,3 @@ class PercentileEncodingAnalyzer(HistogramAnalyzer):
     def set_percentile(self, percentile: float) -> None:
         """Set the percentile used by later ``compute_encodings`` calls (in [50, 100])."""
         self.percentile = validate_percentile(percentile)
-
-    def _encodings(
-        self, xp: Namespace, stats: Histogram, num_steps: int, is_symmetric: bool
-    ) -> tuple[Array, Array]:
-        counts, edges = self._rows(xp, stats)
-        lo, hi = percentile_range(xp, counts, edges, self.percentile)
-        dtype = stats.min.dtype
-        lo, hi = minmax_encoding(
-            xp, lo, hi, num_steps, is_symmetric, out_dtype=dtype, two_bit_step=False
-        )
-        return xp.reshape(lo, self.shape), xp.reshape(hi, self.shape)

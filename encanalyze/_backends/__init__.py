@@ -1,13 +1,21 @@
-"""Primitives the array API standard lacks, with native fast paths and a portable fallback.
+"""Primitives the array API standard lacks: a table of functions resolved once per namespace.
 
-Each function dispatches on the namespace: NumPy, torch and CuPy get native implementations
-(``backends/_numpy.py``, ``_torch.py``, ``_cupy.py``); every other namespace, array-api-strict
-included, gets the portable one written only with standard functions (``_portable.py``). Native
-paths return exactly what the portable one returns, in the same namespace, dtype and device; the
-tests check this on every backend.
+:func:`primitives` returns, for a namespace, one :class:`Primitives` table built on first use:
+the native functions of its backend module where it has them (``_numpy_like.py`` serves NumPy
+and CuPy, ``_torch.py`` torch) and the portable ones, written only with standard functions
+(``_portable.py``), for everything else, array-api-strict included. Native entries return
+exactly what the portable ones return, in the same namespace, dtype and device; the tests check
+this on every backend. A backend is one module plus one entry in ``_native``.
+
+The conversions between namespaces (``to_numpy``, ``from_numpy``, ``to_torch``,
+``from_torch``) used by persistence and the distributed path live here too.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 import array_api_compat
 import numpy as np
@@ -17,31 +25,55 @@ from .._xp import Array, Namespace
 from . import _portable
 
 __all__ = [
+    "Primitives",
     "bincount_rows",
     "from_numpy",
     "from_torch",
     "histogram_rows",
     "minmax",
+    "primitives",
     "to_numpy",
     "to_torch",
 ]
 
 
-def _native(xp: Namespace):
-    """Return the native module for ``xp``, or None (imported lazily: torch/cupy are optional)."""
-    if is_numpy_namespace(xp):
-        from . import _numpy
+class Primitives(NamedTuple):
+    """The primitives of one namespace (signatures as the module-level functions, less ``xp``)."""
 
-        return _numpy
+    minmax: Callable
+    bincount_rows: Callable
+    histogram_rows: Callable
+
+
+_TABLE: dict[Namespace, Primitives] = {}
+
+
+def _native(xp: Namespace) -> dict[str, Callable]:
+    """Return the native primitives of ``xp`` (imported lazily: torch and CuPy are optional)."""
+    if is_numpy_namespace(xp):
+        from . import _numpy_like
+
+        return _numpy_like.primitives(np, host=True)
+    if is_cupy_namespace(xp):
+        import cupy
+
+        from . import _numpy_like
+
+        return _numpy_like.primitives(cupy, host=False)
     if is_torch_namespace(xp):
         from . import _torch
 
-        return _torch
-    if is_cupy_namespace(xp):
-        from . import _cupy
+        return _torch.PRIMITIVES
+    return {}
 
-        return _cupy
-    return None
+
+def primitives(xp: Namespace) -> Primitives:
+    """Return the primitives table of namespace ``xp`` (built on first use, then cached)."""
+    table = _TABLE.get(xp)
+    if table is None:
+        portable = Primitives(*(partial(getattr(_portable, f), xp) for f in Primitives._fields))
+        table = _TABLE[xp] = portable._replace(**_native(xp))
+    return table
 
 
 def minmax(
@@ -54,10 +86,7 @@ def minmax(
     int64, or ``None`` where a host-side path knows there is no NaN (integers, or NumPy / torch
     CPU inputs without NaN).
     """
-    native = _native(xp)
-    if native is not None and hasattr(native, "minmax"):
-        return native.minmax(x, axes, finite)
-    return _portable.minmax(xp, x, axes, finite)
+    return primitives(xp).minmax(x, axes, finite)
 
 
 def bincount_rows(xp: Namespace, idx: Array, num_bins: int, weights: Array | None = None) -> Array:
@@ -67,10 +96,7 @@ def bincount_rows(xp: Namespace, idx: Array, num_bins: int, weights: Array | Non
     ``(E, num_bins)``: int64 counts, or sums in ``weights``' dtype (``weights`` is ``(E, N)``).
     Sums are exact for integer-valued weights below 2**53 (float64) or 2**24 (float32).
     """
-    native = _native(xp)
-    if native is not None:
-        return native.bincount_rows(idx, num_bins, weights)
-    return _portable.bincount_rows(xp, idx, num_bins, weights)
+    return primitives(xp).bincount_rows(idx, num_bins, weights)
 
 
 def histogram_rows(
@@ -84,10 +110,7 @@ def histogram_rows(
     dropped (looked for only when ``may_have_nan``). Needs ``lo < hi``. Returns ``(E, num_bins)``
     int64 counts.
     """
-    native = _native(xp)
-    if native is not None:
-        return native.histogram_rows(rows, lo, hi, num_bins, may_have_nan)
-    return _portable.histogram_rows(xp, rows, lo, hi, num_bins, may_have_nan)
+    return primitives(xp).histogram_rows(rows, lo, hi, num_bins, may_have_nan)
 
 
 def to_numpy(x: Array) -> np.ndarray:

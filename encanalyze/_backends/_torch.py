@@ -10,6 +10,7 @@ import torch
 from . import _portable
 
 __all__ = [
+    "PRIMITIVES",
     "bincount_rows",
     "from_numpy",
     "from_torch",
@@ -71,6 +72,9 @@ def histogram_rows(
     if may_have_nan:
         t = torch.nan_to_num_(t, nan=float(num_bins))
     return bincount_rows(t.long(), nbins)[:, :num_bins]
+
+
+PRIMITIVES = {"minmax": minmax, "bincount_rows": bincount_rows, "histogram_rows": histogram_rows}
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

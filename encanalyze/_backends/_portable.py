@@ -10,7 +10,7 @@ __all__ = ["bincount_rows", "histogram_rows", "minmax"]
 def minmax(
     xp: Namespace, x: Array, axes: tuple[int, ...], finite: bool = False
 ) -> tuple[Array, Array, Array | None]:
-    """NaN-ignoring min, max and NaN count over ``axes``; see :func:`encanalyze.backends.minmax`."""
+    """NaN-ignoring min, max and NaN count over ``axes`` (see ``_backends.minmax``)."""
     if not xp.isdtype(x.dtype, "real floating"):
         return xp.min(x, axis=axes), xp.max(x, axis=axes), None
     nan = xp.isnan(x)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ._histograms import wide_dtype
+from ._shapes import Plan, to_rows
 from ._xp import Array, Namespace, device_of
-from .histograms import wide_dtype
-from .shapes import Plan, to_rows
 
 __all__ = [
     "Layout",

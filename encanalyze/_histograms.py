@@ -11,7 +11,7 @@ import math
 from functools import partial
 from typing import NamedTuple
 
-from . import backends
+from ._backends import primitives
 from ._xp import Array, Namespace, device_of, in_row_blocks, on_host, work_dtype
 
 __all__ = [
@@ -36,7 +36,10 @@ class RowHistogram(NamedTuple):
     without a growth limit. ``observed`` is the range the statistics report as ``min``/``max``
     (``None``: the edge range): after a row's first batch, that batch's finite min and max (a
     constant row of 5.0 has edges [4.5, 5.5] and observed range [5, 5]); after each later batch,
-    the new range.
+    the new range. ``num_negative`` (histograms of ``|x|`` only) counts the negative values
+    seen per row. ``edges`` holds explicit edges (histograms a user built, see
+    :class:`~encanalyze.Histogram`); the observers' own histograms have uniform edges from
+    ``lo`` and ``hi`` and keep ``None``.
     """
 
     counts: Array
@@ -45,6 +48,16 @@ class RowHistogram(NamedTuple):
     num_nan: Array | None = None
     limits: tuple[Array, Array] | None = None
     observed: tuple[Array, Array] | None = None
+    num_negative: Array | None = None
+    edges: Array | None = None
+
+    def edges_of(self, xp: Namespace) -> Array:
+        """Return the ``(E, B + 1)`` edges: ``edges`` where given, else uniform over the range."""
+        return (
+            bin_edges(xp, self.lo, self.hi, self.counts.shape[1])
+            if self.edges is None
+            else self.edges
+        )
 
     def observed_range(self) -> tuple[Array, Array]:
         """Return the observed ``(min, max)`` ``(E,)`` (the edge range where none is kept)."""
@@ -90,7 +103,7 @@ def bin_counts(
     wd = wd or work_dtype(xp, lo.dtype)
     valid, lo_w, hi_w = _work_range(xp, lo, hi, wd)
     rows = xp.astype(rows, wd, copy=False)
-    counts = backends.histogram_rows(xp, rows, lo_w, hi_w, num_bins, may_have_nan)
+    counts = primitives(xp).histogram_rows(rows, lo_w, hi_w, num_bins, may_have_nan)
     return _keep_rows(xp, xp.astype(counts, xp.float32), valid)
 
 
@@ -134,10 +147,10 @@ def _rebin(
     part = xp.minimum(xp.round(fraction * c), c)
     wide = wide_dtype(xp, device_of(counts))
     idx = xp.astype(j, xp.int64)
-    moved = backends.bincount_rows(xp, idx, num_bins, xp.astype(part, wide))
+    moved = primitives(xp).bincount_rows(idx, num_bins, xp.astype(part, wide))
     # the rest lies in the next target bin (w_new >= w_old); the last bin keeps what it has
     following = xp.astype(xp.minimum(j + 1, last), xp.int64)
-    rest = backends.bincount_rows(xp, following, num_bins, xp.astype(c - part, wide))
+    rest = primitives(xp).bincount_rows(following, num_bins, xp.astype(c - part, wide))
     return xp.astype(moved + rest, xp.float32)
 
 
@@ -171,6 +184,7 @@ def histogram_update(
     num_bins: int,
     running: RowHistogram | None = None,
     growth_limit: float = math.inf,
+    absolute: bool = False,
 ) -> tuple[RowHistogram, RowHistogram]:
     """Histogram a batch of rows and merge it into the running histograms.
 
@@ -188,6 +202,8 @@ def histogram_update(
         Running histograms (``None`` before the first batch).
     growth_limit
         How far, in multiples of the first range, a range may grow in total (``inf``: no limit).
+    absolute
+        Histogram ``|x|`` from 0 (ranges start at 0) and count the negative values per row.
 
     Returns
     -------
@@ -196,9 +212,15 @@ def histogram_update(
         histograms (the batch's values counted on the new edges and added to the re-binned old
         counts), with their growth limits.
     """
-    lo, hi, num_nan = backends.minmax(xp, rows, (1,), finite=True)
+    num_negative = None
+    if absolute:
+        num_negative = xp.astype(xp.count_nonzero(rows < 0, axis=1), xp.int64)
+        rows = xp.abs(rows)
+    lo, hi, num_nan = primitives(xp).minmax(rows, (1,), finite=True)
     lo, hi = xp.astype(lo, dtype, copy=False), xp.astype(hi, dtype, copy=False)
     seen = lo <= hi  # rows with at least one finite value
+    if absolute:  # |x| histograms start at 0
+        lo = xp.where(seen, xp.zeros_like(lo), lo)
     # the batch's own edges: a single value (or a range whose bin width underflows to 0) gets
     # [v - 0.5, v + 0.5], at least one ulp wide even where 0.5 rounds away
     wd = work_dtype(xp, dtype)
@@ -212,7 +234,7 @@ def histogram_update(
     batch_limits = (
         _growth_limits(e_lo, stored_hi, growth_limit) if math.isfinite(growth_limit) else None
     )
-    batch = RowHistogram(counts, e_lo, stored_hi, num_nan, batch_limits, (lo, hi))
+    batch = RowHistogram(counts, e_lo, stored_hi, num_nan, batch_limits, (lo, hi), num_negative)
     if running is None:
         return batch, batch
 
@@ -251,6 +273,7 @@ def histogram_update(
         add_counts(running.num_nan, num_nan),
         limits,
         observed,
+        add_counts(running.num_negative, num_negative),
     )
     return batch, merged
 
@@ -286,12 +309,13 @@ def merge_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:
     for p in parts[1:]:
         lo, hi = xp.minimum(lo, p.lo), xp.maximum(hi, p.hi)
     counts = rebin_onto(xp, parts[0], lo, hi)
-    num_nan, limits = parts[0].num_nan, parts[0].limits
+    num_nan, limits, num_negative = parts[0].num_nan, parts[0].limits, parts[0].num_negative
     obs_lo, obs_hi = parts[0].observed_range()
     holders = xp.astype(parts[0].lo <= parts[0].hi, xp.int32)
     for p in parts[1:]:
         counts = counts + rebin_onto(xp, p, lo, hi)
         num_nan = add_counts(num_nan, p.num_nan)
+        num_negative = add_counts(num_negative, p.num_negative)
         p_lo, p_hi = p.observed_range()
         obs_lo, obs_hi = xp.minimum(obs_lo, p_lo), xp.maximum(obs_hi, p_hi)
         holders = holders + xp.astype(p.lo <= p.hi, xp.int32)
@@ -306,4 +330,5 @@ def merge_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:
             )
     several = holders > 1
     observed = (xp.where(several, lo, obs_lo), xp.where(several, hi, obs_hi))
-    return RowHistogram(counts, lo, last_edge(xp, lo, hi, num_bins), num_nan, limits, observed)
+    end = last_edge(xp, lo, hi, num_bins)
+    return RowHistogram(counts, lo, end, num_nan, limits, observed, num_negative)

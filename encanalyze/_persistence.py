@@ -11,28 +11,13 @@ from pathlib import Path
 import array_api_compat
 import numpy as np
 
-from . import backends
-from .analyzers import (
-    EncodingAnalyzer,
-    MinMaxEncodingAnalyzer,
-    PercentileEncodingAnalyzer,
-    SqnrEncodingAnalyzer,
-    TfEnhancedEncodingAnalyzer,
-)
-from .analyzers.base import STATE_FORMAT_VERSION
+from ._analyzer import STATE_FORMAT_VERSION, EncodingAnalyzer
+from ._backends import from_numpy, to_numpy
+from ._registry import ANALYZERS
 
 __all__ = ["StatsFileError", "load", "save"]
 
 FORMAT = "encanalyze-stats"
-_CLASSES = {
-    cls.__name__: cls
-    for cls in (
-        MinMaxEncodingAnalyzer,
-        PercentileEncodingAnalyzer,
-        SqnrEncodingAnalyzer,
-        TfEnhancedEncodingAnalyzer,
-    )
-}
 
 
 class StatsFileError(ValueError):
@@ -46,7 +31,7 @@ def save(analyzer: EncodingAnalyzer, path: str | os.PathLike) -> None:
     as plain NumPy arrays (no pickle), so it loads into any backend. It is written to a
     temporary file and renamed into place: an interrupted save never leaves a partial file.
     """
-    if type(analyzer).__name__ not in _CLASSES:
+    if type(analyzer).__name__ not in ANALYZERS:
         raise TypeError(f"cannot save a {type(analyzer).__name__}")
     sd = analyzer.state_dict()
     arrays = {} if sd["state"] is None else sd["state"]
@@ -58,7 +43,7 @@ def save(analyzer: EncodingAnalyzer, path: str | os.PathLike) -> None:
         "stats_params": sd["stats_params"],
         "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in arrays.items()},
     }
-    payload = {f"state.{k}": backends.to_numpy(v) for k, v in arrays.items()}
+    payload = {f"state.{k}": to_numpy(v) for k, v in arrays.items()}
     payload["header"] = np.asarray(json.dumps(header))
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -87,7 +72,7 @@ def _read(path: Path) -> tuple[dict, dict]:
             f"{path}: format version {header.get('format_version')!r} is not supported "
             f"(this encanalyze reads version {STATE_FORMAT_VERSION})"
         )
-    if header.get("class") not in _CLASSES:
+    if header.get("class") not in ANALYZERS:
         raise StatsFileError(f"{path}: unknown analyzer class {header.get('class')!r}")
     return header, arrays
 
@@ -130,7 +115,7 @@ def load(
     """
     path = Path(path)
     header, host = _read(path)
-    cls = _CLASSES[header["class"]]
+    cls = ANALYZERS[header["class"]]
     if into is not None and type(into) is not cls:
         raise StatsFileError(
             f"{path}: holds a {header['class']}, cannot load into a {type(into).__name__}"
@@ -139,7 +124,7 @@ def load(
         analyzer = into if into is not None else cls(**header["params"])
         xp = _namespace(namespace)
         dtypes = header.get("dtypes", {})
-        arrays = {k: backends.from_numpy(xp, v, device, dtypes.get(k)) for k, v in host.items()}
+        arrays = {k: from_numpy(xp, v, device, dtypes.get(k)) for k, v in host.items()}
         analyzer.load_state_dict(
             {
                 "format_version": header["format_version"],

@@ -1,0 +1,131 @@
+"""The moving-average min-max observer (PyTorch's ``MovingAverage*MinMaxObserver``)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+from .._histograms import add_counts
+from .._stats import MinMaxRange
+from .._xp import Array, Namespace
+from .base import Observer, check_array
+from .minmax import batch_minmax
+
+__all__ = ["EmaObserver", "EmaState", "validate_averaging_constant"]
+
+
+class EmaState(NamedTuple):
+    """Moving-average ranges of ``E`` rows.
+
+    ``min``/``max`` ``(E,)``, the number of batches ``count`` that updated each row (int64), and
+    the dropped-NaN count.
+    """
+
+    min: Array
+    max: Array
+    count: Array
+    num_nan: Array | None = None
+
+
+def validate_averaging_constant(c: object) -> float:
+    """Return the averaging constant as a float in (0, 1], else ``TypeError``/``ValueError``."""
+    if isinstance(c, bool) or not isinstance(c, numbers.Real):
+        raise TypeError(f"averaging_constant must be a number in (0, 1], got {c!r}")
+    if not 0 < float(c) <= 1:  # also rejects NaN
+        raise ValueError(f"averaging_constant must be in (0, 1], got {c!r}")
+    return float(c)
+
+
+class EmaObserver(Observer[EmaState]):
+    """Running min and max as exponential moving averages over batches.
+
+    A row's first batch sets its min and max; each later batch moves them by
+    ``averaging_constant * (batch value - running value)``, exactly as PyTorch's moving-average
+    observers do. A batch with no value for a row leaves it as it was.
+    """
+
+    kind = "ema"
+    stats_type = MinMaxRange
+
+    def __init__(self, shape, block_size=None, averaging_constant: float = 0.01) -> None:
+        super().__init__(shape, block_size)
+        self.averaging_constant = validate_averaging_constant(averaging_constant)
+
+    def params(self) -> dict:
+        return {**super().params(), "averaging_constant": self.averaging_constant}
+
+    def update(self, xp: Namespace, x: Array, state: EmaState | None):
+        batch = batch_minmax(xp, x, self)
+        seen = batch.min <= batch.max
+        mine = EmaState(batch.min, batch.max, xp.astype(seen, xp.int64), batch.num_nan)
+        if state is None:
+            return mine, mine
+        c = self.averaging_constant
+        later = seen & (state.count > 0)
+        lo = xp.where(later, state.min + c * (batch.min - state.min), state.min)
+        hi = xp.where(later, state.max + c * (batch.max - state.max), state.max)
+        first = seen & (state.count == 0)
+        lo, hi = xp.where(first, batch.min, lo), xp.where(first, batch.max, hi)
+        num_nan = add_counts(state.num_nan, batch.num_nan)
+        return mine, EmaState(lo, hi, state.count + mine.count, num_nan)
+
+    def merge(self, xp: Namespace, states: list[EmaState]) -> EmaState:
+        """Average the parts' min and max, weighted by how many batches each part saw.
+
+        Not the moving average of the concatenated batch sequence (no such thing exists without
+        an order); with one part holding data it is that part's state exactly.
+        """
+        count = states[0].count
+        for s in states[1:]:
+            count = count + s.count
+        weight = xp.astype(xp.where(count > 0, count, 1), states[0].min.dtype)
+        lo = hi = num_nan = None
+        for s in states:
+            w = xp.astype(s.count, s.min.dtype) / weight
+            part_lo = xp.where(s.count > 0, w * s.min, 0.0)
+            part_hi = xp.where(s.count > 0, w * s.max, 0.0)
+            lo = part_lo if lo is None else lo + part_lo
+            hi = part_hi if hi is None else hi + part_hi
+            num_nan = add_counts(num_nan, s.num_nan)
+        empty = count == 0
+        lo, hi = xp.where(empty, xp.inf, lo), xp.where(empty, -xp.inf, hi)
+        for s in states:  # a row held by one part keeps that part's values exactly
+            only = (s.count == count) & ~empty
+            lo, hi = xp.where(only, s.min, lo), xp.where(only, s.max, hi)
+        return EmaState(lo, hi, count, num_nan)
+
+    def stats(self, xp: Namespace, state: EmaState) -> MinMaxRange:
+        shape = self.shape
+        num_nan = None if state.num_nan is None else xp.reshape(state.num_nan, shape)
+        return MinMaxRange(xp.reshape(state.min, shape), xp.reshape(state.max, shape), num_nan)
+
+    def from_stats(self, xp: Namespace, stats: MinMaxRange) -> EmaState:
+        e = (self.num_rows,)
+        lo, hi = xp.reshape(stats.min, e), xp.reshape(stats.max, e)
+        num_nan = None if stats.num_nan is None else xp.reshape(stats.num_nan, e)
+        return EmaState(lo, hi, xp.astype(lo <= hi, xp.int64), num_nan)
+
+    def arrays(self, state: EmaState) -> dict:
+        out = {"min": state.min, "max": state.max, "count": state.count}
+        if state.num_nan is not None:
+            out["num_nan"] = state.num_nan
+        return out
+
+    def from_arrays(self, xp: Namespace, arrays: dict) -> EmaState:
+        e = (self.num_rows,)
+        lo = check_array(arrays, "min", e, "real floating")
+        hi = check_array(arrays, "max", e, "real floating")
+        count = check_array(arrays, "count", e, "integral")
+        num_nan = check_array(arrays, "num_nan", e, "integral", optional=True)
+        if lo.dtype != hi.dtype:
+            raise ValueError(
+                f"state arrays 'min' and 'max' differ in dtype: {lo.dtype}, {hi.dtype}"
+            )
+        num_nan = None if num_nan is None else xp.astype(num_nan, xp.int64)
+        return EmaState(lo, hi, xp.astype(count, xp.int64), num_nan)
+
+    def num_empty(self, xp: Namespace, state: EmaState) -> int:
+        return int(xp.count_nonzero(state.count == 0))
+
+    def home(self, state: EmaState) -> Array:
+        return state.min

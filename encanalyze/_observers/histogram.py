@@ -1,0 +1,174 @@
+"""The histogram observer: one histogram per encoding element, all rows at once."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .._checks import int_at_least
+from .._errors import EncodingAnalyzerError
+from .._histograms import RowHistogram, bin_edges, histogram_update, merge_rows
+from .._shapes import to_rows
+from .._stats import Histogram, histogram_rows
+from .._xp import Array, Namespace, device_of, float_dtype
+from .base import Observer, check_array
+
+__all__ = ["HistogramObserver", "validate_growth_limit", "validate_num_bins"]
+
+
+def validate_num_bins(num_bins: object) -> int:
+    """Return ``num_bins`` as a positive int, else raise ``TypeError``/``ValueError``."""
+    return int_at_least(num_bins, 1, "num_bins")
+
+
+def validate_growth_limit(growth_limit: object) -> float:
+    """Return a growth limit as a float >= 1 (``None``: ``inf``).
+
+    Raises
+    ------
+    TypeError
+        If it is not a real number.
+    EncodingAnalyzerError
+        (a ``ValueError`` and a ``RuntimeError``, as the reference raises) if it is below 1.
+    """
+    if growth_limit is None:
+        return math.inf
+    if isinstance(growth_limit, bool) or not isinstance(growth_limit, numbers.Real):
+        raise TypeError(f"histogram growth limit must be a number, got {growth_limit!r}")
+    value = float(growth_limit)
+    if math.isnan(value) or value < 1:
+        raise EncodingAnalyzerError(f"histogram growth limit must be >= 1, got {growth_limit!r}")
+    return value
+
+
+class HistogramObserver(Observer[RowHistogram]):
+    """One histogram of ``num_bins`` equal-width bins per encoding element.
+
+    Parameters
+    ----------
+    shape, block_size
+        The encodings.
+    num_bins
+        Bins per histogram.
+    growth_limit
+        How far the histogram range may grow after the first batch, in multiples of that
+        batch's range (``g`` allows ``[lo0 - (hi0 - lo0) g / 2, hi0 + (hi0 - lo0) g / 2]``);
+        values beyond count in the end bins. ``None``: unlimited.
+    absolute
+        Histogram ``|x|`` from 0 and count the negative values (the entropy method's input).
+    """
+
+    kind = "histogram"
+    stats_type = Histogram
+
+    def __init__(
+        self, shape, block_size=None, num_bins: int = 2048, growth_limit=None, absolute=False
+    ) -> None:
+        super().__init__(shape, block_size)
+        self.num_bins = validate_num_bins(num_bins)
+        self.growth_limit = validate_growth_limit(growth_limit)
+        self.absolute = bool(absolute)
+
+    def params(self) -> dict:
+        growth = None if math.isinf(self.growth_limit) else self.growth_limit
+        out = {**super().params(), "num_bins": self.num_bins, "growth_limit": growth}
+        return out | {"absolute": True} if self.absolute else out
+
+    def update(self, xp: Namespace, x: Array, state: RowHistogram | None):
+        dtype = float_dtype(xp, x)
+        p = self.plan(x)
+        if p.values_per_encoding == 0:
+            empty = self.empty(xp, dtype, device_of(x))
+            return empty, empty if state is None else state
+        rows = to_rows(xp, x, p)
+        if xp.isdtype(rows.dtype, "bool"):
+            rows = xp.astype(rows, dtype)
+        return histogram_update(
+            xp, rows, dtype, self.num_bins, state, self.growth_limit, self.absolute
+        )
+
+    def empty(self, xp: Namespace, dtype, device) -> RowHistogram:
+        """Histograms that have seen nothing (the merge identity)."""
+        e = self.num_rows
+        return RowHistogram(
+            xp.zeros((e, self.num_bins), dtype=xp.float32, device=device),
+            xp.full((e,), xp.inf, dtype=dtype, device=device),
+            xp.full((e,), -xp.inf, dtype=dtype, device=device),
+        )
+
+    def merge(self, xp: Namespace, states: list[RowHistogram]) -> RowHistogram:
+        return merge_rows(xp, states)
+
+    def stats(self, xp: Namespace, state: RowHistogram) -> Histogram:
+        shape, b = self.shape, self.num_bins
+        lo, hi = state.observed_range()
+        return Histogram(
+            xp.reshape(state.counts, (*shape, b)),
+            xp.reshape(bin_edges(xp, state.lo, state.hi, b), (*shape, b + 1)),
+            xp.reshape(lo, shape),
+            xp.reshape(hi, shape),
+            None if state.num_nan is None else xp.reshape(state.num_nan, shape),
+        )
+
+    def from_stats(self, xp: Namespace, stats: Histogram) -> RowHistogram:
+        want = (*self.shape, self.num_bins)
+        got = tuple(stats.histogram.shape)
+        if got != want or tuple(stats.bin_edges.shape) != (*self.shape, self.num_bins + 1):
+            raise ValueError(
+                f"histogram of shape {got} (edges {tuple(stats.bin_edges.shape)}) does not match "
+                f"the analyzer's {want} (edges {(*self.shape, self.num_bins + 1)})"
+            )
+        return histogram_rows(xp, stats)
+
+    def arrays(self, state: RowHistogram) -> dict:
+        out = {"counts": state.counts, "lo": state.lo, "hi": state.hi}
+        if state.num_nan is not None:
+            out["num_nan"] = state.num_nan
+        if state.limits is not None:
+            out["limit_lo"], out["limit_hi"] = state.limits
+        if state.observed is not None:
+            out["min"], out["max"] = state.observed
+        if state.num_negative is not None:
+            out["num_negative"] = state.num_negative
+        return out
+
+    def from_arrays(self, xp: Namespace, arrays: dict) -> RowHistogram:
+        e = self.num_rows
+        counts = check_array(arrays, "counts", (e, self.num_bins), "real floating")
+        lo = check_array(arrays, "lo", (e,), "real floating")
+        hi = check_array(arrays, "hi", (e,), "real floating")
+        num_nan = check_array(arrays, "num_nan", (e,), "integral", optional=True)
+        limit_lo = check_array(arrays, "limit_lo", (e,), "real floating", optional=True)
+        limit_hi = check_array(arrays, "limit_hi", (e,), "real floating", optional=True)
+        if (limit_lo is None) != (limit_hi is None) or (
+            (limit_lo is None) != math.isinf(self.growth_limit)
+        ):
+            raise ValueError("state growth limits do not match the analyzer's growth_limit")
+        # the observed range (files written before it was kept: the edge range)
+        obs_lo = check_array(arrays, "min", (e,), "real floating", optional=True)
+        obs_hi = check_array(arrays, "max", (e,), "real floating", optional=True)
+        if (obs_lo is None) != (obs_hi is None):
+            raise ValueError("state holds one of the arrays 'min' and 'max' without the other")
+        if any(a is not None and a.dtype != lo.dtype for a in (hi, obs_lo, obs_hi)):
+            raise ValueError(
+                f"state arrays 'lo', 'hi', 'min' and 'max' differ in dtype: {lo.dtype}, "
+                f"{hi.dtype}, {getattr(obs_lo, 'dtype', None)}, {getattr(obs_hi, 'dtype', None)}"
+            )
+        num_negative = check_array(arrays, "num_negative", (e,), "integral", optional=True)
+        if (num_negative is not None) != self.absolute:
+            raise ValueError("state negative counts do not match the observer's absolute flag")
+        return RowHistogram(
+            xp.astype(counts, xp.float32),
+            lo,
+            hi,
+            None if num_nan is None else xp.astype(num_nan, xp.int64),
+            None if limit_lo is None else (limit_lo, limit_hi),
+            None if obs_lo is None else (obs_lo, obs_hi),
+            None if num_negative is None else xp.astype(num_negative, xp.int64),
+        )
+
+    def num_empty(self, xp: Namespace, state: RowHistogram) -> int:
+        return int(xp.count_nonzero(xp.sum(state.counts, axis=1) == 0))
+
+    def home(self, state: RowHistogram) -> Array:
+        return state.counts

@@ -1,0 +1,75 @@
+"""The registry of calibration methods: name -> analyzer class, observer kind, rule, options.
+
+Everything that lists methods reads it: the package's exports, persistence (which classes a file
+may hold), the command (``--method``), the distributed all-reduce (by observer kind) and the
+tests (the conformance suite runs every entry). A new method is one rule module (its rule and
+its analyzer class) plus one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ._analyzer import EncodingAnalyzer
+from ._rules.ema import EmaMinMaxEncodingAnalyzer
+from ._rules.minmax import MinMaxEncodingAnalyzer
+from ._rules.percentile import PercentileEncodingAnalyzer
+from ._rules.sqnr import SqnrEncodingAnalyzer, TfEnhancedEncodingAnalyzer
+
+__all__ = ["ANALYZERS", "METHODS", "Method"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One calibration method.
+
+    Attributes
+    ----------
+    name
+        The method's name (``--method NAME`` in the command).
+    analyzer
+        The public analyzer class (its ``rule`` and ``rule_params`` are the rule).
+    observer
+        The kind of statistics it gathers (``minmax``, ``histogram``, ``ema``).
+    options
+        Analyzer keyword -> the command's option (its ``argparse`` dest) that sets it.
+    in_command
+        Whether the command offers it (and runs it with ``--method all``).
+    """
+
+    name: str
+    analyzer: type[EncodingAnalyzer]
+    observer: str
+    options: dict[str, str] = field(default_factory=dict)
+    in_command: bool = True
+
+    @property
+    def rule(self) -> Callable:
+        """The pure rule ``rule(xp, state, num_steps, is_symmetric, **params)``."""
+        return self.analyzer.rule
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("minmax", MinMaxEncodingAnalyzer, "minmax"),
+        Method(
+            "percentile",
+            PercentileEncodingAnalyzer,
+            "histogram",
+            {"num_bins": "num_bins", "percentile": "percentile"},
+        ),
+        Method(
+            "sqnr", SqnrEncodingAnalyzer, "histogram", {"num_bins": "num_bins", "gamma": "gamma"}
+        ),
+        Method("tf_enhanced", TfEnhancedEncodingAnalyzer, "histogram", in_command=False),
+        Method("ema", EmaMinMaxEncodingAnalyzer, "ema"),
+    )
+}
+"""Every method, by name, in the order the command reports them."""
+
+ANALYZERS: dict[str, type[EncodingAnalyzer]] = {
+    m.analyzer.__name__: m.analyzer for m in METHODS.values()
+}
+"""Every public analyzer class, by class name (what a statistics file names)."""
