@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 from ._analyzer import EncodingAnalyzer
 from ._rules.ema import EmaMinMaxEncodingAnalyzer
+from ._rules.entropy import EntropyEncodingAnalyzer
 from ._rules.minmax import MinMaxEncodingAnalyzer
+from ._rules.mse import MseEncodingAnalyzer
 from ._rules.percentile import PercentileEncodingAnalyzer
 from ._rules.sqnr import SqnrEncodingAnalyzer, TfEnhancedEncodingAnalyzer
 
@@ -64,6 +66,8 @@ METHODS: dict[str, Method] = {
             "sqnr", SqnrEncodingAnalyzer, "histogram", {"num_bins": "num_bins", "gamma": "gamma"}
         ),
         Method("tf_enhanced", TfEnhancedEncodingAnalyzer, "histogram", in_command=False),
+        Method("mse", MseEncodingAnalyzer, "histogram", {"num_bins": "num_bins"}),
+        Method("entropy", EntropyEncodingAnalyzer, "histogram"),
         Method("ema", EmaMinMaxEncodingAnalyzer, "ema"),
     )
 }

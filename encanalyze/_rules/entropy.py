@@ -1,0 +1,218 @@
+"""Entropy calibration: TensorRT's KL-divergence threshold search, every threshold at once.
+
+On a histogram of ``|x|`` from 0 (``B`` bins, the first bin's count replaced by the second's),
+each threshold ``i`` from ``start_bin`` to ``B`` is scored by the KL divergence between the
+reference distribution (``bins[:i]``, the tail beyond ``i`` added to its last bin) and its
+quantized copy: ``bins[:i]`` split into ``levels`` groups by ``np.linspace(0, i, levels + 1)``,
+each non-empty bin of a group holding the group's mean over its non-empty bins. ``amax`` is the
+upper edge of bin ``i`` with the least divergence (the last one on ties). This is Model
+Optimizer's ``_compute_amax_entropy`` (``levels = 2**(bits - 1)`` for signed data, ``2**bits``
+unsigned).
+
+The peer loops in Python over about 1900 thresholds with inner Python loops over the bins
+(seconds per tensor). Here the groups' boundaries depend only on ``i`` and are tabulated once;
+with prefix sums of the counts, of the non-empty indicator and of ``c log c`` each divergence is
+a sum over the ``levels`` groups: ``O(levels)`` per threshold, all thresholds and encodings at
+once.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .._analyzer import HistogramAnalyzer
+from .._checks import int_at_least
+from .._encoding import minmax_encoding
+from .._histograms import RowHistogram, wide_dtype
+from .._xp import Array, Namespace, device_of, on_host
+
+__all__ = ["EntropyEncodingAnalyzer", "entropy_rule", "kl_amax", "quantized_levels"]
+
+TIE_RTOL = 1e-9
+"""Divergences within this relative distance of the least are ties (the last threshold wins)."""
+
+
+def quantized_levels(num_steps: int, signed: bool) -> int:
+    """Levels of the quantized copy: ``n // 2 + 1`` signed (128 for 8 bit), ``n + 1`` unsigned."""
+    return num_steps // 2 + 1 if signed else num_steps + 1
+
+
+@lru_cache(maxsize=8)
+def _groups(num_bins: int, levels: int, start_bin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group boundaries ``(T, levels + 1)`` and the group of bin ``i - 1`` ``(T,)`` per threshold.
+
+    Bin ``k < i`` is in group ``g`` where ``space[g] <= k < space[g + 1]`` for
+    ``space = np.linspace(0, i, levels + 1)`` (``np.digitize``), so group ``g`` starts at bin
+    ``ceil(space[g])``.
+    """
+    thresholds = np.arange(start_bin, num_bins + 1)
+    space = np.stack([np.linspace(0, i, num=levels + 1) for i in thresholds])
+    bounds = np.minimum(np.ceil(space), thresholds[:, None]).astype(np.int64)
+    last = (bounds[:, :-1] <= (thresholds - 1)[:, None]).sum(axis=1) - 1
+    return bounds, last
+
+
+def _take_rows(xp: Namespace, table: Array, idx: Array) -> Array:
+    """``table[r, idx[r]]`` for a ``(R, W)`` table and integer ``idx`` ``(R, K)``."""
+    rows, width = table.shape
+    offsets = xp.arange(rows, dtype=xp.int64, device=device_of(table))[:, None] * width
+    flat = xp.reshape(idx + offsets, (-1,))
+    return xp.reshape(xp.take(xp.reshape(table, (-1,)), flat), idx.shape)
+
+
+def _log_or_zero(xp: Namespace, x: Array) -> Array:
+    """``log(x)`` where ``x > 0``, else 0 (so that ``0 * log(0)`` terms vanish)."""
+    return xp.log(xp.where(x > 0, x, 1.0))
+
+
+def _divergences(xp: Namespace, bins: Array, levels: int, start_bin: int) -> Array:
+    """KL divergence ``(E, T)`` of every threshold ``i = start_bin .. B`` of ``bins (E, B)``."""
+    num_rows, num_bins = bins.shape
+    dev, wd = device_of(bins), bins.dtype
+    bounds_np, last_np = _groups(num_bins, levels, start_bin)
+    num_t = bounds_np.shape[0]
+    # every row shares the thresholds' group boundaries: one gather along the bins
+    flat_bounds = xp.asarray(np.reshape(bounds_np, (-1,)), device=dev)
+    zero = xp.zeros((num_rows, 1), dtype=wd, device=dev)
+    s = xp.concat([zero, xp.cumulative_sum(bins, axis=1)], axis=1)  # S[k] = sum(bins[:k])
+    z = xp.concat([zero, xp.cumulative_sum(xp.astype(bins != 0, wd), axis=1)], axis=1)
+    clogc = bins * _log_or_zero(xp, bins)
+    plogp = xp.concat([zero, xp.cumulative_sum(clogc, axis=1)], axis=1)
+    shape = (num_rows, num_t, levels + 1)
+    s_b = xp.reshape(xp.take(s, flat_bounds, axis=1), shape)
+    z_b = xp.reshape(xp.take(z, flat_bounds, axis=1), shape)
+    sums = s_b[..., 1:] - s_b[..., :-1]  # (E, T, L): each group's count ...
+    nonzero = z_b[..., 1:] - z_b[..., :-1]  # ... and its number of non-empty bins
+    log_mean = _log_or_zero(xp, sums) - _log_or_zero(xp, nonzero)
+    plogq = xp.sum(sums * log_mean, axis=2)
+    i = xp.arange(start_bin, num_bins + 1, dtype=xp.int64, device=dev)
+    q_total = xp.take(s, i, axis=1)  # sum(bins[:i])
+    total = s[:, num_bins:]
+    tail = total - q_total
+    last_bin = xp.take(bins, i - 1, axis=1)
+    last_group = xp.asarray(last_np, device=dev)
+    flat_log_mean = xp.reshape(log_mean, (num_rows * num_t, levels))
+    log_q_last = _take_rows(
+        xp,
+        flat_log_mean,
+        xp.reshape(xp.broadcast_to(last_group[None, :], (num_rows, num_t)), (-1, 1)),
+    )
+    log_q_last = xp.reshape(log_q_last, (num_rows, num_t))
+    p_last = last_bin + tail
+    plogp_total = xp.take(plogp, i - 1, axis=1) + p_last * _log_or_zero(xp, p_last)
+    plogq = plogq + tail * log_q_last
+    kl = (plogp_total - plogq) / total + _log_or_zero(xp, q_total / total)
+    # a tail on an empty last bin has no quantized mass under it; an empty reference is no fit
+    lost = ((last_bin == 0) & (tail > 0)) | (q_total == 0)
+    return xp.where(lost, xp.inf, kl)
+
+
+def kl_amax(xp: Namespace, counts: Array, edges: Array, levels: int, start_bin: int = 128) -> Array:
+    """Return Model Optimizer's entropy ``amax`` ``(E,)`` of ``|x|`` histograms ``counts (E, B)``.
+
+    ``edges`` ``(E, B + 1)``; thresholds run from ``start_bin`` to ``B``; ``levels`` quantized
+    levels. Rows are searched in blocks that keep the ``(rows, thresholds, levels)``
+    temporaries near 2**22 elements.
+    """
+    num_rows, num_bins = counts.shape
+    wd = wide_dtype(xp, device_of(counts))
+    bins = xp.astype(counts, wd)
+    bins = xp.concat([bins[:, 1:2], bins[:, 1:]], axis=1)  # bins[0] = bins[1]
+    per_row = (num_bins + 1 - start_bin) * levels
+    step = max(1, 2**22 // per_row) if on_host(counts) else max(1, 2**26 // per_row)
+    kls = [
+        _divergences(xp, bins[a : a + step, :], levels, start_bin)
+        for a in range(0, num_rows, step)  # bounded memory, not a loop per channel
+    ]
+    kl = xp.concat(kls, axis=0) if len(kls) > 1 else kls[0]
+    least = xp.min(kl, axis=1, keepdims=True)
+    tied = kl <= least + TIE_RTOL * xp.abs(least)
+    num_t = kl.shape[1]
+    # the last tied threshold: the first True of the reversed rows
+    last = num_t - 1 - xp.argmax(xp.astype(xp.flip(tied, axis=1), xp.int8), axis=1)
+    index = xp.astype(last, xp.int64) + start_bin
+    return xp.reshape(_take_rows(xp, edges, index[:, None]), (num_rows,))
+
+
+def entropy_rule(
+    xp: Namespace, state: RowHistogram, num_steps: int, is_symmetric: bool, *, start_bin: int
+) -> tuple[Array, Array]:
+    """Return the entropy encodings of ``|x|`` histograms.
+
+    ``(-amax, amax)``, or ``(0, amax)`` where no negative value was seen, through the min-max
+    rules without the 2-bit step.
+    """
+    edges = state.edges_of(xp)
+    signed = (
+        xp.ones(state.lo.shape, dtype=xp.bool, device=device_of(state.lo))
+        if state.num_negative is None
+        else state.num_negative > 0
+    )
+    amax = None
+    for is_signed in (True, False):
+        if not bool(xp.any(signed == is_signed)):
+            continue
+        part = kl_amax(xp, state.counts, edges, quantized_levels(num_steps, is_signed), start_bin)
+        amax = part if amax is None else xp.where(signed, amax, part)
+    amax = xp.astype(amax, state.lo.dtype)
+    lo = xp.where(signed, -amax, xp.zeros_like(amax))
+    return minmax_encoding(
+        xp, lo, amax, num_steps, is_symmetric, out_dtype=state.lo.dtype, two_bit_step=False
+    )
+
+
+class EntropyEncodingAnalyzer(HistogramAnalyzer):
+    """Entropy calibration: TensorRT's KL-divergence threshold on a histogram of ``|x|``.
+
+    Each encoding element keeps a histogram of ``|x|`` from 0 and counts its negative values.
+    Given the same histogram, ``amax`` equals Model Optimizer's ``_compute_amax_entropy``
+    (thresholds from bin ``start_bin``, ``2**(bits - 1)`` quantized levels for signed data,
+    ``2**bits`` where the element has seen no negative value); the encoding is ``(-amax, amax)``,
+    or ``(0, amax)`` for non-negative data, through the min-max rules. Every threshold of every
+    encoding is evaluated at once.
+
+    :meth:`compute_encodings_from_stats` on a public :class:`~encanalyze.Histogram` (which does
+    not say whether values were negative) treats the data as signed.
+
+    Parameters
+    ----------
+    shape
+        Shape of the encodings.
+    num_bins
+        Bins per histogram (2048, as the peer); must exceed ``start_bin``.
+    start_bin
+        The first threshold searched (128).
+    block_size
+        Optional block size for block-wise encodings.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from encanalyze import EntropyEncodingAnalyzer
+    >>> x = np.random.default_rng(0).standard_normal((2, 20000)).astype(np.float32)
+    >>> analyzer = EntropyEncodingAnalyzer(shape=(2, 1))
+    >>> _ = analyzer.update_stats(x)
+    >>> lo, hi = analyzer.compute_encodings(num_steps=255, is_symmetric=True)
+    >>> bool((hi < np.abs(x).max(axis=1, keepdims=True)).all() and (hi > 2).all())
+    True
+    """
+
+    rule = staticmethod(entropy_rule)
+
+    def __init__(self, shape, num_bins: int = 2048, start_bin: int = 128, block_size=None):
+        self.start_bin = int_at_least(start_bin, 1, "start_bin")
+        if int_at_least(num_bins, 1, "num_bins") <= self.start_bin:
+            raise ValueError(f"num_bins ({num_bins}) must exceed start_bin ({self.start_bin})")
+        super().__init__(shape, num_bins, block_size=block_size, absolute=True)
+
+    def rule_params(self) -> dict:
+        """Return the keyword arguments this analyzer passes to its rule."""
+        return {"start_bin": self.start_bin}
+
+    def params(self) -> dict:
+        """Return the constructor arguments of this analyzer (JSON-compatible)."""
+        params = super().params()
+        del params["growth_limit"]
+        return {**params, "start_bin": self.start_bin}

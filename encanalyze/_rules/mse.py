@@ -1,0 +1,209 @@
+"""MSE calibration: PyTorch's ``HistogramObserver`` L2 search, for every encoding at once.
+
+PyTorch's default activation observer (x86 / fbgemm qconfigs) clips a histogram's range by a
+greedy walk over its quantiles (``HistogramObserver._non_linear_param_search``, after caffe2's
+``NormMinimization``): ``alpha`` and ``beta`` move towards each other in steps of ``1e-5``;
+each step moves whichever end (``start_bin`` or ``end_bin``) would drop more bins, and each
+move that changes the bins is scored by the expected L2 quantization error of ``dst_nbins``
+uniform levels over ``[start_bin, end_bin]``; the walk stops at the first move that makes the
+error larger. The result is ``(min + w start_bin, min + w (end_bin + 1))``.
+
+PyTorch runs that walk in Python, up to 100,000 steps per tensor. Here every encoding walks at
+once, and the steps that change no bin are skipped in closed form: each loop iteration is one
+move of every encoding that is still walking. The quantile thresholds are compared in float32
+and the error is computed elementwise in float32 with PyTorch's operations, so that the same
+histogram gives the same bins; the error is summed in float64 (PyTorch sums in float32, which
+can only matter where two consecutive errors agree to about 1e-7).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .._analyzer import HistogramAnalyzer
+from .._encoding import minmax_encoding
+from .._histograms import RowHistogram, wide_dtype
+from .._xp import Array, Namespace, device_of
+
+__all__ = ["MseEncodingAnalyzer", "l2_search", "mse_rule"]
+
+_STEP = 1e-5
+_WALK = 100_002  # alpha + beta steps never exceed 1 / _STEP
+
+
+@lru_cache(maxsize=1)
+def _walk() -> tuple[np.ndarray, np.ndarray]:
+    """``alpha`` and ``beta`` after k moves, accumulated in float64 exactly as Python does."""
+    alpha = np.concatenate([[0.0], np.cumsum(np.full(_WALK, _STEP))])
+    beta = np.subtract.accumulate(np.concatenate([[1.0], np.full(_WALK, _STEP)]))
+    return alpha, beta
+
+
+def _floor_div(xp: Namespace, a: Array, b: Array) -> Array:
+    """``torch.div(a, b, rounding_mode="floor")``: the exact quotient, not ``floor(a / b)``."""
+    return xp.round((a - xp.remainder(a, b)) / b)
+
+
+def _norm(db: Array, de: Array, density: Array) -> Array:
+    """PyTorch's ``_get_norm``: ``density * (de**3 - db**3) / 3``, in its order."""
+    return density * ((de * de * de - db * db * db) / 3)
+
+
+def _l2_error(
+    xp: Namespace, counts: Array, bw64: Array, start: Array, end: Array, dst_nbins: int, wd
+) -> Array:
+    """PyTorch's ``_compute_quantization_error`` for ``(E,)`` bin ranges, elementwise in float32."""
+    f32 = xp.float32
+    num_bins = counts.shape[1]
+    dw64 = bw64 * xp.astype(end - start + 1, wd) / dst_nbins
+    bw, dw = xp.astype(bw64, f32)[:, None], xp.astype(dw64, f32)[:, None]
+    half = xp.astype(dw64 / 2, f32)[:, None]
+    src = xp.arange(num_bins, dtype=xp.int64, device=device_of(counts))[None, :]
+    begin = xp.astype(src - start[:, None], f32) * bw
+    stop = begin + bw
+    last = float(dst_nbins - 1)
+    dst_begin = xp.clip(_floor_div(xp, begin, dw), 0.0, last)
+    dst_end = xp.clip(_floor_div(xp, stop, dw), 0.0, last)
+    density = counts / bw
+    norm = _norm(begin - (dst_begin + 0.5) * dw, half, density)
+    norm = norm + (dst_end - dst_begin - 1) * _norm(-half, half, density)
+    norm = norm + _norm(-half, stop - (dst_end * dw + half), density)
+    total = xp.sum(xp.astype(norm, wd), axis=1)
+    return xp.where(dw64 == 0, 0.0, total)
+
+
+def _gather(xp: Namespace, table: Array, idx: Array) -> Array:
+    return xp.take(table, xp.clip(idx, 0, table.shape[0] - 1))
+
+
+def _first_beta_below(
+    xp: Namespace, beta: Array, j: Array, total: Array, level: Array, wd
+) -> Array:
+    """Return the first ``k >= j`` with ``f32(beta[k + 1] * total) < level`` (closed form).
+
+    ``beta[k]`` is ``1 - k * 1e-5`` up to rounding far below a step, so the estimate is off by
+    at most one; a window of candidates around it is checked with the exact comparison.
+    """
+    est = xp.floor((1 - xp.astype(level, wd) / total) / _STEP) - 1
+    base = xp.maximum(xp.astype(est, xp.int64) - 3, j)
+    found = xp.full(j.shape, _WALK, dtype=xp.int64, device=device_of(j))
+    for off in range(7, -1, -1):  # the smallest k that satisfies it wins
+        k = base + off
+        ok = xp.astype(_gather(xp, beta, k + 1) * total, xp.float32) < level
+        found = xp.where(ok, k, found)
+    return found
+
+
+def l2_search(
+    xp: Namespace, counts: Array, lo: Array, hi: Array, dst_nbins: int
+) -> tuple[Array, Array]:
+    """Return PyTorch's clipped range ``(min, max)`` ``(E,)`` for ``E`` histograms at once.
+
+    ``counts (E, B)`` over ``[lo, hi]`` (the first and last edge, like PyTorch's ``min_val``
+    and ``max_val``); ``dst_nbins`` quantization levels (``2**bits``). Results in float32, as
+    PyTorch's buffers.
+    """
+    num_rows, num_bins = counts.shape
+    dev = device_of(counts)
+    wd = wide_dtype(xp, dev)
+    f32 = xp.float32
+    counts = xp.astype(counts, f32)
+    cs = xp.cumulative_sum(counts, axis=1)
+    total = xp.astype(xp.sum(counts, axis=1), wd)
+    lo32, hi32 = xp.astype(lo, f32), xp.astype(hi, f32)
+    bw64 = (xp.astype(hi32, wd) - xp.astype(lo32, wd)) / num_bins  # PyTorch's .item() math
+    alpha, beta = (xp.asarray(a, dtype=wd, device=dev) for a in _walk())
+
+    start = xp.zeros((num_rows,), dtype=xp.int64, device=dev)
+    end = xp.full((num_rows,), num_bins - 1, dtype=xp.int64, device=dev)
+    i, j = xp.zeros_like(start), xp.zeros_like(start)
+    best = xp.full((num_rows,), xp.inf, dtype=wd, device=dev)
+    row = xp.arange(num_rows, dtype=xp.int64, device=dev) * num_bins
+    flat_cs = xp.reshape(cs, (-1,))
+    walking = xp.ones((num_rows,), dtype=xp.bool, device=dev)
+    while True:
+        walking = walking & (_gather(xp, alpha, i) < _gather(xp, beta, j))
+        if not bool(xp.any(walking)):
+            break
+        # the left end: the first bin whose cumulative count reaches the next alpha quantile
+        thr_a = xp.astype(_gather(xp, alpha, i + 1) * total, f32)
+        left = xp.clip(xp.count_nonzero(cs < thr_a[:, None], axis=1), start, end)
+        moves_left = left > start
+        # rows whose left end stays put wait (beta steps only) until the right end can move
+        level = xp.take(flat_cs, row + end)
+        jump = _first_beta_below(xp, beta, j, total, level, wd)
+        j_move = xp.where(moves_left, j, xp.maximum(jump, j))
+        walking = walking & (_gather(xp, alpha, i) < _gather(xp, beta, j_move))
+        thr_b = xp.astype(_gather(xp, beta, j_move + 1) * total, f32)
+        right = xp.clip(xp.count_nonzero(cs <= thr_b[:, None], axis=1) - 1, start, end)
+        take_left = (left - start) > (end - right)
+        new_start = xp.where(take_left, left, start)
+        new_end = xp.where(take_left, end, right)
+        error = _l2_error(xp, counts, bw64, new_start, new_end, dst_nbins, wd)
+        accept = walking & ~(error > best)
+        start, end = xp.where(accept, new_start, start), xp.where(accept, new_end, end)
+        best = xp.where(accept, error, best)
+        i = xp.where(accept & take_left, i + 1, i)
+        j = xp.where(accept & ~take_left, j_move + 1, j)
+        walking = accept
+    width = (hi32 - lo32) / num_bins
+    return lo32 + width * xp.astype(start, f32), lo32 + width * xp.astype(end + 1, f32)
+
+
+def mse_rule(
+    xp: Namespace, state: RowHistogram, num_steps: int, is_symmetric: bool
+) -> tuple[Array, Array]:
+    """Return the MSE encodings of histograms.
+
+    Each is clipped by PyTorch's L2 search (``num_steps + 1`` levels), then goes through the
+    min-max rules without the 2-bit step.
+    """
+    lo, hi = l2_search(xp, state.counts, state.lo, state.hi, num_steps + 1)
+    return minmax_encoding(
+        xp, lo, hi, num_steps, is_symmetric, out_dtype=state.lo.dtype, two_bit_step=False
+    )
+
+
+class MseEncodingAnalyzer(HistogramAnalyzer):
+    """MSE calibration: PyTorch ``HistogramObserver``'s L2 search on each histogram.
+
+    Given the same counts and range, the clipped ``(min, max)`` equals what PyTorch's
+    ``HistogramObserver._non_linear_param_search`` computes from its own histogram buffers (its
+    ``dst_nbins`` is ``num_steps + 1``: 256 for 8 bits); the min-max encoding rules then apply.
+    PyTorch searches one tensor at a time in Python; here every encoding (per channel, per
+    block) is searched at once.
+
+    Parameters
+    ----------
+    shape
+        Shape of the encodings.
+    num_bins
+        Bins per histogram (PyTorch's default: 2048).
+    block_size
+        Optional block size for block-wise encodings.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from encanalyze import MseEncodingAnalyzer
+    >>> x = np.random.default_rng(0).standard_normal((4, 4096)).astype(np.float32)
+    >>> x[:, 0] = 40.0  # one outlier per row
+    >>> analyzer = MseEncodingAnalyzer(shape=(4, 1))
+    >>> _ = analyzer.update_stats(x)
+    >>> lo, hi = analyzer.compute_encodings(num_steps=255, is_symmetric=False)
+    >>> bool((hi < 40).all() and (hi > 3).all())
+    True
+    """
+
+    rule = staticmethod(mse_rule)
+
+    def __init__(self, shape, num_bins: int = 2048, block_size=None) -> None:
+        super().__init__(shape, num_bins, block_size=block_size)
+
+    def params(self) -> dict:
+        """Return the constructor arguments of this analyzer (JSON-compatible)."""
+        params = super().params()
+        del params["growth_limit"]
+        return params
