@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-METHODS = ("minmax", "percentile", "sqnr")
+METHODS = ("minmax", "percentile", "sqnr", "tf_enhanced", "mse", "entropy", "ema")
 
 
 def dataset(rank_count: int):
@@ -24,11 +24,13 @@ def dataset(rank_count: int):
 def make(method: str):
     import encanalyze as ea
 
-    if method == "minmax":
-        return ea.MinMaxEncodingAnalyzer((1, 6))
-    if method == "percentile":
-        return ea.PercentileEncodingAnalyzer((1, 6), num_bins=32, percentile=99)
-    return ea.SqnrEncodingAnalyzer((1, 6), num_bins=32, histogram_growth_limit=2.0)
+    extra = {
+        "percentile": {"num_bins": 32, "percentile": 99},
+        "sqnr": {"num_bins": 32, "histogram_growth_limit": 2.0},
+        "mse": {"num_bins": 32},
+        "entropy": {"num_bins": 256},
+    }
+    return ea.METHODS[method].analyzer((1, 6), **extra.get(method, {}))
 
 
 def run(rank: int, world: int, init_file: str, out_dir: str) -> None:

@@ -91,6 +91,15 @@ class Backend:
             assert a.dtype == want, (a.dtype, want)
 
 
+def assert_xp_close(backend: Backend, actual, desired, *, dtype=None, rtol=0.0, atol=0.0) -> None:
+    """Assert that ``actual`` lives in ``backend``'s namespace and device, has ``desired``'s
+    shape and ``dtype`` (a name; default: ``desired``'s dtype where it is a NumPy array), and
+    holds ``desired``'s values within ``rtol``/``atol`` (exactly by default)."""
+    desired = np.asarray(desired)
+    backend.check(actual, desired.shape, dtype or str(desired.dtype))
+    np.testing.assert_allclose(backend.to_numpy(actual), desired, rtol=rtol, atol=atol)
+
+
 def make_backend(name: str) -> Backend:
     import array_api_compat
 

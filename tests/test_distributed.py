@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 def _state(analyzer):
     arrays = {k: np.asarray(v) for k, v in analyzer.state_dict()["state"].items()}
     key = "lo" if "lo" in arrays else "min"
-    arrays.setdefault("num_nan", np.zeros(arrays[key].shape, np.int64))
+    arrays.setdefault("num_nan", np.zeros(np.shape(arrays[key]), np.int64))
     return arrays
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numbers
 from typing import NamedTuple
 
-from .._histograms import add_counts
+from .._histograms import add_counts, wide_dtype
 from .._stats import MinMaxRange
-from .._xp import Array, Namespace
+from .._xp import Array, Namespace, device_of
 from .base import Observer, check_array
 from .minmax import batch_minmax
 
@@ -75,22 +75,23 @@ class EmaObserver(Observer[EmaState]):
         Not the moving average of the concatenated batch sequence (no such thing exists without
         an order); with one part holding data it is that part's state exactly.
         """
-        count = states[0].count
-        for s in states[1:]:
-            count = count + s.count
-        weight = xp.astype(xp.where(count > 0, count, 1), states[0].min.dtype)
-        lo = hi = num_nan = None
-        for s in states:
-            w = xp.astype(s.count, s.min.dtype) / weight
-            part_lo = xp.where(s.count > 0, w * s.min, 0.0)
-            part_hi = xp.where(s.count > 0, w * s.max, 0.0)
+        dtype = states[0].min.dtype
+        wd = wide_dtype(xp, device_of(states[0].min))
+        count = lo = hi = num_nan = None
+        for s in states:  # sums of count * value, in float64 where the device has it
+            c = xp.astype(s.count, wd)
+            part_lo = c * xp.where(s.count > 0, xp.astype(s.min, wd), 0.0)
+            part_hi = c * xp.where(s.count > 0, xp.astype(s.max, wd), 0.0)
+            count = s.count if count is None else count + s.count
             lo = part_lo if lo is None else lo + part_lo
             hi = part_hi if hi is None else hi + part_hi
             num_nan = add_counts(num_nan, s.num_nan)
-        empty = count == 0
-        lo, hi = xp.where(empty, xp.inf, lo), xp.where(empty, -xp.inf, hi)
+        held = count > 0
+        weight = xp.astype(xp.where(held, count, 1), wd)
+        lo = xp.astype(xp.where(held, lo / weight, xp.inf), dtype)
+        hi = xp.astype(xp.where(held, hi / weight, -xp.inf), dtype)
         for s in states:  # a row held by one part keeps that part's values exactly
-            only = (s.count == count) & ~empty
+            only = (s.count == count) & held
             lo, hi = xp.where(only, s.min, lo), xp.where(only, s.max, hi)
         return EmaState(lo, hi, count, num_nan)
 

@@ -123,7 +123,7 @@ def kl_amax(xp: Namespace, counts: Array, edges: Array, levels: int, start_bin: 
     per_row = (num_bins + 1 - start_bin) * levels
     step = max(1, 2**22 // per_row) if on_host(counts) else max(1, 2**26 // per_row)
     kls = [
-        _divergences(xp, bins[a : a + step, :], levels, start_bin)
+        _divergences(xp, bins[a : min(a + step, num_rows), :], levels, start_bin)
         for a in range(0, num_rows, step)  # bounded memory, not a loop per channel
     ]
     kl = xp.concat(kls, axis=0) if len(kls) > 1 else kls[0]

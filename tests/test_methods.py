@@ -1,0 +1,168 @@
+"""The peers' methods: MSE (PyTorch's HistogramObserver), entropy (TensorRT / Model Optimizer's KL
+search) and moving-average min-max (PyTorch's moving-average observers), against the peers."""
+
+import numpy as np
+import pytest
+
+from encanalyze import (
+    EmaMinMaxEncodingAnalyzer,
+    EntropyEncodingAnalyzer,
+    MseEncodingAnalyzer,
+)
+from encanalyze._rules.entropy import kl_amax
+from encanalyze._rules.mse import l2_search
+from tests import peers
+from tests.conftest import assert_xp_close
+
+
+def _samples(rng, kind, n):
+    if kind == "normal":
+        return rng.standard_normal(n)
+    if kind == "heavy":
+        return rng.standard_t(1.5, n)
+    if kind == "positive":
+        return rng.exponential(1.0, n)
+    return np.concatenate([rng.standard_normal(n // 2), rng.standard_normal(n - n // 2) * 0.1 + 6])
+
+
+# -- MSE -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_mse_search_equals_torch_histogram_observer(bits):
+    torch = pytest.importorskip("torch")
+    from torch.ao.quantization.observer import HistogramObserver
+
+    rng = np.random.default_rng(bits)
+    counts, lo, hi, want = [], [], [], []
+    for kind in ("normal", "heavy", "positive", "bimodal"):
+        x = (_samples(rng, kind, 4000) * rng.uniform(0.01, 10)).astype(np.float32)
+        obs = HistogramObserver(bins=2048)
+        obs.dst_nbins = 2**bits
+        obs(torch.from_numpy(x))
+        counts.append(obs.histogram.numpy().copy())
+        lo.append(float(obs.min_val))
+        hi.append(float(obs.max_val))
+        want.append([float(v) for v in obs._non_linear_param_search()])
+    import array_api_compat.numpy as xp
+
+    got = l2_search(xp, np.stack(counts), np.float32(lo), np.float32(hi), 2**bits)
+    np.testing.assert_array_equal(np.stack(got, axis=1), np.float32(want))
+
+
+def test_mse_per_channel_equals_rows_on_every_backend(backend, rng):
+    x = np.stack([_samples(rng, k, 3000) for k in ("normal", "heavy", "positive", "bimodal")])
+    x = (x * rng.uniform(0.1, 5, (4, 1))).astype(np.float32)
+    analyzer = MseEncodingAnalyzer((1, 4), num_bins=512)  # channels on the last axis
+    for part in np.split(x.T, 3):
+        analyzer.update_stats(backend.asarray(part))
+    stats = analyzer.get_stats()
+    import array_api_compat.numpy as xp
+
+    counts = backend.to_numpy(stats.histogram)[0]
+    edges = backend.to_numpy(stats.bin_edges)[0]
+    lo, hi = l2_search(xp, counts, edges[:, 0], edges[:, -1], 256)
+    enc = analyzer.compute_encodings(255, False)
+    want_lo, want_hi = np.minimum(lo, 0), np.maximum(hi, 0)
+    assert_xp_close(backend, enc[0], want_lo[None], rtol=1e-6)
+    assert_xp_close(backend, enc[1], want_hi[None], rtol=1e-6)
+    # clipping: the heavy-tailed channel loses its extremes, never gains range
+    assert backend.to_numpy(enc[1])[0, 1] < x[1].max()
+    assert (backend.to_numpy(enc[1])[0] <= x.max(axis=1) + 1e-6).all()
+
+
+# -- entropy ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits, unsigned, bins", [(4, False, 512), (8, False, 384), (4, True, 640)])
+def test_entropy_amax_equals_model_optimizer(rng, bits, unsigned, bins):
+    import array_api_compat.numpy as xp
+
+    hists, edges = [], []
+    for kind in ("normal", "heavy", "positive"):
+        a = np.abs(_samples(rng, kind, 20000)).astype(np.float32)
+        hists.append(np.histogram(a, bins=bins, range=(0, a.max()))[0].astype(np.float32))
+        edges.append(np.linspace(0, a.max(), bins + 1).astype(np.float32))
+    levels = 1 << (bits - 1 + int(unsigned))
+    got = kl_amax(xp, np.stack(hists), np.stack(edges), levels)
+    want = [peers.entropy_amax(h, e, bits, unsigned) for h, e in zip(hists, edges)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_entropy_signed_and_unsigned_channels(backend, rng):
+    x = np.abs(rng.standard_normal((3, 8000))).astype(np.float32)
+    x[1] *= -1  # all negative
+    x[2, ::2] *= -1  # both signs
+    analyzer = EntropyEncodingAnalyzer((3, 1))
+    analyzer.update_stats(backend.asarray(x[:, :4000]))
+    analyzer.update_stats(backend.asarray(x[:, 4000:] * 1.2))  # grows the |x| range
+    lo, hi = (backend.to_numpy(a)[:, 0] for a in analyzer.compute_encodings(255, False))
+    assert lo[0] == 0.0 and lo[1] == -hi[1] and lo[2] == -hi[2]
+    amax = np.abs(x * 1.2).max(axis=1)
+    assert (hi > 2.0).all() and (hi <= amax).all()
+    # the rule on the histogram: the same amax as the transcription of the peer (signed: 128)
+    stats = analyzer.get_stats()
+    counts = backend.to_numpy(stats.histogram)[:, 0]
+    edges = backend.to_numpy(stats.bin_edges)[:, 0]
+    want = peers.entropy_amax(counts[2], edges[2], 8, False)
+    np.testing.assert_allclose(hi[2], want, rtol=1e-6)
+
+
+def test_entropy_bad_parameters():
+    with pytest.raises(ValueError, match="must exceed start_bin"):
+        EntropyEncodingAnalyzer((1,), num_bins=100)
+    with pytest.raises(ValueError, match="start_bin"):
+        EntropyEncodingAnalyzer((1,), start_bin=0)
+
+
+# -- moving-average min-max --------------------------------------------------------------------
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_ema_equals_torch_moving_average_observers(rng, per_channel):
+    torch = pytest.importorskip("torch")
+    from torch.ao.quantization.observer import (
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+    )
+
+    batches = [(rng.standard_normal((6, 20)) * (1 + i)).astype(np.float32) for i in range(5)]
+    if per_channel:
+        peer = MovingAveragePerChannelMinMaxObserver(averaging_constant=0.01, ch_axis=1)
+        ours = EmaMinMaxEncodingAnalyzer((1, 20))
+    else:
+        peer = MovingAverageMinMaxObserver(averaging_constant=0.01)
+        ours = EmaMinMaxEncodingAnalyzer((1,))
+    for b in batches:
+        peer(torch.from_numpy(b))
+        ours.update_stats(torch.from_numpy(b))
+    stats = ours.get_stats()
+    np.testing.assert_array_equal(stats.min.reshape(-1).numpy(), peer.min_val.reshape(-1).numpy())
+    np.testing.assert_array_equal(stats.max.reshape(-1).numpy(), peer.max_val.reshape(-1).numpy())
+
+
+def test_ema_any_backend_block_wise(backend, rng):
+    c = 0.25
+    batches = [rng.standard_normal((4, 8)).astype(np.float32) * (i + 1) for i in range(3)]
+    analyzer = EmaMinMaxEncodingAnalyzer((4, 2), averaging_constant=c, block_size=(1, 4))
+    for b in batches:
+        analyzer.update_stats(backend.asarray(b))
+    blocks = [b.reshape(4, 2, 4) for b in batches]
+    lo, hi = blocks[0].min(-1), blocks[0].max(-1)
+    for b in blocks[1:]:
+        lo = lo + np.float32(c) * (b.min(-1) - lo)
+        hi = hi + np.float32(c) * (b.max(-1) - hi)
+    stats = analyzer.get_stats()
+    assert_xp_close(backend, stats.min, lo, rtol=1e-6)
+    assert_xp_close(backend, stats.max, hi, rtol=1e-6)
+
+
+def test_ema_merge_is_a_count_weighted_average(backend, rng):
+    a, b = (EmaMinMaxEncodingAnalyzer((2, 1), averaging_constant=0.5) for _ in range(2))
+    for v in ([[1.0, -1.0], [2.0, 3.0]], [[3.0, -3.0], [2.0, 3.0]]):
+        a.update_stats(backend.asarray(v, "float32"))
+    b.update_stats(backend.asarray([[10.0, 0.0], [np.nan, np.nan]], "float32"))
+    # a: row 0 (-2, 2) after two batches; b: row 0 (0, 10) after one; row 1 only in a
+    merged = a.merge(b).get_stats()
+    assert_xp_close(backend, merged.min, np.float32([[(-2 * 2 + 0) / 3], [2.0]]), rtol=1e-6)
+    assert_xp_close(backend, merged.max, np.float32([[(2 * 2 + 10) / 3], [3.0]]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.1, float("nan")])
+def test_ema_bad_averaging_constant(bad):
+    with pytest.raises(ValueError, match="averaging_constant"):
+        EmaMinMaxEncodingAnalyzer((1,), averaging_constant=bad)
