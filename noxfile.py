@@ -7,7 +7,7 @@ TORCH = "torch==2.13.0"  # the CPU build (see README); a CUDA machine brings its
 
 
 @nox.session
-@nox.parametrize("backend", ["numpy", "torch", "array_api_strict"])
+@nox.parametrize("backend", ["numpy", "torch", "array_api_strict", "jax"])
 def tests(session, backend):
     session.install("-e", ".[test]")
     if backend == "torch":

@@ -4,12 +4,13 @@ from ._analyzer import EncodingAnalyzer, HistogramAnalyzer
 from ._encoding import to_scale_offset
 from ._errors import EncodingAnalyzerError, StatisticsNotFoundError
 from ._persistence import StatsFileError, load, save
-from ._registry import ANALYZERS, METHODS
+from ._registry import ANALYZERS as _ANALYZERS
+from ._registry import METHODS
 from ._stats import Histogram, MinMaxRange, merge_stats
 
 # every registered analyzer class (MinMaxEncodingAnalyzer, SqnrEncodingAnalyzer, ...): a new
 # method is exported by its registry entry (see _registry.py)
-globals().update(ANALYZERS)
+globals().update(_ANALYZERS)
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,5 @@ __all__ = [
     "merge_stats",
     "save",
     "to_scale_offset",
-    *ANALYZERS,
+    *_ANALYZERS,
 ]

@@ -9,7 +9,7 @@ import math
 import numbers
 
 from ._warnings import warn
-from ._xp import Array, Namespace, device_of, namespace_of, work_dtype
+from ._xp import Array, Namespace, device_of, div, index_dtype, namespace_of, work_dtype
 
 __all__ = [
     "EPS_FLOAT32",
@@ -87,12 +87,12 @@ def minmax_encoding(
     hi = xp.maximum(xp.astype(hi, wd), xp.asarray(0.0, dtype=wd, device=device_of(hi)))
     s = minimum_scale(num_steps)
     neg, pos = symmetric_steps(num_steps)
-    narrow = (hi - lo) / num_steps < s
+    narrow = div(xp, hi - lo, num_steps) < s
     if is_symmetric:
         hi = xp.where(narrow, hi + pos * s, hi)
         lo = xp.where(narrow, lo - neg * s, lo)
         pos_delta = pos + 1 if num_steps == 3 and two_bit_step else pos
-        delta = xp.maximum(hi / pos_delta, -lo / neg)
+        delta = xp.maximum(div(xp, hi, pos_delta), div(xp, -lo, neg))
         lo, hi = -neg * delta, pos * delta
     else:
         hi = xp.where(narrow, hi + num_steps * s, hi)
@@ -123,11 +123,11 @@ def to_scale_offset(
     num_steps = validate_num_steps(num_steps, is_symmetric)
     wd = work_dtype(xp, enc_min.dtype)
     lo, hi = xp.astype(enc_min, wd), xp.astype(enc_max, wd)
-    scale = (hi - lo) / num_steps
+    scale = div(xp, hi - lo, num_steps)
     if is_symmetric:
         offset = xp.full(
-            lo.shape, -symmetric_steps(num_steps)[0], dtype=xp.int64, device=device_of(lo)
+            lo.shape, -symmetric_steps(num_steps)[0], dtype=index_dtype(xp), device=device_of(lo)
         )
     else:
-        offset = xp.astype(xp.round(lo / scale), xp.int64)
+        offset = xp.astype(xp.round(lo / scale), index_dtype(xp))
     return xp.astype(scale, enc_min.dtype), offset

@@ -12,7 +12,7 @@ from functools import partial
 from typing import NamedTuple
 
 from ._backends import primitives
-from ._xp import Array, Namespace, device_of, in_row_blocks, on_host, work_dtype
+from ._xp import Array, Namespace, device_of, div, in_row_blocks, index_dtype, on_host, work_dtype
 
 __all__ = [
     "RowHistogram",
@@ -86,7 +86,7 @@ def bin_edges(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
     valid = lo_w <= hi_w
     lo_w, hi_w = xp.where(valid, lo_w, 0.0), xp.where(valid, hi_w, 0.0)
     k = xp.arange(num_bins + 1, dtype=wd, device=device_of(lo))
-    return lo_w[:, None] + k[None, :] * ((hi_w - lo_w) / num_bins)[:, None]
+    return lo_w[:, None] + k[None, :] * div(xp, hi_w - lo_w, num_bins)[:, None]
 
 
 def bin_counts(
@@ -134,22 +134,22 @@ def _rebin(
     valid, lo_w, hi_w = _work_range(xp, lo, hi, wd)
     nlo = xp.where(valid, xp.astype(new_lo, wd), 0.0)
     nhi = xp.where(valid, xp.astype(new_hi, wd), 1.0)
-    w_old = ((hi_w - lo_w) / num_bins)[:, None]
-    w_new = ((nhi - nlo) / num_bins)[:, None]
+    w_old = div(xp, hi_w - lo_w, num_bins)[:, None]
+    w_new = div(xp, nhi - nlo, num_bins)[:, None]
     k = xp.arange(num_bins, dtype=wd, device=device_of(counts))
     start = lo_w[:, None] + w_old * k[None, :]
     last = float(num_bins - 1)
-    j = xp.clip(xp.floor((start - nlo[:, None]) / w_new), 0.0, last)
+    j = xp.clip(xp.floor(div(xp, start - nlo[:, None], w_new)), 0.0, last)
     c = xp.astype(counts, wd)
     # the fraction of the old bin before the target's upper edge; clipped into [0, 1] first so
     # that an empty bin stays 0 even where the fraction overflows (tiny old bins)
-    fraction = xp.clip((nlo[:, None] + (j + 1) * w_new - start) / w_old, 0.0, 1.0)
+    fraction = xp.clip(div(xp, nlo[:, None] + (j + 1) * w_new - start, w_old), 0.0, 1.0)
     part = xp.minimum(xp.round(fraction * c), c)
     wide = wide_dtype(xp, device_of(counts))
-    idx = xp.astype(j, xp.int64)
+    idx = xp.astype(j, index_dtype(xp))
     moved = primitives(xp).bincount_rows(idx, num_bins, xp.astype(part, wide))
     # the rest lies in the next target bin (w_new >= w_old); the last bin keeps what it has
-    following = xp.astype(xp.minimum(j + 1, last), xp.int64)
+    following = xp.astype(xp.minimum(j + 1, last), index_dtype(xp))
     rest = primitives(xp).bincount_rows(following, num_bins, xp.astype(c - part, wide))
     return xp.astype(moved + rest, xp.float32)
 
@@ -168,7 +168,7 @@ def last_edge(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
     histogram is its first and last edge, so later merges start from exactly those edges.
     """
     valid, lo_w, hi_w = _work_range(xp, lo, hi, work_dtype(xp, lo.dtype))
-    end = lo_w + num_bins * ((hi_w - lo_w) / num_bins)
+    end = lo_w + num_bins * div(xp, hi_w - lo_w, num_bins)
     return xp.where(valid, xp.astype(end, lo.dtype), hi)
 
 
@@ -214,7 +214,7 @@ def histogram_update(
     """
     num_negative = None
     if absolute:
-        num_negative = xp.astype(xp.count_nonzero(rows < 0, axis=1), xp.int64)
+        num_negative = xp.astype(xp.count_nonzero(rows < 0, axis=1), index_dtype(xp))
         rows = xp.abs(rows)
     lo, hi, num_nan = primitives(xp).minmax(rows, (1,), finite=True)
     lo, hi = xp.astype(lo, dtype, copy=False), xp.astype(hi, dtype, copy=False)
@@ -224,7 +224,7 @@ def histogram_update(
     # the batch's own edges: a single value (or a range whose bin width underflows to 0) gets
     # [v - 0.5, v + 0.5], at least one ulp wide even where 0.5 rounds away
     wd = work_dtype(xp, dtype)
-    point = (xp.astype(hi, wd) - xp.astype(lo, wd)) / num_bins == 0
+    point = div(xp, xp.astype(hi, wd) - xp.astype(lo, wd), num_bins) == 0
     e_lo = xp.where(point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.full_like(lo, -xp.inf))), lo)
     e_hi = xp.where(point, xp.maximum(hi + 0.5, xp.nextafter(hi, xp.full_like(hi, xp.inf))), hi)
     may_have_nan = num_nan is not None

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ._histograms import RowHistogram, add_counts, bin_edges, merge_rows
-from ._xp import Array, Namespace, namespace_of
+from ._xp import Array, Namespace, index_dtype, namespace_of
 
 __all__ = [
     "Histogram",
@@ -110,7 +110,7 @@ def empty_minmax(xp: Namespace, shape: tuple[int, ...], dtype, device) -> MinMax
     return MinMaxRange(
         xp.full(shape, xp.inf, dtype=dtype, device=device),
         xp.full(shape, -xp.inf, dtype=dtype, device=device),
-        xp.zeros(shape, dtype=xp.int64, device=device),
+        xp.zeros(shape, dtype=index_dtype(xp), device=device),
     )
 
 

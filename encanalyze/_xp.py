@@ -15,8 +15,10 @@ __all__ = [
     "check_same_home",
     "default_float",
     "device_of",
+    "div",
     "float_dtype",
     "in_row_blocks",
+    "index_dtype",
     "namespace_name",
     "namespace_of",
     "on_host",
@@ -115,6 +117,39 @@ def float_dtype(xp: Namespace, x: Array) -> Any:
         f"unsupported {kind} dtype {dtype}: encodings are computed for real floating, integer "
         f"and bool arrays"
     )
+
+
+_INDEX_DTYPES: dict[Namespace, Any] = {}
+
+
+def index_dtype(xp: Namespace) -> Any:
+    """Return the dtype of counts and indices: int64, or int32 where the namespace lacks it.
+
+    JAX has int64 only with ``jax_enable_x64``; its setting is read on every call.
+    """
+    dtype = _INDEX_DTYPES.get(xp)
+    if dtype is None:
+        ints = xp.__array_namespace_info__().dtypes(kind="signed integer")
+        dtype = xp.int64 if "int64" in ints else xp.int32
+        if not array_api_compat.is_jax_namespace(xp):
+            _INDEX_DTYPES[xp] = dtype
+    return dtype
+
+
+def div(xp: Namespace, a: Array, b: Array | float) -> Array:
+    """Return ``a / b``, correctly rounded on every backend.
+
+    XLA (JAX) compiles a division whose divisor is broadcast (a scalar, or a row vector against
+    a matrix) into a multiplication by the reciprocal, which can differ in the last bit; there
+    the divisor is first materialised at the result's shape. Elsewhere this is ``a / b``.
+    """
+    if not array_api_compat.is_jax_namespace(xp):
+        return a / b
+    b = xp.asarray(b, dtype=a.dtype, device=device_of(a)) if not hasattr(b, "shape") else b
+    shape = tuple(xp.broadcast_shapes(a.shape, b.shape))
+    if tuple(b.shape) == shape:
+        return a / b
+    return a / xp.broadcast_to(b, shape)
 
 
 def work_dtype(xp: Namespace, dtype: Any) -> Any:

@@ -9,6 +9,7 @@ from ._backends import from_torch, to_torch
 from ._histograms import RowHistogram, last_edge, rebin_onto
 from ._observers import EmaState
 from ._stats import MinMaxRange
+from ._xp import index_dtype
 
 __all__ = ["all_reduce_stats"]
 
@@ -105,7 +106,7 @@ def _minmax(torch, dist, group, comm, analyzer, xp, device):
     def back(t, dt):
         return xp.reshape(xp.astype(from_torch(xp, t, device), dt), (e,))
 
-    return MinMaxRange(back(lo, dtype), back(hi, dtype), back(nan.long(), xp.int64))
+    return MinMaxRange(back(lo, dtype), back(hi, dtype), back(nan.long(), index_dtype(xp)))
 
 
 def _histogram(torch, dist, group, comm, analyzer, xp, device):
@@ -195,8 +196,8 @@ def _ema(torch, dist, group, comm, analyzer, xp, device):
     return EmaState(
         back(lo, dtype),
         back(hi, dtype),
-        back(count.long(), xp.int64),
-        back(sums[3].long(), xp.int64),
+        back(count.long(), index_dtype(xp)),
+        back(sums[3].long(), index_dtype(xp)),
     )
 
 

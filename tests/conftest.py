@@ -1,8 +1,9 @@
 """The ``backend`` fixture: one parametrisation per installed array backend.
 
-``ENCANALYZE_BACKENDS`` (comma-separated: numpy, array_api_strict, torch, torch-cuda, cupy)
-picks the backends; by default every installed CPU backend runs, plus torch-cuda and cupy where
-a GPU is present. A backend named explicitly but not available is an error, not a skip.
+``ENCANALYZE_BACKENDS`` (comma-separated: numpy, array_api_strict, torch, jax, torch-cuda,
+cupy) picks the backends (JAX runs on the CPU with ``jax_enable_x64``); by default every
+installed CPU backend runs, plus torch-cuda and cupy where a GPU is present. A backend named
+explicitly but not available is an error, not a skip.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "torch-cuda", "cupy")
+ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "torch-cuda", "cupy")
 
 
 def _gpu_available(name: str) -> bool:
@@ -76,6 +77,8 @@ class Backend:
             return a.detach().cpu().numpy()
         if self.name == "cupy":
             return a.get()
+        if self.name == "jax":
+            return np.asarray(a)
         return np.from_dlpack(a) if self.name == "array_api_strict" else np.asarray(a)
 
     def check(self, a, shape=None, dtype=None) -> None:
@@ -117,6 +120,12 @@ def make_backend(name: str) -> Backend:
         xp = array_api_compat.array_namespace(torch.empty(0))
         dev = torch.device("cuda", 0) if name == "torch-cuda" else torch.device("cpu")
         return Backend(name, xp, dev)
+    if name == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # float64 and int64 statistics, as elsewhere
+        xp = array_api_compat.array_namespace(jax.numpy.empty(0))
+        return Backend(name, xp, jax.devices("cpu")[0])
     if name == "cupy":
         import cupy
 

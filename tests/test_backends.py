@@ -49,3 +49,31 @@ def test_minmax_portable_semantics(rng):
     np.testing.assert_array_equal(lo[finite], np.nanmin(x, axis=1)[finite])
     np.testing.assert_array_equal(hi[finite], np.nanmax(x, axis=1)[finite])
     assert np.all(lo[~finite] == np.inf) and np.all(hi[~finite] == -np.inf)
+
+
+def test_jax_without_x64_runs_every_method_quietly():
+    """JAX's default configuration has no float64 / int64: float32 stats, int32 counts."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    code = """
+import warnings
+warnings.simplefilter("error")
+import jax, jax.numpy as jnp, numpy as np
+import encanalyze as ea
+assert not jax.config.jax_enable_x64
+x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 4)).astype(np.float32))
+for name, m in ea.METHODS.items():
+    a = m.analyzer((1, 4))
+    a.update_stats(x)
+    lo, hi = a.compute_encodings(255, False)
+    assert isinstance(lo, jax.Array) and lo.dtype == jnp.float32, name
+    assert bool((lo < 0).all() and (hi > 0).all()), name
+print("ok")
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -2,10 +2,10 @@
 
 :func:`primitives` returns, for a namespace, one :class:`Primitives` table built on first use:
 the native functions of its backend module where it has them (``_numpy_like.py`` serves NumPy
-and CuPy, ``_torch.py`` torch) and the portable ones, written only with standard functions
-(``_portable.py``), for everything else, array-api-strict included. Native entries return
-exactly what the portable ones return, in the same namespace, dtype and device; the tests check
-this on every backend. A backend is one module plus one entry in ``_native``.
+and CuPy, ``_torch.py`` torch, ``_jax.py`` JAX) and the portable ones, written only with
+standard functions (``_portable.py``), for everything else, array-api-strict included. Native
+entries return exactly what the portable ones return, in the same namespace, dtype and device;
+the tests check this on every backend. A backend is one module plus one entry in ``_native``.
 
 The conversions between namespaces (``to_numpy``, ``from_numpy``, ``to_torch``,
 ``from_torch``) used by persistence and the distributed path live here too.
@@ -19,7 +19,12 @@ from typing import NamedTuple
 
 import array_api_compat
 import numpy as np
-from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
+from array_api_compat import (
+    is_cupy_namespace,
+    is_jax_namespace,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
 
 from .._xp import Array, Namespace
 from . import _portable
@@ -64,6 +69,10 @@ def _native(xp: Namespace) -> dict[str, Callable]:
         from . import _torch
 
         return _torch.PRIMITIVES
+    if is_jax_namespace(xp):
+        from . import _jax
+
+        return _jax.PRIMITIVES
     return {}
 
 

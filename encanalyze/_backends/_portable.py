@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._xp import Array, Namespace, device_of
+from .._xp import Array, Namespace, device_of, div, index_dtype
 
 __all__ = ["bincount_rows", "histogram_rows", "minmax"]
 
@@ -18,7 +18,7 @@ def minmax(
     inf = xp.asarray(xp.inf, dtype=x.dtype, device=device_of(x))
     lo = xp.min(xp.where(keep, x, inf), axis=axes)
     hi = xp.max(xp.where(keep, x, -inf), axis=axes)
-    return lo, hi, xp.astype(xp.count_nonzero(nan, axis=axes), xp.int64)
+    return lo, hi, xp.astype(xp.count_nonzero(nan, axis=axes), index_dtype(xp))
 
 
 def bincount_rows(xp: Namespace, idx: Array, num_bins: int, weights: Array | None = None) -> Array:
@@ -30,7 +30,7 @@ def bincount_rows(xp: Namespace, idx: Array, num_bins: int, weights: Array | Non
     bounds = xp.arange(rows * num_bins + 1, dtype=idx.dtype, device=dev)
     if weights is None:
         pos = xp.searchsorted(xp.sort(keys), bounds)
-        counts = xp.astype(pos[1:] - pos[:-1], xp.int64)
+        counts = xp.astype(pos[1:] - pos[:-1], index_dtype(xp))
     else:
         order = xp.argsort(keys)
         keys = xp.take(keys, order)
@@ -46,11 +46,11 @@ def histogram_rows(
     xp: Namespace, rows: Array, lo: Array, hi: Array, num_bins: int, may_have_nan: bool
 ) -> Array:
     """Bin index by the formula, then :func:`bincount_rows` (NaN goes to a cut-off extra bin)."""
-    t = (rows - lo[:, None]) / (hi - lo)[:, None] * num_bins
+    t = div(xp, rows - lo[:, None], (hi - lo)[:, None]) * num_bins
     t = xp.clip(xp.floor(t), 0.0, float(num_bins - 1))
     nbins = num_bins
     if may_have_nan:
         t = xp.where(xp.isnan(t), float(num_bins), t)
         nbins += 1
-    counts = bincount_rows(xp, xp.astype(t, xp.int64), nbins)
+    counts = bincount_rows(xp, xp.astype(t, index_dtype(xp)), nbins)
     return counts[:, :num_bins] if may_have_nan else counts

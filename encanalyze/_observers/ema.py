@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from .._histograms import add_counts, wide_dtype
 from .._stats import MinMaxRange
-from .._xp import Array, Namespace, device_of
+from .._xp import Array, Namespace, device_of, index_dtype
 from .base import Observer, check_array
 from .minmax import batch_minmax
 
@@ -57,7 +57,7 @@ class EmaObserver(Observer[EmaState]):
     def update(self, xp: Namespace, x: Array, state: EmaState | None):
         batch = batch_minmax(xp, x, self)
         seen = batch.min <= batch.max
-        mine = EmaState(batch.min, batch.max, xp.astype(seen, xp.int64), batch.num_nan)
+        mine = EmaState(batch.min, batch.max, xp.astype(seen, index_dtype(xp)), batch.num_nan)
         if state is None:
             return mine, mine
         c = self.averaging_constant
@@ -104,7 +104,7 @@ class EmaObserver(Observer[EmaState]):
         e = (self.num_rows,)
         lo, hi = xp.reshape(stats.min, e), xp.reshape(stats.max, e)
         num_nan = None if stats.num_nan is None else xp.reshape(stats.num_nan, e)
-        return EmaState(lo, hi, xp.astype(lo <= hi, xp.int64), num_nan)
+        return EmaState(lo, hi, xp.astype(lo <= hi, index_dtype(xp)), num_nan)
 
     def arrays(self, state: EmaState) -> dict:
         out = {"min": state.min, "max": state.max, "count": state.count}
@@ -122,8 +122,8 @@ class EmaObserver(Observer[EmaState]):
             raise ValueError(
                 f"state arrays 'min' and 'max' differ in dtype: {lo.dtype}, {hi.dtype}"
             )
-        num_nan = None if num_nan is None else xp.astype(num_nan, xp.int64)
-        return EmaState(lo, hi, xp.astype(count, xp.int64), num_nan)
+        num_nan = None if num_nan is None else xp.astype(num_nan, index_dtype(xp))
+        return EmaState(lo, hi, xp.astype(count, index_dtype(xp)), num_nan)
 
     def num_empty(self, xp: Namespace, state: EmaState) -> int:
         return int(xp.count_nonzero(state.count == 0))

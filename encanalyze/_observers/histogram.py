@@ -10,7 +10,7 @@ from .._errors import EncodingAnalyzerError
 from .._histograms import RowHistogram, bin_edges, histogram_update, merge_rows
 from .._shapes import to_rows
 from .._stats import Histogram, histogram_rows
-from .._xp import Array, Namespace, device_of, float_dtype
+from .._xp import Array, Namespace, device_of, float_dtype, index_dtype
 from .base import Observer, check_array
 
 __all__ = ["HistogramObserver", "validate_growth_limit", "validate_num_bins"]
@@ -161,10 +161,10 @@ class HistogramObserver(Observer[RowHistogram]):
             xp.astype(counts, xp.float32),
             lo,
             hi,
-            None if num_nan is None else xp.astype(num_nan, xp.int64),
+            None if num_nan is None else xp.astype(num_nan, index_dtype(xp)),
             None if limit_lo is None else (limit_lo, limit_hi),
             None if obs_lo is None else (obs_lo, obs_hi),
-            None if num_negative is None else xp.astype(num_negative, xp.int64),
+            None if num_negative is None else xp.astype(num_negative, index_dtype(xp)),
         )
 
     def num_empty(self, xp: Namespace, state: RowHistogram) -> int:

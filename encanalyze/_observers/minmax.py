@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._backends import primitives
 from .._stats import MinMaxRange, empty_minmax, merge_minmax
-from .._xp import Array, Namespace, device_of, float_dtype, namespace_of
+from .._xp import Array, Namespace, device_of, float_dtype, index_dtype, namespace_of
 from .base import Observer, check_array
 
 __all__ = ["MinMaxObserver", "batch_minmax"]
@@ -69,7 +69,7 @@ class MinMaxObserver(Observer[MinMaxRange]):
             raise ValueError(
                 f"state arrays 'min' and 'max' differ in dtype: {lo.dtype}, {hi.dtype}"
             )
-        num_nan = None if num_nan is None else xp.astype(num_nan, xp.int64)
+        num_nan = None if num_nan is None else xp.astype(num_nan, index_dtype(xp))
         return self.from_stats(xp, MinMaxRange(lo, hi, num_nan))
 
     def num_empty(self, xp: Namespace, state: MinMaxRange) -> int:

@@ -26,7 +26,7 @@ from .._analyzer import HistogramAnalyzer
 from .._checks import int_at_least
 from .._encoding import minmax_encoding
 from .._histograms import RowHistogram, wide_dtype
-from .._xp import Array, Namespace, device_of, on_host
+from .._xp import Array, Namespace, device_of, index_dtype, on_host
 
 __all__ = ["EntropyEncodingAnalyzer", "entropy_rule", "kl_amax", "quantized_levels"]
 
@@ -57,7 +57,7 @@ def _groups(num_bins: int, levels: int, start_bin: int) -> tuple[np.ndarray, np.
 def _take_rows(xp: Namespace, table: Array, idx: Array) -> Array:
     """``table[r, idx[r]]`` for a ``(R, W)`` table and integer ``idx`` ``(R, K)``."""
     rows, width = table.shape
-    offsets = xp.arange(rows, dtype=xp.int64, device=device_of(table))[:, None] * width
+    offsets = xp.arange(rows, dtype=index_dtype(xp), device=device_of(table))[:, None] * width
     flat = xp.reshape(idx + offsets, (-1,))
     return xp.reshape(xp.take(xp.reshape(table, (-1,)), flat), idx.shape)
 
@@ -87,7 +87,7 @@ def _divergences(xp: Namespace, bins: Array, levels: int, start_bin: int) -> Arr
     nonzero = z_b[..., 1:] - z_b[..., :-1]  # ... and its number of non-empty bins
     log_mean = _log_or_zero(xp, sums) - _log_or_zero(xp, nonzero)
     plogq = xp.sum(sums * log_mean, axis=2)
-    i = xp.arange(start_bin, num_bins + 1, dtype=xp.int64, device=dev)
+    i = xp.arange(start_bin, num_bins + 1, dtype=index_dtype(xp), device=dev)
     q_total = xp.take(s, i, axis=1)  # sum(bins[:i])
     total = s[:, num_bins:]
     tail = total - q_total
@@ -132,7 +132,7 @@ def kl_amax(xp: Namespace, counts: Array, edges: Array, levels: int, start_bin: 
     num_t = kl.shape[1]
     # the last tied threshold: the first True of the reversed rows
     last = num_t - 1 - xp.argmax(xp.astype(xp.flip(tied, axis=1), xp.int8), axis=1)
-    index = xp.astype(last, xp.int64) + start_bin
+    index = xp.astype(last, index_dtype(xp)) + start_bin
     return xp.reshape(_take_rows(xp, edges, index[:, None]), (num_rows,))
 
 

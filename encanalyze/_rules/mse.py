@@ -25,7 +25,7 @@ import numpy as np
 from .._analyzer import HistogramAnalyzer
 from .._encoding import minmax_encoding
 from .._histograms import RowHistogram, wide_dtype
-from .._xp import Array, Namespace, device_of
+from .._xp import Array, Namespace, device_of, div, index_dtype
 
 __all__ = ["MseEncodingAnalyzer", "l2_search", "mse_rule"]
 
@@ -43,12 +43,12 @@ def _walk() -> tuple[np.ndarray, np.ndarray]:
 
 def _floor_div(xp: Namespace, a: Array, b: Array) -> Array:
     """``torch.div(a, b, rounding_mode="floor")``: the exact quotient, not ``floor(a / b)``."""
-    return xp.round((a - xp.remainder(a, b)) / b)
+    return xp.round(div(xp, a - xp.remainder(a, b), b))
 
 
-def _norm(db: Array, de: Array, density: Array) -> Array:
+def _norm(xp: Namespace, db: Array, de: Array, density: Array) -> Array:
     """PyTorch's ``_get_norm``: ``density * (de**3 - db**3) / 3``, in its order."""
-    return density * ((de * de * de - db * db * db) / 3)
+    return density * div(xp, de * de * de - db * db * db, 3)
 
 
 def _l2_error(
@@ -57,25 +57,25 @@ def _l2_error(
     """PyTorch's ``_compute_quantization_error`` for ``(E,)`` bin ranges, elementwise in float32."""
     f32 = xp.float32
     num_bins = counts.shape[1]
-    dw64 = bw64 * xp.astype(end - start + 1, wd) / dst_nbins
+    dw64 = div(xp, bw64 * xp.astype(end - start + 1, wd), dst_nbins)
     bw, dw = xp.astype(bw64, f32)[:, None], xp.astype(dw64, f32)[:, None]
     half = xp.astype(dw64 / 2, f32)[:, None]
-    src = xp.arange(num_bins, dtype=xp.int64, device=device_of(counts))[None, :]
+    src = xp.arange(num_bins, dtype=index_dtype(xp), device=device_of(counts))[None, :]
     begin = xp.astype(src - start[:, None], f32) * bw
     stop = begin + bw
     last = float(dst_nbins - 1)
-    dst_begin = xp.clip(_floor_div(xp, begin, dw), 0.0, last)
-    dst_end = xp.clip(_floor_div(xp, stop, dw), 0.0, last)
-    density = counts / bw
-    norm = _norm(begin - (dst_begin + 0.5) * dw, half, density)
-    norm = norm + (dst_end - dst_begin - 1) * _norm(-half, half, density)
-    norm = norm + _norm(-half, stop - (dst_end * dw + half), density)
+    dst_begin = xp.minimum(xp.maximum(_floor_div(xp, begin, dw), 0.0), last)
+    dst_end = xp.minimum(xp.maximum(_floor_div(xp, stop, dw), 0.0), last)
+    density = div(xp, counts, bw)
+    norm = _norm(xp, begin - (dst_begin + 0.5) * dw, half, density)
+    norm = norm + (dst_end - dst_begin - 1) * _norm(xp, -half, half, density)
+    norm = norm + _norm(xp, -half, stop - (dst_end * dw + half), density)
     total = xp.sum(xp.astype(norm, wd), axis=1)
     return xp.where(dw64 == 0, 0.0, total)
 
 
 def _gather(xp: Namespace, table: Array, idx: Array) -> Array:
-    return xp.take(table, xp.clip(idx, 0, table.shape[0] - 1))
+    return xp.take(table, xp.minimum(idx, table.shape[0] - 1))  # indices are >= 0
 
 
 def _first_beta_below(
@@ -86,10 +86,10 @@ def _first_beta_below(
     ``beta[k]`` is ``1 - k * 1e-5`` up to rounding far below a step, so the estimate is off by
     at most one; a window of candidates around it is checked with the exact comparison.
     """
-    est = xp.floor((1 - xp.astype(level, wd) / total) / _STEP) - 1
-    base = xp.maximum(xp.astype(est, xp.int64) - 3, j)
-    found = xp.full(j.shape, _WALK, dtype=xp.int64, device=device_of(j))
-    for off in range(7, -1, -1):  # the smallest k that satisfies it wins
+    est = xp.floor(div(xp, 1 - div(xp, xp.astype(level, wd), total), _STEP)) - 1
+    base = xp.maximum(xp.astype(est, index_dtype(xp)) - 2, j)
+    found = xp.full(j.shape, _WALK, dtype=index_dtype(xp), device=device_of(j))
+    for off in range(5, -1, -1):  # the smallest k that satisfies it wins
         k = base + off
         ok = xp.astype(_gather(xp, beta, k + 1) * total, xp.float32) < level
         found = xp.where(ok, k, found)
@@ -116,11 +116,11 @@ def l2_search(
     bw64 = (xp.astype(hi32, wd) - xp.astype(lo32, wd)) / num_bins  # PyTorch's .item() math
     alpha, beta = (xp.asarray(a, dtype=wd, device=dev) for a in _walk())
 
-    start = xp.zeros((num_rows,), dtype=xp.int64, device=dev)
-    end = xp.full((num_rows,), num_bins - 1, dtype=xp.int64, device=dev)
+    start = xp.zeros((num_rows,), dtype=index_dtype(xp), device=dev)
+    end = xp.full((num_rows,), num_bins - 1, dtype=index_dtype(xp), device=dev)
     i, j = xp.zeros_like(start), xp.zeros_like(start)
     best = xp.full((num_rows,), xp.inf, dtype=wd, device=dev)
-    row = xp.arange(num_rows, dtype=xp.int64, device=dev) * num_bins
+    row = xp.arange(num_rows, dtype=index_dtype(xp), device=dev) * num_bins
     flat_cs = xp.reshape(cs, (-1,))
     walking = xp.ones((num_rows,), dtype=xp.bool, device=dev)
     while True:
@@ -129,7 +129,7 @@ def l2_search(
             break
         # the left end: the first bin whose cumulative count reaches the next alpha quantile
         thr_a = xp.astype(_gather(xp, alpha, i + 1) * total, f32)
-        left = xp.clip(xp.count_nonzero(cs < thr_a[:, None], axis=1), start, end)
+        left = xp.minimum(xp.maximum(xp.count_nonzero(cs < thr_a[:, None], axis=1), start), end)
         moves_left = left > start
         # rows whose left end stays put wait (beta steps only) until the right end can move
         level = xp.take(flat_cs, row + end)
@@ -137,7 +137,8 @@ def l2_search(
         j_move = xp.where(moves_left, j, xp.maximum(jump, j))
         walking = walking & (_gather(xp, alpha, i) < _gather(xp, beta, j_move))
         thr_b = xp.astype(_gather(xp, beta, j_move + 1) * total, f32)
-        right = xp.clip(xp.count_nonzero(cs <= thr_b[:, None], axis=1) - 1, start, end)
+        right = xp.count_nonzero(cs <= thr_b[:, None], axis=1) - 1
+        right = xp.minimum(xp.maximum(right, start), end)
         take_left = (left - start) > (end - right)
         new_start = xp.where(take_left, left, start)
         new_end = xp.where(take_left, end, right)
@@ -148,7 +149,7 @@ def l2_search(
         i = xp.where(accept & take_left, i + 1, i)
         j = xp.where(accept & ~take_left, j_move + 1, j)
         walking = accept
-    width = (hi32 - lo32) / num_bins
+    width = div(xp, hi32 - lo32, num_bins)
     return lo32 + width * xp.astype(start, f32), lo32 + width * xp.astype(end + 1, f32)
 
 

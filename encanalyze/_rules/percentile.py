@@ -7,7 +7,7 @@ import numbers
 from .._analyzer import HistogramAnalyzer
 from .._encoding import minmax_encoding
 from .._histograms import RowHistogram, wide_dtype
-from .._xp import Array, Namespace, device_of, on_host
+from .._xp import Array, Namespace, device_of, div, on_host
 
 __all__ = [
     "PercentileEncodingAnalyzer",
@@ -46,7 +46,7 @@ def percentile_range(
     exact = on_host(counts) and float(xp.max(xp.sum(counts, axis=1))) < 2**24
     cs = xp.cumulative_sum(counts if exact else xp.astype(counts, wide), axis=1)
     total = xp.astype(cs[:, num_bins - 1 :], xp.float32)
-    upper = (total * xp.asarray(percentile, dtype=xp.float32, device=device_of(counts))) / 100
+    upper = div(xp, total * xp.asarray(percentile, dtype=xp.float32, device=device_of(counts)), 100)
     lower = total * xp.asarray(1 - percentile / 100, dtype=xp.float32, device=device_of(counts))
     i_hi = xp.count_nonzero(cs < xp.astype(upper, cs.dtype), axis=1)
     i_lo = xp.count_nonzero(cs < xp.astype(lower, cs.dtype), axis=1)

@@ -29,7 +29,7 @@ from .._analyzer import HistogramAnalyzer
 from .._checks import int_at_least
 from .._encoding import minimum_scale
 from .._histograms import RowHistogram, wide_dtype
-from .._xp import Array, Namespace, device_of, in_row_blocks, on_host, work_dtype
+from .._xp import Array, Namespace, device_of, div, in_row_blocks, index_dtype, on_host, work_dtype
 
 __all__ = [
     "TIE_RTOL",
@@ -59,10 +59,10 @@ def asymmetric_candidates(
     """
     n = num_steps
     dev = device_of(lo)
-    dmax = (hi - lo) / n
+    dmax = div(xp, hi - lo, n)
     o_obs = xp.round(lo / dmax)
     k = xp.arange(1, num_deltas + 1, dtype=lo.dtype, device=dev)
-    deltas = dmax[:, None] * k[None, :] / (num_deltas - 1)
+    deltas = div(xp, dmax[:, None] * k[None, :], num_deltas - 1)
     count = min(n + 2, num_offsets)
     grid = [float(round(-n + t * n / (count - 2))) for t in range(count - 1)]
     grid = xp.broadcast_to(xp.asarray(grid, dtype=lo.dtype, device=dev), (lo.shape[0], count - 1))
@@ -74,7 +74,9 @@ def asymmetric_candidates(
     obs_max = obs_min + (dmax * n)[:, None, None]
     bottom = xp.maximum(obs_min, test_min)
     top = xp.minimum(obs_max, test_max)
-    d_new = xp.maximum((top - bottom) / n, xp.asarray(minimum_scale(n), dtype=lo.dtype, device=dev))
+    d_new = xp.maximum(
+        div(xp, top - bottom, n), xp.asarray(minimum_scale(n), dtype=lo.dtype, device=dev)
+    )
     o_new = xp.round(bottom / d_new)
     shape = (lo.shape[0], num_deltas * count)
     return xp.reshape(d_new, shape), xp.reshape(o_new, shape)
@@ -88,10 +90,10 @@ def symmetric_candidates(
     ``dmax = 2 max(hi, -lo) / n``, ``k = 1..D``; both results are ``(E, D)``.
     """
     dev = device_of(lo)
-    dmax = 2 * xp.maximum(hi, -lo) / num_steps
+    dmax = div(xp, 2 * xp.maximum(hi, -lo), num_steps)
     k = xp.arange(1, num_deltas + 1, dtype=lo.dtype, device=dev)
     deltas = xp.maximum(
-        dmax[:, None] * k[None, :] / (num_deltas - 1),
+        div(xp, dmax[:, None] * k[None, :], num_deltas - 1),
         xp.asarray(minimum_scale(num_steps), dtype=lo.dtype, device=dev),
     )
     offsets = xp.full(deltas.shape, float(math.floor(-num_steps / 2)), dtype=lo.dtype, device=dev)
@@ -111,7 +113,7 @@ def noise_brute_force(
     """
     m = _midpoints(edges)[:, None, :]
     d, o = deltas[:, :, None], offsets[:, :, None]
-    q = xp.round(m / d - o)
+    q = xp.round(div(xp, m, d) - o)
     clipped = (q < 0) | (q > n)
     err = (xp.clip(q, 0.0, float(n)) + o) * d - m
     err = err * err
@@ -156,26 +158,26 @@ def _noise_by_cells(
     p1 = xp.cumulative_sum(cm, axis=1)
     p2 = xp.cumulative_sum(cm * m_pad, axis=1)
     e0 = edges[:, :1]
-    w = (edges[:, num_bins:] - e0) / num_bins
+    w = div(xp, edges[:, num_bins:] - e0, num_bins)
     # run k starts at the first midpoint with m / d - o >= k - 1/2; with uniform bins that is
     # bin ceil(alpha + beta k), for m_i = e0 + (i + 1/2) w
-    beta = d / w
-    alpha = ((o - 0.5) * d - e0) / w - 0.5
+    beta = div(xp, d, w)
+    alpha = div(xp, (o - 0.5) * d - e0, w) - 0.5
     row = xp.arange(num_rows, dtype=wd, device=dev)[:, None]
     flat_m = xp.reshape(m, (num_rows * num_bins,))
 
     def take(flat: Array, bins: Array, width: int) -> Array:  # flat[row, bins], float bins
-        idx = xp.astype(bins + row * width, xp.int64)
+        idx = xp.astype(bins + row * width, index_dtype(xp))
         return xp.reshape(xp.take(flat, xp.reshape(idx, (-1,))), bins.shape)
 
     def clipping_boundary(k: int) -> Array:
         """First bin of run ``k`` (0 or n + 1), exactly as the per-bin ``round()`` decides."""
         b = xp.clip(xp.ceil(alpha + beta * k), 0.0, float(num_bins))
         below = xp.clip(b - 1, 0.0, float(num_bins - 1))
-        q_below = xp.round(take(flat_m, below, num_bins) / d - o)
+        q_below = xp.round(div(xp, take(flat_m, below, num_bins), d) - o)
         b = xp.where((b > 0) & (q_below >= k), b - 1, b)
         at = xp.clip(b, 0.0, float(num_bins - 1))
-        q_at = xp.round(take(flat_m, at, num_bins) / d - o)
+        q_at = xp.round(div(xp, take(flat_m, at, num_bins), d) - o)
         return xp.where((b < num_bins) & (q_at < k), b + 1, b)
 
     b0, bn = clipping_boundary(0), clipping_boundary(n + 1)
@@ -189,7 +191,7 @@ def _noise_by_cells(
         inner = xp.ceil((alpha + base)[:, :, None] + beta[:, :, None] * k)
         inner = xp.clip(inner, (b0 + base)[:, :, None], (bn + base)[:, :, None])
         shape = inner.shape
-        idx = xp.reshape(xp.astype(inner, xp.int64), (-1,))
+        idx = xp.reshape(xp.astype(inner, index_dtype(xp)), (-1,))
         # gathered prefix sums as (E * C, n) matrices: the three sums are one small GEMM each
         g0 = xp.reshape(xp.take(flat0, idx), (shape[0] * shape[1], n))
         g1 = xp.reshape(xp.take(flat1, idx), (shape[0] * shape[1], n))
