@@ -289,5 +289,4 @@ class HistogramAnalyzer(EncodingAnalyzer):
 
     def params(self) -> dict:
         """Return the constructor arguments of this analyzer (JSON-compatible)."""
-        growth = None if math.isinf(self.growth_limit) else self.growth_limit
-        return {**super().params(), "num_bins": self.num_bins, "growth_limit": growth}
+        return {**super().params(), "num_bins": self.num_bins}

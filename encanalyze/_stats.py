@@ -12,16 +12,23 @@ __all__ = [
     "Histogram",
     "MinMaxRange",
     "empty_minmax",
+    "histogram_of",
     "histogram_rows",
     "merge_minmax",
     "merge_stats",
 ]
 
 
-class _NanCount:
-    """The dropped-NaN count shared by the stats types."""
+class _Stats:
+    """What the statistics types share: the encoding shape and the dropped-NaN count."""
 
+    min: Array
     num_nan: Array | None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The encoding shape."""
+        return tuple(self.min.shape)
 
     def total_nan(self) -> int:
         """Return the number of NaN values dropped so far (syncs with the device)."""
@@ -32,7 +39,7 @@ class _NanCount:
 
 
 @dataclass(frozen=True)
-class MinMaxRange(_NanCount):
+class MinMaxRange(_Stats):
     """Elementwise running minimum and maximum.
 
     Parameters
@@ -49,11 +56,6 @@ class MinMaxRange(_NanCount):
     max: Array
     num_nan: Array | None = None
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The encoding shape."""
-        return tuple(self.min.shape)
-
     def num_empty(self) -> int:
         """Return how many elements have never seen a value (syncs with the device)."""
         xp = namespace_of(self.min)
@@ -61,7 +63,7 @@ class MinMaxRange(_NanCount):
 
 
 @dataclass(frozen=True)
-class Histogram(_NanCount):
+class Histogram(_Stats):
     """One histogram of ``num_bins`` equal-width bins per encoding element, batched.
 
     Parameters
@@ -88,11 +90,6 @@ class Histogram(_NanCount):
     min: Array
     max: Array
     num_nan: Array | None = None
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The encoding shape."""
-        return tuple(self.min.shape)
 
     @property
     def num_bins(self) -> int:
@@ -167,15 +164,19 @@ def merge_stats(*stats: MinMaxRange | Histogram) -> MinMaxRange | Histogram:
     if len(bins) > 1:
         raise ValueError(f"cannot merge histograms with different numbers of bins: {sorted(bins)}")
     xp = namespace_of(*(s.histogram for s in stats))
-    shape, num_bins = stats[0].shape, stats[0].num_bins
-    m = merge_rows(xp, [histogram_rows(xp, s) for s in stats])
-    obs_lo, obs_hi = m.observed_range()
+    return histogram_of(xp, merge_rows(xp, [histogram_rows(xp, s) for s in stats]), stats[0].shape)
+
+
+def histogram_of(xp: Namespace, h: RowHistogram, shape: tuple[int, ...]) -> Histogram:
+    """Return row histograms ``h`` as the public type, shaped like the encodings ``shape``."""
+    num_bins = h.counts.shape[1]
+    lo, hi = h.observed_range()
     return Histogram(
-        xp.reshape(m.counts, (*shape, num_bins)),
-        xp.reshape(bin_edges(xp, m.lo, m.hi, num_bins), (*shape, num_bins + 1)),
-        xp.reshape(obs_lo, shape),
-        xp.reshape(obs_hi, shape),
-        None if m.num_nan is None else xp.reshape(m.num_nan, shape),
+        xp.reshape(h.counts, (*shape, num_bins)),
+        xp.reshape(bin_edges(xp, h.lo, h.hi, num_bins), (*shape, num_bins + 1)),
+        xp.reshape(lo, shape),
+        xp.reshape(hi, shape),
+        None if h.num_nan is None else xp.reshape(h.num_nan, shape),
     )
 
 

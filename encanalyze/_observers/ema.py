@@ -8,8 +8,8 @@ from typing import NamedTuple
 from .._histograms import add_counts, wide_dtype
 from .._stats import MinMaxRange
 from .._xp import Array, Namespace, device_of, index_dtype
-from .base import Observer, check_array
-from .minmax import batch_minmax
+from .base import check_array
+from .minmax import MinMaxObserver, batch_minmax
 
 __all__ = ["EmaObserver", "EmaState", "validate_averaging_constant"]
 
@@ -36,12 +36,13 @@ def validate_averaging_constant(c: object) -> float:
     return float(c)
 
 
-class EmaObserver(Observer[EmaState]):
+class EmaObserver(MinMaxObserver):
     """Running min and max as exponential moving averages over batches.
 
     A row's first batch sets its min and max; each later batch moves them by
     ``averaging_constant * (batch value - running value)``, exactly as PyTorch's moving-average
-    observers do. A batch with no value for a row leaves it as it was.
+    observers do. A batch with no value for a row leaves it as it was. The public view
+    (:class:`~encanalyze.MinMaxRange`) is the min-max observer's.
     """
 
     kind = "ema"
@@ -95,11 +96,6 @@ class EmaObserver(Observer[EmaState]):
             lo, hi = xp.where(only, s.min, lo), xp.where(only, s.max, hi)
         return EmaState(lo, hi, count, num_nan)
 
-    def stats(self, xp: Namespace, state: EmaState) -> MinMaxRange:
-        shape = self.shape
-        num_nan = None if state.num_nan is None else xp.reshape(state.num_nan, shape)
-        return MinMaxRange(xp.reshape(state.min, shape), xp.reshape(state.max, shape), num_nan)
-
     def from_stats(self, xp: Namespace, stats: MinMaxRange) -> EmaState:
         e = (self.num_rows,)
         lo, hi = xp.reshape(stats.min, e), xp.reshape(stats.max, e)
@@ -127,6 +123,3 @@ class EmaObserver(Observer[EmaState]):
 
     def num_empty(self, xp: Namespace, state: EmaState) -> int:
         return int(xp.count_nonzero(state.count == 0))
-
-    def home(self, state: EmaState) -> Array:
-        return state.min

@@ -7,9 +7,9 @@ import numbers
 
 from .._checks import int_at_least
 from .._errors import EncodingAnalyzerError
-from .._histograms import RowHistogram, bin_edges, histogram_update, merge_rows
+from .._histograms import RowHistogram, histogram_update, merge_rows
 from .._shapes import to_rows
-from .._stats import Histogram, histogram_rows
+from .._stats import Histogram, histogram_of, histogram_rows
 from .._xp import Array, Namespace, device_of, float_dtype, index_dtype
 from .base import Observer, check_array
 
@@ -100,15 +100,7 @@ class HistogramObserver(Observer[RowHistogram]):
         return merge_rows(xp, states)
 
     def stats(self, xp: Namespace, state: RowHistogram) -> Histogram:
-        shape, b = self.shape, self.num_bins
-        lo, hi = state.observed_range()
-        return Histogram(
-            xp.reshape(state.counts, (*shape, b)),
-            xp.reshape(bin_edges(xp, state.lo, state.hi, b), (*shape, b + 1)),
-            xp.reshape(lo, shape),
-            xp.reshape(hi, shape),
-            None if state.num_nan is None else xp.reshape(state.num_nan, shape),
-        )
+        return histogram_of(xp, state, self.shape)
 
     def from_stats(self, xp: Namespace, stats: Histogram) -> RowHistogram:
         want = (*self.shape, self.num_bins)

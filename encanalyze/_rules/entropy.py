@@ -214,5 +214,4 @@ class EntropyEncodingAnalyzer(HistogramAnalyzer):
     def params(self) -> dict:
         """Return the constructor arguments of this analyzer (JSON-compatible)."""
         params = super().params()
-        del params["growth_limit"]
         return {**params, "start_bin": self.start_bin}

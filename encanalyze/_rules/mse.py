@@ -202,9 +202,3 @@ class MseEncodingAnalyzer(HistogramAnalyzer):
 
     def __init__(self, shape, num_bins: int = 2048, block_size=None) -> None:
         super().__init__(shape, num_bins, block_size=block_size)
-
-    def params(self) -> dict:
-        """Return the constructor arguments of this analyzer (JSON-compatible)."""
-        params = super().params()
-        del params["growth_limit"]
-        return params

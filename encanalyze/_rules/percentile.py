@@ -106,9 +106,7 @@ class PercentileEncodingAnalyzer(HistogramAnalyzer):
 
     def params(self) -> dict:
         """Return the constructor arguments of this analyzer (JSON-compatible)."""
-        params = super().params()
-        del params["growth_limit"]
-        return {**params, "percentile": self.percentile}
+        return {**super().params(), "percentile": self.percentile}
 
     def set_percentile(self, percentile: float) -> None:
         """Set the percentile used by later ``compute_encodings`` calls (in [50, 100])."""

@@ -380,7 +380,7 @@ class SqnrEncodingAnalyzer(HistogramAnalyzer):
             "offset_candidates": self.offset_candidates,
             "max_parallelism": self.max_parallelism,
             "gamma": self.gamma,
-            "histogram_growth_limit": params["growth_limit"],
+            "histogram_growth_limit": None if math.isinf(self.growth_limit) else self.growth_limit,
             "block_size": params["block_size"],
         }
 
