@@ -33,11 +33,7 @@ def ok_json(*args):
 
 
 def library_encodings(x, method, shape=(1,), bits=8, symmetric=False, block_size=None):
-    cls = {
-        "minmax": ea.MinMaxEncodingAnalyzer,
-        "percentile": ea.PercentileEncodingAnalyzer,
-        "sqnr": ea.SqnrEncodingAnalyzer,
-    }[method]
+    cls = ea.METHODS[method].analyzer
     kwargs = {"percentile": 99.99} if method == "percentile" else {}
     analyzer = cls(shape, block_size=block_size, **kwargs)
     analyzer.update_stats(x)
@@ -102,7 +98,8 @@ def test_every_format_matches_the_library(files, index):
     assert conv["shape"] == [8, 4, 3, 3] and conv["enc_type"] == "PER_TENSOR"
     if names[index] != "weight.npy":
         assert by_name["act"]["shape"] == [32, 16]
-    for method in ("minmax", "percentile", "sqnr"):
+    assert set(conv["methods"]) == set(ea.cli.METHODS)  # every registered method, by default
+    for method in ea.cli.METHODS:
         lo, hi, scale, offset = library_encodings(WEIGHT, method)
         got = conv["methods"][method]
         np.testing.assert_array_equal(got["min"], lo)
