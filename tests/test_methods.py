@@ -166,3 +166,13 @@ def test_ema_merge_is_a_count_weighted_average(backend, rng):
 def test_ema_bad_averaging_constant(bad):
     with pytest.raises(ValueError, match="averaging_constant"):
         EmaMinMaxEncodingAnalyzer((1,), averaging_constant=bad)
+
+
+def test_ema_keeps_an_infinity_seen_twice(backend):
+    analyzer = EmaMinMaxEncodingAnalyzer((1, 2), averaging_constant=0.5)
+    x = np.array([[1.0, -1.0], [np.inf, 2.0]], np.float32)
+    analyzer.update_stats(backend.asarray(x))
+    analyzer.update_stats(backend.asarray(x * 2))  # inf - inf would be NaN
+    stats = analyzer.get_stats()
+    assert_xp_close(backend, stats.max, np.float32([[np.inf, 3.0]]))
+    assert_xp_close(backend, stats.min, np.float32([[1.5, -1.5]]))

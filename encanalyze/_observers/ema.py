@@ -36,6 +36,17 @@ def validate_averaging_constant(c: object) -> float:
     return float(c)
 
 
+def _moved(xp: Namespace, running: Array, new: Array, move: Array, c: float) -> Array:
+    """Return ``running + c * (new - running)`` where ``move``, else ``running``.
+
+    Equal values stay put: an infinity seen twice, where the difference would be NaN.
+    """
+    move = move & (new != running)
+    zero = xp.zeros_like(running)
+    step = xp.where(move, new, zero) - xp.where(move, running, zero)
+    return xp.where(move, running + c * step, running)
+
+
 class EmaObserver(MinMaxObserver):
     """Running min and max as exponential moving averages over batches.
 
@@ -63,8 +74,10 @@ class EmaObserver(MinMaxObserver):
             return mine, mine
         c = self.averaging_constant
         later = seen & (state.count > 0)
-        lo = xp.where(later, state.min + c * (batch.min - state.min), state.min)
-        hi = xp.where(later, state.max + c * (batch.max - state.max), state.max)
+        lo, hi = (
+            _moved(xp, state.min, batch.min, later, c),
+            _moved(xp, state.max, batch.max, later, c),
+        )
         first = seen & (state.count == 0)
         lo, hi = xp.where(first, batch.min, lo), xp.where(first, batch.max, hi)
         num_nan = add_counts(state.num_nan, batch.num_nan)
