@@ -102,8 +102,12 @@ def quantization_quality(
 
 
 def aimet_encodings(entries: list[dict], bits: int, symmetric: bool) -> dict:
-    """Return the AIMET 1.0.0 encodings layout for ``entries`` (name, scale, offset, layout)."""
-    params = []
+    """Return the AIMET 1.0.0 encodings layout for ``entries`` (name, scale, offset, layout).
+
+    Entries with ``kind == "activation"`` go to ``activation_encodings``, the others to
+    ``param_encodings``.
+    """
+    params, activations = [], []
     for e in entries:
         layout: Layout = e["layout"]
         item = {
@@ -117,8 +121,8 @@ def aimet_encodings(entries: list[dict], bits: int, symmetric: bool) -> dict:
         }
         if layout.enc_type == "PER_BLOCK":
             item["block_size"] = layout.block
-        params.append(item)
-    return {"version": "1.0.0", "activation_encodings": [], "param_encodings": params}
+        (activations if e.get("kind") == "activation" else params).append(item)
+    return {"version": "1.0.0", "activation_encodings": activations, "param_encodings": params}
 
 
 def onnx_qdq_encodings(entries: list[dict], bits: int, symmetric: bool) -> dict:

@@ -8,7 +8,13 @@ from pathlib import Path
 import encanalyze
 
 PACKAGE = Path(encanalyze.__file__).resolve().parent
-PUBLIC_MODULES = {"encanalyze", "encanalyze.cli", "encanalyze.distributed", "encanalyze.__main__"}
+PUBLIC_MODULES = {
+    "encanalyze",
+    "encanalyze.cli",
+    "encanalyze.distributed",
+    "encanalyze.torch",
+    "encanalyze.__main__",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -87,4 +93,4 @@ def test_implementation_modules_are_private_and_the_api_is_all():
     public = {n for n in dir(encanalyze) if not n.startswith("_")}
     submodules = {n for n in public if importlib.util.find_spec(f"encanalyze.{n}") is not None}
     assert public - submodules == set(encanalyze.__all__)
-    assert submodules <= {"cli", "distributed"}
+    assert submodules <= {"cli", "distributed", "torch"}

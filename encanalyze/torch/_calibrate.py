@@ -1,0 +1,274 @@
+"""Model-level calibration of torch modules with any registered method."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .._encoding import to_scale_offset, validate_num_steps
+from .._registry import METHODS
+from .._report import Layout, aimet_encodings, onnx_qdq_encodings
+
+__all__ = ["CalibrationResult", "TensorEncoding", "calibrate", "quantizable_modules"]
+
+_CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+_TRANSPOSED = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+QUANTIZABLE = (*_CONV, *_TRANSPOSED, torch.nn.Linear)
+"""Module types calibrated by default: their inputs, outputs and weights."""
+
+
+@dataclass(frozen=True)
+class TensorEncoding:
+    """The encoding of one tensor.
+
+    ``min``/``max`` (tensors of the encoding shape), ``scale`` and integer ``offset``, ``kind``
+    (``"param"`` or ``"activation"``), the channel ``axis`` (``None`` per tensor) and the
+    ``method`` that computed it.
+    """
+
+    name: str
+    kind: str
+    min: torch.Tensor
+    max: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    axis: int | None
+    method: str
+
+    def layout(self) -> Layout:
+        """Return the encoding layout the exporters take."""
+        if self.axis is None:
+            return Layout((1,), None, "PER_TENSOR")
+        return Layout(tuple(self.min.shape), None, "PER_CHANNEL", axis=self.axis)
+
+
+@dataclass
+class CalibrationResult:
+    """The encodings of a calibrated model, by tensor name.
+
+    Parameters are named by their ``state_dict`` names (``conv1.weight``); activations by the
+    module's name and ``:input`` / ``:output`` (``conv1:output``).
+    """
+
+    encodings: dict[str, TensorEncoding]
+    bits: int
+    symmetric: bool
+    num_batches: int
+
+    def __getitem__(self, name: str) -> TensorEncoding:
+        return self.encodings[name]
+
+    def _entries(self, kind: str | None = None) -> list[dict]:
+        return [
+            {
+                "name": e.name,
+                "scale": e.scale.reshape(-1).tolist(),
+                "offset": e.offset.reshape(-1).tolist(),
+                "layout": e.layout(),
+                "kind": e.kind,
+            }
+            for e in self.encodings.values()
+            if kind is None or e.kind == kind
+        ]
+
+    def aimet(self) -> dict:
+        """Return the AIMET 1.0.0 encodings (activation and parameter encodings)."""
+        return aimet_encodings(self._entries(), self.bits, self.symmetric)
+
+    def onnx_qdq(self) -> dict:
+        """Return ``scale`` / ``zero_point`` per tensor as ONNX ``QuantizeLinear`` takes them."""
+        return onnx_qdq_encodings(self._entries(), self.bits, self.symmetric)
+
+    def table(self) -> str:
+        """Return a table: tensor, kind, method, range, scale and offset (first channel)."""
+        lines = [f"{'tensor':<36}{'kind':<12}{'method':<11}{'min':>11}{'max':>11}{'scale':>11}"]
+        lines.append("-" * len(lines[0]))
+        for e in self.encodings.values():
+            lines.append(
+                f"{e.name:<36}{e.kind:<12}{e.method:<11}{float(e.min.min()):>11.4g}"
+                f"{float(e.max.max()):>11.4g}{float(e.scale.reshape(-1)[0]):>11.4g}"
+            )
+        return "\n".join(lines)
+
+
+def quantizable_modules(model: torch.nn.Module, modules=None) -> dict[str, torch.nn.Module]:
+    """Return the modules to calibrate, by name.
+
+    ``modules``: module names or module types; ``None``: every convolution, transposed
+    convolution and linear layer.
+    """
+    named = dict(model.named_modules())
+    if modules is None:
+        return {n: m for n, m in named.items() if isinstance(m, QUANTIZABLE)}
+    chosen = {}
+    for item in modules:
+        if isinstance(item, str):
+            if item not in named:
+                raise ValueError(f"the model has no module named {item!r}")
+            chosen[item] = named[item]
+        elif isinstance(item, type):
+            chosen.update({n: m for n, m in named.items() if isinstance(m, item) and n})
+        else:
+            raise TypeError(f"modules must hold module names or types, got {item!r}")
+    return chosen
+
+
+def _channel_axis(module: torch.nn.Module) -> int:
+    """Output-channel axis of the module's weight (``ConvTranspose``: 1, else 0)."""
+    return 1 if isinstance(module, _TRANSPOSED) else 0
+
+
+def _per_channel_shape(ndim: int, axis: int, size: int) -> tuple[int, ...]:
+    shape = [1] * ndim
+    shape[axis] = size
+    return tuple(shape)
+
+
+class _Hooks:
+    """Forward hooks that feed each module's input and output into analyzers."""
+
+    def __init__(self, modules: dict, method: str, per_channel: bool, options: dict) -> None:
+        self.modules, self.method, self.per_channel, self.options = (
+            modules,
+            method,
+            per_channel,
+            options,
+        )
+        self.analyzers: dict[str, object] = {}
+        self.handles = []
+
+    def _analyzer(self, name: str, t: torch.Tensor, module: torch.nn.Module):
+        analyzer = self.analyzers.get(name)
+        if analyzer is None:
+            shape = (1,)
+            if self.per_channel and t.ndim >= 2:  # channels: axis 1 for convolutions, else last
+                axis = 1 if isinstance(module, (*_CONV, *_TRANSPOSED)) else t.ndim - 1
+                shape = _per_channel_shape(t.ndim, axis, t.shape[axis])
+            analyzer = METHODS[self.method].analyzer(shape, **self.options)
+            self.analyzers[name] = analyzer
+        return analyzer
+
+    def __enter__(self):
+        for name, module in self.modules.items():
+            self.handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            first = next((i for i in inputs if isinstance(i, torch.Tensor)), None)
+            for suffix, t in ((":input", first), (":output", output)):
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    key = name + suffix
+                    self._analyzer(key, t, module).update_stats(t.detach())
+
+        return hook
+
+
+def _forward(model: torch.nn.Module, batch) -> None:
+    if isinstance(batch, Mapping):
+        model(**batch)
+    elif isinstance(batch, (tuple, list)):
+        model(*batch)
+    else:
+        model(batch)
+
+
+def _progress(batches, enabled):
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return batches
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return batches
+    total = len(batches) if hasattr(batches, "__len__") else None
+    return tqdm(batches, total=total, desc="calibrating", unit="batch", file=sys.stderr)
+
+
+def calibrate(
+    model: torch.nn.Module,
+    batches: Iterable,
+    *,
+    activations: str = "percentile",
+    weights: str = "minmax",
+    bits: int = 8,
+    symmetric: bool = False,
+    per_channel_weights: bool = True,
+    per_channel_activations: bool = False,
+    modules=None,
+    activation_options: dict | None = None,
+    weight_options: dict | None = None,
+    progress: bool | None = None,
+) -> CalibrationResult:
+    """Run ``batches`` through ``model`` and return the encodings of its quantizable tensors.
+
+    Forward hooks on the quantizable modules (``modules``: names or module types; default every
+    ``Conv*d``, ``ConvTranspose*d`` and ``Linear``) feed their inputs and outputs, on the
+    model's device and dtype and without host syncs per batch, into analyzers of the
+    ``activations`` method (any name of :data:`encanalyze.METHODS`); weights are calibrated with
+    the ``weights`` method, per output channel (axis 0, ``ConvTranspose`` axis 1) unless
+    ``per_channel_weights`` is False. The hooks are removed afterwards, also when the forward
+    raises. A batch is passed as ``model(batch)``, ``model(*batch)`` for a tuple or list, and
+    ``model(**batch)`` for a dict; the loop runs under ``torch.no_grad()``. ``progress``: a
+    progress bar (tqdm) on a terminal (``None``), always (``True``) or never (``False``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from encanalyze.torch import calibrate
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+    ...                             torch.nn.Linear(8 * 6 * 6, 10)).eval()
+    >>> batches = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    >>> result = calibrate(model, batches, activations="percentile", bits=8)
+    >>> sorted(result.encodings)[:3]
+    ['0.weight', '0:input', '0:output']
+    >>> tuple(result["0.weight"].min.shape)
+    (8, 1, 1, 1)
+    """
+    for name in (activations, weights):
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    num_steps = validate_num_steps(2**bits - 1, symmetric)
+    chosen = quantizable_modules(model, modules)
+    hooks = _Hooks(chosen, activations, per_channel_activations, activation_options or {})
+    count = 0
+    with hooks, torch.no_grad():
+        for batch in _progress(batches, progress):
+            _forward(model, batch)
+            count += 1
+    encodings: dict[str, TensorEncoding] = {}
+    for name, module in chosen.items():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+            axis = _channel_axis(module) if per_channel_weights else None
+            shape = (
+                (1,) if axis is None else _per_channel_shape(weight.ndim, axis, weight.shape[axis])
+            )
+            analyzer = METHODS[weights].analyzer(shape, **(weight_options or {}))
+            analyzer.update_stats(weight.detach())
+            key = f"{name}.weight" if name else "weight"
+            encodings[key] = _encoding(key, "param", analyzer, num_steps, symmetric, axis, weights)
+        for suffix in (":input", ":output"):
+            analyzer = hooks.analyzers.get(name + suffix)
+            if analyzer is not None:
+                axis = None
+                if per_channel_activations and math.prod(analyzer.shape) > 1:
+                    axis = next(i for i, d in enumerate(analyzer.shape) if d > 1)
+                encodings[name + suffix] = _encoding(
+                    name + suffix, "activation", analyzer, num_steps, symmetric, axis, activations
+                )
+    return CalibrationResult(encodings, bits, symmetric, count)
+
+
+def _encoding(name, kind, analyzer, num_steps, symmetric, axis, method) -> TensorEncoding:
+    lo, hi = analyzer.compute_encodings(num_steps, symmetric)
+    scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
+    return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method)

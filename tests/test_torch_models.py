@@ -1,0 +1,141 @@
+"""Calibrating torch models (``encanalyze.torch``): small real models built here."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import encanalyze as ea  # noqa: E402
+from encanalyze.torch import calibrate  # noqa: E402
+
+
+class CNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.up = torch.nn.ConvTranspose2d(6, 4, 2, stride=2)
+        self.head = torch.nn.Linear(4 * 16 * 16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = self.up(x)
+        return self.head(x.flatten(1))
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 8)
+        self.b = torch.nn.Linear(8, 3)
+
+    def forward(self, x, scale=1.0):
+        return self.b(torch.relu(self.a(x)) * scale)
+
+
+def _batches(n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, 8, 8, generator=g) for _ in range(n)]
+
+
+def test_every_quantizable_tensor_has_an_encoding_and_hooks_are_gone():
+    model = CNN().eval()
+    result = calibrate(model, _batches(), activations="sqnr", bits=8)
+    want = {f"{m}{s}" for m in ("conv", "up", "head") for s in (".weight", ":input", ":output")}
+    assert set(result.encodings) == want and result.num_batches == 3
+    assert all(not m._forward_hooks for m in model.modules())
+    aimet = result.aimet()
+    assert {e["name"] for e in aimet["param_encodings"]} == {
+        "conv.weight",
+        "up.weight",
+        "head.weight",
+    }
+    assert len(aimet["activation_encodings"]) == 6
+
+
+@pytest.mark.parametrize("weights", ["minmax", "sqnr", "mse"])
+def test_weight_encodings_equal_the_library_per_channel(weights):
+    model = CNN().eval()
+    result = calibrate(model, _batches(1), weights=weights, symmetric=True)
+    for name, axis in (("conv", 0), ("up", 1), ("head", 0)):
+        w = getattr(model, name).weight.detach()
+        shape = [1] * w.ndim
+        shape[axis] = w.shape[axis]
+        analyzer = ea.METHODS[weights].analyzer(tuple(shape))
+        analyzer.update_stats(w)
+        lo, hi = analyzer.compute_encodings(255, True)
+        got = result[f"{name}.weight"]
+        assert got.axis == axis and tuple(got.min.shape) == tuple(shape)
+        torch.testing.assert_close(got.min, lo, rtol=0, atol=0)
+        torch.testing.assert_close(got.max, hi, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "ema"])
+def test_activation_encodings_equal_the_library_on_captured_activations(method):
+    model = CNN().eval()
+    captured = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            captured.setdefault(f"{name}:input", []).append(inputs[0].detach().clone())
+            captured.setdefault(f"{name}:output", []).append(output.detach().clone())
+
+        return hook
+
+    handles = [getattr(model, n).register_forward_hook(keep(n)) for n in ("conv", "up", "head")]
+    with torch.no_grad():
+        for b in _batches():
+            model(b)
+    for h in handles:
+        h.remove()
+    result = calibrate(model, _batches(), activations=method)
+    for key, tensors in captured.items():
+        analyzer = ea.METHODS[method].analyzer((1,))
+        for t in tensors:
+            analyzer.update_stats(t)
+        lo, hi = analyzer.compute_encodings(255, False)
+        torch.testing.assert_close(result[key].min, lo, rtol=0, atol=0)
+        torch.testing.assert_close(result[key].max, hi, rtol=0, atol=0)
+
+
+def test_hooks_are_removed_when_the_forward_raises():
+    model = CNN().eval()
+    with pytest.raises(RuntimeError):
+        calibrate(model, [torch.randn(2, 5, 8, 8)])  # wrong channel count
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_several_inputs_dicts_selection_and_per_channel_activations():
+    model = TwoInputs().eval()
+    g = torch.Generator().manual_seed(1)
+    tuples = [(torch.randn(5, 4, generator=g), 2.0) for _ in range(2)]
+    dicts = [{"x": torch.randn(5, 4, generator=g), "scale": 0.5}]
+    result = calibrate(model, tuples + dicts, modules=["b"], per_channel_activations=True)
+    assert set(result.encodings) == {"b.weight", "b:input", "b:output"}
+    assert tuple(result["b:input"].min.shape) == (1, 8) and result["b:input"].axis == 1
+    assert tuple(result["b.weight"].min.shape) == (3, 1)
+    by_type = calibrate(model, tuples, modules=[torch.nn.Linear], per_channel_weights=False)
+    assert tuple(by_type["a.weight"].min.shape) == (1,) and by_type["a.weight"].axis is None
+    qdq = by_type.onnx_qdq()["tensors"]
+    assert qdq["a.weight"]["axis"] is None and qdq["b:output"]["zero_point_dtype"] == "uint8"
+
+
+def test_bad_options():
+    model = TwoInputs()
+    with pytest.raises(ValueError, match="unknown method 'l1'"):
+        calibrate(model, [], activations="l1")
+    with pytest.raises(ValueError, match="no module named 'c'"):
+        calibrate(model, [], modules=["c"])
+    with pytest.raises(ValueError, match="num_steps"):
+        calibrate(model, [], bits=1, symmetric=True)
+
+
+def test_statistics_stay_on_the_model_dtype():
+    model = TwoInputs().double().eval()
+    result = calibrate(model, [torch.randn(3, 4, dtype=torch.float64)])
+    assert result["a:output"].min.dtype == torch.float64
+    assert result["a.weight"].min.dtype == torch.float64
+    table = result.table()
+    assert (
+        "a.weight" in table
+        and "b:output" in table
+        and bool(torch.isfinite(result["b.weight"].scale).all())
+    )
