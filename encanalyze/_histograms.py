@@ -141,9 +141,12 @@ def _rebin(
     last = float(num_bins - 1)
     j = xp.clip(xp.floor(div(xp, start - nlo[:, None], w_new)), 0.0, last)
     c = xp.astype(counts, wd)
-    # the fraction of the old bin before the target's upper edge; clipped into [0, 1] first so
-    # that an empty bin stays 0 even where the fraction overflows (tiny old bins)
-    fraction = xp.clip(div(xp, nlo[:, None] + (j + 1) * w_new - start, w_old), 0.0, 1.0)
+    # the fraction of the old bin before the target's upper edge, in [0, 1]; divided only where
+    # it lies strictly inside, so that a tiny (denormal or zero) old bin never overflows
+    before = nlo[:, None] + (j + 1) * w_new - start
+    inside = (before > 0) & (before < w_old)
+    ratio = div(xp, xp.where(inside, before, 0.0), xp.where(inside, w_old, 1.0))
+    fraction = xp.where(inside, ratio, xp.astype(before >= w_old, before.dtype))
     part = xp.minimum(xp.round(fraction * c), c)
     wide = wide_dtype(xp, device_of(counts))
     idx = xp.astype(j, index_dtype(xp))
