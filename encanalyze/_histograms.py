@@ -1,6 +1,6 @@
 """Batched histogram statistics: binning, range growth and re-binning of ``E`` rows at once.
 
-Everything here works on the ``(E, V)`` row view of an input (see :mod:`encanalyze.shapes`):
+Everything here works on the ``(E, V)`` row view of an input (see ``_shapes.to_rows``):
 ``E`` histograms of ``B`` equal-width bins, each with its own range ``[lo, hi]``. Rows that have
 seen no finite value hold ``lo = +inf``, ``hi = -inf`` and zero counts.
 """

@@ -22,6 +22,7 @@ __all__ = [
     "namespace_name",
     "namespace_of",
     "on_host",
+    "take_rows",
     "work_dtype",
 ]
 
@@ -80,6 +81,18 @@ def in_row_blocks(xp: Namespace, fn, arrays: tuple, rows_per_block: int, *args) 
         for start in range(0, num_rows, step)
     ]
     return xp.concat(blocks, axis=0)
+
+
+def take_rows(xp: Namespace, table: Array, idx: Array) -> Array:
+    """Return ``table[r, idx[r]]``: a ``(R, W)`` table, integer ``idx`` ``(R,)`` or ``(R, K)``.
+
+    One gather on the flattened table, the row offsets added to the indices.
+    """
+    rows, width = table.shape
+    offsets = xp.arange(rows, dtype=idx.dtype, device=device_of(idx)) * width
+    offsets = xp.reshape(offsets, (rows,) + (1,) * (idx.ndim - 1))
+    flat = xp.take(xp.reshape(table, (-1,)), xp.reshape(idx + offsets, (-1,)))
+    return xp.reshape(flat, idx.shape)
 
 
 def namespace_name(xp: Namespace) -> str:

@@ -85,6 +85,12 @@ def _agree_dtype(codes_min) -> str:
     return _DTYPES[code - 1] if code else "float32"
 
 
+def _back(xp, t, device, dtype=None):
+    """Return torch tensor ``t`` in namespace ``xp`` on ``device`` (cast to ``dtype``)."""
+    out = from_torch(xp, t, device)
+    return out if dtype is None else xp.astype(out, dtype)
+
+
 def _minmax(torch, dist, group, comm, analyzer, xp, device):
     e = math.prod(analyzer.shape)
     state: MinMaxRange | None = analyzer._state
@@ -92,21 +98,21 @@ def _minmax(torch, dist, group, comm, analyzer, xp, device):
     hi = torch.full((e,), -math.inf, dtype=torch.float64, device=comm)
     nan = torch.zeros((e,), dtype=torch.float64, device=comm)
     if state is not None:
-        lo = to_torch(state.min, comm).reshape(e).double()
-        hi = to_torch(state.max, comm).reshape(e).double()
+        lo = to_torch(state.min, comm).double()
+        hi = to_torch(state.max, comm).double()
         if state.num_nan is not None:
-            nan = to_torch(state.num_nan, comm).reshape(e).double()
+            nan = to_torch(state.num_nan, comm).double()
     code = torch.tensor([-_dtype_code(None if state is None else state.min)], device=comm)
     packed = torch.cat([lo, -hi, code.double()])
     dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
     dist.all_reduce(nan, op=dist.ReduceOp.SUM, group=group)
     dtype = getattr(xp, _agree_dtype(packed[-1].item()))
     lo, hi = packed[:e], -packed[e : 2 * e]
-
-    def back(t, dt):
-        return xp.reshape(xp.astype(from_torch(xp, t, device), dt), (e,))
-
-    return MinMaxRange(back(lo, dtype), back(hi, dtype), back(nan.long(), index_dtype(xp)))
+    return MinMaxRange(
+        _back(xp, lo, device, dtype),
+        _back(xp, hi, device, dtype),
+        _back(xp, nan.long(), device, index_dtype(xp)),
+    )
 
 
 def _histogram(torch, dist, group, comm, analyzer, xp, device):
@@ -132,8 +138,7 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
     dtype = getattr(xp, _agree_dtype(packed[-1].item()))
 
     def back(t, dt=None):
-        out = from_torch(xp, t, device)
-        return out if dt is None else xp.astype(out, dt)
+        return _back(xp, t, device, dt)
 
     union_lo, union_hi = back(packed[:e], dtype), back(-packed[e : 2 * e], dtype)
     if state is None:  # a rank without data contributes zero counts on the common edges
@@ -189,15 +194,11 @@ def _ema(torch, dist, group, comm, analyzer, xp, device):
     held = count > 0
     lo = torch.where(held, sums[0] / count.clamp(min=1), math.inf)
     hi = torch.where(held, sums[1] / count.clamp(min=1), -math.inf)
-
-    def back(t, dt):
-        return xp.astype(from_torch(xp, t, device), dt)
-
     return EmaState(
-        back(lo, dtype),
-        back(hi, dtype),
-        back(count.long(), index_dtype(xp)),
-        back(sums[3].long(), index_dtype(xp)),
+        _back(xp, lo, device, dtype),
+        _back(xp, hi, device, dtype),
+        _back(xp, count.long(), device, index_dtype(xp)),
+        _back(xp, sums[3].long(), device, index_dtype(xp)),
     )
 
 

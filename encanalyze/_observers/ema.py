@@ -110,10 +110,9 @@ class EmaObserver(MinMaxObserver):
         return EmaState(lo, hi, count, num_nan)
 
     def from_stats(self, xp: Namespace, stats: MinMaxRange) -> EmaState:
-        e = (self.num_rows,)
-        lo, hi = xp.reshape(stats.min, e), xp.reshape(stats.max, e)
-        num_nan = None if stats.num_nan is None else xp.reshape(stats.num_nan, e)
-        return EmaState(lo, hi, xp.astype(lo <= hi, index_dtype(xp)), num_nan)
+        rows = super().from_stats(xp, stats)  # one batch for each element that holds a range
+        count = xp.astype(rows.min <= rows.max, index_dtype(xp))
+        return EmaState(rows.min, rows.max, count, rows.num_nan)
 
     def arrays(self, state: EmaState) -> dict:
         out = {"min": state.min, "max": state.max, "count": state.count}

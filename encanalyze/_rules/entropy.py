@@ -26,7 +26,7 @@ from .._analyzer import HistogramAnalyzer
 from .._checks import int_at_least
 from .._encoding import minmax_encoding
 from .._histograms import RowHistogram, wide_dtype
-from .._xp import Array, Namespace, device_of, index_dtype, on_host
+from .._xp import Array, Namespace, device_of, index_dtype, on_host, take_rows
 
 __all__ = ["EntropyEncodingAnalyzer", "entropy_rule", "kl_amax", "quantized_levels"]
 
@@ -52,14 +52,6 @@ def _groups(num_bins: int, levels: int, start_bin: int) -> tuple[np.ndarray, np.
     bounds = np.minimum(np.ceil(space), thresholds[:, None]).astype(np.int64)
     last = (bounds[:, :-1] <= (thresholds - 1)[:, None]).sum(axis=1) - 1
     return bounds, last
-
-
-def _take_rows(xp: Namespace, table: Array, idx: Array) -> Array:
-    """``table[r, idx[r]]`` for a ``(R, W)`` table and integer ``idx`` ``(R, K)``."""
-    rows, width = table.shape
-    offsets = xp.arange(rows, dtype=index_dtype(xp), device=device_of(table))[:, None] * width
-    flat = xp.reshape(idx + offsets, (-1,))
-    return xp.reshape(xp.take(xp.reshape(table, (-1,)), flat), idx.shape)
 
 
 def _log_or_zero(xp: Namespace, x: Array) -> Array:
@@ -94,12 +86,8 @@ def _divergences(xp: Namespace, bins: Array, levels: int, start_bin: int) -> Arr
     last_bin = xp.take(bins, i - 1, axis=1)
     last_group = xp.asarray(last_np, device=dev)
     flat_log_mean = xp.reshape(log_mean, (num_rows * num_t, levels))
-    log_q_last = _take_rows(
-        xp,
-        flat_log_mean,
-        xp.reshape(xp.broadcast_to(last_group[None, :], (num_rows, num_t)), (-1, 1)),
-    )
-    log_q_last = xp.reshape(log_q_last, (num_rows, num_t))
+    groups = xp.reshape(xp.broadcast_to(last_group[None, :], (num_rows, num_t)), (-1,))
+    log_q_last = xp.reshape(take_rows(xp, flat_log_mean, groups), (num_rows, num_t))
     p_last = last_bin + tail
     plogp_total = xp.take(plogp, i - 1, axis=1) + p_last * _log_or_zero(xp, p_last)
     plogq = plogq + tail * log_q_last
@@ -133,7 +121,7 @@ def kl_amax(xp: Namespace, counts: Array, edges: Array, levels: int, start_bin: 
     # the last tied threshold: the first True of the reversed rows
     last = num_t - 1 - xp.argmax(xp.astype(xp.flip(tied, axis=1), xp.int8), axis=1)
     index = xp.astype(last, index_dtype(xp)) + start_bin
-    return xp.reshape(_take_rows(xp, edges, index[:, None]), (num_rows,))
+    return take_rows(xp, edges, index)
 
 
 def entropy_rule(

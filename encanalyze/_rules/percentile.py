@@ -7,7 +7,7 @@ import numbers
 from .._analyzer import HistogramAnalyzer
 from .._encoding import minmax_encoding
 from .._histograms import RowHistogram, wide_dtype
-from .._xp import Array, Namespace, device_of, div, on_host
+from .._xp import Array, Namespace, device_of, div, on_host, take_rows
 
 __all__ = [
     "PercentileEncodingAnalyzer",
@@ -50,9 +50,7 @@ def percentile_range(
     lower = total * xp.asarray(1 - percentile / 100, dtype=xp.float32, device=device_of(counts))
     i_hi = xp.count_nonzero(cs < xp.astype(upper, cs.dtype), axis=1)
     i_lo = xp.count_nonzero(cs < xp.astype(lower, cs.dtype), axis=1)
-    flat = xp.reshape(edges, (num_rows * (num_bins + 1),))
-    base = xp.arange(num_rows, dtype=i_hi.dtype, device=device_of(counts)) * (num_bins + 1)
-    return xp.take(flat, base + i_lo), xp.take(flat, base + i_hi)
+    return take_rows(xp, edges, i_lo), take_rows(xp, edges, i_hi)
 
 
 def percentile_rule(

@@ -29,7 +29,17 @@ from .._analyzer import HistogramAnalyzer
 from .._checks import int_at_least
 from .._encoding import minimum_scale
 from .._histograms import RowHistogram, wide_dtype
-from .._xp import Array, Namespace, device_of, div, in_row_blocks, index_dtype, on_host, work_dtype
+from .._xp import (
+    Array,
+    Namespace,
+    device_of,
+    div,
+    in_row_blocks,
+    index_dtype,
+    on_host,
+    take_rows,
+    work_dtype,
+)
 
 __all__ = [
     "TIE_RTOL",
@@ -268,10 +278,7 @@ def sqnr_search(
         )
         best.append(first_least(xp, noise))
     choice = xp.concat(best) if len(best) > 1 else best[0]
-    num_cand = deltas.shape[1]
-    flat = xp.arange(num_rows, dtype=choice.dtype, device=device_of(choice)) * num_cand + choice
-    d = xp.take(xp.reshape(deltas, (-1,)), flat)
-    o = xp.take(xp.reshape(offsets, (-1,)), flat)
+    d, o = take_rows(xp, deltas, choice), take_rows(xp, offsets, choice)
     enc_min = o * d
     return enc_min, enc_min + n * d
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ import torch
 
 from .._encoding import to_scale_offset, validate_num_steps
 from .._registry import METHODS
-from .._report import Layout, aimet_encodings, onnx_qdq_encodings
+from .._report import Layout, aimet_encodings, layout_for, onnx_qdq_encodings
 
 __all__ = ["CalibrationResult", "TensorEncoding", "calibrate", "quantizable_modules"]
 
@@ -41,9 +40,7 @@ class TensorEncoding:
 
     def layout(self) -> Layout:
         """Return the encoding layout the exporters take."""
-        if self.axis is None:
-            return Layout((1,), None, "PER_TENSOR")
-        return Layout(tuple(self.min.shape), None, "PER_CHANNEL", axis=self.axis)
+        return layout_for(tuple(self.min.shape), self.axis)
 
 
 @dataclass
@@ -122,12 +119,6 @@ def _channel_axis(module: torch.nn.Module) -> int:
     return 1 if isinstance(module, _TRANSPOSED) else 0
 
 
-def _per_channel_shape(ndim: int, axis: int, size: int) -> tuple[int, ...]:
-    shape = [1] * ndim
-    shape[axis] = size
-    return tuple(shape)
-
-
 class _Hooks:
     """Forward hooks that feed each module's input and output into analyzers."""
 
@@ -139,17 +130,18 @@ class _Hooks:
             options,
         )
         self.analyzers: dict[str, object] = {}
+        self.axes: dict[str, int | None] = {}  # each analyzer's channel axis (None: per tensor)
         self.handles = []
 
     def _analyzer(self, name: str, t: torch.Tensor, module: torch.nn.Module):
         analyzer = self.analyzers.get(name)
         if analyzer is None:
-            shape = (1,)
+            axis = None
             if self.per_channel and t.ndim >= 2:  # channels: axis 1 for convolutions, else last
                 axis = 1 if isinstance(module, (*_CONV, *_TRANSPOSED)) else t.ndim - 1
-                shape = _per_channel_shape(t.ndim, axis, t.shape[axis])
+            shape = layout_for(tuple(t.shape), axis).shape
             analyzer = METHODS[self.method].analyzer(shape, **self.options)
-            self.analyzers[name] = analyzer
+            self.analyzers[name], self.axes[name] = analyzer, axis
         return analyzer
 
     def __enter__(self):
@@ -249,9 +241,7 @@ def calibrate(
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
             axis = _channel_axis(module) if per_channel_weights else None
-            shape = (
-                (1,) if axis is None else _per_channel_shape(weight.ndim, axis, weight.shape[axis])
-            )
+            shape = layout_for(tuple(weight.shape), axis).shape
             analyzer = METHODS[weights].analyzer(shape, **(weight_options or {}))
             analyzer.update_stats(weight.detach())
             key = f"{name}.weight" if name else "weight"
@@ -259,9 +249,7 @@ def calibrate(
         for suffix in (":input", ":output"):
             analyzer = hooks.analyzers.get(name + suffix)
             if analyzer is not None:
-                axis = None
-                if per_channel_activations and math.prod(analyzer.shape) > 1:
-                    axis = next(i for i, d in enumerate(analyzer.shape) if d > 1)
+                axis = hooks.axes[name + suffix]
                 encodings[name + suffix] = _encoding(
                     name + suffix, "activation", analyzer, num_steps, symmetric, axis, activations
                 )
