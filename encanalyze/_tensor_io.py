@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._onnx_graph import ModelFileError, float_weights, load_model
+
 __all__ = ["FORMATS", "TensorFileError", "read_tensors"]
 
 FORMATS = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".onnx")
@@ -45,6 +47,8 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
         tensors = readers[suffix](path)
     except TensorFileError:
         raise
+    except ModelFileError as err:
+        raise TensorFileError(f"{path}: {err}" if str(path) not in str(err) else str(err)) from err
     except ImportError as err:
         raise TensorFileError(f"{path}: {err}") from err
     except Exception as err:  # noqa: BLE001 - any parse failure becomes one named error
@@ -128,10 +132,5 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_onnx(path: Path) -> dict[str, np.ndarray]:
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        raise ImportError("reading .onnx files needs onnx (pip install onnx)") from None
-    model = onnx.load(str(path), load_external_data=False)
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    model, _ = load_model(path)
+    return float_weights(model)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 
-from .._encoding import to_scale_offset, validate_num_steps
+from .._calibration import CalibrationResult, TensorEncoding, encode, progress_bar
+from .._encoding import validate_num_steps
 from .._registry import METHODS
-from .._report import Layout, aimet_encodings, layout_for, onnx_qdq_encodings
+from .._report import layout_for
 
 __all__ = ["CalibrationResult", "TensorEncoding", "calibrate", "quantizable_modules"]
 
@@ -18,78 +17,6 @@ _CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 _TRANSPOSED = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 QUANTIZABLE = (*_CONV, *_TRANSPOSED, torch.nn.Linear)
 """Module types calibrated by default: their inputs, outputs and weights."""
-
-
-@dataclass(frozen=True)
-class TensorEncoding:
-    """The encoding of one tensor.
-
-    ``min``/``max`` (tensors of the encoding shape), ``scale`` and integer ``offset``, ``kind``
-    (``"param"`` or ``"activation"``), the channel ``axis`` (``None`` per tensor) and the
-    ``method`` that computed it.
-    """
-
-    name: str
-    kind: str
-    min: torch.Tensor
-    max: torch.Tensor
-    scale: torch.Tensor
-    offset: torch.Tensor
-    axis: int | None
-    method: str
-
-    def layout(self) -> Layout:
-        """Return the encoding layout the exporters take."""
-        return layout_for(tuple(self.min.shape), self.axis)
-
-
-@dataclass
-class CalibrationResult:
-    """The encodings of a calibrated model, by tensor name.
-
-    Parameters are named by their ``state_dict`` names (``conv1.weight``); activations by the
-    module's name and ``:input`` / ``:output`` (``conv1:output``).
-    """
-
-    encodings: dict[str, TensorEncoding]
-    bits: int
-    symmetric: bool
-    num_batches: int
-
-    def __getitem__(self, name: str) -> TensorEncoding:
-        return self.encodings[name]
-
-    def _entries(self, kind: str | None = None) -> list[dict]:
-        return [
-            {
-                "name": e.name,
-                "scale": e.scale.reshape(-1).tolist(),
-                "offset": e.offset.reshape(-1).tolist(),
-                "layout": e.layout(),
-                "kind": e.kind,
-            }
-            for e in self.encodings.values()
-            if kind is None or e.kind == kind
-        ]
-
-    def aimet(self) -> dict:
-        """Return the AIMET 1.0.0 encodings (activation and parameter encodings)."""
-        return aimet_encodings(self._entries(), self.bits, self.symmetric)
-
-    def onnx_qdq(self) -> dict:
-        """Return ``scale`` / ``zero_point`` per tensor as ONNX ``QuantizeLinear`` takes them."""
-        return onnx_qdq_encodings(self._entries(), self.bits, self.symmetric)
-
-    def table(self) -> str:
-        """Return a table: tensor, kind, method, range, scale and offset (first channel)."""
-        lines = [f"{'tensor':<36}{'kind':<12}{'method':<11}{'min':>11}{'max':>11}{'scale':>11}"]
-        lines.append("-" * len(lines[0]))
-        for e in self.encodings.values():
-            lines.append(
-                f"{e.name:<36}{e.kind:<12}{e.method:<11}{float(e.min.min()):>11.4g}"
-                f"{float(e.max.max()):>11.4g}{float(e.scale.reshape(-1)[0]):>11.4g}"
-            )
-        return "\n".join(lines)
 
 
 def quantizable_modules(model: torch.nn.Module, modules=None) -> dict[str, torch.nn.Module]:
@@ -174,17 +101,6 @@ def _forward(model: torch.nn.Module, batch) -> None:
         model(batch)
 
 
-def _progress(batches, enabled):
-    if enabled is False or (enabled is None and not sys.stderr.isatty()):
-        return batches
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return batches
-    total = len(batches) if hasattr(batches, "__len__") else None
-    return tqdm(batches, total=total, desc="calibrating", unit="batch", file=sys.stderr)
-
-
 def calibrate(
     model: torch.nn.Module,
     batches: Iterable,
@@ -233,7 +149,7 @@ def calibrate(
     hooks = _Hooks(chosen, activations, per_channel_activations, activation_options or {})
     count = 0
     with hooks, torch.no_grad():
-        for batch in _progress(batches, progress):
+        for batch in progress_bar(batches, progress):
             _forward(model, batch)
             count += 1
     encodings: dict[str, TensorEncoding] = {}
@@ -245,18 +161,14 @@ def calibrate(
             analyzer = METHODS[weights].analyzer(shape, **(weight_options or {}))
             analyzer.update_stats(weight.detach())
             key = f"{name}.weight" if name else "weight"
-            encodings[key] = _encoding(key, "param", analyzer, num_steps, symmetric, axis, weights)
+            encodings[key] = encode(
+                key, "param", analyzer, num_steps, symmetric, axis, weights, weight.detach()
+            )
         for suffix in (":input", ":output"):
             analyzer = hooks.analyzers.get(name + suffix)
             if analyzer is not None:
                 axis = hooks.axes[name + suffix]
-                encodings[name + suffix] = _encoding(
+                encodings[name + suffix] = encode(
                     name + suffix, "activation", analyzer, num_steps, symmetric, axis, activations
                 )
     return CalibrationResult(encodings, bits, symmetric, count)
-
-
-def _encoding(name, kind, analyzer, num_steps, symmetric, axis, method) -> TensorEncoding:
-    lo, hi = analyzer.compute_encodings(num_steps, symmetric)
-    scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
-    return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method)

@@ -1,0 +1,131 @@
+"""The result of calibrating a model, whatever the framework: encodings by tensor name."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ._backends import to_numpy
+from ._encoding import to_scale_offset
+from ._report import Layout, aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
+from ._shapes import plan
+from ._xp import Array, namespace_of
+
+__all__ = ["CalibrationResult", "TensorEncoding", "encode", "progress_bar"]
+
+
+@dataclass(frozen=True)
+class TensorEncoding:
+    """The encoding of one tensor.
+
+    ``min``/``max`` (arrays of the encoding shape, in the namespace the statistics were gathered
+    in), ``scale`` and integer ``offset``, ``kind`` (``"param"`` or ``"activation"``), the
+    channel ``axis`` (``None`` per tensor), the ``method`` that computed it, and ``sqnr_db``:
+    the SQNR of quantize-dequantize of the tensor itself where it is at hand (weights), else
+    ``None``.
+    """
+
+    name: str
+    kind: str
+    min: Array
+    max: Array
+    scale: Array
+    offset: Array
+    axis: int | None
+    method: str
+    sqnr_db: float | None = None
+
+    def layout(self) -> Layout:
+        """Return the encoding layout the exporters take."""
+        return layout_for(tuple(self.min.shape), self.axis)
+
+
+def encode(
+    name: str,
+    kind: str,
+    analyzer,
+    num_steps: int,
+    symmetric: bool,
+    axis: int | None,
+    method: str,
+    tensor: Array | None = None,
+) -> TensorEncoding:
+    """Compute ``analyzer``'s encodings; with ``tensor``, measure them on it."""
+    lo, hi = analyzer.compute_encodings(num_steps, symmetric)
+    scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
+    sqnr = None
+    if tensor is not None:
+        xp = namespace_of(tensor)
+        p = plan(tuple(tensor.shape), tuple(lo.shape), None)
+        sqnr = quantization_quality(xp, tensor, p, scale, offset, num_steps)[1]
+    return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method, sqnr)
+
+
+@dataclass
+class CalibrationResult:
+    """The encodings of a calibrated model, by tensor name.
+
+    ``encodings`` maps each tensor's name to its :class:`TensorEncoding`; ``bits``,
+    ``symmetric`` and the number of calibration batches seen (``num_batches``) complete it.
+    """
+
+    encodings: dict[str, TensorEncoding]
+    bits: int
+    symmetric: bool
+    num_batches: int
+
+    def __getitem__(self, name: str) -> TensorEncoding:
+        return self.encodings[name]
+
+    def _entries(self) -> list[dict]:
+        return [
+            {
+                "name": e.name,
+                "scale": to_numpy(e.scale).reshape(-1).tolist(),
+                "offset": to_numpy(e.offset).reshape(-1).tolist(),
+                "layout": e.layout(),
+                "kind": e.kind,
+            }
+            for e in self.encodings.values()
+        ]
+
+    def aimet(self) -> dict:
+        """Return the AIMET 1.0.0 encodings (activation and parameter encodings)."""
+        return aimet_encodings(self._entries(), self.bits, self.symmetric)
+
+    def onnx_qdq(self) -> dict:
+        """Return ``scale`` / ``zero_point`` per tensor as ONNX ``QuantizeLinear`` takes them."""
+        return onnx_qdq_encodings(self._entries(), self.bits, self.symmetric)
+
+    def table(self) -> str:
+        """Return a table: tensor, kind, method, range, first scale, and SQNR (weights)."""
+        width = max([len("tensor"), *(len(n) for n in self.encodings)]) + 2
+        head = f"{'tensor':<{width}}{'kind':<12}{'method':<12}"
+        lines = [f"{head}{'min':>11}{'max':>11}{'scale':>11}{'SQNR dB':>9}"]
+        lines.append("-" * len(lines[0]))
+        for e in self.encodings.values():
+            lo, hi, scale = (to_numpy(a).reshape(-1) for a in (e.min, e.max, e.scale))
+            sqnr = "" if e.sqnr_db is None else _db(e.sqnr_db)
+            lines.append(
+                f"{e.name:<{width}}{e.kind:<12}{e.method:<12}{float(lo.min()):>11.4g}"
+                f"{float(hi.max()):>11.4g}{float(scale[0]):>11.4g}{sqnr:>9}"
+            )
+        return "\n".join(lines)
+
+
+def _db(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def progress_bar(batches: Iterable, enabled: bool | None) -> Iterable:
+    """Wrap ``batches`` in a tqdm bar on stderr: on a terminal (``None``), always or never."""
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return batches
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return batches
+    total = len(batches) if hasattr(batches, "__len__") else None
+    return tqdm(batches, total=total, desc="calibrating", unit="batch", file=sys.stderr)

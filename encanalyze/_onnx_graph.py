@@ -1,0 +1,189 @@
+"""Reading ONNX graphs: every float weight, wherever the model keeps it (needs onnx).
+
+Weights live in initializers, in ``Constant`` nodes (``value``, ``value_float``,
+``value_floats``), in the bodies of ``If``/``Loop``/``Scan`` nodes, and in external data files
+next to the model. :func:`load_model` reads the external data into the model, resolving each
+location against the model's own folder and refusing one that leads outside it;
+:func:`float_weights` returns the float tensors by ONNX name, float16 and bfloat16 as float32.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FLOAT_TYPES", "ModelFileError", "all_graphs", "float_weights", "load_model"]
+
+
+class ModelFileError(ValueError):
+    """An ONNX model file is missing, unreadable, or refers to data it may not read."""
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("reading .onnx models needs onnx (pip install onnx)") from None
+    return onnx
+
+
+def _float_types() -> dict[int, np.dtype]:
+    tp = _onnx().TensorProto
+    return {
+        tp.FLOAT: np.dtype("<f4"),
+        tp.DOUBLE: np.dtype("<f8"),
+        tp.FLOAT16: np.dtype("<f2"),
+        tp.BFLOAT16: np.dtype("<u2"),  # the upper half of a float32
+    }
+
+
+FLOAT_TYPES = ("FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16")
+"""ONNX element types read as weights and calibrated as activations."""
+
+
+def load_model(model) -> tuple[object, Path | None]:
+    """Return ``(ModelProto, folder)`` for a path or a ``ModelProto``, external data read in.
+
+    External data locations are resolved against the model's folder (``folder`` is ``None``
+    for a ``ModelProto``, which must then hold its data); a location that is absolute, names
+    no file, or leads outside the folder raises :class:`ModelFileError`.
+    """
+    onnx = _onnx()
+    if isinstance(model, onnx.ModelProto):
+        folder = None
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such file")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as err:  # noqa: BLE001 - any parse failure becomes one named error
+            raise ModelFileError(f"{path}: unreadable .onnx file ({_first_line(err)})") from err
+        folder = path.resolve().parent
+    for graph in all_graphs(model.graph):
+        for tensor in _tensors(graph):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                _read_external(tensor, folder)
+    return model, folder
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def all_graphs(graph) -> Iterator:
+    """Yield ``graph`` and every subgraph (``If``/``Loop``/``Scan`` bodies), depth first."""
+    onnx = _onnx()
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from all_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from all_graphs(g)
+
+
+def _tensors(graph) -> Iterator:
+    """Yield the graph's own tensors: initializers and ``Constant`` values (not subgraphs')."""
+    yield from graph.initializer
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    yield attr.t
+
+
+def _read_external(tensor, folder: Path | None) -> None:
+    """Move a tensor's external data into ``raw_data`` after checking where it points."""
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    if folder is None:
+        raise ModelFileError(
+            f"tensor {tensor.name!r} keeps its data in {location!r}: pass the model's path, "
+            "not a ModelProto, so that its folder is known"
+        )
+    if not location or os.path.isabs(location):
+        raise ModelFileError(f"tensor {tensor.name!r}: external data location {location!r} "
+                             "must be a path relative to the model's folder")  # fmt: skip
+    path = (folder / location).resolve()
+    if not path.is_relative_to(folder):
+        raise ModelFileError(
+            f"tensor {tensor.name!r}: external data {location!r} lies outside the model's "
+            f"folder {folder}"
+        )
+    if not path.is_file():
+        raise ModelFileError(f"tensor {tensor.name!r}: external data file {path} is missing")
+    offset = int(info.get("offset", 0) or 0)
+    size = path.stat().st_size
+    length = int(info["length"]) if info.get("length") else size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ModelFileError(
+            f"tensor {tensor.name!r}: bytes {offset}..{offset + length} lie outside {path} "
+            f"({size} bytes)"
+        )
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tensor.raw_data = f.read(length)
+    del tensor.external_data[:]
+    tensor.data_location = _onnx().TensorProto.DEFAULT
+
+
+def _to_float32(tensor) -> np.ndarray | None:
+    """Return a float tensor as an array (float64 kept, others float32); else ``None``."""
+    from onnx import numpy_helper
+
+    dtype = _float_types().get(tensor.data_type)
+    if dtype is None:
+        return None
+    shape = tuple(tensor.dims)
+    if tensor.raw_data:
+        array = np.frombuffer(tensor.raw_data, dtype=dtype)
+    elif dtype.kind == "u":  # bfloat16 bits in int32_data
+        array = np.asarray(tensor.int32_data, dtype=np.uint16)
+    else:
+        return _widen(np.asarray(numpy_helper.to_array(tensor)))
+    if array.size != int(np.prod(shape, dtype=np.int64)):
+        raise ModelFileError(f"tensor {tensor.name!r} holds {array.size} values for shape {shape}")
+    if dtype.kind == "u":
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return _widen(array.reshape(shape))
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float64 if array.dtype == np.float64 else np.float32)
+
+
+def float_weights(model) -> dict[str, np.ndarray]:
+    """Return every float weight of a (loaded) ``ModelProto`` by its ONNX tensor name.
+
+    Initializers and ``Constant`` node outputs (``value``, ``value_float``, ``value_floats``)
+    of the main graph and of every subgraph; float16 and bfloat16 as float32, float64 kept.
+    A name seen twice (a subgraph shadowing an outer name) keeps its first tensor.
+    """
+    out: dict[str, np.ndarray] = {}
+    for graph in all_graphs(model.graph):
+        for init in graph.initializer:
+            _add(out, init.name, _to_float32(init))
+        for node in graph.node:
+            if node.op_type != "Constant" or not node.output:
+                continue
+            for attr in node.attribute:
+                if attr.name == "value":
+                    array = _to_float32(attr.t)
+                elif attr.name == "value_float":
+                    array = np.asarray(attr.f, dtype=np.float32)
+                elif attr.name == "value_floats":
+                    array = np.asarray(attr.floats, dtype=np.float32)
+                else:
+                    continue
+                _add(out, node.output[0], array)
+    return out
+
+
+def _add(out: dict, name: str, array: np.ndarray | None) -> None:
+    if array is not None and name not in out:
+        out[name] = array

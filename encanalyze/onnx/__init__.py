@@ -1,0 +1,24 @@
+"""Calibrating ONNX models: weights from the graph, activations with ONNX Runtime.
+
+Needs onnx; onnxruntime for activations and QDQ models.
+
+See :func:`calibrate`, :func:`write_qdq_model` and the user guide's "Calibrating a model".
+"""
+
+from .._calibration import CalibrationResult, TensorEncoding
+from .._onnx_graph import ModelFileError, float_weights, load_model
+from ._calibrate import QUANTIZABLE_OPS, calibrate, quantizable_weights
+from ._qdq import output_sqnr, write_qdq_model
+
+__all__ = [
+    "QUANTIZABLE_OPS",
+    "CalibrationResult",
+    "ModelFileError",
+    "TensorEncoding",
+    "calibrate",
+    "float_weights",
+    "load_model",
+    "output_sqnr",
+    "quantizable_weights",
+    "write_qdq_model",
+]

@@ -1,0 +1,274 @@
+"""Model-level calibration of ONNX graphs: weights from the graph, activations via ONNX Runtime."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .._calibration import CalibrationResult, encode, progress_bar
+from .._encoding import validate_num_steps
+from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, load_model
+from .._registry import METHODS
+from .._report import layout_for
+
+__all__ = [
+    "QUANTIZABLE_OPS",
+    "calibrate",
+    "default_providers",
+    "feeds",
+    "model_inputs",
+    "quantizable_weights",
+    "session",
+]
+
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Operator types calibrated by default: their activations and weights."""
+
+INLINE_LIMIT = 1 << 30
+"""Models whose tensors hold more bytes than this reach ONNX Runtime through a temporary file
+with external data instead of one serialized message (protobuf's limit is 2 GiB)."""
+
+
+def _weight_axis(node, index: int, ndim: int) -> int | None:
+    """Output-channel axis of a node's weight input, ``None`` for per tensor."""
+    if index != 1 or ndim < 2:
+        return None
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "MatMul":
+        return ndim - 1
+    return None
+
+
+def _is_bias(node, index: int) -> bool:
+    return node.op_type in ("Conv", "ConvTranspose", "Gemm") and index == 2
+
+
+def quantizable_weights(model, op_types=QUANTIZABLE_OPS) -> dict[str, int | None]:
+    """Return the float weights that ``op_types`` nodes consume, with their channel axis.
+
+    ``model`` is a loaded ``ModelProto``; ``op_types=None`` takes every operator. Conv weights
+    are per output channel on axis 0, ConvTranspose on axis 1, Gemm on axis 0 with ``transB``
+    (else 1), MatMul on the last axis; other weights per tensor (``None``). Biases of Conv,
+    ConvTranspose and Gemm are left out (ONNX Runtime quantizes them from the input and weight
+    scales). Subgraph nodes count.
+    """
+    weights = float_weights(model)
+    out: dict[str, int | None] = {}
+    for graph in all_graphs(model.graph):
+        for node in graph.node:
+            if op_types is not None and node.op_type not in op_types:
+                continue
+            for i, name in enumerate(node.input):
+                if name in weights and name not in out and not _is_bias(node, i):
+                    if weights[name].size >= 2:
+                        out[name] = _weight_axis(node, i, weights[name].ndim)
+    return out
+
+
+def _activations(model, op_types) -> list[str]:
+    """Float tensors into and out of the main graph's ``op_types`` nodes that are not weights."""
+    import onnx
+
+    types = {getattr(onnx.TensorProto, t) for t in FLOAT_TYPES}
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in _typed(model)}
+    constants = set(float_weights(model)) | {i.name for i in model.graph.initializer}
+    out: list[str] = []
+    for node in model.graph.node:
+        if op_types is not None and node.op_type not in op_types:
+            continue
+        for name in (*node.input, *node.output):
+            if name and name not in constants and elem.get(name) in types and name not in out:
+                out.append(name)
+    return out
+
+
+def _typed(model) -> list:
+    """Return the main graph's value infos after type inference (big tensor data left out)."""
+    import onnx
+
+    stash = {}
+    for graph in all_graphs(model.graph):  # inference needs types and shapes, not the bytes
+        for t in graph.initializer:
+            if len(t.raw_data) > 4096:
+                stash[id(t)] = (t, t.raw_data)
+                t.raw_data = b""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    finally:
+        for t, raw in stash.values():
+            t.raw_data = raw
+    g = inferred.graph
+    return [*g.input, *g.value_info, *g.output]
+
+
+def default_providers() -> list[str]:
+    """ONNX Runtime's CUDA provider where it is available, then the CPU provider."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def session(model, providers=None, workdir: str | None = None):
+    """Return an ONNX Runtime session for a loaded ``ModelProto``.
+
+    A model larger than :data:`INLINE_LIMIT` is saved to ``workdir`` with external data.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    providers = providers or default_providers()
+    size = sum(len(t.raw_data) for g in all_graphs(model.graph) for t in g.initializer)
+    if size <= INLINE_LIMIT:
+        return ort.InferenceSession(model.SerializeToString(), providers=providers)
+    if workdir is None:
+        raise ValueError("a model this large needs a working folder for its external data")
+    path = Path(workdir) / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
+    return ort.InferenceSession(str(path), providers=providers)
+
+
+def model_inputs(model) -> list:
+    """Return the graph inputs a caller feeds (old models list initializers as inputs too)."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def feeds(batch, inputs) -> dict[str, np.ndarray]:
+    """Return one batch as ONNX Runtime's feed dict.
+
+    A batch is a dict by input name, a tuple or list in input order, or one array for a
+    single-input model; floating-point values are cast to each input's type.
+    """
+    import onnx
+
+    names = [i.name for i in inputs]
+    if isinstance(batch, Mapping):
+        unknown = set(batch) - set(names)
+        if unknown:
+            raise ValueError(f"the model has no input named {sorted(unknown)[0]!r}; its "
+                             f"inputs are {names}")  # fmt: skip
+        values = dict(batch)
+    elif isinstance(batch, (tuple, list)):
+        if len(batch) != len(names):
+            raise ValueError(f"a batch of {len(batch)} arrays for the model's {len(names)} inputs")
+        values = dict(zip(names, batch, strict=True))
+    else:
+        if len(names) != 1:
+            raise ValueError(f"the model has {len(names)} inputs {names}: pass a dict by name")
+        values = {names[0]: batch}
+    out = {}
+    for info in inputs:
+        if info.name not in values:
+            raise ValueError(f"the batch has no value for the model's input {info.name!r}")
+        array = np.asarray(values[info.name])
+        want = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+        if array.dtype != want and np.issubdtype(want, np.floating):
+            array = array.astype(want)
+        out[info.name] = array
+    return out
+
+
+def calibrate(
+    model,
+    batches: Iterable | None = None,
+    *,
+    activations: str = "percentile",
+    weights: str = "minmax",
+    bits: int = 8,
+    symmetric: bool = False,
+    per_channel_weights: bool = True,
+    op_types=QUANTIZABLE_OPS,
+    providers=None,
+    activation_options: dict | None = None,
+    weight_options: dict | None = None,
+    progress: bool | None = None,
+) -> CalibrationResult:
+    """Calibrate an ONNX model's weights and, with ``batches``, its activations.
+
+    ``model`` is a path (external data is read from the model's folder) or a ``ModelProto``.
+    Weights (:func:`quantizable_weights`: initializers, ``Constant`` nodes and subgraph
+    weights of the ``op_types`` nodes) are calibrated with ``weights``, per output channel
+    unless ``per_channel_weights`` is False. Activations (the float inputs and outputs of the
+    main graph's ``op_types`` nodes; ``op_types=None``: of every node) are exposed as extra
+    graph outputs, and each batch is run with ONNX Runtime (``providers``, default CUDA where
+    present, then CPU) and streamed into one ``activations`` analyzer per tensor, so memory
+    does not grow with the number of batches. A batch is a dict by input name, a tuple or
+    list in input order, or one array for a single-input model. Names are ONNX tensor names.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from onnx import TensorProto, helper, numpy_helper
+    >>> from encanalyze.onnx import calibrate
+    >>> w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype("f4"), "w")
+    >>> graph = helper.make_graph(
+    ...     [helper.make_node("MatMul", ["x", "w"], ["y"])], "mlp",
+    ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [w])
+    >>> model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    >>> batches = [np.ones((2, 4), "f4"), np.full((2, 4), -1, "f4")]
+    >>> result = calibrate(model, batches, activations="minmax")
+    >>> sorted(result.encodings), result["w"].axis
+    (['w', 'x', 'y'], 1)
+    >>> float(result["x"].min[0]), float(result["x"].max[0])
+    (-1.0, 1.0)
+    """
+    for name in (activations, weights):
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    num_steps = validate_num_steps(2**bits - 1, symmetric)
+    proto, _ = load_model(model)
+    values = float_weights(proto)
+    encodings = {}
+    for name, axis in quantizable_weights(proto, op_types).items():
+        w = values[name]
+        axis = axis if per_channel_weights else None
+        analyzer = METHODS[weights].analyzer(
+            layout_for(w.shape, axis).shape, **(weight_options or {})
+        )
+        analyzer.update_stats(w)
+        encodings[name] = encode(name, "param", analyzer, num_steps, symmetric, axis, weights, w)
+    count = 0
+    if batches is not None:
+        analyzers, count = _observe(proto, batches, activations, op_types, providers,
+                                    activation_options or {}, progress)  # fmt: skip
+        for name, analyzer in analyzers.items():
+            encodings[name] = encode(
+                name, "activation", analyzer, num_steps, symmetric, None, activations
+            )
+    return CalibrationResult(encodings, bits, symmetric, count)
+
+
+def _observe(proto, batches, method, op_types, providers, options, progress):
+    """Run the batches with the activations as extra outputs; one analyzer per tensor."""
+    names = _activations(proto, op_types)
+    inputs = model_inputs(proto)
+    fed = {i.name for i in inputs}
+    wanted = [n for n in names if n not in fed]  # graph inputs come from the feed itself
+    augmented = type(proto)()
+    augmented.CopyFrom(proto)
+    typed = {vi.name: vi for vi in _typed(proto)}
+    outputs = {o.name for o in proto.graph.output}
+    augmented.graph.output.extend(typed[n] for n in wanted if n not in outputs)
+    analyzers = {n: METHODS[method].analyzer((1,), **options) for n in names}
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
+        run = session(augmented, providers, workdir)
+        del augmented
+        for batch in progress_bar(batches, progress):
+            feed = feeds(batch, inputs)
+            produced = dict(zip(wanted, run.run(wanted, feed), strict=True))
+            for name in names:
+                analyzers[name].update_stats(produced[name] if name in produced else feed[name])
+            count += 1
+    return analyzers, count

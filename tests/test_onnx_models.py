@@ -1,0 +1,248 @@
+"""Calibrating ONNX models (``encanalyze.onnx``): small real graphs built with onnx.helper."""
+
+import json
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+import encanalyze as ea  # noqa: E402
+from encanalyze import cli  # noqa: E402
+from encanalyze.onnx import (  # noqa: E402
+    ModelFileError,
+    calibrate,
+    float_weights,
+    load_model,
+    output_sqnr,
+    write_qdq_model,
+)
+from tests import onnx_models as om  # noqa: E402
+
+needs_ort = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("onnxruntime") is None, reason="needs onnxruntime"
+)
+
+
+def _batches(n=4, shape=(3, 3, 8, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=shape).astype("f4") for _ in range(n)]
+
+
+def _library(method, array, shape=(1,), num_steps=255, symmetric=False):
+    analyzer = ea.METHODS[method].analyzer(shape)
+    analyzer.update_stats(array)
+    return analyzer.compute_encodings(num_steps, symmetric)
+
+
+# --- reading weights ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weights_as", ["initializers", "constants"])
+def test_weights_from_initializers_and_constant_nodes(weights_as):
+    weights = float_weights(om.cnn(weights_as))
+    assert set(weights) == {"w1", "b1", "w2"}  # the int64 shape is not a weight
+    np.testing.assert_array_equal(weights["w1"], om.W1)
+    np.testing.assert_array_equal(weights["w2"], om.W2)
+
+
+def test_weights_from_value_floats_and_subgraphs():
+    weights = float_weights(om.mlp())
+    np.testing.assert_array_equal(weights["m2_flat"], om.M2.ravel())
+    model, then_w, else_w = om.with_subgraph()
+    weights = float_weights(model)
+    np.testing.assert_array_equal(weights["then_w"], then_w)
+    np.testing.assert_array_equal(weights["else_w"], else_w)
+
+
+def test_bfloat16_and_float16_weights_read_as_float32():
+    model, bf, half = om.low_precision()
+    weights = float_weights(model)
+    assert weights["bf"].dtype == weights["half"].dtype == np.float32
+    np.testing.assert_array_equal(weights["bf"], bf)
+    np.testing.assert_array_equal(weights["half"], half)
+
+
+def test_external_data_is_read_from_the_model_folder_not_the_working_directory(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "model").mkdir()
+    path = om.save_external(om.cnn(), tmp_path / "model")
+    decoy = tmp_path / "elsewhere"
+    decoy.mkdir()
+    (decoy / "weights.bin").write_bytes(b"\0" * (tmp_path / "model" / "weights.bin").stat().st_size)
+    monkeypatch.chdir(decoy)
+    weights = float_weights(load_model(path)[0])
+    np.testing.assert_array_equal(weights["w1"], om.W1)
+    assert cli.main(["calibrate", str(path), "--method", "minmax", "--format", "json"]) == 0
+    report = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
+    assert report["w1"]["methods"]["minmax"]["min"] == [float(om.W1.min())]
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    path = om.save_external(om.cnn(), tmp_path / "model", location="weights.bin")
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../secret.bin"
+    (tmp_path / "secret.bin").write_bytes((tmp_path / "model" / "weights.bin").read_bytes())
+    onnx.save_model(model, str(path))
+    with pytest.raises(ModelFileError, match="outside the model's folder"):
+        load_model(path)
+    assert cli.main(["calibrate", str(path)]) == 1
+    assert "outside the model's folder" in capsys.readouterr().err
+
+
+def test_external_data_needs_the_path(tmp_path):
+    path = om.save_external(om.cnn(), tmp_path)
+    with pytest.raises(ModelFileError, match="pass the model's path"):
+        load_model(onnx.load(str(path), load_external_data=False))
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+
+@needs_ort
+@pytest.mark.parametrize("weights_as", ["initializers", "constants", "external"])
+def test_cnn_encodings_equal_the_library_on_hand_captured_tensors(
+    weights_as, tmp_path, monkeypatch
+):
+    if weights_as == "external":
+        model = om.save_external(om.cnn(), tmp_path)
+        monkeypatch.chdir(tmp_path.parent)
+    else:
+        model = om.cnn(weights_as)
+    batches = _batches()
+    result = calibrate(model, batches, activations="sqnr", weights="mse")
+    assert set(result.encodings) == {"w1", "w2", "x", "c1", "f", "y"}  # b1: from the scales
+    assert result.num_batches == 4
+    for name, weight, axis in (("w1", om.W1, 0), ("w2", om.W2, 1)):
+        shape = tuple(n if i == axis else 1 for i, n in enumerate(weight.shape))
+        lo, hi = _library("mse", weight, shape)
+        e = result[name]
+        assert e.kind == "param" and e.axis == axis
+        np.testing.assert_array_equal(e.min, lo)
+        np.testing.assert_array_equal(e.max, hi)
+        assert e.sqnr_db > 30
+    captured = [om.cnn_forward(b) for b in batches]
+    for name in ("x", "c1", "f", "y"):
+        analyzer = ea.METHODS["sqnr"].analyzer((1,))
+        for acts in captured:
+            analyzer.update_stats(acts[name].astype("f4"))
+        lo, hi = analyzer.compute_encodings(255, False)
+        e = result[name]
+        assert e.kind == "activation" and e.sqnr_db is None
+        np.testing.assert_allclose(e.min, lo, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(e.max, hi, rtol=1e-5, atol=1e-6)
+
+
+@needs_ort
+def test_mlp_gemm_axis_and_constant_weights():
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(size=(5, 4)).astype("f4") for _ in range(3)]
+    result = calibrate(om.mlp(), batches, activations="minmax", symmetric=True)
+    assert result["m1"].axis == 0 and tuple(result["m1"].min.shape) == (10, 1)
+    # MatMul's weight "m2" is computed (Reshape of a Constant): an activation, as to ONNX Runtime
+    assert set(result.encodings) == {"m1", "x", "h", "r", "m2", "y"}
+    assert result["m2"].kind == "activation"
+    h = np.concatenate([b @ om.M1.T + om.C1 for b in batches])
+    lo, hi = _library("minmax", h, symmetric=True)
+    np.testing.assert_allclose(result["h"].min, lo, rtol=1e-6)
+    np.testing.assert_allclose(result["h"].max, hi, rtol=1e-6)
+
+
+@needs_ort
+def test_activations_stream_from_a_generator_and_count_every_value():
+    seen = []
+
+    def batches():
+        for b in _batches(5):
+            seen.append(len(seen))
+            yield {"x": b}
+
+    result = calibrate(om.cnn(), batches(), activations="percentile")
+    assert seen == [0, 1, 2, 3, 4] and result.num_batches == 5
+
+
+@needs_ort
+def test_large_models_reach_onnx_runtime_through_external_data(tmp_path, monkeypatch):
+    from encanalyze.onnx import _calibrate
+
+    monkeypatch.setattr(_calibrate, "INLINE_LIMIT", 0)  # the > 2 GB path on a small model
+    model = om.save_external(om.cnn(), tmp_path)
+    small = calibrate(om.cnn(), _batches(2))
+    large = calibrate(model, _batches(2))
+    for name in small.encodings:
+        np.testing.assert_array_equal(large[name].min, small[name].min)
+        np.testing.assert_array_equal(large[name].max, small[name].max)
+
+
+@needs_ort
+def test_bad_batches_and_methods_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown method"):
+        calibrate(om.cnn(), _batches(1), activations="nope")
+    with pytest.raises(ValueError, match="no input named 'z'"):
+        calibrate(om.cnn(), [{"z": _batches(1)[0]}])
+    with pytest.raises(ValueError, match="a batch of 2 arrays"):
+        calibrate(om.cnn(), [tuple(_batches(2))])
+
+
+def test_weights_only_without_batches():
+    result = calibrate(om.cnn(), None, per_channel_weights=False)
+    assert set(result.encodings) == {"w1", "w2"} and result.num_batches == 0
+    lo, hi = _library("minmax", om.W1)
+    np.testing.assert_array_equal(result["w1"].min, lo)
+    assert result["w1"].axis is None
+
+
+# --- QDQ models --------------------------------------------------------------------------------
+
+
+def _initializer(model, name):
+    return onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
+
+
+def _qdq_params(model, tensor):
+    """(scale, zero point) of ``tensor``'s QuantizeLinear or DequantizeLinear."""
+    node = next(n for n in model.graph.node if n.input[1:2] == [f"{tensor}_scale"])
+    return _initializer(model, node.input[1]), _initializer(model, node.input[2])
+
+
+@needs_ort
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_qdq_model_uses_our_encodings_runs_and_stays_close(symmetric, tmp_path):
+    batches = _batches()
+    result = calibrate(om.cnn("constants"), batches, activations="sqnr", symmetric=symmetric)
+    path = write_qdq_model(om.cnn("constants"), result, tmp_path / "q.onnx")
+    q = onnx.load(str(path))
+    assert {n.op_type for n in q.graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Conv"}
+    exported = result.onnx_qdq()["tensors"]
+    for name in ("c1", "w1", "w2"):
+        scale, zero = _qdq_params(q, name)
+        np.testing.assert_allclose(scale.reshape(-1), exported[name]["scale"], rtol=1e-6)
+        np.testing.assert_array_equal(zero.reshape(-1), exported[name]["zero_point"])
+    sqnr = output_sqnr(om.cnn(), path, batches)
+    assert set(sqnr) == {"y"} and 25 < sqnr["y"] < 60
+
+
+@needs_ort
+def test_qdq_model_refuses_bit_widths_onnx_lacks(tmp_path):
+    result = calibrate(om.cnn(), _batches(1), bits=12)
+    with pytest.raises(ValueError, match="4, 8 or 16 bits"):
+        write_qdq_model(om.cnn(), result, tmp_path / "q.onnx")
+    with pytest.raises(ValueError, match="no activation encodings"):
+        write_qdq_model(om.cnn(), calibrate(om.cnn()), tmp_path / "q.onnx")
+
+
+@needs_ort
+def test_result_exports_and_table():
+    result = calibrate(om.cnn(), _batches(2))
+    aimet = result.aimet()
+    assert {e["name"] for e in aimet["param_encodings"]} == {"w1", "w2"}
+    assert {e["name"] for e in aimet["activation_encodings"]} == {"x", "c1", "f", "y"}
+    json.dumps(result.onnx_qdq())
+    lines = result.table().splitlines()
+    assert len(lines) == 2 + 6 and lines[2].split()[0] == "w1"
+    assert float(lines[2].split()[-1]) == pytest.approx(result["w1"].sqnr_db, abs=0.01)
