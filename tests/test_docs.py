@@ -53,7 +53,7 @@ def test_docstring_examples(name):
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as err:  # a backend module whose library is not installed
-        if err.name not in ("torch", "cupy"):
+        if err.name not in ("torch", "cupy", "torchao"):
             raise
         pytest.skip(f"{err.name} is not installed")
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -14,6 +14,7 @@ PUBLIC_MODULES = {
     "encanalyze.distributed",
     "encanalyze.torch",
     "encanalyze.onnx",
+    "encanalyze.pt2e",
     "encanalyze.__main__",
 }
 
@@ -94,4 +95,4 @@ def test_implementation_modules_are_private_and_the_api_is_all():
     public = {n for n in dir(encanalyze) if not n.startswith("_")}
     submodules = {n for n in public if importlib.util.find_spec(f"encanalyze.{n}") is not None}
     assert public - submodules == set(encanalyze.__all__)
-    assert submodules <= {"cli", "distributed", "torch", "onnx"}
+    assert submodules <= {"cli", "distributed", "torch", "onnx", "pt2e"}
