@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _model_command
 from ._backends import to_numpy
 from ._encoding import to_scale_offset
 from ._observers.histogram import validate_num_bins
+from ._onnx_graph import ModelFileError
 from ._registry import METHODS as REGISTRY
 from ._report import aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
 from ._rules.percentile import validate_percentile
@@ -109,6 +110,39 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--format", choices=("table", "json"), default="table", help="what goes to stdout"
     )
+    model = cal.add_argument_group("calibrating an ONNX model's activations (needs onnxruntime)")
+    model.add_argument(
+        "--data",
+        default=None,
+        metavar="SOURCE",
+        help="calibration data for the one .onnx FILE: a .npz or a folder of .npy files by "
+        "input name (samples along axis 0), or 'random'",
+    )
+    model.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples per batch (default: the model's fixed batch size, else 16)",
+    )
+    model.add_argument(
+        "--activation-method",
+        choices=METHODS,
+        default="percentile",
+        help="method for the activations (percentile); --method sets the weights'",
+    )
+    model.add_argument(
+        "--per-tensor-weights",
+        action="store_true",
+        help="one encoding per weight (default: per output channel on each operator's axis)",
+    )
+    model.add_argument(
+        "--qdq-model",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write a QDQ model (ONNX Runtime's quantize_static with these encodings) "
+        "and report its output SQNR",
+    )
     return parser
 
 
@@ -132,6 +166,27 @@ def _check_options(args) -> None:
         raise UsageError("--device needs --backend torch or cupy")
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib (pip install matplotlib)")
+    _check_model_options(args)
+
+
+def _check_model_options(args) -> None:
+    model_only = ("qdq_model", "batch_size", "per_tensor_weights")
+    if args.data is None:
+        for name in model_only:
+            if getattr(args, name) not in (None, False):
+                raise UsageError(f"--{name.replace('_', '-')} needs --data")
+        return
+    if len(args.files) != 1 or Path(args.files[0]).suffix.lower() != ".onnx":
+        raise UsageError("--data calibrates one .onnx model: give exactly one .onnx FILE")
+    for name, default in (("per_channel", None), ("block_size", None), ("plot", None),
+                          ("include", []), ("exclude", []), ("backend", "numpy")):  # fmt: skip
+        if getattr(args, name) != default:
+            raise UsageError(f"--{name.replace('_', '-')} does not apply with --data")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    for module in ("onnx", "onnxruntime"):
+        if importlib.util.find_spec(module) is None:
+            raise UsageError(f"--data needs {module} (pip install 'encanalyze[onnx]')")
 
 
 def _converter(backend: str, device):
@@ -338,9 +393,35 @@ def _plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) 
     return written
 
 
+def calibrate_model(args) -> int:
+    """Run the model job (``--data``): weights and activations of one ONNX model."""
+    result, qdq, random = _model_command.calibrate_model(Path(args.files[0]), args)
+    if random:
+        print(
+            "encanalyze: note: calibrating on random data: the activation ranges say nothing "
+            "about real inputs",
+            file=sys.stderr,
+        )
+    if args.format == "json":
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        rows = list(_model_command.iter_rows(result))
+        print(json.dumps({"config": config, "tensors": rows, "qdq_model": qdq}, indent=2))
+    else:
+        print(result.table())
+        if qdq is not None:
+            sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())
+            print(f"QDQ model: {qdq['path']}; output SQNR on the calibration data: {sqnr}")
+    if args.output is not None:
+        build = result.aimet if args.output_format == "aimet" else result.onnx_qdq
+        _write_atomic(args.output, json.dumps(build(), indent=2))
+    return 0
+
+
 def calibrate(args) -> int:
     """Run ``encanalyze calibrate``; return the exit status."""
     _check_options(args)
+    if args.data is not None:
+        return calibrate_model(args)
     convert = _converter(args.backend, args.device)
     tensors = _load(args)
     chosen = {k: v for k, v in tensors.items() if _selected(k, args)}
@@ -402,6 +483,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"encanalyze: error: {err}", file=sys.stderr)
         return 2
-    except (TensorFileError, OSError) as err:
+    except (TensorFileError, ModelFileError, _model_command.DataError, OSError) as err:
         print(f"encanalyze: error: {err}", file=sys.stderr)
         return 1

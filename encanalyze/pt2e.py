@@ -84,7 +84,6 @@ class EncodingObserver(UniformQuantizationObserverBase):
         self.analyzer.update_stats(x.detach())
         return x
 
-    @torch.jit.export
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(scale, zero_point)``: float32 and int32, one per encoding."""
         if self.analyzer is None:  # torch's observers do the same for a tensor never seen

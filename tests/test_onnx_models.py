@@ -246,3 +246,90 @@ def test_result_exports_and_table():
     lines = result.table().splitlines()
     assert len(lines) == 2 + 6 and lines[2].split()[0] == "w1"
     assert float(lines[2].split()[-1]) == pytest.approx(result["w1"].sqnr_db, abs=0.01)
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_and_data(tmp_path):
+    path = tmp_path / "cnn.onnx"
+    onnx.save(om.cnn(), str(path))
+    x = np.random.default_rng(5).normal(size=(20, 3, 8, 8)).astype("f4")
+    np.savez(tmp_path / "calib.npz", x=x)
+    (tmp_path / "calib").mkdir()
+    np.save(tmp_path / "calib" / "x.npy", x)
+    return path, x
+
+
+@needs_ort
+def test_command_calibrates_a_model_on_npz_data_and_writes_a_qdq_model(model_and_data, tmp_path):
+    import subprocess
+    import sys
+
+    path, x = model_and_data
+    out, qdq = tmp_path / "enc.json", tmp_path / "q.onnx"
+    cmd = [sys.executable, "-m", "encanalyze", "calibrate", str(path), "--data"]
+    run = subprocess.run(
+        [*cmd, str(tmp_path / "calib.npz"), "--batch-size", "8", "--output", str(out),
+         "--qdq-model", str(qdq)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "QDQ model" in run.stdout and "output SQNR" in run.stdout
+    written = json.loads(out.read_text())
+    assert {e["name"] for e in written["activation_encodings"]} == {"x", "c1", "f", "y"}
+    assert {e["name"] for e in written["param_encodings"]} == {"w1", "w2"}
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    # the same activations as the library on the same batches (the command's --percentile 99.99)
+    batches = [x[i : i + 8] for i in range(0, 20, 8)]
+    want = calibrate(path, batches, activation_options={"percentile": 99.99})
+    got = {e["name"]: e for e in written["activation_encodings"]}
+    np.testing.assert_allclose(got["c1"]["scale"], want["c1"].scale.reshape(-1), rtol=1e-6)
+
+
+@needs_ort
+def test_command_data_from_a_folder_equals_npz_and_all_picks_the_best_weight_method(
+    model_and_data, tmp_path, capsys
+):
+    path, _ = model_and_data
+    reports = []
+    for data in ("calib.npz", "calib"):
+        args = ["calibrate", str(path), "--data", str(tmp_path / data), "--format", "json"]
+        assert cli.main(args) == 0
+        reports.append({t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]})
+    assert reports[0] == reports[1]
+    options = {"percentile": {"percentile": 99.99}}  # the command's default
+    for name in ("w1", "w2"):
+        scores = {
+            m: calibrate(path, None, weights=m, weight_options=options.get(m))[name].sqnr_db
+            for m in ("minmax", "percentile", "sqnr", "mse", "entropy", "ema")
+        }
+        assert reports[0][name]["method"] == max(scores, key=scores.get)
+
+
+@needs_ort
+def test_command_random_data_warns(model_and_data, capsys):
+    path, _ = model_and_data
+    assert cli.main(["calibrate", str(path), "--data", "random", "--method", "minmax"]) == 0
+    assert "random data" in capsys.readouterr().err
+
+
+@needs_ort
+@pytest.mark.parametrize(
+    "extra, status, message",
+    [
+        (["--data", "{tmp}/none.npz"], 1, "no such file"),
+        (["--data", "{tmp}/wrong.npz"], 1, "no array named 'x'"),
+        (["--qdq-model", "{tmp}/q.onnx"], 2, "--qdq-model needs --data"),
+        (["--data", "random", "--per-channel", "0"], 2, "--per-channel does not apply"),
+        (["--data", "random", "--batch-size", "0"], 2, "--batch-size must be positive"),
+        (["{model}", "--data", "random"], 2, "exactly one .onnx"),
+    ],
+)
+def test_command_model_job_errors(model_and_data, tmp_path, capsys, extra, status, message):
+    path, _ = model_and_data
+    np.savez(tmp_path / "wrong.npz", y=np.zeros((2, 3, 8, 8), "f4"))
+    extra = [e.format(tmp=tmp_path, model=path) for e in extra]
+    assert cli.main(["calibrate", str(path), *extra]) == status
+    assert message in capsys.readouterr().err
