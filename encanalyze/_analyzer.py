@@ -74,13 +74,25 @@ class EncodingAnalyzer(ABC, Generic[S]):
         Never syncs with the device. On any error the running statistics stay as they were.
         """
         xp = namespace_of(x)
+        return self.observer.stats(xp, self._update(xp, x, want_batch=True))
+
+    def observe(self, x: Array) -> None:
+        """Add ``x`` to the running statistics, like :meth:`update_stats`, returning nothing.
+
+        The running statistics are the same; a histogram analyzer skips building ``x``'s own
+        histogram, so a later batch is binned once instead of twice (what the model-level
+        calibrators use).
+        """
+        self._update(namespace_of(x), x, want_batch=False)
+
+    def _update(self, xp: Namespace, x: Array, want_batch: bool):
         if self._home is not None:
             check_same_home(self._home, xp, device_of(x))
-        batch, state = self.observer.update(xp, x, self._state)  # pure: raises before a change
+        batch, state = self.observer.update(xp, x, self._state, want_batch)  # pure: raises first
         self._state = state
         if self._home is None:
             self._home = (xp, device_of(x))
-        return self.observer.stats(xp, batch)
+        return batch
 
     def reset_stats(self) -> None:
         """Forget every statistic gathered so far."""

@@ -188,7 +188,8 @@ def histogram_update(
     running: RowHistogram | None = None,
     growth_limit: float = math.inf,
     absolute: bool = False,
-) -> tuple[RowHistogram, RowHistogram]:
+    want_batch: bool = True,
+) -> tuple[RowHistogram | None, RowHistogram]:
     """Histogram a batch of rows and merge it into the running histograms.
 
     Parameters
@@ -207,13 +208,16 @@ def histogram_update(
         How far, in multiples of the first range, a range may grow in total (``inf``: no limit).
     absolute
         Histogram ``|x|`` from 0 (ranges start at 0) and count the negative values per row.
+    want_batch
+        Whether to return the batch's own histograms; without them a later batch is binned
+        once (on the new edges) instead of twice.
 
     Returns
     -------
     batch, merged
-        The batch's own histograms (over its own finite range) and the merged running
-        histograms (the batch's values counted on the new edges and added to the re-binned old
-        counts), with their growth limits.
+        The batch's own histograms (over its own finite range; ``None`` for a later batch
+        without ``want_batch``) and the merged running histograms (the batch's values counted
+        on the new edges and added to the re-binned old counts), with their growth limits.
     """
     num_negative = None
     if absolute:
@@ -224,6 +228,8 @@ def histogram_update(
     seen = lo <= hi  # rows with at least one finite value
     if absolute:  # |x| histograms start at 0
         lo = xp.where(seen, xp.zeros_like(lo), lo)
+    if not want_batch and running is not None and _inside(xp, rows, lo, hi, running):
+        return None, _add_inside(xp, rows, running, num_nan, num_negative)
     # the batch's own edges: a single value (or a range whose bin width underflows to 0) gets
     # [v - 0.5, v + 0.5], at least one ulp wide even where 0.5 rounds away
     wd = work_dtype(xp, dtype)
@@ -231,13 +237,15 @@ def histogram_update(
     e_lo = xp.where(point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.full_like(lo, -xp.inf))), lo)
     e_hi = xp.where(point, xp.maximum(hi + 0.5, xp.nextafter(hi, xp.full_like(hi, xp.inf))), hi)
     may_have_nan = num_nan is not None
-    counts = bin_counts(xp, rows, e_lo, e_hi, num_bins, may_have_nan)
     stored_hi = last_edge(xp, e_lo, e_hi, num_bins)
     # growth limits from the stored (first and last edge) range
     batch_limits = (
         _growth_limits(e_lo, stored_hi, growth_limit) if math.isfinite(growth_limit) else None
     )
-    batch = RowHistogram(counts, e_lo, stored_hi, num_nan, batch_limits, (lo, hi), num_negative)
+    counts = batch = None
+    if want_batch or running is None:
+        counts = bin_counts(xp, rows, e_lo, e_hi, num_bins, may_have_nan)
+        batch = RowHistogram(counts, e_lo, stored_hi, num_nan, batch_limits, (lo, hi), num_negative)
     if running is None:
         return batch, batch
 
@@ -257,7 +265,11 @@ def histogram_update(
         new_lo = xp.where(seen, xp.maximum(new_lo, limits[0]), new_lo)
         new_hi = xp.where(seen, xp.minimum(new_hi, limits[1]), new_hi)
     old = rebin_onto(xp, running, new_lo, new_hi)
-    if on_host(rows) and bool(xp.all(((new_lo == e_lo) & (new_hi == e_hi)) | ~seen)):
+    if (
+        counts is not None
+        and on_host(rows)
+        and bool(xp.all(((new_lo == e_lo) & (new_hi == e_hi)) | ~seen))
+    ):
         new = counts  # the batch spans the new range: its own counts are the ones on the new edges
     else:
         new = _keep_rows(xp, bin_counts(xp, rows, new_lo, new_hi, num_bins, may_have_nan), seen)
@@ -279,6 +291,41 @@ def histogram_update(
         add_counts(running.num_negative, num_negative),
     )
     return batch, merged
+
+
+def _inside(xp: Namespace, rows: Array, lo: Array, hi: Array, running: RowHistogram) -> bool:
+    """Return whether the batch is in the steady state of calibration (host backends only).
+
+    Every row has seen data before and now, and the batch's finite values lie in the running
+    range (within its growth limits): the edges stay as they are.
+    """
+    if not on_host(rows):
+        return False
+    inside = (running.lo <= running.hi) & (lo <= hi) & (lo >= running.lo) & (hi <= running.hi)
+    if running.limits is not None:  # the general path would clamp a range beyond its limits
+        inside = inside & (running.lo >= running.limits[0]) & (running.hi <= running.limits[1])
+    return bool(xp.all(inside))
+
+
+def _add_inside(
+    xp: Namespace, rows: Array, running: RowHistogram, num_nan, num_negative
+) -> RowHistogram:
+    """Merge a batch inside the running range: the general path, reduced to what it computes.
+
+    The edges stay; the batch is counted on them and added; the observed range becomes the
+    edge range, as after any later batch.
+    """
+    num_bins = running.counts.shape[1]
+    new = bin_counts(xp, rows, running.lo, running.hi, num_bins, num_nan is not None)
+    return RowHistogram(
+        running.counts + new,
+        running.lo,
+        last_edge(xp, running.lo, running.hi, num_bins),
+        add_counts(running.num_nan, num_nan),
+        running.limits,
+        (running.lo, running.hi),
+        add_counts(running.num_negative, num_negative),
+    )
 
 
 def add_counts(a: Array | None, b: Array | None) -> Array | None:

@@ -81,7 +81,7 @@ class EncodingObserver(UniformQuantizationObserverBase):
                 shape = [1] * x.ndim
                 shape[self.ch_axis] = x.shape[self.ch_axis]
             self.analyzer = METHODS[self.method].analyzer(tuple(shape), **self.options)
-        self.analyzer.update_stats(x.detach())
+        self.analyzer.observe(x.detach())
         return x
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -224,6 +224,34 @@ def test_merges_conserve_counts(backend, batches, growth):
     assert np.all(counts >= 0) and np.all(counts == np.round(counts))
 
 
+special32 = st.one_of(finite32, st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 7.0]))
+
+
+@SETTINGS
+@given(
+    batches=st.lists(
+        hnp.arrays(np.float32, st.tuples(st.just(3), st.integers(0, 30)), elements=special32),
+        min_size=1,
+        max_size=5,
+    ),
+    growth=st.sampled_from([None, 1.0, 2.5]),
+    absolute=st.booleans(),
+)
+def test_observe_keeps_the_same_statistics_as_update_stats(backend, batches, growth, absolute):
+    """observe() skips the batch's own histogram (and, on a host, takes the steady-state path
+    for batches inside the range): the running state is bit-identical to update_stats'."""
+    full = Observer((3, 1), num_bins=8, growth_limit=growth)
+    lean = Observer((3, 1), num_bins=8, growth_limit=growth)
+    full.observer.absolute = lean.observer.absolute = absolute
+    for b in [batches[0], *batches]:  # the first batch twice: later batches inside its range
+        full.update_stats(backend.asarray(b))
+        lean.observe(backend.asarray(b))
+    want, got = full.state_dict()["state"], lean.state_dict()["state"]
+    assert want.keys() == got.keys()
+    for key in want:
+        np.testing.assert_array_equal(backend.to_numpy(got[key]), backend.to_numpy(want[key]))
+
+
 # -- percentile -----------------------------------------------------------------------------
 SEED_COUNTS = [1, 1, 8, 13, 19, 27, 16, 10, 3, 2]
 SEED_EDGES = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import array_api_compat
 import array_api_compat.torch as xp
 import numpy as np
@@ -62,16 +64,54 @@ def bincount_rows(
     return out.scatter_add_(1, idx, weights)
 
 
+SCRATCH_LIMIT = 1 << 22
+"""Batches of up to this many values are binned in per-thread scratch buffers on the CPU."""
+
+
+class _Scratch(threading.local):
+    """Per-thread CPU buffers for bin positions, kept between updates.
+
+    A fresh multi-megabyte tensor per update costs more in page faults than the binning itself;
+    reusing one buffer per dtype (at most :data:`SCRATCH_LIMIT` values each) halves the time of
+    an activation histogram.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[torch.dtype, torch.Tensor] = {}
+
+    def get(self, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor | None:
+        n = shape[0] * shape[1]
+        if n > SCRATCH_LIMIT:
+            return None
+        buf = self.buffers.get(dtype)
+        if buf is None or buf.numel() < n:
+            buf = self.buffers[dtype] = torch.empty(max(n, 1 << 16), dtype=dtype)
+        return buf[:n].view(shape)
+
+
+_SCRATCH = _Scratch()
+
+
 def histogram_rows(
     rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, num_bins: int, may_have_nan: bool
 ) -> torch.Tensor:
-    """Apply the portable formula in place, then count with :func:`bincount_rows`."""
-    t = torch.sub(rows, lo[:, None])
-    t.div_((hi - lo)[:, None]).mul_(num_bins).floor_().clamp_(0, num_bins - 1)
+    """Apply the portable formula in place, then count with :func:`bincount_rows`.
+
+    The position is clamped to ``[0, B - 1]`` before the conversion to integers, whose
+    truncation is then the formula's ``floor``; NaN goes to an extra bin that is cut off.
+    """
+    shape = tuple(rows.shape)
+    cpu = rows.device.type == "cpu"
+    dtype = torch.promote_types(rows.dtype, lo.dtype)
+    t = _SCRATCH.get(shape, dtype) if cpu else None
+    t = torch.sub(rows, lo[:, None]) if t is None else torch.sub(rows, lo[:, None], out=t)
+    t.div_((hi - lo)[:, None]).mul_(num_bins).clamp_(0, num_bins - 1)
     nbins = num_bins + 1 if may_have_nan else num_bins
     if may_have_nan:
         t = torch.nan_to_num_(t, nan=float(num_bins))
-    return bincount_rows(t.long(), nbins)[:, :num_bins]
+    idx = _SCRATCH.get(shape, torch.int64) if cpu else None
+    idx = t.long() if idx is None else idx.copy_(t)
+    return bincount_rows(idx, nbins)[:, :num_bins]
 
 
 PRIMITIVES = {"minmax": minmax, "bincount_rows": bincount_rows, "histogram_rows": histogram_rows}

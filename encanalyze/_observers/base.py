@@ -59,8 +59,13 @@ class Observer(ABC, Generic[State]):
         return plan(tuple(int(d) for d in x.shape), self.shape, self.block_size)
 
     @abstractmethod
-    def update(self, xp: Namespace, x: Array, state: State | None) -> tuple[State, State]:
-        """Return the state of ``x`` alone and the running state merged with it (pure)."""
+    def update(
+        self, xp: Namespace, x: Array, state: State | None, want_batch: bool = True
+    ) -> tuple[State | None, State]:
+        """Return the state of ``x`` alone and the running state merged with it (pure).
+
+        With ``want_batch`` False an observer may skip building ``x``'s own state (``None``).
+        """
 
     @abstractmethod
     def merge(self, xp: Namespace, states: list[State]) -> State:

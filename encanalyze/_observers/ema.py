@@ -66,7 +66,7 @@ class EmaObserver(MinMaxObserver):
     def params(self) -> dict:
         return {**super().params(), "averaging_constant": self.averaging_constant}
 
-    def update(self, xp: Namespace, x: Array, state: EmaState | None):
+    def update(self, xp: Namespace, x: Array, state: EmaState | None, want_batch=True):
         batch = batch_minmax(xp, x, self)
         seen = batch.min <= batch.max
         mine = EmaState(batch.min, batch.max, xp.astype(seen, index_dtype(xp)), batch.num_nan)

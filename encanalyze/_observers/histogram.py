@@ -74,7 +74,7 @@ class HistogramObserver(Observer[RowHistogram]):
         out = {**super().params(), "num_bins": self.num_bins, "growth_limit": growth}
         return out | {"absolute": True} if self.absolute else out
 
-    def update(self, xp: Namespace, x: Array, state: RowHistogram | None):
+    def update(self, xp: Namespace, x: Array, state: RowHistogram | None, want_batch=True):
         dtype = float_dtype(xp, x)
         p = self.plan(x)
         if p.values_per_encoding == 0:
@@ -84,7 +84,7 @@ class HistogramObserver(Observer[RowHistogram]):
         if xp.isdtype(rows.dtype, "bool"):
             rows = xp.astype(rows, dtype)
         return histogram_update(
-            xp, rows, dtype, self.num_bins, state, self.growth_limit, self.absolute
+            xp, rows, dtype, self.num_bins, state, self.growth_limit, self.absolute, want_batch
         )
 
     def empty(self, xp: Namespace, dtype, device) -> RowHistogram:

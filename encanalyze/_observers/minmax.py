@@ -34,7 +34,7 @@ class MinMaxObserver(Observer[MinMaxRange]):
     kind = "minmax"
     stats_type = MinMaxRange
 
-    def update(self, xp: Namespace, x: Array, state: MinMaxRange | None):
+    def update(self, xp: Namespace, x: Array, state: MinMaxRange | None, want_batch=True):
         batch = batch_minmax(xp, x, self)
         return batch, batch if state is None else merge_minmax(state, batch, xp)
 

@@ -269,6 +269,6 @@ def _observe(proto, batches, method, op_types, providers, options, progress):
             feed = feeds(batch, inputs)
             produced = dict(zip(wanted, run.run(wanted, feed), strict=True))
             for name in names:
-                analyzers[name].update_stats(produced[name] if name in produced else feed[name])
+                analyzers[name].observe(produced[name] if name in produced else feed[name])
             count += 1
     return analyzers, count

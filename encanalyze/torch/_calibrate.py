@@ -87,7 +87,7 @@ class _Hooks:
             for suffix, t in ((":input", first), (":output", output)):
                 if isinstance(t, torch.Tensor) and t.is_floating_point():
                     key = name + suffix
-                    self._analyzer(key, t, module).update_stats(t.detach())
+                    self._analyzer(key, t, module).observe(t.detach())
 
         return hook
 
