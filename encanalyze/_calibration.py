@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ._backends import to_numpy
 from ._encoding import to_scale_offset
+from ._files import printable
 from ._report import Layout, aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
 from ._shapes import plan
 from ._xp import Array, namespace_of
@@ -101,7 +102,7 @@ class CalibrationResult:
 
     def table(self) -> str:
         """Return a table: tensor, kind, method, range, first scale, and SQNR (weights)."""
-        width = max([len("tensor"), *(len(n) for n in self.encodings)]) + 2
+        width = max([len("tensor"), *(len(printable(n)) for n in self.encodings)]) + 2
         head = f"{'tensor':<{width}}{'kind':<12}{'method':<12}"
         lines = [f"{head}{'min':>11}{'max':>11}{'scale':>11}{'SQNR dB':>9}"]
         lines.append("-" * len(lines[0]))
@@ -109,7 +110,7 @@ class CalibrationResult:
             lo, hi, scale = (to_numpy(a).reshape(-1) for a in (e.min, e.max, e.scale))
             sqnr = "" if e.sqnr_db is None else _db(e.sqnr_db)
             lines.append(
-                f"{e.name:<{width}}{e.kind:<12}{e.method:<12}{float(lo.min()):>11.4g}"
+                f"{printable(e.name):<{width}}{e.kind:<12}{e.method:<12}{float(lo.min()):>11.4g}"
                 f"{float(hi.max()):>11.4g}{float(scale[0]):>11.4g}{sqnr:>9}"
             )
         return "\n".join(lines)

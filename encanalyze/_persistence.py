@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from ._analyzer import STATE_FORMAT_VERSION, EncodingAnalyzer
 from ._backends import from_numpy, to_numpy
+from ._files import write_atomic
 from ._registry import ANALYZERS
 
 __all__ = ["StatsFileError", "load", "save"]
@@ -29,7 +29,9 @@ def save(analyzer: EncodingAnalyzer, path: str | os.PathLike) -> None:
 
     The file holds a JSON header (format, version, class, parameters, dtypes) and the statistics
     as plain NumPy arrays (no pickle), so it loads into any backend. It is written to a
-    temporary file and renamed into place: an interrupted save never leaves a partial file.
+    temporary file and renamed into place: an interrupted save never leaves a partial file. A
+    symlink is written through to its target, whose permission bits are kept; a path that is
+    not a regular file (a FIFO, a device, a folder) raises ``ValueError``.
     """
     if type(analyzer).__name__ not in ANALYZERS:
         raise TypeError(f"cannot save a {type(analyzer).__name__}")
@@ -45,15 +47,7 @@ def save(analyzer: EncodingAnalyzer, path: str | os.PathLike) -> None:
     }
     payload = {f"state.{k}": to_numpy(v) for k, v in arrays.items()}
     payload["header"] = np.asarray(json.dumps(header))
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: np.savez(f, **payload))
 
 
 def _read(path: Path) -> tuple[dict, dict]:

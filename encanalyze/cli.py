@@ -14,10 +14,8 @@ import fnmatch
 import importlib.util
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,19 +24,23 @@ import numpy as np
 from . import __version__, _model_command
 from ._backends import to_numpy
 from ._encoding import to_scale_offset
+from ._files import OutputPathError, check_output, printable, write_atomic
 from ._observers.histogram import validate_num_bins
 from ._onnx_graph import ModelFileError
 from ._registry import METHODS as REGISTRY
 from ._report import aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
 from ._rules.percentile import validate_percentile
 from ._samples import sample_tensors
-from ._shapes import plan
+from ._shapes import plan, to_rows
 from ._tensor_io import TensorFileError, read_tensors
 from ._xp import namespace_of
 
 __all__ = ["main"]
 
 METHODS = tuple(name for name, m in REGISTRY.items() if m.in_command)
+ONNX_BITS = (4, 8, 16)
+"""Bit widths with an ONNX integer type (int4/uint4, int8/uint8, int16/uint16)."""
+MIN_BINS = 8
 
 
 class UsageError(Exception):
@@ -52,7 +54,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the command's argument parser."""
-    parser = _Parser(prog="encanalyze", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="encanalyze",
+        description="encanalyze: calibrate tensor files and ONNX models, compare the methods, "
+        "export encodings, plot.",
+    )
     parser.add_argument("--version", action="version", version=f"encanalyze {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     cal = sub.add_parser(
@@ -61,8 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calibrate the tensors of FILES (.npy, .npz, .safetensors, .pt/.pth, "
         ".onnx initializers), or a built-in sample set when none is given.",
     )
-    cal.add_argument("files", nargs="*", metavar="FILES")
-    cal.add_argument("--method", choices=(*METHODS, "all"), default="all")
+    cal.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILES",
+        help=".npy, .npz, .safetensors, .pt/.pth or .onnx files (default: built-in samples)",
+    )
+    cal.add_argument(
+        "--method",
+        choices=(*METHODS, "all"),
+        default="all",
+        help="method to run; all (default) runs each and marks the best SQNR",
+    )
     cal.add_argument("--bits", type=int, default=8, help="bit width (2..16, default 8)")
     cal.add_argument("--symmetric", action="store_true", help="symmetric grids")
     cal.add_argument(
@@ -99,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--backend", choices=("numpy", "torch", "cupy"), default="numpy")
     cal.add_argument("--device", default=None, help="device for torch/cupy (e.g. cuda:0)")
     cal.add_argument("--output", type=Path, default=None, help="write an encodings file")
-    cal.add_argument("--output-format", choices=("aimet", "onnx-qdq"), default="aimet")
+    cal.add_argument(
+        "--output-format",
+        choices=("aimet", "onnx-qdq"),
+        default="aimet",
+        help="AIMET 1.0.0 encodings (default) or ONNX QuantizeLinear scale/zero_point",
+    )
     cal.add_argument(
         "--plot",
         type=Path,
@@ -149,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_options(args) -> None:
     if not 2 <= args.bits <= 16:
         raise UsageError(f"--bits must be in 2..16, got {args.bits}")
+    if args.output_format == "onnx-qdq" and args.bits not in ONNX_BITS:
+        raise UsageError(
+            f"--output-format onnx-qdq: ONNX has no {args.bits}-bit integer type; use --bits "
+            f"{', '.join(map(str, ONNX_BITS))}"
+        )
+    if args.num_bins < MIN_BINS:
+        raise UsageError(
+            f"--num-bins must be at least {MIN_BINS}, got {args.num_bins}: coarser histograms "
+            "give meaningless encodings"
+        )
     for name, check in (("--percentile", validate_percentile), ("--num-bins", validate_num_bins)):
         try:
             check(getattr(args, name[2:].replace("-", "_")))
@@ -167,6 +198,20 @@ def _check_options(args) -> None:
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib (pip install matplotlib)")
     _check_model_options(args)
+    _check_paths(args)
+
+
+def _check_paths(args) -> None:
+    """Output paths are checked before any work (and never name temporary files)."""
+    try:
+        if args.output is not None:
+            check_output(args.output, args.files)
+        if args.qdq_model is not None:
+            check_output(args.qdq_model, args.files)
+    except OutputPathError as err:
+        raise UsageError(str(err)) from None
+    if args.plot is not None and args.plot.exists() and not args.plot.is_dir():
+        raise UsageError(f"--plot {args.plot}: exists and is not a folder")
 
 
 def _check_model_options(args) -> None:
@@ -224,9 +269,19 @@ def _load(args) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     for f in args.files:
         for name, array in read_tensors(f).items():
-            key = name if name not in tensors else f"{Path(f).name}:{name}"
-            tensors[key] = array
+            tensors[_unique(name, f, tensors)] = array
     return tensors
+
+
+def _unique(name: str, source: str, taken) -> str:
+    """``name``, else ``source:name``, else ``source:name#2``, ... (never a taken key)."""
+    if name not in taken:
+        return name
+    key = f"{source}:{name}"
+    n = 2
+    while key in taken:
+        key, n = f"{source}:{name}#{n}", n + 1
+    return key
 
 
 def _selected(name: str, args) -> bool:
@@ -245,13 +300,40 @@ def _skip_reason(array: np.ndarray) -> str | None:
     return None
 
 
+def _revive_dead_encodings(
+    array: np.ndarray, p, encoding_shape: tuple[int, ...]
+) -> tuple[np.ndarray, list[str]]:
+    """Give encodings without a finite value the values of an all-zero channel.
+
+    A pruned or diverged channel (all NaN or infinite) has no range to calibrate; it gets the
+    encoding of an all-zero channel (the smallest range around 0) so that the tensor's other
+    encodings are computed and exported. Returns the array (a copy where it changed) and notes.
+    """
+    dead = ~np.isfinite(to_rows(np, array, p)).any(axis=1)
+    if not dead.any():
+        return array, []
+    mask = dead.reshape(encoding_shape)
+    for axis, (enc, size) in enumerate(zip(encoding_shape, array.shape, strict=True)):
+        if enc not in (1, size):  # blocks along this axis
+            mask = np.repeat(mask, size // enc, axis=axis)
+    which = np.flatnonzero(dead)
+    shown = ", ".join(map(str, which[:8])) + (", ..." if len(which) > 8 else "")
+    note = (
+        f"{len(which)} of {dead.size} encodings (#{shown}) have no finite value; encoded as an "
+        "all-zero channel"
+    )
+    return np.where(np.broadcast_to(mask, array.shape), 0, array).astype(array.dtype), [note]
+
+
 def calibrate_one(name: str, array: np.ndarray, args, convert) -> dict:
     """Calibrate one tensor with every selected method; return its report entry."""
     layout = layout_for(array.shape, args.per_channel, args.block_size, args.block_axis)
-    x = convert(array)
-    xp = namespace_of(x)
     num_steps = 2**args.bits - 1
     p = plan(tuple(array.shape), layout.shape, layout.block_size)
+    nan_values = int(np.isnan(array).sum())
+    array, notes = _revive_dead_encodings(array, p, layout.shape)
+    x = convert(array)
+    xp = namespace_of(x)
     methods = METHODS if args.method == "all" else (args.method,)
     results = {}
     gathered = {}  # one analyzer per kind of statistics: each tensor is histogrammed once
@@ -267,6 +349,9 @@ def calibrate_one(name: str, array: np.ndarray, args, convert) -> dict:
                 gathered[key] = analyzer
             lo, hi = analyzer.compute_encodings(num_steps, args.symmetric)
         scale, offset = to_scale_offset(lo, hi, num_steps, args.symmetric)
+        if not bool(xp.all(xp.isfinite(xp.astype(scale, xp.float64)))):
+            notes.append(f"{method}: the range overflows {array.dtype}; not encodable")
+            continue
         clipped, sqnr = quantization_quality(xp, x, p, scale, offset, num_steps)
         results[method] = {
             "min": to_numpy(lo).reshape(-1).astype(float).tolist(),
@@ -276,18 +361,25 @@ def calibrate_one(name: str, array: np.ndarray, args, convert) -> dict:
             "clipped_fraction": clipped,
             "sqnr_db": sqnr,
         }
-    best = max(results, key=lambda m: results[m]["sqnr_db"])
+    if not results:
+        raise ValueError(f"no method gives finite scales (the range overflows {array.dtype})")
+    best = max(results, key=lambda m: _rank(results[m]["sqnr_db"]))  # NaN never wins
     return {
         "name": name,
         "shape": list(array.shape),
         "dtype": str(array.dtype),
         "encoding_shape": list(layout.shape),
         "enc_type": layout.enc_type,
-        "nan_values": int(np.isnan(array).sum()),
+        "nan_values": nan_values,
         "methods": results,
         "best": best,
         "_layout": layout,
+        "_notes": notes,
     }
+
+
+def _rank(sqnr: float) -> float:
+    return -math.inf if math.isnan(sqnr) else sqnr
 
 
 class _Progress:
@@ -318,10 +410,25 @@ def _fmt(v: float, width: int = 11) -> str:
     return f"{v:>{width}.4g}"
 
 
+def _cell(text: str, width: int) -> str:
+    """``text`` escaped, elided in the middle (``…``) when longer than ``width``."""
+    text = printable(text)
+    if len(text) > width:
+        keep = width - 1
+        text = text[: (keep + 1) // 2] + "\u2026" + text[len(text) - keep // 2 :]
+    return f"{text:<{width}}"
+
+
+NAME_WIDTH = 60
+"""Names longer than this are elided in the middle in the table (``--format json`` has them
+whole)."""
+
+
 def format_table(entries: list[dict]) -> str:
     """Return the human table: one row per tensor and method, the best method marked."""
+    width = min(NAME_WIDTH, max([6, *(len(printable(e["name"])) for e in entries)]))
     head = (
-        f"{'tensor':<24}{'shape':<18}{'method':<11}{'min':>11}{'max':>11}{'scale':>11}"
+        f"{'tensor':<{width + 1}}{'shape':<18}{'method':<11}{'min':>11}{'max':>11}{'scale':>11}"
         f"{'offset':>8}{'clipped %':>10}{'SQNR dB':>9}"
     )
     lines = [head, "-" * len(head)]
@@ -334,9 +441,9 @@ def format_table(entries: list[dict]) -> str:
             scale = _fmt(r["scale"][0]) if per_tensor else _fmt(float(np.median(r["scale"])))
             mark = " *" if method == e["best"] else ""
             lines.append(
-                f"{e['name'][:23]:<24}{str(tuple(e['shape']))[:17]:<18}{method:<11}"
+                f"{_cell(e['name'], width)} {str(tuple(e['shape']))[:17]:<18}{method:<11}"
                 f"{_fmt(min(r['min']))}{_fmt(max(r['max']))}{scale}{offset}"
-                f"{100 * r['clipped_fraction']:>10.3f}{r['sqnr_db']:>9.2f}{mark}"
+                f"{100 * r['clipped_fraction']:>10.3f}{_db(r['sqnr_db'])}{mark}"
             )
     lines.append(
         "* best SQNR per tensor; per-channel rows show min(min), max(max), median "
@@ -345,18 +452,8 @@ def format_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _db(value: float | None) -> str:
+    return f"{'n/a':>9}" if value is None else f"{value:>9.2f}"
 
 
 def _plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) -> list[Path]:
@@ -366,7 +463,7 @@ def _plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) 
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, stems = [], set()
     palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
     colors = {m: palette[i % len(palette)] for i, m in enumerate(METHODS)}
     for e in entries:
@@ -381,44 +478,78 @@ def _plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) 
                 label += " (best)"
             ax.axvline(lo, color=colors[method], linestyle="--", label=label)
             ax.axvline(hi, color=colors[method], linestyle="--")
-        ax.set_title(f"{e['name']} {tuple(e['shape'])}")
+        ax.set_title(f"{printable(e['name'])} {tuple(e['shape'])}")
         ax.set_xlabel("value")
         ax.set_ylabel("count (log)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = directory / (re.sub(r"[^A-Za-z0-9._-]+", "_", e["name"]) + ".png")
+        stem = base = re.sub(r"[^A-Za-z0-9._-]+", "_", e["name"])
+        n = 2
+        while stem in stems:  # a/b and a_b: a_b.png and a_b-2.png
+            stem, n = f"{base}-{n}", n + 1
+        stems.add(stem)
+        path = directory / f"{stem}.png"
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
     return written
 
 
+def _json(obj) -> str:
+    """Strict JSON: non-finite floats become the strings "inf", "-inf" and "nan"."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
+
+
+def _config(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def _note(message: str) -> None:
+    print(f"encanalyze: note: {printable(message)}", file=sys.stderr)
+
+
+def _write_json(path: Path, obj) -> None:
+    text = _json(obj).encode()
+    write_atomic(path, lambda f: f.write(text))
+
+
 def calibrate_model(args) -> int:
     """Run the model job (``--data``): weights and activations of one ONNX model."""
     result, qdq, random = _model_command.calibrate_model(Path(args.files[0]), args)
     if random:
-        print(
-            "encanalyze: note: calibrating on random data: the activation ranges say nothing "
-            "about real inputs",
-            file=sys.stderr,
-        )
+        _note("calibrating on random data: the activation ranges say nothing about real inputs")
     if args.format == "json":
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         rows = list(_model_command.iter_rows(result))
-        print(json.dumps({"config": config, "tensors": rows, "qdq_model": qdq}, indent=2))
+        print(_json({"config": _config(args), "tensors": rows, "qdq_model": qdq}))
     else:
         print(result.table())
         if qdq is not None:
             sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())
-            print(f"QDQ model: {qdq['path']}; output SQNR on the calibration data: {sqnr}")
+            where = printable(qdq["path"])
+            print(f"QDQ model: {where}; output SQNR on the calibration data: {printable(sqnr)}")
     if args.output is not None:
-        build = result.aimet if args.output_format == "aimet" else result.onnx_qdq
-        _write_atomic(args.output, json.dumps(build(), indent=2))
+        aimet = args.output_format == "aimet"
+        _write_json(args.output, result.aimet() if aimet else result.onnx_qdq())
     return 0
 
 
 def calibrate(args) -> int:
-    """Run ``encanalyze calibrate``; return the exit status."""
+    """Run ``encanalyze calibrate``; return the exit status.
+
+    Order: options and output paths are checked first; every tensor is calibrated (a failure
+    of one tensor is a note); plots are drawn, the report printed, and the ``--output`` file
+    written last, so that a failure on the way leaves no file behind.
+    """
     _check_options(args)
     if args.data is not None:
         return calibrate_model(args)
@@ -427,26 +558,44 @@ def calibrate(args) -> int:
     chosen = {k: v for k, v in tensors.items() if _selected(k, args)}
     if not chosen:
         raise UsageError("no tensor matches --include/--exclude")
-    entries, skipped = [], []
+    entries, skipped, layout_errors = [], [], []
     progress = _Progress(len(chosen))
     try:
         for name, array in chosen.items():
             reason = _skip_reason(array)
             if reason is None:
                 try:
-                    entries.append(calibrate_one(name, array, args, convert))
+                    layout_for(array.shape, args.per_channel, args.block_size, args.block_axis)
                 except ValueError as err:
                     reason = str(err)
+                    layout_errors.append(reason)
+            if reason is None:
+                try:
+                    entries.append(calibrate_one(name, array, args, convert))
+                except Exception as err:  # noqa: BLE001 - one tensor's failure is one note
+                    reason = _reason(err)
             if reason is not None:
                 skipped.append({"name": name, "reason": reason})
             progress.step(name)
     finally:
         progress.close()
+    if not entries and layout_errors and len(layout_errors) == len(skipped):
+        raise UsageError(f"--per-channel/--block-size fit no tensor ({layout_errors[0]})")
     for s in skipped:
-        print(f"encanalyze: note: skipped {s['name']}: {s['reason']}", file=sys.stderr)
+        _note(f"skipped {s['name']}: {s['reason']}")
+    for e in entries:
+        for message in e.pop("_notes"):
+            _note(f"{e['name']}: {message}")
     if not entries:
         print("encanalyze: error: no tensor could be calibrated", file=sys.stderr)
         return 1
+    if args.plot is not None:
+        _plot(entries, chosen, args.plot)
+    public = [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]
+    if args.format == "json":
+        print(_json({"config": _config(args), "tensors": public, "skipped": skipped}))
+    else:
+        print(format_table(public))
     if args.output is not None:
         export = [
             {
@@ -458,16 +607,13 @@ def calibrate(args) -> int:
             for e in entries
         ]
         build = aimet_encodings if args.output_format == "aimet" else onnx_qdq_encodings
-        _write_atomic(args.output, json.dumps(build(export, args.bits, args.symmetric), indent=2))
-    if args.plot is not None:
-        _plot(entries, chosen, args.plot)
-    public = [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]
-    if args.format == "json":
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        print(json.dumps({"config": config, "tensors": public, "skipped": skipped}, indent=2))
-    else:
-        print(format_table(public))
+        _write_json(args.output, build(export, args.bits, args.symmetric))
     return 0
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if not isinstance(err, ValueError) else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,8 +627,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("expected the command 'calibrate'")
         return calibrate(args)
     except UsageError as err:
-        print(f"encanalyze: error: {err}", file=sys.stderr)
+        print(f"encanalyze: error: {printable(str(err))}", file=sys.stderr)
         return 2
     except (TensorFileError, ModelFileError, _model_command.DataError, OSError) as err:
-        print(f"encanalyze: error: {err}", file=sys.stderr)
+        print(f"encanalyze: error: {printable(str(err))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("encanalyze: interrupted", file=sys.stderr)
+        return 130

@@ -218,7 +218,7 @@ def test_include_exclude_and_skips(tmp_path):
         (["ints.npy"], 1, "no tensor could be calibrated"),
         (["good.npy", "--bits", "1"], 2, "--bits must be in 2..16"),
         (["good.npy", "--percentile", "30"], 2, "--percentile: percentile must be in [50, 100]"),
-        (["good.npy", "--num-bins", "0"], 2, "--num-bins: num_bins must be an integer >= 1"),
+        (["good.npy", "--num-bins", "0"], 2, "--num-bins must be at least 8"),
         (["good.npy", "--gamma", "-1"], 2, "--gamma must be a finite number >= 0"),
         (["good.npy", "--block-size", "4"], 2, "--block-size needs --per-channel"),
         (["good.npy", "--method", "magic"], 2, "invalid choice: 'magic'"),
@@ -244,10 +244,11 @@ def test_errors(tmp_path, args, code, message):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.json")]
 
 
-def test_unwritable_output_writes_nothing(tmp_path):
+def test_unwritable_output_is_refused_before_any_work(tmp_path):
     np.save(tmp_path / "good.npy", ACT)
     out = run("calibrate", tmp_path / "good.npy", "--output", tmp_path / "no" / "dir" / "e.json")
-    assert out.returncode == 1 and "No such file or directory" in out.stderr
+    assert out.returncode == 2 and "no/dir does not exist" in out.stderr
+    assert ".tmp" not in out.stderr and not out.stdout
     assert not (tmp_path / "no").exists()
 
 
