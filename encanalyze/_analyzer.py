@@ -6,6 +6,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, Generic, TypeVar
 
+from ._backends import analyzer_input
 from ._encoding import validate_num_steps
 from ._errors import StatisticsNotFoundError
 from ._observers import HistogramObserver, Observer
@@ -73,6 +74,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
 
         Never syncs with the device. On any error the running statistics stay as they were.
         """
+        x = analyzer_input(x)
         xp = namespace_of(x)
         return self.observer.stats(xp, self._update(xp, x, want_batch=True))
 
@@ -83,6 +85,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         histogram, so a later batch is binned once instead of twice (what the model-level
         calibrators use).
         """
+        x = analyzer_input(x)
         self._update(namespace_of(x), x, want_batch=False)
 
     def _update(self, xp: Namespace, x: Array, want_batch: bool):
@@ -243,6 +246,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         """Return the encodings of ``x`` alone; the running statistics are untouched."""
         num_steps = validate_num_steps(num_steps, is_symmetric)
         self._check_params(num_steps, is_symmetric)
+        x = analyzer_input(x)
         xp = namespace_of(x)
         state, _ = self.observer.update(xp, x, None)
         return self._encode(xp, state, num_steps, is_symmetric)

@@ -24,6 +24,10 @@ EPS_FLOAT32 = 2.0**-23
 """Machine epsilon of float32."""
 
 
+MAX_NUM_STEPS = 2**32 - 1
+"""The largest grid: 32-bit integers."""
+
+
 def validate_num_steps(num_steps: object, is_symmetric: bool = False) -> int:
     """Return ``num_steps`` as an int after validating it.
 
@@ -35,13 +39,19 @@ def validate_num_steps(num_steps: object, is_symmetric: bool = False) -> int:
     TypeError
         If ``num_steps`` is not a real number (bools included).
     ValueError
-        If it is zero, negative, non-integral or non-finite, or < 2 for symmetric encodings.
+        If it is zero, negative, non-integral, non-finite or above :data:`MAX_NUM_STEPS`, or
+        < 2 for symmetric encodings.
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Real):
         raise TypeError(f"num_steps must be an int or an integral float, got {num_steps!r}")
-    value = float(num_steps)
+    try:
+        value = float(num_steps)
+    except OverflowError:
+        value = math.inf
     if not math.isfinite(value) or value != math.floor(value) or value <= 0:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if value > MAX_NUM_STEPS:
+        raise ValueError(f"num_steps must be at most 2**32 - 1 (32-bit grids), got {num_steps!r}")
     steps = int(value)
     if is_symmetric and steps < 2:
         raise ValueError(f"symmetric encodings need num_steps >= 2, got {num_steps!r}")

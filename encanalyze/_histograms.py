@@ -19,6 +19,7 @@ __all__ = [
     "add_counts",
     "bin_counts",
     "bin_edges",
+    "check_range_fits",
     "histogram_update",
     "last_edge",
     "merge_rows",
@@ -180,6 +181,22 @@ def _growth_limits(lo: Array, hi: Array, growth_limit: float) -> tuple[Array, Ar
     return lo - half, hi + half
 
 
+def check_range_fits(xp: Namespace, lo: Array, hi: Array) -> None:
+    """Raise ``ValueError`` where a row's range ``hi - lo`` overflows its work dtype.
+
+    Finite float32 values can span a range float32 cannot hold (``[-1.8e38, 1.8e38]``); their
+    bin positions would be NaN. Host backends check each update (before any change); others
+    are checked when encodings are computed.
+    """
+    wd = work_dtype(xp, lo.dtype)
+    width = xp.astype(hi, wd) - xp.astype(lo, wd)
+    if bool(xp.any((lo <= hi) & ~xp.isfinite(width))):
+        raise ValueError(
+            f"finite values span a range wider than {lo.dtype} can hold (its width overflows); "
+            "calibrate such data in float64"
+        )
+
+
 def histogram_update(
     xp: Namespace,
     rows: Array,
@@ -228,6 +245,8 @@ def histogram_update(
     seen = lo <= hi  # rows with at least one finite value
     if absolute:  # |x| histograms start at 0
         lo = xp.where(seen, xp.zeros_like(lo), lo)
+    if on_host(rows):
+        check_range_fits(xp, lo, hi)
     if not want_batch and running is not None and _inside(xp, rows, lo, hi, running):
         return None, _add_inside(xp, rows, running, num_nan, num_negative)
     # the batch's own edges: a single value (or a range whose bin width underflows to 0) gets
@@ -264,6 +283,8 @@ def histogram_update(
     if limits is not None:
         new_lo = xp.where(seen, xp.maximum(new_lo, limits[0]), new_lo)
         new_hi = xp.where(seen, xp.minimum(new_hi, limits[1]), new_hi)
+    if on_host(rows):
+        check_range_fits(xp, new_lo, new_hi)
     old = rebin_onto(xp, running, new_lo, new_hi)
     if (
         counts is not None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -50,15 +52,43 @@ def save(analyzer: EncodingAnalyzer, path: str | os.PathLike) -> None:
     write_atomic(path, lambda f: np.savez(f, **payload))
 
 
-def _read(path: Path) -> tuple[dict, dict]:
+MAX_HEADER_BYTES = 1 << 20
+"""The largest JSON header a statistics file may have."""
+
+MAX_STATE_BYTES = 1 << 34
+"""The default limit on the bytes of one statistics array (16 GiB), checked before inflating."""
+
+
+def _read(path: Path, max_bytes: int) -> tuple[dict, dict]:
+    """Read the header and the arrays it names, checking sizes before inflating anything."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            header = json.loads(str(f["header"][()]))
-            arrays = {k.removeprefix("state."): f[k] for k in f.files if k.startswith("state.")}
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise StatsFileError(f"{path}: cannot read ({err})") from err
+    if not stat.S_ISREG(mode):
+        raise StatsFileError(f"{path}: not a regular file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            header = _header(path, z)
+            arrays = {}
+            for key in header.get("dtypes", {}):
+                arrays[key] = _member(path, z, f"state.{key}.npy", max_bytes)
+    except StatsFileError:
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise StatsFileError(f"{path}: not a readable encanalyze statistics file ({err})") from err
+    _validate_values(path, arrays)
+    return header, arrays
+
+
+def _header(path: Path, z: zipfile.ZipFile) -> dict:
+    text = _member(path, z, "header.npy", MAX_HEADER_BYTES)
+    try:
+        header = json.loads(str(text[()]))
+    except (ValueError, RecursionError) as err:
+        raise StatsFileError(f"{path}: corrupt header ({type(err).__name__})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StatsFileError(f"{path}: not an encanalyze statistics file")
     if header.get("format_version") != STATE_FORMAT_VERSION:
@@ -66,9 +96,64 @@ def _read(path: Path) -> tuple[dict, dict]:
             f"{path}: format version {header.get('format_version')!r} is not supported "
             f"(this encanalyze reads version {STATE_FORMAT_VERSION})"
         )
-    if header.get("class") not in ANALYZERS:
-        raise StatsFileError(f"{path}: unknown analyzer class {header.get('class')!r}")
-    return header, arrays
+    cls = header.get("class")
+    if not isinstance(cls, str) or cls not in ANALYZERS:
+        raise StatsFileError(f"{path}: unknown analyzer class {cls!r}")
+    for key in ("params", "stats_params", "dtypes"):
+        if not isinstance(header.get(key, {}), dict):
+            raise StatsFileError(f"{path}: header field {key!r} is not an object")
+    return header
+
+
+def _member(path: Path, z: zipfile.ZipFile, name: str, max_bytes: int) -> np.ndarray:
+    """Read one ``.npy`` member after checking its declared sizes against ``max_bytes``."""
+    try:
+        info = z.getinfo(name)
+    except KeyError:
+        raise StatsFileError(f"{path}: member {name!r} is missing") from None
+    if info.file_size > max_bytes:
+        raise StatsFileError(
+            f"{path}: member {name!r} declares {info.file_size} bytes, over the limit of "
+            f"{max_bytes} (load(..., max_bytes=) raises it)"
+        )
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if read_header is None:
+            raise StatsFileError(f"{path}: member {name!r} has .npy format version {version}")
+        shape, fortran, dtype = read_header(f, max_header_size=MAX_HEADER_BYTES)
+        if dtype.hasobject:
+            raise StatsFileError(f"{path}: member {name!r} holds Python objects")
+        count = math.prod(shape)
+        if count * dtype.itemsize > info.file_size:
+            raise StatsFileError(
+                f"{path}: member {name!r} declares shape {shape} ({count * dtype.itemsize} "
+                f"bytes) but holds {info.file_size} bytes"
+            )
+        data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise StatsFileError(f"{path}: member {name!r} is truncated")
+    array = np.frombuffer(data, dtype=dtype)
+    return (array.reshape(shape[::-1]).T if fortran else array.reshape(shape)).copy()
+
+
+def _validate_values(path: Path, arrays: dict) -> None:
+    """Check counts are finite and >= 0 and ranges ordered (or the empty marker inf, -inf)."""
+    for key in ("counts", "num_nan", "num_negative", "count"):
+        a = arrays.get(key)
+        if a is not None and a.size and not (np.all(np.isfinite(a)) and np.all(a >= 0)):
+            raise StatsFileError(f"{path}: {key!r} holds negative or non-finite counts")
+    for lo_key, hi_key in (("lo", "hi"), ("min", "max"), ("limit_lo", "limit_hi")):
+        lo, hi = arrays.get(lo_key), arrays.get(hi_key)
+        if lo is None or hi is None or lo.shape != hi.shape:
+            continue
+        with np.errstate(invalid="ignore"):
+            empty = (lo == np.inf) & (hi == -np.inf)
+            if not np.all((lo <= hi) | empty):
+                raise StatsFileError(f"{path}: {lo_key!r} exceeds {hi_key!r} (or is NaN)")
 
 
 def _namespace(namespace):
@@ -85,6 +170,7 @@ def load(
     namespace=None,
     device=None,
     into: EncodingAnalyzer | None = None,
+    max_bytes: int = MAX_STATE_BYTES,
 ) -> EncodingAnalyzer:
     """Read an analyzer written by :func:`save`.
 
@@ -100,15 +186,21 @@ def load(
     into
         Load into this analyzer instead of a new one; it must be of the file's class with the
         same statistics parameters.
+    max_bytes
+        The most bytes one statistics array may declare (:data:`MAX_STATE_BYTES`, 16 GiB);
+        sizes are checked before anything is inflated, and only the members the header names
+        are read.
 
     Raises
     ------
     StatsFileError
-        For a truncated, corrupt, wrong-version or wrong-class file, or one whose statistics do
-        not fit ``into``; ``into`` is then left as it was.
+        For a truncated, corrupt, wrong-version or wrong-class file, one that is not a regular
+        file, declares arrays over ``max_bytes`` or holds invalid values (negative or NaN
+        counts, ranges with min > max), or one whose statistics do not fit ``into``; ``into``
+        is then left as it was.
     """
     path = Path(path)
-    header, host = _read(path)
+    header, host = _read(path, max_bytes)
     cls = ANALYZERS[header["class"]]
     if into is not None and type(into) is not cls:
         raise StatsFileError(

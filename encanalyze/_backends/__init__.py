@@ -31,6 +31,7 @@ from . import _portable
 
 __all__ = [
     "Primitives",
+    "analyzer_input",
     "bincount_rows",
     "from_numpy",
     "from_torch",
@@ -51,6 +52,26 @@ class Primitives(NamedTuple):
 
 
 _TABLE: dict[Namespace, Primitives] = {}
+
+
+def analyzer_input(x):
+    """Return ``x`` as the analyzers read it, or raise ``TypeError`` for what they cannot.
+
+    torch tensors leave autograd (statistics never track gradients, and an input's graph is
+    not kept alive) and torch's unsigned 16/32/64-bit integers, which lack reductions, are
+    widened (to int64; uint64 to float64). NumPy masked arrays are refused: the statistics
+    would either honour the mask or not, and neither is what every caller means.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            "masked arrays are not supported: pass x.filled(np.nan) (NaN values are left out "
+            "of the statistics) or x.compressed()"
+        )
+    if array_api_compat.is_torch_array(x):
+        from . import _torch
+
+        return _torch.analyzer_input(x)
+    return x
 
 
 def _native(xp: Namespace) -> dict[str, Callable]:

@@ -114,6 +114,16 @@ def histogram_rows(
     return bincount_rows(idx, nbins)[:, :num_bins]
 
 
+_WIDENED = {"uint16": "int64", "uint32": "int64", "uint64": "float64"}
+
+
+def analyzer_input(x: torch.Tensor) -> torch.Tensor:
+    """Detach ``x`` from autograd; widen the unsigned integers torch cannot reduce."""
+    x = x.detach()
+    wider = _WIDENED.get(str(x.dtype).removeprefix("torch."))
+    return x if wider is None else x.to(getattr(torch, wider))
+
+
 PRIMITIVES = {"minmax": minmax, "bincount_rows": bincount_rows, "histogram_rows": histogram_rows}
 
 

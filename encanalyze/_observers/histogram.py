@@ -7,7 +7,7 @@ import numbers
 
 from .._checks import int_at_least
 from .._errors import EncodingAnalyzerError
-from .._histograms import RowHistogram, histogram_update, merge_rows
+from .._histograms import RowHistogram, check_range_fits, histogram_update, merge_rows
 from .._shapes import to_rows
 from .._stats import Histogram, histogram_of, histogram_rows
 from .._xp import Array, Namespace, device_of, float_dtype, index_dtype
@@ -16,9 +16,16 @@ from .base import Observer, check_array
 __all__ = ["HistogramObserver", "validate_growth_limit", "validate_num_bins"]
 
 
+MAX_BINS = 2**24
+"""The most bins a histogram may have: bin positions stay exact integers in float32."""
+
+
 def validate_num_bins(num_bins: object) -> int:
-    """Return ``num_bins`` as a positive int, else raise ``TypeError``/``ValueError``."""
-    return int_at_least(num_bins, 1, "num_bins")
+    """Return ``num_bins`` as an int in ``[1, MAX_BINS]``; else ``TypeError``/``ValueError``."""
+    value = int_at_least(num_bins, 1, "num_bins")
+    if value > MAX_BINS:
+        raise ValueError(f"num_bins must be at most 2**24 = {MAX_BINS}, got {num_bins!r}")
+    return value
 
 
 def validate_growth_limit(growth_limit: object) -> float:
@@ -160,6 +167,7 @@ class HistogramObserver(Observer[RowHistogram]):
         )
 
     def num_empty(self, xp: Namespace, state: RowHistogram) -> int:
+        check_range_fits(xp, state.lo, state.hi)  # compute time: a sync is allowed here
         return int(xp.count_nonzero(xp.sum(state.counts, axis=1) == 0))
 
     def home(self, state: RowHistogram) -> Array:

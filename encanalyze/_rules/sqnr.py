@@ -267,11 +267,13 @@ def sqnr_search(
     best = []
     for start in range(0, num_rows, max_parallelism):  # bounded memory, not a loop per channel
         sl = slice(start, min(start + max_parallelism, num_rows))
+        e = xp.astype(edges[sl, :], nd)
+        s = _power_of_two_scale(xp, e)
         noise = noise_fn(
             xp,
             xp.astype(counts[sl, :], nd),
-            xp.astype(edges[sl, :], nd),
-            xp.astype(deltas[sl, :], nd),
+            e * s,
+            xp.astype(deltas[sl, :], nd) * s,
             xp.astype(offsets[sl, :], nd),
             n,
             gamma,
@@ -283,6 +285,22 @@ def sqnr_search(
     return enc_min, enc_min + n * d
 
 
+HUGE = 2.0**400
+"""Rows whose histogram reaches beyond this are searched scaled down by a power of two."""
+
+
+def _power_of_two_scale(xp: Namespace, edges: Array) -> Array:
+    """Return ``(E, 1)`` factors ``2**-k`` that bring huge rows near 1, else exactly 1.
+
+    Squared errors of values near 1e154 overflow float64; scaling a row's edges and deltas by a
+    power of two is exact and scales every candidate's noise by the same factor, so the least
+    noise (and the encodings) stay the same.
+    """
+    mag = xp.maximum(xp.abs(edges[:, :1]), xp.abs(edges[:, -1:]))
+    k = xp.where(mag > HUGE, xp.floor(xp.log2(xp.where(mag > HUGE, mag, 1.0))), 0.0)
+    return xp.pow(xp.asarray(2.0, dtype=edges.dtype, device=device_of(edges)), -k)
+
+
 def sqnr_rule(
     xp: Namespace, state: RowHistogram, num_steps: int, is_symmetric: bool, **search
 ) -> tuple[Array, Array]:
@@ -292,6 +310,9 @@ def sqnr_rule(
     lo, hi = sqnr_search(xp, state.counts, edges, obs_lo, obs_hi, num_steps, is_symmetric, **search)
     return xp.astype(lo, obs_lo.dtype), xp.astype(hi, obs_lo.dtype)
 
+
+MAX_GAMMA = 1e12
+"""The largest clipping weight: beyond it weighted noises leave float64's range."""
 
 TIE_RTOL = 1e-9
 """Noises within this relative distance of the least are ties (the first candidate wins)."""
@@ -372,8 +393,8 @@ class SqnrEncodingAnalyzer(HistogramAnalyzer):
         self.max_parallelism = int_at_least(max_parallelism, 1, "max_parallelism")
         if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
             raise TypeError(f"gamma must be a finite number >= 0, got {gamma!r}")
-        if not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        if not math.isfinite(gamma) or not 0 <= gamma <= MAX_GAMMA:
+            raise ValueError(f"gamma must be a number in [0, {MAX_GAMMA:g}], got {gamma!r}")
         self.gamma = float(gamma)
 
     def params(self) -> dict:

@@ -1,0 +1,204 @@
+"""The library under hostile input: each defect found in issue 12, as a regression test."""
+
+import io
+import json
+import os
+import zipfile
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import encanalyze as ea
+
+X = np.random.default_rng(0).standard_normal(500).astype(np.float32)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [ea.MinMaxEncodingAnalyzer, ea.PercentileEncodingAnalyzer])
+def test_torch_inputs_that_require_grad_leave_no_graph(cls):
+    torch = pytest.importorskip("torch")
+    w = torch.randn(1000, requires_grad=True)
+    analyzer = cls((1,))
+    for _ in range(3):
+        analyzer.update_stats(w * 2)  # each input carries an autograd graph
+        analyzer.observe(w * 2)
+    lo, hi = analyzer.compute_encodings(255, False)
+    assert not lo.requires_grad and not hi.requires_grad
+    stats = analyzer.get_stats()
+    assert not any(getattr(v, "requires_grad", False) for v in vars(stats).values())
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "uint64"])
+@pytest.mark.parametrize("cls", [ea.MinMaxEncodingAnalyzer, ea.SqnrEncodingAnalyzer])
+def test_torch_unsigned_integers_are_calibrated(dtype, cls):
+    torch = pytest.importorskip("torch")
+    values = np.array([0, 3, 9, 200, 17], dtype=np.int64)
+    t = torch.from_numpy(values).to(getattr(torch, dtype))
+    got, want = cls((1,)), cls((1,))
+    got.update_stats(t)
+    want.update_stats(values.astype(np.float64))
+    for g, w in zip(got.compute_encodings(255, False), want.compute_encodings(255, False)):
+        np.testing.assert_allclose(g.double().numpy(), w, rtol=1e-6)
+
+
+def test_masked_arrays_are_refused_and_change_nothing():
+    analyzer = ea.PercentileEncodingAnalyzer((1,))
+    analyzer.update_stats(X)
+    before = analyzer.state_dict()["state"]
+    with pytest.raises(TypeError, match="masked arrays are not supported"):
+        analyzer.update_stats(np.ma.masked_array([1.0, 2.0], mask=[False, True]))
+    after = analyzer.state_dict()["state"]
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("limit", [np.float32(2.0), np.int64(3), Fraction(5, 2)])
+def test_growth_limit_takes_numpy_scalars_and_fractions(limit, tmp_path):
+    analyzer = ea.SqnrEncodingAnalyzer((1,), histogram_growth_limit=limit)
+    analyzer.update_stats(X)
+    ea.save(analyzer, tmp_path / "s.npz")
+    assert ea.load(tmp_path / "s.npz").growth_limit == float(limit)
+
+
+# -- parameters that cannot be computed --------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_steps", [1e300, 2**1024, 2**33])
+def test_num_steps_beyond_32_bits_is_refused(num_steps):
+    analyzer = ea.MinMaxEncodingAnalyzer((1,))
+    analyzer.update_stats(X)
+    with pytest.raises(ValueError, match="num_steps"):
+        analyzer.compute_encodings(num_steps, False)
+
+
+def test_gamma_beyond_float64_noise_is_refused():
+    with pytest.raises(ValueError, match="gamma must be a number in"):
+        ea.SqnrEncodingAnalyzer((1,), gamma=1e308)
+
+
+def test_num_bins_beyond_float32_positions_is_refused():
+    with pytest.raises(ValueError, match="num_bins must be at most"):
+        ea.PercentileEncodingAnalyzer((1,), num_bins=2**25)
+
+
+def test_sqnr_of_huge_float64_data_is_the_scaled_result():
+    x = np.random.default_rng(1).standard_normal(300) * 1e160
+    huge = ea.SqnrEncodingAnalyzer((1,))
+    huge.update_stats(x)
+    small = ea.SqnrEncodingAnalyzer((1,))
+    small.update_stats(x * 2.0**-540)  # exact: a power of two
+    for h, s in zip(huge.compute_encodings(255, False), small.compute_encodings(255, False)):
+        np.testing.assert_array_equal(h, s * 2.0**540)
+    lo, hi = huge.compute_encodings(255, False)
+    assert np.all(np.isfinite([lo, hi])) and lo < 0 < hi
+
+
+@pytest.mark.parametrize(
+    "cls", [ea.PercentileEncodingAnalyzer, ea.SqnrEncodingAnalyzer, ea.MseEncodingAnalyzer]
+)
+def test_a_range_that_overflows_float32_is_a_clear_error(backend, cls):
+    x = backend.asarray(np.array([-1.8e38, 0.0, 1.8e38], np.float32))
+    analyzer = cls((1,))
+    analyzer.update_stats(backend.asarray(np.array([1.0, 2.0], np.float32)))
+    with pytest.raises(ValueError, match="wider than .*float32 can hold"):  # noqa: PT012
+        with np.errstate(over="ignore", invalid="ignore"):
+            analyzer.update_stats(x)
+            analyzer.compute_encodings(255, False)  # devices: found when encodings are computed
+
+
+# -- statistics files --------------------------------------------------------------------------
+
+
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _saved(tmp_path):
+    analyzer = ea.PercentileEncodingAnalyzer((2, 1), num_bins=16)
+    analyzer.update_stats(np.stack([X, X * 2]).reshape(2, -1))
+    path = tmp_path / "ok.npz"
+    ea.save(analyzer, path)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    header = json.loads(str(np.load(io.BytesIO(members["header.npy"]))[()]))
+    return header, members
+
+
+def _write(path, header, members):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("header.npy", _npy(np.asarray(json.dumps(header))))
+        for name, data in members.items():
+            if name != "header.npy":
+                z.writestr(name, data)
+    return path
+
+
+def test_load_refuses_a_fifo_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ea.StatsFileError, match="not a regular file"):
+        ea.load(tmp_path / "pipe")
+
+
+def test_load_refuses_a_plain_npy(tmp_path):
+    np.save(tmp_path / "a.npy", X)
+    with pytest.raises(ea.StatsFileError):
+        ea.load(tmp_path / "a.npy")
+
+
+@pytest.mark.parametrize("field, value", [("class", ["Percentile"]), ("params", [1, 2])])
+def test_load_refuses_wrongly_typed_header_fields(tmp_path, field, value):
+    header, members = _saved(tmp_path)
+    header[field] = value
+    with pytest.raises(ea.StatsFileError):
+        ea.load(_write(tmp_path / "bad.npz", header, members))
+
+
+def test_load_refuses_a_deeply_nested_header(tmp_path):
+    _, members = _saved(tmp_path)
+    with zipfile.ZipFile(tmp_path / "deep.npz", "w") as z:
+        z.writestr("header.npy", _npy(np.asarray("[" * 100_000 + "]" * 100_000)))
+        for name, data in members.items():
+            if name != "header.npy":
+                z.writestr(name, data)
+    with pytest.raises(ea.StatsFileError, match="corrupt header"):
+        ea.load(tmp_path / "deep.npz")
+
+
+def test_load_refuses_a_member_declaring_more_than_it_holds(tmp_path):
+    header, members = _saved(tmp_path)
+    raw = members["state.counts.npy"]
+    members["state.counts.npy"] = raw.replace(b"(2, 16)", b"(1000000000000,)".ljust(7))
+    with pytest.raises(ea.StatsFileError, match="declares shape"):
+        ea.load(_write(tmp_path / "bad.npz", header, members))
+
+
+def test_load_checks_sizes_before_inflating_and_reads_only_named_members(tmp_path):
+    header, members = _saved(tmp_path)
+    bomb = _npy(np.zeros(4_000_000, np.float32))  # 16 MB of zeros: a few KB compressed
+    path = _write(tmp_path / "extra.npz", header, {**members, "state.extra.npy": bomb})
+    assert path.stat().st_size < 100_000
+    loaded = ea.load(path, max_bytes=1 << 20)  # the undeclared member is never read
+    assert loaded.get_stats().histogram.sum() == 2 * X.size
+    members["state.counts.npy"] = _npy(np.zeros((2, 16), np.float32)) + b"\0" * 2_000_000
+    with pytest.raises(ea.StatsFileError, match="over the limit"):
+        ea.load(_write(tmp_path / "bomb.npz", header, members), max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(
+    "key, change",
+    [
+        ("counts", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 3, np.nan, a)),
+        ("counts", lambda a: a - 1000),
+        ("lo", lambda a: a + 1e6),
+    ],
+)
+def test_load_validates_values(tmp_path, key, change):
+    header, members = _saved(tmp_path)
+    a = np.load(io.BytesIO(members[f"state.{key}.npy"]))
+    members[f"state.{key}.npy"] = _npy(change(a).astype(a.dtype))
+    with pytest.raises(ea.StatsFileError):
+        ea.load(_write(tmp_path / "bad.npz", header, members))
