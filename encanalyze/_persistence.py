@@ -15,6 +15,7 @@ import numpy as np
 from ._analyzer import STATE_FORMAT_VERSION, EncodingAnalyzer
 from ._backends import from_numpy, to_numpy
 from ._files import write_atomic
+from ._npz import NpzError, read_member
 from ._registry import ANALYZERS
 
 __all__ = ["StatsFileError", "load", "save"]
@@ -83,6 +84,13 @@ def _read(path: Path, max_bytes: int) -> tuple[dict, dict]:
     return header, arrays
 
 
+def _member(path: Path, z: zipfile.ZipFile, name: str, max_bytes: int) -> np.ndarray:
+    try:
+        return read_member(z, name, max_bytes, MAX_HEADER_BYTES)
+    except NpzError as err:
+        raise StatsFileError(f"{path}: {err}") from None
+
+
 def _header(path: Path, z: zipfile.ZipFile) -> dict:
     text = _member(path, z, "header.npy", MAX_HEADER_BYTES)
     try:
@@ -103,41 +111,6 @@ def _header(path: Path, z: zipfile.ZipFile) -> dict:
         if not isinstance(header.get(key, {}), dict):
             raise StatsFileError(f"{path}: header field {key!r} is not an object")
     return header
-
-
-def _member(path: Path, z: zipfile.ZipFile, name: str, max_bytes: int) -> np.ndarray:
-    """Read one ``.npy`` member after checking its declared sizes against ``max_bytes``."""
-    try:
-        info = z.getinfo(name)
-    except KeyError:
-        raise StatsFileError(f"{path}: member {name!r} is missing") from None
-    if info.file_size > max_bytes:
-        raise StatsFileError(
-            f"{path}: member {name!r} declares {info.file_size} bytes, over the limit of "
-            f"{max_bytes} (load(..., max_bytes=) raises it)"
-        )
-    with z.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        read_header = {
-            (1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0,
-        }.get(version)
-        if read_header is None:
-            raise StatsFileError(f"{path}: member {name!r} has .npy format version {version}")
-        shape, fortran, dtype = read_header(f, max_header_size=MAX_HEADER_BYTES)
-        if dtype.hasobject:
-            raise StatsFileError(f"{path}: member {name!r} holds Python objects")
-        count = math.prod(shape)
-        if count * dtype.itemsize > info.file_size:
-            raise StatsFileError(
-                f"{path}: member {name!r} declares shape {shape} ({count * dtype.itemsize} "
-                f"bytes) but holds {info.file_size} bytes"
-            )
-        data = f.read(count * dtype.itemsize)
-    if len(data) != count * dtype.itemsize:
-        raise StatsFileError(f"{path}: member {name!r} is truncated")
-    array = np.frombuffer(data, dtype=dtype)
-    return (array.reshape(shape[::-1]).T if fortran else array.reshape(shape)).copy()
 
 
 def _validate_values(path: Path, arrays: dict) -> None:

@@ -243,3 +243,79 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
         pytest.skip("the run finished before the interrupt")
     assert proc.returncode == 130 and err.strip().splitlines() == ["encanalyze: interrupted"]
     assert not (tmp_path / "e.json").exists()
+
+
+# -- hostile tensor files ----------------------------------------------------------------------
+
+
+def test_pt_of_shared_references_is_read_once(tmp_path):
+    torch = pytest.importorskip("torch")
+    t = torch.arange(10.0)
+    o = [t, t]
+    for _ in range(25):  # 2**26 paths to the same tensor
+        o = [o, o]
+    torch.save(o, tmp_path / "shared.pt")
+    loop = [torch.ones(4)]
+    loop.append(loop)
+    torch.save({"a": loop}, tmp_path / "loop.pt")
+    for name, want in (("shared.pt", ["0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0"]),
+                       ("loop.pt", ["a.0"])):  # fmt: skip
+        out = run("calibrate", tmp_path / name, "--method", "minmax", "--format", "json")
+        assert out.returncode == 0, out.stderr
+        assert [t["name"] for t in json.loads(out.stdout)["tensors"]] == want
+
+
+def test_npz_with_a_member_that_is_not_npy_is_one_error_line(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "odd.npz", "w") as z:
+        z.writestr("notes.txt", "hello")
+    out = run("calibrate", tmp_path / "odd.npz")
+    assert out.returncode == 1 and "'notes.txt' is not a .npy array" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_npz_members_are_size_checked_before_inflating(tmp_path):
+    import io
+    import zipfile
+
+    from encanalyze._npz import NpzError, read_member
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(2_000_000, np.float32))
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.npy", buf.getvalue())
+    assert (tmp_path / "bomb.npz").stat().st_size < 50_000
+    with zipfile.ZipFile(tmp_path / "bomb.npz") as z:
+        with pytest.raises(NpzError, match="over the limit"):
+            read_member(z, "x.npy", max_bytes=1 << 20)
+        assert read_member(z, "x.npy", max_bytes=1 << 24).shape == (2_000_000,)
+
+
+def _raw_safetensors(path, header, body):
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + body)
+    return path
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, "invalid data_offsets"),
+        ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "invalid shape"),
+        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "spans 8 bytes"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            "overlaps",
+        ),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, "leaves a gap"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, "cover 4 of 16"),
+    ],
+)
+def test_safetensors_are_validated_as_strictly_as_the_library(tmp_path, entries, message):
+    path = _raw_safetensors(tmp_path / "bad.safetensors", entries, b"\0" * 16)
+    out = run("calibrate", path)
+    assert out.returncode == 1 and message in out.stderr, out.stderr
