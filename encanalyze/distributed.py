@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 from ._analyzer import EncodingAnalyzer
@@ -60,6 +62,7 @@ def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer
     else:
         comm = torch.device("cpu")
     reduce = _REDUCERS.get(getattr(getattr(analyzer, "observer", None), "kind", None))
+    _check_agreement(torch, dist, group, comm, analyzer)  # before raising: no rank is left waiting
     if reduce is None:
         raise TypeError(f"cannot all-reduce the statistics of a {type(analyzer).__name__}")
     if analyzer._home is None:
@@ -73,16 +76,43 @@ def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer
     return analyzer
 
 
-def _dtype_code(state_array) -> float:
-    if state_array is None:
-        return 0.0
-    name = str(state_array.dtype).rsplit(".", 1)[-1]
-    return float(_DTYPES.index(name) + 1) if name in _DTYPES else 3.0
+def _check_agreement(torch, dist, group, comm, analyzer) -> None:
+    """One small collective: every rank must hold an analyzer of the same class and parameters.
+
+    A fingerprint of the class and parameters (shape, bins, growth limit, ...) is reduced with
+    MIN over ``(h, -h)``; ranks that differ raise the same ``ValueError`` everywhere, instead of
+    a collective of mismatched sizes aborting the process or mixing channels silently.
+    """
+    params = getattr(analyzer, "params", dict)()
+    observer = getattr(getattr(analyzer, "observer", None), "params", dict)()
+    spec = json.dumps([type(analyzer).__name__, params, observer], sort_keys=True, default=str)
+    h = float(int.from_bytes(hashlib.sha256(spec.encode()).digest()[:6], "little"))
+    both = torch.tensor([h, -h], dtype=torch.float64, device=comm)
+    dist.all_reduce(both, op=dist.ReduceOp.MIN, group=group)
+    if both[0].item() != -both[1].item():
+        raise ValueError(
+            "all_reduce_stats: the ranks' analyzers differ in class or parameters (shape, "
+            "num_bins, growth limit, ...); every rank must pass an analyzer built the same way"
+        )
 
 
-def _agree_dtype(codes_min) -> str:
-    code = int(-codes_min)
-    return _DTYPES[code - 1] if code else "float32"
+def _dtype_code(state_array) -> list[float]:
+    """Return flags (-1 where present) of the four float dtypes, MIN-reduced across ranks."""
+    flags = [0.0] * len(_DTYPES)
+    if state_array is not None:
+        name = str(state_array.dtype).rsplit(".", 1)[-1]
+        flags[_DTYPES.index(name) if name in _DTYPES else 2] = -1.0
+    return flags
+
+
+def _agree_dtype(flags) -> str:
+    """Return the dtype ``merge_stats`` promotes the ranks' dtypes to (f16 + bf16: float32)."""
+    present = {name for name, f in zip(_DTYPES, flags.tolist(), strict=True) if f < 0}
+    if "float64" in present:
+        return "float64"
+    if "float32" in present or {"float16", "bfloat16"} <= present or not present:
+        return "float32"
+    return present.pop()
 
 
 def _back(xp, t, device, dtype=None):
@@ -102,11 +132,11 @@ def _minmax(torch, dist, group, comm, analyzer, xp, device):
         hi = to_torch(state.max, comm).double()
         if state.num_nan is not None:
             nan = to_torch(state.num_nan, comm).double()
-    code = torch.tensor([-_dtype_code(None if state is None else state.min)], device=comm)
+    code = torch.tensor(_dtype_code(None if state is None else state.min), device=comm)
     packed = torch.cat([lo, -hi, code.double()])
     dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
     dist.all_reduce(nan, op=dist.ReduceOp.SUM, group=group)
-    dtype = getattr(xp, _agree_dtype(packed[-1].item()))
+    dtype = getattr(xp, _agree_dtype(packed[-len(_DTYPES) :]))
     lo, hi = packed[:e], -packed[e : 2 * e]
     return MinMaxRange(
         _back(xp, lo, device, dtype),
@@ -132,10 +162,10 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
         obs_lo = to_torch(observed[0], comm).double()
         neg_obs_hi = -to_torch(observed[1], comm).double()
         held = (lo <= -neg_hi).double().reshape(e, 1)
-    code = torch.tensor([-_dtype_code(None if state is None else state.lo)], device=comm)
+    code = torch.tensor(_dtype_code(None if state is None else state.lo), device=comm)
     packed = torch.cat([lo, neg_hi, lim_lo, neg_lim_hi, obs_lo, neg_obs_hi, code.double()])
     dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
-    dtype = getattr(xp, _agree_dtype(packed[-1].item()))
+    dtype = getattr(xp, _agree_dtype(packed[-len(_DTYPES) :]))
 
     def back(t, dt=None):
         return _back(xp, t, device, dt)
@@ -186,10 +216,10 @@ def _ema(torch, dist, group, comm, analyzer, xp, device):
         sums[2] = count
         if state.num_nan is not None:
             sums[3] = to_torch(state.num_nan, comm).double()
-    code = torch.tensor([-_dtype_code(None if state is None else state.min)], device=comm)
+    code = torch.tensor(_dtype_code(None if state is None else state.min), device=comm)
     dist.all_reduce(code, op=dist.ReduceOp.MIN, group=group)
     dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
-    dtype = getattr(xp, _agree_dtype(code.item()))
+    dtype = getattr(xp, _agree_dtype(code))
     count = sums[2]
     held = count > 0
     lo = torch.where(held, sums[0] / count.clamp(min=1), math.inf)

@@ -52,3 +52,44 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
             ea.save(analyzer, os.path.join(out_dir, f"{method}-{rank}.npz"))
     finally:
         dist.destroy_process_group()
+
+
+MISMATCHES = {
+    "shape": lambda rank, ea: ea.PercentileEncodingAnalyzer((4, 1) if rank == 0 else (1, 4)),
+    "num_bins": lambda rank, ea: ea.PercentileEncodingAnalyzer((1,), num_bins=64 << rank),
+    "class": lambda rank, ea: (
+        ea.PercentileEncodingAnalyzer if rank else ea.MinMaxEncodingAnalyzer
+    )((1,)),
+    "growth": lambda rank, ea: ea.SqnrEncodingAnalyzer((1,), histogram_growth_limit=2.0 + rank),
+}
+
+
+def run_mismatch(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Each mismatch must raise the same ValueError on every rank; float16 + bfloat16 ranks
+    agree on float32, as merge_stats does."""
+    import torch
+    import torch.distributed as dist
+
+    import encanalyze as ea
+    from encanalyze.distributed import all_reduce_stats
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for name, make_one in MISMATCHES.items():
+            analyzer = make_one(rank, ea)
+            analyzer.update_stats(np.ones((4, 4), np.float32) * (rank + 1))
+            try:
+                all_reduce_stats(analyzer)
+                outcome = "merged"
+            except ValueError as err:
+                outcome = "raised" if "analyzers differ" in str(err) else f"other: {err}"
+            with open(os.path.join(out_dir, f"{name}-{rank}.txt"), "w") as f:
+                f.write(outcome)
+        dtype = torch.float16 if rank == 0 else torch.bfloat16
+        analyzer = ea.MinMaxEncodingAnalyzer((1,))
+        analyzer.update_stats(torch.tensor([1.0, -2.0 * (rank + 1)], dtype=dtype))
+        all_reduce_stats(analyzer)
+        with open(os.path.join(out_dir, f"dtype-{rank}.txt"), "w") as f:
+            f.write(str(analyzer.get_stats().min.dtype))
+    finally:
+        dist.destroy_process_group()

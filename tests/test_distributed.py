@@ -97,3 +97,24 @@ def test_docs_torchrun_example(tmp_path):
     assert len(lines) == 2 and all(
         line.split(":")[1].split()[0] == str(2 * 4 * 256 * 64) for line in lines
     )
+
+
+def test_mismatched_ranks_raise_the_same_error_everywhere(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(
+        worker.run_mismatch,
+        args=(2, str(tmp_path / "rendezvous"), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    for name in worker.MISMATCHES:
+        outcomes = {(tmp_path / f"{name}-{r}.txt").read_text() for r in range(2)}
+        assert outcomes == {"raised"}, name
+    dtypes = {(tmp_path / f"dtype-{r}.txt").read_text() for r in range(2)}
+    a16 = ea.MinMaxEncodingAnalyzer((1,))
+    a16.update_stats(torch.tensor([1.0, -2.0], dtype=torch.float16))
+    bf = ea.MinMaxEncodingAnalyzer((1,))
+    bf.update_stats(torch.tensor([1.0, -4.0], dtype=torch.bfloat16))
+    assert dtypes == {str(ea.merge_stats(a16.get_stats(), bf.get_stats()).min.dtype)}
+    assert dtypes == {"torch.float32"}
