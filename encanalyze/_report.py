@@ -72,6 +72,10 @@ def layout_for(
     return Layout(tuple(shape), blocks, "PER_BLOCK", axis, block_size, baxis)
 
 
+QUALITY_CHUNK = 1 << 20
+"""Values per chunk of the quality measurement (its float64 temporaries stay this small)."""
+
+
 def quantization_quality(
     xp: Namespace, x: Array, p: Plan, scale: Array, offset: Array, num_steps: int
 ) -> tuple[float, float]:
@@ -79,21 +83,28 @@ def quantization_quality(
 
     ``q = round(x / scale) - offset`` is clipped to ``[0, n]`` and ``x_hat = (q + offset) *
     scale``; SQNR is ``10 log10(sum(x**2) / sum((x - x_hat)**2))`` (inf for an exact grid).
-    Non-finite values are left out. Arithmetic in float64 where the device has it.
+    Non-finite values are left out. Arithmetic in float64 where the device has it, on chunks
+    of :data:`QUALITY_CHUNK` values, so that memory does not grow with the tensor.
     """
     wd = wide_dtype(xp, device_of(x))
-    rows = xp.astype(to_rows(xp, x, p), wd)
-    finite = xp.isfinite(rows)
-    rows = xp.where(finite, rows, 0.0)
+    rows = to_rows(xp, x, p)
     s = xp.reshape(xp.astype(scale, wd), (-1, 1))
     o = xp.reshape(xp.astype(offset, wd), (-1, 1))
-    q = xp.round(rows / s) - o
-    clipped = ((q < 0) | (q > num_steps)) & finite
-    x_hat = (xp.clip(q, 0.0, float(num_steps)) + o) * s
-    err = xp.where(finite, rows - x_hat, 0.0)
-    signal, noise = float(xp.sum(rows * rows)), float(xp.sum(err * err))
-    count = int(xp.count_nonzero(finite))
-    fraction = int(xp.count_nonzero(clipped)) / count if count else 0.0
+    step = max(1, QUALITY_CHUNK // max(1, rows.shape[0]))  # bounded float64 temporaries
+    signal = noise = 0.0
+    count = num_clipped = 0
+    num_values = rows.shape[1]
+    for start in range(0, max(num_values, 1), step):
+        chunk = xp.astype(rows[:, start : min(start + step, num_values)], wd)
+        finite = xp.isfinite(chunk)
+        chunk = xp.where(finite, chunk, 0.0)
+        q = xp.round(chunk / s) - o
+        num_clipped += int(xp.count_nonzero(((q < 0) | (q > num_steps)) & finite))
+        err = xp.where(finite, chunk - (xp.clip(q, 0.0, float(num_steps)) + o) * s, 0.0)
+        signal += float(xp.sum(chunk * chunk))
+        noise += float(xp.sum(err * err))
+        count += int(xp.count_nonzero(finite))
+    fraction = num_clipped / count if count else 0.0
     if noise == 0:
         return fraction, math.inf
     if signal == 0:

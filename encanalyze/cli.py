@@ -625,7 +625,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command != "calibrate":
             raise UsageError("expected the command 'calibrate'")
-        return calibrate(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return calibrate(args)
+            finally:  # each warning once, as one line (no source lines)
+                lines = ((str(w.message).splitlines() or [""])[0] for w in caught)
+                for message in dict.fromkeys(lines):
+                    _note(message)
     except UsageError as err:
         print(f"encanalyze: error: {printable(str(err))}", file=sys.stderr)
         return 2

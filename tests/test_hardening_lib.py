@@ -202,3 +202,46 @@ def test_load_validates_values(tmp_path, key, change):
     members[f"state.{key}.npy"] = _npy(change(a).astype(a.dtype))
     with pytest.raises(ea.StatsFileError):
         ea.load(_write(tmp_path / "bad.npz", header, members))
+
+
+# -- memory: large inputs are worked through in chunks, with the same results -----------------
+
+
+def test_chunked_binning_and_quality_equal_the_whole(monkeypatch, backend):
+    from encanalyze import _report
+    from encanalyze._backends import _numpy_like
+
+    x = np.random.default_rng(3).standard_normal((3, 5000)).astype(np.float32)
+    x[1, 7] = np.nan
+    x[2, 9] = np.inf
+
+    def run():
+        a = ea.SqnrEncodingAnalyzer((3, 1), num_bins=64)
+        a.update_stats(backend.asarray(x))
+        a.update_stats(backend.asarray(x * 1.5))
+        counts = backend.to_numpy(a.get_stats().histogram)
+        lo, hi = a.compute_encodings(255, False)
+        scale, offset = ea.to_scale_offset(lo, hi, 255, False)
+        xp = backend.xp
+        from encanalyze._shapes import plan
+
+        quality = _report.quantization_quality(
+            xp, backend.asarray(x), plan((3, 5000), (3, 1), None), scale, offset, 255
+        )
+        return counts, quality
+
+    with pytest.warns(RuntimeWarning):
+        whole = run()
+    monkeypatch.setattr(_numpy_like, "VALUE_CHUNK", 1000)
+    monkeypatch.setattr(_report, "QUALITY_CHUNK", 1000)
+    try:
+        from encanalyze._backends import _torch
+
+        monkeypatch.setattr(_torch, "SCRATCH_LIMIT", 1000)
+    except ImportError:
+        pass
+    with pytest.warns(RuntimeWarning):
+        chunked = run()
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    assert chunked[1][0] == whole[1][0]
+    assert chunked[1][1] == pytest.approx(whole[1][1], rel=1e-12)

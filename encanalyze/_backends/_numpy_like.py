@@ -48,6 +48,10 @@ def bincount_rows(m, idx, num_bins: int, weights=None):
     return counts.astype(dtype, copy=False).reshape(rows, num_bins)
 
 
+VALUE_CHUNK = 1 << 20
+"""Host binning works on at most this many values at a time (its temporaries stay small)."""
+
+
 def histogram_rows(m, host: bool, rows, lo, hi, num_bins: int, may_have_nan: bool):
     """Apply the portable formula in place; count with ``bincount``, a block of rows at a time.
 
@@ -61,17 +65,20 @@ def histogram_rows(m, host: bool, rows, lo, hi, num_bins: int, may_have_nan: boo
     out = m.empty((num_rows, num_bins), dtype=m.int64)
     offsets = (m.arange(min(step, num_rows), dtype=rows.dtype) * nbins)[:, None]
     width = (hi - lo)[:, None]
+    cols = max(1, VALUE_CHUNK // step) if host else max(num_values, 1)  # bounded temporaries
     for a in range(0, num_rows, step):
         b = min(a + step, num_rows)
-        t = m.subtract(rows[a:b], lo[a:b, None])
-        t /= width[a:b]
-        t *= num_bins
-        m.floor(t, out=t)
-        m.clip(t, 0, num_bins - 1, out=t)
-        if may_have_nan:
-            t = m.where(m.isnan(t), num_bins, t)
-        if b - a > 1:
-            t += offsets[: b - a]
-        counts = m.bincount(t.astype(m.int64).ravel(), minlength=(b - a) * nbins)
+        counts = 0
+        for c in range(0, max(num_values, 1), cols):
+            t = m.subtract(rows[a:b, c : c + cols], lo[a:b, None])
+            t /= width[a:b]
+            t *= num_bins
+            m.floor(t, out=t)
+            m.clip(t, 0, num_bins - 1, out=t)
+            if may_have_nan:
+                t = m.where(m.isnan(t), num_bins, t)
+            if b - a > 1:
+                t += offsets[: b - a]
+            counts = counts + m.bincount(t.astype(m.int64).ravel(), minlength=(b - a) * nbins)
         out[a:b] = counts.reshape(b - a, nbins)[:, :num_bins]
     return out

@@ -102,6 +102,12 @@ def histogram_rows(
     """
     shape = tuple(rows.shape)
     cpu = rows.device.type == "cpu"
+    step = max(1, SCRATCH_LIMIT // max(shape[0], 1))
+    if cpu and shape[0] * shape[1] > SCRATCH_LIMIT and step < shape[1]:  # bounded temporaries
+        return sum(
+            histogram_rows(rows[:, c : c + step], lo, hi, num_bins, may_have_nan)
+            for c in range(0, shape[1], step)
+        )
     dtype = torch.promote_types(rows.dtype, lo.dtype)
     t = _SCRATCH.get(shape, dtype) if cpu else None
     t = torch.sub(rows, lo[:, None]) if t is None else torch.sub(rows, lo[:, None], out=t)
