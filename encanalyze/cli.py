@@ -16,6 +16,7 @@ import json
 import math
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -325,7 +326,7 @@ def _revive_dead_encodings(
     return np.where(np.broadcast_to(mask, array.shape), 0, array).astype(array.dtype), [note]
 
 
-def calibrate_one(name: str, array: np.ndarray, args, convert) -> dict:
+def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) -> dict:
     """Calibrate one tensor with every selected method; return its report entry."""
     layout = layout_for(array.shape, args.per_channel, args.block_size, args.block_axis)
     num_steps = 2**args.bits - 1
@@ -338,6 +339,8 @@ def calibrate_one(name: str, array: np.ndarray, args, convert) -> dict:
     results = {}
     gathered = {}  # one analyzer per kind of statistics: each tensor is histogrammed once
     for method in methods:
+        if progress is not None:
+            progress.show(name, method)
         analyzer = _analyzer(method, layout, args)
         key = (type(analyzer.observer).__name__, json.dumps(analyzer.observer.params()))
         with warnings.catch_warnings():
@@ -349,6 +352,8 @@ def calibrate_one(name: str, array: np.ndarray, args, convert) -> dict:
                 gathered[key] = analyzer
             lo, hi = analyzer.compute_encodings(num_steps, args.symmetric)
         scale, offset = to_scale_offset(lo, hi, num_steps, args.symmetric)
+        if progress is not None:
+            progress.advance(array.size, name, method)
         if not bool(xp.all(xp.isfinite(xp.astype(scale, xp.float64)))):
             notes.append(f"{method}: the range overflows {array.dtype}; not encodable")
             continue
@@ -383,27 +388,50 @@ def _rank(sqnr: float) -> float:
 
 
 class _Progress:
-    """A progress bar on stderr, drawn only when stderr is a terminal."""
+    """A progress bar on stderr, drawn only when stderr is a terminal.
+
+    It counts values (each tensor's size once per method), so it moves within a long tensor,
+    and shows the elapsed time, the rate and the time left.
+    """
 
     def __init__(self, total: int) -> None:
-        self.total, self.done = total, 0
+        self.total, self.done = max(total, 1), 0
         self.active = total > 0 and sys.stderr.isatty()
+        self.start = time.monotonic()
 
-    def step(self, name: str) -> None:
-        self.done += 1
-        if self.active:
-            width = 30
-            filled = width * self.done // self.total
-            sys.stderr.write(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"{name[:40]:<40}"
-            )
-            sys.stderr.flush()
+    def show(self, name: str, method: str = "") -> None:
+        """Redraw the bar while ``method`` runs on tensor ``name``."""
+        if not self.active:
+            return
+        width = 24
+        filled = width * self.done // self.total
+        elapsed = time.monotonic() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else math.inf
+        label = printable(f"{name} {method}".strip())[:32]
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * self.done / self.total:5.1f}% "
+            f"{_duration(elapsed)} elapsed, {_duration(left)} left, {rate / 1e6:7.1f} M values/s "
+            f"{label:<32}"
+        )
+        sys.stderr.flush()
+
+    def advance(self, amount: int, name: str, method: str = "") -> None:
+        """Count ``amount`` values done and redraw."""
+        self.done = min(self.total, self.done + amount)
+        self.show(name, method)
 
     def close(self) -> None:
         if self.active:
-            sys.stderr.write("\r" + " " * 80 + "\r")
+            sys.stderr.write("\r" + " " * 120 + "\r")
             sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes:02d}:{secs:02d}" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}"
 
 
 def _fmt(v: float, width: int = 11) -> str:
@@ -559,7 +587,8 @@ def calibrate(args) -> int:
     if not chosen:
         raise UsageError("no tensor matches --include/--exclude")
     entries, skipped, layout_errors = [], [], []
-    progress = _Progress(len(chosen))
+    methods = len(METHODS) if args.method == "all" else 1
+    progress = _Progress(sum(a.size for a in chosen.values()) * methods)
     try:
         for name, array in chosen.items():
             reason = _skip_reason(array)
@@ -571,12 +600,12 @@ def calibrate(args) -> int:
                     layout_errors.append(reason)
             if reason is None:
                 try:
-                    entries.append(calibrate_one(name, array, args, convert))
+                    entries.append(calibrate_one(name, array, args, convert, progress))
                 except Exception as err:  # noqa: BLE001 - one tensor's failure is one note
                     reason = _reason(err)
             if reason is not None:
                 skipped.append({"name": name, "reason": reason})
-            progress.step(name)
+                progress.advance(array.size * methods, name)
     finally:
         progress.close()
     if not entries and layout_errors and len(layout_errors) == len(skipped):

@@ -276,7 +276,8 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     os.close(master)
     terminal = b"".join(chunks)
     assert proc.returncode == 0
-    assert b"2/2" in terminal and b"[####" in terminal
+    assert b"100.0%" in terminal and b"[####" in terminal and b"left" in terminal
+    assert terminal.count(b"\r[") >= 2 * 6  # moves within each tensor: once per method
     assert b"2/2" not in stdout
     assert "2/2" not in run("calibrate", tmp_path / "two.npz").stderr  # not when piped
 
