@@ -241,11 +241,13 @@ def _converter(backend: str, device):
     if backend == "torch":
         import torch
 
-        dev = torch.device(device or "cpu")
         try:
+            dev = torch.device(device or "cpu")
             torch.empty(0, device=dev)
-        except (RuntimeError, AssertionError) as err:
+        except (RuntimeError, AssertionError, ValueError, TypeError) as err:
             raise UsageError(f"--device {device}: {str(err).splitlines()[0]}") from None
+        if dev.type == "meta":
+            raise UsageError("--device meta holds no data: choose cpu or an accelerator")
         return lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)
     import cupy
 

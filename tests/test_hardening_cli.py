@@ -319,3 +319,26 @@ def test_safetensors_are_validated_as_strictly_as_the_library(tmp_path, entries,
     path = _raw_safetensors(tmp_path / "bad.safetensors", entries, b"\0" * 16)
     out = run("calibrate", path)
     assert out.returncode == 1 and message in out.stderr, out.stderr
+
+
+# -- torch backend options and dtypes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["bogus", "meta"])
+def test_bad_torch_devices_are_option_errors(tmp_path, device):
+    pytest.importorskip("torch")
+    out = run("calibrate", _tensor_file(tmp_path), "--backend", "torch", "--device", device)
+    assert out.returncode == 2 and f"--device {device}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_dtype_torch_lacks_is_a_note_under_the_torch_backend(tmp_path):
+    pytest.importorskip("torch")
+    if not hasattr(np, "float128"):
+        pytest.skip("no float128 on this platform")
+    src = tmp_path / "t.npz"
+    np.savez(src, wide=ACT.astype(np.float128), good=ACT)
+    out = run("calibrate", src, "--backend", "torch", "--method", "minmax", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert [t["name"] for t in json.loads(out.stdout)["tensors"]] == ["good"]
+    assert "skipped wide" in out.stderr and "Traceback" not in out.stderr
