@@ -285,19 +285,17 @@ def sqnr_search(
     return enc_min, enc_min + n * d
 
 
-HUGE = 2.0**400
-"""Rows whose histogram reaches beyond this are searched scaled down by a power of two."""
-
-
 def _power_of_two_scale(xp: Namespace, edges: Array) -> Array:
     """Return ``(E, 1)`` factors ``2**-k`` that bring huge rows near 1, else exactly 1.
 
-    Squared errors of values near 1e154 overflow float64; scaling a row's edges and deltas by a
-    power of two is exact and scales every candidate's noise by the same factor, so the least
-    noise (and the encodings) stay the same.
+    Squared errors of values near 1e154 overflow float64 (near 1e19 float32, the noise dtype
+    where the device lacks float64); rows reaching beyond the fourth root of the dtype's largest
+    value are scaled by a power of two, which is exact and scales every candidate's noise by the
+    same factor, so the least noise (and the encodings) stay the same.
     """
+    huge = float(xp.finfo(edges.dtype).max) ** 0.25
     mag = xp.maximum(xp.abs(edges[:, :1]), xp.abs(edges[:, -1:]))
-    k = xp.where(mag > HUGE, xp.floor(xp.log2(xp.where(mag > HUGE, mag, 1.0))), 0.0)
+    k = xp.where(mag > huge, xp.floor(xp.log2(xp.where(mag > huge, mag, 1.0))), 0.0)
     return xp.pow(xp.asarray(2.0, dtype=edges.dtype, device=device_of(edges)), -k)
 
 
