@@ -252,6 +252,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         return self._encode(xp, state, num_steps, is_symmetric)
 
     def _encode(self, xp: Namespace, state, num_steps: int, is_symmetric: bool):
+        self.observer.check(xp, state)
         empty = self.observer.num_empty(xp, state)
         if empty:
             raise StatisticsNotFoundError(

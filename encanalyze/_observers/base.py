@@ -67,6 +67,9 @@ class Observer(ABC, Generic[State]):
         With ``want_batch`` False an observer may skip building ``x``'s own state (``None``).
         """
 
+    def check(self, xp: Namespace, state: State) -> None:
+        """Raise ``ValueError`` for a state the rules cannot encode (compute time: may sync)."""
+
     @abstractmethod
     def merge(self, xp: Namespace, states: list[State]) -> State:
         """Return the state that merges ``states`` (two or more, all in namespace ``xp``)."""
