@@ -15,6 +15,7 @@ import importlib.util
 import json
 import math
 import re
+import signal
 import sys
 import time
 import warnings
@@ -656,8 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command != "calibrate":
             raise UsageError("expected the command 'calibrate'")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:  # the filters still apply
             try:
                 return calibrate(args)
             finally:  # each warning once, as one line (no source lines)
@@ -671,5 +671,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"encanalyze: error: {printable(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not end in a traceback
         print("encanalyze: interrupted", file=sys.stderr)
         return 130
