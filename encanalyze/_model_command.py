@@ -9,7 +9,6 @@ SQNR on each weight); activations with ``--activation-method`` through ONNX Runt
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ._backends import to_numpy
 from ._calibration import CalibrationResult
 from ._onnx_graph import load_model
 from ._registry import METHODS as REGISTRY
+from ._report import sqnr_rank
 from .onnx import calibrate, output_sqnr, write_qdq_model
 from .onnx._calibrate import model_inputs
 
@@ -98,14 +98,6 @@ def _weight_methods(args) -> list[str]:
     return [m for m, spec in REGISTRY.items() if spec.in_command]
 
 
-def _rank(sqnr: float | None) -> float:
-    return -math.inf if sqnr is None or math.isnan(sqnr) else sqnr
-
-
-def _options(method: str, args) -> dict:
-    return {k: getattr(args, dest) for k, dest in REGISTRY[method].options.items()}
-
-
 def calibrate_model(path: Path, args) -> tuple[CalibrationResult, dict | None, bool]:
     """Calibrate an ONNX model's weights and activations; write ``--qdq-model`` if asked.
 
@@ -125,15 +117,15 @@ def calibrate_model(path: Path, args) -> tuple[CalibrationResult, dict | None, b
         batches,
         activations=args.activation_method,
         weights=first,
-        activation_options=_options(args.activation_method, args),
-        weight_options=_options(first, args),
+        activation_options=REGISTRY[args.activation_method].command_options(args),
+        weight_options=REGISTRY[first].command_options(args),
         **common,
     )
     for method in others:  # --method all: each weight keeps the method with the best SQNR
-        other = calibrate(model, None, weights=method, weight_options=_options(method, args),
-                          **common)  # fmt: skip
+        options = REGISTRY[method].command_options(args)
+        other = calibrate(model, None, weights=method, weight_options=options, **common)
         for name, e in other.encodings.items():
-            if _rank(e.sqnr_db) > _rank(result.encodings[name].sqnr_db):
+            if sqnr_rank(e.sqnr_db) > sqnr_rank(result.encodings[name].sqnr_db):
                 result.encodings[name] = e
     qdq = None
     if args.qdq_model is not None:

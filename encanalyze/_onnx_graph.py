@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FLOAT_TYPES", "ModelFileError", "all_graphs", "float_weights", "load_model"]
+__all__ = [
+    "FLOAT_TYPES",
+    "ModelFileError",
+    "all_graphs",
+    "float_weights",
+    "initializer_bytes",
+    "load_model",
+]
 
 
 class ModelFileError(ValueError):
@@ -85,6 +92,11 @@ def all_graphs(graph) -> Iterator:
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
                     yield from all_graphs(g)
+
+
+def initializer_bytes(model) -> int:
+    """Return the bytes the initializers of ``model`` and its subgraphs hold in memory."""
+    return sum(len(t.raw_data) for g in all_graphs(model.graph) for t in g.initializer)
 
 
 def _tensors(graph) -> Iterator:

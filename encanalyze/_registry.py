@@ -46,6 +46,10 @@ class Method:
     options: dict[str, str] = field(default_factory=dict)
     in_command: bool = True
 
+    def command_options(self, args) -> dict:
+        """Return the analyzer keyword arguments that the command's parsed ``args`` set."""
+        return {k: getattr(args, dest) for k, dest in self.options.items()}
+
     @property
     def rule(self) -> Callable:
         """The pure rule ``rule(xp, state, num_steps, is_symmetric, **params)``."""

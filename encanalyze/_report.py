@@ -20,6 +20,8 @@ __all__ = [
     "layout_for",
     "onnx_qdq_encodings",
     "quantization_quality",
+    "sqnr_db",
+    "sqnr_rank",
 ]
 
 
@@ -105,11 +107,21 @@ def quantization_quality(
         noise += float(xp.sum(err * err))
         count += int(xp.count_nonzero(finite))
     fraction = num_clipped / count if count else 0.0
+    return fraction, sqnr_db(signal, noise)
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """Return ``10 log10(signal / noise)``: ``inf`` without noise, ``-inf`` without signal."""
     if noise == 0:
-        return fraction, math.inf
+        return math.inf
     if signal == 0:
-        return fraction, -math.inf
-    return fraction, 10 * math.log10(signal / noise)
+        return -math.inf
+    return 10 * math.log10(signal / noise)
+
+
+def sqnr_rank(sqnr: float | None) -> float:
+    """Return an SQNR as a sort key where ``None`` and NaN never win."""
+    return -math.inf if sqnr is None or math.isnan(sqnr) else sqnr
 
 
 def aimet_encodings(entries: list[dict], bits: int, symmetric: bool) -> dict:

@@ -30,7 +30,13 @@ from ._files import OutputPathError, check_output, printable, write_atomic
 from ._observers.histogram import validate_num_bins
 from ._onnx_graph import ModelFileError
 from ._registry import METHODS as REGISTRY
-from ._report import aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
+from ._report import (
+    aimet_encodings,
+    layout_for,
+    onnx_qdq_encodings,
+    quantization_quality,
+    sqnr_rank,
+)
 from ._rules.percentile import validate_percentile
 from ._samples import sample_tensors
 from ._shapes import plan, to_rows
@@ -263,8 +269,7 @@ def _converter(backend: str, device):
 
 def _analyzer(method: str, layout, args):
     m = REGISTRY[method]
-    options = {k: getattr(args, dest) for k, dest in m.options.items()}
-    return m.analyzer(layout.shape, block_size=layout.block_size, **options)
+    return m.analyzer(layout.shape, block_size=layout.block_size, **m.command_options(args))
 
 
 def _load(args) -> dict[str, np.ndarray]:
@@ -371,7 +376,7 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
         }
     if not results:
         raise ValueError(f"no method gives finite scales (the range overflows {array.dtype})")
-    best = max(results, key=lambda m: _rank(results[m]["sqnr_db"]))  # NaN never wins
+    best = max(results, key=lambda m: sqnr_rank(results[m]["sqnr_db"]))  # NaN never wins
     return {
         "name": name,
         "shape": list(array.shape),
@@ -384,10 +389,6 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
         "_layout": layout,
         "_notes": notes,
     }
-
-
-def _rank(sqnr: float) -> float:
-    return -math.inf if math.isnan(sqnr) else sqnr
 
 
 class _Progress:

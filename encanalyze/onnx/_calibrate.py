@@ -10,7 +10,7 @@ import numpy as np
 
 from .._calibration import CalibrationResult, encode, progress_bar
 from .._encoding import validate_num_steps
-from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, load_model
+from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, initializer_bytes, load_model
 from .._registry import METHODS
 from .._report import layout_for
 
@@ -61,7 +61,11 @@ def quantizable_weights(model, op_types=QUANTIZABLE_OPS) -> dict[str, int | None
     ConvTranspose and Gemm are left out (ONNX Runtime quantizes them from the input and weight
     scales). Subgraph nodes count.
     """
-    weights = float_weights(model)
+    return _weights_of(model, op_types, float_weights(model))
+
+
+def _weights_of(model, op_types, weights: dict) -> dict[str, int | None]:
+    """:func:`quantizable_weights` over the model's already-read ``weights``."""
     out: dict[str, int | None] = {}
     for graph in all_graphs(model.graph):
         for node in graph.node:
@@ -74,13 +78,16 @@ def quantizable_weights(model, op_types=QUANTIZABLE_OPS) -> dict[str, int | None
     return out
 
 
-def _activations(model, op_types) -> list[str]:
-    """Float tensors into and out of the main graph's ``op_types`` nodes that are not weights."""
+def _activations(model, op_types, typed: dict, weights: dict) -> list[str]:
+    """Float tensors into and out of the main graph's ``op_types`` nodes that are not weights.
+
+    ``typed``: the value infos by name (:func:`_typed`); ``weights``: the float weights.
+    """
     import onnx
 
     types = {getattr(onnx.TensorProto, t) for t in FLOAT_TYPES}
-    elem = {vi.name: vi.type.tensor_type.elem_type for vi in _typed(model)}
-    constants = set(float_weights(model)) | {i.name for i in model.graph.initializer}
+    elem = {name: vi.type.tensor_type.elem_type for name, vi in typed.items()}
+    constants = set(weights) | {i.name for i in model.graph.initializer}
     out: list[str] = []
     for node in model.graph.node:
         if op_types is not None and node.op_type not in op_types:
@@ -127,8 +134,7 @@ def session(model, providers=None, workdir: str | None = None):
     import onnxruntime as ort
 
     providers = providers or default_providers()
-    size = sum(len(t.raw_data) for g in all_graphs(model.graph) for t in g.initializer)
-    if size <= INLINE_LIMIT:
+    if initializer_bytes(model) <= INLINE_LIMIT:
         return ort.InferenceSession(model.SerializeToString(), providers=providers)
     if workdir is None:
         raise ValueError("a model this large needs a working folder for its external data")
@@ -230,7 +236,7 @@ def calibrate(
     proto, _ = load_model(model)
     values = float_weights(proto)
     encodings = {}
-    for name, axis in quantizable_weights(proto, op_types).items():
+    for name, axis in _weights_of(proto, op_types, values).items():
         w = values[name]
         axis = axis if per_channel_weights else None
         analyzer = METHODS[weights].analyzer(
@@ -240,7 +246,7 @@ def calibrate(
         encodings[name] = encode(name, "param", analyzer, num_steps, symmetric, axis, weights, w)
     count = 0
     if batches is not None:
-        analyzers, count = _observe(proto, batches, activations, op_types, providers,
+        analyzers, count = _observe(proto, values, batches, activations, op_types, providers,
                                     activation_options or {}, progress)  # fmt: skip
         for name, analyzer in analyzers.items():
             encodings[name] = encode(
@@ -249,15 +255,15 @@ def calibrate(
     return CalibrationResult(encodings, bits, symmetric, count)
 
 
-def _observe(proto, batches, method, op_types, providers, options, progress):
+def _observe(proto, weights, batches, method, op_types, providers, options, progress):
     """Run the batches with the activations as extra outputs; one analyzer per tensor."""
-    names = _activations(proto, op_types)
+    typed = {vi.name: vi for vi in _typed(proto)}
+    names = _activations(proto, op_types, typed, weights)
     inputs = model_inputs(proto)
     fed = {i.name for i in inputs}
     wanted = [n for n in names if n not in fed]  # graph inputs come from the feed itself
     augmented = type(proto)()
     augmented.CopyFrom(proto)
-    typed = {vi.name: vi for vi in _typed(proto)}
     outputs = {o.name for o in proto.graph.output}
     augmented.graph.output.extend(typed[n] for n in wanted if n not in outputs)
     analyzers = {n: METHODS[method].analyzer((1,), **options) for n in names}

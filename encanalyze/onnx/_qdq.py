@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .._calibration import CalibrationResult
-from .._onnx_graph import all_graphs, load_model
+from .._onnx_graph import initializer_bytes, load_model
+from .._report import sqnr_db
 from ._calibrate import INLINE_LIMIT, QUANTIZABLE_OPS, feeds, model_inputs, session
 
 __all__ = ["output_sqnr", "write_qdq_model"]
@@ -93,8 +93,7 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
     _constants_to_initializers(proto)
     overrides, ranges = _overrides(result)
     path = Path(path)
-    large = sum(len(t.raw_data) for g in all_graphs(proto.graph) for t in g.initializer)
-    large = large > INLINE_LIMIT
+    large = initializer_bytes(proto) > INLINE_LIMIT
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
         import onnx
 
@@ -153,12 +152,4 @@ def output_sqnr(float_model, quantized_model, batches: Iterable, providers=None)
                 y, q = np.asarray(y, np.float64), np.asarray(q, np.float64)
                 signal[name] += float(np.sum(y * y))
                 noise[name] += float(np.sum((y - q) ** 2))
-    return {n: _db(signal[n], noise[n]) for n in names}
-
-
-def _db(signal: float, noise: float) -> float:
-    if noise == 0:
-        return math.inf
-    if signal == 0:
-        return -math.inf
-    return 10 * math.log10(signal / noise)
+    return {n: sqnr_db(signal[n], noise[n]) for n in names}
