@@ -22,6 +22,7 @@ __all__ = [
     "float_weights",
     "initializer_bytes",
     "load_model",
+    "own_model",
 ]
 
 
@@ -75,6 +76,19 @@ def load_model(model) -> tuple[object, Path | None]:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 _read_external(tensor, folder)
     return model, folder
+
+
+def own_model(model):
+    """Return :func:`load_model`'s ``ModelProto``, copied when the caller passed one.
+
+    For the steps that change the model they work on (turning ``Constant`` nodes into
+    initializers, writing external data): a caller's ``ModelProto`` stays as it was.
+    """
+    proto, _ = load_model(model)
+    if proto is model:
+        proto = type(model)()
+        proto.CopyFrom(model)
+    return proto
 
 
 def _first_line(err: Exception) -> str:

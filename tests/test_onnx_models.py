@@ -333,3 +333,17 @@ def test_command_model_job_errors(model_and_data, tmp_path, capsys, extra, statu
     extra = [e.format(tmp=tmp_path, model=path) for e in extra]
     assert cli.main(["calibrate", str(path), *extra]) == status
     assert message in capsys.readouterr().err
+
+
+@needs_ort
+def test_qdq_and_output_sqnr_leave_the_callers_model_unchanged(tmp_path, monkeypatch):
+    from encanalyze.onnx import _calibrate, _qdq
+
+    monkeypatch.setattr(_calibrate, "INLINE_LIMIT", 0)  # the external-data path converts models
+    monkeypatch.setattr(_qdq, "INLINE_LIMIT", 0)
+    model = om.cnn("constants")
+    before = model.SerializeToString()
+    result = calibrate(model, _batches(2))
+    path = write_qdq_model(model, result, tmp_path / "q.onnx")
+    output_sqnr(model, path, _batches(2))
+    assert model.SerializeToString() == before

@@ -128,7 +128,8 @@ def default_providers() -> list[str]:
 def session(model, providers=None, workdir: str | None = None):
     """Return an ONNX Runtime session for a loaded ``ModelProto``.
 
-    A model larger than :data:`INLINE_LIMIT` is saved to ``workdir`` with external data.
+    A model larger than :data:`INLINE_LIMIT` is saved to ``workdir`` with external data, which
+    converts it in place: pass a model of your own (a copy).
     """
     import onnx
     import onnxruntime as ort

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .._calibration import CalibrationResult
-from .._onnx_graph import initializer_bytes, load_model
+from .._onnx_graph import initializer_bytes, own_model
 from .._report import sqnr_db
 from ._calibrate import INLINE_LIMIT, QUANTIZABLE_OPS, feeds, model_inputs, session
 
@@ -89,7 +89,7 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
         raise ValueError("the result holds no activation encodings: calibrate with batches")
     signed, unsigned = (getattr(QuantType, t) for t in _QUANT_TYPES[result.bits])
     qtype = signed if result.symmetric else unsigned
-    proto, _ = load_model(model)
+    proto = own_model(model)
     _constants_to_initializers(proto)
     overrides, ranges = _overrides(result)
     path = Path(path)
@@ -133,7 +133,7 @@ def output_sqnr(float_model, quantized_model, batches: Iterable, providers=None)
     Both run with ONNX Runtime on the same batches; ``10 log10(sum(y**2) / sum((y - q)**2))``
     over all batches, in float64 (``inf`` where the outputs agree exactly).
     """
-    protos = [load_model(m)[0] for m in (float_model, quantized_model)]
+    protos = [own_model(m) for m in (float_model, quantized_model)]  # session() may convert
     inputs = model_inputs(protos[0])
     names = [o.name for o in protos[0].graph.output]
     signal = dict.fromkeys(names, 0.0)
