@@ -19,6 +19,7 @@ from ._calibration import CalibrationResult
 from ._onnx_graph import load_model
 from ._registry import METHODS as REGISTRY
 from ._report import sqnr_rank
+from ._tensor_io import read_tensors
 from .onnx import calibrate, output_sqnr, write_qdq_model
 from .onnx._calibrate import model_inputs
 
@@ -45,23 +46,24 @@ def _inputs(model) -> list[tuple[str, list, np.dtype]]:
 
 
 def _read_data(source: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Return the inputs' arrays by name, read by the size-checked tensor readers."""
     if source.is_dir():
         missing = [n for n in names if not (source / f"{n}.npy").is_file()]
         if missing:
             raise DataError(f"{source}: no {missing[0]}.npy for the model's input {missing[0]!r}")
-        return {n: np.load(source / f"{n}.npy", allow_pickle=False) for n in names}
+        return {n: read_tensors(source / f"{n}.npy")[n] for n in names}
     if not source.is_file():
         raise DataError(f"{source}: no such file or folder")
     if source.suffix.lower() != ".npz":
         raise DataError(f"{source}: calibration data is a .npz file, a folder of .npy or random")
-    with np.load(source, allow_pickle=False) as f:
-        missing = [n for n in names if n not in f.files]
-        if missing:
-            raise DataError(
-                f"{source}: no array named {missing[0]!r} (the model's inputs: {names}; the "
-                f"file holds {f.files})"
-            )
-        return {n: f[n] for n in names}
+    arrays = read_tensors(source)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise DataError(
+            f"{source}: no array named {missing[0]!r} (the model's inputs: {names}; the file "
+            f"holds {sorted(arrays)})"
+        )
+    return {n: arrays[n] for n in names}
 
 
 def batches_for(model, data: str, batch_size: int | None, seed: int = 0) -> tuple[list, bool]:
