@@ -29,7 +29,7 @@ CASES = [  # name, batch shape, encoding shape, updates
     ("per-channel 512x4096 x2", (512, 4096), (512, 1), 2),
     ("per-tensor 4M x1", (4 * 1024 * 1024,), (1,), 1),
 ]
-GPU_CASES = [("per-channel 1024x8192 x1", (1024, 8192), (1024, 1), 1)]
+GPU_CASES = [("per-channel 1024x8192 x2", (1024, 8192), (1024, 1), 2)]
 
 
 def _numpy_index_bincount(x: np.ndarray) -> np.ndarray:

@@ -74,9 +74,9 @@ def main() -> None:
         for bits in (8, 4):
             for sym in (False, True):
                 n = 2**bits - 1
-                args = (xp, c, e, e[:, 0], e[:, -1], n, sym)
+                call = (xp, c, e, e[:, 0], e[:, -1], n, sym)
                 run = {
-                    m: (lambda m=m, args=args: sqnr_search(*args, method=m))
+                    m: (lambda m=m, call=call: sqnr_search(*call, method=m))
                     for m in ("brute", "auto")
                 }
                 t_brute, t_ours = compare(
@@ -89,6 +89,32 @@ def main() -> None:
                     f"{t_brute / t_ours:>8.1f}x  {same}",
                     flush=True,
                 )
+    if args.device != "cpu":
+        compute_on_gpu(targets, channels)
+
+
+REFERENCE_GPU_MS = 32.0  # the reference's compute_encodings, 1024 channels, 8-bit asym (issue 13)
+
+
+def compute_on_gpu(targets, channels: int) -> None:
+    """Time ``SqnrEncodingAnalyzer.compute_encodings`` itself (goal: 10x the reference's 32 ms)."""
+    from encanalyze import SqnrEncodingAnalyzer
+
+    x = np.random.default_rng(1).standard_normal((channels, 8192), dtype=np.float32)
+    print(
+        f"# SqnrEncodingAnalyzer(({channels}, 1)).compute_encodings, one ({channels}, 8192) update"
+    )
+    for name, xp, c, _, sync in targets:
+        analyzer = SqnrEncodingAnalyzer((channels, 1))
+        analyzer.update_stats(xp.asarray(x, device=c.device))
+        for sym in (False, True):
+            (t,) = compare([lambda s=sym, a=analyzer: a.compute_encodings(255, s)], 5, 1, sync)
+            print(
+                f"{name:<12}8-bit {'sym' if sym else 'asym':<10}{t * 1e3:>10.2f} ms"
+                f"  vs the reference's 8-bit asym {REFERENCE_GPU_MS:.0f} ms: "
+                f"{REFERENCE_GPU_MS / 1e3 / t:.1f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

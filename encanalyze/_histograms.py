@@ -153,7 +153,7 @@ def _rebin(
     idx = xp.astype(j, index_dtype(xp))
     moved = primitives(xp).bincount_rows(idx, num_bins, xp.astype(part, wide))
     # the rest lies in the next target bin (w_new >= w_old); the last bin keeps what it has
-    following = xp.astype(xp.minimum(j + 1, last), index_dtype(xp))
+    following = xp.astype(xp.clip(j + 1, None, last), index_dtype(xp))
     rest = primitives(xp).bincount_rows(following, num_bins, xp.astype(c - part, wide))
     return xp.astype(moved + rest, xp.float32)
 

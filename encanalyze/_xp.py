@@ -152,10 +152,17 @@ def index_dtype(xp: Namespace) -> Any:
 def div(xp: Namespace, a: Array, b: Array | float) -> Array:
     """Return ``a / b``, correctly rounded on every backend.
 
-    XLA (JAX) compiles a division whose divisor is broadcast (a scalar, or a row vector against
-    a matrix) into a multiplication by the reciprocal, which can differ in the last bit; there
-    the divisor is first materialised at the result's shape. Elsewhere this is ``a / b``.
+    Two backends turn a division into a multiplication by the reciprocal, which can differ in
+    the last bit: XLA (JAX) where the divisor is broadcast (a scalar, or a row vector against a
+    matrix), and torch on an accelerator where the divisor is a Python number (a CPU scalar).
+    There the divisor is first materialised on the device (at the result's shape for JAX; as a
+    0-d tensor filled in place for torch, which costs no host-to-device copy). Elsewhere this
+    is ``a / b``.
     """
+    if array_api_compat.is_torch_namespace(xp):
+        if hasattr(b, "shape") or a.device.type == "cpu":
+            return a / b
+        return a / xp.full((), b, dtype=a.dtype, device=a.device)
     if not array_api_compat.is_jax_namespace(xp):
         return a / b
     b = xp.asarray(b, dtype=a.dtype, device=device_of(a)) if not hasattr(b, "shape") else b

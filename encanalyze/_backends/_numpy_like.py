@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import array_api_compat
 import array_api_compat.numpy as np_xp
 
 from . import _portable
@@ -18,7 +19,7 @@ def primitives(m, host: bool) -> dict:
     CuPy keeps the portable, sync-free one.
     """
     out = {
-        "bincount_rows": partial(bincount_rows, m),
+        "bincount_rows": partial(bincount_rows, m, host),
         "histogram_rows": partial(histogram_rows, m, host),
     }
     if host:
@@ -37,15 +38,35 @@ def minmax(m, x, axes: tuple[int, ...], finite: bool = False) -> tuple:
     return m.asarray(lo), m.asarray(hi), None
 
 
-def bincount_rows(m, idx, num_bins: int, weights=None):
-    """One ``bincount`` over row-offset keys."""
+def _count(m, host: bool, keys, length: int):
+    """``bincount(keys, minlength=length)`` as int64, ``keys`` all in ``[0, length)``.
+
+    ``cupy.bincount`` reads the largest key back to the host to size its result (a device
+    sync); on CuPy the keys are scattered into ``length`` counters instead.
+    """
+    if host:
+        return m.bincount(keys, minlength=length)
+    import cupyx
+
+    out = m.zeros(length, dtype=m.uint64)  # CUDA's atomicAdd has uint64, not int64
+    cupyx.scatter_add(out, keys, m.broadcast_to(m.ones((), dtype=m.uint64), keys.shape))
+    return out.view(m.int64)
+
+
+def bincount_rows(m, host: bool, idx, num_bins: int, weights=None):
+    """One ``bincount`` over row-offset keys (CuPy: sync-free; sums by the portable sort)."""
     rows = idx.shape[0]
+    if weights is not None and not host:
+        return _portable.bincount_rows(
+            array_api_compat.array_namespace(idx), idx, num_bins, weights
+        )
     keys = idx if rows == 1 else idx + (m.arange(rows, dtype=idx.dtype) * num_bins)[:, None]
-    counts = m.bincount(
-        keys.ravel(), None if weights is None else weights.ravel(), minlength=rows * num_bins
-    )
-    dtype = m.int64 if weights is None else weights.dtype
-    return counts.astype(dtype, copy=False).reshape(rows, num_bins)
+    if weights is None:
+        counts = _count(m, host, keys.ravel(), rows * num_bins)
+    else:
+        counts = m.bincount(keys.ravel(), weights.ravel(), minlength=rows * num_bins)
+        counts = counts.astype(weights.dtype, copy=False)
+    return counts.reshape(rows, num_bins)
 
 
 VALUE_CHUNK = 1 << 20
@@ -79,6 +100,6 @@ def histogram_rows(m, host: bool, rows, lo, hi, num_bins: int, may_have_nan: boo
                 t = m.where(m.isnan(t), num_bins, t)
             if b - a > 1:
                 t += offsets[: b - a]
-            counts = counts + m.bincount(t.astype(m.int64).ravel(), minlength=(b - a) * nbins)
+            counts = counts + _count(m, host, t.astype(m.int64).ravel(), (b - a) * nbins)
         out[a:b] = counts.reshape(b - a, nbins)[:, :num_bins]
     return out

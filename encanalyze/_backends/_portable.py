@@ -15,7 +15,7 @@ def minmax(
         return xp.min(x, axis=axes), xp.max(x, axis=axes), None
     nan = xp.isnan(x)
     keep = xp.isfinite(x) if finite else ~nan
-    inf = xp.asarray(xp.inf, dtype=x.dtype, device=device_of(x))
+    inf = xp.full((), xp.inf, dtype=x.dtype, device=device_of(x))  # no host-to-device copy
     lo = xp.min(xp.where(keep, x, inf), axis=axes)
     hi = xp.max(xp.where(keep, x, -inf), axis=axes)
     return lo, hi, xp.astype(xp.count_nonzero(nan, axis=axes), index_dtype(xp))

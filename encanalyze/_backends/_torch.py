@@ -54,10 +54,14 @@ def minmax(x: torch.Tensor, axes: tuple[int, ...], finite: bool = False) -> tupl
 def bincount_rows(
     idx: torch.Tensor, num_bins: int, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``scatter_add_`` along the rows (no offsets, no flattening)."""
+    """``scatter_add_`` along the rows (no offsets, no flattening).
+
+    ``torch.bincount`` (used for one row on the CPU) reads the largest index back to the host
+    to size its result, a device sync on an accelerator; ``scatter_add_`` never does.
+    """
     rows = idx.shape[0]
     if weights is None:
-        if rows == 1:
+        if rows == 1 and idx.device.type == "cpu":
             return torch.bincount(idx.reshape(-1), minlength=num_bins).reshape(1, num_bins)
         weights = torch.ones((), dtype=torch.int64, device=idx.device).expand(idx.shape)
     out = torch.zeros((rows, num_bins), dtype=weights.dtype, device=idx.device)
