@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 
+from ._backends import clip
 from ._warnings import warn
 from ._xp import Array, Namespace, device_of, div, index_dtype, namespace_of, work_dtype
 
@@ -111,8 +112,8 @@ def minmax_encoding(
 
 def _clamp_to_finite(xp: Namespace, lo: Array, hi: Array, dtype) -> tuple[Array, Array]:
     big = float(xp.finfo(dtype).max)
-    lo_c = xp.clip(lo, -big, big)
-    hi_c = xp.clip(hi, -big, big)
+    lo_c = clip(xp, lo, -big, big)
+    hi_c = clip(xp, hi, -big, big)
     if bool(xp.any((lo_c != lo) | (hi_c != hi))):
         warn(
             f"encodings were infinite or beyond {dtype}'s range and were clamped to its finite "

@@ -11,7 +11,7 @@ import math
 from functools import partial
 from typing import NamedTuple
 
-from ._backends import primitives
+from ._backends import clip, primitives
 from ._xp import Array, Namespace, device_of, div, in_row_blocks, index_dtype, on_host, work_dtype
 
 __all__ = [
@@ -140,7 +140,7 @@ def _rebin(
     k = xp.arange(num_bins, dtype=wd, device=device_of(counts))
     start = lo_w[:, None] + w_old * k[None, :]
     last = float(num_bins - 1)
-    j = xp.clip(xp.floor(div(xp, start - nlo[:, None], w_new)), 0.0, last)
+    j = clip(xp, xp.floor(div(xp, start - nlo[:, None], w_new)), 0.0, last)
     c = xp.astype(counts, wd)
     # the fraction of the old bin before the target's upper edge, in [0, 1]; divided only where
     # it lies strictly inside, so that a tiny (denormal or zero) old bin never overflows
@@ -153,7 +153,7 @@ def _rebin(
     idx = xp.astype(j, index_dtype(xp))
     moved = primitives(xp).bincount_rows(idx, num_bins, xp.astype(part, wide))
     # the rest lies in the next target bin (w_new >= w_old); the last bin keeps what it has
-    following = xp.astype(xp.clip(j + 1, None, last), index_dtype(xp))
+    following = xp.astype(clip(xp, j + 1, None, last), index_dtype(xp))
     rest = primitives(xp).bincount_rows(following, num_bins, xp.astype(c - part, wide))
     return xp.astype(moved + rest, xp.float32)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ._backends import clip
 from ._histograms import wide_dtype
 from ._shapes import Plan, to_rows
 from ._xp import Array, Namespace, device_of
@@ -102,7 +103,7 @@ def quantization_quality(
         chunk = xp.where(finite, chunk, 0.0)
         q = xp.round(chunk / s) - o
         num_clipped += int(xp.count_nonzero(((q < 0) | (q > num_steps)) & finite))
-        err = xp.where(finite, chunk - (xp.clip(q, 0.0, float(num_steps)) + o) * s, 0.0)
+        err = xp.where(finite, chunk - (clip(xp, q, 0.0, float(num_steps)) + o) * s, 0.0)
         signal += float(xp.sum(chunk * chunk))
         noise += float(xp.sum(err * err))
         count += int(xp.count_nonzero(finite))

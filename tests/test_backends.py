@@ -77,3 +77,30 @@ print("ok")
     env = {k: v for k, v in __import__("os").environ.items() if k != "JAX_ENABLE_X64"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    ["numbers", "lower only", "upper only", "arrays", "array and number"],
+)
+def test_clip_native_equals_portable(backend, rng, bounds):
+    xp = backend.xp
+    x = _data(rng, (6, 50), "inf")
+    x[rng.random(x.shape) < 0.1] = np.nan
+    lo_a, hi_a = (
+        backend.asarray(v)
+        for v in (np.full((6, 1), -0.5, np.float32), np.full((1, 50), 0.75, np.float32))
+    )
+    lo, hi = {
+        "numbers": (-0.5, 0.75),
+        "lower only": (-0.5, None),
+        "upper only": (None, 0.75),
+        "arrays": (lo_a, hi_a),
+        "array and number": (lo_a, 0.75),
+    }[bounds]
+    xs = backend.asarray(x)
+    got, want = backends.clip(xp, xs, lo, hi), _portable.clip(xp, xs, lo, hi)
+    backend.check(got, x.shape, "float32")
+    np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
+    expect = np.clip(x, -0.5 if lo is not None else None, 0.75 if hi is not None else None)
+    np.testing.assert_array_equal(backend.to_numpy(got), expect)  # NaN stays NaN

@@ -33,6 +33,7 @@ __all__ = [
     "Primitives",
     "analyzer_input",
     "bincount_rows",
+    "clip",
     "from_numpy",
     "from_torch",
     "histogram_rows",
@@ -49,6 +50,7 @@ class Primitives(NamedTuple):
     minmax: Callable
     bincount_rows: Callable
     histogram_rows: Callable
+    clip: Callable
 
 
 _TABLE: dict[Namespace, Primitives] = {}
@@ -117,6 +119,16 @@ def minmax(
     CPU inputs without NaN).
     """
     return primitives(xp).minmax(x, axes, finite)
+
+
+def clip(xp: Namespace, x: Array, lo=None, hi=None) -> Array:
+    """Return ``x`` clipped to ``[lo, hi]`` (``xp.clip``; NaN stays NaN, ``x``'s dtype kept).
+
+    Each bound is a Python number, an array broadcasting against ``x``, or None. The native
+    versions never read values back to the host (array-api-compat's CuPy ``clip`` assigns
+    through boolean masks, a device sync) nor copy Python numbers to the device (torch).
+    """
+    return primitives(xp).clip(x, lo, hi)
 
 
 def bincount_rows(xp: Namespace, idx: Array, num_bins: int, weights: Array | None = None) -> Array:

@@ -9,7 +9,7 @@ import array_api_compat.numpy as np_xp
 
 from . import _portable
 
-__all__ = ["bincount_rows", "histogram_rows", "minmax", "primitives"]
+__all__ = ["bincount_rows", "clip", "histogram_rows", "minmax", "primitives"]
 
 
 def primitives(m, host: bool) -> dict:
@@ -19,6 +19,7 @@ def primitives(m, host: bool) -> dict:
     CuPy keeps the portable, sync-free one.
     """
     out = {
+        "clip": partial(clip, m),
         "bincount_rows": partial(bincount_rows, m, host),
         "histogram_rows": partial(histogram_rows, m, host),
     }
@@ -36,6 +37,11 @@ def minmax(m, x, axes: tuple[int, ...], finite: bool = False) -> tuple:
         if not clean:
             return _portable.minmax(np_xp, x, axes, finite)
     return m.asarray(lo), m.asarray(hi), None
+
+
+def clip(m, x, lo=None, hi=None):
+    """``m.clip`` in ``x``'s dtype."""
+    return m.clip(x, lo, hi).astype(x.dtype, copy=False)
 
 
 def _count(m, host: bool, keys, length: int):

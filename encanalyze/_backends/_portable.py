@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._xp import Array, Namespace, device_of, div, index_dtype
 
-__all__ = ["bincount_rows", "histogram_rows", "minmax"]
+__all__ = ["bincount_rows", "clip", "histogram_rows", "minmax"]
 
 
 def minmax(
@@ -19,6 +19,11 @@ def minmax(
     lo = xp.min(xp.where(keep, x, inf), axis=axes)
     hi = xp.max(xp.where(keep, x, -inf), axis=axes)
     return lo, hi, xp.astype(xp.count_nonzero(nan, axis=axes), index_dtype(xp))
+
+
+def clip(xp: Namespace, x: Array, lo=None, hi=None) -> Array:
+    """``xp.clip``: each bound a Python number, an array broadcasting against ``x``, or None."""
+    return xp.clip(x, lo, hi)
 
 
 def bincount_rows(xp: Namespace, idx: Array, num_bins: int, weights: Array | None = None) -> Array:
@@ -47,7 +52,7 @@ def histogram_rows(
 ) -> Array:
     """Bin index by the formula, then :func:`bincount_rows` (NaN goes to a cut-off extra bin)."""
     t = div(xp, rows - lo[:, None], (hi - lo)[:, None]) * num_bins
-    t = xp.clip(xp.floor(t), 0.0, float(num_bins - 1))
+    t = clip(xp, xp.floor(t), 0.0, float(num_bins - 1))
     nbins = num_bins
     if may_have_nan:
         t = xp.where(xp.isnan(t), float(num_bins), t)

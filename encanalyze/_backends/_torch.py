@@ -14,6 +14,7 @@ from . import _portable
 __all__ = [
     "PRIMITIVES",
     "bincount_rows",
+    "clip",
     "from_numpy",
     "from_torch",
     "histogram_rows",
@@ -134,7 +135,23 @@ def analyzer_input(x: torch.Tensor) -> torch.Tensor:
     return x if wider is None else x.to(getattr(torch, wider))
 
 
-PRIMITIVES = {"minmax": minmax, "bincount_rows": bincount_rows, "histogram_rows": histogram_rows}
+def clip(x: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
+    """``torch.clamp``, which takes two numbers or two tensors (one of each: two passes)."""
+    if (
+        lo is not None
+        and hi is not None
+        and isinstance(lo, torch.Tensor) != isinstance(hi, torch.Tensor)
+    ):
+        return torch.clamp(torch.clamp(x, min=lo), max=hi)
+    return torch.clamp(x, lo, hi)
+
+
+PRIMITIVES = {
+    "minmax": minmax,
+    "bincount_rows": bincount_rows,
+    "histogram_rows": histogram_rows,
+    "clip": clip,
+}
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -26,6 +26,7 @@ import numbers
 from functools import partial
 
 from .._analyzer import HistogramAnalyzer
+from .._backends import clip
 from .._checks import int_at_least
 from .._encoding import minimum_scale
 from .._histograms import RowHistogram, wide_dtype
@@ -125,7 +126,7 @@ def noise_brute_force(
     d, o = deltas[:, :, None], offsets[:, :, None]
     q = xp.round(div(xp, m, d) - o)
     clipped = (q < 0) | (q > n)
-    err = (xp.clip(q, 0.0, float(n)) + o) * d - m
+    err = (clip(xp, q, 0.0, float(n)) + o) * d - m
     err = err * err
     if gamma != 1:
         err = xp.where(clipped, err * gamma, err)
@@ -175,18 +176,21 @@ def _noise_by_cells(
     alpha = div(xp, (o - 0.5) * d - e0, w) - 0.5
     row = xp.arange(num_rows, dtype=wd, device=dev)[:, None]
     flat_m = xp.reshape(m, (num_rows * num_bins,))
+    width = num_bins + 1
+    base = row * width  # row offsets into the flattened prefix sums
+    starts = {num_bins: row * num_bins, width: base}
 
     def take(flat: Array, bins: Array, width: int) -> Array:  # flat[row, bins], float bins
-        idx = xp.astype(bins + row * width, index_dtype(xp))
+        idx = xp.astype(bins + starts[width], index_dtype(xp))
         return xp.reshape(xp.take(flat, xp.reshape(idx, (-1,))), bins.shape)
 
     def clipping_boundary(k: int) -> Array:
         """First bin of run ``k`` (0 or n + 1), exactly as the per-bin ``round()`` decides."""
-        b = xp.clip(xp.ceil(alpha + beta * k), 0.0, float(num_bins))
-        below = xp.clip(b - 1, 0.0, float(num_bins - 1))
+        b = clip(xp, xp.ceil(alpha + beta * k), 0.0, float(num_bins))
+        below = clip(xp, b - 1, 0.0, float(num_bins - 1))
         q_below = xp.round(div(xp, take(flat_m, below, num_bins), d) - o)
         b = xp.where((b > 0) & (q_below >= k), b - 1, b)
-        at = xp.clip(b, 0.0, float(num_bins - 1))
+        at = clip(xp, b, 0.0, float(num_bins - 1))
         q_at = xp.round(div(xp, take(flat_m, at, num_bins), d) - o)
         return xp.where((b < num_bins) & (q_at < k), b + 1, b)
 
@@ -194,12 +198,10 @@ def _noise_by_cells(
     flat0 = xp.reshape(p0, (-1,))
     flat1 = xp.reshape(p1, (-1,))
     flat2 = xp.reshape(p2, (-1,))
-    width = num_bins + 1
     if n > 0:  # interior boundaries k = 1..n, kept between the clipping ones
-        k = xp.arange(1, n + 1, dtype=wd, device=dev)
-        base = row * width  # the row offset rides along in the same arithmetic
+        k = xp.arange(1, n + 1, dtype=wd, device=dev)  # the row offset rides along (base)
         inner = xp.ceil((alpha + base)[:, :, None] + beta[:, :, None] * k)
-        inner = xp.clip(inner, (b0 + base)[:, :, None], (bn + base)[:, :, None])
+        inner = clip(xp, inner, (b0 + base)[:, :, None], (bn + base)[:, :, None])
         shape = inner.shape
         idx = xp.reshape(xp.astype(inner, index_dtype(xp)), (-1,))
         # gathered prefix sums as (E * C, n) matrices: the three sums are one small GEMM each
@@ -245,8 +247,10 @@ def sqnr_search(
     """Return the least-noise encodings ``(min, max)`` ``(E,)`` of ``E`` histograms.
 
     ``counts (E, B)``, ``edges (E, B + 1)``, ``lo``/``hi`` ``(E,)`` the histograms' ranges.
-    Encodings are searched ``max_parallelism`` at a time; ``method`` is ``"auto"`` (the cheaper
-    exact method), ``"cells"`` or ``"brute"``. Results are in ``lo``'s dtype.
+    Encodings are searched in blocks whose temporaries hold at most ``max_parallelism x C x B``
+    elements, the reference's (``max_parallelism`` encodings by brute force, ``B // (n + 2)``
+    times as many by cells); ``method`` is ``"auto"`` (the cheaper exact method), ``"cells"`` or
+    ``"brute"``. Results are in ``lo``'s dtype.
     """
     n = num_steps
     num_rows, num_bins = counts.shape
@@ -264,9 +268,11 @@ def sqnr_search(
     nd = wide_dtype(xp, device_of(lo))
     cells = method == "cells" or (method == "auto" and use_cells(xp, n, num_bins, nd))
     noise_fn = noise_by_cells if cells else noise_brute_force
+    # the reference's memory: max_parallelism x C x B per temporary; cells need n + 2 per bin row
+    rows = max_parallelism * (max(1, num_bins // (n + 2)) if cells else 1)
     best = []
-    for start in range(0, num_rows, max_parallelism):  # bounded memory, not a loop per channel
-        sl = slice(start, min(start + max_parallelism, num_rows))
+    for start in range(0, num_rows, rows):  # bounded memory, not a loop per channel
+        sl = slice(start, min(start + rows, num_rows))
         e = xp.astype(edges[sl, :], nd)
         s = _power_of_two_scale(xp, e)
         noise = noise_fn(
@@ -342,9 +348,12 @@ class SqnrEncodingAnalyzer(HistogramAnalyzer):
     asymmetric_delta_candidates, symmetric_delta_candidates, offset_candidates
         Sizes of the candidate grids (>= 2, >= 2 and >= 3).
     max_parallelism
-        Encodings searched at once; bounds the search's memory to about
-        ``max_parallelism x candidates x min(num_bins, num_steps + 2) x 8`` bytes per temporary
-        (357 asymmetric candidates by default). It never changes the result.
+        Bounds the search's memory, as the reference's: about
+        ``max_parallelism x candidates x num_bins x 8`` bytes per temporary (357 asymmetric
+        candidates by default). The exact search by cells needs ``num_steps + 2`` elements per
+        candidate and encoding, so it searches ``num_bins // (num_steps + 2)`` times as many
+        encodings at once in the same memory (fewer, larger steps: faster on a GPU). It never
+        changes the result.
     gamma
         Weight (>= 0) of the noise of clipped values.
     histogram_growth_limit
