@@ -69,7 +69,7 @@ def check_torch() -> Counter:
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             for message, stack in seen:
-                if "synchronizing" in message:
+                if "called a synchronizing" in message:
                     sites[f"torch {method} {shape}: {our_frame(stack)}"] += 1
             analyzer.compute_encodings(255, False)  # must still work after the checked updates
     return sites

@@ -52,10 +52,8 @@ def _count(m, host: bool, keys, length: int):
     """
     if host:
         return m.bincount(keys, minlength=length)
-    import cupyx
-
     out = m.zeros(length, dtype=m.uint64)  # CUDA's atomicAdd has uint64, not int64
-    cupyx.scatter_add(out, keys, m.broadcast_to(m.ones((), dtype=m.uint64), keys.shape))
+    m.add.at(out, keys, m.broadcast_to(m.ones((), dtype=m.uint64), keys.shape))
     return out.view(m.int64)
 
 
