@@ -60,7 +60,9 @@ def test_matches_numpy_brute_force(backend, rng, n, symmetric, gamma):
             assert mine <= best * (1 + 1e-6), (got, (want_lo, want_hi))
 
 
-@pytest.mark.parametrize("n, bins", [(15, 2048), (255, 2048), (15, 512), (255, 1024), (3, 64)])
+@pytest.mark.parametrize(
+    "n, bins", [(15, 2048), (255, 2048), (15, 512), (255, 1024), (255, 256), (255, 130), (3, 64)]
+)
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_cells_and_brute_force_choose_the_same(rng, n, bins, symmetric):
     import array_api_compat.numpy as xp
@@ -80,6 +82,27 @@ def test_cells_and_brute_force_choose_the_same(rng, n, bins, symmetric):
         ]
         assert abs(noise[0] - noise[1]) <= 1e-6 * noise[1], (r, noise)
     assert len(differ) <= 2
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_sparse_rows_search_only_their_occupied_bins(backend, rng, symmetric):
+    """Weights of a few dozen values leave most bins empty: the brute force over the occupied
+    bins alone is chosen, and it picks what the brute force over every bin picks."""
+    from encanalyze._rules.sqnr import choose_method
+
+    counts, edges = _random_histograms(rng, 40, 2048)
+    keep = np.zeros_like(counts, dtype=bool)
+    for r, k in enumerate(rng.integers(1, 60, 40)):  # 1..59 occupied bins per row
+        keep[r, rng.choice(2048, k, replace=False)] = True
+    counts = np.where(keep, np.maximum(counts, 1), 0).astype(np.float32)
+    c, e = backend.asarray(counts), backend.asarray(edges)
+    xp = backend.xp
+    assert choose_method(xp, c, 255, xp.float64) == ("brute", int(keep.sum(axis=1).max()))
+    args = (xp, c, e, e[:, 0], e[:, -1], 255, symmetric)
+    got = [backend.to_numpy(a) for a in sqnr_search(*args, gamma=3.0)]
+    want = [backend.to_numpy(a) for a in sqnr_search(*args, method="brute", gamma=3.0)]
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_cells_noise_equals_brute_force_noise(rng):

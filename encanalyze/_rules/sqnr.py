@@ -47,13 +47,15 @@ __all__ = [
     "SqnrEncodingAnalyzer",
     "TfEnhancedEncodingAnalyzer",
     "asymmetric_candidates",
+    "choose_method",
     "first_least",
+    "noise_at",
     "noise_brute_force",
     "noise_by_cells",
+    "occupied_first",
     "sqnr_rule",
     "sqnr_search",
     "symmetric_candidates",
-    "use_cells",
 ]
 
 
@@ -122,7 +124,17 @@ def noise_brute_force(
 
     Temporaries are ``E x C x B`` elements of ``counts``' dtype.
     """
-    m = _midpoints(edges)[:, None, :]
+    return noise_at(xp, counts, _midpoints(edges), deltas, offsets, n, gamma)
+
+
+def noise_at(
+    xp: Namespace, counts: Array, points: Array, deltas: Array, offsets: Array, n: int, gamma: float
+) -> Array:
+    """Return each candidate's expected noise of masses ``counts`` at ``points``, both ``(E, P)``.
+
+    The brute force over any set of points: all bins' midpoints, or only the occupied ones.
+    """
+    m = points[:, None, :]
     d, o = deltas[:, :, None], offsets[:, :, None]
     q = xp.round(div(xp, m, d) - o)
     clipped = (q < 0) | (q > n)
@@ -133,9 +145,26 @@ def noise_brute_force(
     return xp.sum(counts[:, None, :] * err, axis=-1)
 
 
-def use_cells(xp: Namespace, num_steps: int, num_bins: int, dtype) -> bool:
-    """Return whether :func:`noise_by_cells` is the cheaper exact method here."""
-    return dtype == xp.float64 and num_steps + 2 <= num_bins // 2
+def choose_method(xp: Namespace, counts: Array, num_steps: int, dtype) -> tuple[str, int]:
+    """Return the cheaper exact method for these histograms and the points it visits per row.
+
+    The brute force costs about twice as much per visited bin as the cells cost per grid step,
+    and it needs to visit only the occupied bins (at most the widest row's count; weights of a
+    few hundred values leave most of 2048 bins empty). The cells need float64. Reads the
+    occupancy back to the host (``compute_encodings`` time, never ``update_stats``).
+    """
+    width = max(1, int(xp.max(xp.count_nonzero(counts > 0, axis=1))))
+    cells = dtype == xp.float64 and num_steps + 2 <= 2 * width
+    return ("cells", num_steps + 2) if cells else ("brute", width)
+
+
+def occupied_first(xp: Namespace, counts: Array, points: Array, width: int):
+    """Return ``(counts, points)`` of each row's occupied bins first, in order, ``(E, width)``.
+
+    Rows with fewer occupied bins are padded with empty ones (zero counts add no noise).
+    """
+    order = xp.argsort(xp.astype(counts == 0, xp.int8), axis=1, stable=True)[:, :width]
+    return take_rows(xp, counts, order), take_rows(xp, points, order)
 
 
 def noise_by_cells(
@@ -248,9 +277,10 @@ def sqnr_search(
 
     ``counts (E, B)``, ``edges (E, B + 1)``, ``lo``/``hi`` ``(E,)`` the histograms' ranges.
     Encodings are searched in blocks whose temporaries hold at most ``max_parallelism x C x B``
-    elements, the reference's (``max_parallelism`` encodings by brute force, ``B // (n + 2)``
-    times as many by cells); ``method`` is ``"auto"`` (the cheaper exact method), ``"cells"`` or
-    ``"brute"``. Results are in ``lo``'s dtype.
+    elements, the reference's (``max_parallelism`` encodings by brute force over all bins,
+    proportionally more by the cheaper methods); ``method`` is ``"auto"`` (the cheaper exact
+    method, :func:`choose_method`: cells, or the brute force over the occupied bins),
+    ``"cells"`` or ``"brute"`` (every bin). Results are in ``lo``'s dtype.
     """
     n = num_steps
     num_rows, num_bins = counts.shape
@@ -266,24 +296,30 @@ def sqnr_search(
             xp, lo, hi, n, asymmetric_delta_candidates, offset_candidates
         )
     nd = wide_dtype(xp, device_of(lo))
-    cells = method == "cells" or (method == "auto" and use_cells(xp, n, num_bins, nd))
-    noise_fn = noise_by_cells if cells else noise_brute_force
-    # the reference's memory: max_parallelism x C x B per temporary; cells need n + 2 per bin row
-    rows = max_parallelism * (max(1, num_bins // (n + 2)) if cells else 1)
+    per_row = num_bins
+    if method == "auto":
+        method, per_row = choose_method(xp, counts, n, nd)
+    points = None
+    if method == "cells":
+        per_row = n + 2
+    else:  # brute force over the occupied bins' midpoints (all bins for method="brute")
+        points = _midpoints(edges)
+        if per_row < num_bins:
+            counts, points = occupied_first(xp, counts, points, per_row)
+    # the reference's memory, max_parallelism x C x B per temporary, for any method
+    rows = max_parallelism * max(1, num_bins // per_row)
     best = []
     for start in range(0, num_rows, rows):  # bounded memory, not a loop per channel
         sl = slice(start, min(start + rows, num_rows))
         e = xp.astype(edges[sl, :], nd)
         s = _power_of_two_scale(xp, e)
-        noise = noise_fn(
-            xp,
+        args = (
             xp.astype(counts[sl, :], nd),
-            e * s,
+            e * s if points is None else xp.astype(points[sl, :], nd) * s,
             xp.astype(deltas[sl, :], nd) * s,
             xp.astype(offsets[sl, :], nd),
-            n,
-            gamma,
         )
+        noise = (noise_by_cells if points is None else noise_at)(xp, *args, n, gamma)
         best.append(first_least(xp, noise))
     choice = xp.concat(best) if len(best) > 1 else best[0]
     d, o = take_rows(xp, deltas, choice), take_rows(xp, offsets, choice)
