@@ -6,7 +6,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, Generic, TypeVar
 
-from ._backends import analyzer_input
+from ._backends import analyzer_input, numpy_twin, quiet
 from ._encoding import validate_num_steps
 from ._errors import StatisticsNotFoundError
 from ._observers import HistogramObserver, Observer
@@ -252,6 +252,14 @@ class EncodingAnalyzer(ABC, Generic[S]):
         return self._encode(xp, state, num_steps, is_symmetric)
 
     def _encode(self, xp: Namespace, state, num_steps: int, is_symmetric: bool):
+        twin = numpy_twin(xp, state)  # host torch: the rules on NumPy views of the same memory
+        if twin is not None:
+            np_xp, views, back = twin
+            lo, hi = self._encode_in(np_xp, views, num_steps, is_symmetric)
+            return back(lo), back(hi)
+        return self._encode_in(xp, state, num_steps, is_symmetric)
+
+    def _encode_in(self, xp: Namespace, state, num_steps: int, is_symmetric: bool):
         self.observer.check(xp, state)
         empty = self.observer.num_empty(xp, state)
         if empty:
@@ -262,7 +270,8 @@ class EncodingAnalyzer(ABC, Generic[S]):
         dropped = self.observer.num_nan(xp, state)
         if dropped:
             warn(f"{dropped} NaN values were ignored while gathering statistics")
-        lo, hi = self.rule(xp, state, num_steps, is_symmetric, **self.rule_params())
+        with quiet(xp):
+            lo, hi = self.rule(xp, state, num_steps, is_symmetric, **self.rule_params())
         return xp.reshape(lo, self.shape), xp.reshape(hi, self.shape)
 
     def _check_params(self, num_steps: int, is_symmetric: bool) -> None:

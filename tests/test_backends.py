@@ -104,3 +104,24 @@ def test_clip_native_equals_portable(backend, rng, bounds):
     np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
     expect = np.clip(x, -0.5 if lo is not None else None, 0.75 if hi is not None else None)
     np.testing.assert_array_equal(backend.to_numpy(got), expect)  # NaN stays NaN
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize(
+    "method", ["minmax", "ema", "percentile", "sqnr", "tf_enhanced", "mse", "entropy"]
+)
+def test_host_torch_rules_on_numpy_views_equal_the_torch_ones(rng, monkeypatch, method, symmetric):
+    """Host torch statistics are encoded on NumPy views of the same memory: same results."""
+    torch = pytest.importorskip("torch")
+    import encanalyze as ea
+
+    x = torch.from_numpy(rng.standard_t(5, (300, 8)).astype(np.float32))
+    analyzer = ea.METHODS[method].analyzer((1, 8))
+    analyzer.update_stats(x)
+    analyzer.update_stats(x * 1.5)
+    twin = analyzer.compute_encodings(15, symmetric)
+    monkeypatch.setattr(backends, "HOST_TWIN", False)
+    native = analyzer.compute_encodings(15, symmetric)
+    for a, b in zip(twin, native):
+        assert isinstance(a, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -38,7 +38,9 @@ __all__ = [
     "from_torch",
     "histogram_rows",
     "minmax",
+    "numpy_twin",
     "primitives",
+    "quiet",
     "to_numpy",
     "to_torch",
 ]
@@ -153,6 +155,44 @@ def histogram_rows(
     int64 counts.
     """
     return primitives(xp).histogram_rows(rows, lo, hi, num_bins, may_have_nan)
+
+
+def quiet(xp: Namespace):
+    """Return a context in which ``xp``'s floating-point warnings are off (NumPy's errstate).
+
+    The rules handle infinities and NaN themselves (IEEE arithmetic, as on every other
+    backend); NumPy's warnings about them would only reach the user as noise.
+    """
+    if is_numpy_namespace(xp):
+        return np.errstate(all="ignore")
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+HOST_TWIN = True
+"""Whether host torch statistics are encoded through their zero-copy NumPy views."""
+
+
+def numpy_twin(xp: Namespace, state):
+    """Return ``(numpy namespace, state as NumPy views, back)`` for host torch state, else None.
+
+    Encoding rules are many small array operations; torch pays several microseconds of dispatch
+    (and, on a busy machine, a parallel region) per call where NumPy pays one. On the CPU the
+    same rules run on NumPy views of the same memory; ``back`` turns a result into a tensor.
+    The results are the ones the rules compute on NumPy arrays, which the tests hold to the
+    ones they compute on torch (``HOST_TWIN = False`` runs them on torch).
+    """
+    if not HOST_TWIN or not is_torch_namespace(xp):
+        return None
+    from . import _torch
+
+    views, ok = _torch.numpy_views(state)
+    if not ok:
+        return None
+    import array_api_compat.numpy as np_xp
+
+    return np_xp, views, _torch.from_numpy_result
 
 
 def to_numpy(x: Array) -> np.ndarray:

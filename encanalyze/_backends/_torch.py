@@ -154,6 +154,37 @@ PRIMITIVES = {
 }
 
 
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64, torch.int64, torch.int32, torch.bool)
+
+
+def numpy_views(tree):
+    """Return ``tree`` (tensors in nested tuples) as NumPy views, or None where one cannot be.
+
+    Only CPU tensors of dtypes NumPy shares (not bfloat16) have a zero-copy NumPy view.
+    """
+    if tree is None:
+        return None, True
+    if isinstance(tree, tuple):
+        parts = [numpy_views(t) for t in tree]
+        if not all(ok for _, ok in parts):
+            return None, False
+        items = [v for v, _ in parts]
+        return (type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)), True
+    if not isinstance(tree, torch.Tensor) or tree.device.type != "cpu":
+        return None, False
+    if tree.dtype not in _NUMPY_DTYPES or tree.requires_grad:
+        return None, False
+    return tree.numpy(), True
+
+
+def from_numpy_result(a) -> torch.Tensor:
+    """Return a NumPy result as a CPU tensor (sharing its memory where torch can)."""
+    a = np.asarray(a)
+    if not a.flags.writeable or any(step < 0 for step in a.strides):
+        a = a.copy()
+    return torch.from_numpy(a)
+
+
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Copy ``t`` to a host NumPy array (bfloat16, which NumPy lacks, becomes float32)."""
     t = t.detach()
