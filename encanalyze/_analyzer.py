@@ -91,7 +91,12 @@ class EncodingAnalyzer(ABC, Generic[S]):
     def _update(self, xp: Namespace, x: Array, want_batch: bool):
         if self._home is not None:
             check_same_home(self._home, xp, device_of(x))
-        batch, state = self.observer.update(xp, x, self._state, want_batch)  # pure: raises first
+        twin = numpy_twin(xp, self._state, batch=x)
+        if twin is None:
+            batch, state = self.observer.update(xp, x, self._state, want_batch)  # pure
+        else:  # host torch: NumPy views of the same memory, results back as tensors
+            np_xp, (x_np, state_np), back = twin
+            batch, state = back(self.observer.update(np_xp, x_np, state_np, want_batch))
         self._state = state
         if self._home is None:
             self._home = (xp, device_of(x))

@@ -110,18 +110,29 @@ def test_clip_native_equals_portable(backend, rng, bounds):
 @pytest.mark.parametrize(
     "method", ["minmax", "ema", "percentile", "sqnr", "tf_enhanced", "mse", "entropy"]
 )
-def test_host_torch_rules_on_numpy_views_equal_the_torch_ones(rng, monkeypatch, method, symmetric):
-    """Host torch statistics are encoded on NumPy views of the same memory: same results."""
+@pytest.mark.filterwarnings("ignore:3 NaN values were ignored")
+def test_host_torch_on_numpy_views_equals_torch(rng, monkeypatch, method, symmetric):
+    """Small host torch batches are gathered, and host statistics encoded, on NumPy views of
+    the same memory: the statistics and encodings equal torch's own, bit for bit."""
     torch = pytest.importorskip("torch")
     import encanalyze as ea
 
-    x = torch.from_numpy(rng.standard_t(5, (300, 8)).astype(np.float32))
-    analyzer = ea.METHODS[method].analyzer((1, 8))
-    analyzer.update_stats(x)
-    analyzer.update_stats(x * 1.5)
-    twin = analyzer.compute_encodings(15, symmetric)
-    monkeypatch.setattr(backends, "HOST_TWIN", False)
-    native = analyzer.compute_encodings(15, symmetric)
-    for a, b in zip(twin, native):
+    x = rng.standard_t(5, (300, 8)).astype(np.float32)
+    x[3, 2] = np.nan
+    batches = [torch.from_numpy(b) for b in (x, x * 1.5, x * 0.25)]
+    results = []
+    for twin in (True, False):
+        monkeypatch.setattr(backends, "HOST_TWIN", twin)
+        analyzer = ea.METHODS[method].analyzer((1, 8))
+        for b in batches:
+            analyzer.update_stats(b)
+        state = {k: v for k, v in analyzer.state_dict()["state"].items()}
+        results.append((state, analyzer.compute_encodings(15, symmetric)))
+    (state, enc), (want_state, want_enc) = results
+    assert state.keys() == want_state.keys()
+    for key, value in state.items():
+        assert isinstance(value, torch.Tensor) and value.dtype == want_state[key].dtype, key
+        np.testing.assert_array_equal(value.numpy(), want_state[key].numpy(), err_msg=key)
+    for a, b in zip(enc, want_enc):
         assert isinstance(a, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -171,20 +171,32 @@ def quiet(xp: Namespace):
 
 
 HOST_TWIN = True
-"""Whether host torch statistics are encoded through their zero-copy NumPy views."""
+"""Whether host torch work runs on zero-copy NumPy views (see :func:`numpy_twin`)."""
+
+HOST_TWIN_UPDATE = 1 << 16
+"""Host torch batches of at most this many values are gathered on their NumPy views; larger
+ones run torch's own (multi-threaded) kernels, where dispatch costs nothing in comparison."""
 
 
-def numpy_twin(xp: Namespace, state):
+def numpy_twin(xp: Namespace, state, batch: Array | None = None):
     """Return ``(numpy namespace, state as NumPy views, back)`` for host torch state, else None.
 
-    Encoding rules are many small array operations; torch pays several microseconds of dispatch
-    (and, on a busy machine, a parallel region) per call where NumPy pays one. On the CPU the
-    same rules run on NumPy views of the same memory; ``back`` turns a result into a tensor.
+    With ``batch`` (an update), the views are ``(batch, state)``, for floating batches of at
+    most :data:`HOST_TWIN_UPDATE` values (integer batches keep torch's float32 ranges).
+
+    Encoding rules, and the updates of small batches, are many small array operations; torch
+    pays several microseconds of dispatch (and, on a busy machine, a parallel region) per call
+    where NumPy pays one. On the CPU the same code runs on NumPy views of the same memory;
+    ``back`` turns a result (or nested tuples of results) into tensors.
     The results are the ones the rules compute on NumPy arrays, which the tests hold to the
     ones they compute on torch (``HOST_TWIN = False`` runs them on torch).
     """
     if not HOST_TWIN or not is_torch_namespace(xp):
         return None
+    if batch is not None:
+        if batch.numel() > HOST_TWIN_UPDATE or not batch.is_floating_point():
+            return None
+        state = (batch, state)
     from . import _torch
 
     views, ok = _torch.numpy_views(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import array_api_compat
@@ -154,35 +155,74 @@ PRIMITIVES = {
 }
 
 
-_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64, torch.int64, torch.int32, torch.bool)
+_NUMPY_DTYPES = (
+    torch.float16,
+    torch.float32,
+    torch.float64,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.bool,
+)
+
+
+class _NoView(Exception):
+    pass
+
+
+_LEAVES = (torch.Tensor, np.ndarray, np.generic)
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _map(fn, tree):
+    """Apply ``fn`` to each leaf of nested tuples, NamedTuples and dataclasses (None stays)."""
+    if tree is None or isinstance(tree, _LEAVES):
+        return tree if tree is None else fn(tree)
+    if isinstance(tree, tuple):
+        items = [_map(fn, t) for t in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+    kind = type(tree)
+    names = _FIELDS.get(kind)
+    if names is None:
+        if not dataclasses.is_dataclass(kind):
+            return fn(tree)
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return kind(**{n: _map(fn, getattr(tree, n)) for n in names})
+
+
+def _view(t):
+    if not isinstance(t, torch.Tensor):
+        return t  # not an array (a flag, a count kept on the host)
+    if t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES or t.requires_grad:
+        raise _NoView
+    return t.numpy()
 
 
 def numpy_views(tree):
-    """Return ``tree`` (tensors in nested tuples) as NumPy views, or None where one cannot be.
+    """Return ``(tree as NumPy views, True)``, or ``(None, False)`` where a leaf has none.
 
     Only CPU tensors of dtypes NumPy shares (not bfloat16) have a zero-copy NumPy view.
     """
-    if tree is None:
-        return None, True
-    if isinstance(tree, tuple):
-        parts = [numpy_views(t) for t in tree]
-        if not all(ok for _, ok in parts):
-            return None, False
-        items = [v for v, _ in parts]
-        return (type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)), True
-    if not isinstance(tree, torch.Tensor) or tree.device.type != "cpu":
+    try:
+        return _map(_view, tree), True
+    except _NoView:
         return None, False
-    if tree.dtype not in _NUMPY_DTYPES or tree.requires_grad:
-        return None, False
-    return tree.numpy(), True
 
 
-def from_numpy_result(a) -> torch.Tensor:
-    """Return a NumPy result as a CPU tensor (sharing its memory where torch can)."""
+def _tensor(a):
+    if not isinstance(a, (np.ndarray, np.generic)):
+        return a
     a = np.asarray(a)
     if not a.flags.writeable or any(step < 0 for step in a.strides):
         a = a.copy()
     return torch.from_numpy(a)
+
+
+def from_numpy_result(tree):
+    """Return NumPy results (nested as :func:`numpy_views` takes them) as CPU tensors."""
+    return _map(_tensor, tree)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
