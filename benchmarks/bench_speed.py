@@ -1,0 +1,363 @@
+"""Issue 13's table: each row one workload, its baseline measured in the same run, and its goal.
+
+The reference (AIMET) is not a dependency: rows whose goal is a speed-up over it divide the
+reference's time recorded on this kind of machine (the lower end of the issue's range, the
+conservative choice) by ours, and print the exact brute-force search timed here beside it;
+``bench_reference.py`` times the reference itself where it is installed. Native baselines
+(``amin`` + ``amax``, one ``torch.histc`` pass, NumPy's ``min`` + ``max``) run interleaved with
+ours (best of several runs). The goal column says what each ratio must reach.
+
+    python benchmarks/bench_speed.py [--rows sqnr-asym,minmax-torch,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import compare, machine  # noqa: E402
+
+import encanalyze as ea  # noqa: E402
+
+REFERENCE_S = {  # the reference's times recorded in issue 13 (lower end), seconds
+    "sqnr-asym": 10.8,
+    "sqnr-sym": 3.2,
+    "percentile-weights": 0.57,
+    "sqnr-64x64": 0.62,
+}
+
+
+def _weights(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.5, 2.0, (shape[0],) + (1,) * (len(shape) - 1))
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _calibrate(cls, x, enc, *, sym=False, **kw):
+    def run():
+        a = cls(enc, **kw)
+        a.update_stats(x)
+        return a.compute_encodings(255, sym)
+
+    return run
+
+
+def _best(fn, repeat=3):
+    return compare([fn], repeat=repeat, warmup=1)[0]
+
+
+def _print(name, ours, base, base_name, ratio, goal, met):
+    print(
+        f"{name:<24}{ours:>12}{base:>14}  {base_name:<24}{ratio:>9}  {goal:<16}"
+        f"{'met' if met else 'NOT met'}",
+        flush=True,
+    )
+
+
+def row_sqnr(sym: bool) -> None:
+    name = "sqnr-sym" if sym else "sqnr-asym"
+    w = _weights((1024, 512))
+    t = _best(_calibrate(ea.SqnrEncodingAnalyzer, w, (1024, 1), sym=sym))
+    ref = REFERENCE_S[name]
+    a = ea.SqnrEncodingAnalyzer((1024, 1))
+    a.update_stats(w)
+    from encanalyze._rules import sqnr
+
+    st = a.get_stats()
+    counts, edges = st.histogram.reshape(1024, -1), st.bin_edges.reshape(1024, -1)
+    import array_api_compat.numpy as xp
+
+    lo, hi = a.get_stats().min.reshape(-1), a.get_stats().max.reshape(-1)
+    brute = _best(lambda: sqnr.sqnr_search(xp, counts, edges, lo, hi, 255, sym, method="brute"), 1)
+    _print(
+        name,
+        f"{t * 1e3:.0f} ms",
+        f"{ref:.1f} s",
+        f"reference (brute {brute:.1f} s)",
+        f"{ref / t:.1f}x",
+        ">= 20x",
+        ref / t >= 20,
+    )
+
+
+def row_percentile_weights() -> None:
+    import torch
+
+    w = _weights((1024, 512))
+    wt = torch.from_numpy(w)
+    ours = _calibrate(ea.PercentileEncodingAnalyzer, w, (1024, 1))
+    t_ours, t_histc = compare([ours, lambda: torch.histc(wt, 2048)], repeat=5, warmup=1)
+    ref = REFERENCE_S["percentile-weights"]
+    _print(
+        "percentile-weights",
+        f"{t_ours * 1e3:.1f} ms",
+        f"{ref * 1e3:.0f} ms",
+        "reference",
+        f"{ref / t_ours:.1f}x",
+        ">= 20x",
+        ref / t_ours >= 20,
+    )
+    _print(
+        "",
+        "",
+        f"{t_histc * 1e3:.2f} ms",
+        "one torch.histc pass",
+        f"{t_ours / t_histc:.1f}x",
+        "<= 3x",
+        t_ours / t_histc <= 3,
+    )
+
+
+def row_minmax_torch() -> None:
+    import torch
+
+    x = torch.from_numpy(_weights((4096, 1024)))
+    ours = _calibrate(ea.MinMaxEncodingAnalyzer, x, (4096, 1))
+    t_ours, t_native = compare(
+        [ours, lambda: (torch.amin(x, dim=1), torch.amax(x, dim=1))], repeat=20, warmup=2
+    )
+    _print(
+        "minmax-torch (4096,1)",
+        f"{t_ours * 1e3:.2f} ms",
+        f"{t_native * 1e3:.2f} ms",
+        "amin + amax",
+        f"{t_ours / t_native:.2f}x",
+        "<= 1.3x",
+        t_ours / t_native <= 1.3,
+    )
+
+
+def row_sqnr_small() -> None:
+    import torch
+
+    w = _weights((64, 64))
+    t_np, t_torch = compare(
+        [
+            _calibrate(ea.SqnrEncodingAnalyzer, w, (64, 1)),
+            _calibrate(ea.SqnrEncodingAnalyzer, torch.from_numpy(w), (64, 1)),
+        ],
+        repeat=5,
+        warmup=1,
+    )
+    ref = REFERENCE_S["sqnr-64x64"]
+    _print(
+        "sqnr-64x64",
+        f"{t_np * 1e3:.1f} ms",
+        f"{ref * 1e3:.0f} ms",
+        "reference",
+        f"{ref / t_np:.1f}x",
+        ">= 20x",
+        ref / t_np >= 20,
+    )
+    _print(
+        "  torch",
+        f"{t_torch * 1e3:.1f} ms",
+        f"{t_np * 1e3:.1f} ms",
+        "numpy",
+        f"{t_torch / t_np:.2f}x",
+        "<= 1x (noise)",
+        t_torch / t_np <= 1.1,
+    )
+
+
+def row_small_tensors() -> None:
+    import torch
+
+    w = _weights((64, 64))
+    wt = torch.from_numpy(w)
+    fns = [
+        _calibrate(ea.MinMaxEncodingAnalyzer, w, (1,)),
+        _calibrate(ea.MinMaxEncodingAnalyzer, wt, (1,)),
+        lambda: (w.min(), w.max()),
+    ]
+    t_np, t_torch, t_native = compare(fns, repeat=300, warmup=20)
+    for label, t in (("minmax-64x64 numpy", t_np), ("minmax-64x64 torch", t_torch)):
+        _print(
+            label,
+            f"{t * 1e6:.0f} us",
+            f"{t_native * 1e6:.1f} us",
+            "native min + max",
+            f"{t * 1e6:.0f} us",
+            "<= 50 us",
+            t <= 50e-6,
+        )
+    p_np, p_torch = compare(
+        [
+            _calibrate(ea.PercentileEncodingAnalyzer, w, (1,)),
+            _calibrate(ea.PercentileEncodingAnalyzer, wt, (1,)),
+        ],
+        repeat=100,
+        warmup=5,
+    )
+    _print(
+        "percentile-64x64 torch",
+        f"{p_torch * 1e3:.2f} ms",
+        f"{p_np * 1e3:.2f} ms",
+        "numpy",
+        f"{p_torch / p_np:.2f}x",
+        "<= 1.5x",
+        p_torch / p_np <= 1.5,
+    )
+
+
+def row_activations() -> None:
+    import torch
+
+    rng = np.random.default_rng(1)
+    xs = [
+        torch.from_numpy(rng.standard_normal((2048, 256), dtype=np.float32) * (1 + i))
+        for i in range(2)
+    ]
+
+    def ours():
+        a = ea.PercentileEncodingAnalyzer((1, 256))
+        for x in xs:
+            a.update_stats(x)
+        return a.compute_encodings(255, False)
+
+    t_ours, t_histc = compare([ours, lambda: [torch.histc(x, 2048) for x in xs]], 10, 2)
+    _print(
+        "activations (1,256) x2",
+        f"{t_ours * 1e3:.2f} ms",
+        f"{t_histc * 1e3:.2f} ms",
+        "torch.histc per batch",
+        f"{t_ours / t_histc:.2f}x",
+        "<= 1.5x",
+        t_ours / t_histc <= 1.5,
+    )
+
+
+def row_tf_enhanced() -> None:
+    import torch
+
+    shapes = [(256, 256), (256, 128), (128, 128), (512, 64), (64, 576)]  # small-model weights
+    ws = [_weights(s, i) for i, s in enumerate(shapes)]
+
+    def run(arrays, method=None):
+        def go():
+            for w in arrays:
+                a = ea.TfEnhancedEncodingAnalyzer((w.shape[0], 1))
+                a.update_stats(w)
+                a.compute_encodings(255, False)
+
+        return go
+
+    t_np, t_torch = compare([run(ws), run([torch.from_numpy(w) for w in ws])], 3, 1)
+    from encanalyze._rules import sqnr
+
+    original = sqnr.choose_method
+    sqnr.choose_method = lambda xp, counts, n, dtype: ("brute", counts.shape[1])
+    try:
+        (t_brute,) = compare([run(ws)], 1, 0)
+    finally:
+        sqnr.choose_method = original
+    _print(
+        "tf_enhanced 5 weights",
+        f"{t_np * 1e3:.0f} ms",
+        f"{t_brute * 1e3:.0f} ms",
+        "brute force (all bins)",
+        f"{t_brute / t_np:.1f}x",
+        "reference: note",
+        True,
+    )
+    _print(
+        "  torch",
+        f"{t_torch * 1e3:.0f} ms",
+        f"{t_np * 1e3:.0f} ms",
+        "numpy",
+        f"{t_torch / t_np:.2f}x",
+        "<= 1x (noise)",
+        t_torch / t_np <= 1.1,
+    )
+
+
+_BUSY = "import time\nwhile True: sum(i * i for i in range(10000))"
+
+
+def row_threads() -> None:
+    """SQNR (1024, 4096) on torch CPU with 2 threads while every core runs other work."""
+    import torch
+
+    x = torch.from_numpy(_weights((1024, 4096)))
+    analyzer = ea.SqnrEncodingAnalyzer((1024, 1))
+    analyzer.update_stats(x)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        (t_one,) = compare([lambda: analyzer.compute_encodings(255, False)], 2, 1)
+        torch.set_num_threads(2)
+        busy = [subprocess.Popen([sys.executable, "-c", _BUSY]) for _ in range(os.cpu_count())]
+        try:
+            time.sleep(0.5)
+            (t_busy,) = compare([lambda: analyzer.compute_encodings(255, False)], 2, 1)
+        finally:
+            for p in busy:
+                p.kill()
+    finally:
+        torch.set_num_threads(threads)
+    _print(
+        "sqnr torch 2 thr, busy",
+        f"{t_busy:.2f} s",
+        f"{t_one:.2f} s",
+        "1 thread, idle",
+        f"{t_busy / t_one:.2f}x",
+        "<= 1.5x",
+        t_busy / t_one <= 1.5,
+    )
+
+
+def row_memory() -> None:
+    x = np.random.default_rng(0).standard_normal((512, 4096), dtype=np.float32)
+    analyzer = ea.PercentileEncodingAnalyzer((1, 4096))  # channels on the last axis
+    analyzer.update_stats(x)
+    table = analyzer.get_stats().histogram.nbytes
+    tracemalloc.start()
+    analyzer.update_stats(x * 2)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    beyond = peak - 2 * table  # the new statistics and the batch's own histograms are results
+    _print(
+        "memory (1,4096) 8 MiB",
+        f"{peak / 2**20:.0f} MiB",
+        f"{x.nbytes / 2**20:.0f} MiB",
+        "input (tables 2 x 32 MiB)",
+        f"{beyond / x.nbytes:.1f}x",
+        "<= 3x beyond",
+        beyond <= 3 * x.nbytes,
+    )
+
+
+ROWS = {
+    "sqnr-asym": lambda: row_sqnr(False),
+    "sqnr-sym": lambda: row_sqnr(True),
+    "percentile-weights": row_percentile_weights,
+    "minmax-torch": row_minmax_torch,
+    "sqnr-64x64": row_sqnr_small,
+    "small-tensors": row_small_tensors,
+    "activations": row_activations,
+    "tf-enhanced": row_tf_enhanced,
+    "threads": row_threads,
+    "memory": row_memory,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
+    args = parser.parse_args()
+    print(f"# issue 13 rows, float32, 8-bit; {machine()}")
+    print(f"{'row':<24}{'ours':>12}{'baseline':>14}  {'baseline is':<24}{'ratio':>9}  goal")
+    for name in args.rows.split(","):
+        ROWS[name]()
+
+
+if __name__ == "__main__":
+    main()
