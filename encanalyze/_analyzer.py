@@ -93,10 +93,12 @@ class EncodingAnalyzer(ABC, Generic[S]):
             check_same_home(self._home, xp, device_of(x))
         twin = numpy_twin(xp, self._state, batch=x)
         if twin is None:
-            batch, state = self.observer.update(xp, x, self._state, want_batch)  # pure
+            with quiet(xp):
+                batch, state = self.observer.update(xp, x, self._state, want_batch)  # pure
         else:  # host torch: NumPy views of the same memory, results back as tensors
             np_xp, (x_np, state_np), back = twin
-            batch, state = back(self.observer.update(np_xp, x_np, state_np, want_batch))
+            with quiet(np_xp):
+                batch, state = back(self.observer.update(np_xp, x_np, state_np, want_batch))
         self._state = state
         if self._home is None:
             self._home = (xp, device_of(x))

@@ -105,7 +105,7 @@ def bin_counts(
     valid, lo_w, hi_w = _work_range(xp, lo, hi, wd)
     rows = xp.astype(rows, wd, copy=False)
     counts = primitives(xp).histogram_rows(rows, lo_w, hi_w, num_bins, may_have_nan)
-    return _keep_rows(xp, xp.astype(counts, xp.float32), valid)
+    return _keep_rows(xp, counts, valid)
 
 
 def rebin(

@@ -26,7 +26,7 @@ def histogram_rows(rows, lo, hi, num_bins: int, may_have_nan: bool):
     nbins = num_bins + 1 if may_have_nan else num_bins
     if may_have_nan:
         t = jnp.where(jnp.isnan(t), num_bins, t)
-    return bincount_rows(t.astype(index_dtype(jnp)), nbins)[:, :num_bins]
+    return bincount_rows(t.astype(index_dtype(jnp)), nbins)[:, :num_bins].astype(jnp.float32)
 
 
 PRIMITIVES = {"bincount_rows": bincount_rows, "histogram_rows": histogram_rows}

@@ -58,4 +58,4 @@ def histogram_rows(
         t = xp.where(xp.isnan(t), float(num_bins), t)
         nbins += 1
     counts = bincount_rows(xp, xp.astype(t, index_dtype(xp)), nbins)
-    return counts[:, :num_bins] if may_have_nan else counts
+    return xp.astype(counts[:, :num_bins] if may_have_nan else counts, xp.float32)

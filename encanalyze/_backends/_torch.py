@@ -101,17 +101,21 @@ _SCRATCH = _Scratch()
 def histogram_rows(
     rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, num_bins: int, may_have_nan: bool
 ) -> torch.Tensor:
-    """Apply the portable formula in place, then count with :func:`bincount_rows`.
+    """Apply the portable formula in place, then count with :func:`bincount_rows` (float32).
 
     The position is clamped to ``[0, B - 1]`` before the conversion to integers, whose
     truncation is then the formula's ``floor``; NaN goes to an extra bin that is cut off.
     """
+    return _count_rows(rows, lo, hi, num_bins, may_have_nan).to(torch.float32)
+
+
+def _count_rows(rows, lo, hi, num_bins: int, may_have_nan: bool) -> torch.Tensor:
     shape = tuple(rows.shape)
     cpu = rows.device.type == "cpu"
     step = max(1, SCRATCH_LIMIT // max(shape[0], 1))
     if cpu and shape[0] * shape[1] > SCRATCH_LIMIT and step < shape[1]:  # bounded temporaries
         return sum(
-            histogram_rows(rows[:, c : c + step], lo, hi, num_bins, may_have_nan)
+            _count_rows(rows[:, c : c + step], lo, hi, num_bins, may_have_nan)
             for c in range(0, shape[1], step)
         )
     dtype = torch.promote_types(rows.dtype, lo.dtype)
