@@ -283,35 +283,43 @@ _BUSY = "import time\nwhile True: sum(i * i for i in range(10000))"
 
 
 def row_threads() -> None:
-    """SQNR (1024, 4096) on torch CPU with 2 threads while every core runs other work."""
+    """SQNR (1024, 4096) on torch CPU while every core runs other work: 2 threads against 1.
+
+    The issue saw 2 threads take 20x as long as 1 on a busy machine (every small torch call
+    entering a parallel region); the goal is within 1.5x. The idle 1-thread time is context.
+    """
     import torch
 
     x = torch.from_numpy(_weights((1024, 4096)))
     analyzer = ea.SqnrEncodingAnalyzer((1024, 1))
     analyzer.update_stats(x)
     threads = torch.get_num_threads()
+
+    def timed(n):
+        torch.set_num_threads(n)
+        return compare([lambda: analyzer.compute_encodings(255, False)], 2, 1)[0]
+
     try:
-        torch.set_num_threads(1)
-        (t_one,) = compare([lambda: analyzer.compute_encodings(255, False)], 2, 1)
-        torch.set_num_threads(2)
+        t_idle = timed(1)
         busy = [subprocess.Popen([sys.executable, "-c", _BUSY]) for _ in range(os.cpu_count())]
         try:
             time.sleep(0.5)
-            (t_busy,) = compare([lambda: analyzer.compute_encodings(255, False)], 2, 1)
+            t_one, t_two = timed(1), timed(2)
         finally:
             for p in busy:
                 p.kill()
     finally:
         torch.set_num_threads(threads)
     _print(
-        "sqnr torch 2 thr, busy",
-        f"{t_busy:.2f} s",
+        "sqnr torch busy, 2 thr",
+        f"{t_two:.2f} s",
         f"{t_one:.2f} s",
-        "1 thread, idle",
-        f"{t_busy / t_one:.2f}x",
+        "1 thread, busy too",
+        f"{t_two / t_one:.2f}x",
         "<= 1.5x",
-        t_busy / t_one <= 1.5,
+        t_two / t_one <= 1.5,
     )
+    _print("", "", f"{t_idle:.2f} s", "1 thread, idle", f"{t_two / t_idle:.2f}x", "context", True)
 
 
 def row_memory() -> None:

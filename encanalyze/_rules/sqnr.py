@@ -237,25 +237,15 @@ def _noise_by_cells(
         inner = clip(xp, inner, (b0 + base)[:, :, None], (bn + base)[:, :, None])
         shape = inner.shape
         idx = xp.reshape(xp.astype(inner, index_dtype(xp)), (-1,))
-        # P0 and P1 side by side: one gather of (P0, P1) pairs, as an (E * C, 2n) matrix, and
-        # one small GEMM for the three sums: sum (2k - 1) P0, sum P0 and sum P1
-        pairs = xp.reshape(xp.stack([flat0, flat1], axis=1), (-1, 2))
-        g = xp.reshape(xp.take(pairs, idx, axis=0), (shape[0] * shape[1], 2 * n))
-        zeros, ones = xp.zeros_like(k), xp.ones_like(k)
-        weights = xp.reshape(
-            xp.stack(
-                [
-                    xp.stack([2 * k - 1, ones, zeros], axis=1),
-                    xp.stack([zeros, zeros, ones], axis=1),
-                ],
-                axis=1,
-            ),
-            (2 * n, 3),
-        )
-        sums = xp.matmul(g, weights)
+        # gathered prefix sums as (E * C, n) matrices: the three sums are one small GEMM each
+        # (one gather of (P0, P1) pairs and one (E * C, 2n) x (2n, 3) GEMM: 7% faster with
+        # NumPy, but torch CUDA's search took 68 ms instead of 14 on an H100 with it)
+        g0 = xp.reshape(xp.take(flat0, idx), (shape[0] * shape[1], n))
+        g1 = xp.reshape(xp.take(flat1, idx), (shape[0] * shape[1], n))
+        sums = xp.matmul(g0, xp.stack([2 * k - 1, xp.ones_like(k)], axis=1))
         s_a = xp.reshape(sums[:, 0], shape[:2])
         s_b = xp.reshape(sums[:, 1], shape[:2])
-        s_c = xp.reshape(sums[:, 2], shape[:2])
+        s_c = xp.reshape(xp.matmul(g1, xp.ones((n, 1), dtype=wd, device=dev)), shape[:2])
     else:
         s_a = s_b = s_c = xp.zeros(d.shape, dtype=wd, device=dev)
 
