@@ -67,15 +67,15 @@ def row_sqnr(sym: bool) -> None:
     w = _weights((1024, 512))
     t = _best(_calibrate(ea.SqnrEncodingAnalyzer, w, (1024, 1), sym=sym))
     ref = REFERENCE_S[name]
-    a = ea.SqnrEncodingAnalyzer((1024, 1))
-    a.update_stats(w)
-    from encanalyze._rules import sqnr
-
-    st = a.get_stats()
-    counts, edges = st.histogram.reshape(1024, -1), st.bin_edges.reshape(1024, -1)
     import array_api_compat.numpy as xp
 
-    lo, hi = a.get_stats().min.reshape(-1), a.get_stats().max.reshape(-1)
+    from encanalyze._rules import sqnr
+
+    a = ea.SqnrEncodingAnalyzer((1024, 1))
+    a.update_stats(w)
+    st = a.get_stats()
+    counts, edges = st.histogram.reshape(1024, -1), st.bin_edges.reshape(1024, -1)
+    lo, hi = st.min.reshape(-1), st.max.reshape(-1)
     brute = _best(lambda: sqnr.sqnr_search(xp, counts, edges, lo, hi, 255, sym, method="brute"), 1)
     _print(
         name,
@@ -241,7 +241,7 @@ def row_tf_enhanced() -> None:
     shapes = [(256, 256), (256, 128), (128, 128), (512, 64), (64, 576)]  # small-model weights
     ws = [_weights(s, i) for i, s in enumerate(shapes)]
 
-    def run(arrays, method=None):
+    def run(arrays):
         def go():
             for w in arrays:
                 a = ea.TfEnhancedEncodingAnalyzer((w.shape[0], 1))

@@ -210,21 +210,21 @@ def _noise_by_cells(
     row = xp.arange(num_rows, dtype=wd, device=dev)[:, None]
     flat_m = xp.reshape(m, (num_rows * num_bins,))
     width = num_bins + 1
-    base = row * width  # row offsets into the flattened prefix sums
-    starts = {num_bins: row * num_bins, width: base}
+    m_base = row * num_bins  # row offsets into the flattened midpoints
+    base = row * width  # and into the flattened prefix sums
 
-    def take(flat: Array, bins: Array, width: int) -> Array:  # flat[row, bins], float bins
-        idx = xp.astype(bins + starts[width], index_dtype(xp))
+    def take(flat: Array, bins: Array, offsets: Array) -> Array:  # flat[row, bins], float bins
+        idx = xp.astype(bins + offsets, index_dtype(xp))
         return xp.reshape(xp.take(flat, xp.reshape(idx, (-1,))), bins.shape)
 
     def clipping_boundary(k: int) -> Array:
         """First bin of run ``k`` (0 or n + 1), exactly as the per-bin ``round()`` decides."""
         b = clip(xp, xp.ceil(alpha + beta * k), 0.0, float(num_bins))
         below = clip(xp, b - 1, 0.0, float(num_bins - 1))
-        q_below = xp.round(div(xp, take(flat_m, below, num_bins), d) - o)
+        q_below = xp.round(div(xp, take(flat_m, below, m_base), d) - o)
         b = xp.where((b > 0) & (q_below >= k), b - 1, b)
         at = clip(xp, b, 0.0, float(num_bins - 1))
-        q_at = xp.round(div(xp, take(flat_m, at, num_bins), d) - o)
+        q_at = xp.round(div(xp, take(flat_m, at, m_base), d) - o)
         return xp.where((b < num_bins) & (q_at < k), b + 1, b)
 
     b0, bn = clipping_boundary(0), clipping_boundary(n + 1)
@@ -232,7 +232,7 @@ def _noise_by_cells(
     flat1 = xp.reshape(p1, (-1,))
     flat2 = xp.reshape(p2, (-1,))
     if n > 0:  # interior boundaries k = 1..n, kept between the clipping ones
-        k = xp.arange(1, n + 1, dtype=wd, device=dev)  # the row offset rides along (base)
+        k = xp.arange(1, n + 1, dtype=wd, device=dev)  # the row offset (base) rides along
         inner = xp.ceil((alpha + base)[:, :, None] + beta[:, :, None] * k)
         inner = clip(xp, inner, (b0 + base)[:, :, None], (bn + base)[:, :, None])
         shape = inner.shape
@@ -249,8 +249,8 @@ def _noise_by_cells(
     else:
         s_a = s_b = s_c = xp.zeros(d.shape, dtype=wd, device=dev)
 
-    p0_0, p1_0, p2_0 = (take(f, b0, width) for f in (flat0, flat1, flat2))
-    p0_n, p1_n, p2_n = (take(f, bn, width) for f in (flat0, flat1, flat2))
+    p0_0, p1_0, p2_0 = (take(f, b0, base) for f in (flat0, flat1, flat2))
+    p0_n, p1_n, p2_n = (take(f, bn, base) for f in (flat0, flat1, flat2))
     tot0, tot1, tot2 = p0[:, num_bins:], p1[:, num_bins:], p2[:, num_bins:]
     t0, tn = o * d, (o + n) * d
     low = t0 * t0 * p0_0 - 2 * t0 * p1_0 + p2_0
