@@ -271,7 +271,8 @@ class EncodingAnalyzer(ABC, Generic[S]):
         empty = self.observer.num_empty(xp, state)
         if empty:
             raise StatisticsNotFoundError(
-                f"{empty} of {math.prod(self.shape)} encoding elements have never seen a value; "
+                f"{empty} of {math.prod(self.shape)} encoding elements have never seen "
+                f"{self.observer.needs}; "
                 f"update them before computing encodings"
             )
         dropped = self.observer.num_nan(xp, state)

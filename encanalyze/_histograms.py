@@ -2,7 +2,9 @@
 
 Everything here works on the ``(E, V)`` row view of an input (see ``_shapes.to_rows``):
 ``E`` histograms of ``B`` equal-width bins, each with its own range ``[lo, hi]``. Rows that have
-seen no finite value hold ``lo = +inf``, ``hi = -inf`` and zero counts.
+seen no finite value hold ``lo = +inf``, ``hi = -inf``, and the infinities they have seen in
+their end bins (``-inf`` in bin 0, ``+inf`` in bin ``B - 1``), where any range they later get
+keeps them: infinities count in the end bins whatever the batching.
 """
 
 from __future__ import annotations
@@ -97,15 +99,14 @@ def bin_counts(
 
     A value ``x`` lands in bin ``floor((x - lo) / (hi - lo) * B)``, clamped to ``[0, B - 1]``
     (so ``hi`` is in the last bin, values below/above the range, infinities included, in the end
-    bins). NaN is dropped (only looked for when ``may_have_nan``). Rows with ``lo > hi`` count
-    nothing.
+    bins). NaN is dropped (only looked for when ``may_have_nan``). Rows with ``lo > hi`` (no
+    range) must hold no finite value: their infinities count in the end bins all the same.
     """
     wd = work_dtype(xp, rows.dtype) if xp.isdtype(rows.dtype, "real floating") else None
     wd = wd or work_dtype(xp, lo.dtype)
-    valid, lo_w, hi_w = _work_range(xp, lo, hi, wd)
+    _, lo_w, hi_w = _work_range(xp, lo, hi, wd)
     rows = xp.astype(rows, wd, copy=False)
-    counts = primitives(xp).histogram_rows(rows, lo_w, hi_w, num_bins, may_have_nan)
-    return _keep_rows(xp, counts, valid)
+    return primitives(xp).histogram_rows(rows, lo_w, hi_w, num_bins, may_have_nan)
 
 
 def rebin(
@@ -118,7 +119,8 @@ def rebin(
     ``j = min(floor((a - new_lo) / w_new), B - 1)``; ``min(round((new_lo + (j + 1) w_new - a) /
     w_old * c), c)`` goes to ``j`` and the rest to the bin that contains ``a + w_new``, which is
     ``min(j + 1, B - 1)`` (computed so, not by a second rounding-prone division). Counts are
-    conserved exactly. Rows with ``lo > hi`` must hold zero counts; they stay zero.
+    conserved exactly. Rows with ``lo > hi`` (no range; counts in the end bins only) are not
+    meaningful here: :func:`rebin_onto` keeps their counts where they are.
 
     Host backends work through blocks of rows small enough to stay in cache.
     """
@@ -156,13 +158,6 @@ def _rebin(
     following = xp.astype(clip(xp, j + 1, None, last), index_dtype(xp))
     rest = primitives(xp).bincount_rows(following, num_bins, xp.astype(c - part, wide))
     return xp.astype(moved + rest, xp.float32)
-
-
-def _keep_rows(xp: Namespace, counts: Array, keep: Array) -> Array:
-    """Zero the rows of ``(E, B)`` float ``counts`` where ``keep`` ``(E,)`` is False."""
-    if on_host(counts) and bool(xp.all(keep)):  # host backends skip a no-op pass
-        return counts
-    return counts * xp.astype(keep, counts.dtype)[:, None]
 
 
 def last_edge(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
@@ -293,7 +288,7 @@ def histogram_update(
     ):
         new = counts  # the batch spans the new range: its own counts are the ones on the new edges
     else:
-        new = _keep_rows(xp, bin_counts(xp, rows, new_lo, new_hi, num_bins, may_have_nan), seen)
+        new = bin_counts(xp, rows, new_lo, new_hi, num_bins, may_have_nan)
     # observed range: the new range where a seen row grew, the batch's own on a row's first
     # batch, unchanged where the batch had nothing for the row
     run_lo, run_hi = running.observed_range()
@@ -359,7 +354,8 @@ def add_counts(a: Array | None, b: Array | None) -> Array | None:
 def rebin_onto(xp: Namespace, h: RowHistogram, lo: Array, hi: Array) -> Array:
     """Return ``h``'s counts re-binned onto ``[lo, hi]`` (containing its range), row by row.
 
-    Rows whose range is already ``[lo, hi]`` (or that hold nothing) keep their counts.
+    Rows whose range is already ``[lo, hi]``, and rows without a range (whose infinities sit in
+    the end bins of any range), keep their counts.
     """
     changed = (h.lo <= h.hi) & ((lo != h.lo) | (hi != h.hi))
     if on_host(h.counts) and not bool(xp.any(changed)):  # host backends skip a no-op rebin

@@ -126,6 +126,11 @@ def _validate_values(path: Path, arrays: dict) -> None:
             empty = (lo == np.inf) & (hi == -np.inf)
             if not np.all((lo <= hi) | empty):
                 raise StatsFileError(f"{path}: {lo_key!r} exceeds {hi_key!r} (or is NaN)")
+        counts = arrays.get("counts")
+        if lo_key == "lo" and counts is not None and counts.shape[:1] == lo.shape == empty.shape:
+            # a histogram without a range holds only infinities, in its end bins
+            if np.any(counts[empty, 1:-1]):
+                raise StatsFileError(f"{path}: a histogram without a range holds finite counts")
 
 
 def _namespace(namespace):

@@ -74,13 +74,16 @@ class Histogram(_Stats):
         error of at most 2**-24 per update.
     bin_edges
         ``(*shape, num_bins + 1)`` edges ``min + k * (max - min) / num_bins`` (float32, float64
-        for float64 inputs). Elements that have seen no value hold zeros.
+        for float64 inputs). Elements that have seen no finite value hold zeros.
     min, max
         ``(*shape)`` observed range of each histogram, in the input's floating dtype: after an
         element's first batch, that batch's finite min and max (a constant slice of 5.0 has
         ``min = max = 5.0`` while its edges span [4.5, 5.5]); after each later batch, the new
         range (which then equals the first and last edge). SQNR reads them; percentile reads
-        the edges. Elements that have seen no value hold ``+inf`` and ``-inf``.
+        the edges. Elements that have seen no finite value hold ``+inf`` and ``-inf``; the
+        infinities they have seen wait in their end bins (``-inf`` in the first, ``+inf`` in
+        the last) and stay there once a finite value gives them a range, as infinities that
+        come with finite values do, so counts never depend on how the data was batched.
     num_nan
         Optional int64 ``(*shape)``: NaN values dropped so far per element.
     """
@@ -97,9 +100,10 @@ class Histogram(_Stats):
         return int(self.histogram.shape[-1])
 
     def num_empty(self) -> int:
-        """Return how many histograms hold no count (syncs with the device)."""
+        """Return how many histograms have no range or no count (syncs with the device)."""
         xp = namespace_of(self.histogram)
-        return int(xp.count_nonzero(xp.sum(self.histogram, axis=-1) == 0))
+        no_range = ~(self.min <= self.max)
+        return int(xp.count_nonzero(no_range | (xp.sum(self.histogram, axis=-1) == 0)))
 
 
 def empty_minmax(xp: Namespace, shape: tuple[int, ...], dtype, device) -> MinMaxRange:

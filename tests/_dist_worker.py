@@ -33,6 +33,20 @@ def make(method: str):
     return ea.METHODS[method].analyzer((1, 6), **extra.get(method, {}))
 
 
+INFINITIES = np.array([[np.inf, -np.inf, np.nan, np.inf, -np.inf, np.inf]], np.float32)
+
+
+def feed(method: str, analyzer, part: list) -> None:
+    """Update with a rank's batches; the rank with none sees an empty batch and, for the
+    histogram methods, a batch of infinities only (no range: they wait in the end bins)."""
+    for batch in part:
+        analyzer.update_stats(batch)
+    if not part:
+        analyzer.update_stats(np.zeros((0, 6), np.float32))
+        if method not in ("minmax", "ema"):
+            analyzer.update_stats(INFINITIES)
+
+
 def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -44,10 +58,7 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
         _, parts = dataset(world)
         for method in METHODS:
             analyzer = make(method)
-            for batch in parts[rank]:
-                analyzer.update_stats(batch)
-            if not parts[rank]:  # the rank with no data saw one empty batch
-                analyzer.update_stats(np.zeros((0, 6), np.float32))
+            feed(method, analyzer, parts[rank])
             all_reduce_stats(analyzer)
             ea.save(analyzer, os.path.join(out_dir, f"{method}-{rank}.npz"))
     finally:

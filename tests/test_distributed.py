@@ -48,14 +48,19 @@ def test_all_reduce_equals_one_process(tmp_path, world):
             local = []
             for part in parts:
                 a = worker.make(method)
-                for b in part or [np.zeros((0, 6), np.float32)]:
-                    a.update_stats(b)
+                worker.feed(method, a, part)
                 local.append(a)
             want = local[0].merge(*local[1:])
         _assert_same(_state(ranks[0]), _state(want))
-        with pytest.warns(RuntimeWarning, match="1 NaN values were ignored"):
-            got_enc = ranks[0].compute_encodings(255, False)  # the NaN seen on one rank
-        with pytest.warns(RuntimeWarning, match="1 NaN values were ignored"):
+        nan = "1 NaN values"  # the NaN seen on one rank
+        if method not in ("minmax", "ema"):  # the infinities of the rank without data count
+            counts = _state(ranks[0])["counts"]
+            values = sum(int(np.count_nonzero(~np.isnan(b))) for b in batches)
+            assert counts.sum() == values + np.count_nonzero(~np.isnan(worker.INFINITIES))
+            nan = "2 NaN values"  # and the one among them
+        with pytest.warns(RuntimeWarning, match=nan):
+            got_enc = ranks[0].compute_encodings(255, False)
+        with pytest.warns(RuntimeWarning, match=nan):
             want_enc = want.compute_encodings(255, False)
         for g, w in zip(got_enc, want_enc):
             np.testing.assert_array_equal(g, w)

@@ -204,6 +204,73 @@ def test_load_validates_values(tmp_path, key, change):
         ea.load(_write(tmp_path / "bad.npz", header, members))
 
 
+def test_load_refuses_finite_counts_in_a_histogram_without_range(tmp_path):
+    analyzer = ea.PercentileEncodingAnalyzer((2, 1), num_bins=16)
+    analyzer.update_stats(np.array([[np.inf, -np.inf], [1.0, 2.0]], np.float32))
+    ea.save(analyzer, tmp_path / "ok.npz")  # row 0 holds its infinities in its end bins
+    loaded = ea.load(tmp_path / "ok.npz").get_stats().histogram
+    np.testing.assert_array_equal(loaded, analyzer.get_stats().histogram)
+    with zipfile.ZipFile(tmp_path / "ok.npz") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    header = json.loads(str(np.load(io.BytesIO(members["header.npy"]))[()]))
+    counts = np.load(io.BytesIO(members["state.counts.npy"]))
+    counts[0, 5] = 1  # a finite count where no range holds one
+    members["state.counts.npy"] = _npy(counts)
+    with pytest.raises(ea.StatsFileError, match="without a range holds finite counts"):
+        ea.load(_write(tmp_path / "bad.npz", header, members))
+
+
+# -- infinities: counted in the end bins whatever the batching ---------------------------------
+
+INFINITE_SPLITS = [
+    # (whole, split): infinities before, with and after a row's first finite value
+    ([np.inf, 1.0, -np.inf, 2.0], [[np.inf], [1.0, -np.inf, 2.0]]),
+    ([np.inf, -np.inf, np.nan, np.inf, 1.0, 2.0], [[np.inf], [-np.inf, np.nan], [np.inf, 1, 2]]),
+    ([1.0, 2.0, np.inf, -np.inf], [[1.0, 2.0], [np.inf], [-np.inf]]),
+]
+
+
+@pytest.mark.parametrize("whole, parts", INFINITE_SPLITS)
+@pytest.mark.parametrize(
+    "cls", [ea.PercentileEncodingAnalyzer, ea.SqnrEncodingAnalyzer, ea.MseEncodingAnalyzer]
+)
+def test_infinities_count_the_same_whatever_the_batching(backend, cls, whole, parts):
+    one, many = cls((1,), num_bins=8), cls((1,), num_bins=8)
+    one.update_stats(backend.asarray(np.array(whole, np.float32)))
+    for part in parts:
+        many.update_stats(backend.asarray(np.array(part, np.float32)))
+    a, b = one.get_stats(), many.get_stats()
+    want = backend.to_numpy(a.histogram)
+    np.testing.assert_array_equal(backend.to_numpy(b.histogram), want)
+    np.testing.assert_array_equal(backend.to_numpy(b.bin_edges), backend.to_numpy(a.bin_edges))
+    assert want.sum() == np.count_nonzero(~np.isnan(whole))
+    assert want[0, 0] >= np.count_nonzero(np.isneginf(whole)) + 1  # with the min 1.0
+    assert want[0, -1] >= np.count_nonzero(np.isposinf(whole)) + 1  # with the max 2.0
+
+
+def test_infinities_alone_give_no_range_but_survive_merge_and_persistence(tmp_path):
+    only_inf = ea.PercentileEncodingAnalyzer((2, 1), num_bins=4)
+    only_inf.update_stats(np.array([[np.inf, -np.inf], [np.inf, np.inf]], np.float32))
+    stats = only_inf.get_stats()
+    np.testing.assert_array_equal(stats.histogram[:, 0], [[1, 0, 0, 1], [0, 0, 0, 2]])
+    assert stats.min.ravel().tolist() == [np.inf] * 2
+    assert stats.max.ravel().tolist() == [-np.inf] * 2
+    with pytest.raises(ea.StatisticsNotFoundError, match="2 of 2 .* never seen a finite value"):
+        only_inf.compute_encodings(255, False)
+    ea.save(only_inf, tmp_path / "inf.npz")
+    loaded = ea.load(tmp_path / "inf.npz")
+    finite = ea.PercentileEncodingAnalyzer((2, 1), num_bins=4)
+    finite.update_stats(np.array([[0.0, 4.0], [-2.0, 2.0]], np.float32))
+    a, b = finite.get_stats(), loaded.get_stats()
+    for got in (ea.merge_stats(a, b), ea.merge_stats(b, a)):
+        np.testing.assert_array_equal(got.histogram[:, 0], [[2, 0, 0, 2], [1, 0, 0, 3]])
+        np.testing.assert_array_equal(got.bin_edges, finite.get_stats().bin_edges)
+    loaded.update_stats(np.array([[0.0, 4.0], [-2.0, 2.0]], np.float32))  # continues the same
+    np.testing.assert_array_equal(loaded.get_stats().histogram[:, 0], [[2, 0, 0, 2], [1, 0, 0, 3]])
+    lo, hi = loaded.compute_encodings(255, False)
+    assert lo.ravel().tolist() == [0.0, -2.0] and hi.ravel().tolist() == [4.0, 2.0]
+
+
 # -- memory: large inputs are worked through in chunks, with the same results -----------------
 
 

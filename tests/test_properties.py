@@ -15,6 +15,9 @@ METHODS = sorted(ea.METHODS)
 finite = st.floats(-1e6, 1e6, width=32)
 with_nan = st.one_of(finite, st.just(np.nan))
 data = hnp.arrays(np.float32, st.tuples(st.integers(1, 40), st.just(3)), elements=with_nan)
+special = st.one_of(finite, st.sampled_from([np.nan, np.inf, -np.inf]))
+data_inf = hnp.arrays(np.float32, st.tuples(st.integers(1, 40), st.just(3)), elements=special)
+HISTOGRAM_METHODS = [m for m in METHODS if ea.METHODS[m].observer == "histogram"]
 
 
 def _skip_jax(backend):
@@ -35,9 +38,9 @@ def _analyzer(method: str):
     return ea.METHODS[method].analyzer((1, 3), **OPTIONS.get(method, {}))
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if ea.METHODS[m].observer == "histogram"])
+@pytest.mark.parametrize("method", HISTOGRAM_METHODS)
 @SETTINGS
-@given(x=data, cuts=st.lists(st.integers(0, 40), max_size=4))
+@given(x=data_inf, cuts=st.lists(st.integers(0, 40), max_size=4))
 def test_counts_are_the_non_nan_values_fed_whatever_the_batching(backend, method, x, cuts):
     _skip_jax(backend)
     analyzer = _analyzer(method)
@@ -45,6 +48,40 @@ def test_counts_are_the_non_nan_values_fed_whatever_the_batching(backend, method
         analyzer.update_stats(backend.asarray(x[part]))
     counts = backend.to_numpy(analyzer.get_stats().histogram).sum(axis=-1).reshape(-1)
     np.testing.assert_array_equal(counts, (~np.isnan(x)).sum(axis=0))
+
+
+def _finite_extremes(x: np.ndarray) -> np.ndarray:
+    """Rows holding each column's finite min and max (NaN where a column has none)."""
+    finite_x = np.where(np.isfinite(x), x, np.nan)
+    held = np.isfinite(finite_x).any(axis=0)
+    safe = np.where(held, finite_x, 0.0)
+    lo = np.where(held, np.nanmin(np.where(np.isnan(safe), np.inf, safe), axis=0), np.nan)
+    hi = np.where(held, np.nanmax(np.where(np.isnan(safe), -np.inf, safe), axis=0), np.nan)
+    return np.stack([lo, hi]).astype(x.dtype)
+
+
+@pytest.mark.parametrize("method", HISTOGRAM_METHODS)
+@SETTINGS
+@given(x=data_inf, cuts=st.lists(st.integers(0, 40), max_size=4))
+def test_histograms_are_the_same_for_any_split_that_fixes_the_range_first(backend, method, x, cuts):
+    """Infinities count in the end bins wherever they come: before a column's first finite
+    value (waiting without a range), with it, or after it. Splits whose range is fixed by its
+    first finite batch (no re-binning) give the whole batch's histograms exactly."""
+    _skip_jax(backend)
+    infinities = np.where(np.isfinite(x), np.nan, x)  # the non-finite values, fed first
+    extremes = _finite_extremes(x)
+    whole, split = _analyzer(method), _analyzer(method)
+    whole.update_stats(backend.asarray(np.concatenate([infinities, extremes, x])))
+    parts = [infinities[p] for p in _splits(len(x), cuts)]
+    tail = [x[p] for p in _splits(len(x), cuts[::-1])]
+    parts += [np.concatenate([extremes, tail[0]]), *tail[1:]]
+    for part in parts:
+        split.update_stats(backend.asarray(part))
+    a, b = whole.get_stats(), split.get_stats()
+    for field in ("histogram", "bin_edges"):  # min/max: the SPEC's observed range, by batch
+        np.testing.assert_array_equal(
+            backend.to_numpy(getattr(b, field)), backend.to_numpy(getattr(a, field)), field
+        )
 
 
 @SETTINGS

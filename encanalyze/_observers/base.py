@@ -37,6 +37,8 @@ class Observer(ABC, Generic[State]):
 
     kind: ClassVar[str]
     """Name of this kind of statistics (``minmax``, ``histogram``, ``ema``)."""
+    needs: ClassVar[str] = "a value"
+    """What an element must have seen before it can be encoded (for error messages)."""
     stats_type: ClassVar[type]
     """The public statistics type (:class:`~encanalyze.MinMaxRange`, ...)."""
 

@@ -66,6 +66,7 @@ class HistogramObserver(Observer[RowHistogram]):
     """
 
     kind = "histogram"
+    needs = "a finite value"  # infinities alone give no range
     stats_type = Histogram
 
     def __init__(
@@ -167,7 +168,8 @@ class HistogramObserver(Observer[RowHistogram]):
         )
 
     def num_empty(self, xp: Namespace, state: RowHistogram) -> int:
-        return int(xp.count_nonzero(xp.sum(state.counts, axis=1) == 0))
+        # no range: nothing or only infinities seen (those wait in the end bins)
+        return int(xp.count_nonzero(~(state.lo <= state.hi) | (xp.sum(state.counts, axis=1) == 0)))
 
     def check(self, xp: Namespace, state: RowHistogram) -> None:
         check_range_fits(xp, state.lo, state.hi)  # devices skip it at the update (no sync)
