@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._backends import to_numpy
 from ._calibration import CalibrationResult
 from ._onnx_graph import load_model
 from ._registry import METHODS as REGISTRY
-from ._report import sqnr_rank
+from ._report import encoding_lists, sqnr_rank
 from ._tensor_io import read_tensors
 from .onnx import calibrate, output_sqnr, write_qdq_model
 from .onnx._calibrate import model_inputs
@@ -144,9 +143,6 @@ def iter_rows(result: CalibrationResult) -> Iterator[dict]:
             "kind": e.kind,
             "method": e.method,
             "axis": e.axis,
-            "min": to_numpy(e.min).reshape(-1).astype(float).tolist(),
-            "max": to_numpy(e.max).reshape(-1).astype(float).tolist(),
-            "scale": to_numpy(e.scale).reshape(-1).astype(float).tolist(),
-            "offset": to_numpy(e.offset).reshape(-1).astype(int).tolist(),
+            **encoding_lists(e.min, e.max, e.scale, e.offset),
             "sqnr_db": e.sqnr_db,
         }

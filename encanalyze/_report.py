@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ._backends import clip
+from ._backends import clip, to_numpy
 from ._histograms import wide_dtype
 from ._shapes import Plan, to_rows
 from ._xp import Array, Namespace, device_of
@@ -18,6 +18,7 @@ from ._xp import Array, Namespace, device_of
 __all__ = [
     "Layout",
     "aimet_encodings",
+    "encoding_lists",
     "layout_for",
     "onnx_qdq_encodings",
     "quantization_quality",
@@ -123,6 +124,20 @@ def sqnr_db(signal: float, noise: float) -> float:
 def sqnr_rank(sqnr: float | None) -> float:
     """Return an SQNR as a sort key where ``None`` and NaN never win."""
     return -math.inf if sqnr is None or math.isnan(sqnr) else sqnr
+
+
+def encoding_lists(lo: Array, hi: Array, scale: Array, offset: Array) -> dict:
+    """Return an encoding as flat JSON-ready lists: ``min``, ``max``, ``scale``, ``offset``."""
+
+    def flat(a: Array, kind: type) -> list:
+        return to_numpy(a).reshape(-1).astype(kind).tolist()
+
+    return {
+        "min": flat(lo, float),
+        "max": flat(hi, float),
+        "scale": flat(scale, float),
+        "offset": flat(offset, int),
+    }
 
 
 def aimet_encodings(entries: list[dict], bits: int, symmetric: bool) -> dict:

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, _model_command
-from ._backends import to_numpy
 from ._encoding import to_scale_offset
 from ._files import OutputPathError, check_output, printable, write_atomic
 from ._observers.histogram import validate_num_bins
@@ -32,6 +31,7 @@ from ._onnx_graph import ModelFileError
 from ._registry import METHODS as REGISTRY
 from ._report import (
     aimet_encodings,
+    encoding_lists,
     layout_for,
     onnx_qdq_encodings,
     quantization_quality,
@@ -367,10 +367,7 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
             continue
         clipped, sqnr = quantization_quality(xp, x, p, scale, offset, num_steps)
         results[method] = {
-            "min": to_numpy(lo).reshape(-1).astype(float).tolist(),
-            "max": to_numpy(hi).reshape(-1).astype(float).tolist(),
-            "scale": to_numpy(scale).reshape(-1).astype(float).tolist(),
-            "offset": to_numpy(offset).reshape(-1).astype(int).tolist(),
+            **encoding_lists(lo, hi, scale, offset),
             "clipped_fraction": clipped,
             "sqnr_db": sqnr,
         }
