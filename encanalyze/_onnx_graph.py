@@ -20,7 +20,7 @@ __all__ = [
     "ModelFileError",
     "all_graphs",
     "float_weights",
-    "initializer_bytes",
+    "model_bytes",
     "load_model",
     "own_model",
 ]
@@ -108,9 +108,13 @@ def all_graphs(graph) -> Iterator:
                     yield from all_graphs(g)
 
 
-def initializer_bytes(model) -> int:
-    """Return the bytes the initializers of ``model`` and its subgraphs hold in memory."""
-    return sum(len(t.raw_data) for g in all_graphs(model.graph) for t in g.initializer)
+def model_bytes(model) -> int:
+    """Return the serialized size of ``model``: protobuf's 2 GiB limit applies to it.
+
+    Everything counts: initializers (``raw_data`` or typed fields), ``Constant`` values, and
+    subgraphs'.
+    """
+    return model.ByteSize()
 
 
 def _tensors(graph) -> Iterator:

@@ -180,6 +180,23 @@ def test_large_models_reach_onnx_runtime_through_external_data(tmp_path, monkeyp
 
 
 @needs_ort
+def test_constant_weights_count_toward_the_external_data_limit(tmp_path, monkeypatch):
+    from encanalyze._onnx_graph import model_bytes
+    from encanalyze.onnx import _calibrate
+
+    model = om.cnn(weights_as="constants")  # no initializer holds the weights
+    assert model_bytes(model) > (om.W1.size + om.W2.size) * 4
+    small = calibrate(om.cnn(weights_as="constants"), _batches(2))
+    monkeypatch.setattr(_calibrate, "INLINE_LIMIT", model_bytes(model) - 1)
+    session = _calibrate.session(model, workdir=str(tmp_path))  # Constant values go external
+    assert (tmp_path / "model.data").stat().st_size == om.W2.nbytes  # W1: under 1 KB, inline
+    assert session.get_inputs()[0].name == "x"
+    large = calibrate(om.cnn(weights_as="constants"), _batches(2))
+    for name in small.encodings:
+        np.testing.assert_array_equal(large[name].min, small[name].min)
+
+
+@needs_ort
 def test_bad_batches_and_methods_are_clear_errors():
     with pytest.raises(ValueError, match="unknown method"):
         calibrate(om.cnn(), _batches(1), activations="nope")

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._calibration import CalibrationResult, encode, progress_bar
 from .._encoding import validate_num_steps
-from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, initializer_bytes, load_model
+from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
 from .._registry import METHODS
 from .._report import layout_for
 
@@ -135,12 +135,14 @@ def session(model, providers=None, workdir: str | None = None):
     import onnxruntime as ort
 
     providers = providers or default_providers()
-    if initializer_bytes(model) <= INLINE_LIMIT:
+    if model_bytes(model) <= INLINE_LIMIT:
         return ort.InferenceSession(model.SerializeToString(), providers=providers)
     if workdir is None:
         raise ValueError("a model this large needs a working folder for its external data")
     path = Path(workdir) / "model.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, location="model.data", convert_attribute=True
+    )
     return ort.InferenceSession(str(path), providers=providers)
 
 

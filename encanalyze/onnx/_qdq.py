@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .._calibration import CalibrationResult
-from .._onnx_graph import initializer_bytes, own_model
+from .._onnx_graph import model_bytes, own_model
 from .._report import sqnr_db
 from ._calibrate import INLINE_LIMIT, QUANTIZABLE_OPS, feeds, model_inputs, session
 
@@ -93,7 +93,7 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
     _constants_to_initializers(proto)
     overrides, ranges = _overrides(result)
     path = Path(path)
-    large = initializer_bytes(proto) > INLINE_LIMIT
+    large = model_bytes(proto) > INLINE_LIMIT
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
         import onnx
 
