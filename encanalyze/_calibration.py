@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ._backends import to_numpy
 from ._encoding import to_scale_offset
 from ._files import printable
-from ._report import Layout, aimet_encodings, layout_for, onnx_qdq_encodings, quantization_quality
+from ._registry import METHODS
+from ._report import (
+    Layout,
+    aimet_encodings,
+    layout_for,
+    onnx_qdq_encodings,
+    quantization_quality,
+    sqnr_rank,
+)
 from ._shapes import plan
 from ._xp import Array, namespace_of
 
-__all__ = ["CalibrationResult", "TensorEncoding", "encode", "progress_bar"]
+__all__ = [
+    "CalibrationResult",
+    "TensorEncoding",
+    "encode",
+    "encode_weight",
+    "progress_bar",
+    "update_shared",
+    "weight_methods",
+]
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,69 @@ def encode(
         p = plan(tuple(tensor.shape), tuple(lo.shape), None)
         sqnr = quantization_quality(xp, tensor, p, scale, offset, num_steps)[1]
     return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method, sqnr)
+
+
+def update_shared(analyzer, x: Array, gathered: dict) -> None:
+    """Update ``analyzer`` with ``x``, or share the statistics of ``x`` already in ``gathered``.
+
+    ``gathered`` maps an observer's kind and parameters to the analyzer that gathered them
+    from ``x``: the histogram methods of one tensor histogram it once.
+    """
+    observer = analyzer.observer
+    key = (type(observer).__name__, json.dumps(observer.params(), sort_keys=True))
+    if key in gathered:
+        analyzer.share_stats(gathered[key])
+    else:
+        analyzer.update_stats(x)
+        gathered[key] = analyzer
+
+
+def weight_methods(weights, options: dict | None) -> dict[str, dict]:
+    """Return the model calibrators' ``weights`` argument as ``{method: analyzer options}``.
+
+    ``weights`` is a method name (with ``options``) or a dict of several methods, each with its
+    options (``None``: the defaults).
+    """
+    if isinstance(weights, str):
+        methods = {weights: dict(options or {})}
+    elif isinstance(weights, Mapping):
+        if options is not None:
+            raise ValueError("weight_options goes with one method: give each method's options "
+                             "as the values of the weights dict")  # fmt: skip
+        methods = {m: dict(o or {}) for m, o in weights.items()}
+    else:
+        raise TypeError(f"weights must be a method name or a dict of methods, got {weights!r}")
+    if not methods:
+        raise ValueError("weights names no method")
+    for name in methods:
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    return methods
+
+
+def encode_weight(
+    name: str,
+    tensor: Array,
+    axis: int | None,
+    methods: dict[str, dict],
+    num_steps: int,
+    symmetric: bool,
+) -> TensorEncoding:
+    """Calibrate a weight with each of ``methods``; return the best SQNR's encoding on it.
+
+    Methods that gather the same statistics share them (one histogram per weight); ties and
+    NaN scores go to the earlier method.
+    """
+    shape = layout_for(tuple(tensor.shape), axis).shape
+    gathered: dict = {}
+    best = None
+    for method, options in methods.items():
+        analyzer = METHODS[method].analyzer(shape, **options)
+        update_shared(analyzer, tensor, gathered)
+        e = encode(name, "param", analyzer, num_steps, symmetric, axis, method, tensor)
+        if best is None or sqnr_rank(e.sqnr_db) > sqnr_rank(best.sqnr_db):
+            best = e
+    return best
 
 
 @dataclass

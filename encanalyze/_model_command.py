@@ -17,7 +17,7 @@ import numpy as np
 from ._calibration import CalibrationResult
 from ._onnx_graph import load_model
 from ._registry import METHODS as REGISTRY
-from ._report import encoding_lists, sqnr_rank
+from ._report import encoding_lists
 from ._tensor_io import read_tensors
 from .onnx import calibrate, output_sqnr, write_qdq_model
 from .onnx._calibrate import model_inputs
@@ -93,10 +93,10 @@ def batches_for(model, data: str, batch_size: int | None, seed: int = 0) -> tupl
     return [{n: a[i : i + size] for n, a in arrays.items()} for i in starts], False
 
 
-def _weight_methods(args) -> list[str]:
-    if args.method != "all":
-        return [args.method]
-    return [m for m, spec in REGISTRY.items() if spec.in_command]
+def _weight_methods(args) -> dict[str, dict]:
+    """Return ``--method`` as the calibrator's weights (``all``: every method of the command)."""
+    names = [m for m, spec in REGISTRY.items() if spec.in_command]
+    return {m: REGISTRY[m].command_options(args) for m in names if args.method in ("all", m)}
 
 
 def calibrate_model(path: Path, args) -> tuple[CalibrationResult, dict | None, bool]:
@@ -107,27 +107,16 @@ def calibrate_model(path: Path, args) -> tuple[CalibrationResult, dict | None, b
     """
     model, _ = load_model(path)
     batches, random = batches_for(model, args.data, args.batch_size)
-    first, *others = _weight_methods(args)
-    common = {
-        "bits": args.bits,
-        "symmetric": args.symmetric,
-        "per_channel_weights": not args.per_tensor_weights,
-    }
     result = calibrate(
         model,
         batches,
         activations=args.activation_method,
-        weights=first,
+        weights=_weight_methods(args),  # --method all: each weight keeps the best SQNR's
         activation_options=REGISTRY[args.activation_method].command_options(args),
-        weight_options=REGISTRY[first].command_options(args),
-        **common,
+        bits=args.bits,
+        symmetric=args.symmetric,
+        per_channel_weights=not args.per_tensor_weights,
     )
-    for method in others:  # --method all: each weight keeps the method with the best SQNR
-        options = REGISTRY[method].command_options(args)
-        other = calibrate(model, None, weights=method, weight_options=options, **common)
-        for name, e in other.encodings.items():
-            if sqnr_rank(e.sqnr_db) > sqnr_rank(result.encodings[name].sqnr_db):
-                result.encodings[name] = e
     qdq = None
     if args.qdq_model is not None:
         written = write_qdq_model(model, result, args.qdq_model)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, _model_command
+from ._calibration import update_shared
 from ._encoding import to_scale_offset
 from ._files import OutputPathError, check_output, printable, write_atomic
 from ._observers.histogram import validate_num_bins
@@ -350,14 +351,9 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
         if progress is not None:
             progress.show(name, method)
         analyzer = _analyzer(method, layout, args)
-        key = (type(analyzer.observer).__name__, json.dumps(analyzer.observer.params()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # NaN counts: reported below
-            if key in gathered:
-                analyzer.share_stats(gathered[key])
-            else:
-                analyzer.update_stats(x)
-                gathered[key] = analyzer
+            update_shared(analyzer, x, gathered)
             lo, hi = analyzer.compute_encodings(num_steps, args.symmetric)
         scale, offset = to_scale_offset(lo, hi, num_steps, args.symmetric)
         if progress is not None:

@@ -196,6 +196,30 @@ def test_constant_weights_count_toward_the_external_data_limit(tmp_path, monkeyp
         np.testing.assert_array_equal(large[name].min, small[name].min)
 
 
+def test_several_weight_methods_share_one_histogram_and_keep_the_best(monkeypatch):
+    from encanalyze import _calibration
+
+    updates = []
+    real = _calibration.update_shared
+
+    def counting(analyzer, x, gathered):
+        before = len(gathered)
+        real(analyzer, x, gathered)
+        updates.append(len(gathered) > before)  # True: the tensor was read again
+
+    monkeypatch.setattr(_calibration, "update_shared", counting)
+    several = {"minmax": None, "percentile": None, "sqnr": None, "mse": {"num_bins": 512}}
+    result = calibrate(om.cnn(), None, weights=several)
+    # per weight: min-max, one 2048-bin histogram for percentile and SQNR, MSE's 512 bins
+    assert updates == [True, True, False, True] * 2
+    for name in ("w1", "w2"):
+        alone = {m: calibrate(om.cnn(), None, weights=m, weight_options=o)[name]
+                 for m, o in several.items()}  # fmt: skip
+        best = max(alone, key=lambda m: alone[m].sqnr_db)
+        assert result[name].method == best
+        np.testing.assert_array_equal(result[name].scale, alone[best].scale)
+
+
 @needs_ort
 def test_bad_batches_and_methods_are_clear_errors():
     with pytest.raises(ValueError, match="unknown method"):

@@ -118,6 +118,35 @@ def test_several_inputs_dicts_selection_and_per_channel_activations():
     assert qdq["a.weight"]["axis"] is None and qdq["b:output"]["zero_point_dtype"] == "uint8"
 
 
+def test_several_weight_methods_keep_each_weights_best_sqnr():
+    model = CNN().eval()
+    several = {"minmax": None, "percentile": {"percentile": 99.9}, "sqnr": None, "mse": None}
+    result = calibrate(model, _batches(1), weights=several)
+    for name in ("conv.weight", "up.weight", "head.weight"):
+        alone = {
+            m: calibrate(model, [], weights=m, weight_options=o)[name] for m, o in several.items()
+        }
+        best = max(alone, key=lambda m: alone[m].sqnr_db)  # the first of equals
+        got = result[name]
+        assert got.method == best and got.sqnr_db == alone[best].sqnr_db
+        torch.testing.assert_close(got.min, alone[best].min, rtol=0, atol=0)
+        torch.testing.assert_close(got.max, alone[best].max, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "weights, options, error, match",
+    [
+        ({}, None, ValueError, "names no method"),
+        ({"minmax": None, "l2": None}, None, ValueError, "unknown method 'l2'"),
+        ({"sqnr": None}, {"num_bins": 64}, ValueError, "weight_options goes with one method"),
+        (["minmax"], None, TypeError, "a method name or a dict"),
+    ],
+)
+def test_bad_weight_methods(weights, options, error, match):
+    with pytest.raises(error, match=match):
+        calibrate(TwoInputs(), [], weights=weights, weight_options=options)
+
+
 def test_bad_options():
     model = TwoInputs()
     with pytest.raises(ValueError, match="unknown method 'l1'"):

@@ -8,11 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .._calibration import CalibrationResult, encode, progress_bar
+from .._calibration import (
+    CalibrationResult,
+    encode,
+    encode_weight,
+    progress_bar,
+    weight_methods,
+)
 from .._encoding import validate_num_steps
 from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
 from .._registry import METHODS
-from .._report import layout_for
 
 __all__ = [
     "QUANTIZABLE_OPS",
@@ -192,7 +197,7 @@ def calibrate(
     batches: Iterable | None = None,
     *,
     activations: str = "percentile",
-    weights: str = "minmax",
+    weights: str | Mapping[str, dict | None] = "minmax",
     bits: int = 8,
     symmetric: bool = False,
     per_channel_weights: bool = True,
@@ -207,12 +212,15 @@ def calibrate(
     ``model`` is a path (external data is read from the model's folder) or a ``ModelProto``.
     Weights (:func:`quantizable_weights`: initializers, ``Constant`` nodes and subgraph
     weights of the ``op_types`` nodes) are calibrated with ``weights``, per output channel
-    unless ``per_channel_weights`` is False. Activations (the float inputs and outputs of the
-    main graph's ``op_types`` nodes; ``op_types=None``: of every node) are exposed as extra
-    graph outputs, and each batch is run with ONNX Runtime (``providers``, default CUDA where
-    present, then CPU) and streamed into one ``activations`` analyzer per tensor, so memory
-    does not grow with the number of batches. A batch is a dict by input name, a tuple or
-    list in input order, or one array for a single-input model. Names are ONNX tensor names.
+    unless ``per_channel_weights`` is False; ``weights`` may also be a dict of several methods
+    with their options (``{"minmax": None, "sqnr": {"num_bins": 512}}``, ``weight_options``
+    then unset): each weight keeps the method with the best SQNR on it. Activations (the
+    float inputs and outputs of the main graph's ``op_types`` nodes; ``op_types=None``: of
+    every node) are exposed as extra graph outputs, and each batch is run with ONNX Runtime
+    (``providers``, default CUDA where present, then CPU) and streamed into one
+    ``activations`` analyzer per tensor, so memory does not grow with the number of batches.
+    A batch is a dict by input name, a tuple or list in input order, or one array for a
+    single-input model. Names are ONNX tensor names.
 
     Examples
     --------
@@ -232,21 +240,16 @@ def calibrate(
     >>> float(result["x"].min[0]), float(result["x"].max[0])
     (-1.0, 1.0)
     """
-    for name in (activations, weights):
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    if activations not in METHODS:
+        raise ValueError(f"unknown method {activations!r}; choose from {sorted(METHODS)}")
+    methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
     proto, _ = load_model(model)
     values = float_weights(proto)
     encodings = {}
     for name, axis in _weights_of(proto, op_types, values).items():
-        w = values[name]
         axis = axis if per_channel_weights else None
-        analyzer = METHODS[weights].analyzer(
-            layout_for(w.shape, axis).shape, **(weight_options or {})
-        )
-        analyzer.update_stats(w)
-        encodings[name] = encode(name, "param", analyzer, num_steps, symmetric, axis, weights, w)
+        encodings[name] = encode_weight(name, values[name], axis, methods, num_steps, symmetric)
     count = 0
     if batches is not None:
         analyzers, count = _observe(proto, values, batches, activations, op_types, providers,

@@ -6,7 +6,14 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .._calibration import CalibrationResult, TensorEncoding, encode, progress_bar
+from .._calibration import (
+    CalibrationResult,
+    TensorEncoding,
+    encode,
+    encode_weight,
+    progress_bar,
+    weight_methods,
+)
 from .._encoding import validate_num_steps
 from .._registry import METHODS
 from .._report import layout_for
@@ -106,7 +113,7 @@ def calibrate(
     batches: Iterable,
     *,
     activations: str = "percentile",
-    weights: str = "minmax",
+    weights: str | Mapping[str, dict | None] = "minmax",
     bits: int = 8,
     symmetric: bool = False,
     per_channel_weights: bool = True,
@@ -123,7 +130,8 @@ def calibrate(
     model's device and dtype and without host syncs per batch, into analyzers of the
     ``activations`` method (any name of :data:`encanalyze.METHODS`); weights are calibrated with
     the ``weights`` method, per output channel (axis 0, ``ConvTranspose`` axis 1) unless
-    ``per_channel_weights`` is False. The hooks are removed afterwards, also when the forward
+    ``per_channel_weights`` is False (a dict of several methods with their options: each weight
+    keeps the one with the best SQNR on it). The hooks are removed afterwards, also when the forward
     raises. A batch is passed as ``model(batch)``, ``model(*batch)`` for a tuple or list, and
     ``model(**batch)`` for a dict; the loop runs under ``torch.no_grad()``. ``progress``: a
     progress bar (tqdm) on a terminal (``None``), always (``True``) or never (``False``).
@@ -141,9 +149,9 @@ def calibrate(
     >>> tuple(result["0.weight"].min.shape)
     (8, 1, 1, 1)
     """
-    for name in (activations, weights):
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    if activations not in METHODS:
+        raise ValueError(f"unknown method {activations!r}; choose from {sorted(METHODS)}")
+    methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
     chosen = quantizable_modules(model, modules)
     hooks = _Hooks(chosen, activations, per_channel_activations, activation_options or {})
@@ -157,12 +165,9 @@ def calibrate(
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
             axis = _channel_axis(module) if per_channel_weights else None
-            shape = layout_for(tuple(weight.shape), axis).shape
-            analyzer = METHODS[weights].analyzer(shape, **(weight_options or {}))
-            analyzer.update_stats(weight.detach())
             key = f"{name}.weight" if name else "weight"
-            encodings[key] = encode(
-                key, "param", analyzer, num_steps, symmetric, axis, weights, weight.detach()
+            encodings[key] = encode_weight(
+                key, weight.detach(), axis, methods, num_steps, symmetric
             )
         for suffix in (":input", ":output"):
             analyzer = hooks.analyzers.get(name + suffix)
