@@ -69,7 +69,9 @@ def _divergences(xp: Namespace, bins: Array, levels: int, start_bin: int) -> Arr
     flat_bounds = xp.asarray(np.reshape(bounds_np, (-1,)), device=dev)
     zero = xp.zeros((num_rows, 1), dtype=wd, device=dev)
     s = xp.concat([zero, xp.cumulative_sum(bins, axis=1)], axis=1)  # S[k] = sum(bins[:k])
-    z = xp.concat([zero, xp.cumulative_sum(xp.astype(bins != 0, wd), axis=1)], axis=1)
+    idt = index_dtype(xp)  # non-empty bins counted in integers: exact, and a table index
+    z = xp.cumulative_sum(xp.astype(bins != 0, idt), axis=1)
+    z = xp.concat([xp.zeros((num_rows, 1), dtype=idt, device=dev), z], axis=1)
     clogc = bins * _log_or_zero(xp, bins)
     plogp = xp.concat([zero, xp.cumulative_sum(clogc, axis=1)], axis=1)
     shape = (num_rows, num_t, levels + 1)
@@ -77,17 +79,25 @@ def _divergences(xp: Namespace, bins: Array, levels: int, start_bin: int) -> Arr
     z_b = xp.reshape(xp.take(z, flat_bounds, axis=1), shape)
     sums = s_b[..., 1:] - s_b[..., :-1]  # (E, T, L): each group's count ...
     nonzero = z_b[..., 1:] - z_b[..., :-1]  # ... and its number of non-empty bins
-    log_mean = _log_or_zero(xp, sums) - _log_or_zero(xp, nonzero)
-    plogq = xp.sum(sums * log_mean, axis=2)
+    # sum(sums * log(sums / nonzero)): one log of the sums, log(nonzero) from a table
+    log_table = xp.log(xp.maximum(xp.arange(num_bins + 1, dtype=wd, device=dev), 1.0))
+
+    def log_count(n: Array) -> Array:  # log(n), 0 for n == 0, of exact integer counts
+        return xp.reshape(xp.take(log_table, xp.reshape(n, (-1,))), n.shape)
+
+    plogq = xp.sum(sums * (_log_or_zero(xp, sums) - log_count(nonzero)), axis=2)
     i = xp.arange(start_bin, num_bins + 1, dtype=index_dtype(xp), device=dev)
     q_total = xp.take(s, i, axis=1)  # sum(bins[:i])
     total = s[:, num_bins:]
     tail = total - q_total
     last_bin = xp.take(bins, i - 1, axis=1)
-    last_group = xp.asarray(last_np, device=dev)
-    flat_log_mean = xp.reshape(log_mean, (num_rows * num_t, levels))
-    groups = xp.reshape(xp.broadcast_to(last_group[None, :], (num_rows, num_t)), (-1,))
-    log_q_last = xp.reshape(take_rows(xp, flat_log_mean, groups), (num_rows, num_t))
+    # the log mean of each threshold's last group (the one the tail is added under)
+    rows_t = np.arange(num_t)
+    first = xp.asarray(bounds_np[rows_t, last_np], device=dev)
+    after = xp.asarray(bounds_np[rows_t, last_np + 1], device=dev)
+    sum_last = xp.take(s, after, axis=1) - xp.take(s, first, axis=1)
+    nonzero_last = xp.take(z, after, axis=1) - xp.take(z, first, axis=1)
+    log_q_last = _log_or_zero(xp, sum_last) - log_count(nonzero_last)
     p_last = last_bin + tail
     plogp_total = xp.take(plogp, i - 1, axis=1) + p_last * _log_or_zero(xp, p_last)
     plogq = plogq + tail * log_q_last
