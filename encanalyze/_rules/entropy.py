@@ -30,6 +30,10 @@ from .._xp import Array, Namespace, device_of, index_dtype, on_host, take_rows
 
 __all__ = ["EntropyEncodingAnalyzer", "entropy_rule", "kl_amax", "quantized_levels"]
 
+HOST_BLOCK = 2**19
+"""Host searches work on about this many (row, threshold, level) elements at a time: two
+2048-bin rows at 128 levels; blocks 8x larger measured 1.3x slower (out of cache)."""
+
 TIE_RTOL = 1e-9
 """Divergences within this relative distance of the least are ties (the last threshold wins)."""
 
@@ -112,14 +116,14 @@ def kl_amax(xp: Namespace, counts: Array, edges: Array, levels: int, start_bin: 
 
     ``edges`` ``(E, B + 1)``; thresholds run from ``start_bin`` to ``B``; ``levels`` quantized
     levels. Rows are searched in blocks that keep the ``(rows, thresholds, levels)``
-    temporaries near 2**22 elements.
+    temporaries near :data:`HOST_BLOCK` elements on the host (2**26 on devices).
     """
     num_rows, num_bins = counts.shape
     wd = wide_dtype(xp, device_of(counts))
     bins = xp.astype(counts, wd)
     bins = xp.concat([bins[:, 1:2], bins[:, 1:]], axis=1)  # bins[0] = bins[1]
     per_row = (num_bins + 1 - start_bin) * levels
-    step = max(1, 2**22 // per_row) if on_host(counts) else max(1, 2**26 // per_row)
+    step = max(1, HOST_BLOCK // per_row) if on_host(counts) else max(1, 2**26 // per_row)
     kls = [
         _divergences(xp, bins[a : min(a + step, num_rows), :], levels, start_bin)
         for a in range(0, num_rows, step)  # bounded memory, not a loop per channel
