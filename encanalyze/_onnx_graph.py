@@ -20,8 +20,8 @@ __all__ = [
     "ModelFileError",
     "all_graphs",
     "float_weights",
-    "model_bytes",
     "load_model",
+    "model_bytes",
     "own_model",
 ]
 
