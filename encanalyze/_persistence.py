@@ -127,10 +127,10 @@ def _validate_values(path: Path, arrays: dict) -> None:
             if not np.all((lo <= hi) | empty):
                 raise StatsFileError(f"{path}: {lo_key!r} exceeds {hi_key!r} (or is NaN)")
         counts = arrays.get("counts")
-        if lo_key == "lo" and counts is not None and counts.shape[:1] == lo.shape == empty.shape:
-            # a histogram without a range holds only infinities, in its end bins
-            if np.any(counts[empty, 1:-1]):
-                raise StatsFileError(f"{path}: a histogram without a range holds finite counts")
+        if lo_key != "lo" or counts is None or counts.ndim != 2 or counts.shape[:1] != lo.shape:
+            continue  # shapes are checked when the state is built
+        if np.any(counts[empty, 1:-1]):  # a histogram without a range holds only infinities
+            raise StatsFileError(f"{path}: a histogram without a range holds finite counts")
 
 
 def _namespace(namespace):

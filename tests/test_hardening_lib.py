@@ -218,6 +218,9 @@ def test_load_refuses_finite_counts_in_a_histogram_without_range(tmp_path):
     members["state.counts.npy"] = _npy(counts)
     with pytest.raises(ea.StatsFileError, match="without a range holds finite counts"):
         ea.load(_write(tmp_path / "bad.npz", header, members))
+    members["state.counts.npy"] = _npy(counts[:, 0])  # one count per row: a shape error
+    with pytest.raises(ea.StatsFileError):
+        ea.load(_write(tmp_path / "flat.npz", header, members))
 
 
 # -- infinities: counted in the end bins whatever the batching ---------------------------------
