@@ -6,10 +6,13 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from ._backends import to_numpy
 from ._encoding import to_scale_offset
+from ._errors import StatisticsNotFoundError
 from ._files import printable
 from ._registry import METHODS
 from ._report import (
@@ -27,7 +30,9 @@ __all__ = [
     "CalibrationResult",
     "TensorEncoding",
     "encode",
+    "encode_or_reason",
     "encode_weight",
+    "Progress",
     "progress_bar",
     "update_shared",
     "weight_methods",
@@ -81,6 +86,37 @@ def encode(
     return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method, sqnr)
 
 
+def encode_or_reason(
+    name: str,
+    kind: str,
+    analyzer,
+    num_steps: int,
+    symmetric: bool,
+    axis: int | None,
+    method: str,
+) -> TensorEncoding | str:
+    """:func:`encode` an activation's analyzer, or say why the tensor stays in floating point.
+
+    A tensor that no batch reached, that never held a finite value (in some channel, per
+    channel), or whose range is infinite (min-max of infinite values) gets no encoding: the
+    reason is returned instead, and the model's other tensors are calibrated as usual.
+    """
+    if analyzer.get_stats() is None:
+        return "no calibration batch reached it"
+    try:
+        e = encode(name, kind, analyzer, num_steps, symmetric, axis, method)
+    except StatisticsNotFoundError as err:
+        total = math.prod(analyzer.shape)
+        if total == 1:
+            return "it never held a finite value in the calibration data"
+        empty = str(err).split(" of ")[0]
+        return f"{empty} of its {total} channels never held a finite value"
+    finite = to_numpy(e.scale)
+    if not bool(np.all(np.isfinite(finite) & (finite > 0))):
+        return "its range is not finite (it held infinite values)"
+    return e
+
+
 def update_shared(analyzer, x: Array, gathered: dict) -> None:
     """Update ``analyzer`` with ``x``, or share the statistics of ``x`` already in ``gathered``.
 
@@ -106,8 +142,10 @@ def weight_methods(weights, options: dict | None) -> dict[str, dict]:
         methods = {weights: dict(options or {})}
     elif isinstance(weights, Mapping):
         if options is not None:
-            raise ValueError("weight_options goes with one method: give each method's options "
-                             "as the values of the weights dict")  # fmt: skip
+            raise ValueError(
+                "weight_options goes with one method: give each method's options "
+                "as the values of the weights dict"
+            )
         methods = {m: dict(o or {}) for m, o in weights.items()}
     else:
         raise TypeError(f"weights must be a method name or a dict of methods, got {weights!r}")
@@ -150,12 +188,17 @@ class CalibrationResult:
 
     ``encodings`` maps each tensor's name to its :class:`TensorEncoding`; ``bits``,
     ``symmetric`` and the number of calibration batches seen (``num_batches``) complete it.
+    ``unquantized`` maps each tensor that was meant to be calibrated but has no encoding (an
+    activation that never held a finite value, a weight of NaN only) to the reason: such a
+    tensor stays in floating point (the QDQ model leaves it unquantized, and the exported
+    files list it under ``"unquantized"``).
     """
 
     encodings: dict[str, TensorEncoding]
     bits: int
     symmetric: bool
     num_batches: int
+    unquantized: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> TensorEncoding:
         return self.encodings[name]
@@ -173,12 +216,20 @@ class CalibrationResult:
         ]
 
     def aimet(self) -> dict:
-        """Return the AIMET 1.0.0 encodings (activation and parameter encodings)."""
-        return aimet_encodings(self._entries(), self.bits, self.symmetric)
+        """Return the AIMET 1.0.0 encodings (activation and parameter encodings).
+
+        Tensors left in floating point are listed with their reasons under ``"unquantized"``.
+        """
+        out = aimet_encodings(self._entries(), self.bits, self.symmetric)
+        return {**out, "unquantized": dict(self.unquantized)}
 
     def onnx_qdq(self) -> dict:
-        """Return ``scale`` / ``zero_point`` per tensor as ONNX ``QuantizeLinear`` takes them."""
-        return onnx_qdq_encodings(self._entries(), self.bits, self.symmetric)
+        """Return ``scale`` / ``zero_point`` per tensor as ONNX ``QuantizeLinear`` takes them.
+
+        Tensors left in floating point are listed with their reasons under ``"unquantized"``.
+        """
+        out = onnx_qdq_encodings(self._entries(), self.bits, self.symmetric)
+        return {**out, "unquantized": dict(self.unquantized)}
 
     def table(self) -> str:
         """Return a table: tensor, kind, method, range, first scale, and SQNR (weights)."""
@@ -193,6 +244,8 @@ class CalibrationResult:
                 f"{printable(e.name):<{width}}{e.kind:<12}{e.method:<12}{float(lo.min()):>11.4g}"
                 f"{float(hi.max()):>11.4g}{float(scale[0]):>11.4g}{sqnr:>9}"
             )
+        for name, reason in self.unquantized.items():
+            lines.append(f"{printable(name):<{width}}left in float: {printable(reason)}")
         return "\n".join(lines)
 
 
@@ -200,13 +253,80 @@ def _db(value: float) -> str:
     return f"{value:.2f}" if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
-def progress_bar(batches: Iterable, enabled: bool | None) -> Iterable:
-    """Wrap ``batches`` in a tqdm bar on stderr: on a terminal (``None``), always or never."""
-    if enabled is False or (enabled is None and not sys.stderr.isatty()):
-        return batches
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return batches
+class Progress:
+    """One progress bar on stderr (tqdm) over a whole job.
+
+    Drawn on a terminal (``enabled=None``), always (``True``) or never (``False``); without tqdm
+    (``pip install tqdm``, part of the ``onnx`` extra) there is no bar. ``advance`` counts work
+    done, ``stage`` names what runs now.
+    """
+
+    def __init__(
+        self,
+        total: int | None,
+        enabled: bool | None = None,
+        unit: str = "step",
+        unit_scale: bool = False,
+    ) -> None:
+        self.bar = None
+        if enabled is False or (enabled is None and not sys.stderr.isatty()):
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(
+            total=total,
+            desc="calibrating",
+            unit=unit,
+            unit_scale=unit_scale,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def stage(self, text: str) -> None:
+        """Show ``text`` (what runs now) beside the bar."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(printable(text)[:40], refresh=True)
+
+    def advance(self, amount: int = 1) -> None:
+        """Count ``amount`` units of work done."""
+        if self.bar is not None:
+            self.bar.update(amount)
+
+    def grow(self, amount: int) -> None:
+        """Add ``amount`` units of work to the total."""
+        if self.bar is not None and self.bar.total is not None:
+            self.bar.total += amount
+            self.bar.refresh()
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress_bar(batches: Iterable, progress: bool | None | Progress, label: str = "batch"):
+    """Yield ``batches``, counting each on ``progress``.
+
+    ``progress`` is a :class:`Progress`, or its ``enabled`` (then a bar of its own).
+    """
+    own = not isinstance(progress, Progress)
     total = len(batches) if hasattr(batches, "__len__") else None
-    return tqdm(batches, total=total, desc="calibrating", unit="batch", file=sys.stderr)
+    bar = Progress(total, progress, "batch") if own else progress
+    try:
+        for i, batch in enumerate(batches, 1):
+            bar.stage(f"{label} {i}")
+            yield batch
+            bar.advance()
+    finally:
+        if own:
+            bar.close()

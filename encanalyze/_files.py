@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["OutputPathError", "check_output", "printable", "write_atomic"]
+__all__ = ["OutputPathError", "check_output", "file_mode", "printable", "write_atomic"]
 
 
 class OutputPathError(ValueError):
@@ -54,6 +54,11 @@ def _umask() -> int:
     return mask
 
 
+def file_mode(target: Path) -> int:
+    """Permission bits for a file written at ``target``: the existing file's, else the umask's."""
+    return target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_umask()
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file atomically with ``write(binary_file)``; return the path written.
 
@@ -61,7 +66,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     whose permission bits the new file keeps (a new file gets ``0o666`` less the umask).
     """
     target = check_output(path)
-    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_umask()
+    mode = file_mode(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -1,15 +1,21 @@
 """The command's model job: ``encanalyze calibrate model.onnx --data ...``.
 
 Calibration data comes from a ``.npz`` file or a folder of ``.npy`` files (one array per model
-input, by input name, samples along axis 0, cut into batches of ``--batch-size``), or
-``random`` (normal values of each input's shape, with a warning). Weights are calibrated per
-output channel on each operator's axis, with ``--method`` (``all``: the method with the best
-SQNR on each weight); activations with ``--activation-method`` through ONNX Runtime.
+input, by input name), or ``random`` (normal values of each input's shape, with a note). Each
+input is per sample, with its samples along axis 0 (``--sample-axis NAME=AXIS`` for another
+axis), or a constant fed whole with every batch (``--sample-axis NAME=none``; inputs the model
+declares as scalars are constants by default). Every array is checked against the model's
+declaration (element type, rank, fixed dimensions) before anything runs. Weights are
+calibrated per output channel on each operator's axis with ``--method`` (``all``: the method
+with the best SQNR on each weight), activations with ``--activation-method`` through ONNX
+Runtime.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +25,129 @@ from ._onnx_graph import load_model
 from ._registry import METHODS as REGISTRY
 from ._report import encoding_lists
 from ._tensor_io import read_tensors
-from .onnx import calibrate, output_sqnr, write_qdq_model
-from .onnx._calibrate import model_inputs
 
-__all__ = ["DataError", "batches_for", "calibrate_model", "iter_rows"]
+__all__ = [
+    "DataError",
+    "InputSpec",
+    "RANDOM_BATCH_BYTES",
+    "batches_for",
+    "input_specs",
+    "iter_rows",
+    "parse_sample_axes",
+    "weight_methods",
+]
 
 DEFAULT_BATCH_SIZE = 16
 RANDOM_BATCHES = 8
+RANDOM_BATCH_BYTES = 256 << 20
+"""The most bytes one batch of ``--data random`` may take (all inputs together)."""
+
+_SAFE_NAME = re.compile(r"[^/\\\x00]+")
 
 
 class DataError(ValueError):
     """Calibration data that does not fit the model."""
 
 
-def _inputs(model) -> list[tuple[str, list, np.dtype]]:
-    """``(name, dims, dtype)`` of each input; symbolic dimensions are ``None``."""
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: declared dims, element type and sample axis.
+
+    A dimension is ``None`` where symbolic or unknown (``dims`` is ``None`` without a declared
+    shape); ``axis`` is ``None`` for a constant fed whole with every batch.
+    """
+
+    name: str
+    dims: tuple | None
+    dtype: np.dtype
+    axis: int | None
+
+    @property
+    def batch_dim(self) -> int | None:
+        """The fixed number of samples per batch the model declares, if any."""
+        if self.axis is None or self.dims is None or self.axis >= len(self.dims):
+            return None
+        return self.dims[self.axis]
+
+
+def parse_sample_axes(items: list[str]) -> dict[str, int | None]:
+    """Parse ``--sample-axis NAME=AXIS`` items (``AXIS``: an integer or ``none``)."""
+    out: dict[str, int | None] = {}
+    for item in items:
+        name, sep, axis = item.rpartition("=")
+        if not sep or not name:
+            raise DataError(f"--sample-axis {item!r}: expected NAME=AXIS or NAME=none")
+        if axis.strip().lower() == "none":
+            out[name] = None
+            continue
+        try:
+            out[name] = int(axis)
+        except ValueError:
+            raise DataError(f"--sample-axis {item!r}: AXIS must be an integer or none") from None
+    return out
+
+
+def input_specs(model, sample_axes: dict[str, int | None] | None = None) -> list[InputSpec]:
+    """Return the model's inputs as :class:`InputSpec`, checking that they can be fed."""
     import onnx
 
-    out = []
-    for info in model_inputs(model):
+    from .onnx._calibrate import model_inputs
+
+    sample_axes = dict(sample_axes or {})
+    inputs = model_inputs(model)
+    if not inputs:
+        raise DataError("the model has no inputs to feed calibration data to")
+    specs = []
+    for info in inputs:
+        if info.type.WhichOneof("value") != "tensor_type":
+            kind = info.type.WhichOneof("value") or "no type"
+            raise DataError(f"input {info.name!r} is not a tensor ({kind}): it cannot be fed")
         t = info.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        out.append((info.name, dims, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)))
-    return out
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"input {info.name!r} has no usable element type") from None
+        if dtype.kind not in "fiub":
+            raise DataError(f"input {info.name!r} takes {dtype} values, which --data cannot feed")
+        dims = None
+        if t.HasField("shape"):  # -1 and symbolic dimensions: any size
+            dims = tuple(_dim(info.name, d) for d in t.shape.dim)
+        axis = sample_axes.pop(info.name, None if dims == () else 0)
+        if axis is not None and dims is not None:
+            if not -len(dims) <= axis < len(dims):
+                raise DataError(
+                    f"--sample-axis {info.name}={axis}: the input has {len(dims)} dimensions"
+                )
+            axis %= len(dims)
+        specs.append(InputSpec(info.name, dims, dtype, axis))
+    if sample_axes:
+        names = [s.name for s in specs]
+        raise DataError(
+            f"--sample-axis names no input of the model: {sorted(sample_axes)} "
+            f"(its inputs: {names})"
+        )
+    return specs
+
+
+def _dim(name: str, d) -> int | None:
+    if not d.HasField("dim_value") or d.dim_value < 0:
+        return None
+    if d.dim_value == 0:
+        raise DataError(
+            f"input {name!r} declares a dimension of size 0: it can take no data "
+            "(a symbolic or -1 dimension takes any size)"
+        )
+    return d.dim_value
 
 
 def _read_data(source: Path, names: list[str]) -> dict[str, np.ndarray]:
     """Return the inputs' arrays by name, read by the size-checked tensor readers."""
     if source.is_dir():
+        for n in names:
+            if not _SAFE_NAME.fullmatch(n) or n in (".", ".."):
+                raise DataError(
+                    f"input {n!r} cannot name a file in a folder: give the data as a .npz file"
+                )
         missing = [n for n in names if not (source / f"{n}.npy").is_file()]
         if missing:
             raise DataError(f"{source}: no {missing[0]}.npy for the model's input {missing[0]!r}")
@@ -65,63 +166,184 @@ def _read_data(source: Path, names: list[str]) -> dict[str, np.ndarray]:
     return {n: arrays[n] for n in names}
 
 
-def batches_for(model, data: str, batch_size: int | None, seed: int = 0) -> tuple[list, bool]:
-    """Return ``(batches, random)`` for the model: dicts by input name."""
-    inputs = _inputs(model)
+def data_files(source: str) -> list[Path]:
+    """Return the files (and folder) that ``--data`` reads: outputs must name none of them."""
+    if source == "random":
+        return []
+    path = Path(source)
+    return [path, *sorted(path.glob("*.npy"))] if path.is_dir() else [path]
+
+
+def _check_array(spec: InputSpec, array: np.ndarray) -> np.ndarray:
+    """Return ``array`` cast to the input's type, or raise :class:`DataError` naming the misfit."""
+    name, want = spec.name, spec.dtype
+    if array.dtype.kind not in "fiub":
+        raise DataError(
+            f"input {name!r}: the data holds {array.dtype} values; the model takes {want}"
+        )
+    if want.kind == "f" and array.dtype.kind == "f" and array.dtype != want:
+        array = array.astype(want)
+    elif want.kind in "iu":
+        if array.dtype.kind not in "iub":
+            raise DataError(
+                f"input {name!r}: the data holds {array.dtype} values; the model "
+                f"takes {want} (integers)"
+            )
+        if array.size and array.dtype != want:
+            info = np.iinfo(want)
+            if array.min() < info.min or array.max() > info.max:
+                raise DataError(f"input {name!r}: values beyond {want}'s range")
+            array = array.astype(want)
+    elif want.kind == "b" and array.dtype.kind != "b":
+        raise DataError(
+            f"input {name!r}: the data holds {array.dtype} values; the model takes bool"
+        )
+    elif want.kind == "f" and array.dtype.kind != "f":
+        array = array.astype(want)
+    if spec.axis is not None and array.ndim == 0:
+        raise DataError(
+            f"input {name!r}: a 0-d array holds no samples (a constant input: "
+            f"--sample-axis {name}=none)"
+        )
+    if spec.dims is not None:
+        if array.ndim != len(spec.dims):
+            raise DataError(
+                f"input {name!r}: the data has {array.ndim} dimensions "
+                f"{array.shape}; the model takes {len(spec.dims)} "
+                f"{_shape(spec.dims)}"
+            )
+        for i, (have, need) in enumerate(zip(array.shape, spec.dims, strict=True)):
+            if need is not None and have != need and i != spec.axis:
+                raise DataError(
+                    f"input {name!r}: dimension {i} is {have} in the data; the "
+                    f"model takes {_shape(spec.dims)}"
+                )
+    return array
+
+
+def _shape(dims) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+class Batches(Sequence):
+    """Calibration batches, made one at a time when asked for (memory: one batch)."""
+
+    def __init__(self, count: int, make) -> None:
+        self._count, self._make = count, make
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not -self._count <= index < self._count:
+            raise IndexError(index)
+        return self._make(index % self._count)
+
+
+def _random(specs: list[InputSpec], batch_size: int | None, seed: int) -> Batches:
+    shapes = {}
+    for s in specs:
+        if s.dims is None or any(d is None for i, d in enumerate(s.dims) if i != s.axis):
+            raise DataError(
+                f"input {s.name!r} has unknown dimensions {_shape(s.dims or ())}: give --data"
+            )
+        if s.dtype.kind != "f":
+            raise DataError(f"input {s.name!r} takes {s.dtype}, not floating point: give --data")
+        shape = list(s.dims)
+        if s.axis is not None:
+            shape[s.axis] = s.batch_dim or batch_size or 1
+        shapes[s.name] = (shape, s.dtype)
+    size = sum(int(np.prod(sh, dtype=np.float64)) * dt.itemsize for sh, dt in shapes.values())
+    if size > RANDOM_BATCH_BYTES:
+        raise DataError(
+            f"random data for the model's declared input shapes takes {size / 2**30:.3g} GiB a "
+            f"batch (limit {RANDOM_BATCH_BYTES >> 20} MiB): give --data or a smaller --batch-size"
+        )
+
+    def make(i: int) -> dict:
+        rng = np.random.default_rng([seed, i])
+        return {n: rng.standard_normal(sh).astype(dt) for n, (sh, dt) in shapes.items()}
+
+    return Batches(RANDOM_BATCHES, make)
+
+
+def batches_for(
+    model,
+    data: str,
+    batch_size: int | None,
+    sample_axes: dict[str, int | None] | None = None,
+    seed: int = 0,
+) -> tuple[Batches, bool, list[str]]:
+    """Return ``(batches, random, notes)`` for the model: each batch a dict by input name.
+
+    Per-sample inputs are cut into batches of ``batch_size`` samples along their sample axis
+    (default: the model's fixed batch size, else 16); constants go whole into every batch. A
+    model with a fixed batch size gets only full batches: the samples left over are left out
+    (a note says how many).
+    """
+    specs = input_specs(model, sample_axes)
+    fixed = {s.batch_dim for s in specs if s.batch_dim is not None}
+    if len(fixed) > 1:
+        raise DataError(f"the model's inputs declare different batch sizes {sorted(fixed)}")
+    (fixed,) = fixed or {None}
+    if fixed is not None and batch_size not in (None, fixed):
+        raise DataError(
+            f"the model takes batches of exactly {fixed} samples, not --batch-size {batch_size}"
+        )
+    size = fixed or batch_size or DEFAULT_BATCH_SIZE
     if data == "random":
-        rng = np.random.default_rng(seed)
-        batches = []
-        for _ in range(RANDOM_BATCHES):
-            batch = {}
-            for name, dims, dtype in inputs:
-                if any(d is None for d in dims[1:]):
-                    raise DataError(f"input {name!r} has symbolic dimensions {dims}: give --data")
-                shape = [batch_size or dims[0] or 1, *dims[1:]] if dims else []
-                if not np.issubdtype(dtype, np.floating):
-                    raise DataError(f"input {name!r} is {dtype}, not floating point: give --data")
-                batch[name] = rng.standard_normal(shape).astype(dtype)
-            batches.append(batch)
-        return batches, True
-    arrays = _read_data(Path(data), [n for n, _, _ in inputs])
-    lengths = {a.shape[0] if a.ndim else 1 for a in arrays.values()}
-    if len(lengths) != 1:
-        raise DataError(f"{data}: the inputs' arrays hold different numbers of samples {lengths}")
-    (total,) = lengths
-    first = inputs[0][1][0] if inputs and inputs[0][1] else None
-    size = batch_size or first or DEFAULT_BATCH_SIZE
-    starts = range(0, total, size)
-    return [{n: a[i : i + size] for n, a in arrays.items()} for i in starts], False
+        return _random(specs, size, seed), True, []
+    raw = _read_data(Path(data), [s.name for s in specs])
+    arrays = {s.name: _check_array(s, raw[s.name]) for s in specs}
+    counts = {s.name: arrays[s.name].shape[s.axis] for s in specs if s.axis is not None}
+    if len(set(counts.values())) > 1:
+        raise DataError(
+            f"{data}: the inputs hold different numbers of samples {counts} (an "
+            "input whose samples are not on axis 0: --sample-axis NAME=AXIS)"
+        )
+    total = next(iter(counts.values()), 1)
+    if total == 0:
+        raise DataError(f"{data}: the data holds 0 samples")
+    notes = []
+    if fixed is not None:
+        if total < fixed:
+            raise DataError(
+                f"{data}: {total} samples, fewer than the model's fixed batch size {fixed}"
+            )
+        if total % fixed:
+            notes.append(
+                f"{total % fixed} of {total} samples left out: the model takes batches "
+                f"of exactly {fixed}"
+            )
+            total -= total % fixed
+    if not counts:
+        size = total = 1
+
+    def make(i: int) -> dict:
+        batch = {}
+        for s in specs:
+            a = arrays[s.name]
+            if s.axis is not None:
+                index = [slice(None)] * a.ndim
+                index[s.axis] = slice(i * size, min((i + 1) * size, total))
+                a = a[tuple(index)]
+            batch[s.name] = a
+        return batch
+
+    return Batches(-(-total // size), make), False, notes
 
 
-def _weight_methods(args) -> dict[str, dict]:
+def weight_methods(args) -> dict[str, dict]:
     """Return ``--method`` as the calibrator's weights (``all``: every method of the command)."""
     names = [m for m, spec in REGISTRY.items() if spec.in_command]
     return {m: REGISTRY[m].command_options(args) for m in names if args.method in ("all", m)}
 
 
-def calibrate_model(path: Path, args) -> tuple[CalibrationResult, dict | None, bool]:
-    """Calibrate an ONNX model's weights and activations; write ``--qdq-model`` if asked.
-
-    Returns the result, with ``--qdq-model`` ``{"path": ..., "output_sqnr_db": {...}}`` (else
-    ``None``), and whether the data was random.
-    """
-    model, _ = load_model(path)
-    batches, random = batches_for(model, args.data, args.batch_size)
-    result = calibrate(
-        model,
-        batches,
-        activations=args.activation_method,
-        weights=_weight_methods(args),  # --method all: each weight keeps the best SQNR's
-        activation_options=REGISTRY[args.activation_method].command_options(args),
-        bits=args.bits,
-        symmetric=args.symmetric,
-        per_channel_weights=not args.per_tensor_weights,
-    )
-    qdq = None
-    if args.qdq_model is not None:
-        written = write_qdq_model(model, result, args.qdq_model)
-        qdq = {"path": str(written), "output_sqnr_db": output_sqnr(model, written, batches)}
-    return result, qdq, random
+def load(path: Path):
+    """Return the loaded ``ModelProto`` of ``path`` (external data read in)."""
+    return load_model(path)[0]
 
 
 def iter_rows(result: CalibrationResult) -> Iterator[dict]:

@@ -19,7 +19,11 @@ from ._rules.mse import MseEncodingAnalyzer
 from ._rules.percentile import PercentileEncodingAnalyzer
 from ._rules.sqnr import SqnrEncodingAnalyzer, TfEnhancedEncodingAnalyzer
 
-__all__ = ["ANALYZERS", "METHODS", "Method"]
+__all__ = ["ACTIVATION_PERCENTILE", "ANALYZERS", "METHODS", "Method", "activation_defaults"]
+
+ACTIVATION_PERCENTILE = 99.99
+"""The percentile that the command (``--percentile``) and the model calibrators use by default
+(the :class:`PercentileEncodingAnalyzer` class keeps the reference's 100)."""
 
 
 @dataclass(frozen=True)
@@ -81,3 +85,15 @@ ANALYZERS: dict[str, type[EncodingAnalyzer]] = {
     m.analyzer.__name__: m.analyzer for m in METHODS.values()
 }
 """Every public analyzer class, by class name (what a statistics file names)."""
+
+
+def activation_defaults(method: str, options: dict | None) -> dict:
+    """Return the analyzer options of a model calibrator's ``activations`` method.
+
+    ``percentile`` gets :data:`ACTIVATION_PERCENTILE` unless ``options`` sets it, as in the
+    command: one default for both.
+    """
+    out = dict(options or {})
+    if method == "percentile":
+        out.setdefault("percentile", ACTIVATION_PERCENTILE)
+    return out

@@ -10,6 +10,7 @@ gather them once per tensor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import importlib.util
 import json
@@ -17,18 +18,19 @@ import math
 import re
 import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, _model_command
-from ._calibration import update_shared
+from ._backends import to_numpy
+from ._calibration import Progress, progress_bar, update_shared
 from ._encoding import to_scale_offset
 from ._files import OutputPathError, check_output, printable, write_atomic
 from ._observers.histogram import validate_num_bins
-from ._onnx_graph import ModelFileError
+from ._onnx_graph import ModelFileError, float_weights
+from ._registry import ACTIVATION_PERCENTILE
 from ._registry import METHODS as REGISTRY
 from ._report import (
     aimet_encodings,
@@ -104,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="block-wise: blocks of this many values along --block-axis, per channel",
     )
     cal.add_argument("--block-axis", type=int, default=1, help="axis split into blocks (1)")
-    cal.add_argument("--percentile", type=float, default=99.99, help="for percentile (99.99)")
+    cal.add_argument(
+        "--percentile",
+        type=float,
+        default=ACTIVATION_PERCENTILE,
+        help=f"for percentile ({ACTIVATION_PERCENTILE})",
+    )
     cal.add_argument("--num-bins", type=int, default=2048, help="histogram bins (2048)")
     cal.add_argument("--gamma", type=float, default=3.0, help="SQNR clipping weight (3.0)")
     cal.add_argument(
@@ -147,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SOURCE",
         help="calibration data for the one .onnx FILE: a .npz or a folder of .npy files by "
         "input name (samples along axis 0), or 'random'",
+    )
+    model.add_argument(
+        "--sample-axis",
+        action="append",
+        default=[],
+        metavar="NAME=AXIS",
+        help="the axis of input NAME that holds the samples (default 0), or NAME=none for a "
+        "constant fed whole with every batch (inputs declared as scalars are constants)",
     )
     model.add_argument(
         "--batch-size",
@@ -211,33 +226,78 @@ def _check_options(args) -> None:
 
 
 def _check_paths(args) -> None:
-    """Output paths are checked before any work (and never name temporary files)."""
+    """Output paths are checked before any work (and never name temporary files).
+
+    No output may name an input: a tensor file, the model or its external data, the ``--data``
+    file, or anything inside a ``--data`` folder; two outputs may not name one file.
+    """
+    inputs = list(args.files)
+    if args.data is not None:
+        inputs += [*_model_command.data_files(args.data), *_external_files(args.files[0])]
+    outputs = [p for p in (args.output, args.qdq_model) if p is not None]
     try:
-        if args.output is not None:
-            check_output(args.output, args.files)
-        if args.qdq_model is not None:
-            check_output(args.qdq_model, args.files)
+        targets = [check_output(p, inputs) for p in outputs]
     except OutputPathError as err:
         raise UsageError(str(err)) from None
+    if len(targets) == 2 and targets[0] == targets[1]:
+        raise UsageError(f"--output and --qdq-model name the same file {args.output}")
+    folder = Path(args.data).resolve() if args.data not in (None, "random") else None
+    sidecar = targets[-1].with_name(targets[-1].name + ".data") if args.qdq_model else None
+    for path, target in zip(outputs, targets, strict=True):
+        if folder is not None and folder.is_dir() and target.is_relative_to(folder):
+            raise UsageError(
+                f"{path}: lies inside the --data folder {args.data}; not writing there"
+            )
+        if target == sidecar:
+            raise UsageError(f"{path}: is where the QDQ model's external data goes")
     if args.plot is not None and args.plot.exists() and not args.plot.is_dir():
         raise UsageError(f"--plot {args.plot}: exists and is not a folder")
 
 
+def _external_files(model: str) -> list[Path]:
+    """Return the external data files an ONNX model names (read before any output is written)."""
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        proto = onnx.load(model, load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported when it is loaded
+        return []
+    out = []
+    for tensor in _get_all_tensors(proto):
+        if uses_external_data(tensor):
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            if location and "\x00" not in location:
+                out.append(Path(model).parent / location)
+    return out
+
+
 def _check_model_options(args) -> None:
-    model_only = ("qdq_model", "batch_size", "per_tensor_weights")
+    model_only = ("qdq_model", "batch_size", "per_tensor_weights", "sample_axis")
     if args.data is None:
         for name in model_only:
-            if getattr(args, name) not in (None, False):
+            if getattr(args, name) not in (None, False, []):
                 raise UsageError(f"--{name.replace('_', '-')} needs --data")
         return
     if len(args.files) != 1 or Path(args.files[0]).suffix.lower() != ".onnx":
         raise UsageError("--data calibrates one .onnx model: give exactly one .onnx FILE")
-    for name, default in (("per_channel", None), ("block_size", None), ("plot", None),
-                          ("include", []), ("exclude", []), ("backend", "numpy")):  # fmt: skip
+    for name, default in (("per_channel", None), ("block_size", None), ("backend", "numpy")):
         if getattr(args, name) != default:
-            raise UsageError(f"--{name.replace('_', '-')} does not apply with --data")
+            raise UsageError(
+                f"--{name.replace('_', '-')} does not apply with --data (weights are per output "
+                "channel on each operator's axis, --per-tensor-weights for one encoding each)"
+            )
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.qdq_model is not None and args.bits not in ONNX_BITS:
+        raise UsageError(
+            f"--qdq-model: QDQ models take {', '.join(map(str, ONNX_BITS))} bits, "
+            f"not --bits {args.bits}"
+        )
+    try:
+        _model_command.parse_sample_axes(args.sample_axis)
+    except _model_command.DataError as err:
+        raise UsageError(str(err)) from None
     for module in ("onnx", "onnxruntime"):
         if importlib.util.find_spec(module) is None:
             raise UsageError(f"--data needs {module} (pip install 'encanalyze[onnx]')")
@@ -349,7 +409,7 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
     gathered = {}  # one analyzer per kind of statistics: each tensor is histogrammed once
     for method in methods:
         if progress is not None:
-            progress.show(name, method)
+            progress.stage(f"{name} {method}")
         analyzer = _analyzer(method, layout, args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # NaN counts: reported below
@@ -357,7 +417,7 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
             lo, hi = analyzer.compute_encodings(num_steps, args.symmetric)
         scale, offset = to_scale_offset(lo, hi, num_steps, args.symmetric)
         if progress is not None:
-            progress.advance(array.size, name, method)
+            progress.advance(array.size)
         if not bool(xp.all(xp.isfinite(xp.astype(scale, xp.float64)))):
             notes.append(f"{method}: the range overflows {array.dtype}; not encodable")
             continue
@@ -382,53 +442,6 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
         "_layout": layout,
         "_notes": notes,
     }
-
-
-class _Progress:
-    """A progress bar on stderr, drawn only when stderr is a terminal.
-
-    It counts values (each tensor's size once per method), so it moves within a long tensor,
-    and shows the elapsed time, the rate and the time left.
-    """
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done = max(total, 1), 0
-        self.active = total > 0 and sys.stderr.isatty()
-        self.start = time.monotonic()
-
-    def show(self, name: str, method: str = "") -> None:
-        """Redraw the bar while ``method`` runs on tensor ``name``."""
-        if not self.active:
-            return
-        width = 24
-        filled = width * self.done // self.total
-        elapsed = time.monotonic() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else math.inf
-        label = printable(f"{name} {method}".strip())[:32]
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * self.done / self.total:5.1f}% "
-            f"{_duration(elapsed)} elapsed, {_duration(left)} left, {rate / 1e6:7.1f} M values/s "
-            f"{label:<32}"
-        )
-        sys.stderr.flush()
-
-    def advance(self, amount: int, name: str, method: str = "") -> None:
-        """Count ``amount`` values done and redraw."""
-        self.done = min(self.total, self.done + amount)
-        self.show(name, method)
-
-    def close(self) -> None:
-        if self.active:
-            sys.stderr.write("\r" + " " * 120 + "\r")
-            sys.stderr.flush()
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "--:--"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes:02d}:{secs:02d}" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}"
 
 
 def _fmt(v: float, width: int = 11) -> str:
@@ -548,24 +561,123 @@ def _write_json(path: Path, obj) -> None:
     write_atomic(path, lambda f: f.write(text))
 
 
+class JobError(Exception):
+    """A failure of the model job as a whole: one line, exit status 1, no output written."""
+
+
 def calibrate_model(args) -> int:
-    """Run the model job (``--data``): weights and activations of one ONNX model."""
-    result, qdq, random = _model_command.calibrate_model(Path(args.files[0]), args)
+    """Run the model job (``--data``): weights and activations of one ONNX model.
+
+    One exception boundary: a tensor that cannot be encoded is a note (it stays in floating
+    point); any failure of the run is one line and exit status 1, and no output is written:
+    the ``--qdq-model`` is built in a folder beside its target and moved into place after the
+    report and ``--output`` are written.
+    """
+    try:
+        return _model_job(args)
+    except (UsageError, KeyboardInterrupt, MemoryError, _model_command.DataError):
+        raise
+    except (ModelFileError, TensorFileError, OSError) as err:
+        raise JobError(str(err)) from err
+    except Exception as err:  # noqa: BLE001 - the model job's one boundary
+        raise JobError(_reason(err)) from err
+
+
+def _model_job(args) -> int:
+    from .onnx import calibrate as calibrate_onnx
+    from .onnx import output_sqnr
+    from .onnx._calibrate import quantizable_weights
+    from .onnx._qdq import publish, stage_qdq_model, staging
+
+    path = Path(args.files[0])
+    model = _model_command.load(path)
+    axes = _model_command.parse_sample_axes(args.sample_axis)
+    batches, random, notes = _model_command.batches_for(model, args.data, args.batch_size, axes)
     if random:
-        _note("calibrating on random data: the activation ranges say nothing about real inputs")
+        notes.append(
+            "calibrating on random data: the activation ranges say nothing about real inputs"
+        )
+    for message in notes:
+        _note(message)
+    weights = quantizable_weights(model)
+    passes = 2 if args.qdq_model is not None else 1
+    with contextlib.ExitStack() as stack:
+        progress = stack.enter_context(Progress(len(weights) + passes * len(batches) + passes - 1))
+        result = calibrate_onnx(
+            model,
+            batches,
+            activations=args.activation_method,
+            weights=_model_command.weight_methods(args),  # all: each weight's best SQNR
+            activation_options=REGISTRY[args.activation_method].command_options(args),
+            bits=args.bits,
+            symmetric=args.symmetric,
+            per_channel_weights=not args.per_tensor_weights,
+            progress=progress,
+            tensors=lambda name: _selected(name, args),
+        )
+        if not result.encodings:
+            raise JobError("no tensor of the model could be calibrated")
+        qdq = staged = target = None
+        if args.qdq_model is not None:
+            target = check_output(args.qdq_model)
+            folder = stack.enter_context(staging(target))
+            progress.stage("writing the QDQ model")
+            staged, opset = stage_qdq_model(model, result, folder / target.name)
+            progress.advance()
+            sqnr = output_sqnr(model, staged, progress_bar(batches, progress, "SQNR batch"))
+            qdq = {"path": str(args.qdq_model), "opset": opset, "output_sqnr_db": sqnr}
+        progress.close()
+        for name, reason in result.unquantized.items():
+            _note(f"{name} left in floating point: {reason}")
+        _report_model(args, result, qdq)
+        if args.plot is not None:
+            weights = float_weights(model)
+            _plot(_weight_entries(result, weights), weights, args.plot)
+        if args.output is not None:
+            aimet = args.output_format == "aimet"
+            _write_json(args.output, result.aimet() if aimet else result.onnx_qdq())
+        if staged is not None:
+            publish(staged, target)
+    return 0
+
+
+def _report_model(args, result, qdq: dict | None) -> None:
+    unquantized = [{"name": n, "reason": r} for n, r in result.unquantized.items()]
     if args.format == "json":
         rows = list(_model_command.iter_rows(result))
-        print(_json({"config": _config(args), "tensors": rows, "qdq_model": qdq}))
-    else:
-        print(result.table())
-        if qdq is not None:
-            sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())
-            where = printable(qdq["path"])
-            print(f"QDQ model: {where}; output SQNR on the calibration data: {printable(sqnr)}")
-    if args.output is not None:
-        aimet = args.output_format == "aimet"
-        _write_json(args.output, result.aimet() if aimet else result.onnx_qdq())
-    return 0
+        print(
+            _json(
+                {
+                    "config": _config(args),
+                    "tensors": rows,
+                    "unquantized": unquantized,
+                    "qdq_model": qdq,
+                }
+            )
+        )
+        return
+    print(result.table())
+    if qdq is not None:
+        sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())
+        where = printable(qdq["path"])
+        print(
+            f"QDQ model: {where} ({qdq['opset']}); output SQNR on the calibration data: "
+            f"{printable(sqnr)}"
+        )
+
+
+def _weight_entries(result, weights: dict[str, np.ndarray]) -> list[dict]:
+    """Return the model's weight encodings as plot entries (the chosen method's range)."""
+    out = []
+    for e in result.encodings.values():
+        if e.kind == "param":
+            lo, hi = (to_numpy(a).reshape(-1).tolist() for a in (e.min, e.max))
+            one = {"min": lo, "max": hi, "sqnr_db": e.sqnr_db}
+            shape = list(weights[e.name].shape)
+            out.append(
+                {"name": e.name, "shape": shape, "methods": {e.method: one}, "best": e.method}
+            )
+    return out
 
 
 def calibrate(args) -> int:
@@ -585,7 +697,7 @@ def calibrate(args) -> int:
         raise UsageError("no tensor matches --include/--exclude")
     entries, skipped, layout_errors = [], [], []
     methods = len(METHODS) if args.method == "all" else 1
-    progress = _Progress(sum(a.size for a in chosen.values()) * methods)
+    progress = Progress(sum(a.size for a in chosen.values()) * methods, None, "value", True)
     try:
         for name, array in chosen.items():
             reason = _skip_reason(array)
@@ -602,7 +714,7 @@ def calibrate(args) -> int:
                     reason = _reason(err)
             if reason is not None:
                 skipped.append({"name": name, "reason": reason})
-                progress.advance(array.size * methods, name)
+                progress.advance(array.size * methods)
     finally:
         progress.close()
     if not entries and layout_errors and len(layout_errors) == len(skipped):
@@ -661,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"encanalyze: error: {printable(str(err))}", file=sys.stderr)
         return 2
-    except (TensorFileError, ModelFileError, _model_command.DataError, OSError) as err:
+    except (TensorFileError, ModelFileError, _model_command.DataError, JobError, OSError) as err:
         print(f"encanalyze: error: {printable(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

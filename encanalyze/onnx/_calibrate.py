@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .._calibration import (
     CalibrationResult,
-    encode,
+    Progress,
+    encode_or_reason,
     encode_weight,
     progress_bar,
     weight_methods,
 )
 from .._encoding import validate_num_steps
+from .._errors import StatisticsNotFoundError
 from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
-from .._registry import METHODS
+from .._registry import METHODS, activation_defaults
+from .._warnings import warn
 
 __all__ = [
     "QUANTIZABLE_OPS",
+    "ModelRunError",
     "calibrate",
     "default_providers",
     "feeds",
@@ -35,6 +39,20 @@ QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 INLINE_LIMIT = 1 << 30
 """Models whose tensors hold more bytes than this reach ONNX Runtime through a temporary file
 with external data instead of one serialized message (protobuf's limit is 2 GiB)."""
+
+
+class ModelRunError(ValueError):
+    """ONNX Runtime could not load or run the model on the data (one line, its own words)."""
+
+
+def _ort_call(what: str, call, *args, **kwargs):
+    """Return ``call(*args, **kwargs)``; ONNX Runtime's errors become :class:`ModelRunError`."""
+    try:
+        return call(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - ORT raises its own exception classes
+        text = " ".join(str(err).split())  # one line
+        text = text.replace("[ONNXRuntimeError] : ", "")
+        raise ModelRunError(f"ONNX Runtime could not {what}: {text[:400]}") from err
 
 
 def _weight_axis(node, index: int, ndim: int) -> int | None:
@@ -141,14 +159,25 @@ def session(model, providers=None, workdir: str | None = None):
 
     providers = providers or default_providers()
     if model_bytes(model) <= INLINE_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), providers=providers)
-    if workdir is None:
-        raise ValueError("a model this large needs a working folder for its external data")
-    path = Path(workdir) / "model.onnx"
-    onnx.save_model(
-        model, str(path), save_as_external_data=True, location="model.data", convert_attribute=True
-    )
-    return ort.InferenceSession(str(path), providers=providers)
+        source = model.SerializeToString()
+    else:
+        if workdir is None:
+            raise ValueError("a model this large needs a working folder for its external data")
+        path = Path(workdir) / "model.onnx"
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            location="model.data",
+            convert_attribute=True,
+        )
+        source = str(path)
+    return _ort_call("load the model", ort.InferenceSession, source, providers=providers)
+
+
+def run_batch(run, names: list[str], feed: dict) -> list:
+    """Return ``names`` computed by session ``run`` on ``feed`` (errors: :class:`ModelRunError`)."""
+    return _ort_call("run the model on a batch", run.run, names, feed)
 
 
 def model_inputs(model) -> list:
@@ -169,8 +198,9 @@ def feeds(batch, inputs) -> dict[str, np.ndarray]:
     if isinstance(batch, Mapping):
         unknown = set(batch) - set(names)
         if unknown:
-            raise ValueError(f"the model has no input named {sorted(unknown)[0]!r}; its "
-                             f"inputs are {names}")  # fmt: skip
+            raise ValueError(
+                f"the model has no input named {sorted(unknown)[0]!r}; its inputs are {names}"
+            )
         values = dict(batch)
     elif isinstance(batch, (tuple, list)):
         if len(batch) != len(names):
@@ -205,7 +235,8 @@ def calibrate(
     providers=None,
     activation_options: dict | None = None,
     weight_options: dict | None = None,
-    progress: bool | None = None,
+    progress: bool | None | Progress = None,
+    tensors: Callable[[str], bool] | None = None,
 ) -> CalibrationResult:
     """Calibrate an ONNX model's weights and, with ``batches``, its activations.
 
@@ -220,7 +251,14 @@ def calibrate(
     (``providers``, default CUDA where present, then CPU) and streamed into one
     ``activations`` analyzer per tensor, so memory does not grow with the number of batches.
     A batch is a dict by input name, a tuple or list in input order, or one array for a
-    single-input model. Names are ONNX tensor names.
+    single-input model. Names are ONNX tensor names; ``tensors``, a predicate on them, keeps
+    only the tensors it accepts. ``activations="percentile"`` takes the 99.99th percentile
+    unless ``activation_options`` says otherwise (as the command does). A tensor without an
+    encoding (an activation that never held a finite value, or no batch reached) stays in
+    floating point and is listed with the reason in the result's ``unquantized``. Tensors inside
+    ``If``/``Loop``/``Scan`` bodies cannot be observed through ONNX Runtime: their weights are
+    calibrated, their activations are not. ONNX Runtime's errors (a model it cannot load, a
+    batch it cannot run) raise :class:`ModelRunError`.
 
     Examples
     --------
@@ -244,27 +282,71 @@ def calibrate(
         raise ValueError(f"unknown method {activations!r}; choose from {sorted(METHODS)}")
     methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
+    options = activation_defaults(activations, activation_options)
     proto, _ = load_model(model)
     values = float_weights(proto)
-    encodings = {}
-    for name, axis in _weights_of(proto, op_types, values).items():
-        axis = axis if per_channel_weights else None
-        encodings[name] = encode_weight(name, values[name], axis, methods, num_steps, symmetric)
-    count = 0
-    if batches is not None:
-        analyzers, count = _observe(proto, values, batches, activations, op_types, providers,
-                                    activation_options or {}, progress)  # fmt: skip
-        for name, analyzer in analyzers.items():
-            encodings[name] = encode(
-                name, "activation", analyzer, num_steps, symmetric, None, activations
+    encodings, unquantized = {}, {}
+    chosen = {
+        n: a
+        for n, a in _weights_of(proto, op_types, values).items()
+        if tensors is None or tensors(n)
+    }
+    bar = progress if isinstance(progress, Progress) else Progress(len(chosen), progress)
+    if bar is not progress and batches is not None and hasattr(batches, "__len__"):
+        bar.grow(len(batches))
+    try:
+        for name, axis in chosen.items():
+            bar.stage(f"weight {name}")
+            axis = axis if per_channel_weights else None
+            try:
+                encodings[name] = encode_weight(
+                    name, values[name], axis, methods, num_steps, symmetric
+                )
+            except StatisticsNotFoundError:
+                unquantized[name] = "the weight holds no finite value"
+            bar.advance()
+        count = 0
+        if batches is not None:
+            analyzers, count = _observe(
+                proto, values, batches, activations, op_types, providers, options, bar, tensors
             )
-    return CalibrationResult(encodings, bits, symmetric, count)
+            for name, analyzer in analyzers.items():
+                e = encode_or_reason(
+                    name, "activation", analyzer, num_steps, symmetric, None, activations
+                )
+                if isinstance(e, str):
+                    unquantized[name] = e
+                else:
+                    encodings[name] = e
+    finally:
+        if bar is not progress:
+            bar.close()
+    return CalibrationResult(encodings, bits, symmetric, count, unquantized)
 
 
-def _observe(proto, weights, batches, method, op_types, providers, options, progress):
-    """Run the batches with the activations as extra outputs; one analyzer per tensor."""
+def _observe(proto, weights, batches, method, op_types, providers, options, progress, tensors):
+    """Run the batches with the activations as extra outputs; one analyzer per tensor.
+
+    Tensors inside ``If``/``Loop``/``Scan`` bodies cannot be graph outputs and are not
+    observed; a model without any activation of ``op_types`` in its main graph is not run.
+    """
     typed = {vi.name: vi for vi in _typed(proto)}
-    names = _activations(proto, op_types, typed, weights)
+    names = [
+        n for n in _activations(proto, op_types, typed, weights) if tensors is None or tensors(n)
+    ]
+    nested = sum(
+        1
+        for g in all_graphs(proto.graph)
+        if g is not proto.graph
+        for n in g.node
+        if op_types is None or n.op_type in op_types
+    )
+    if nested:
+        warn(
+            f"{nested} quantizable nodes lie inside If/Loop/Scan bodies: their weights are "
+            "calibrated, their activations are not (ONNX Runtime cannot expose them)",
+            UserWarning,
+        )
     inputs = model_inputs(proto)
     fed = {i.name for i in inputs}
     wanted = [n for n in names if n not in fed]  # graph inputs come from the feed itself
@@ -275,11 +357,13 @@ def _observe(proto, weights, batches, method, op_types, providers, options, prog
     analyzers = {n: METHODS[method].analyzer((1,), **options) for n in names}
     count = 0
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
-        run = session(augmented, providers, workdir)
+        run = session(augmented, providers, workdir) if wanted else None
         del augmented
         for batch in progress_bar(batches, progress):
             feed = feeds(batch, inputs)
-            produced = dict(zip(wanted, run.run(wanted, feed), strict=True))
+            produced = {}
+            if run is not None:  # run([]) would compute every output
+                produced = dict(zip(wanted, run_batch(run, wanted, feed), strict=True))
             for name in names:
                 analyzers[name].observe(produced[name] if name in produced else feed[name])
             count += 1

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
+import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .._calibration import CalibrationResult
+from .._encoding import to_scale_offset
+from .._files import check_output, file_mode
 from .._onnx_graph import model_bytes, own_model
 from .._report import sqnr_db
-from ._calibrate import INLINE_LIMIT, QUANTIZABLE_OPS, feeds, model_inputs, session
+from .._warnings import warn
+from ._calibrate import (
+    INLINE_LIMIT,
+    QUANTIZABLE_OPS,
+    _is_bias,
+    feeds,
+    model_inputs,
+    run_batch,
+    session,
+)
 
-__all__ = ["output_sqnr", "write_qdq_model"]
+__all__ = ["QDQ_OPSET", "output_sqnr", "publish", "stage_qdq_model", "staging", "write_qdq_model"]
+
+QDQ_OPSET = 13
+"""The first ONNX opset whose ``QuantizeLinear``/``DequantizeLinear`` take an ``axis``: models
+of older opsets are converted to it for per-channel weights."""
 
 _CONSTANT_VALUES = {"value", "value_float", "value_floats"}
 _QUANT_TYPES = {4: ("QInt4", "QUInt4"), 8: ("QInt8", "QUInt8"), 16: ("QInt16", "QUInt16")}
@@ -46,6 +65,31 @@ def _constants_to_initializers(model) -> None:
     model.graph.node.extend(keep)
 
 
+def _unencoded_nodes(proto, result: CalibrationResult, op_types) -> list[str]:
+    """Name the main graph's ``op_types`` nodes that touch a tensor without an encoding.
+
+    ONNX Runtime quantizes a node only with ranges for all its inputs and outputs; such nodes
+    (next to an activation left in floating point, or a tensor deselected) stay in floating
+    point. Unnamed nodes get unique names first.
+    """
+    taken = {n.name for n in proto.graph.node if n.name}
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    out = []
+    for node in proto.graph.node:
+        if op_types is not None and node.op_type not in op_types:
+            continue
+        inputs = [n for i, n in enumerate(node.input) if n and not _is_bias(node, i)]
+        if any(n not in result.encodings for n in (*inputs, *node.output) if n):
+            out.append(node.name)
+    return out
+
+
 def _overrides(result: CalibrationResult) -> tuple[dict, dict]:
     """``TensorQuantOverrides`` (exact scale and zero point) and activation ranges."""
     qdq = result.onnx_qdq()["tensors"]
@@ -67,6 +111,89 @@ def _overrides(result: CalibrationResult) -> tuple[dict, dict]:
     return overrides, ranges
 
 
+def check_qdq(result: CalibrationResult) -> None:
+    """Raise ``ValueError`` when ``result`` cannot become a QDQ model (before any work)."""
+    check_qdq_bits(result.bits)
+    if not any(e.kind == "activation" for e in result.encodings.values()):
+        raise ValueError("the result holds no activation encodings: calibrate with batches")
+
+
+def check_qdq_bits(bits: int) -> None:
+    """Raise ``ValueError`` for a bit width that ONNX has no integer type for."""
+    if bits not in _QUANT_TYPES:
+        raise ValueError(f"QDQ models take 4, 8 or 16 bits, not {bits}")
+
+
+def _opset(proto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _per_tensor_weights(result: CalibrationResult) -> CalibrationResult:
+    """Return ``result`` with each per-channel weight encoding joined into one per tensor."""
+    num_steps = 2**result.bits - 1
+    encodings = {}
+    for name, e in result.encodings.items():
+        if e.axis is not None:
+            lo = np.min(np.asarray(e.min, np.float32), keepdims=False).reshape(1)
+            hi = np.max(np.asarray(e.max, np.float32), keepdims=False).reshape(1)
+            scale, offset = to_scale_offset(lo, hi, num_steps, result.symmetric)
+            e = dataclasses.replace(e, min=lo, max=hi, scale=scale, offset=offset, axis=None)
+        encodings[name] = e
+    return dataclasses.replace(result, encodings=encodings)
+
+
+def _fit_opset(proto, result: CalibrationResult) -> tuple[object, CalibrationResult, str]:
+    """Make per-channel weights expressible; return the model, the result and what was done.
+
+    The model is converted to :data:`QDQ_OPSET`, or else its weights fall back to per tensor.
+    """
+    opset = _opset(proto)
+    if opset >= QDQ_OPSET or all(e.axis is None for e in result.encodings.values()):
+        return proto, result, f"opset {opset}"
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(proto, QDQ_OPSET)
+        if model_bytes(converted) <= INLINE_LIMIT:  # the converted model must load
+            session(converted)
+    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
+        why = " ".join(str(err).split())[:200]
+        note = (
+            f"opset {opset} has no per-channel QuantizeLinear and the model could not be "
+            f"converted to opset {QDQ_OPSET} ({why}): weights quantized per tensor"
+        )
+        warn(note, UserWarning)
+        return proto, _per_tensor_weights(result), note
+    note = f"opset {opset} converted to {QDQ_OPSET} for per-channel weights"
+    warn(f"QDQ model: {note}", UserWarning)
+    return converted, result, note
+
+
+@contextmanager
+def staging(target: Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``target`` (same file system); removed on exit."""
+    folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(staged: Path, target: Path) -> None:
+    """Move a staged model (and its ``.data`` sidecar) onto ``target``, each file atomically.
+
+    The sidecar goes first, so the model never names data that is not there yet; each file keeps
+    the permission bits of the file it replaces (new files: ``0o666`` less the umask).
+    """
+    sidecar = staged.with_name(staged.name + ".data")
+    if sidecar.exists():
+        final = target.with_name(target.name + ".data")
+        os.chmod(sidecar, file_mode(final))
+        os.replace(sidecar, final)
+    os.chmod(staged, file_mode(target))
+    os.replace(staged, target)
+
+
 def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZABLE_OPS) -> Path:
     """Write a QDQ model that quantizes ``model`` with ``result``'s encodings; return its path.
 
@@ -74,25 +201,40 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
     channel where the weights' encodings are) with encanalyze's scales and zero points as its
     per-tensor overrides and encanalyze's activation ranges as its calibration cache, so it
     runs no calibration of its own. Bit widths 4, 8 and 16; asymmetric encodings become
-    unsigned types, symmetric ones signed (zero point 0). Needs onnxruntime with
+    unsigned types, symmetric ones signed (zero point 0). Tensors in ``result.unquantized``
+    stay in floating point. A model of an opset before 13 (no per-channel ``DequantizeLinear``)
+    is converted to opset 13, or, where it cannot be, its weights are quantized per tensor (a
+    ``UserWarning`` says which). The model, and its ``.data`` sidecar for models over 1 GiB, are
+    written in a temporary folder beside ``path`` and moved into place only when complete: a
+    failure leaves the previous file as it was. Needs onnxruntime with
     ``calibration_cache_path`` (1.32 or newer).
     """
+    check_qdq(result)
+    target = check_output(path)
+    with staging(target) as folder:
+        staged, _ = stage_qdq_model(model, result, folder / target.name, op_types=op_types)
+        publish(staged, target)
+    return Path(path)
+
+
+def stage_qdq_model(
+    model, result: CalibrationResult, path: Path, *, op_types=QUANTIZABLE_OPS
+) -> tuple[Path, str]:
+    """Write the QDQ model at ``path`` (a staging file); return it and what the opset got."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as quantize
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
     if "calibration_cache_path" not in inspect.signature(quantize).parameters:
         raise ImportError("write_qdq_model needs onnxruntime 1.32 or newer")
-    if result.bits not in _QUANT_TYPES:
-        raise ValueError(f"QDQ models take 4, 8 or 16 bits, not {result.bits}")
-    if not any(e.kind == "activation" for e in result.encodings.values()):
-        raise ValueError("the result holds no activation encodings: calibrate with batches")
+    check_qdq(result)
     signed, unsigned = (getattr(QuantType, t) for t in _QUANT_TYPES[result.bits])
     qtype = signed if result.symmetric else unsigned
     proto = own_model(model)
     _constants_to_initializers(proto)
+    excluded = _unencoded_nodes(proto, result, op_types)
+    proto, result, opset_note = _fit_opset(proto, result)
     overrides, ranges = _overrides(result)
-    path = Path(path)
     large = model_bytes(proto) > INLINE_LIMIT
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
         import onnx
@@ -107,6 +249,7 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
             "calibration_data_reader": None,
             "quant_format": QuantFormat.QDQ,
             "op_types_to_quantize": None if op_types is None else list(op_types),
+            "nodes_to_exclude": excluded,
             "per_channel": any(e.axis is not None for e in result.encodings.values()),
             "activation_type": qtype,
             "weight_type": qtype,
@@ -124,7 +267,7 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
             quantize(str(source), str(path), **options)
         finally:
             logging.disable(logging.NOTSET)
-    return path
+    return path, opset_note
 
 
 def output_sqnr(float_model, quantized_model, batches: Iterable, providers=None) -> dict:
@@ -147,7 +290,7 @@ def output_sqnr(float_model, quantized_model, batches: Iterable, providers=None)
         del protos
         for batch in batches:
             feed = feeds(batch, inputs)
-            want, got = (run.run(names, feed) for run in runs)
+            want, got = (run_batch(run, names, feed) for run in runs)
             for name, y, q in zip(names, want, got, strict=True):
                 y, q = np.asarray(y, np.float64), np.asarray(q, np.float64)
                 signal[name] += float(np.sum(y * y))

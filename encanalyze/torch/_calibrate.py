@@ -9,13 +9,14 @@ import torch
 from .._calibration import (
     CalibrationResult,
     TensorEncoding,
-    encode,
+    encode_or_reason,
     encode_weight,
     progress_bar,
     weight_methods,
 )
 from .._encoding import validate_num_steps
-from .._registry import METHODS
+from .._errors import StatisticsNotFoundError
+from .._registry import METHODS, activation_defaults
 from .._report import layout_for
 
 __all__ = ["CalibrationResult", "TensorEncoding", "calibrate", "quantizable_modules"]
@@ -42,7 +43,7 @@ def quantizable_modules(model: torch.nn.Module, modules=None) -> dict[str, torch
                 raise ValueError(f"the model has no module named {item!r}")
             chosen[item] = named[item]
         elif isinstance(item, type):
-            chosen.update({n: m for n, m in named.items() if isinstance(m, item) and n})
+            chosen.update({n: m for n, m in named.items() if isinstance(m, item)})
         else:
             raise TypeError(f"modules must hold module names or types, got {item!r}")
     return chosen
@@ -99,6 +100,31 @@ class _Hooks:
         return hook
 
 
+class _Untouched:
+    """Observe ``model`` in eval mode (unless ``eval_mode`` is False) and leave it as it was.
+
+    Every module's ``training`` flag and every buffer (BatchNorm running statistics, counters)
+    are restored on exit, also when the forward raises.
+    """
+
+    def __init__(self, model: torch.nn.Module, eval_mode: bool) -> None:
+        self.model, self.eval_mode = model, eval_mode
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        if self.eval_mode:
+            self.model.eval()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for module, flag in self.flags:
+            module.training = flag
+        with torch.no_grad():
+            for buffer, saved in self.buffers:
+                buffer.copy_(saved)
+
+
 def _forward(model: torch.nn.Module, batch) -> None:
     if isinstance(batch, Mapping):
         model(**batch)
@@ -122,6 +148,7 @@ def calibrate(
     activation_options: dict | None = None,
     weight_options: dict | None = None,
     progress: bool | None = None,
+    eval_mode: bool = True,
 ) -> CalibrationResult:
     """Run ``batches`` through ``model`` and return the encodings of its quantizable tensors.
 
@@ -133,8 +160,14 @@ def calibrate(
     ``per_channel_weights`` is False (a dict of several methods with their options: each weight
     keeps the one with the best SQNR on it). The hooks are removed afterwards, also when the forward
     raises. A batch is passed as ``model(batch)``, ``model(*batch)`` for a tuple or list, and
-    ``model(**batch)`` for a dict; the loop runs under ``torch.no_grad()``. ``progress``: a
-    progress bar (tqdm) on a terminal (``None``), always (``True``) or never (``False``).
+    ``model(**batch)`` for a dict; the loop runs under ``torch.no_grad()``, in eval mode (as
+    the model is deployed: BatchNorm uses its running statistics, dropout is off) unless
+    ``eval_mode`` is False. The model is left exactly as it was: training flags, buffers and
+    hooks. ``progress``: a progress bar (tqdm) on a terminal (``None``), always (``True``) or
+    never (``False``). The percentile method defaults to the command's ``99.99``
+    (``activation_options`` overrides it). A tensor that cannot be encoded (an activation that
+    never held a finite value, in any channel) is left in floating point and listed with the
+    reason in the result's ``unquantized``.
 
     Examples
     --------
@@ -154,26 +187,35 @@ def calibrate(
     methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
     chosen = quantizable_modules(model, modules)
-    hooks = _Hooks(chosen, activations, per_channel_activations, activation_options or {})
+    options = activation_defaults(activations, activation_options)
+    hooks = _Hooks(chosen, activations, per_channel_activations, options)
     count = 0
-    with hooks, torch.no_grad():
+    with _Untouched(model, eval_mode), hooks, torch.no_grad():
         for batch in progress_bar(batches, progress):
             _forward(model, batch)
             count += 1
     encodings: dict[str, TensorEncoding] = {}
+    unquantized: dict[str, str] = {}
     for name, module in chosen.items():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
             axis = _channel_axis(module) if per_channel_weights else None
             key = f"{name}.weight" if name else "weight"
-            encodings[key] = encode_weight(
-                key, weight.detach(), axis, methods, num_steps, symmetric
-            )
+            try:
+                encodings[key] = encode_weight(
+                    key, weight.detach(), axis, methods, num_steps, symmetric
+                )
+            except StatisticsNotFoundError:
+                unquantized[key] = "the weight holds no finite value"
         for suffix in (":input", ":output"):
             analyzer = hooks.analyzers.get(name + suffix)
             if analyzer is not None:
-                axis = hooks.axes[name + suffix]
-                encodings[name + suffix] = encode(
-                    name + suffix, "activation", analyzer, num_steps, symmetric, axis, activations
+                axis, key = hooks.axes[name + suffix], name + suffix
+                e = encode_or_reason(
+                    key, "activation", analyzer, num_steps, symmetric, axis, activations
                 )
-    return CalibrationResult(encodings, bits, symmetric, count)
+                if isinstance(e, str):
+                    unquantized[key] = e
+                else:
+                    encodings[key] = e
+    return CalibrationResult(encodings, bits, symmetric, count, unquantized)

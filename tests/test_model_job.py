@@ -1,0 +1,535 @@
+"""The model job on careless commands and awkward models: no data loss, one line per failure."""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from encanalyze import cli  # noqa: E402
+from encanalyze.onnx import calibrate, write_qdq_model  # noqa: E402
+from tests import onnx_models as om  # noqa: E402
+
+
+def _mlp(
+    opset=17,
+    batch="n",
+    extra_inputs=(),
+    nodes_before=(),
+    x_type=TensorProto.FLOAT,
+    weight=om.M2[:4],
+):
+    """x (batch, 4) -> MatMul(w) -> y (batch, 3), w per output channel."""
+    w = numpy_helper.from_array(weight.copy(), "w")
+    nodes = [*nodes_before, helper.make_node("MatMul", ["x", "w"], ["y"])]
+    x = helper.make_tensor_value_info("x", x_type, [batch, weight.shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, weight.shape[1]])
+    graph = helper.make_graph(nodes, "mlp", [x, *extra_inputs], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    return model
+
+
+def _save(tmp_path, model, name="m.onnx"):
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def _data(tmp_path, name="d.npz", n=10, **arrays):
+    arrays = arrays or {"x": np.random.default_rng(0).normal(size=(n, 4)).astype("f4")}
+    np.savez(tmp_path / name, **arrays)
+    return tmp_path / name
+
+
+def _run(capsys, *args):
+    status = cli.main(["calibrate", *map(str, args)])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+# --- models the job used to break on ------------------------------------------------------------
+
+
+def test_old_opset_per_channel_qdq_model_is_converted_to_opset_13_and_runs(tmp_path, capsys):
+    import onnxruntime as ort
+
+    path = _save(tmp_path, _mlp(opset=11))
+    qdq = tmp_path / "q.onnx"
+    status, out, err = _run(
+        capsys, path, "--data", _data(tmp_path), "--qdq-model", qdq, "--method", "minmax"
+    )
+    assert status == 0, err
+    assert "opset 11 converted to 13" in out and "opset 11 converted to 13" in err
+    written = onnx.load(str(qdq))
+    assert [o.version for o in written.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    dq = [n for n in written.graph.node if n.op_type == "DequantizeLinear" and "w" in n.input[0]]
+    assert any(a.name == "axis" for a in dq[0].attribute)  # per channel
+    ort.InferenceSession(str(qdq)).run(None, {"x": np.ones((2, 4), "f4")})
+
+
+def test_a_model_that_cannot_be_converted_gets_per_tensor_weights(tmp_path, monkeypatch):
+    from onnx import version_converter
+
+    def refuse(model, version):
+        raise RuntimeError("no adapter")
+
+    monkeypatch.setattr(version_converter, "convert_version", refuse)
+    model = _mlp(opset=11)
+    result = calibrate(model, [np.ones((2, 4), "f4")], activations="minmax")
+    assert result["w"].axis == 1
+    with pytest.warns(UserWarning, match="weights quantized per tensor"):
+        path = write_qdq_model(model, result, tmp_path / "q.onnx")
+    nodes = onnx.load(str(path)).graph.node
+    dq = next(n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0].startswith("w"))
+    assert not any(a.name == "axis" for a in dq.attribute)
+    scale = next(i for i in onnx.load(str(path)).graph.initializer if i.name == dq.input[1])
+    assert numpy_helper.to_array(scale).size == 1
+
+
+@pytest.mark.parametrize("batch", [-1, "n"])
+def test_batch_dimension_minus_one_or_symbolic_is_any_size(tmp_path, capsys, batch):
+    model = _mlp(batch=batch)
+    if isinstance(batch, int):
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    path = _save(tmp_path, model)
+    status, out, err = _run(
+        capsys,
+        path,
+        "--data",
+        _data(tmp_path, n=10),
+        "--format",
+        "json",
+        "--method",
+        "minmax",
+        "--batch-size",
+        "4",
+    )
+    assert status == 0, err
+    report = json.loads(out)
+    assert {t["name"] for t in report["tensors"]} == {"w", "x", "y"}
+
+
+def test_no_batches_give_weights_and_say_why_activations_have_none():
+    result = calibrate(_mlp(), [])
+    assert set(result.encodings) == {"w"} and result.num_batches == 0
+    assert result.unquantized == dict.fromkeys(["x", "y"], "no calibration batch reached it")
+    assert result.aimet()["unquantized"] == result.unquantized
+    assert "left in float" in result.table()
+
+
+def test_quantizable_nodes_only_inside_subgraphs(tmp_path, capsys):
+    model, _, _ = om.with_subgraph()
+    with pytest.warns(UserWarning, match="inside If/Loop/Scan bodies"):
+        result = calibrate(model, [{"cond": np.array(True), "x": np.ones((1, 3, 4, 4), "f4")}])
+    assert set(result.encodings) == {"then_w", "else_w"}
+    path = _save(tmp_path, model)
+    data = _data(tmp_path, cond=np.array(True), x=np.ones((1, 3, 4, 4), "f4"))
+    status, out, err = _run(capsys, path, "--data", data, "--method", "minmax")
+    assert status == 0 and "then_w" in out and "inside If/Loop/Scan" in err
+
+
+def test_fixed_batch_size_leaves_the_remainder_out_with_a_note(tmp_path, capsys):
+    path = _save(tmp_path, _mlp(batch=4))
+    status, out, err = _run(
+        capsys, path, "--data", _data(tmp_path, n=10), "--method", "minmax", "--format", "json"
+    )
+    assert status == 0, err
+    assert "2 of 10 samples left out: the model takes batches of exactly 4" in err
+    status, _, err = _run(capsys, path, "--data", _data(tmp_path, n=3))
+    assert status == 1 and "fewer than the model's fixed batch size 4" in err
+    status, _, err = _run(capsys, path, "--data", _data(tmp_path, n=8), "--batch-size", "2")
+    assert status == 1 and "batches of exactly 4" in err
+
+
+def test_sample_axis_and_constant_inputs(tmp_path, capsys):
+    """A state input with its samples on axis 1 and a scalar input fed whole (a VAD's sr)."""
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "n", 4])
+    sr = helper.make_tensor_value_info("sr", TensorProto.INT64, [])
+    nodes = [
+        helper.make_node("ReduceSum", ["state"], ["s"], axes=[0], keepdims=0),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["s", "srf"], ["s2"]),
+        helper.make_node("Add", ["x0", "s2"], ["x"]),
+    ]
+    model = _mlp(extra_inputs=(state, sr), nodes_before=nodes, opset=11)
+    model.graph.input[0].name = "x0"
+    for n in model.graph.node:
+        if n.op_type == "MatMul":
+            n.input[0] = "x"
+    path = _save(tmp_path, model)
+    rng = np.random.default_rng(1)
+    data = _data(
+        tmp_path,
+        x0=rng.normal(size=(6, 4)).astype("f4"),
+        state=rng.normal(size=(2, 6, 4)).astype("f4"),
+        sr=np.array(2),
+    )
+    status, _, err = _run(capsys, path, "--data", data, "--method", "minmax")
+    assert status == 1 and "different numbers of samples" in err and "--sample-axis" in err
+    status, out, err = _run(
+        capsys,
+        path,
+        "--data",
+        data,
+        "--method",
+        "minmax",
+        "--sample-axis",
+        "state=1",
+        "--batch-size",
+        "4",
+        "--format",
+        "json",
+    )
+    assert status == 0, err
+    names = {t["name"] for t in json.loads(out)["tensors"]}
+    assert {"w", "x", "y"} <= names
+    status, _, err = _run(capsys, path, "--data", data, "--sample-axis", "nope=1")
+    assert status == 1 and "names no input" in err
+
+
+# --- one line, exit 1, for every failure of the run ---------------------------------------------
+
+
+def _graph_model(nodes, inputs, outputs, inits=(), opset=17, domains=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    ops = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, 1) for d in domains)]
+    model = helper.make_model(graph, opset_imports=ops)
+    model.ir_version = 8
+    return model
+
+
+def _vi(name, kind=TensorProto.FLOAT, shape=("n", 4)):
+    return helper.make_tensor_value_info(name, kind, list(shape))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("wrong_dim", "dimension 1 is 5 in the data"),
+        ("wrong_rank", "the data has 3 dimensions"),
+        ("strings", "holds <U"),
+        ("complex", "holds complex64"),
+        ("float_for_int", "takes int64 (integers)"),
+        ("out_of_range_ids", "ONNX Runtime could not run the model on a batch"),
+        ("opset_99", "ONNX Runtime could not load the model"),
+        ("unknown_domain", "ONNX Runtime could not load the model"),
+        ("cyclic", "ONNX Runtime could not load the model"),
+        ("zero_samples", "holds 0 samples"),
+        ("zero_batch_dim", "declares a dimension of size 0"),
+        ("zero_d", "a 0-d array holds no samples"),
+        ("no_inputs", "the model has no inputs"),
+        ("sequence_input", "is not a tensor (sequence_type)"),
+        ("random_huge", "GiB a batch (limit 256 MiB)"),
+    ],
+)
+def test_run_failures_are_one_line_and_write_nothing(tmp_path, capsys, case, message):
+    x = np.random.default_rng(0).normal(size=(4, 4)).astype("f4")
+    model, data = _mlp(), {"x": x}
+    if case == "wrong_dim":
+        data = {"x": np.zeros((4, 5), "f4")}
+    elif case == "wrong_rank":
+        data = {"x": np.zeros((4, 4, 1), "f4")}
+    elif case == "strings":
+        data = {"x": np.array([["a"] * 4] * 4)}
+    elif case == "complex":
+        data = {"x": x.astype("c8")}
+    elif case == "zero_samples":
+        data = {"x": np.zeros((0, 4), "f4")}
+    elif case == "zero_d":
+        data = {"x": np.float32(1)}
+    elif case in ("float_for_int", "out_of_range_ids"):
+        table = numpy_helper.from_array(np.ones((5, 4), "f4"), "table")
+        nodes = [
+            helper.make_node("Gather", ["table", "ids"], ["x"]),
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+        ]
+        w = numpy_helper.from_array(om.M2[:4].copy(), "w")
+        model = _graph_model(
+            nodes, [_vi("ids", TensorProto.INT64, ("n",))], [_vi("y", shape=("n", 3))], [table, w]
+        )
+        ids = np.array([0, 1, 2, 99]) if case == "out_of_range_ids" else np.zeros(4, "f4")
+        data = {"ids": ids}
+    elif case == "zero_batch_dim":
+        model = _mlp()
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 0
+    elif case == "opset_99":
+        model = _mlp(opset=99)
+    elif case == "unknown_domain":
+        model = _mlp()
+        model.graph.node.insert(0, helper.make_node("Foo", ["x"], ["x2"], domain="my.ops"))
+        model.opset_import.append(helper.make_opsetid("my.ops", 1))
+    elif case == "cyclic":
+        nodes = [
+            helper.make_node("Add", ["x", "b"], ["a"]),
+            helper.make_node("Relu", ["a"], ["b"]),
+            helper.make_node("MatMul", ["a", "w"], ["y"]),
+        ]
+        w = numpy_helper.from_array(om.M2[:4].copy(), "w")
+        model = _graph_model(nodes, [_vi("x")], [_vi("y", shape=("n", 3))], [w])
+    elif case == "no_inputs":
+        w = numpy_helper.from_array(om.M2[:4].copy(), "w")
+        c = helper.make_node("Constant", [], ["x"], value=numpy_helper.from_array(x, "c"))
+        model = _graph_model(
+            [c, helper.make_node("MatMul", ["x", "w"], ["y"])], [], [_vi("y", shape=(4, 3))], [w]
+        )
+    elif case == "sequence_input":
+        model = _mlp()
+        seq = helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, None)
+        model.graph.input.append(seq)
+    elif case == "random_huge":
+        model = _mlp()
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[0].dim_value, dims[1].dim_value = 100000, 100000
+    path = _save(tmp_path, model)
+    source = "random" if case == "random_huge" else str(_data(tmp_path, **data))
+    out_file = tmp_path / "out.json"
+    status, out, err = _run(
+        capsys,
+        path,
+        "--data",
+        source,
+        "--method",
+        "minmax",
+        "--output",
+        out_file,
+        "--qdq-model",
+        tmp_path / "q.onnx",
+    )
+    assert status == 1, err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out_file.exists() and not (tmp_path / "q.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_input_names_never_leave_the_data_folder(tmp_path, capsys):
+    model = _mlp()
+    model.graph.input[0].name = "../x"
+    model.graph.node[0].input[0] = "../x"
+    path = _save(tmp_path, model)
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "x.npy", np.ones((2, 4), "f4"))  # what ../x.npy would open
+    status, _, err = _run(capsys, path, "--data", tmp_path / "data")
+    assert status == 1 and "cannot name a file in a folder" in err
+
+
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
+    path = _save(tmp_path, _mlp())
+    data = _data(tmp_path)
+    status, _, err = _run(
+        capsys, path, "--data", data, "--bits", "6", "--qdq-model", tmp_path / "q.onnx"
+    )
+    assert status == 2 and "QDQ models take 4, 8, 16 bits" in err
+    status, _, err = _run(capsys, path, "--data", data, "--sample-axis", "x")
+    assert status == 2 and "NAME=AXIS" in err
+
+
+# --- data loss ----------------------------------------------------------------------------------
+
+
+def test_outputs_never_overwrite_data_model_or_each_other(tmp_path, capsys):
+    model = _mlp()
+    path = om.save_external(model, tmp_path, location="weights.bin")
+    data = _data(tmp_path)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    np.save(folder / "x.npy", np.ones((3, 4), "f4"))
+    before = {p: p.read_bytes() for p in (data, tmp_path / "weights.bin", folder / "x.npy")}
+    cases = [
+        (["--data", data, "--output", data], "is the input file"),
+        (["--data", data, "--qdq-model", data], "is the input file"),
+        (["--data", folder, "--output", folder / "x.npy"], "is the input file"),
+        (["--data", folder, "--output", folder / "new.json"], "inside the --data folder"),
+        (["--data", data, "--output", tmp_path / "weights.bin"], "is the input file"),
+        (
+            ["--data", data, "--qdq-model", tmp_path / "q.onnx", "--output", tmp_path / "q.onnx"],
+            "name the same file",
+        ),
+        (
+            [
+                "--data",
+                data,
+                "--qdq-model",
+                tmp_path / "q.onnx",
+                "--output",
+                tmp_path / "q.onnx.data",
+            ],
+            "external data goes",
+        ),
+    ]
+    for extra, message in cases:
+        status, _, err = _run(capsys, path, *extra)
+        assert status == 2 and message in err, (extra, err)
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_qdq_model_is_moved_into_place_only_after_everything_succeeded(
+    tmp_path, capsys, monkeypatch
+):
+    from encanalyze.onnx import _qdq
+
+    path, data = _save(tmp_path, _mlp()), _data(tmp_path)
+    qdq, out = tmp_path / "q.onnx", tmp_path / "e.json"
+    qdq.write_bytes(b"previous model")
+    os.chmod(qdq, 0o640)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(cli, "_write_json", fail)
+    status, _, err = _run(capsys, path, "--data", data, "--qdq-model", qdq, "--output", out)
+    assert status == 1 and "disk full" in err
+    assert qdq.read_bytes() == b"previous model" and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx", "q.onnx"]
+    monkeypatch.undo()
+    status, _, err = _run(capsys, path, "--data", data, "--qdq-model", qdq, "--output", out)
+    assert status == 0, err
+    onnx.checker.check_model(str(qdq))
+    assert os.stat(qdq).st_mode & 0o777 == 0o640  # the replaced file's mode
+    # the library writes through the same staging: a failure leaves the old file
+    monkeypatch.setattr(_qdq, "publish", fail)
+    result = calibrate(str(path), [np.ones((2, 4), "f4")])
+    before = qdq.read_bytes()
+    with pytest.raises(RuntimeError):
+        write_qdq_model(str(path), result, qdq)
+    assert qdq.read_bytes() == before
+
+
+def test_large_qdq_models_rerun_and_keep_the_umask_on_the_sidecar(tmp_path, capsys, monkeypatch):
+    from encanalyze.onnx import _calibrate, _qdq
+
+    monkeypatch.setattr(_calibrate, "INLINE_LIMIT", 0)
+    monkeypatch.setattr(_qdq, "INLINE_LIMIT", 0)
+    weight = np.random.default_rng(0).normal(size=(64, 32)).astype("f4")  # past ORT's 1 KiB
+    path, qdq = _save(tmp_path, _mlp(weight=weight)), tmp_path / "q.onnx"
+    data = _data(tmp_path, x=np.ones((4, 64), "f4"))
+    old = os.umask(0o022)
+    try:
+        for _ in range(2):  # the same command twice: the sidecar exists the second time
+            status, _, err = _run(capsys, path, "--data", data, "--qdq-model", qdq)
+            assert status == 0, err
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "q.onnx.data").st_mode & 0o777 == 0o644
+    onnx.checker.check_model(str(qdq))
+
+
+# --- dead activations, selection, plots ----------------------------------------------------------
+
+
+def test_an_activation_without_finite_values_is_left_in_float_and_said(tmp_path, capsys):
+    """Log of zeros is -inf everywhere: that tensor stays float, the rest is calibrated."""
+    w = numpy_helper.from_array(om.M2[:4].copy(), "w")
+    nodes = [
+        helper.make_node("Log", ["x"], ["l"]),
+        helper.make_node("MatMul", ["l", "w"], ["y"]),
+        helper.make_node("MatMul", ["x", "w"], ["y2"]),
+    ]
+    model = _graph_model(
+        nodes, [_vi("x")], [_vi("y", shape=("n", 3)), _vi("y2", shape=("n", 3))], [w]
+    )
+    path = _save(tmp_path, model)
+    data = _data(tmp_path, x=np.zeros((4, 4), "f4"))
+    out, qdq = tmp_path / "e.json", tmp_path / "q.onnx"
+    status, stdout, err = _run(
+        capsys,
+        path,
+        "--data",
+        data,
+        "--method",
+        "minmax",
+        "--output",
+        out,
+        "--qdq-model",
+        qdq,
+        "--format",
+        "json",
+    )
+    assert status == 0, err
+    assert "l left in floating point: it never held a finite value" in err
+    report = json.loads(stdout)
+    assert "l" in {u["name"] for u in report["unquantized"]}
+    assert "l" not in {t["name"] for t in report["tensors"]} and "x" in {
+        t["name"] for t in report["tensors"]
+    }
+    written = json.loads(out.read_text())
+    assert "l" in written["unquantized"]
+    assert "l" not in {e["name"] for e in written["activation_encodings"]}
+
+
+def test_include_exclude_and_plot_work_for_the_model_job(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path, data = _save(tmp_path, _mlp()), _data(tmp_path)
+    status, out, err = _run(
+        capsys,
+        path,
+        "--data",
+        data,
+        "--exclude",
+        "y",
+        "--format",
+        "json",
+        "--plot",
+        tmp_path / "plots",
+        "--method",
+        "minmax",
+    )
+    assert status == 0, err
+    assert {t["name"] for t in json.loads(out)["tensors"]} == {"w", "x"}
+    assert [p.name for p in (tmp_path / "plots").iterdir()] == ["w.png"]
+    status, out, _ = _run(capsys, path, "--data", data, "--include", "w", "--format", "json")
+    assert {t["name"] for t in json.loads(out)["tensors"]} == {"w"}
+
+
+def test_api_and_command_share_the_percentile_default(tmp_path, capsys):
+    path, data = _save(tmp_path, _mlp()), _data(tmp_path, n=64)
+    status, out, _ = _run(capsys, path, "--data", data, "--format", "json", "--batch-size", "64")
+    command = {t["name"]: t for t in json.loads(out)["tensors"]}
+    x = np.load(data)["x"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        api = calibrate(str(path), [x])
+    assert command["x"]["max"][0] == pytest.approx(float(api["x"].max[0]), rel=1e-6)
+    plain = calibrate(str(path), [x], activation_options={"percentile": 100})
+    assert float(plain["x"].max[0]) == pytest.approx(float(x.max()), rel=1e-6)
+    assert float(api["x"].max[0]) < float(x.max())
+
+
+def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    path, data = _save(tmp_path, _mlp()), _data(tmp_path)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    cmd = [sys.executable, "-m", "encanalyze", "calibrate", str(path), "--data", str(data),
+           "--batch-size", "4", "--qdq-model", str(tmp_path / "q.onnx")]  # fmt: skip
+    env = {**os.environ, "TQDM_MININTERVAL": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    proc.communicate(timeout=300)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    terminal = b"".join(chunks)
+    assert proc.returncode == 0
+    # weights, 3 calibration batches, the QDQ model, 3 SQNR batches: 1 + 3 + 1 + 3 steps
+    for stage in (b"weight w", b"batch 3", b"writing the QDQ model", b"SQNR batch 3", b"8/8"):
+        assert stage in terminal, stage
