@@ -169,3 +169,53 @@ def test_statistics_stay_on_the_model_dtype():
         and "b:output" in table
         and bool(torch.isfinite(result["b.weight"].scale).all())
     )
+
+
+def _bn_dropout_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Dropout(0.5),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 3),
+    )
+
+
+def test_calibration_observes_eval_mode_and_leaves_the_model_as_it_was():
+    import copy
+
+    model = _bn_dropout_model().train()
+    model[4].register_forward_hook(lambda *a: None)
+    before = copy.deepcopy(model.state_dict())
+    hooks = {n: dict(m._forward_hooks) for n, m in model.named_modules()}
+    batches = [torch.randn(2, 3, 8, 8) * 5 + 3 for _ in range(3)]
+    result = calibrate(model, batches, activations="minmax")
+    assert model.training and all(m.training for m in model.modules())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # running stats and counters untouched
+    assert {n: dict(m._forward_hooks) for n, m in model.named_modules()} == hooks
+    # the activations are those of the deployed (eval) model: no dropout, running BN stats
+    evaluated = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        outputs = torch.cat([evaluated(b) for b in batches])
+    assert float(result["4:output"].max[0]) == pytest.approx(float(outputs.max()), rel=1e-6)
+    # eval_mode=False observes training mode, and still restores the buffers
+    calibrate(model, batches, activations="minmax", eval_mode=False)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_a_type_selection_includes_the_root_module():
+    result = calibrate(torch.nn.Linear(4, 3), [torch.randn(2, 4)], modules=[torch.nn.Linear])
+    assert set(result.encodings) == {"weight", ":input", ":output"}
+
+
+def test_a_dead_channel_leaves_that_tensor_in_float_and_keeps_the_others():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    x = torch.randn(5, 4)
+    x[:, 1] = -float("inf")
+    result = calibrate(model, [x], per_channel_activations=True)
+    assert "0.weight" in result.encodings
+    assert result.unquantized["0:input"] == "1 of its 4 channels never held a finite value"
+    assert "0:input" in result.onnx_qdq()["unquantized"]
