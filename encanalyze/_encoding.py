@@ -14,6 +14,7 @@ from ._xp import Array, Namespace, device_of, div, index_dtype, namespace_of, wo
 
 __all__ = [
     "EPS_FLOAT32",
+    "clamp_to_finite",
     "minimum_scale",
     "minmax_encoding",
     "symmetric_steps",
@@ -107,10 +108,11 @@ def minmax_encoding(
         lo, hi = -neg * delta, pos * delta
     else:
         hi = xp.where(narrow, hi + num_steps * s, hi)
-    return _clamp_to_finite(xp, lo, hi, out_dtype)
+    return clamp_to_finite(xp, lo, hi, out_dtype)
 
 
-def _clamp_to_finite(xp: Namespace, lo: Array, hi: Array, dtype) -> tuple[Array, Array]:
+def clamp_to_finite(xp: Namespace, lo: Array, hi: Array, dtype) -> tuple[Array, Array]:
+    """Return ``(lo, hi)`` in ``dtype``, clamped to its finite extremes (a warning if any was)."""
     big = float(xp.finfo(dtype).max)
     lo_c = clip(xp, lo, -big, big)
     hi_c = clip(xp, hi, -big, big)

@@ -198,3 +198,31 @@ def test_errors_leave_stats_unchanged(backend, rng):
     np.testing.assert_array_equal(backend.to_numpy(analyzer.get_stats().histogram), before)
     lo, hi = analyzer.compute_encodings(255, True)
     assert np.all(backend.to_numpy(lo) < 0) and np.all(backend.to_numpy(hi) > 0)
+
+
+@pytest.mark.parametrize("cls", [SqnrEncodingAnalyzer, TfEnhancedEncodingAnalyzer])
+@pytest.mark.parametrize("top", [1.75e38, 3.0e38, 3.3983045e38])
+def test_ranges_near_float32s_largest_value_keep_their_data(backend, cls, top):
+    """Non-negative data up to ``top``: the grid covers it (it used to be (0, 3.04e-05))."""
+    values = np.linspace(0, 1, 1000) * top
+    x = backend.asarray(values, "float32")
+    analyzer = cls((1,))
+    analyzer.update_stats(x)
+    lo, hi = (backend.to_numpy(a) for a in analyzer.compute_encodings(255, False))
+    assert lo[0] == 0 and 0.99 * np.float32(top) <= hi[0] <= np.finfo(np.float32).max
+    with pytest.warns(RuntimeWarning, match="clamped") if top > 3.3e38 else _no_warning():
+        lo, hi = (backend.to_numpy(a) for a in analyzer.compute_encodings(255, True))
+    assert np.isfinite([lo[0], hi[0]]).all() and -lo[0] >= hi[0] >= 0.99 * np.float32(top)
+
+
+def _no_warning():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def check():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+
+    return check()

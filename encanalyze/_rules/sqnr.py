@@ -28,7 +28,7 @@ from functools import partial
 from .._analyzer import HistogramAnalyzer
 from .._backends import clip
 from .._checks import int_at_least
-from .._encoding import minimum_scale
+from .._encoding import clamp_to_finite, minimum_scale
 from .._histograms import RowHistogram, wide_dtype
 from .._xp import (
     Array,
@@ -37,6 +37,7 @@ from .._xp import (
     div,
     in_row_blocks,
     index_dtype,
+    namespace_of,
     on_host,
     take_rows,
     work_dtype,
@@ -103,7 +104,7 @@ def symmetric_candidates(
     ``dmax = 2 max(hi, -lo) / n``, ``k = 1..D``; both results are ``(E, D)``.
     """
     dev = device_of(lo)
-    dmax = div(xp, 2 * xp.maximum(hi, -lo), num_steps)
+    dmax = 2 * div(xp, xp.maximum(hi, -lo), num_steps)  # (2 m) / n, without overflowing 2 m
     k = xp.arange(1, num_deltas + 1, dtype=lo.dtype, device=dev)
     deltas = xp.maximum(
         div(xp, dmax[:, None] * k[None, :], num_deltas - 1),
@@ -114,7 +115,15 @@ def symmetric_candidates(
 
 
 def _midpoints(edges: Array) -> Array:
-    return (edges[:, :-1] + edges[:, 1:]) / 2
+    """Return the bins' midpoints ``(a + b) / 2``.
+
+    Where the sum would overflow (edges beyond half the dtype's largest value) it is
+    ``a / 2 + b / 2``, the same number.
+    """
+    a, b = edges[:, :-1], edges[:, 1:]
+    xp = namespace_of(edges)
+    m = (a + b) / 2
+    return xp.where(xp.isinf(m), a / 2 + b / 2, m)
 
 
 def noise_brute_force(
@@ -296,12 +305,20 @@ def sqnr_search(
     hi = xp.maximum(xp.astype(hi, cd), zero)
     hi = xp.maximum(hi, lo + minimum_scale(n) * n)
     if is_symmetric:
-        deltas, offsets = symmetric_candidates(xp, lo, hi, n, symmetric_delta_candidates)
+        make = partial(symmetric_candidates, num_deltas=symmetric_delta_candidates)
     else:
-        deltas, offsets = asymmetric_candidates(
-            xp, lo, hi, n, asymmetric_delta_candidates, offset_candidates
+        make = partial(
+            asymmetric_candidates,
+            num_deltas=asymmetric_delta_candidates,
+            num_offsets=offset_candidates,
         )
     nd = wide_dtype(xp, device_of(lo))
+    deltas, offsets = make(xp, lo, hi, num_steps=n)
+    if nd != cd:  # ranges near float32's largest value overflow its candidate arithmetic
+        wide = make(xp, xp.astype(lo, nd), xp.astype(hi, nd), num_steps=n)
+        ok = xp.isfinite(deltas) & xp.isfinite(offsets)
+        deltas = xp.where(ok, deltas, xp.astype(wide[0], cd))
+        offsets = xp.where(ok, offsets, xp.astype(wide[1], cd))
     per_row = num_bins
     if method == "auto":
         method, per_row = choose_method(xp, counts, n, nd)
@@ -330,7 +347,9 @@ def sqnr_search(
     choice = xp.concat(best) if len(best) > 1 else best[0]
     d, o = take_rows(xp, deltas, choice), take_rows(xp, offsets, choice)
     enc_min = o * d
-    return enc_min, enc_min + n * d
+    enc_max = enc_min + n * d
+    enc_max = xp.where(xp.isfinite(enc_max), enc_max, (o + n) * d)  # a width past the dtype
+    return clamp_to_finite(xp, enc_min, enc_max, enc_min.dtype)  # as min-max does, with a warning
 
 
 def _power_of_two_scale(xp: Namespace, edges: Array) -> Array:
