@@ -14,7 +14,17 @@ from functools import partial
 from typing import NamedTuple
 
 from ._backends import clip, primitives
-from ._xp import Array, Namespace, device_of, div, in_row_blocks, index_dtype, on_host, work_dtype
+from ._xp import (
+    Array,
+    Namespace,
+    device_of,
+    div,
+    in_row_blocks,
+    index_dtype,
+    on_host,
+    wide_dtype,
+    work_dtype,
+)
 
 __all__ = [
     "RowHistogram",
@@ -32,9 +42,10 @@ __all__ = [
 
 
 class RowHistogram(NamedTuple):
-    """Histograms of ``E`` rows: counts ``(E, B)`` float32, edge range ``lo``/``hi`` ``(E,)``.
+    """Histograms of ``E`` rows: counts ``(E, B)``, edge range ``lo``/``hi`` ``(E,)``.
 
-    ``lo`` and ``hi`` are the first and last edge. ``num_nan`` counts dropped NaN values per row
+    Counts are float64 (float32 where the device lacks it): exact to 2**53 per bin. ``lo``
+    and ``hi`` are the first and last edge. ``num_nan`` counts dropped NaN values per row
     (``None``: none); ``limits`` holds the growth limits ``(lo, hi)`` ``(E,)`` each, or ``None``
     without a growth limit. ``observed`` is the range the statistics report as ``min``/``max``
     (``None``: the edge range): after a row's first batch, that batch's finite min and max (a
@@ -65,12 +76,6 @@ class RowHistogram(NamedTuple):
     def observed_range(self) -> tuple[Array, Array]:
         """Return the observed ``(min, max)`` ``(E,)`` (the edge range where none is kept)."""
         return (self.lo, self.hi) if self.observed is None else self.observed
-
-
-def wide_dtype(xp: Namespace, device) -> object:
-    """float64 where the device has it (exact integer sums to 2**53), else float32."""
-    dtypes = xp.__array_namespace_info__().dtypes(device=device, kind="real floating")
-    return xp.float64 if "float64" in dtypes else xp.float32
 
 
 def _work_range(xp: Namespace, lo: Array, hi: Array, wd) -> tuple[Array, Array, Array]:
@@ -152,12 +157,17 @@ def _rebin(
     fraction = xp.where(inside, ratio, xp.astype(before >= w_old, before.dtype))
     part = xp.minimum(xp.round(fraction * c), c)
     wide = wide_dtype(xp, device_of(counts))
+    c_wide = xp.astype(counts, wide)
+    if wide != wd:  # counts past 2**24 (not exact in float32): their split in the wide dtype
+        big = c_wide >= 2**24
+        part_wide = xp.minimum(xp.round(xp.astype(fraction, wide) * c_wide), c_wide)
+        part = xp.where(big, part_wide, xp.astype(part, wide))
     idx = xp.astype(j, index_dtype(xp))
     moved = primitives(xp).bincount_rows(idx, num_bins, xp.astype(part, wide))
     # the rest lies in the next target bin (w_new >= w_old); the last bin keeps what it has
     following = xp.astype(clip(xp, j + 1, None, last), index_dtype(xp))
-    rest = primitives(xp).bincount_rows(following, num_bins, xp.astype(c - part, wide))
-    return xp.astype(moved + rest, xp.float32)
+    rest = primitives(xp).bincount_rows(following, num_bins, xp.astype(c_wide - part, wide))
+    return moved + rest
 
 
 def last_edge(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:

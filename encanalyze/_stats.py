@@ -69,9 +69,8 @@ class Histogram(_Stats):
     Parameters
     ----------
     histogram
-        Counts, ``(*shape, num_bins)``, float32. Exact up to 2**24 per bin; past that, each
-        update adds its (exact, integer) per-bin counts with one float32 rounding, a relative
-        error of at most 2**-24 per update.
+        Counts, ``(*shape, num_bins)``, float64 (float32 where the device lacks float64): the
+        number of values in each bin, exact up to 2**53 per bin.
     bin_edges
         ``(*shape, num_bins + 1)`` edges ``min + k * (max - min) / num_bins`` (float32, float64
         for float64 inputs). Elements that have seen no finite value hold zeros.

@@ -19,6 +19,7 @@ __all__ = [
     "float_dtype",
     "in_row_blocks",
     "index_dtype",
+    "wide_dtype",
     "namespace_name",
     "namespace_of",
     "on_host",
@@ -133,6 +134,12 @@ def float_dtype(xp: Namespace, x: Array) -> Any:
 
 
 _INDEX_DTYPES: dict[Namespace, Any] = {}
+
+
+def wide_dtype(xp: Namespace, device) -> Any:
+    """float64 where the device has it (exact integer sums to 2**53), else float32."""
+    dtypes = xp.__array_namespace_info__().dtypes(device=device, kind="real floating")
+    return xp.float64 if "float64" in dtypes else xp.float32
 
 
 def index_dtype(xp: Namespace) -> Any:

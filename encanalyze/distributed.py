@@ -11,7 +11,7 @@ from ._backends import from_torch, to_torch
 from ._histograms import RowHistogram, last_edge, rebin_onto
 from ._observers import EmaState
 from ._stats import MinMaxRange
-from ._xp import index_dtype
+from ._xp import index_dtype, wide_dtype
 
 __all__ = ["all_reduce_stats"]
 
@@ -172,7 +172,7 @@ def _histogram(torch, dist, group, comm, analyzer, xp, device):
 
     union_lo, union_hi = back(packed[:e], dtype), back(-packed[e : 2 * e], dtype)
     if state is None:  # a rank without data contributes zero counts on the common edges
-        counts = xp.zeros((e, num_bins), dtype=xp.float32, device=device)
+        counts = xp.zeros((e, num_bins), dtype=wide_dtype(xp, device), device=device)
         state = RowHistogram(counts, union_lo, union_hi)
     nan = torch.zeros((e, 1), dtype=torch.float64, device=comm)
     if state.num_nan is not None:

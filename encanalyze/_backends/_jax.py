@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .._xp import index_dtype
+from .._xp import index_dtype, wide_dtype
 
 __all__ = ["PRIMITIVES", "bincount_rows", "histogram_rows"]
 
@@ -26,7 +26,8 @@ def histogram_rows(rows, lo, hi, num_bins: int, may_have_nan: bool):
     nbins = num_bins + 1 if may_have_nan else num_bins
     if may_have_nan:
         t = jnp.where(jnp.isnan(t), num_bins, t)
-    return bincount_rows(t.astype(index_dtype(jnp)), nbins)[:, :num_bins].astype(jnp.float32)
+    counts = bincount_rows(t.astype(index_dtype(jnp)), nbins)[:, :num_bins]
+    return counts.astype(wide_dtype(jnp, None))  # float64 with x64, else float32
 
 
 PRIMITIVES = {"bincount_rows": bincount_rows, "histogram_rows": histogram_rows}

@@ -87,7 +87,7 @@ def histogram_rows(m, host: bool, rows, lo, hi, num_bins: int, may_have_nan: boo
     nbins = num_bins + 1 if may_have_nan else num_bins
     step = max(1, min(2**17 // max(num_values, 1), 2**16 // nbins)) if host else num_rows
     step = max(step, 1)
-    out = m.empty((num_rows, num_bins), dtype=m.float32)  # each block's int64 counts, cast
+    out = m.empty((num_rows, num_bins), dtype=m.float64)  # each block's int64 counts, exact
     offsets = (m.arange(min(step, num_rows), dtype=rows.dtype) * nbins)[:, None]
     width = (hi - lo)[:, None]
     cols = max(1, VALUE_CHUNK // step) if host else max(num_values, 1)  # bounded temporaries

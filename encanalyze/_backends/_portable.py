@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._xp import Array, Namespace, device_of, div, index_dtype
+from .._xp import Array, Namespace, device_of, div, index_dtype, wide_dtype
 
 __all__ = ["bincount_rows", "clip", "histogram_rows", "minmax"]
 
@@ -58,4 +58,5 @@ def histogram_rows(
         t = xp.where(xp.isnan(t), float(num_bins), t)
         nbins += 1
     counts = bincount_rows(xp, xp.astype(t, index_dtype(xp)), nbins)
-    return xp.astype(counts[:, :num_bins] if may_have_nan else counts, xp.float32)
+    counts = counts[:, :num_bins] if may_have_nan else counts
+    return xp.astype(counts, wide_dtype(xp, device_of(rows)))

@@ -101,12 +101,13 @@ _SCRATCH = _Scratch()
 def histogram_rows(
     rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, num_bins: int, may_have_nan: bool
 ) -> torch.Tensor:
-    """Apply the portable formula in place, then count with :func:`bincount_rows` (float32).
+    """Apply the portable formula in place, then count with :func:`bincount_rows` (float64).
 
     The position is clamped to ``[0, B - 1]`` before the conversion to integers, whose
     truncation is then the formula's ``floor``; NaN goes to an extra bin that is cut off.
     """
-    return _count_rows(rows, lo, hi, num_bins, may_have_nan).to(torch.float32)
+    wide = torch.float32 if rows.device.type == "mps" else torch.float64  # MPS lacks float64
+    return _count_rows(rows, lo, hi, num_bins, may_have_nan).to(wide)
 
 
 def _count_rows(rows, lo, hi, num_bins: int, may_have_nan: bool) -> torch.Tensor:

@@ -10,7 +10,7 @@ from .._errors import EncodingAnalyzerError
 from .._histograms import RowHistogram, check_range_fits, histogram_update, merge_rows
 from .._shapes import to_rows
 from .._stats import Histogram, histogram_of, histogram_rows
-from .._xp import Array, Namespace, device_of, float_dtype, index_dtype
+from .._xp import Array, Namespace, device_of, float_dtype, index_dtype, wide_dtype
 from .base import Observer, check_array
 
 __all__ = ["HistogramObserver", "validate_growth_limit", "validate_num_bins"]
@@ -99,7 +99,7 @@ class HistogramObserver(Observer[RowHistogram]):
         """Histograms that have seen nothing (the merge identity)."""
         e = self.num_rows
         return RowHistogram(
-            xp.zeros((e, self.num_bins), dtype=xp.float32, device=device),
+            xp.zeros((e, self.num_bins), dtype=wide_dtype(xp, device), device=device),
             xp.full((e,), xp.inf, dtype=dtype, device=device),
             xp.full((e,), -xp.inf, dtype=dtype, device=device),
         )
@@ -158,7 +158,7 @@ class HistogramObserver(Observer[RowHistogram]):
         if (num_negative is not None) != self.absolute:
             raise ValueError("state negative counts do not match the observer's absolute flag")
         return RowHistogram(
-            xp.astype(counts, xp.float32),
+            xp.astype(counts, wide_dtype(xp, device_of(counts))),
             lo,
             hi,
             None if num_nan is None else xp.astype(num_nan, index_dtype(xp)),
