@@ -4,6 +4,7 @@ search) and moving-average min-max (PyTorch's moving-average observers), against
 import numpy as np
 import pytest
 
+import encanalyze as ea
 from encanalyze import (
     EmaMinMaxEncodingAnalyzer,
     EntropyEncodingAnalyzer,
@@ -176,3 +177,26 @@ def test_ema_keeps_an_infinity_seen_twice(backend):
     stats = analyzer.get_stats()
     assert_xp_close(backend, stats.max, np.float32([[np.inf, 3.0]]))
     assert_xp_close(backend, stats.min, np.float32([[1.5, -1.5]]))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0, 5.6e-45], [-3e-44, 5.6e-45], [5.0] * 10, [1e-40, 3e-40, 5e-40], [1.0, 1.0000001]],
+    ids=["subnormal", "negative-subnormal", "constant", "denormal-range", "one-ulp"],
+)
+def test_mse_on_data_below_float_resolution_matches_pytorch(values):
+    torch = pytest.importorskip("torch")
+    from torch.ao.quantization.observer import HistogramObserver
+
+    from encanalyze._encoding import minmax_encoding
+
+    x = np.asarray(values, np.float32)
+    peer = HistogramObserver(bins=2048, quant_min=0, quant_max=255, dtype=torch.quint8)
+    peer(torch.from_numpy(x))
+    lo, hi = (np.asarray([float(t)], np.float32) for t in peer._non_linear_param_search())
+    want = minmax_encoding(np, lo, hi, 255, False, two_bit_step=False)
+    analyzer = ea.MseEncodingAnalyzer((1,))
+    analyzer.update_stats(x)
+    got = analyzer.compute_encodings(255, False)
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(want), rtol=1e-6, atol=1e-43)
+    assert got[0][0] <= 0 <= got[1][0] and got[1][0] > 0

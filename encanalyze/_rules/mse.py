@@ -162,6 +162,14 @@ def mse_rule(
     min-max rules without the 2-bit step.
     """
     lo, hi = l2_search(xp, state.counts, state.lo, state.hi, num_steps + 1)
+    # data narrower than one bin of float resolution (a constant, subnormal values): the
+    # histogram spans [v - 0.5, v + 0.5] around it, but PyTorch's search runs on the data's own
+    # range, whose bin width is 0, and returns (min, min): so do we
+    obs_lo, obs_hi = state.observed_range()
+    num_bins = state.counts.shape[1]
+    point = div(xp, obs_hi - obs_lo, num_bins) == 0
+    lo = xp.where(point, xp.astype(obs_lo, lo.dtype), lo)
+    hi = xp.where(point, xp.astype(obs_lo, hi.dtype), hi)
     return minmax_encoding(
         xp, lo, hi, num_steps, is_symmetric, out_dtype=state.lo.dtype, two_bit_step=False
     )
