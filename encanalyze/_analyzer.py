@@ -58,6 +58,18 @@ class EncodingAnalyzer(ABC, Generic[S]):
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
 
+    def __getstate__(self) -> dict:
+        """Pickle (and ``copy.deepcopy``) without the namespace module: it is found again."""
+        state = dict(self.__dict__)
+        state["_home"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._state is not None:
+            first = next(iter(self.observer.arrays(self._state).values()))
+            self._home = (namespace_of(first), device_of(first))
+
     # -- the rule ---------------------------------------------------------------------------
     @staticmethod
     @abstractmethod

@@ -16,12 +16,15 @@ from torchao.quantization.pt2e.observer import UniformQuantizationObserverBase
 from torchao.quantization.pt2e.quantizer import QuantizationSpec
 from torchao.quantization.pt2e.quantizer.utils import QuantizationConfig
 
+from ._analyzer import STATE_FORMAT_VERSION
 from ._encoding import to_scale_offset
 from ._registry import METHODS
 
 __all__ = ["EncodingObserver", "quantization_config"]
 
 _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
+_SHAPE = "encanalyze_shape"
+_STATS = "encanalyze_stats."
 _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
 
 
@@ -33,8 +36,10 @@ class EncodingObserver(UniformQuantizationObserverBase):
     go to it. ``dtype``, ``qscheme``, ``quant_min``/``quant_max`` and ``ch_axis`` are torch's:
     the grid has ``quant_max - quant_min`` steps, symmetric for the ``*_symmetric`` schemes,
     one encoding per index of ``ch_axis`` for the ``per_channel_*`` ones. Statistics stay on
-    the observed tensors' device; ``calculate_qparams`` returns torch's ``(scale,
-    zero_point)`` with ``zero_point = quant_min - offset``.
+    the observed tensors' device and travel in the module's ``state_dict`` (a prepared model
+    saved and loaded converts to the same model), and the observer can be deep-copied and
+    pickled; ``calculate_qparams`` returns torch's ``(scale, zero_point)`` with ``zero_point =
+    quant_min - offset``.
     """
 
     def __init__(
@@ -97,6 +102,40 @@ class EncodingObserver(UniformQuantizationObserverBase):
         scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
         zero_point = self.quant_min - offset
         return scale.reshape(-1).to(torch.float32), zero_point.reshape(-1).to(torch.int32)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        """Save the statistics too: a saved and reloaded prepared model converts the same."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.analyzer is not None and self.analyzer.get_stats() is not None:
+            destination[prefix + _SHAPE] = torch.tensor(self.analyzer.shape, dtype=torch.int64)
+            for name, array in self.analyzer.state_dict()["state"].items():
+                destination[prefix + _STATS + name] = array if keep_vars else array.detach()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        ours = {k for k in state_dict if k == prefix + _SHAPE or k.startswith(prefix + _STATS)}
+        if prefix + _SHAPE in state_dict:
+            shape = tuple(int(v) for v in state_dict[prefix + _SHAPE].reshape(-1).tolist())
+            stats = {k[len(prefix + _STATS) :]: state_dict[k] for k in ours if k != prefix + _SHAPE}
+            try:
+                analyzer = METHODS[self.method].analyzer(shape, **self.options)
+                analyzer.load_state_dict(
+                    {
+                        "format_version": STATE_FORMAT_VERSION,
+                        "class": type(analyzer).__name__,
+                        "stats_params": analyzer.observer.params(),
+                        "state": stats,
+                    }
+                )
+            except (ValueError, TypeError) as err:
+                errors.append(f"{prefix}: encanalyze statistics do not load: {err}")
+            else:
+                self.analyzer = analyzer
+        rest = {k: v for k, v in state_dict.items() if k not in ours}
+        super()._load_from_state_dict(
+            rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
 
     def extra_repr(self) -> str:
         """Name the method, scheme and channel axis in the module's repr."""

@@ -290,3 +290,20 @@ def _rewrite_header(src, dst, change):
     np.savez(dst, **arrays)
     assert zipfile.is_zipfile(dst)
     return dst
+
+
+@pytest.mark.parametrize("method", sorted(ea.METHODS))
+def test_analyzers_that_saw_data_deepcopy_and_pickle(backend, rng, method):
+    import copy
+    import pickle
+
+    analyzer = ea.METHODS[method].analyzer((3, 1))
+    analyzer.update_stats(backend.asarray(rng.standard_normal((3, 40)), "float32"))
+    more = backend.asarray(rng.standard_normal((3, 8)), "float32")
+    want = ea.METHODS[method].analyzer((3, 1)).merge(analyzer)
+    want.update_stats(more)
+    for clone in (copy.deepcopy(analyzer), pickle.loads(pickle.dumps(analyzer))):
+        clone.update_stats(more)  # keeps working in the same namespace and device
+        for g, w in zip(clone.compute_encodings(255, False), want.compute_encodings(255, False)):
+            np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
+    assert analyzer.get_stats() is not None

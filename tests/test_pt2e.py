@@ -109,3 +109,49 @@ def test_bad_observer_arguments_fail_at_construction():
         EncodingObserver("minmax", is_dynamic=True)
     with pytest.warns(UserWarning, match="saw no data"):
         assert EncodingObserver("minmax").calculate_qparams()[0].tolist() == [1.0]
+
+
+def _prepared(activations="sqnr"):
+    batches = _batches()
+    exported = torch.export.export(Net().eval(), (batches[0],)).module()
+    quantizer = X86InductorQuantizer().set_global(quantization_config(activations, "minmax"))
+    return prepare_pt2e(exported, quantizer), batches
+
+
+def _qparams(converted):
+    return [
+        t
+        for name, t in sorted(converted.state_dict().items())
+        if "scale" in name or "zero_point" in name
+    ]
+
+
+@pytest.mark.parametrize("activations", ["sqnr", "ema"])
+def test_statistics_travel_in_state_dict_deepcopy_and_pickle(activations, tmp_path):
+    import copy
+    import io
+    import pickle
+
+    prepared, batches = _prepared(activations)
+    for b in batches:
+        prepared(b)
+    state = prepared.state_dict()
+    assert any(k.endswith("encanalyze_shape") for k in state)
+    fresh, _ = _prepared(activations)
+    fresh.load_state_dict(state)  # strict: no unexpected or missing keys
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # the state dict on disk and back
+    buffer.seek(0)
+    pickled, _ = _prepared(activations)
+    pickled.load_state_dict(torch.load(buffer))
+    copied = copy.deepcopy(prepared)
+    for observer in (m for m in prepared.modules() if isinstance(m, EncodingObserver)):
+        again = pickle.loads(pickle.dumps(observer))  # torch.save of a module pickles it
+        torch.testing.assert_close(again.calculate_qparams(), observer.calculate_qparams())
+    want = _qparams(convert_pt2e(prepared))
+    assert want and all(float(t.float().abs().sum()) > 0 for t in want[:1])
+    for other in (fresh, pickled, copied):
+        got = _qparams(convert_pt2e(other))
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
