@@ -30,6 +30,18 @@ def read_member(
         raise NpzError(
             f"member {name!r} declares {info.file_size} bytes, over the limit of {max_bytes}"
         )
+    try:
+        return _read(z, info, name, max_header)
+    except NpzError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zip and .npy parsers raise many kinds on bad bytes
+        # (NotImplementedError for an unknown compression, tokenize.TokenError for a broken
+        # header, zlib.error, EOFError, ...): all are one named error
+        text = " ".join(str(err).split())[:120]
+        raise NpzError(f"member {name!r} is unreadable ({type(err).__name__}: {text})") from None
+
+
+def _read(z: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, max_header: int) -> np.ndarray:
     with z.open(info) as f:
         try:
             version = np.lib.format.read_magic(f)

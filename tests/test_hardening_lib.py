@@ -315,3 +315,35 @@ def test_chunked_binning_and_quality_equal_the_whole(monkeypatch, backend):
     np.testing.assert_array_equal(chunked[0], whole[0])
     assert chunked[1][0] == whole[1][0]
     assert chunked[1][1] == pytest.approx(whole[1][1], rel=1e-12)
+
+
+def _saved_members(tmp_path):
+    analyzer = ea.MinMaxEncodingAnalyzer((1,))
+    analyzer.update_stats(np.ones(3, np.float32))
+    path = tmp_path / "s.npz"
+    ea.save(analyzer, path)
+    with zipfile.ZipFile(path) as z:
+        return path, {n: z.read(n) for n in z.namelist()}
+
+
+def test_load_names_an_unknown_zip_compression(tmp_path):
+    path, _ = _saved_members(tmp_path)
+    raw = bytearray(path.read_bytes())
+    for magic, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local and central headers
+        i = raw.find(magic)
+        while i >= 0:
+            raw[i + at : i + at + 2] = (99).to_bytes(2, "little")
+            i = raw.find(magic, i + 4)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ea.StatsFileError, match="unreadable .NotImplementedError"):
+        ea.load(path)
+
+
+def test_load_names_an_unbalanced_bracket_in_a_npy_header(tmp_path):
+    path, members = _saved_members(tmp_path)
+    members["header.npy"] = members["header.npy"].replace(b"'descr':", b"'descr':(((", 1)
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(ea.StatsFileError, match="unreadable"):
+        ea.load(path)
