@@ -200,3 +200,38 @@ def test_mse_on_data_below_float_resolution_matches_pytorch(values):
     got = analyzer.compute_encodings(255, False)
     np.testing.assert_allclose(np.concatenate(got), np.concatenate(want), rtol=1e-6, atol=1e-43)
     assert got[0][0] <= 0 <= got[1][0] and got[1][0] > 0
+
+
+def test_entropy_at_16_bits_and_beyond_uses_tables_no_wider_than_the_bins(monkeypatch):
+    """Past one level per bin every bin is its own group: the same amax, (T, B) tables."""
+    from encanalyze._rules import entropy
+
+    x = np.random.default_rng(3).standard_normal((4, 3000)).astype(np.float32)
+    widths = []
+    groups = entropy._groups.__wrapped__
+
+    def spy(num_bins, levels, start_bin):
+        widths.append(levels)
+        return groups(num_bins, levels, start_bin)
+
+    monkeypatch.setattr(entropy, "_groups", spy)
+    results = []
+    for num_steps in (2**12 - 1, 2**16 - 1, 2**32 - 1):
+        analyzer = ea.EntropyEncodingAnalyzer((4, 1), num_bins=512)
+        analyzer.update_stats(x)
+        results.append(analyzer.compute_encodings(num_steps, True)[1])
+    assert max(widths) == 512
+    np.testing.assert_array_equal(results[1], results[0])
+    np.testing.assert_array_equal(results[2], results[0])
+
+
+def test_entropy_divergences_do_not_change_past_one_level_per_bin():
+    from encanalyze._rules.entropy import _divergences
+
+    rng = np.random.default_rng(4)
+    bins = rng.integers(0, 50, (3, 256)).astype(np.float64)
+    bins[:, rng.integers(0, 256, 60)] = 0
+    at_bins = _divergences(np, bins, 256, 128)
+    for levels in (300, 1024):
+        wider = _divergences(np, bins, levels, 128)
+        np.testing.assert_allclose(wider, at_bins, rtol=1e-12, atol=1e-12)

@@ -43,7 +43,7 @@ def quantized_levels(num_steps: int, signed: bool) -> int:
     return num_steps // 2 + 1 if signed else num_steps + 1
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=2)  # a few MB each; the last two grids kept
 def _groups(num_bins: int, levels: int, start_bin: int) -> tuple[np.ndarray, np.ndarray]:
     """Group boundaries ``(T, levels + 1)`` and the group of bin ``i - 1`` ``(T,)`` per threshold.
 
@@ -119,6 +119,10 @@ def kl_amax(xp: Namespace, counts: Array, edges: Array, levels: int, start_bin: 
     temporaries near :data:`HOST_BLOCK` elements on the host (2**26 on devices).
     """
     num_rows, num_bins = counts.shape
+    # with at least as many levels as bins every bin is a group of its own (a group spans
+    # i / levels <= 1 bin): the divergences are those of num_bins levels, and the tables stay
+    # (T, B) however wide the grid (16 bits: 32,768 levels; 2**32 - 1 steps: 2**31)
+    levels = min(levels, num_bins)
     wd = wide_dtype(xp, device_of(counts))
     bins = xp.astype(counts, wd)
     bins = xp.concat([bins[:, 1:2], bins[:, 1:]], axis=1)  # bins[0] = bins[1]
