@@ -29,7 +29,7 @@ from ._calibration import Progress, progress_bar, update_shared
 from ._encoding import to_scale_offset
 from ._files import OutputPathError, check_output, printable, write_atomic
 from ._observers.histogram import validate_num_bins
-from ._onnx_graph import ModelFileError, float_weights
+from ._onnx_graph import ModelFileError, float_weights, load_model
 from ._registry import ACTIVATION_PERCENTILE
 from ._registry import METHODS as REGISTRY
 from ._report import (
@@ -335,12 +335,38 @@ def _analyzer(method: str, layout, args):
 
 def _load(args) -> dict[str, np.ndarray]:
     if not args.files:
+        _note("no FILES given: calibrating the built-in sample tensors")
         return sample_tensors()
     tensors: dict[str, np.ndarray] = {}
     for f in args.files:
-        for name, array in read_tensors(f).items():
+        found = read_tensors(f)
+        if Path(f).suffix.lower() == ".onnx":
+            found = _onnx_weights(f, found, args)
+        for name, array in found.items():
             tensors[_unique(name, f, tensors)] = array
     return tensors
+
+
+def _onnx_weights(path: str, weights: dict[str, np.ndarray], args) -> dict[str, np.ndarray]:
+    """Keep the weights that a quantizer quantizes (of Conv, ConvTranspose, Gemm and MatMul).
+
+    Biases, BatchNorm statistics and shape constants are left out with one note, unless an
+    ``--include`` pattern names them; a model without such operators keeps every weight.
+    """
+    from .onnx._calibrate import QUANTIZABLE_OPS, _weights_of
+
+    model, _ = load_model(path)
+    keep = _weights_of(model, QUANTIZABLE_OPS, weights)
+    if not keep:  # no such operator: a file of weights, all of them calibrated
+        return weights
+    named = {n for n in weights if args.include and _selected(n, args)}
+    others = [n for n in weights if n not in keep and n not in named]
+    if others:
+        _note(
+            f"{path}: {len(others)} other float initializers (biases, BatchNorm statistics, "
+            "constants) are not operator weights and are left out; --include NAME takes one"
+        )
+    return {n: a for n, a in weights.items() if n in keep or n in named}
 
 
 def _unique(name: str, source: str, taken) -> str:

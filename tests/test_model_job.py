@@ -533,3 +533,23 @@ def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
     # weights, 3 calibration batches, the QDQ model, 3 SQNR batches: 1 + 3 + 1 + 3 steps
     for stage in (b"weight w", b"batch 3", b"writing the QDQ model", b"SQNR batch 3", b"8/8"):
         assert stage in terminal, stage
+
+
+def test_tensor_job_on_an_onnx_model_takes_operator_weights_and_says_so(tmp_path, capsys):
+    bn = [numpy_helper.from_array(np.ones(3, "f4") * v, n) for v, n in ((1, "s"), (0, "b"))]
+    model = _mlp()
+    model.graph.initializer.extend(bn)
+    model.graph.initializer.append(numpy_helper.from_array(np.array([2.0], "f4"), "k"))
+    path = _save(tmp_path, model)
+    status, out, err = _run(capsys, path, "--method", "minmax", "--format", "json")
+    assert status == 0, err
+    assert [t["name"] for t in json.loads(out)["tensors"]] == ["w"]
+    assert "3 other float initializers" in err and err.count("note") == 1  # no "too small" notes
+    status, out, err = _run(capsys, path, "--method", "minmax", "--format", "json", "--include",
+                            "s")  # fmt: skip
+    assert [t["name"] for t in json.loads(out)["tensors"]] == ["s"]
+
+
+def test_the_first_command_says_it_used_the_built_in_samples(capsys):
+    status, out, err = _run(capsys, "--method", "minmax")
+    assert status == 0 and "built-in sample tensors" in err
