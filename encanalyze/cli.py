@@ -353,10 +353,10 @@ def _onnx_weights(path: str, weights: dict[str, np.ndarray], args) -> dict[str, 
     Biases, BatchNorm statistics and shape constants are left out with one note, unless an
     ``--include`` pattern names them; a model without such operators keeps every weight.
     """
-    from .onnx._calibrate import QUANTIZABLE_OPS, _weights_of
+    from .onnx._calibrate import QUANTIZABLE_OPS, weights_of
 
     model, _ = load_model(path)
-    keep = _weights_of(model, QUANTIZABLE_OPS, weights)
+    keep = weights_of(model, QUANTIZABLE_OPS, weights)
     if not keep:  # no such operator: a file of weights, all of them calibrated
         return weights
     named = {n for n in weights if args.include and _selected(n, args)}

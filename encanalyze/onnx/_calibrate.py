@@ -28,9 +28,12 @@ __all__ = [
     "calibrate",
     "default_providers",
     "feeds",
+    "is_bias",
     "model_inputs",
     "quantizable_weights",
+    "run_batch",
     "session",
+    "weights_of",
 ]
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -71,7 +74,8 @@ def _weight_axis(node, index: int, ndim: int) -> int | None:
     return None
 
 
-def _is_bias(node, index: int) -> bool:
+def is_bias(node, index: int) -> bool:
+    """Whether input ``index`` of ``node`` is a Conv, ConvTranspose or Gemm bias."""
     return node.op_type in ("Conv", "ConvTranspose", "Gemm") and index == 2
 
 
@@ -84,10 +88,10 @@ def quantizable_weights(model, op_types=QUANTIZABLE_OPS) -> dict[str, int | None
     ConvTranspose and Gemm are left out (ONNX Runtime quantizes them from the input and weight
     scales). Subgraph nodes count.
     """
-    return _weights_of(model, op_types, float_weights(model))
+    return weights_of(model, op_types, float_weights(model))
 
 
-def _weights_of(model, op_types, weights: dict) -> dict[str, int | None]:
+def weights_of(model, op_types, weights: dict) -> dict[str, int | None]:
     """:func:`quantizable_weights` over the model's already-read ``weights``."""
     out: dict[str, int | None] = {}
     for graph in all_graphs(model.graph):
@@ -95,7 +99,7 @@ def _weights_of(model, op_types, weights: dict) -> dict[str, int | None]:
             if op_types is not None and node.op_type not in op_types:
                 continue
             for i, name in enumerate(node.input):
-                if name in weights and name not in out and not _is_bias(node, i):
+                if name in weights and name not in out and not is_bias(node, i):
                     if weights[name].size >= 2:
                         out[name] = _weight_axis(node, i, weights[name].ndim)
     return out
@@ -288,7 +292,7 @@ def calibrate(
     encodings, unquantized = {}, {}
     chosen = {
         n: a
-        for n, a in _weights_of(proto, op_types, values).items()
+        for n, a in weights_of(proto, op_types, values).items()
         if tensors is None or tensors(n)
     }
     bar = progress if isinstance(progress, Progress) else Progress(len(chosen), progress)

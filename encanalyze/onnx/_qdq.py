@@ -23,8 +23,8 @@ from .._warnings import warn
 from ._calibrate import (
     INLINE_LIMIT,
     QUANTIZABLE_OPS,
-    _is_bias,
     feeds,
+    is_bias,
     model_inputs,
     run_batch,
     session,
@@ -84,7 +84,7 @@ def _unencoded_nodes(proto, result: CalibrationResult, op_types) -> list[str]:
     for node in proto.graph.node:
         if op_types is not None and node.op_type not in op_types:
             continue
-        inputs = [n for i, n in enumerate(node.input) if n and not _is_bias(node, i)]
+        inputs = [n for i, n in enumerate(node.input) if n and not is_bias(node, i)]
         if any(n not in result.encodings for n in (*inputs, *node.output) if n):
             out.append(node.name)
     return out
