@@ -191,7 +191,9 @@ class CalibrationResult:
     ``unquantized`` maps each tensor that was meant to be calibrated but has no encoding (an
     activation that never held a finite value, a weight of NaN only) to the reason: such a
     tensor stays in floating point (the QDQ model leaves it unquantized, and the exported
-    files list it under ``"unquantized"``).
+    files list it under ``"unquantized"``). ``branches`` names the ONNX ``If`` nodes (by
+    their first output) that calibration inlined with the branch every batch took
+    (``"then_branch"`` or ``"else_branch"``): the QDQ model serves that branch.
     """
 
     encodings: dict[str, TensorEncoding]
@@ -199,6 +201,7 @@ class CalibrationResult:
     symmetric: bool
     num_batches: int
     unquantized: dict[str, str] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> TensorEncoding:
         return self.encodings[name]

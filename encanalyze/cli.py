@@ -655,6 +655,11 @@ def _model_job(args) -> int:
         progress.close()
         for name, reason in result.unquantized.items():
             _note(f"{name} left in floating point: {reason}")
+        for name, branch in result.branches.items():
+            _note(
+                f"the If producing {name} takes its {branch} on every batch: inlined, so its "
+                "activations are calibrated (and the QDQ model serves that branch)"
+            )
         _report_model(args, result, qdq)
         if args.plot is not None:
             weights = float_weights(model)
@@ -677,6 +682,7 @@ def _report_model(args, result, qdq: dict | None) -> None:
                     "config": _config(args),
                     "tensors": rows,
                     "unquantized": unquantized,
+                    "branches": result.branches,
                     "qdq_model": qdq,
                 }
             )

@@ -124,15 +124,56 @@ def test_no_batches_give_weights_and_say_why_activations_have_none():
     assert "left in float" in result.table()
 
 
-def test_quantizable_nodes_only_inside_subgraphs(tmp_path, capsys):
+@pytest.mark.parametrize("cond, branch, weight", [(True, "then_branch", "then_w"),
+                                                   (False, "else_branch", "else_w")])  # fmt: skip
+def test_an_if_fixed_by_the_data_is_inlined_and_its_activations_calibrated(
+    tmp_path, capsys, cond, branch, weight
+):
+    import onnxruntime as ort
+
+    from encanalyze.onnx import output_sqnr
+
     model, _, _ = om.with_subgraph()
-    with pytest.warns(UserWarning, match="inside If/Loop/Scan bodies"):
-        result = calibrate(model, [{"cond": np.array(True), "x": np.ones((1, 3, 4, 4), "f4")}])
-    assert set(result.encodings) == {"then_w", "else_w"}
+    x = np.random.default_rng(0).normal(size=(1, 3, 4, 4)).astype("f4")
+    batches = [{"cond": np.array(cond), "x": x}, {"cond": np.array(cond), "x": x * 2}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left unobserved
+        result = calibrate(model, batches, activations="minmax")
+    assert {"then_w", "else_w", "x", "z"} <= set(result.encodings)
+    assert result.branches == {"z": branch}
+    assert float(result["z"].max[0]) > 0
+    qdq = write_qdq_model(model, result, tmp_path / "q.onnx")
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    ort.InferenceSession(str(qdq)).run(None, batches[0])
+    assert output_sqnr(model, qdq, batches)["z"] > 20
+    mixed = [batches[0], {"cond": np.array(not cond), "x": x}]
+    with pytest.raises(ValueError, match="batch 2 takes another branch"):
+        calibrate(model, mixed)
     path = _save(tmp_path, model)
-    data = _data(tmp_path, cond=np.array(True), x=np.ones((1, 3, 4, 4), "f4"))
+    data = _data(tmp_path, cond=np.array(cond), x=x)
     status, out, err = _run(capsys, path, "--data", data, "--method", "minmax")
-    assert status == 0 and "then_w" in out and "inside If/Loop/Scan" in err
+    assert status == 0 and weight in out and "z " in out
+
+
+def test_loop_bodies_stay_unobserved_with_a_note(tmp_path, capsys):
+    body_w = numpy_helper.from_array(om.M2[:4].copy(), "bw")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]),
+         helper.make_node("MatMul", ["x", "bw"], ["y_scan"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("y_scan", TensorProto.FLOAT, ["n", 3])],
+        [body_w],
+    )  # fmt: skip
+    trip = numpy_helper.from_array(np.array(2, "i8"), "trip")
+    cond = numpy_helper.from_array(np.array(True), "c0")
+    loop = helper.make_node("Loop", ["trip", "c0"], ["ys"], body=body)
+    model = _graph_model([loop], [_vi("x")], [_vi("ys", shape=(2, "n", 3))], [trip, cond])
+    with pytest.warns(UserWarning, match="1 quantizable nodes lie inside If/Loop/Scan"):
+        result = calibrate(model, [np.ones((2, 4), "f4")])
+    assert "bw" in result.encodings
 
 
 def test_fixed_batch_size_leaves_the_remainder_out_with_a_note(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 OCR models of PaddleOCR (opsets 11 and 12; a CNN classifier with batch dimension -1, a
 detector, and a recognizer with attention blocks) and a voice-activity model whose network lies
-in ``If`` subgraphs, with a state input batched on axis 1 and a scalar sample-rate input.
+in ``If`` subgraphs chosen by a scalar sample-rate input (the branch is inlined), with a state
+input batched on axis 1.
 For each: weights and activations are calibrated, the QDQ model runs in ONNX Runtime, its output
 SQNR is reported, and the model file is unchanged. Skipped when the registry is unreachable.
 """
@@ -68,12 +69,21 @@ def test_real_voice_activity_model_with_subgraphs_and_a_batched_state(tmp_path, 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "vad.npz", input=(rng.standard_normal((8, 512)) * 0.1).astype("f4"),
              state=np.zeros((2, 8, 128), "f4"), sr=np.array(16000))  # fmt: skip
-    status, stdout, err, _ = _job(
+    qdq = tmp_path / "q.onnx"
+    status, stdout, err, seconds = _job(
         capsys, model, "--data", tmp_path / "vad.npz", "--sample-axis", "state=1", "--method",
-        "minmax", "--format", "json",
+        "minmax", "--format", "json", "--qdq-model", qdq,
     )  # fmt: skip
     assert status == 0, err
     report = json.loads(stdout)
-    params = [t for t in report["tensors"] if t["kind"] == "param"]
-    assert len(params) >= 10  # the Conv and LSTM weights of both branches
+    kinds = [t["kind"] for t in report["tensors"]]
+    assert kinds.count("param") >= 10  # the Conv and LSTM weights of both branches
+    assert kinds.count("activation") >= 5  # the 16 kHz branch's, inlined
+    assert report["branches"] == {"If_0_outputs_0": "then_branch"}  # sr == 16000
+    sqnr = report["qdq_model"]["output_sqnr_db"]
+    assert set(sqnr) == {"output", "stateN"} and all(np.isfinite(v) for v in sqnr.values())
+    feed = {"input": np.zeros((1, 512), "f4"), "state": np.zeros((2, 1, 128), "f4"),
+            "sr": np.array(16000)}  # fmt: skip
+    assert np.isfinite(ort.InferenceSession(str(qdq)).run(None, feed)[0]).all()
     assert digest(model) == before
+    print(f"vad: {len(kinds)} tensors, output SQNR {sqnr}, {seconds:.1f} s")

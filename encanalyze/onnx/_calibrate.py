@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from .._errors import StatisticsNotFoundError
 from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
 from .._registry import METHODS, activation_defaults
 from .._warnings import warn
+from ._branches import BRANCHES, branch_ifs, conditions, inline_branches
 
 __all__ = [
     "QUANTIZABLE_OPS",
@@ -176,7 +178,11 @@ def session(model, providers=None, workdir: str | None = None):
             convert_attribute=True,
         )
         source = str(path)
-    return _ort_call("load the model", ort.InferenceSession, source, providers=providers)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its graph-cleaning warnings are not the user's
+    return _ort_call(
+        "load the model", ort.InferenceSession, source, sess_options=options, providers=providers
+    )
 
 
 def run_batch(run, names: list[str], feed: dict) -> list:
@@ -309,9 +315,9 @@ def calibrate(
             except StatisticsNotFoundError:
                 unquantized[name] = "the weight holds no finite value"
             bar.advance()
-        count = 0
+        count, branches = 0, {}
         if batches is not None:
-            analyzers, count = _observe(
+            analyzers, count, branches = _observe(
                 proto, values, batches, activations, op_types, providers, options, bar, tensors
             )
             for name, analyzer in analyzers.items():
@@ -325,15 +331,51 @@ def calibrate(
     finally:
         if bar is not progress:
             bar.close()
-    return CalibrationResult(encodings, bits, symmetric, count, unquantized)
+    return CalibrationResult(encodings, bits, symmetric, count, unquantized, branches)
+
+
+def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
+    """Return the branch each ``If`` of ``ifs`` takes on ``batch`` (one run of the model)."""
+    from onnx import TensorProto, helper
+
+    conds = conditions(ifs)
+    probe = type(proto)()
+    probe.CopyFrom(proto)
+    del probe.graph.output[:]
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(c, TensorProto.BOOL, None)
+        for c in dict.fromkeys(conds.values())
+    )
+    with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
+        run = session(probe, providers, workdir)
+        names = list(dict.fromkeys(conds.values()))
+        values = dict(zip(names, run_batch(run, names, feeds(batch, inputs)), strict=True))
+    return {out: BRANCHES[bool(np.asarray(values[c]).reshape(-1)[0])] for out, c in conds.items()}
 
 
 def _observe(proto, weights, batches, method, op_types, providers, options, progress, tensors):
     """Run the batches with the activations as extra outputs; one analyzer per tensor.
 
-    Tensors inside ``If``/``Loop``/``Scan`` bodies cannot be graph outputs and are not
-    observed; a model without any activation of ``op_types`` in its main graph is not run.
+    Tensors inside ``If``/``Loop``/``Scan`` bodies cannot be graph outputs: an ``If`` of the
+    main graph whose branches hold ``op_types`` nodes is inlined with the branch the first
+    batch takes (every later batch must take it too), other bodies are not observed. A model
+    without any activation of ``op_types`` in its main graph is not run. Returns the
+    analyzers, the number of batches and the inlined branches.
     """
+    from onnx import TensorProto, helper
+
+    inputs = model_inputs(proto)
+    batches = iter(batches) if not hasattr(batches, "__len__") else batches
+    ifs = branch_ifs(proto, op_types)
+    branches = {}
+    if ifs:
+        first = next(iter(batches), None) if hasattr(batches, "__len__") else next(batches, None)
+        if first is not None:
+            branches = _first_branches(proto, ifs, first, inputs, providers)
+            proto = inline_branches(proto, branches)
+            if not hasattr(batches, "__len__"):
+                batches = itertools.chain([first], batches)
+    conds = {c: b for out, b in branches.items() for c in [conditions(ifs)[out]]}
     typed = {vi.name: vi for vi in _typed(proto)}
     names = [
         n for n in _activations(proto, op_types, typed, weights) if tensors is None or tensors(n)
@@ -351,13 +393,17 @@ def _observe(proto, weights, batches, method, op_types, providers, options, prog
             "calibrated, their activations are not (ONNX Runtime cannot expose them)",
             UserWarning,
         )
-    inputs = model_inputs(proto)
     fed = {i.name for i in inputs}
     wanted = [n for n in names if n not in fed]  # graph inputs come from the feed itself
     augmented = type(proto)()
     augmented.CopyFrom(proto)
     outputs = {o.name for o in proto.graph.output}
     augmented.graph.output.extend(typed[n] for n in wanted if n not in outputs)
+    checks = [c for c in conds if c not in wanted and c not in fed]
+    augmented.graph.output.extend(
+        helper.make_tensor_value_info(c, TensorProto.BOOL, None) for c in checks if c not in outputs
+    )
+    wanted = wanted + checks
     analyzers = {n: METHODS[method].analyzer((1,), **options) for n in names}
     count = 0
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
@@ -368,7 +414,14 @@ def _observe(proto, weights, batches, method, op_types, providers, options, prog
             produced = {}
             if run is not None:  # run([]) would compute every output
                 produced = dict(zip(wanted, run_batch(run, wanted, feed), strict=True))
+            for cond, branch in conds.items():
+                value = produced[cond] if cond in produced else feed[cond]
+                if BRANCHES[bool(np.asarray(value).reshape(-1)[0])] != branch:
+                    raise ModelRunError(
+                        f"batch {count + 1} takes another branch of the If on {cond!r} than the "
+                        f"first batch ({branch}): calibrate each branch's data separately"
+                    )
             for name in names:
                 analyzers[name].observe(produced[name] if name in produced else feed[name])
             count += 1
-    return analyzers, count
+    return analyzers, count, branches

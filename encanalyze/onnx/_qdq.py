@@ -17,9 +17,10 @@ import numpy as np
 from .._calibration import CalibrationResult
 from .._encoding import to_scale_offset
 from .._files import check_output, file_mode
-from .._onnx_graph import model_bytes, own_model
+from .._onnx_graph import all_graphs, model_bytes, own_model
 from .._report import sqnr_db
 from .._warnings import warn
+from ._branches import inline_branches
 from ._calibrate import (
     INLINE_LIMIT,
     QUANTIZABLE_OPS,
@@ -90,12 +91,18 @@ def _unencoded_nodes(proto, result: CalibrationResult, op_types) -> list[str]:
     return out
 
 
-def _overrides(result: CalibrationResult) -> tuple[dict, dict]:
-    """``TensorQuantOverrides`` (exact scale and zero point) and activation ranges."""
+def _overrides(result: CalibrationResult, present: set[str]) -> tuple[dict, dict]:
+    """``TensorQuantOverrides`` (exact scale and zero point) and activation ranges.
+
+    Only tensors ``present`` in the model count (an inlined ``If`` drops the other branch's
+    weights).
+    """
     qdq = result.onnx_qdq()["tensors"]
     zp_dtype = np.dtype(f"{'' if result.symmetric else 'u'}int{max(8, result.bits)}")
     overrides, ranges = {}, {}
     for name, e in result.encodings.items():
+        if name not in present:
+            continue
         item = qdq[name]
         pairs = [
             {"scale": np.array(s, np.float32), "zero_point": np.array(z, zp_dtype)}
@@ -202,7 +209,9 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
     per-tensor overrides and encanalyze's activation ranges as its calibration cache, so it
     runs no calibration of its own. Bit widths 4, 8 and 16; asymmetric encodings become
     unsigned types, symmetric ones signed (zero point 0). Tensors in ``result.unquantized``
-    stay in floating point. A model of an opset before 13 (no per-channel ``DequantizeLinear``)
+    stay in floating point; ``If`` nodes that calibration inlined (``result.branches``) are
+    inlined here too, so the QDQ model serves the branch the data took. A model of an opset
+    before 13 (no per-channel ``DequantizeLinear``)
     is converted to opset 13, or, where it cannot be, its weights are quantized per tensor (a
     ``UserWarning`` says which). The model, and its ``.data`` sidecar for models over 1 GiB, are
     written in a temporary folder beside ``path`` and moved into place only when complete: a
@@ -230,11 +239,14 @@ def stage_qdq_model(
     check_qdq(result)
     signed, unsigned = (getattr(QuantType, t) for t in _QUANT_TYPES[result.bits])
     qtype = signed if result.symmetric else unsigned
-    proto = own_model(model)
+    proto = inline_branches(own_model(model), result.branches)
     _constants_to_initializers(proto)
     excluded = _unencoded_nodes(proto, result, op_types)
     proto, result, opset_note = _fit_opset(proto, result)
-    overrides, ranges = _overrides(result)
+    present = {t.name for g in all_graphs(proto.graph) for t in g.initializer}
+    present |= {o for g in all_graphs(proto.graph) for n in g.node for o in n.output}
+    present |= {i.name for i in proto.graph.input}
+    overrides, ranges = _overrides(result, present)
     large = model_bytes(proto) > INLINE_LIMIT
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
         import onnx
