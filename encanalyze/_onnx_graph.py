@@ -136,7 +136,7 @@ def _read_external(tensor, folder: Path | None) -> None:
             f"tensor {tensor.name!r} keeps its data in {location!r}: pass the model's path, "
             "not a ModelProto, so that its folder is known"
         )
-    if not location or os.path.isabs(location):
+    if not location or os.path.isabs(location) or "\x00" in location:
         raise ModelFileError(f"tensor {tensor.name!r}: external data location {location!r} "
                              "must be a path relative to the model's folder")  # fmt: skip
     path = (folder / location).resolve()
@@ -147,9 +147,9 @@ def _read_external(tensor, folder: Path | None) -> None:
         )
     if not path.is_file():
         raise ModelFileError(f"tensor {tensor.name!r}: external data file {path} is missing")
-    offset = int(info.get("offset", 0) or 0)
     size = path.stat().st_size
-    length = int(info["length"]) if info.get("length") else size - offset
+    offset = _whole(tensor, "offset", info.get("offset") or "0")
+    length = _whole(tensor, "length", info["length"]) if info.get("length") else size - offset
     if offset < 0 or length < 0 or offset + length > size:
         raise ModelFileError(
             f"tensor {tensor.name!r}: bytes {offset}..{offset + length} lie outside {path} "
@@ -160,6 +160,15 @@ def _read_external(tensor, folder: Path | None) -> None:
         tensor.raw_data = f.read(length)
     del tensor.external_data[:]
     tensor.data_location = _onnx().TensorProto.DEFAULT
+
+
+def _whole(tensor, key: str, text: str) -> int:
+    """Return an external-data ``offset``/``length`` field: a whole number of bytes."""
+    if not text.strip().isdigit():
+        raise ModelFileError(
+            f"tensor {tensor.name!r}: external data {key} {text!r} is not a whole number of bytes"
+        )
+    return int(text)
 
 
 def _to_float32(tensor) -> np.ndarray | None:

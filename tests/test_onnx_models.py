@@ -388,3 +388,29 @@ def test_qdq_and_output_sqnr_leave_the_callers_model_unchanged(tmp_path, monkeyp
     path = write_qdq_model(model, result, tmp_path / "q.onnx")
     output_sqnr(model, path, _batches(2))
     assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("offset", "1e2", "offset '1e2' is not a whole number"),
+        ("length", "-5", "length '-5' is not a whole number"),
+        ("location", "a\x00b", "must be a path relative"),
+    ],
+)
+def test_bad_external_data_fields_are_model_file_errors(tmp_path, capsys, key, value, message):
+    path = om.save_external(om.cnn(), tmp_path)
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == key:
+                entry.value = value
+            elif key == "offset" and entry.key == "location":
+                tensor.external_data.add(key="offset", value=value)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(ModelFileError, match=message):
+        load_model(bad)
+    assert cli.main(["calibrate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
