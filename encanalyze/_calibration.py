@@ -23,7 +23,7 @@ from ._report import (
     quantization_quality,
     sqnr_rank,
 )
-from ._shapes import plan
+from ._shapes import plan, to_rows
 from ._xp import Array, namespace_of
 
 __all__ = [
@@ -157,6 +157,59 @@ def weight_methods(weights, options: dict | None) -> dict[str, dict]:
     return methods
 
 
+ROW_BLOCK = 1 << 21
+"""One-shot encodings (weights) histogram at most about this many ``rows x bins`` at a time."""
+
+
+def encodings_by_rows(
+    x: Array,
+    shape: tuple[int, ...],
+    block_size: tuple[int, ...] | None,
+    methods: dict[str, dict],
+    num_steps: int,
+    symmetric: bool,
+) -> dict[str, tuple[Array, Array] | Exception]:
+    """Return each method's encodings ``(min, max)`` of the encoding ``shape`` for ``x`` alone.
+
+    For data seen once (a weight): every encoding element is independent, so the rows of
+    values (one per element) are calibrated in blocks of about :data:`ROW_BLOCK` histogram
+    elements, and memory stays near the tensor's size whatever the number of channels (50,000
+    channels of 2 values no longer hold 50,000 x 2,048 bins at once). The results are those of
+    one analyzer over the whole tensor. Methods that gather the same statistics share them per
+    block. A method that fails gives its exception instead of encodings.
+    """
+    xp = namespace_of(x)
+    rows = to_rows(xp, x, plan(tuple(x.shape), tuple(shape), block_size))
+    num_rows = rows.shape[0]
+    hist = [o for m, o in methods.items() if METHODS[m].observer == "histogram"]
+    bins = max([1, *(int(o.get("num_bins", 2048)) for o in hist)])
+    step = max(1, ROW_BLOCK // bins)
+    parts: dict[str, list] = {m: [] for m in methods}
+    failed: dict[str, Exception] = {}
+    for start in range(0, num_rows, step):  # bounded memory, not a loop per channel
+        block = rows[start : min(start + step, num_rows), :]
+        gathered: dict = {}
+        for method, options in methods.items():
+            if method in failed:
+                continue
+            analyzer = METHODS[method].analyzer((block.shape[0], 1), **options)
+            try:
+                update_shared(analyzer, block, gathered)
+                parts[method].append(analyzer.compute_encodings(num_steps, symmetric))
+            except (ValueError, ArithmeticError, StatisticsNotFoundError) as err:
+                failed[method] = err
+    out: dict[str, tuple[Array, Array] | Exception] = {}
+    for method in methods:
+        if method in failed:
+            out[method] = failed[method]
+            continue
+        los, his = zip(*parts[method], strict=True)
+        lo = xp.concat(los, axis=0) if len(los) > 1 else los[0]
+        hi = xp.concat(his, axis=0) if len(his) > 1 else his[0]
+        out[method] = (xp.reshape(lo, tuple(shape)), xp.reshape(hi, tuple(shape)))
+    return out
+
+
 def encode_weight(
     name: str,
     tensor: Array,
@@ -167,18 +220,27 @@ def encode_weight(
 ) -> TensorEncoding:
     """Calibrate a weight with each of ``methods``; return the best SQNR's encoding on it.
 
-    Methods that gather the same statistics share them (one histogram per weight); ties and
-    NaN scores go to the earlier method.
+    Methods that gather the same statistics share them (one histogram per weight), channels
+    are histogrammed in blocks (:func:`encodings_by_rows`); ties and NaN scores go to the
+    earlier method. Raises the first method's error when no method gives encodings.
     """
     shape = layout_for(tuple(tensor.shape), axis).shape
-    gathered: dict = {}
-    best = None
-    for method, options in methods.items():
-        analyzer = METHODS[method].analyzer(shape, **options)
-        update_shared(analyzer, tensor, gathered)
-        e = encode(name, "param", analyzer, num_steps, symmetric, axis, method, tensor)
+    xp = namespace_of(tensor)
+    p = plan(tuple(tensor.shape), tuple(shape), None)
+    best = error = None
+    found = encodings_by_rows(tensor, shape, None, methods, num_steps, symmetric)
+    for method, got in found.items():
+        if isinstance(got, Exception):
+            error = error or got
+            continue
+        lo, hi = got
+        scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
+        sqnr = quantization_quality(xp, tensor, p, scale, offset, num_steps)[1]
+        e = TensorEncoding(name, "param", lo, hi, scale, offset, axis, method, sqnr)
         if best is None or sqnr_rank(e.sqnr_db) > sqnr_rank(best.sqnr_db):
             best = e
+    if best is None:
+        raise error
     return best
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__, _model_command
 from ._backends import to_numpy
-from ._calibration import Progress, progress_bar, update_shared
+from ._calibration import Progress, encodings_by_rows, progress_bar
 from ._encoding import to_scale_offset
 from ._files import OutputPathError, check_output, printable, write_atomic
 from ._observers.histogram import validate_num_bins
@@ -328,11 +328,6 @@ def _converter(backend: str, device):
     return to_cupy
 
 
-def _analyzer(method: str, layout, args):
-    m = REGISTRY[method]
-    return m.analyzer(layout.shape, block_size=layout.block_size, **m.command_options(args))
-
-
 def _load(args) -> dict[str, np.ndarray]:
     if not args.files:
         _note("no FILES given: calibrating the built-in sample tensors")
@@ -431,19 +426,27 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
     x = convert(array)
     xp = namespace_of(x)
     methods = METHODS if args.method == "all" else (args.method,)
+    options = {m: REGISTRY[m].command_options(args) for m in methods}
+    if progress is not None:
+        progress.stage(f"{name} statistics")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN counts: reported below
+        # each tensor is histogrammed once for the methods that share statistics, its channels
+        # in blocks (memory near the tensor's size)
+        found = encodings_by_rows(x, layout.shape, layout.block_size, options, num_steps,
+                                  args.symmetric)  # fmt: skip
     results = {}
-    gathered = {}  # one analyzer per kind of statistics: each tensor is histogrammed once
     for method in methods:
         if progress is not None:
             progress.stage(f"{name} {method}")
-        analyzer = _analyzer(method, layout, args)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # NaN counts: reported below
-            update_shared(analyzer, x, gathered)
-            lo, hi = analyzer.compute_encodings(num_steps, args.symmetric)
-        scale, offset = to_scale_offset(lo, hi, num_steps, args.symmetric)
-        if progress is not None:
             progress.advance(array.size)
+        if isinstance(found[method], Exception):
+            if len(methods) == 1:
+                raise found[method]
+            notes.append(f"{method}: {_reason(found[method])}")
+            continue
+        lo, hi = found[method]
+        scale, offset = to_scale_offset(lo, hi, num_steps, args.symmetric)
         if not bool(xp.all(xp.isfinite(xp.astype(scale, xp.float64)))):
             notes.append(f"{method}: the range overflows {array.dtype}; not encodable")
             continue

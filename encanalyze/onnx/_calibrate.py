@@ -314,6 +314,8 @@ def calibrate(
                 )
             except StatisticsNotFoundError:
                 unquantized[name] = "the weight holds no finite value"
+            except ValueError as err:  # a range its dtype cannot hold
+                unquantized[name] = str(err).splitlines()[0]
             bar.advance()
         count, branches = 0, {}
         if batches is not None:

@@ -207,6 +207,8 @@ def calibrate(
                 )
             except StatisticsNotFoundError:
                 unquantized[key] = "the weight holds no finite value"
+            except ValueError as err:  # a range its dtype cannot hold
+                unquantized[key] = str(err).splitlines()[0]
         for suffix in (":input", ":output"):
             analyzer = hooks.analyzers.get(name + suffix)
             if analyzer is not None:
