@@ -32,10 +32,12 @@ __all__ = [
     "encode",
     "encode_or_reason",
     "encode_weight",
+    "file_under",
     "Progress",
     "progress_bar",
     "update_shared",
     "weight_methods",
+    "weight_or_reason",
 ]
 
 
@@ -115,6 +117,26 @@ def encode_or_reason(
     if not bool(np.all(np.isfinite(finite) & (finite > 0))):
         return "its range is not finite (it held infinite values)"
     return e
+
+
+def weight_or_reason(
+    name: str, tensor: Array, axis: int | None, methods: dict, num_steps: int, symmetric: bool
+) -> TensorEncoding | str:
+    """:func:`encode_weight`, or the reason the weight stays in floating point."""
+    try:
+        return encode_weight(name, tensor, axis, methods, num_steps, symmetric)
+    except StatisticsNotFoundError:
+        return "the weight holds no finite value"
+    except ValueError as err:  # a range its dtype cannot hold
+        return str(err).splitlines()[0]
+
+
+def file_under(name: str, found: TensorEncoding | str, encodings: dict, unquantized: dict) -> None:
+    """Put an encoding into ``encodings``, or its reason for floating point into ``unquantized``."""
+    if isinstance(found, str):
+        unquantized[name] = found
+    else:
+        encodings[name] = found
 
 
 def update_shared(analyzer, x: Array, gathered: dict) -> None:

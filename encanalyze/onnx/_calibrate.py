@@ -13,12 +13,12 @@ from .._calibration import (
     CalibrationResult,
     Progress,
     encode_or_reason,
-    encode_weight,
+    file_under,
     progress_bar,
     weight_methods,
+    weight_or_reason,
 )
 from .._encoding import validate_num_steps
-from .._errors import StatisticsNotFoundError
 from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
 from .._registry import METHODS, activation_defaults
 from .._warnings import warn
@@ -308,14 +308,8 @@ def calibrate(
         for name, axis in chosen.items():
             bar.stage(f"weight {name}")
             axis = axis if per_channel_weights else None
-            try:
-                encodings[name] = encode_weight(
-                    name, values[name], axis, methods, num_steps, symmetric
-                )
-            except StatisticsNotFoundError:
-                unquantized[name] = "the weight holds no finite value"
-            except ValueError as err:  # a range its dtype cannot hold
-                unquantized[name] = str(err).splitlines()[0]
+            found = weight_or_reason(name, values[name], axis, methods, num_steps, symmetric)
+            file_under(name, found, encodings, unquantized)
             bar.advance()
         count, branches = 0, {}
         if batches is not None:
@@ -326,10 +320,7 @@ def calibrate(
                 e = encode_or_reason(
                     name, "activation", analyzer, num_steps, symmetric, None, activations
                 )
-                if isinstance(e, str):
-                    unquantized[name] = e
-                else:
-                    encodings[name] = e
+                file_under(name, e, encodings, unquantized)
     finally:
         if bar is not progress:
             bar.close()

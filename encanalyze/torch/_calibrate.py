@@ -10,12 +10,12 @@ from .._calibration import (
     CalibrationResult,
     TensorEncoding,
     encode_or_reason,
-    encode_weight,
+    file_under,
     progress_bar,
     weight_methods,
+    weight_or_reason,
 )
 from .._encoding import validate_num_steps
-from .._errors import StatisticsNotFoundError
 from .._registry import METHODS, activation_defaults
 from .._report import layout_for
 
@@ -201,14 +201,8 @@ def calibrate(
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
             axis = _channel_axis(module) if per_channel_weights else None
             key = f"{name}.weight" if name else "weight"
-            try:
-                encodings[key] = encode_weight(
-                    key, weight.detach(), axis, methods, num_steps, symmetric
-                )
-            except StatisticsNotFoundError:
-                unquantized[key] = "the weight holds no finite value"
-            except ValueError as err:  # a range its dtype cannot hold
-                unquantized[key] = str(err).splitlines()[0]
+            found = weight_or_reason(key, weight.detach(), axis, methods, num_steps, symmetric)
+            file_under(key, found, encodings, unquantized)
         for suffix in (":input", ":output"):
             analyzer = hooks.analyzers.get(name + suffix)
             if analyzer is not None:
@@ -216,8 +210,5 @@ def calibrate(
                 e = encode_or_reason(
                     key, "activation", analyzer, num_steps, symmetric, axis, activations
                 )
-                if isinstance(e, str):
-                    unquantized[key] = e
-                else:
-                    encodings[key] = e
+                file_under(key, e, encodings, unquantized)
     return CalibrationResult(encodings, bits, symmetric, count, unquantized)
