@@ -281,12 +281,17 @@ def _check_model_options(args) -> None:
         return
     if len(args.files) != 1 or Path(args.files[0]).suffix.lower() != ".onnx":
         raise UsageError("--data calibrates one .onnx model: give exactly one .onnx FILE")
-    for name, default in (("per_channel", None), ("block_size", None), ("backend", "numpy")):
+    for name, default in (("block_size", None), ("backend", "numpy")):
         if getattr(args, name) != default:
             raise UsageError(
                 f"--{name.replace('_', '-')} does not apply with --data (weights are per output "
                 "channel on each operator's axis, --per-tensor-weights for one encoding each)"
             )
+    if args.per_channel is not None and args.qdq_model is not None:
+        raise UsageError(
+            "--per-channel with --data calibrates activations per channel, which "
+            "ONNX Runtime's QDQ models cannot hold: drop --qdq-model or it"
+        )
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     if args.qdq_model is not None and args.bits not in ONNX_BITS:
@@ -433,8 +438,9 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
         warnings.simplefilter("ignore", RuntimeWarning)  # NaN counts: reported below
         # each tensor is histogrammed once for the methods that share statistics, its channels
         # in blocks (memory near the tensor's size)
-        found = encodings_by_rows(x, layout.shape, layout.block_size, options, num_steps,
-                                  args.symmetric)  # fmt: skip
+        found = encodings_by_rows(
+            x, layout.shape, layout.block_size, options, num_steps, args.symmetric
+        )
     results = {}
     for method in methods:
         if progress is not None:
@@ -643,6 +649,7 @@ def _model_job(args) -> int:
             per_channel_weights=not args.per_tensor_weights,
             progress=progress,
             tensors=lambda name: _selected(name, args),
+            activation_axis=args.per_channel,
         )
         if not result.encodings:
             raise JobError("no tensor of the model could be calibrated")

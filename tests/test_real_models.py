@@ -46,9 +46,21 @@ def test_real_ocr_models(case, tmp_path, capsys):
     np.savez(tmp_path / "calib.npz", x=text_images(6, *shape[1:]))
     qdq, out = tmp_path / "q.onnx", tmp_path / "e.json"
     status, stdout, err, seconds = _job(
-        capsys, model, "--data", tmp_path / "calib.npz", "--batch-size", "2", "--method",
-        "minmax", "--qdq-model", qdq, "--output", out, "--format", "json",
-    )  # fmt: skip
+        capsys,
+        model,
+        "--data",
+        tmp_path / "calib.npz",
+        "--batch-size",
+        "2",
+        "--method",
+        "minmax",
+        "--qdq-model",
+        qdq,
+        "--output",
+        out,
+        "--format",
+        "json",
+    )
     assert status == 0, err
     report = json.loads(stdout)
     kinds = [t["kind"] for t in report["tensors"]]
@@ -70,13 +82,27 @@ def test_real_voice_activity_model_with_subgraphs_and_a_batched_state(tmp_path, 
     model = fetch(VAD, "silero_vad/data/silero_vad.onnx")
     before = digest(model)
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "vad.npz", input=(rng.standard_normal((8, 512)) * 0.1).astype("f4"),
-             state=np.zeros((2, 8, 128), "f4"), sr=np.array(16000))  # fmt: skip
+    np.savez(
+        tmp_path / "vad.npz",
+        input=(rng.standard_normal((8, 512)) * 0.1).astype("f4"),
+        state=np.zeros((2, 8, 128), "f4"),
+        sr=np.array(16000),
+    )
     qdq = tmp_path / "q.onnx"
     status, stdout, err, seconds = _job(
-        capsys, model, "--data", tmp_path / "vad.npz", "--sample-axis", "state=1", "--method",
-        "minmax", "--format", "json", "--qdq-model", qdq,
-    )  # fmt: skip
+        capsys,
+        model,
+        "--data",
+        tmp_path / "vad.npz",
+        "--sample-axis",
+        "state=1",
+        "--method",
+        "minmax",
+        "--format",
+        "json",
+        "--qdq-model",
+        qdq,
+    )
     assert status == 0, err
     report = json.loads(stdout)
     kinds = [t["kind"] for t in report["tensors"]]
@@ -85,8 +111,11 @@ def test_real_voice_activity_model_with_subgraphs_and_a_batched_state(tmp_path, 
     assert report["branches"] == {"If_0_outputs_0": "then_branch"}  # sr == 16000
     sqnr = report["qdq_model"]["output_sqnr_db"]
     assert set(sqnr) == {"output", "stateN"} and all(np.isfinite(v) for v in sqnr.values())
-    feed = {"input": np.zeros((1, 512), "f4"), "state": np.zeros((2, 1, 128), "f4"),
-            "sr": np.array(16000)}  # fmt: skip
+    feed = {
+        "input": np.zeros((1, 512), "f4"),
+        "state": np.zeros((2, 1, 128), "f4"),
+        "sr": np.array(16000),
+    }
     assert np.isfinite(ort.InferenceSession(str(qdq)).run(None, feed)[0]).all()
     assert digest(model) == before
     print(f"vad: {len(kinds)} tensors, output SQNR {sqnr}, {seconds:.1f} s")

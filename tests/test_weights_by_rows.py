@@ -16,8 +16,9 @@ METHODS = {"minmax": {}, "percentile": BINS, "sqnr": BINS, "mse": BINS, "entropy
     [((10, 40), (10, 1), None), ((6, 9, 20), (1, 9, 1), None), ((8, 64), (8, 4), (1, 16))],
     ids=["per-channel", "middle-axis", "block-wise"],
 )
-def test_blocks_of_rows_give_the_whole_analyzers_encodings(backend, monkeypatch, shape, encoding,
-                                                           block):  # fmt: skip
+def test_blocks_of_rows_give_the_whole_analyzers_encodings(
+    backend, monkeypatch, shape, encoding, block
+):
     if backend.name == "jax":
         pytest.skip("JAX's eager dispatch makes MSE's walk take 30 s here; the code is generic")
     x = np.random.default_rng(1).standard_t(2.0, shape).astype(np.float32)
@@ -33,7 +34,7 @@ def test_blocks_of_rows_give_the_whole_analyzers_encodings(backend, monkeypatch,
                 m,
                 type(spec)(
                     spec.name, _spy(real[m], made), spec.observer, spec.options, spec.in_command
-                ),  # fmt: skip
+                ),
             )
     got = encodings_by_rows(xb, encoding, block, METHODS, 255, False)
     assert made and max(made) == 3  # never more than three rows at once

@@ -21,6 +21,7 @@ from .._calibration import (
 from .._encoding import validate_num_steps
 from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
 from .._registry import METHODS, activation_defaults
+from .._report import layout_for
 from .._warnings import warn
 from ._branches import BRANCHES, branch_ifs, conditions, inline_branches
 
@@ -247,6 +248,7 @@ def calibrate(
     weight_options: dict | None = None,
     progress: bool | None | Progress = None,
     tensors: Callable[[str], bool] | None = None,
+    activation_axis: int | None = None,
 ) -> CalibrationResult:
     """Calibrate an ONNX model's weights and, with ``batches``, its activations.
 
@@ -261,7 +263,10 @@ def calibrate(
     (``providers``, default CUDA where present, then CPU) and streamed into one
     ``activations`` analyzer per tensor, so memory does not grow with the number of batches.
     A batch is a dict by input name, a tuple or list in input order, or one array for a
-    single-input model. Names are ONNX tensor names; ``tensors``, a predicate on them, keeps
+    single-input model. ``activation_axis``: one activation encoding per index of that axis
+    (tensors with fewer dimensions stay per tensor; such encodings export to the encodings
+    files, not to a QDQ model, whose activations ONNX Runtime quantizes per tensor). Names are
+    ONNX tensor names; ``tensors``, a predicate on them, keeps
     only the tensors it accepts. ``activations="percentile"`` takes the 99.99th percentile
     unless ``activation_options`` says otherwise (as the command does). A tensor without an
     encoding (an activation that never held a finite value, or no batch reached) stays in
@@ -314,11 +319,20 @@ def calibrate(
         count, branches = 0, {}
         if batches is not None:
             analyzers, count, branches = _observe(
-                proto, values, batches, activations, op_types, providers, options, bar, tensors
+                proto,
+                values,
+                batches,
+                activations,
+                op_types,
+                providers,
+                options,
+                bar,
+                tensors,
+                activation_axis,
             )
-            for name, analyzer in analyzers.items():
+            for name, (analyzer, axis) in analyzers.items():
                 e = encode_or_reason(
-                    name, "activation", analyzer, num_steps, symmetric, None, activations
+                    name, "activation", analyzer, num_steps, symmetric, axis, activations
                 )
                 file_under(name, e, encodings, unquantized)
     finally:
@@ -346,7 +360,9 @@ def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
     return {out: BRANCHES[bool(np.asarray(values[c]).reshape(-1)[0])] for out, c in conds.items()}
 
 
-def _observe(proto, weights, batches, method, op_types, providers, options, progress, tensors):
+def _observe(
+    proto, weights, batches, method, op_types, providers, options, progress, tensors, axis=None
+):
     """Run the batches with the activations as extra outputs; one analyzer per tensor.
 
     Tensors inside ``If``/``Loop``/``Scan`` bodies cannot be graph outputs: an ``If`` of the
@@ -397,7 +413,16 @@ def _observe(proto, weights, batches, method, op_types, providers, options, prog
         helper.make_tensor_value_info(c, TensorProto.BOOL, None) for c in checks if c not in outputs
     )
     wanted = wanted + checks
-    analyzers = {n: METHODS[method].analyzer((1,), **options) for n in names}
+    analyzers: dict = {}  # name -> (analyzer, channel axis); made at a tensor's first batch
+
+    def analyzer_for(name: str, value) -> object:
+        if name not in analyzers:
+            ndim = np.ndim(value)
+            on = axis % ndim if axis is not None and -ndim <= axis < ndim else None
+            shape = layout_for(tuple(np.shape(value)), on).shape if on is not None else (1,)
+            analyzers[name] = (METHODS[method].analyzer(shape, **options), on)
+        return analyzers[name][0]
+
     count = 0
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
         run = session(augmented, providers, workdir) if wanted else None
@@ -415,6 +440,9 @@ def _observe(proto, weights, batches, method, op_types, providers, options, prog
                         f"first batch ({branch}): calibrate each branch's data separately"
                     )
             for name in names:
-                analyzers[name].observe(produced[name] if name in produced else feed[name])
+                value = produced[name] if name in produced else feed[name]
+                analyzer_for(name, value).observe(value)
             count += 1
+    for name in names:  # tensors no batch reached: an analyzer without statistics
+        analyzers.setdefault(name, (METHODS[method].analyzer((1,), **options), None))
     return analyzers, count, branches

@@ -123,6 +123,11 @@ def check_qdq(result: CalibrationResult) -> None:
     check_qdq_bits(result.bits)
     if not any(e.kind == "activation" for e in result.encodings.values()):
         raise ValueError("the result holds no activation encodings: calibrate with batches")
+    if any(e.kind == "activation" and e.axis is not None for e in result.encodings.values()):
+        raise ValueError(
+            "ONNX Runtime's QDQ models quantize activations per tensor: calibrate "
+            "them without activation_axis"
+        )
 
 
 def check_qdq_bits(bits: int) -> None:
