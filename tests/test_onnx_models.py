@@ -363,7 +363,7 @@ def test_command_random_data_warns(model_and_data, capsys):
         (["--data", "{tmp}/none.npz"], 1, "no such file"),
         (["--data", "{tmp}/wrong.npz"], 1, "no array named 'x'"),
         (["--qdq-model", "{tmp}/q.onnx"], 2, "--qdq-model needs --data"),
-        (["--data", "random", "--block-size", "4"], 2, "--block-size does not apply"),
+        (["--data", "random", "--backend", "torch"], 2, "--backend does not apply"),
         (["--data", "random", "--batch-size", "0"], 2, "--batch-size must be positive"),
         (["{model}", "--data", "random"], 2, "exactly one .onnx"),
     ],
