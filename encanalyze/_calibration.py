@@ -47,9 +47,9 @@ class TensorEncoding:
 
     ``min``/``max`` (arrays of the encoding shape, in the namespace the statistics were gathered
     in), ``scale`` and integer ``offset``, ``kind`` (``"param"`` or ``"activation"``), the
-    channel ``axis`` (``None`` per tensor), the ``method`` that computed it, and ``sqnr_db``:
-    the SQNR of quantize-dequantize of the tensor itself where it is at hand (weights), else
-    ``None``.
+    channel ``axis`` (``None`` per tensor), the ``method`` that computed it, ``sqnr_db``: the
+    SQNR of quantize-dequantize of the tensor itself where it is at hand (weights), else
+    ``None``, and whether its grid is ``symmetric`` (signed, zero point 0).
     """
 
     name: str
@@ -61,6 +61,7 @@ class TensorEncoding:
     axis: int | None
     method: str
     sqnr_db: float | None = None
+    symmetric: bool = False
 
     def layout(self) -> Layout:
         """Return the encoding layout the exporters take."""
@@ -85,7 +86,7 @@ def encode(
         xp = namespace_of(tensor)
         p = plan(tuple(tensor.shape), tuple(lo.shape), None)
         sqnr = quantization_quality(xp, tensor, p, scale, offset, num_steps)[1]
-    return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method, sqnr)
+    return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method, sqnr, symmetric)
 
 
 def encode_or_reason(
@@ -258,7 +259,7 @@ def encode_weight(
         lo, hi = got
         scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
         sqnr = quantization_quality(xp, tensor, p, scale, offset, num_steps)[1]
-        e = TensorEncoding(name, "param", lo, hi, scale, offset, axis, method, sqnr)
+        e = TensorEncoding(name, "param", lo, hi, scale, offset, axis, method, sqnr, symmetric)
         if best is None or sqnr_rank(e.sqnr_db) > sqnr_rank(best.sqnr_db):
             best = e
     if best is None:
@@ -270,8 +271,10 @@ def encode_weight(
 class CalibrationResult:
     """The encodings of a calibrated model, by tensor name.
 
-    ``encodings`` maps each tensor's name to its :class:`TensorEncoding`; ``bits``,
-    ``symmetric`` and the number of calibration batches seen (``num_batches``) complete it.
+    ``encodings`` maps each tensor's name to its :class:`TensorEncoding`; ``bits``, the
+    activations' grid (``symmetric``), the number of calibration batches seen
+    (``num_batches``) and the weights' grid (``weight_symmetric``; ``None``: as the
+    activations') complete it.
     ``unquantized`` maps each tensor that was meant to be calibrated but has no encoding (an
     activation that never held a finite value, a weight of NaN only) to the reason: such a
     tensor stays in floating point (the QDQ model leaves it unquantized, and the exported
@@ -286,6 +289,21 @@ class CalibrationResult:
     num_batches: int
     unquantized: dict[str, str] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
+    weight_symmetric: bool | None = None
+
+    @property
+    def weights_symmetric(self) -> bool:
+        """Whether the weights' grid is symmetric."""
+        return self.symmetric if self.weight_symmetric is None else self.weight_symmetric
+
+    def grids(self) -> str:
+        """Describe the two grids, e.g. ``activations uint8 asymmetric, weights int8 symmetric``."""
+
+        def grid(symmetric: bool) -> str:
+            kind = "symmetric" if symmetric else "asymmetric"
+            return f"{'' if symmetric else 'u'}int{self.bits} {kind}"
+
+        return f"activations {grid(self.symmetric)}, weights {grid(self.weights_symmetric)}"
 
     def __getitem__(self, name: str) -> TensorEncoding:
         return self.encodings[name]
@@ -298,6 +316,7 @@ class CalibrationResult:
                 "offset": to_numpy(e.offset).reshape(-1).tolist(),
                 "layout": e.layout(),
                 "kind": e.kind,
+                "symmetric": e.symmetric,
             }
             for e in self.encodings.values()
         ]
@@ -308,7 +327,7 @@ class CalibrationResult:
         Tensors left in floating point are listed with their reasons under ``"unquantized"``.
         """
         out = aimet_encodings(self._entries(), self.bits, self.symmetric)
-        return {**out, "unquantized": dict(self.unquantized)}
+        return {**out, "grids": self.grids(), "unquantized": dict(self.unquantized)}
 
     def onnx_qdq(self) -> dict:
         """Return ``scale`` / ``zero_point`` per tensor as ONNX ``QuantizeLinear`` takes them.
@@ -316,7 +335,7 @@ class CalibrationResult:
         Tensors left in floating point are listed with their reasons under ``"unquantized"``.
         """
         out = onnx_qdq_encodings(self._entries(), self.bits, self.symmetric)
-        return {**out, "unquantized": dict(self.unquantized)}
+        return {**out, "grids": self.grids(), "unquantized": dict(self.unquantized)}
 
     def table(self) -> str:
         """Return a table: tensor, kind, method, range, first scale, and SQNR (weights)."""

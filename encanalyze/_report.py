@@ -144,7 +144,7 @@ def aimet_encodings(entries: list[dict], bits: int, symmetric: bool) -> dict:
     """Return the AIMET 1.0.0 encodings layout for ``entries`` (name, scale, offset, layout).
 
     Entries with ``kind == "activation"`` go to ``activation_encodings``, the others to
-    ``param_encodings``.
+    ``param_encodings``; an entry's own ``symmetric`` overrides ``symmetric``.
     """
     params, activations = [], []
     for e in entries:
@@ -153,7 +153,7 @@ def aimet_encodings(entries: list[dict], bits: int, symmetric: bool) -> dict:
             "name": e["name"],
             "dtype": "INT",
             "bw": bits,
-            "is_sym": symmetric,
+            "is_sym": bool(e.get("symmetric", symmetric)),
             "scale": [float(v) for v in e["scale"]],
             "offset": [int(v) for v in e["offset"]],
             "enc_type": layout.enc_type,
@@ -169,18 +169,20 @@ def onnx_qdq_encodings(entries: list[dict], bits: int, symmetric: bool) -> dict:
 
     ``y = saturate(round(x / scale) + zero_point)``: asymmetric grids are unsigned with
     ``zero_point = -offset``; symmetric grids are signed with ``zero_point = -offset -
-    2**(bits-1)`` (0). ``axis`` (and ``block_size``) give the per-channel (per-block) axis.
+    2**(bits-1)`` (0). ``axis`` (and ``block_size``) give the per-channel (per-block) axis. An
+    entry's own ``symmetric`` overrides ``symmetric``.
     """
     half = 2 ** (bits - 1)
     out = {}
     for e in entries:
         layout: Layout = e["layout"]
-        shift = half if symmetric else 0
+        symmetric_e = bool(e.get("symmetric", symmetric))
+        shift = half if symmetric_e else 0
         zero_points = [-int(v) - shift for v in e["offset"]]
         item = {
             "scale": [float(v) for v in e["scale"]],
             "zero_point": zero_points,
-            "zero_point_dtype": f"{'int' if symmetric else 'uint'}{bits}",
+            "zero_point_dtype": f"{'int' if symmetric_e else 'uint'}{bits}",
             "axis": None if layout.enc_type == "PER_TENSOR" else layout.axis,
         }
         if layout.enc_type == "PER_BLOCK":

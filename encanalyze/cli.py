@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="method for the activations (percentile); --method sets the weights'",
     )
     model.add_argument(
+        "--weight-grid",
+        choices=("symmetric", "asymmetric"),
+        default="symmetric",
+        help="the weights' grid (symmetric: signed, zero point 0, as ONNX Runtime, TensorRT and "
+        "QNN deploy them); --symmetric sets the activations' (default asymmetric)",
+    )
+    model.add_argument(
         "--per-tensor-weights",
         action="store_true",
         help="one encoding per weight (default: per output channel on each operator's axis)",
@@ -274,6 +281,8 @@ def _external_files(model: str) -> list[Path]:
 
 def _check_model_options(args) -> None:
     model_only = ("qdq_model", "batch_size", "per_tensor_weights", "sample_axis")
+    if args.data is None and args.weight_grid != "symmetric":
+        raise UsageError("--weight-grid needs --data (tensor files take --symmetric)")
     if args.data is None:
         for name in model_only:
             if getattr(args, name) not in (None, False, []):
@@ -646,6 +655,7 @@ def _model_job(args) -> int:
             activation_options=REGISTRY[args.activation_method].command_options(args),
             bits=args.bits,
             symmetric=args.symmetric,
+            weight_symmetric=args.weight_grid == "symmetric",
             per_channel_weights=not args.per_tensor_weights,
             progress=progress,
             tensors=lambda name: _selected(name, args),
@@ -690,6 +700,7 @@ def _report_model(args, result, qdq: dict | None) -> None:
             _json(
                 {
                     "config": _config(args),
+                    "grids": result.grids(),
                     "tensors": rows,
                     "unquantized": unquantized,
                     "branches": result.branches,
@@ -699,6 +710,7 @@ def _report_model(args, result, qdq: dict | None) -> None:
         )
         return
     print(result.table())
+    print(f"grids: {result.grids()}")
     if qdq is not None:
         sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())
         where = printable(qdq["path"])

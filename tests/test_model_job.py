@@ -651,3 +651,55 @@ def test_per_channel_activations_with_data(tmp_path, capsys):
     result = calibrate(str(path), [x], activations="minmax", activation_axis=1)
     with pytest.raises(ValueError, match="per tensor"):
         write_qdq_model(str(path), result, tmp_path / "q.onnx")
+
+
+def test_the_model_job_defaults_to_asymmetric_activations_and_symmetric_weights(tmp_path, capsys):
+    path, data = _save(tmp_path, _mlp()), _data(tmp_path)
+    out, qdq = tmp_path / "e.json", tmp_path / "q.onnx"
+    status, stdout, err = _run(
+        capsys, path, "--data", data, "--output", out, "--qdq-model", qdq, "--method", "minmax"
+    )
+    assert status == 0, err
+    assert "grids: activations uint8 asymmetric, weights int8 symmetric" in stdout
+    written = json.loads(out.read_text())
+    assert written["grids"] == "activations uint8 asymmetric, weights int8 symmetric"
+    assert {e["is_sym"] for e in written["param_encodings"]} == {True}
+    assert {e["is_sym"] for e in written["activation_encodings"]} == {False}
+    model = onnx.load(str(qdq))
+    zero_points = {
+        i.name: numpy_helper.to_array(i) for i in model.graph.initializer if "zero_point" in i.name
+    }
+    w_zp = [v for k, v in zero_points.items() if k.startswith("w")]
+    x_zp = [v for k, v in zero_points.items() if k.startswith("x")]
+    assert w_zp and all(v.dtype == np.int8 and not v.any() for v in w_zp)
+    assert x_zp and all(v.dtype == np.uint8 for v in x_zp)
+    status, stdout, _ = _run(
+        capsys,
+        path,
+        "--data",
+        data,
+        "--weight-grid",
+        "asymmetric",
+        "--format",
+        "json",
+        "--method",
+        "minmax",
+    )
+    assert json.loads(stdout)["grids"] == "activations uint8 asymmetric, weights uint8 asymmetric"
+    status, _, err = _run(capsys, path, "--weight-grid", "asymmetric")
+    assert status == 2 and "--weight-grid needs --data" in err
+
+
+def test_weight_grid_of_the_python_calibrators():
+    torch = pytest.importorskip("torch")
+    from encanalyze.torch import calibrate as calibrate_torch
+
+    result = calibrate(_mlp(), [np.ones((2, 4), "f4")], weight_symmetric=True)
+    assert result["w"].symmetric and not result["x"].symmetric
+    lo, hi = (np.asarray(a) for a in (result["w"].min, result["w"].max))
+    assert np.all(-lo >= hi)  # a symmetric grid: ceil(n / 2) steps below zero
+    assert result.onnx_qdq()["tensors"]["w"]["zero_point_dtype"] == "int8"
+    assert result.onnx_qdq()["tensors"]["x"]["zero_point_dtype"] == "uint8"
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    result = calibrate_torch(model, [torch.randn(2, 4)], weight_symmetric=True)
+    assert result["0.weight"].symmetric and not result["0:input"].symmetric

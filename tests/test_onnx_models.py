@@ -343,7 +343,9 @@ def test_command_data_from_a_folder_equals_npz_and_all_picks_the_best_weight_met
     options = {"percentile": {"percentile": 99.99}}  # the command's default
     for name in ("w1", "w2"):
         scores = {
-            m: calibrate(path, None, weights=m, weight_options=options.get(m))[name].sqnr_db
+            m: calibrate(
+                path, None, weights=m, weight_options=options.get(m), weight_symmetric=True
+            )[name].sqnr_db
             for m in ("minmax", "percentile", "sqnr", "mse", "entropy", "ema")
         }
         assert reports[0][name]["method"] == max(scores, key=scores.get)

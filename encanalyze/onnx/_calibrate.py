@@ -241,6 +241,7 @@ def calibrate(
     weights: str | Mapping[str, dict | None] = "minmax",
     bits: int = 8,
     symmetric: bool = False,
+    weight_symmetric: bool | None = None,
     per_channel_weights: bool = True,
     op_types=QUANTIZABLE_OPS,
     providers=None,
@@ -275,6 +276,11 @@ def calibrate(
     calibrated, their activations are not. ONNX Runtime's errors (a model it cannot load, a
     batch it cannot run) raise :class:`ModelRunError`.
 
+    ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
+    the same); the deployment default of ONNX Runtime, TensorRT and QNN is asymmetric
+    activations with symmetric weights (``weight_symmetric=True``), the command's model job's
+    default.
+
     Examples
     --------
     >>> import numpy as np
@@ -297,6 +303,8 @@ def calibrate(
         raise ValueError(f"unknown method {activations!r}; choose from {sorted(METHODS)}")
     methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
+    wsym = symmetric if weight_symmetric is None else bool(weight_symmetric)
+    validate_num_steps(num_steps, wsym)
     options = activation_defaults(activations, activation_options)
     proto, _ = load_model(model)
     values = float_weights(proto)
@@ -313,7 +321,7 @@ def calibrate(
         for name, axis in chosen.items():
             bar.stage(f"weight {name}")
             axis = axis if per_channel_weights else None
-            found = weight_or_reason(name, values[name], axis, methods, num_steps, symmetric)
+            found = weight_or_reason(name, values[name], axis, methods, num_steps, wsym)
             file_under(name, found, encodings, unquantized)
             bar.advance()
         count, branches = 0, {}
@@ -338,7 +346,9 @@ def calibrate(
     finally:
         if bar is not progress:
             bar.close()
-    return CalibrationResult(encodings, bits, symmetric, count, unquantized, branches)
+    return CalibrationResult(
+        encodings, bits, symmetric, count, unquantized, branches, weight_symmetric
+    )
 
 
 def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:

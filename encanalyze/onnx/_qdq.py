@@ -98,12 +98,12 @@ def _overrides(result: CalibrationResult, present: set[str]) -> tuple[dict, dict
     weights).
     """
     qdq = result.onnx_qdq()["tensors"]
-    zp_dtype = np.dtype(f"{'' if result.symmetric else 'u'}int{max(8, result.bits)}")
     overrides, ranges = {}, {}
     for name, e in result.encodings.items():
         if name not in present:
             continue
         item = qdq[name]
+        zp_dtype = np.dtype(f"{'' if e.symmetric else 'u'}int{max(8, result.bits)}")
         pairs = [
             {"scale": np.array(s, np.float32), "zero_point": np.array(z, zp_dtype)}
             for s, z in zip(item["scale"], item["zero_point"], strict=True)
@@ -148,7 +148,7 @@ def _per_tensor_weights(result: CalibrationResult) -> CalibrationResult:
         if e.axis is not None:
             lo = np.min(np.asarray(e.min, np.float32), keepdims=False).reshape(1)
             hi = np.max(np.asarray(e.max, np.float32), keepdims=False).reshape(1)
-            scale, offset = to_scale_offset(lo, hi, num_steps, result.symmetric)
+            scale, offset = to_scale_offset(lo, hi, num_steps, e.symmetric)
             e = dataclasses.replace(e, min=lo, max=hi, scale=scale, offset=offset, axis=None)
         encodings[name] = e
     return dataclasses.replace(result, encodings=encodings)
@@ -213,7 +213,8 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
     channel where the weights' encodings are) with encanalyze's scales and zero points as its
     per-tensor overrides and encanalyze's activation ranges as its calibration cache, so it
     runs no calibration of its own. Bit widths 4, 8 and 16; asymmetric encodings become
-    unsigned types, symmetric ones signed (zero point 0). Tensors in ``result.unquantized``
+    unsigned types, symmetric ones signed (zero point 0), for the activations' and the weights'
+    grids separately. Tensors in ``result.unquantized``
     stay in floating point; ``If`` nodes that calibration inlined (``result.branches``) are
     inlined here too, so the QDQ model serves the branch the data took. A model of an opset
     before 13 (no per-channel ``DequantizeLinear``)
@@ -243,7 +244,8 @@ def stage_qdq_model(
         raise ImportError("write_qdq_model needs onnxruntime 1.32 or newer")
     check_qdq(result)
     signed, unsigned = (getattr(QuantType, t) for t in _QUANT_TYPES[result.bits])
-    qtype = signed if result.symmetric else unsigned
+    act_type = signed if result.symmetric else unsigned
+    weight_type = signed if result.weights_symmetric else unsigned
     proto = inline_branches(own_model(model), result.branches)
     _constants_to_initializers(proto)
     excluded = _unencoded_nodes(proto, result, op_types)
@@ -268,15 +270,15 @@ def stage_qdq_model(
             "op_types_to_quantize": None if op_types is None else list(op_types),
             "nodes_to_exclude": excluded,
             "per_channel": any(e.axis is not None for e in result.encodings.values()),
-            "activation_type": qtype,
-            "weight_type": qtype,
+            "activation_type": act_type,
+            "weight_type": weight_type,
             "calibrate_method": CalibrationMethod.MinMax,
             "calibration_cache_path": str(cache),
             "use_external_data_format": large,
             "extra_options": {
                 "TensorQuantOverrides": overrides,
                 "ActivationSymmetric": result.symmetric,
-                "WeightSymmetric": result.symmetric,
+                "WeightSymmetric": result.weights_symmetric,
             },
         }
         logging.disable(logging.WARNING)  # its "consider pre-processing" advice, on the root logger

@@ -142,6 +142,7 @@ def calibrate(
     weights: str | Mapping[str, dict | None] = "minmax",
     bits: int = 8,
     symmetric: bool = False,
+    weight_symmetric: bool | None = None,
     per_channel_weights: bool = True,
     per_channel_activations: bool = False,
     modules=None,
@@ -169,6 +170,11 @@ def calibrate(
     never held a finite value, in any channel) is left in floating point and listed with the
     reason in the result's ``unquantized``.
 
+    ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
+    the same); the deployment default of ONNX Runtime, TensorRT and QNN is asymmetric
+    activations with symmetric weights (``weight_symmetric=True``), the command's model job's
+    default.
+
     Examples
     --------
     >>> import torch
@@ -186,6 +192,8 @@ def calibrate(
         raise ValueError(f"unknown method {activations!r}; choose from {sorted(METHODS)}")
     methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
+    wsym = symmetric if weight_symmetric is None else bool(weight_symmetric)
+    validate_num_steps(num_steps, wsym)
     chosen = quantizable_modules(model, modules)
     options = activation_defaults(activations, activation_options)
     hooks = _Hooks(chosen, activations, per_channel_activations, options)
@@ -201,7 +209,7 @@ def calibrate(
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
             axis = _channel_axis(module) if per_channel_weights else None
             key = f"{name}.weight" if name else "weight"
-            found = weight_or_reason(key, weight.detach(), axis, methods, num_steps, symmetric)
+            found = weight_or_reason(key, weight.detach(), axis, methods, num_steps, wsym)
             file_under(key, found, encodings, unquantized)
         for suffix in (":input", ":output"):
             analyzer = hooks.analyzers.get(name + suffix)
@@ -211,4 +219,6 @@ def calibrate(
                     key, "activation", analyzer, num_steps, symmetric, axis, activations
                 )
                 file_under(key, e, encodings, unquantized)
-    return CalibrationResult(encodings, bits, symmetric, count, unquantized)
+    return CalibrationResult(
+        encodings, bits, symmetric, count, unquantized, weight_symmetric=weight_symmetric
+    )
