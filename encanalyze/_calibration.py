@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -35,6 +36,7 @@ __all__ = [
     "file_under",
     "Progress",
     "progress_bar",
+    "statistics_key",
     "update_shared",
     "weight_methods",
     "weight_or_reason",
@@ -114,9 +116,11 @@ def encode_or_reason(
             return "it never held a finite value in the calibration data"
         empty = str(err).split(" of ")[0]
         return f"{empty} of its {total} channels never held a finite value"
-    finite = to_numpy(e.scale)
-    if not bool(np.all(np.isfinite(finite) & (finite > 0))):
-        return "its range is not finite (it held infinite values)"
+    scale = to_numpy(e.scale)
+    ends = np.abs(np.concatenate([to_numpy(e.min).ravel(), to_numpy(e.max).ravel()]))
+    largest = np.finfo(ends.dtype).max if ends.dtype.kind == "f" else np.inf
+    if not bool(np.all(np.isfinite(scale) & (scale > 0))) or bool(np.any(ends >= largest)):
+        return "its range is not finite (it held infinite values)"  # or was clamped to one
     return e
 
 
@@ -140,14 +144,19 @@ def file_under(name: str, found: TensorEncoding | str, encodings: dict, unquanti
         encodings[name] = found
 
 
+def statistics_key(analyzer) -> tuple[str, str]:
+    """Return what identifies the statistics an analyzer gathers: its observer and parameters."""
+    observer = analyzer.observer
+    return type(observer).__name__, json.dumps(observer.params(), sort_keys=True)
+
+
 def update_shared(analyzer, x: Array, gathered: dict) -> None:
     """Update ``analyzer`` with ``x``, or share the statistics of ``x`` already in ``gathered``.
 
     ``gathered`` maps an observer's kind and parameters to the analyzer that gathered them
     from ``x``: the histogram methods of one tensor histogram it once.
     """
-    observer = analyzer.observer
-    key = (type(observer).__name__, json.dumps(observer.params(), sort_keys=True))
+    key = statistics_key(analyzer)
     if key in gathered:
         analyzer.share_stats(gathered[key])
     else:
@@ -281,6 +290,8 @@ class CalibrationResult:
     files list it under ``"unquantized"``). ``branches`` names the ONNX ``If`` nodes (by
     their first output) that calibration inlined with the branch every batch took
     (``"then_branch"`` or ``"else_branch"``): the QDQ model serves that branch.
+    ``candidates`` holds, where several activation methods were asked for, each activation's
+    encoding by every method (:func:`encanalyze.onnx.choose_activations` picks among them).
     """
 
     encodings: dict[str, TensorEncoding]
@@ -290,6 +301,14 @@ class CalibrationResult:
     unquantized: dict[str, str] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     weight_symmetric: bool | None = None
+    candidates: dict[str, dict[str, TensorEncoding]] = field(default_factory=dict)
+
+    def with_activations(self, method: str) -> CalibrationResult:
+        """Return this result with each activation's ``method`` candidate where it has one."""
+        encodings = {
+            name: self.candidates.get(name, {}).get(method, e) for name, e in self.encodings.items()
+        }
+        return dataclasses.replace(self, encodings=encodings)
 
     @property
     def weights_symmetric(self) -> bool:

@@ -13,6 +13,7 @@ Runtime.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ from ._tensor_io import read_tensors
 __all__ = [
     "DataError",
     "InputSpec",
+    "AUTO_ACTIVATIONS",
     "RANDOM_BATCH_BYTES",
     "batches_for",
     "input_specs",
     "iter_rows",
     "parse_sample_axes",
+    "split",
     "weight_methods",
 ]
 
@@ -234,6 +237,11 @@ class Batches(Sequence):
     def __len__(self) -> int:
         return self._count
 
+    def part(self, start: int, stop: int) -> Batches:
+        """Return batches ``start`` to ``stop`` (still made one at a time)."""
+        start, stop, _ = slice(start, stop).indices(self._count)
+        return Batches(max(0, stop - start), lambda i: self._make(start + i))
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._count))]
@@ -333,6 +341,27 @@ def batches_for(
         return batch
 
     return Batches(-(-total // size), make), False, notes
+
+
+AUTO_ACTIVATIONS = ("minmax", "percentile", "sqnr", "mse", "entropy")
+"""``--activation-method auto``'s candidates, min-max first (ties go to it)."""
+
+
+def split(batches: Batches, holdout: float) -> tuple[Batches, Batches, list[str]]:
+    """Return ``(calibration, held_out, notes)``: the last ``ceil(holdout x N)`` batches held out.
+
+    At least one batch stays for calibration; with a single batch nothing is held out (a note
+    says that the quality is then measured on the calibration data).
+    """
+    n = len(batches)
+    k = min(n - 1, math.ceil(holdout * n)) if holdout > 0 else 0
+    notes = []
+    if holdout > 0 and k == 0:
+        notes.append(
+            "one batch of data: nothing held out, quality measured on the calibration "
+            "data (give more samples or a smaller --batch-size)"
+        )
+    return batches.part(0, n - k), batches.part(n - k, n), notes
 
 
 def weight_methods(args) -> dict[str, dict]:

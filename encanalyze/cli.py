@@ -171,9 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--activation-method",
-        choices=METHODS,
-        default="percentile",
-        help="method for the activations (percentile); --method sets the weights'",
+        choices=(*METHODS, "auto"),
+        default="auto",
+        help="method for the activations; auto (default): the one whose QDQ model's output is "
+        "closest to the float model's on the held-out samples; --method sets the weights'",
+    )
+    model.add_argument(
+        "--holdout",
+        type=float,
+        default=0.25,
+        metavar="FRACTION",
+        help="fraction of the batches held out (0.25): statistics from the rest, the choice of "
+        "activations and the reported output SQNR from them",
     )
     model.add_argument(
         "--weight-grid",
@@ -281,6 +290,8 @@ def _external_files(model: str) -> list[Path]:
 
 def _check_model_options(args) -> None:
     model_only = ("qdq_model", "batch_size", "per_tensor_weights", "sample_axis")
+    if args.data is None and args.holdout != 0.25:
+        raise UsageError("--holdout needs --data")
     if args.data is None and args.weight_grid != "symmetric":
         raise UsageError("--weight-grid needs --data (tensor files take --symmetric)")
     if args.data is None:
@@ -303,6 +314,8 @@ def _check_model_options(args) -> None:
         )
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    if not 0 <= args.holdout < 1:
+        raise UsageError(f"--holdout must be in [0, 1), got {args.holdout}")
     if args.qdq_model is not None and args.bits not in ONNX_BITS:
         raise UsageError(
             f"--qdq-model: QDQ models take {', '.join(map(str, ONNX_BITS))} bits, "
@@ -629,7 +642,7 @@ def calibrate_model(args) -> int:
 
 def _model_job(args) -> int:
     from .onnx import calibrate as calibrate_onnx
-    from .onnx import output_sqnr
+    from .onnx import choose_activations, output_sqnr
     from .onnx._calibrate import quantizable_weights
     from .onnx._qdq import publish, stage_qdq_model, staging
 
@@ -641,18 +654,21 @@ def _model_job(args) -> int:
         notes.append(
             "calibrating on random data: the activation ranges say nothing about real inputs"
         )
-    for message in notes:
-        _note(message)
+    calib, held, more = _model_command.split(batches, args.holdout)
+    judged = held if len(held) else calib
+    methods = _activation_methods(args, notes + more)
     weights = quantizable_weights(model)
-    passes = 2 if args.qdq_model is not None else 1
+    qdq_steps = 1 + len(judged) + len(calib) if args.qdq_model is not None else 0
+    total = len(weights) + len(calib) + (len(methods) if len(methods) > 1 else 0) + qdq_steps
     with contextlib.ExitStack() as stack:
-        progress = stack.enter_context(Progress(len(weights) + passes * len(batches) + passes - 1))
+        progress = stack.enter_context(Progress(total))
+        options = {m: REGISTRY[m].command_options(args) for m in methods}
         result = calibrate_onnx(
             model,
-            batches,
-            activations=args.activation_method,
+            calib,
+            activations=methods if len(methods) > 1 else methods[0],
             weights=_model_command.weight_methods(args),  # all: each weight's best SQNR
-            activation_options=REGISTRY[args.activation_method].command_options(args),
+            activation_options=options if len(methods) > 1 else options[methods[0]],
             bits=args.bits,
             symmetric=args.symmetric,
             weight_symmetric=args.weight_grid == "symmetric",
@@ -663,6 +679,16 @@ def _model_job(args) -> int:
         )
         if not result.encodings:
             raise JobError("no tensor of the model could be calibrated")
+        choice = None
+        if len(methods) > 1 and result.candidates:
+            progress.stage("choosing the activations' method")
+            result, scores = choose_activations(model, result, judged)
+            progress.advance(len(methods))
+            best = max(scores, key=lambda m: sqnr_rank(scores[m]))  # as choose_activations
+            on = "held-out" if len(held) else "calibration"
+            choice = {"chosen": best, "measured_on": on, "output_sqnr_db": scores}
+        elif len(methods) > 1:
+            choice = {"chosen": methods[0], "measured_on": None, "output_sqnr_db": {}}
         qdq = staged = target = None
         if args.qdq_model is not None:
             target = check_output(args.qdq_model)
@@ -670,9 +696,20 @@ def _model_job(args) -> int:
             progress.stage("writing the QDQ model")
             staged, opset = stage_qdq_model(model, result, folder / target.name)
             progress.advance()
-            sqnr = output_sqnr(model, staged, progress_bar(batches, progress, "SQNR batch"))
-            qdq = {"path": str(args.qdq_model), "opset": opset, "output_sqnr_db": sqnr}
+            sqnr = output_sqnr(model, staged, progress_bar(judged, progress, "SQNR batch"))
+            on_calib = sqnr
+            if len(held):
+                on_calib = output_sqnr(model, staged, progress_bar(calib, progress, "SQNR batch"))
+            qdq = {
+                "path": str(args.qdq_model),
+                "opset": opset,
+                "measured_on": "held-out" if len(held) else "calibration",
+                "output_sqnr_db": sqnr,
+                "calibration_output_sqnr_db": on_calib,
+            }
         progress.close()
+        for message in notes + more:
+            _note(message)
         for name, reason in result.unquantized.items():
             _note(f"{name} left in floating point: {reason}")
         for name, branch in result.branches.items():
@@ -680,7 +717,7 @@ def _model_job(args) -> int:
                 f"the If producing {name} takes its {branch} on every batch: inlined, so its "
                 "activations are calibrated (and the QDQ model serves that branch)"
             )
-        _report_model(args, result, qdq)
+        _report_model(args, result, qdq, choice)
         if args.plot is not None:
             weights = float_weights(model)
             _plot(_weight_entries(result, weights), weights, args.plot)
@@ -692,7 +729,24 @@ def _model_job(args) -> int:
     return 0
 
 
-def _report_model(args, result, qdq: dict | None) -> None:
+def _activation_methods(args, notes: list[str]) -> list[str]:
+    """Return ``--activation-method`` as a list of methods.
+
+    ``auto`` gives its candidates where a QDQ model can judge them (a bit width ONNX has,
+    per-tensor activations), else percentile (with a note).
+    """
+    if args.activation_method != "auto":
+        return [args.activation_method]
+    if args.bits not in ONNX_BITS or args.per_channel is not None:
+        notes.append(
+            "--activation-method auto needs a QDQ model to compare methods (4, 8 or 16 "
+            "bits, per-tensor activations): percentile used"
+        )
+        return ["percentile"]
+    return list(_model_command.AUTO_ACTIVATIONS)
+
+
+def _report_model(args, result, qdq: dict | None, choice: dict | None) -> None:
     unquantized = [{"name": n, "reason": r} for n, r in result.unquantized.items()]
     if args.format == "json":
         rows = list(_model_command.iter_rows(result))
@@ -701,6 +755,7 @@ def _report_model(args, result, qdq: dict | None) -> None:
                 {
                     "config": _config(args),
                     "grids": result.grids(),
+                    "activation_choice": choice,
                     "tensors": rows,
                     "unquantized": unquantized,
                     "branches": result.branches,
@@ -711,13 +766,24 @@ def _report_model(args, result, qdq: dict | None) -> None:
         return
     print(result.table())
     print(f"grids: {result.grids()}")
-    if qdq is not None:
-        sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())
-        where = printable(qdq["path"])
+    if choice is not None and choice["output_sqnr_db"]:
+        scores = ", ".join(f"{m} {v:.2f} dB" for m, v in choice["output_sqnr_db"].items())
         print(
-            f"QDQ model: {where} ({qdq['opset']}); output SQNR on the calibration data: "
-            f"{printable(sqnr)}"
+            f"activations: {choice['chosen']}, the best output SQNR of the QDQ model on the "
+            f"{choice['measured_on']} data ({scores})"
         )
+    if qdq is not None:
+        where = printable(qdq["path"])
+        sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())
+        line = (
+            f"QDQ model: {where} ({qdq['opset']}); output SQNR on the {qdq['measured_on']} data: "
+        )
+        print(line + printable(sqnr))
+        if qdq["measured_on"] == "held-out":
+            calib = ", ".join(
+                f"{k} {v:.2f} dB" for k, v in qdq["calibration_output_sqnr_db"].items()
+            )
+            print(f"   on the calibration data: {printable(calib)}")
 
 
 def _weight_entries(result, weights: dict[str, np.ndarray]) -> list[dict]:

@@ -493,6 +493,8 @@ def test_an_activation_without_finite_values_is_left_in_float_and_said(tmp_path,
         data,
         "--method",
         "minmax",
+        "--activation-method",
+        "percentile",
         "--output",
         out,
         "--qdq-model",
@@ -510,6 +512,25 @@ def test_an_activation_without_finite_values_is_left_in_float_and_said(tmp_path,
     written = json.loads(out.read_text())
     assert "l" in written["unquantized"]
     assert "l" not in {e["name"] for e in written["activation_encodings"]}
+    # choosing among methods: no method encodes it, the others are chosen as usual
+    status, stdout, err = _run(
+        capsys,
+        path,
+        "--data",
+        data,
+        "--format",
+        "json",
+        "--qdq-model",
+        qdq,
+        "--holdout",
+        "0",
+        "--batch-size",
+        "2",
+    )
+    assert status == 0, err
+    report = json.loads(stdout)
+    assert "l" in {u["name"] for u in report["unquantized"]}
+    assert report["activation_choice"]["measured_on"] == "calibration"
 
 
 def test_include_exclude_and_plot_work_for_the_model_job(tmp_path, capsys):
@@ -538,7 +559,18 @@ def test_include_exclude_and_plot_work_for_the_model_job(tmp_path, capsys):
 
 def test_api_and_command_share_the_percentile_default(tmp_path, capsys):
     path, data = _save(tmp_path, _mlp()), _data(tmp_path, n=64)
-    status, out, _ = _run(capsys, path, "--data", data, "--format", "json", "--batch-size", "64")
+    status, out, _ = _run(
+        capsys,
+        path,
+        "--data",
+        data,
+        "--format",
+        "json",
+        "--batch-size",
+        "64",
+        "--activation-method",
+        "percentile",
+    )
     command = {t["name"]: t for t in json.loads(out)["tensors"]}
     x = np.load(data)["x"]
     with warnings.catch_warnings():
@@ -590,8 +622,17 @@ def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
     os.close(master)
     terminal = b"".join(chunks)
     assert proc.returncode == 0
-    # weights, 3 calibration batches, the QDQ model, 3 SQNR batches: 1 + 3 + 1 + 3 steps
-    for stage in (b"weight w", b"batch 3", b"writing the QDQ model", b"SQNR batch 3", b"8/8"):
+    # the weight, 2 calibration batches (the third held out), 5 activation methods compared,
+    # the QDQ model, its SQNR on 1 held-out and 2 calibration batches: 1 + 2 + 5 + 1 + 3 steps
+    stages = (
+        b"weight w",
+        b"batch 2",
+        b"choosing the activations",
+        b"writing the QDQ model",
+        b"SQNR batch 2",
+        b"/12 ",  # the total (tqdm may skip drawing the last step before it closes)
+    )
+    for stage in stages:
         assert stage in terminal, stage
 
 
@@ -703,3 +744,60 @@ def test_weight_grid_of_the_python_calibrators():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
     result = calibrate_torch(model, [torch.randn(2, 4)], weight_symmetric=True)
     assert result["0.weight"].symmetric and not result["0:input"].symmetric
+
+
+def test_choose_activations_keeps_the_best_output_and_is_never_below_min_max(tmp_path):
+    from encanalyze.onnx import choose_activations, output_sqnr
+
+    model = om.cnn()
+    rng = np.random.default_rng(3)
+    calib = [rng.standard_t(3, (4, 3, 8, 8)).astype("f4") for _ in range(3)]
+    held = [rng.standard_t(3, (4, 3, 8, 8)).astype("f4") for _ in range(2)]
+    methods = ("minmax", "percentile", "sqnr", "mse")
+    result = calibrate(model, calib, activations=methods, weight_symmetric=True)
+    assert set(result.candidates["c1"]) == set(methods)
+    assert result["c1"] is result.candidates["c1"]["minmax"]  # the first method until chosen
+    chosen, scores = choose_activations(model, result, held)
+    assert list(scores) == list(methods)
+    best = max(scores, key=scores.get)
+    assert all(chosen[n] is c[best] for n, c in chosen.candidates.items())
+    assert scores[best] >= scores["minmax"]
+    path = write_qdq_model(model, chosen, tmp_path / "q.onnx")
+    (measured,) = output_sqnr(model, path, held).values()
+    assert measured == pytest.approx(scores[best], abs=1e-9)
+    with pytest.raises(ValueError, match="several"):
+        choose_activations(model, calibrate(model, calib), held)
+    with pytest.raises(ValueError, match="maps each method"):
+        calibrate(model, calib, activations=methods, activation_options={"gamma": 1.0})
+
+
+def test_holdout_is_checked_and_split(tmp_path, capsys):
+    path, data = _save(tmp_path, _mlp()), _data(tmp_path, n=16)
+    status, _, err = _run(capsys, path, "--data", data, "--holdout", "1")
+    assert status == 2 and "--holdout must be in [0, 1)" in err
+    status, out, err = _run(
+        capsys,
+        path,
+        "--data",
+        data,
+        "--batch-size",
+        "4",
+        "--format",
+        "json",
+        "--qdq-model",
+        tmp_path / "q.onnx",
+    )
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["activation_choice"]["measured_on"] == "held-out"
+    assert report["qdq_model"]["measured_on"] == "held-out"
+    assert set(report["activation_choice"]["output_sqnr_db"]) == {
+        "minmax",
+        "percentile",
+        "sqnr",
+        "mse",
+        "entropy",
+    }
+    status, out, err = _run(capsys, path, "--data", data, "--batch-size", "16", "--format", "json")
+    assert status == 0 and "nothing held out" in err
+    assert json.loads(out)["activation_choice"]["measured_on"] == "calibration"

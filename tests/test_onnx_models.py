@@ -313,7 +313,7 @@ def test_command_calibrates_a_model_on_npz_data_and_writes_a_qdq_model(model_and
     cmd = [sys.executable, "-m", "encanalyze", "calibrate", str(path), "--data"]
     run = subprocess.run(
         [*cmd, str(tmp_path / "calib.npz"), "--batch-size", "8", "--output", str(out),
-         "--qdq-model", str(qdq)],
+         "--qdq-model", str(qdq), "--activation-method", "percentile", "--holdout", "0"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

@@ -8,7 +8,7 @@ See :func:`calibrate`, :func:`write_qdq_model` and the user guide's "Calibrating
 from .._calibration import CalibrationResult, TensorEncoding
 from .._onnx_graph import ModelFileError, float_weights, load_model
 from ._calibrate import QUANTIZABLE_OPS, calibrate, quantizable_weights
-from ._qdq import output_sqnr, write_qdq_model
+from ._qdq import choose_activations, output_sqnr, write_qdq_model
 
 __all__ = [
     "QUANTIZABLE_OPS",
@@ -16,6 +16,7 @@ __all__ = [
     "ModelFileError",
     "TensorEncoding",
     "calibrate",
+    "choose_activations",
     "float_weights",
     "load_model",
     "output_sqnr",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from .._calibration import (
     encode_or_reason,
     file_under,
     progress_bar,
+    statistics_key,
     weight_methods,
     weight_or_reason,
 )
@@ -237,7 +238,7 @@ def calibrate(
     model,
     batches: Iterable | None = None,
     *,
-    activations: str = "percentile",
+    activations: str | Sequence[str] = "percentile",
     weights: str | Mapping[str, dict | None] = "minmax",
     bits: int = 8,
     symmetric: bool = False,
@@ -299,16 +300,28 @@ def calibrate(
     >>> float(result["x"].min[0]), float(result["x"].max[0])
     (-1.0, 1.0)
     """
-    if activations not in METHODS:
-        raise ValueError(f"unknown method {activations!r}; choose from {sorted(METHODS)}")
+    act_methods = [activations] if isinstance(activations, str) else list(activations)
+    if not act_methods:
+        raise ValueError("activations names no method")
+    for m in act_methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+    if len(act_methods) > 1 and activation_options is not None:
+        if not set(activation_options) <= set(act_methods):
+            raise ValueError(
+                "with several activation methods, activation_options maps each "
+                "method to its options"
+            )
+        act_options = {m: activation_defaults(m, activation_options.get(m)) for m in act_methods}
+    else:
+        act_options = {m: activation_defaults(m, activation_options) for m in act_methods}
     methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
     wsym = symmetric if weight_symmetric is None else bool(weight_symmetric)
     validate_num_steps(num_steps, wsym)
-    options = activation_defaults(activations, activation_options)
     proto, _ = load_model(model)
     values = float_weights(proto)
-    encodings, unquantized = {}, {}
+    encodings, unquantized, candidates = {}, {}, {}
     chosen = {
         n: a
         for n, a in weights_of(proto, op_types, values).items()
@@ -330,24 +343,26 @@ def calibrate(
                 proto,
                 values,
                 batches,
-                activations,
+                act_options,
                 op_types,
                 providers,
-                options,
                 bar,
                 tensors,
                 activation_axis,
             )
-            for name, (analyzer, axis) in analyzers.items():
-                e = encode_or_reason(
-                    name, "activation", analyzer, num_steps, symmetric, axis, activations
-                )
-                file_under(name, e, encodings, unquantized)
+            for name, (made, axis) in analyzers.items():
+                found = {
+                    m: encode_or_reason(name, "activation", a, num_steps, symmetric, axis, m)
+                    for m, a in made.items()
+                }
+                file_under(name, found[act_methods[0]], encodings, unquantized)
+                if len(act_methods) > 1:
+                    candidates[name] = {m: e for m, e in found.items() if not isinstance(e, str)}
     finally:
         if bar is not progress:
             bar.close()
     return CalibrationResult(
-        encodings, bits, symmetric, count, unquantized, branches, weight_symmetric
+        encodings, bits, symmetric, count, unquantized, branches, weight_symmetric, candidates
     )
 
 
@@ -370,9 +385,7 @@ def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
     return {out: BRANCHES[bool(np.asarray(values[c]).reshape(-1)[0])] for out, c in conds.items()}
 
 
-def _observe(
-    proto, weights, batches, method, op_types, providers, options, progress, tensors, axis=None
-):
+def _observe(proto, weights, batches, methods, op_types, providers, progress, tensors, axis=None):
     """Run the batches with the activations as extra outputs; one analyzer per tensor.
 
     Tensors inside ``If``/``Loop``/``Scan`` bodies cannot be graph outputs: an ``If`` of the
@@ -423,15 +436,21 @@ def _observe(
         helper.make_tensor_value_info(c, TensorProto.BOOL, None) for c in checks if c not in outputs
     )
     wanted = wanted + checks
-    analyzers: dict = {}  # name -> (analyzer, channel axis); made at a tensor's first batch
+    # name -> ({method: analyzer}, channel axis, the analyzers that observe), made at the
+    # tensor's first batch: methods that gather the same statistics share one analyzer's
+    analyzers: dict = {}
 
-    def analyzer_for(name: str, value) -> object:
+    def observers_of(name: str, value) -> list:
         if name not in analyzers:
             ndim = np.ndim(value)
             on = axis % ndim if axis is not None and -ndim <= axis < ndim else None
             shape = layout_for(tuple(np.shape(value)), on).shape if on is not None else (1,)
-            analyzers[name] = (METHODS[method].analyzer(shape, **options), on)
-        return analyzers[name][0]
+            made = {m: METHODS[m].analyzer(shape, **o) for m, o in methods.items()}
+            primary: dict = {}
+            for a in made.values():
+                primary.setdefault(statistics_key(a), a)
+            analyzers[name] = (made, on, list(primary.values()))
+        return analyzers[name][2]
 
     count = 0
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
@@ -451,8 +470,18 @@ def _observe(
                     )
             for name in names:
                 value = produced[name] if name in produced else feed[name]
-                analyzer_for(name, value).observe(value)
+                for analyzer in observers_of(name, value):
+                    analyzer.observe(value)
             count += 1
-    for name in names:  # tensors no batch reached: an analyzer without statistics
-        analyzers.setdefault(name, (METHODS[method].analyzer((1,), **options), None))
-    return analyzers, count, branches
+    out = {}
+    for name in names:
+        if name not in analyzers:  # no batch reached it: analyzers without statistics
+            out[name] = ({m: METHODS[m].analyzer((1,), **o) for m, o in methods.items()}, None)
+            continue
+        made, on, primary = analyzers[name]
+        shared = {statistics_key(a): a for a in primary}
+        for a in made.values():
+            if all(a is not p for p in primary):
+                a.share_stats(shared[statistics_key(a)])
+        out[name] = (made, on)
+    return out, count, branches

@@ -18,7 +18,7 @@ from .._calibration import CalibrationResult
 from .._encoding import to_scale_offset
 from .._files import check_output, file_mode
 from .._onnx_graph import all_graphs, model_bytes, own_model
-from .._report import sqnr_db
+from .._report import sqnr_db, sqnr_rank
 from .._warnings import warn
 from ._branches import inline_branches
 from ._calibrate import (
@@ -31,7 +31,16 @@ from ._calibrate import (
     session,
 )
 
-__all__ = ["QDQ_OPSET", "output_sqnr", "publish", "stage_qdq_model", "staging", "write_qdq_model"]
+__all__ = [
+    "QDQ_OPSET",
+    "check_qdq",
+    "choose_activations",
+    "output_sqnr",
+    "publish",
+    "stage_qdq_model",
+    "staging",
+    "write_qdq_model",
+]
 
 QDQ_OPSET = 13
 """The first ONNX opset whose ``QuantizeLinear``/``DequantizeLinear`` take an ``axis``: models
@@ -315,3 +324,38 @@ def output_sqnr(float_model, quantized_model, batches: Iterable, providers=None)
                 signal[name] += float(np.sum(y * y))
                 noise[name] += float(np.sum((y - q) ** 2))
     return {n: sqnr_db(signal[n], noise[n]) for n in names}
+
+
+def choose_activations(
+    model,
+    result: CalibrationResult,
+    batches: Iterable,
+    *,
+    op_types=QUANTIZABLE_OPS,
+    providers=None,
+) -> tuple[CalibrationResult, dict[str, float]]:
+    """Pick the activation method whose QDQ model's output is closest to the float model's.
+
+    ``result`` comes from :func:`encanalyze.onnx.calibrate` with several ``activations``
+    methods (its ``candidates``); for each method a QDQ model is built with every activation's
+    encoding by that method (the weights as they are) and its output SQNR measured on
+    ``batches``, which should be held-out samples, not the calibration ones. Returns the result
+    with the best method's activations (ties and NaN to the earlier method: list min-max first
+    and the choice is never worse than min-max everywhere on these batches) and each method's
+    SQNR in dB (the mean over the model's outputs).
+    """
+    methods = list(dict.fromkeys(m for c in result.candidates.values() for m in c))
+    if not methods:
+        raise ValueError("the result holds one activation method: calibrate with several")
+    batches = list(batches)
+    scores: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
+        for method in methods:
+            trial = result.with_activations(method)
+            path, _ = stage_qdq_model(
+                model, trial, Path(workdir) / f"{method}.onnx", op_types=op_types
+            )
+            sqnr = output_sqnr(model, path, batches, providers)
+            scores[method] = float(np.mean(list(sqnr.values())))
+    best = max(methods, key=lambda m: sqnr_rank(scores[m]))
+    return result.with_activations(best), scores
