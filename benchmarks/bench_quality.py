@@ -7,11 +7,14 @@ quantized to QDQ (Conv, ConvTranspose, Gemm, MatMul; uint8 asymmetric activation
 symmetric weights per channel) by:
 
 - ONNX Runtime's ``quantize_static`` with its MinMax, Entropy and Percentile calibrators;
-- encanalyze's default model job (``encanalyze.onnx.calibrate`` with every weight method,
-  percentile activations, ``weight_symmetric=True``, then ``write_qdq_model``).
+- encanalyze's default model job: ``encanalyze.onnx.calibrate`` with every weight method and
+  the ``auto`` activation candidates (``weight_symmetric=True``) on 6 of the 8 calibration
+  batches, ``choose_activations`` on the other two (the command's ``--holdout 0.25``), then
+  ``write_qdq_model``.
 
-Each QDQ model's output SQNR against the float model is measured on 16 held-out samples of
-rendered text and on the 16 calibration samples, with the wall time of each tool.
+Each QDQ model's output SQNR against the float model is measured on 64 held-out samples of
+rendered text and on the 64 calibration samples (batches of 8), with the wall time of each
+tool.
 
     python benchmarks/bench_quality.py [--models classifier detector recognizer]
 """
@@ -34,7 +37,8 @@ MODELS = {
     "recognizer": ("ch_PP-OCRv4_rec_infer.onnx", (48, 160)),
 }
 OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
-BATCH = 4
+BATCH = 8
+BATCHES = 8
 
 
 def prepare(source: Path, folder: Path) -> Path:
@@ -82,15 +86,18 @@ def ort_quantize(model: Path, batches: list, method: str, out: Path) -> float:
 
 
 def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
+    from encanalyze._model_command import AUTO_ACTIVATIONS
     from encanalyze._registry import METHODS
-    from encanalyze.onnx import calibrate, write_qdq_model
+    from encanalyze.onnx import calibrate, choose_activations, write_qdq_model
 
     weights = {m: None for m, spec in METHODS.items() if spec.in_command}  # --method all
     start = time.perf_counter()
+    held = max(1, len(batches) // 4)
     result = calibrate(
-        str(model), batches, activations="percentile", weights=weights, weight_symmetric=True,
-        progress=False,
+        str(model), batches[:-held], activations=AUTO_ACTIVATIONS, weights=weights,
+        weight_symmetric=True, progress=False,
     )  # fmt: skip
+    result, _ = choose_activations(str(model), result, batches[-held:])
     write_qdq_model(str(model), result, out)
     return time.perf_counter() - start
 
@@ -116,8 +123,8 @@ def main() -> None:
         except BaseException as err:  # pytest's Skipped outside pytest: no registry
             print(f"| {name} | skipped: {err} | | | |")
             continue
-        calib = [text_images(BATCH, h, w, seed=s) for s in range(4)]
-        held = [text_images(BATCH, h, w, seed=100 + s) for s in range(4)]
+        calib = [text_images(BATCH, h, w, seed=s) for s in range(BATCHES)]
+        held = [text_images(BATCH, h, w, seed=100 + s) for s in range(BATCHES)]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             model = prepare(source, folder)
