@@ -9,8 +9,8 @@ symmetric weights per channel) by:
 - ONNX Runtime's ``quantize_static`` with its MinMax, Entropy and Percentile calibrators;
 - encanalyze's default model job: ``encanalyze.onnx.calibrate`` with every weight method and
   the ``auto`` activation candidates (``weight_symmetric=True``) on 6 of the 8 calibration
-  batches, ``choose_activations`` on the other two (the command's ``--holdout 0.25``), then
-  ``write_qdq_model``.
+  batches, ``choose_activations`` then ``choose_weights`` on the other two (the command's
+  ``--holdout 0.25``), then ``write_qdq_model``.
 
 Each QDQ model's output SQNR against the float model is measured on 64 held-out samples of
 rendered text and on the 64 calibration samples (batches of 8), with the wall time of each
@@ -88,7 +88,7 @@ def ort_quantize(model: Path, batches: list, method: str, out: Path) -> float:
 def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
     from encanalyze._model_command import AUTO_ACTIVATIONS
     from encanalyze._registry import METHODS
-    from encanalyze.onnx import calibrate, choose_activations, write_qdq_model
+    from encanalyze.onnx import calibrate, choose_activations, choose_weights, write_qdq_model
 
     weights = {m: None for m, spec in METHODS.items() if spec.in_command}  # --method all
     start = time.perf_counter()
@@ -98,6 +98,7 @@ def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
         weight_symmetric=True, progress=False,
     )  # fmt: skip
     result, _ = choose_activations(str(model), result, batches[-held:])
+    result, _ = choose_weights(str(model), result, batches[-held:])
     write_qdq_model(str(model), result, out)
     return time.perf_counter() - start
 

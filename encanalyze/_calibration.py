@@ -125,11 +125,17 @@ def encode_or_reason(
 
 
 def weight_or_reason(
-    name: str, tensor: Array, axis: int | None, methods: dict, num_steps: int, symmetric: bool
+    name: str,
+    tensor: Array,
+    axis: int | None,
+    methods: dict,
+    num_steps: int,
+    symmetric: bool,
+    every: dict | None = None,
 ) -> TensorEncoding | str:
     """:func:`encode_weight`, or the reason the weight stays in floating point."""
     try:
-        return encode_weight(name, tensor, axis, methods, num_steps, symmetric)
+        return encode_weight(name, tensor, axis, methods, num_steps, symmetric, every)
     except StatisticsNotFoundError:
         return "the weight holds no finite value"
     except ValueError as err:  # a range its dtype cannot hold
@@ -249,12 +255,14 @@ def encode_weight(
     methods: dict[str, dict],
     num_steps: int,
     symmetric: bool,
+    every: dict | None = None,
 ) -> TensorEncoding:
     """Calibrate a weight with each of ``methods``; return the best SQNR's encoding on it.
 
     Methods that gather the same statistics share them (one histogram per weight), channels
     are histogrammed in blocks (:func:`encodings_by_rows`); ties and NaN scores go to the
-    earlier method. Raises the first method's error when no method gives encodings.
+    earlier method. ``every``, a dict, receives each method's encoding. Raises the first
+    method's error when no method gives encodings.
     """
     shape = layout_for(tuple(tensor.shape), axis).shape
     xp = namespace_of(tensor)
@@ -269,6 +277,8 @@ def encode_weight(
         scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
         sqnr = quantization_quality(xp, tensor, p, scale, offset, num_steps)[1]
         e = TensorEncoding(name, "param", lo, hi, scale, offset, axis, method, sqnr, symmetric)
+        if every is not None:
+            every[method] = e
         if best is None or sqnr_rank(e.sqnr_db) > sqnr_rank(best.sqnr_db):
             best = e
     if best is None:
@@ -290,8 +300,9 @@ class CalibrationResult:
     files list it under ``"unquantized"``). ``branches`` names the ONNX ``If`` nodes (by
     their first output) that calibration inlined with the branch every batch took
     (``"then_branch"`` or ``"else_branch"``): the QDQ model serves that branch.
-    ``candidates`` holds, where several activation methods were asked for, each activation's
-    encoding by every method (:func:`encanalyze.onnx.choose_activations` picks among them).
+    ``candidates`` holds, where several methods were asked for, each activation's and each
+    weight's encoding by every method (:func:`encanalyze.onnx.choose_activations` and
+    :func:`encanalyze.onnx.choose_weights` pick among them by the model's output).
     """
 
     encodings: dict[str, TensorEncoding]
@@ -305,8 +316,17 @@ class CalibrationResult:
 
     def with_activations(self, method: str) -> CalibrationResult:
         """Return this result with each activation's ``method`` candidate where it has one."""
+        return self.with_method("activation", method)
+
+    def with_weights(self, method: str) -> CalibrationResult:
+        """Return this result with each weight's ``method`` candidate where it has one."""
+        return self.with_method("param", method)
+
+    def with_method(self, kind: str, method: str) -> CalibrationResult:
+        """Return this result with each ``kind`` tensor's ``method`` candidate where it has one."""
         encodings = {
-            name: self.candidates.get(name, {}).get(method, e) for name, e in self.encodings.items()
+            name: self.candidates.get(name, {}).get(method, e) if e.kind == kind else e
+            for name, e in self.encodings.items()
         }
         return dataclasses.replace(self, encodings=encodings)
 

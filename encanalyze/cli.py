@@ -642,7 +642,7 @@ def calibrate_model(args) -> int:
 
 def _model_job(args) -> int:
     from .onnx import calibrate as calibrate_onnx
-    from .onnx import choose_activations, output_sqnr
+    from .onnx import choose_activations, choose_weights, output_sqnr
     from .onnx._calibrate import quantizable_weights
     from .onnx._qdq import publish, stage_qdq_model, staging
 
@@ -659,7 +659,11 @@ def _model_job(args) -> int:
     methods = _activation_methods(args, notes + more)
     weights = quantizable_weights(model)
     qdq_steps = 1 + len(judged) + len(calib) if args.qdq_model is not None else 0
-    total = len(weights) + len(calib) + (len(methods) if len(methods) > 1 else 0) + qdq_steps
+    weight_methods = _model_command.weight_methods(args)
+    choosing = (len(methods) if len(methods) > 1 else 0) + (
+        len(weight_methods) + 1 if len(weight_methods) > 1 and len(methods) > 1 else 0
+    )
+    total = len(weights) + len(calib) + choosing + qdq_steps
     with contextlib.ExitStack() as stack:
         progress = stack.enter_context(Progress(total))
         options = {m: REGISTRY[m].command_options(args) for m in methods}
@@ -667,7 +671,7 @@ def _model_job(args) -> int:
             model,
             calib,
             activations=methods if len(methods) > 1 else methods[0],
-            weights=_model_command.weight_methods(args),  # all: each weight's best SQNR
+            weights=weight_methods,  # all: each weight's best SQNR, then chosen by the output
             activation_options=options if len(methods) > 1 else options[methods[0]],
             bits=args.bits,
             symmetric=args.symmetric,
@@ -680,15 +684,25 @@ def _model_job(args) -> int:
         if not result.encodings:
             raise JobError("no tensor of the model could be calibrated")
         choice = None
-        if len(methods) > 1 and result.candidates:
-            progress.stage("choosing the activations' method")
-            result, scores = choose_activations(model, result, judged)
-            progress.advance(len(methods))
-            best = max(scores, key=lambda m: sqnr_rank(scores[m]))  # as choose_activations
+        kinds = {result[n].kind for n in result.candidates if n in result.encodings}
+        if not any(e.kind == "activation" for e in result.encodings.values()):
+            kinds = set()  # no QDQ model to judge by (no activation selected)
+        if len(methods) > 1:  # auto: activations, then weights, by the output on held-out data
             on = "held-out" if len(held) else "calibration"
-            choice = {"chosen": best, "measured_on": on, "output_sqnr_db": scores}
-        elif len(methods) > 1:
-            choice = {"chosen": methods[0], "measured_on": None, "output_sqnr_db": {}}
+            choice = {"measured_on": on}
+            for kind, choose, count in (
+                ("activation", choose_activations, len(methods)),
+                ("param", choose_weights, len(weight_methods) + 1),
+            ):
+                if kind not in kinds:
+                    continue
+                progress.stage(
+                    f"choosing the {'activations' if kind == 'activation' else 'weights'}"
+                )
+                result, scores = choose(model, result, judged)
+                progress.advance(count)
+                best = max(scores, key=lambda m: sqnr_rank(scores[m]))  # as choose() keeps
+                choice[kind] = {"chosen": best, "output_sqnr_db": scores}
         qdq = staged = target = None
         if args.qdq_model is not None:
             target = check_output(args.qdq_model)
@@ -766,12 +780,13 @@ def _report_model(args, result, qdq: dict | None, choice: dict | None) -> None:
         return
     print(result.table())
     print(f"grids: {result.grids()}")
-    if choice is not None and choice["output_sqnr_db"]:
-        scores = ", ".join(f"{m} {v:.2f} dB" for m, v in choice["output_sqnr_db"].items())
-        print(
-            f"activations: {choice['chosen']}, the best output SQNR of the QDQ model on the "
-            f"{choice['measured_on']} data ({scores})"
-        )
+    for kind, what in (("activation", "activations"), ("param", "weights")):
+        if choice is not None and kind in choice:
+            scores = ", ".join(f"{m} {v:.2f} dB" for m, v in choice[kind]["output_sqnr_db"].items())
+            print(
+                f"{what}: {choice[kind]['chosen']}, the best output SQNR of the QDQ model on "
+                f"the {choice['measured_on']} data ({scores})"
+            )
     if qdq is not None:
         where = printable(qdq["path"])
         sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())

@@ -622,15 +622,17 @@ def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
     os.close(master)
     terminal = b"".join(chunks)
     assert proc.returncode == 0
-    # the weight, 2 calibration batches (the third held out), 5 activation methods compared,
-    # the QDQ model, its SQNR on 1 held-out and 2 calibration batches: 1 + 2 + 5 + 1 + 3 steps
+    # the weight, 2 calibration batches (the third held out), 5 activation methods and 7 weight
+    # options compared, the QDQ model, its SQNR on 1 held-out and 2 calibration batches:
+    # 1 + 2 + 5 + 7 + 1 + 3 steps
     stages = (
         b"weight w",
         b"batch 2",
         b"choosing the activations",
         b"writing the QDQ model",
         b"SQNR batch 2",
-        b"/12 ",  # the total (tqdm may skip drawing the last step before it closes)
+        b"choosing the weights",
+        b"/19 ",  # the total (tqdm may skip drawing the last step before it closes)
     )
     for stage in stages:
         assert stage in terminal, stage
@@ -765,6 +767,17 @@ def test_choose_activations_keeps_the_best_output_and_is_never_below_min_max(tmp
     path = write_qdq_model(model, chosen, tmp_path / "q.onnx")
     (measured,) = output_sqnr(model, path, held).values()
     assert measured == pytest.approx(scores[best], abs=1e-9)
+    # the weights: each weight's best SQNR on itself, or one method for all, by the output
+    from encanalyze.onnx import choose_weights
+
+    several = {"minmax": None, "sqnr": None, "mse": None}
+    result = calibrate(model, calib, activations=methods, weights=several, weight_symmetric=True)
+    result, _ = choose_activations(model, result, held)
+    chosen, weights = choose_weights(model, result, held)
+    assert list(weights) == ["best-tensor-sqnr", "minmax", "sqnr", "mse"]
+    assert max(weights.values()) == weights[max(weights, key=weights.get)]
+    assert weights[max(weights, key=weights.get)] >= weights["best-tensor-sqnr"]
+    assert {chosen[n].kind for n in chosen.candidates} == {"activation", "param"}
     with pytest.raises(ValueError, match="several"):
         choose_activations(model, calibrate(model, calib), held)
     with pytest.raises(ValueError, match="maps each method"):
@@ -791,13 +804,21 @@ def test_holdout_is_checked_and_split(tmp_path, capsys):
     report = json.loads(out)
     assert report["activation_choice"]["measured_on"] == "held-out"
     assert report["qdq_model"]["measured_on"] == "held-out"
-    assert set(report["activation_choice"]["output_sqnr_db"]) == {
+    scores = report["activation_choice"]["activation"]["output_sqnr_db"]
+    assert set(scores) == {"minmax", "percentile", "sqnr", "mse", "entropy"}
+    weights = report["activation_choice"]["param"]["output_sqnr_db"]
+    assert set(weights) == {
+        "best-tensor-sqnr",
         "minmax",
         "percentile",
         "sqnr",
         "mse",
         "entropy",
+        "ema",
     }
+    chosen = report["activation_choice"]["param"]["chosen"]
+    assert weights[chosen] == max(weights.values())
+    assert report["qdq_model"]["output_sqnr_db"]["y"] == pytest.approx(weights[chosen])
     status, out, err = _run(capsys, path, "--data", data, "--batch-size", "16", "--format", "json")
     assert status == 0 and "nothing held out" in err
     assert json.loads(out)["activation_choice"]["measured_on"] == "calibration"

@@ -8,7 +8,7 @@ See :func:`calibrate`, :func:`write_qdq_model` and the user guide's "Calibrating
 from .._calibration import CalibrationResult, TensorEncoding
 from .._onnx_graph import ModelFileError, float_weights, load_model
 from ._calibrate import QUANTIZABLE_OPS, calibrate, quantizable_weights
-from ._qdq import choose_activations, output_sqnr, write_qdq_model
+from ._qdq import choose_activations, choose_weights, output_sqnr, write_qdq_model
 
 __all__ = [
     "QUANTIZABLE_OPS",
@@ -17,6 +17,7 @@ __all__ = [
     "TensorEncoding",
     "calibrate",
     "choose_activations",
+    "choose_weights",
     "float_weights",
     "load_model",
     "output_sqnr",

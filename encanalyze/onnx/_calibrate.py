@@ -334,8 +334,11 @@ def calibrate(
         for name, axis in chosen.items():
             bar.stage(f"weight {name}")
             axis = axis if per_channel_weights else None
-            found = weight_or_reason(name, values[name], axis, methods, num_steps, wsym)
+            every: dict = {}
+            found = weight_or_reason(name, values[name], axis, methods, num_steps, wsym, every)
             file_under(name, found, encodings, unquantized)
+            if len(methods) > 1 and every:
+                candidates[name] = every
             bar.advance()
         count, branches = 0, {}
         if batches is not None:

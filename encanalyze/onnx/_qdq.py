@@ -35,6 +35,7 @@ __all__ = [
     "QDQ_OPSET",
     "check_qdq",
     "choose_activations",
+    "choose_weights",
     "output_sqnr",
     "publish",
     "stage_qdq_model",
@@ -344,18 +345,43 @@ def choose_activations(
     and the choice is never worse than min-max everywhere on these batches) and each method's
     SQNR in dB (the mean over the model's outputs).
     """
-    methods = list(dict.fromkeys(m for c in result.candidates.values() for m in c))
+    return _choose(model, result, batches, "activation", op_types, providers)
+
+
+def choose_weights(
+    model,
+    result: CalibrationResult,
+    batches: Iterable,
+    *,
+    op_types=QUANTIZABLE_OPS,
+    providers=None,
+) -> tuple[CalibrationResult, dict[str, float]]:
+    """Pick the weights' encodings by the QDQ model's output, as :func:`choose_activations`.
+
+    The options are each weight's best SQNR on the weight itself (``"best-tensor-sqnr"``,
+    what ``calibrate`` keeps with several weight methods) and each method for every weight; a
+    weight's own SQNR does not say how its error propagates, the model's output does. Ties go
+    to ``"best-tensor-sqnr"``, then to the earlier method.
+    """
+    return _choose(model, result, batches, "param", op_types, providers)
+
+
+def _choose(model, result, batches, kind, op_types, providers):
+    names = {n for n, e in result.encodings.items() if e.kind == kind}
+    methods = list(dict.fromkeys(m for n, c in result.candidates.items() if n in names for m in c))
     if not methods:
-        raise ValueError("the result holds one activation method: calibrate with several")
+        raise ValueError(f"the result holds one method for each {kind}: calibrate with several")
+    options = {m: result.with_method(kind, m) for m in methods}
+    if kind == "param":
+        options = {"best-tensor-sqnr": result, **options}
     batches = list(batches)
     scores: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
-        for method in methods:
-            trial = result.with_activations(method)
+        for label, trial in options.items():
             path, _ = stage_qdq_model(
-                model, trial, Path(workdir) / f"{method}.onnx", op_types=op_types
+                model, trial, Path(workdir) / f"{label}.onnx", op_types=op_types
             )
             sqnr = output_sqnr(model, path, batches, providers)
-            scores[method] = float(np.mean(list(sqnr.values())))
-    best = max(methods, key=lambda m: sqnr_rank(scores[m]))
-    return result.with_activations(best), scores
+            scores[label] = float(np.mean(list(sqnr.values())))
+    best = max(scores, key=lambda m: sqnr_rank(scores[m]))
+    return options[best], scores
