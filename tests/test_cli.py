@@ -1,7 +1,6 @@
 """The real ``encanalyze`` command, run in a subprocess on files the tests write."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -253,34 +252,12 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path):
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path):
-    import fcntl
-    import pty
-    import struct
-    import termios
+    from tests.terminal import on_terminal
 
     np.savez(tmp_path / "two.npz", a=ACT, b=ACT * 3)
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real size
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "encanalyze", "calibrate", str(tmp_path / "two.npz")],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env={**os.environ, "TQDM_MININTERVAL": "0"},  # every update drawn, however fast
-    )
-    os.close(slave)
-    stdout, _ = proc.communicate(timeout=300)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    terminal = b"".join(chunks)
-    assert proc.returncode == 0
+    cmd = [sys.executable, "-m", "encanalyze", "calibrate", str(tmp_path / "two.npz")]
+    status, stdout, terminal = on_terminal(cmd)
+    assert status == 0
     assert b"calibrating" in terminal and b"100%|" in terminal  # tqdm: values done, time left
     assert terminal.count(b"%|") >= 2 * 6  # moves within each tensor: once per method
     assert b"2/2" not in stdout

@@ -583,16 +583,11 @@ def test_api_and_command_share_the_percentile_default(tmp_path, capsys):
 
 
 def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
-    import fcntl
-    import pty
-    import struct
-    import subprocess
     import sys
-    import termios
+
+    from tests.terminal import on_terminal
 
     path, data = _save(tmp_path, _mlp()), _data(tmp_path)
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
     cmd = [
         sys.executable,
         "-m",
@@ -606,22 +601,8 @@ def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
         "--qdq-model",
         str(tmp_path / "q.onnx"),
     ]
-    env = {**os.environ, "TQDM_MININTERVAL": "0"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env)
-    os.close(slave)
-    proc.communicate(timeout=300)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
-    terminal = b"".join(chunks)
-    assert proc.returncode == 0
+    status, _, terminal = on_terminal(cmd, columns=160)
+    assert status == 0
     # the weight, 2 calibration batches (the third held out), 5 activation methods and 7 weight
     # options compared, the QDQ model, its SQNR on 1 held-out and 2 calibration batches:
     # 1 + 2 + 5 + 7 + 1 + 3 steps
