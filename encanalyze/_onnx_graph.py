@@ -19,6 +19,7 @@ __all__ = [
     "FLOAT_TYPES",
     "ModelFileError",
     "all_graphs",
+    "external_locations",
     "float_weights",
     "load_model",
     "model_bytes",
@@ -115,6 +116,18 @@ def model_bytes(model) -> int:
     subgraphs'.
     """
     return model.ByteSize()
+
+
+def external_locations(model) -> list[str]:
+    """Return the external data locations that a model (loaded without its data) names."""
+    out = []
+    for graph in all_graphs(model.graph):
+        for tensor in _tensors(graph):
+            if tensor.data_location == _onnx().TensorProto.EXTERNAL:
+                location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+                if location and location not in out:
+                    out.append(location)
+    return out
 
 
 def _tensors(graph) -> Iterator:

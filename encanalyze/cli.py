@@ -29,7 +29,7 @@ from ._calibration import Progress, encodings_by_rows, progress_bar
 from ._encoding import to_scale_offset
 from ._files import OutputPathError, check_output, printable, write_atomic
 from ._observers.histogram import validate_num_bins
-from ._onnx_graph import ModelFileError, float_weights, load_model
+from ._onnx_graph import ModelFileError, external_locations, float_weights, load_model
 from ._registry import ACTIVATION_PERCENTILE
 from ._registry import METHODS as REGISTRY
 from ._report import (
@@ -274,18 +274,11 @@ def _external_files(model: str) -> list[Path]:
     """Return the external data files an ONNX model names (read before any output is written)."""
     try:
         import onnx
-        from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
         proto = onnx.load(model, load_external_data=False)
     except Exception:  # noqa: BLE001 - an unreadable model is reported when it is loaded
         return []
-    out = []
-    for tensor in _get_all_tensors(proto):
-        if uses_external_data(tensor):
-            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-            if location and "\x00" not in location:
-                out.append(Path(model).parent / location)
-    return out
+    return [Path(model).parent / loc for loc in external_locations(proto) if "\x00" not in loc]
 
 
 def _check_model_options(args) -> None:
@@ -656,7 +649,7 @@ def _model_job(args) -> int:
         )
     calib, held, more = _model_command.split(batches, args.holdout)
     judged = held if len(held) else calib
-    methods = _activation_methods(args, notes + more)
+    methods = _activation_methods(args, more)
     weights = quantizable_weights(model)
     qdq_steps = 1 + len(judged) + len(calib) if args.qdq_model is not None else 0
     weight_methods = _model_command.weight_methods(args)

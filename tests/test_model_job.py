@@ -803,3 +803,13 @@ def test_holdout_is_checked_and_split(tmp_path, capsys):
     status, out, err = _run(capsys, path, "--data", data, "--batch-size", "16", "--format", "json")
     assert status == 0 and "nothing held out" in err
     assert json.loads(out)["activation_choice"]["measured_on"] == "calibration"
+
+
+def test_auto_without_a_qdq_grid_says_it_used_percentile(tmp_path, capsys):
+    path, data = _save(tmp_path, _mlp()), _data(tmp_path)
+    status, out, err = _run(capsys, path, "--data", data, "--bits", "6", "--format", "json")
+    assert status == 0, err
+    assert "auto needs a QDQ model" in err
+    assert {t["method"] for t in json.loads(out)["tensors"] if t["kind"] == "activation"} == {
+        "percentile"
+    }
