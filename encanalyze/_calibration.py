@@ -78,17 +78,11 @@ def encode(
     symmetric: bool,
     axis: int | None,
     method: str,
-    tensor: Array | None = None,
 ) -> TensorEncoding:
-    """Compute ``analyzer``'s encodings; with ``tensor``, measure them on it."""
+    """Compute ``analyzer``'s encodings (an activation's: no SQNR on a tensor at hand)."""
     lo, hi = analyzer.compute_encodings(num_steps, symmetric)
     scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
-    sqnr = None
-    if tensor is not None:
-        xp = namespace_of(tensor)
-        p = plan(tuple(tensor.shape), tuple(lo.shape), None)
-        sqnr = quantization_quality(xp, tensor, p, scale, offset, num_steps)[1]
-    return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method, sqnr, symmetric)
+    return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method, None, symmetric)
 
 
 def encode_or_reason(

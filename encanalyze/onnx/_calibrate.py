@@ -272,9 +272,16 @@ def calibrate(
     only the tensors it accepts. ``activations="percentile"`` takes the 99.99th percentile
     unless ``activation_options`` says otherwise (as the command does). A tensor without an
     encoding (an activation that never held a finite value, or no batch reached) stays in
-    floating point and is listed with the reason in the result's ``unquantized``. Tensors inside
-    ``If``/``Loop``/``Scan`` bodies cannot be observed through ONNX Runtime: their weights are
-    calibrated, their activations are not. ONNX Runtime's errors (a model it cannot load, a
+    floating point and is listed with the reason in the result's ``unquantized``. An ``If``
+    of the main graph whose branch every batch takes (a setting such as a sample rate) is
+    inlined so that its activations are observed (``result.branches``); other ``If``/``Loop``/
+    ``Scan`` bodies cannot be observed through ONNX Runtime: their weights are calibrated, their
+    activations are not (a warning says how many nodes). ``activations`` may name several
+    methods: every activation is then encoded by each (the histogram methods share one
+    histogram) and the first is kept until :func:`encanalyze.onnx.choose_activations` picks by
+    the model's output (``activation_options`` then maps each method to its options); with
+    several weight methods, each weight's encodings by all of them are kept likewise for
+    :func:`encanalyze.onnx.choose_weights`. ONNX Runtime's errors (a model it cannot load, a
     batch it cannot run) raise :class:`ModelRunError`.
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
