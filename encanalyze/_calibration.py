@@ -30,8 +30,7 @@ from ._xp import Array, namespace_of
 __all__ = [
     "CalibrationResult",
     "TensorEncoding",
-    "encode",
-    "encode_or_reason",
+    "encode_activation",
     "encode_weight",
     "file_under",
     "Progress",
@@ -70,52 +69,33 @@ class TensorEncoding:
         return layout_for(tuple(self.min.shape), self.axis)
 
 
-def encode(
-    name: str,
-    kind: str,
-    analyzer,
-    num_steps: int,
-    symmetric: bool,
-    axis: int | None,
-    method: str,
-) -> TensorEncoding:
-    """Compute ``analyzer``'s encodings (an activation's: no SQNR on a tensor at hand)."""
-    lo, hi = analyzer.compute_encodings(num_steps, symmetric)
-    scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
-    return TensorEncoding(name, kind, lo, hi, scale, offset, axis, method, None, symmetric)
-
-
-def encode_or_reason(
-    name: str,
-    kind: str,
-    analyzer,
-    num_steps: int,
-    symmetric: bool,
-    axis: int | None,
-    method: str,
+def encode_activation(
+    name: str, analyzer, num_steps: int, symmetric: bool, axis: int | None, method: str
 ) -> TensorEncoding | str:
-    """:func:`encode` an activation's analyzer, or say why the tensor stays in floating point.
+    """Encode an activation's analyzer, or say why the tensor stays in floating point.
 
-    A tensor that no batch reached, that never held a finite value (in some channel, per
-    channel), or whose range is infinite (min-max of infinite values) gets no encoding: the
-    reason is returned instead, and the model's other tensors are calibrated as usual.
+    The encoding has no SQNR (no tensor is at hand). A tensor that no batch reached, that never
+    held a finite value (in some channel, per channel), or whose range is infinite (min-max of
+    infinite values) gets no encoding: the reason is returned instead, and the model's other
+    tensors are calibrated as usual.
     """
     if analyzer.get_stats() is None:
         return "no calibration batch reached it"
     try:
-        e = encode(name, kind, analyzer, num_steps, symmetric, axis, method)
+        lo, hi = analyzer.compute_encodings(num_steps, symmetric)
     except StatisticsNotFoundError as err:
         total = math.prod(analyzer.shape)
         if total == 1:
             return "it never held a finite value in the calibration data"
         empty = str(err).split(" of ")[0]
         return f"{empty} of its {total} channels never held a finite value"
-    scale = to_numpy(e.scale)
-    ends = np.abs(np.concatenate([to_numpy(e.min).ravel(), to_numpy(e.max).ravel()]))
+    scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
+    steps = to_numpy(scale)
+    ends = np.abs(np.concatenate([to_numpy(lo).ravel(), to_numpy(hi).ravel()]))
     largest = np.finfo(ends.dtype).max if ends.dtype.kind == "f" else np.inf
-    if not bool(np.all(np.isfinite(scale) & (scale > 0))) or bool(np.any(ends >= largest)):
+    if not bool(np.all(np.isfinite(steps) & (steps > 0))) or bool(np.any(ends >= largest)):
         return "its range is not finite (it held infinite values)"  # or was clamped to one
-    return e
+    return TensorEncoding(name, "activation", lo, hi, scale, offset, axis, method, None, symmetric)
 
 
 def weight_or_reason(

@@ -184,7 +184,7 @@ def _check_array(spec: InputSpec, array: np.ndarray) -> np.ndarray:
         raise DataError(
             f"input {name!r}: the data holds {array.dtype} values; the model takes {want}"
         )
-    if want.kind == "f" and array.dtype.kind == "f" and array.dtype != want:
+    if want.kind == "f" and array.dtype != want:  # floats, integers and bools become floats
         array = array.astype(want)
     elif want.kind in "iu":
         if array.dtype.kind not in "iub":
@@ -201,8 +201,6 @@ def _check_array(spec: InputSpec, array: np.ndarray) -> np.ndarray:
         raise DataError(
             f"input {name!r}: the data holds {array.dtype} values; the model takes bool"
         )
-    elif want.kind == "f" and array.dtype.kind != "f":
-        array = array.astype(want)
     if spec.axis is not None and array.ndim == 0:
         raise DataError(
             f"input {name!r}: a 0-d array holds no samples (a constant input: "
@@ -237,14 +235,11 @@ class Batches(Sequence):
     def __len__(self) -> int:
         return self._count
 
-    def part(self, start: int, stop: int) -> Batches:
-        """Return batches ``start`` to ``stop`` (still made one at a time)."""
-        start, stop, _ = slice(start, stop).indices(self._count)
-        return Batches(max(0, stop - start), lambda i: self._make(start + i))
-
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._count))]
+        if isinstance(index, slice):  # a view: its batches are still made when asked for
+            start, stop, step = index.indices(self._count)
+            picked = range(start, stop, step)
+            return Batches(len(picked), lambda i: self._make(picked[i]))
         if not -self._count <= index < self._count:
             raise IndexError(index)
         return self._make(index % self._count)
@@ -361,7 +356,7 @@ def split(batches: Batches, holdout: float) -> tuple[Batches, Batches, list[str]
             "one batch of data: nothing held out, quality measured on the calibration "
             "data (give more samples or a smaller --batch-size)"
         )
-    return batches.part(0, n - k), batches.part(n - k, n), notes
+    return batches[: n - k], batches[n - k :], notes
 
 
 def weight_methods(args) -> dict[str, dict]:

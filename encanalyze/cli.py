@@ -683,15 +683,13 @@ def _model_job(args) -> int:
         if len(methods) > 1:  # auto: activations, then weights, by the output on held-out data
             on = "held-out" if len(held) else "calibration"
             choice = {"measured_on": on}
-            for kind, choose, count in (
-                ("activation", choose_activations, len(methods)),
-                ("param", choose_weights, len(weight_methods) + 1),
+            for kind, what, choose, count in (
+                ("activation", "activations", choose_activations, len(methods)),
+                ("param", "weights", choose_weights, len(weight_methods) + 1),
             ):
                 if kind not in kinds:
                     continue
-                progress.stage(
-                    f"choosing the {'activations' if kind == 'activation' else 'weights'}"
-                )
+                progress.stage(f"choosing the {what}")
                 result, scores = choose(model, result, judged)
                 progress.advance(count)
                 best = max(scores, key=lambda m: sqnr_rank(scores[m]))  # as choose() keeps

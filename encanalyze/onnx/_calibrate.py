@@ -12,7 +12,7 @@ import numpy as np
 from .._calibration import (
     CalibrationResult,
     Progress,
-    encode_or_reason,
+    encode_activation,
     file_under,
     progress_bar,
     statistics_key,
@@ -362,7 +362,7 @@ def calibrate(
             )
             for name, (made, axis) in analyzers.items():
                 found = {
-                    m: encode_or_reason(name, "activation", a, num_steps, symmetric, axis, m)
+                    m: encode_activation(name, a, num_steps, symmetric, axis, m)
                     for m, a in made.items()
                 }
                 file_under(name, found[act_methods[0]], encodings, unquantized)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import logging
 import os
 import shutil
@@ -130,7 +131,8 @@ def _overrides(result: CalibrationResult, present: set[str]) -> tuple[dict, dict
 
 def check_qdq(result: CalibrationResult) -> None:
     """Raise ``ValueError`` when ``result`` cannot become a QDQ model (before any work)."""
-    check_qdq_bits(result.bits)
+    if result.bits not in _QUANT_TYPES:
+        raise ValueError(f"QDQ models take 4, 8 or 16 bits, not {result.bits}")
     if not any(e.kind == "activation" for e in result.encodings.values()):
         raise ValueError("the result holds no activation encodings: calibrate with batches")
     if any(e.kind == "activation" and e.axis is not None for e in result.encodings.values()):
@@ -138,12 +140,6 @@ def check_qdq(result: CalibrationResult) -> None:
             "ONNX Runtime's QDQ models quantize activations per tensor: calibrate "
             "them without activation_axis"
         )
-
-
-def check_qdq_bits(bits: int) -> None:
-    """Raise ``ValueError`` for a bit width that ONNX has no integer type for."""
-    if bits not in _QUANT_TYPES:
-        raise ValueError(f"QDQ models take 4, 8 or 16 bits, not {bits}")
 
 
 def _opset(proto) -> int:
@@ -234,9 +230,8 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
     failure leaves the previous file as it was. Needs onnxruntime with
     ``calibration_cache_path`` (1.32 or newer).
     """
-    check_qdq(result)
     target = check_output(path)
-    with staging(target) as folder:
+    with staging(target) as folder:  # stage_qdq_model checks the result first
         staged, _ = stage_qdq_model(model, result, folder / target.name, op_types=op_types)
         publish(staged, target)
     return Path(path)
@@ -305,25 +300,33 @@ def output_sqnr(float_model, quantized_model, batches: Iterable, providers=None)
     Both run with ONNX Runtime on the same batches; ``10 log10(sum(y**2) / sum((y - q)**2))``
     over all batches, in float64 (``inf`` where the outputs agree exactly).
     """
-    protos = [own_model(m) for m in (float_model, quantized_model)]  # session() may convert
-    inputs = model_inputs(protos[0])
-    names = [o.name for o in protos[0].graph.output]
+    reference = own_model(float_model)  # session() may convert the models it runs
+    names = [o.name for o in reference.graph.output]
+    first, second = itertools.tee(batches)  # one pass over the batches, both models in step
+    want = _outputs(reference, first, names, providers)
+    del reference  # held by the generator until its session exists, then dropped
+    return _sqnr(names, want, _outputs(own_model(quantized_model), second, names, providers))
+
+
+def _outputs(proto, batches: Iterable, names: list[str], providers) -> Iterator[list]:
+    """Yield ``names`` computed by ``proto`` (a model of the caller's own) on each batch."""
+    inputs = model_inputs(proto)
+    with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
+        run = session(proto, providers, workdir)
+        del proto
+        for batch in batches:
+            yield run_batch(run, names, feeds(batch, inputs))
+
+
+def _sqnr(names: list[str], want: Iterable[list], got: Iterable[list]) -> dict:
+    """Return each output's SQNR in dB over every batch of reference and quantized outputs."""
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
-    with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
-        runs = []
-        for i, proto in enumerate(protos):
-            folder = Path(workdir) / str(i)
-            folder.mkdir()
-            runs.append(session(proto, providers, str(folder)))
-        del protos
-        for batch in batches:
-            feed = feeds(batch, inputs)
-            want, got = (run_batch(run, names, feed) for run in runs)
-            for name, y, q in zip(names, want, got, strict=True):
-                y, q = np.asarray(y, np.float64), np.asarray(q, np.float64)
-                signal[name] += float(np.sum(y * y))
-                noise[name] += float(np.sum((y - q) ** 2))
+    for ys, qs in zip(want, got, strict=True):
+        for name, y, q in zip(names, ys, qs, strict=True):
+            y, q = np.asarray(y, np.float64), np.asarray(q, np.float64)
+            signal[name] += float(np.sum(y * y))
+            noise[name] += float(np.sum((y - q) ** 2))
     return {n: sqnr_db(signal[n], noise[n]) for n in names}
 
 
@@ -375,13 +378,18 @@ def _choose(model, result, batches, kind, op_types, providers):
     if kind == "param":
         options = {"best-tensor-sqnr": result, **options}
     batches = list(batches)
+    proto = own_model(model)
+    names = [o.name for o in proto.graph.output]
+    reference = list(_outputs(proto, batches, names, providers))  # the float model runs once
+    del proto
     scores: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
         for label, trial in options.items():
             path, _ = stage_qdq_model(
                 model, trial, Path(workdir) / f"{label}.onnx", op_types=op_types
             )
-            sqnr = output_sqnr(model, path, batches, providers)
+            outputs = _outputs(own_model(path), batches, names, providers)
+            sqnr = _sqnr(names, reference, outputs)
             scores[label] = float(np.mean(list(sqnr.values())))
     best = max(scores, key=lambda m: sqnr_rank(scores[m]))
     return options[best], scores

@@ -9,7 +9,7 @@ import torch
 from .._calibration import (
     CalibrationResult,
     TensorEncoding,
-    encode_or_reason,
+    encode_activation,
     file_under,
     progress_bar,
     weight_methods,
@@ -215,9 +215,7 @@ def calibrate(
             analyzer = hooks.analyzers.get(name + suffix)
             if analyzer is not None:
                 axis, key = hooks.axes[name + suffix], name + suffix
-                e = encode_or_reason(
-                    key, "activation", analyzer, num_steps, symmetric, axis, activations
-                )
+                e = encode_activation(key, analyzer, num_steps, symmetric, axis, activations)
                 file_under(key, e, encodings, unquantized)
     return CalibrationResult(
         encodings, bits, symmetric, count, unquantized, weight_symmetric=weight_symmetric
