@@ -7,16 +7,19 @@ quantized to QDQ (Conv, ConvTranspose, Gemm, MatMul; uint8 asymmetric activation
 symmetric weights per channel) by:
 
 - ONNX Runtime's ``quantize_static`` with its MinMax, Entropy and Percentile calibrators;
-- encanalyze's default model job: ``encanalyze.onnx.calibrate`` with every weight method and
-  the ``auto`` activation candidates (``weight_symmetric=True``) on 6 of the 8 calibration
-  batches, ``choose_activations`` then ``choose_weights`` on the other two (the command's
-  ``--holdout 0.25``), then ``write_qdq_model``.
+- encanalyze's default model job: ``encanalyze.onnx.calibrate`` with the ``auto`` weight and
+  activation candidates (``weight_symmetric=True``) on 6 of the 8 calibration
+  batches, then ``choose_encodings`` on the other two (the command's ``--holdout 0.25``),
+  which builds the chosen QDQ model.
 
 Each QDQ model's output SQNR against the float model is measured on 64 held-out samples of
-rendered text and on the 64 calibration samples (batches of 8), with the wall time of each
-tool.
+rendered text (real words in matplotlib's own font, half upside down:
+``tests.real_models.rendered_text``) and on the 64 calibration samples (batches of 8), with the
+wall time of each tool; ``--draws`` sample sets (3) per model, each a row, then the mean and
+range over the draws (on one draw the output SQNR of a confident classifier moves by a few dB
+from one sample set to the next).
 
-    python benchmarks/bench_quality.py [--models classifier detector recognizer]
+    python benchmarks/bench_quality.py [--models classifier detector recognizer] [--draws 3]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ MODELS = {
 OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 BATCH = 8
 BATCHES = 8
+CHOICES: list[str] = []
 
 
 def prepare(source: Path, folder: Path) -> Path:
@@ -86,20 +90,21 @@ def ort_quantize(model: Path, batches: list, method: str, out: Path) -> float:
 
 
 def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
-    from encanalyze._model_command import AUTO_ACTIVATIONS
-    from encanalyze._registry import METHODS
-    from encanalyze.onnx import calibrate, choose_activations, choose_weights, write_qdq_model
+    from encanalyze._model_command import AUTO_ACTIVATIONS, AUTO_WEIGHTS
+    from encanalyze.onnx import calibrate, choose_encodings
+    from encanalyze.onnx._qdq import publish, staging
 
-    weights = {m: None for m, spec in METHODS.items() if spec.in_command}  # --method all
+    weights = dict.fromkeys(AUTO_WEIGHTS)  # --method auto
     start = time.perf_counter()
     held = max(1, len(batches) // 4)
     result = calibrate(
         str(model), batches[:-held], activations=AUTO_ACTIVATIONS, weights=weights,
         weight_symmetric=True, progress=False,
     )  # fmt: skip
-    result, _ = choose_activations(str(model), result, batches[-held:])
-    result, _ = choose_weights(str(model), result, batches[-held:])
-    write_qdq_model(str(model), result, out)
+    with staging(out) as folder:  # the chosen QDQ model is built while choosing, as the command
+        result, choice = choose_encodings(str(model), result, batches[-held:], stage=folder / "q")
+        publish(choice.qdq_model, out)
+    CHOICES.append(choice.chosen.label)
     return time.perf_counter() - start
 
 
@@ -108,40 +113,56 @@ def main() -> None:
     import warnings
 
     from encanalyze.onnx import output_sqnr
-    from tests.real_models import OCR, fetch, text_images
+    from tests.real_models import OCR, fetch, rendered_text
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--draws", type=int, default=3, help="sample sets per model (3)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    print("| model | tool | held-out dB | calibration dB | time s |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| model | draw | tool | held-out dB | calibration dB | time s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    summary: dict = {}
     for name in args.models:
         member, (h, w) = MODELS[name]
         try:
             source = fetch(OCR, f"rapidocr_onnxruntime/models/{member}")
         except BaseException as err:  # pytest's Skipped outside pytest: no registry
-            print(f"| {name} | skipped: {err} | | | |")
+            print(f"| {name} | | skipped: {err} | | | |")
             continue
-        calib = [text_images(BATCH, h, w, seed=s) for s in range(BATCHES)]
-        held = [text_images(BATCH, h, w, seed=100 + s) for s in range(BATCHES)]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             model = prepare(source, folder)
-            runs = []
-            for method in ("MinMax", "Entropy", "Percentile"):
-                out = folder / f"ort_{method}.onnx"
-                runs.append(
-                    (f"ONNX Runtime {method}", out, ort_quantize(model, calib, method, out))
-                )
-            out = folder / "encanalyze.onnx"
-            runs.append(("encanalyze default", out, encanalyze_quantize(model, calib, out)))
-            for tool, path, seconds in runs:
-                held_db = _mean(output_sqnr(str(model), str(path), held))
-                calib_db = _mean(output_sqnr(str(model), str(path), calib))
-                print(f"| {name} | {tool} | {held_db:.2f} | {calib_db:.2f} | {seconds:.1f} |")
-            sys.stdout.flush()
+            for draw in range(args.draws):
+                seed = 1000 * draw
+                calib = [rendered_text(BATCH, h, w, seed=seed + s) for s in range(BATCHES)]
+                held = [rendered_text(BATCH, h, w, seed=seed + 100 + s) for s in range(BATCHES)]
+                runs = []
+                for method in ("MinMax", "Entropy", "Percentile"):
+                    out = folder / f"ort_{method}.onnx"
+                    seconds = ort_quantize(model, calib, method, out)
+                    runs.append((f"ONNX Runtime {method}", out, seconds))
+                out = folder / "encanalyze.onnx"
+                seconds = encanalyze_quantize(model, calib, out)
+                runs.append(("encanalyze default", out, seconds))
+                for tool, path, seconds in runs:
+                    held_db = _mean(output_sqnr(str(model), str(path), held))
+                    calib_db = _mean(output_sqnr(str(model), str(path), calib))
+                    label = f"{tool} ({CHOICES[-1]})" if tool.startswith("encanalyze") else tool
+                    print(
+                        f"| {name} | {draw} | {label} | {held_db:.2f} | {calib_db:.2f} | "
+                        f"{seconds:.1f} |"
+                    )
+                    summary.setdefault((name, tool), []).append((held_db, calib_db, seconds))
+                sys.stdout.flush()
+    print()
+    print("| model | tool | held-out dB, mean (min..max) | calibration dB, mean | time s, mean |")
+    print("| --- | --- | --- | --- | --- |")
+    for (name, tool), rows in summary.items():
+        a = np.array(rows)
+        held = f"{a[:, 0].mean():.2f} ({a[:, 0].min():.2f}..{a[:, 0].max():.2f})"
+        print(f"| {name} | {tool} | {held} | {a[:, 1].mean():.2f} | {a[:, 2].mean():.1f} |")
 
 
 def _mean(sqnr: dict) -> float:

@@ -275,8 +275,8 @@ class CalibrationResult:
     their first output) that calibration inlined with the branch every batch took
     (``"then_branch"`` or ``"else_branch"``): the QDQ model serves that branch.
     ``candidates`` holds, where several methods were asked for, each activation's and each
-    weight's encoding by every method (:func:`encanalyze.onnx.choose_activations` and
-    :func:`encanalyze.onnx.choose_weights` pick among them by the model's output).
+    weight's encoding by every method (:func:`encanalyze.onnx.choose_encodings` picks among
+    them by the model's output).
     """
 
     encodings: dict[str, TensorEncoding]

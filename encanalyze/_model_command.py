@@ -31,6 +31,7 @@ __all__ = [
     "DataError",
     "InputSpec",
     "AUTO_ACTIVATIONS",
+    "AUTO_WEIGHTS",
     "RANDOM_BATCH_BYTES",
     "batches_for",
     "input_specs",
@@ -359,10 +360,25 @@ def split(batches: Batches, holdout: float) -> tuple[Batches, Batches, list[str]
     return batches[: n - k], batches[n - k :], notes
 
 
+AUTO_WEIGHTS = ("minmax", "percentile", "sqnr", "mse")
+"""``--method auto``'s weight candidates in the model job: the methods that differ on a weight
+seen once (moving-average min-max is min-max there) and that peers use for weights (entropy,
+a threshold for activation distributions, costs most of the job and was the best of 0 of 54
+weights)."""
+
+
 def weight_methods(args) -> dict[str, dict]:
-    """Return ``--method`` as the calibrator's weights (``all``: every method of the command)."""
+    """Return ``--method`` as the calibrator's weights (``all``: every method of the command).
+
+    ``auto`` is :data:`AUTO_WEIGHTS` where the activations are chosen by the output
+    (``--activation-method auto``), else ``all``.
+    """
     names = [m for m, spec in REGISTRY.items() if spec.in_command]
-    return {m: REGISTRY[m].command_options(args) for m in names if args.method in ("all", m)}
+    if args.method == "auto":
+        names = list(AUTO_WEIGHTS) if args.activation_method == "auto" else names
+    elif args.method != "all":
+        names = [args.method]
+    return {m: REGISTRY[m].command_options(args) for m in names}
 
 
 def load(path: Path):

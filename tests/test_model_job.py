@@ -530,7 +530,7 @@ def test_an_activation_without_finite_values_is_left_in_float_and_said(tmp_path,
     assert status == 0, err
     report = json.loads(stdout)
     assert "l" in {u["name"] for u in report["unquantized"]}
-    assert report["activation_choice"]["measured_on"] == "calibration"
+    assert report["choice"]["measured_on"] == "calibration"
 
 
 def test_include_exclude_and_plot_work_for_the_model_job(tmp_path, capsys):
@@ -603,17 +603,16 @@ def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
     ]
     status, _, terminal = on_terminal(cmd, columns=160)
     assert status == 0
-    # the weight, 2 calibration batches (the third held out), 5 activation methods and 7 weight
-    # options compared, the QDQ model, its SQNR on 1 held-out and 2 calibration batches:
-    # 1 + 2 + 5 + 7 + 1 + 3 steps
+    # the weight, 2 calibration batches (the third held out), the choice among 5 activation
+    # methods x 5 weight options, the QDQ model, its SQNR on 1 held-out and 2 calibration
+    # batches: 1 + 2 + 1 + 1 + 3 steps
     stages = (
         b"weight w",
         b"batch 2",
-        b"choosing the activations",
+        b"choosing among 5 x 5 options",
         b"writing the QDQ model",
         b"SQNR batch 2",
-        b"choosing the weights",
-        b"/19 ",  # the total (tqdm may skip drawing the last step before it closes)
+        b"/8 ",  # the total (tqdm may skip drawing the last step before it closes)
     )
     for stage in stages:
         assert stage in terminal, stage
@@ -729,42 +728,6 @@ def test_weight_grid_of_the_python_calibrators():
     assert result["0.weight"].symmetric and not result["0:input"].symmetric
 
 
-def test_choose_activations_keeps_the_best_output_and_is_never_below_min_max(tmp_path):
-    from encanalyze.onnx import choose_activations, output_sqnr
-
-    model = om.cnn()
-    rng = np.random.default_rng(3)
-    calib = [rng.standard_t(3, (4, 3, 8, 8)).astype("f4") for _ in range(3)]
-    held = [rng.standard_t(3, (4, 3, 8, 8)).astype("f4") for _ in range(2)]
-    methods = ("minmax", "percentile", "sqnr", "mse")
-    result = calibrate(model, calib, activations=methods, weight_symmetric=True)
-    assert set(result.candidates["c1"]) == set(methods)
-    assert result["c1"] is result.candidates["c1"]["minmax"]  # the first method until chosen
-    chosen, scores = choose_activations(model, result, held)
-    assert list(scores) == list(methods)
-    best = max(scores, key=scores.get)
-    assert all(chosen[n] is c[best] for n, c in chosen.candidates.items())
-    assert scores[best] >= scores["minmax"]
-    path = write_qdq_model(model, chosen, tmp_path / "q.onnx")
-    (measured,) = output_sqnr(model, path, held).values()
-    assert measured == pytest.approx(scores[best], abs=1e-9)
-    # the weights: each weight's best SQNR on itself, or one method for all, by the output
-    from encanalyze.onnx import choose_weights
-
-    several = {"minmax": None, "sqnr": None, "mse": None}
-    result = calibrate(model, calib, activations=methods, weights=several, weight_symmetric=True)
-    result, _ = choose_activations(model, result, held)
-    chosen, weights = choose_weights(model, result, held)
-    assert list(weights) == ["best-tensor-sqnr", "minmax", "sqnr", "mse"]
-    assert max(weights.values()) == weights[max(weights, key=weights.get)]
-    assert weights[max(weights, key=weights.get)] >= weights["best-tensor-sqnr"]
-    assert {chosen[n].kind for n in chosen.candidates} == {"activation", "param"}
-    with pytest.raises(ValueError, match="several"):
-        choose_activations(model, calibrate(model, calib), held)
-    with pytest.raises(ValueError, match="maps each method"):
-        calibrate(model, calib, activations=methods, activation_options={"gamma": 1.0})
-
-
 def test_holdout_is_checked_and_split(tmp_path, capsys):
     path, data = _save(tmp_path, _mlp()), _data(tmp_path, n=16)
     status, _, err = _run(capsys, path, "--data", data, "--holdout", "1")
@@ -783,26 +746,26 @@ def test_holdout_is_checked_and_split(tmp_path, capsys):
     )
     assert status == 0, err
     report = json.loads(out)
-    assert report["activation_choice"]["measured_on"] == "held-out"
+    choice = report["choice"]
+    assert choice["measured_on"] == "held-out"
     assert report["qdq_model"]["measured_on"] == "held-out"
-    scores = report["activation_choice"]["activation"]["output_sqnr_db"]
-    assert set(scores) == {"minmax", "percentile", "sqnr", "mse", "entropy"}
-    weights = report["activation_choice"]["param"]["output_sqnr_db"]
-    assert set(weights) == {
-        "best-tensor-sqnr",
-        "minmax",
-        "percentile",
-        "sqnr",
-        "mse",
-        "entropy",
-        "ema",
-    }
-    chosen = report["activation_choice"]["param"]["chosen"]
-    assert weights[chosen] == max(weights.values())
-    assert report["qdq_model"]["output_sqnr_db"]["y"] == pytest.approx(weights[chosen])
+    emulated = choice["emulated_output_sqnr_db"]
+    # each activation method with min-max weights, then each weight option (--method auto)
+    assert {f"{m}+minmax" for m in ("minmax", "percentile", "sqnr", "mse", "entropy")} <= set(
+        emulated
+    )
+    act = choice["activations"]
+    weights = {"best-tensor-sqnr", "minmax", "percentile", "sqnr", "mse"}
+    assert {f"{act}+{w}" for w in weights} <= set(emulated)
+    assert choice["simple"] == "minmax+minmax" and "minmax+minmax" in choice["qdq_output_sqnr_db"]
+    checked = choice["qdq_output_sqnr_db"]
+    label = f"{act}+{choice['weights']}"
+    assert checked[label] == max(checked.values()) >= checked["minmax+minmax"]
+    assert report["qdq_model"]["output_sqnr_db"]["y"] == pytest.approx(checked[label])
+    assert {t["method"] for t in report["tensors"] if t["kind"] == "activation"} == {act}
     status, out, err = _run(capsys, path, "--data", data, "--batch-size", "16", "--format", "json")
     assert status == 0 and "nothing held out" in err
-    assert json.loads(out)["activation_choice"]["measured_on"] == "calibration"
+    assert json.loads(out)["choice"]["measured_on"] == "calibration"
 
 
 def test_auto_without_a_qdq_grid_says_it_used_percentile(tmp_path, capsys):

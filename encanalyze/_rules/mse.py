@@ -120,13 +120,23 @@ def l2_search(
     end = xp.full((num_rows,), num_bins - 1, dtype=index_dtype(xp), device=dev)
     i, j = xp.zeros_like(start), xp.zeros_like(start)
     best = xp.full((num_rows,), xp.inf, dtype=wd, device=dev)
-    row = xp.arange(num_rows, dtype=index_dtype(xp), device=dev) * num_bins
-    flat_cs = xp.reshape(cs, (-1,))
+    rows = xp.arange(num_rows, dtype=index_dtype(xp), device=dev)  # of the rows still walking
     walking = xp.ones((num_rows,), dtype=xp.bool, device=dev)
+    finished: list[tuple[Array, Array, Array]] = []  # (rows, start, end) of rows that stopped
     while True:
         walking = walking & (_gather(xp, alpha, i) < _gather(xp, beta, j))
-        if not bool(xp.any(walking)):
+        left_walking = int(xp.count_nonzero(walking))
+        if left_walking == 0:
             break
+        if left_walking <= 3 * rows.shape[0] // 4:  # drop the rows that stopped from the walk
+            keep, stop = xp.nonzero(walking)[0], xp.nonzero(~walking)[0]
+            finished.append(tuple(xp.take(a, stop) for a in (rows, start, end)))
+            rows, start, end, i, j, best, total, bw64, walking = (
+                xp.take(a, keep) for a in (rows, start, end, i, j, best, total, bw64, walking)
+            )
+            counts, cs = xp.take(counts, keep, axis=0), xp.take(cs, keep, axis=0)
+        row = xp.arange(rows.shape[0], dtype=index_dtype(xp), device=dev) * num_bins
+        flat_cs = xp.reshape(cs, (-1,))
         # the left end: the first bin whose cumulative count reaches the next alpha quantile
         thr_a = xp.astype(_gather(xp, alpha, i + 1) * total, f32)
         left = xp.minimum(xp.maximum(xp.count_nonzero(cs < thr_a[:, None], axis=1), start), end)
@@ -149,6 +159,11 @@ def l2_search(
         i = xp.where(accept & take_left, i + 1, i)
         j = xp.where(accept & ~take_left, j_move + 1, j)
         walking = accept
+    if finished:  # every row's result back in its place
+        parts = [*finished, (rows, start, end)]
+        order = xp.argsort(xp.concat([p[0] for p in parts]))
+        start = xp.take(xp.concat([p[1] for p in parts]), order)
+        end = xp.take(xp.concat([p[2] for p in parts]), order)
     width = div(xp, hi32 - lo32, num_bins)
     return lo32 + width * xp.astype(start, f32), lo32 + width * xp.astype(end + 1, f32)
 

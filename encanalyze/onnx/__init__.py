@@ -8,17 +8,19 @@ See :func:`calibrate`, :func:`write_qdq_model` and the user guide's "Calibrating
 from .._calibration import CalibrationResult, TensorEncoding
 from .._onnx_graph import ModelFileError, float_weights, load_model
 from ._calibrate import QUANTIZABLE_OPS, ModelRunError, calibrate, quantizable_weights
-from ._qdq import choose_activations, choose_weights, output_sqnr, write_qdq_model
+from ._choose import Choice, Option, choose_encodings
+from ._qdq import output_sqnr, write_qdq_model
 
 __all__ = [
     "QUANTIZABLE_OPS",
     "CalibrationResult",
     "ModelFileError",
     "ModelRunError",
+    "Choice",
+    "Option",
     "TensorEncoding",
     "calibrate",
-    "choose_activations",
-    "choose_weights",
+    "choose_encodings",
     "float_weights",
     "load_model",
     "output_sqnr",

@@ -278,11 +278,11 @@ def calibrate(
     ``Scan`` bodies cannot be observed through ONNX Runtime: their weights are calibrated, their
     activations are not (a warning says how many nodes). ``activations`` may name several
     methods: every activation is then encoded by each (the histogram methods share one
-    histogram) and the first is kept until :func:`encanalyze.onnx.choose_activations` picks by
+    histogram) and the first is kept until :func:`encanalyze.onnx.choose_encodings` picks by
     the model's output (``activation_options`` then maps each method to its options); with
-    several weight methods, each weight's encodings by all of them are kept likewise for
-    :func:`encanalyze.onnx.choose_weights`. ONNX Runtime's errors (a model it cannot load, a
-    batch it cannot run) raise :class:`ModelRunError`.
+    several weight methods, each weight's encodings by all of them are kept likewise. ONNX
+    Runtime's errors (a model it cannot load, a batch it cannot run) raise
+    :class:`ModelRunError`.
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
     the same); the deployment default of ONNX Runtime, TensorRT and QNN is asymmetric

@@ -19,7 +19,7 @@ from .._calibration import CalibrationResult
 from .._encoding import to_scale_offset
 from .._files import check_output, file_mode
 from .._onnx_graph import all_graphs, model_bytes, own_model
-from .._report import sqnr_db, sqnr_rank
+from .._report import sqnr_db
 from .._warnings import warn
 from ._branches import inline_branches
 from ._calibrate import (
@@ -35,12 +35,15 @@ from ._calibrate import (
 __all__ = [
     "QDQ_OPSET",
     "check_qdq",
-    "choose_activations",
-    "choose_weights",
+    "constants_to_initializers",
+    "model_outputs",
+    "opset_of",
     "output_sqnr",
+    "outputs_sqnr",
     "publish",
     "stage_qdq_model",
     "staging",
+    "unencoded_nodes",
     "write_qdq_model",
 ]
 
@@ -52,7 +55,7 @@ _CONSTANT_VALUES = {"value", "value_float", "value_floats"}
 _QUANT_TYPES = {4: ("QInt4", "QUInt4"), 8: ("QInt8", "QUInt8"), 16: ("QInt16", "QUInt16")}
 
 
-def _constants_to_initializers(model) -> None:
+def constants_to_initializers(model) -> None:
     """Turn the main graph's ``Constant`` nodes into initializers.
 
     ONNX Runtime quantizes as weights only tensors that are initializers.
@@ -77,7 +80,7 @@ def _constants_to_initializers(model) -> None:
     model.graph.node.extend(keep)
 
 
-def _unencoded_nodes(proto, result: CalibrationResult, op_types) -> list[str]:
+def unencoded_nodes(proto, result: CalibrationResult, op_types) -> list[str]:
     """Name the main graph's ``op_types`` nodes that touch a tensor without an encoding.
 
     ONNX Runtime quantizes a node only with ranges for all its inputs and outputs; such nodes
@@ -142,7 +145,7 @@ def check_qdq(result: CalibrationResult) -> None:
         )
 
 
-def _opset(proto) -> int:
+def opset_of(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
@@ -165,7 +168,7 @@ def _fit_opset(proto, result: CalibrationResult) -> tuple[object, CalibrationRes
 
     The model is converted to :data:`QDQ_OPSET`, or else its weights fall back to per tensor.
     """
-    opset = _opset(proto)
+    opset = opset_of(proto)
     if opset >= QDQ_OPSET or all(e.axis is None for e in result.encodings.values()):
         return proto, result, f"opset {opset}"
     from onnx import version_converter
@@ -252,8 +255,8 @@ def stage_qdq_model(
     act_type = signed if result.symmetric else unsigned
     weight_type = signed if result.weights_symmetric else unsigned
     proto = inline_branches(own_model(model), result.branches)
-    _constants_to_initializers(proto)
-    excluded = _unencoded_nodes(proto, result, op_types)
+    constants_to_initializers(proto)
+    excluded = unencoded_nodes(proto, result, op_types)
     proto, result, opset_note = _fit_opset(proto, result)
     present = {t.name for g in all_graphs(proto.graph) for t in g.initializer}
     present |= {o for g in all_graphs(proto.graph) for n in g.node for o in n.output}
@@ -303,12 +306,14 @@ def output_sqnr(float_model, quantized_model, batches: Iterable, providers=None)
     reference = own_model(float_model)  # session() may convert the models it runs
     names = [o.name for o in reference.graph.output]
     first, second = itertools.tee(batches)  # one pass over the batches, both models in step
-    want = _outputs(reference, first, names, providers)
+    want = model_outputs(reference, first, names, providers)
     del reference  # held by the generator until its session exists, then dropped
-    return _sqnr(names, want, _outputs(own_model(quantized_model), second, names, providers))
+    return outputs_sqnr(
+        names, want, model_outputs(own_model(quantized_model), second, names, providers)
+    )
 
 
-def _outputs(proto, batches: Iterable, names: list[str], providers) -> Iterator[list]:
+def model_outputs(proto, batches: Iterable, names: list[str], providers) -> Iterator[list]:
     """Yield ``names`` computed by ``proto`` (a model of the caller's own) on each batch."""
     inputs = model_inputs(proto)
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
@@ -318,7 +323,7 @@ def _outputs(proto, batches: Iterable, names: list[str], providers) -> Iterator[
             yield run_batch(run, names, feeds(batch, inputs))
 
 
-def _sqnr(names: list[str], want: Iterable[list], got: Iterable[list]) -> dict:
+def outputs_sqnr(names: list[str], want: Iterable[list], got: Iterable[list]) -> dict:
     """Return each output's SQNR in dB over every batch of reference and quantized outputs."""
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
@@ -328,68 +333,3 @@ def _sqnr(names: list[str], want: Iterable[list], got: Iterable[list]) -> dict:
             signal[name] += float(np.sum(y * y))
             noise[name] += float(np.sum((y - q) ** 2))
     return {n: sqnr_db(signal[n], noise[n]) for n in names}
-
-
-def choose_activations(
-    model,
-    result: CalibrationResult,
-    batches: Iterable,
-    *,
-    op_types=QUANTIZABLE_OPS,
-    providers=None,
-) -> tuple[CalibrationResult, dict[str, float]]:
-    """Pick the activation method whose QDQ model's output is closest to the float model's.
-
-    ``result`` comes from :func:`encanalyze.onnx.calibrate` with several ``activations``
-    methods (its ``candidates``); for each method a QDQ model is built with every activation's
-    encoding by that method (the weights as they are) and its output SQNR measured on
-    ``batches``, which should be held-out samples, not the calibration ones. Returns the result
-    with the best method's activations (ties and NaN to the earlier method: list min-max first
-    and the choice is never worse than min-max everywhere on these batches) and each method's
-    SQNR in dB (the mean over the model's outputs).
-    """
-    return _choose(model, result, batches, "activation", op_types, providers)
-
-
-def choose_weights(
-    model,
-    result: CalibrationResult,
-    batches: Iterable,
-    *,
-    op_types=QUANTIZABLE_OPS,
-    providers=None,
-) -> tuple[CalibrationResult, dict[str, float]]:
-    """Pick the weights' encodings by the QDQ model's output, as :func:`choose_activations`.
-
-    The options are each weight's best SQNR on the weight itself (``"best-tensor-sqnr"``,
-    what ``calibrate`` keeps with several weight methods) and each method for every weight; a
-    weight's own SQNR does not say how its error propagates, the model's output does. Ties go
-    to ``"best-tensor-sqnr"``, then to the earlier method.
-    """
-    return _choose(model, result, batches, "param", op_types, providers)
-
-
-def _choose(model, result, batches, kind, op_types, providers):
-    names = {n for n, e in result.encodings.items() if e.kind == kind}
-    methods = list(dict.fromkeys(m for n, c in result.candidates.items() if n in names for m in c))
-    if not methods:
-        raise ValueError(f"the result holds one method for each {kind}: calibrate with several")
-    options = {m: result.with_method(kind, m) for m in methods}
-    if kind == "param":
-        options = {"best-tensor-sqnr": result, **options}
-    batches = list(batches)
-    proto = own_model(model)
-    names = [o.name for o in proto.graph.output]
-    reference = list(_outputs(proto, batches, names, providers))  # the float model runs once
-    del proto
-    scores: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
-        for label, trial in options.items():
-            path, _ = stage_qdq_model(
-                model, trial, Path(workdir) / f"{label}.onnx", op_types=op_types
-            )
-            outputs = _outputs(own_model(path), batches, names, providers)
-            sqnr = _sqnr(names, reference, outputs)
-            scores[label] = float(np.mean(list(sqnr.values())))
-    best = max(scores, key=lambda m: sqnr_rank(scores[m]))
-    return options[best], scores

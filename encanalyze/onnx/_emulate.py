@@ -1,0 +1,219 @@
+"""Quantize-dequantize emulated in one float model whose encodings are inputs.
+
+Choosing encodings by the model's output needs the quantized model's output for many
+candidates. Building one QDQ model per candidate with ONNX Runtime's ``quantize_static`` costs a
+model build and a session each; the emulation builds one session: every tensor that the QDQ
+model quantizes (the encoded inputs, outputs and weights of the quantized nodes) passes through
+``Div, Round, Sub, Clip, Add, Mul``, i.e. ``(clip(round(x / scale) - offset, 0, n) + offset) x
+scale`` (rounding half to even, as ``QuantizeLinear``), with ``scale`` and ``offset`` fed at
+run time. A candidate is then one feed, and any mix of methods per tensor costs no new session.
+
+It differs from the QDQ model ONNX Runtime builds only where that model computes in integers:
+its biases are rounded to ``input scale x weight scale`` and its fused kernels requantize. The
+QDQ model itself stays the judge of what is reported.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from .._calibration import CalibrationResult, TensorEncoding
+from .._onnx_graph import own_model
+from ._branches import inline_branches
+from ._calibrate import QUANTIZABLE_OPS, feeds, is_bias, model_inputs, run_batch, session
+
+__all__ = ["Emulator"]
+
+_ROUND_OPSET = 11  # Round, and Clip with min and max as inputs
+
+
+class Emulator:
+    """One ONNX Runtime session of ``model`` with each of ``result``'s tensors fake-quantized.
+
+    The tensors are those the QDQ model of ``result`` quantizes: inputs (biases left out) and
+    outputs of the main graph's ``op_types`` nodes that have an encoding, of nodes all of whose
+    tensors have one (ONNX Runtime leaves the others in floating point). :meth:`feed` turns
+    encodings into the inputs that set them, :meth:`outputs` runs batches with them.
+    """
+
+    def __init__(
+        self,
+        model,
+        result: CalibrationResult,
+        *,
+        op_types=QUANTIZABLE_OPS,
+        providers=None,
+        outputs: list[str] | None = None,
+    ):
+        from onnx import version_converter
+
+        from ._qdq import constants_to_initializers, opset_of, unencoded_nodes
+
+        proto = inline_branches(own_model(model), result.branches)
+        constants_to_initializers(proto)
+        if opset_of(proto) < _ROUND_OPSET:
+            proto = version_converter.convert_version(proto, _ROUND_OPSET)
+        excluded = set(unencoded_nodes(proto, result, op_types))
+        self.inputs = model_inputs(proto)
+        self.names = [o.name for o in proto.graph.output] if outputs is None else list(outputs)
+        _expose(proto, self.names)
+        self.tensors: dict[str, int] = {}  # name -> the element type of its scale and offset
+        elem = _element_types(proto)
+        fed = {i.name for i in self.inputs}
+        for node in proto.graph.node:
+            if node.name in excluded or (op_types is not None and node.op_type not in op_types):
+                continue
+            ins = [n for i, n in enumerate(node.input) if n and not is_bias(node, i)]
+            for name in (*ins, *node.output):
+                if name in result.encodings and name in elem and name not in self.tensors:
+                    self.tensors[name] = elem[name]
+        self._ndim = _ranks(proto)
+        _insert_fake_quant(proto, self.tensors, fed, 2**result.bits - 1, self._ndim)
+        self._workdir = tempfile.TemporaryDirectory(prefix="encanalyze-")
+        self._run = session(proto, providers, self._workdir.name)
+
+    def close(self) -> None:
+        """Drop the session and its working folder."""
+        self._run = None
+        self._workdir.cleanup()
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def feed(self, encodings: dict[str, TensorEncoding]) -> dict[str, np.ndarray]:
+        """Return the inputs that set each emulated tensor's ``scale`` and ``offset``."""
+        from onnx import helper
+
+        out = {}
+        for name, elem in self.tensors.items():
+            e = encodings[name]
+            dtype = helper.tensor_dtype_to_np_dtype(elem)
+            shape = [1] * self._ndim.get(name, 0)
+            scale = np.asarray(e.scale, dtype=np.float64).reshape(-1)
+            offset = np.asarray(e.offset, dtype=np.float64).reshape(-1)
+            if e.axis is not None and scale.size > 1:
+                shape[e.axis] = scale.size
+            else:
+                scale, offset = scale[:1], offset[:1]
+            out[f"{name}::scale"] = scale.astype(dtype).reshape(shape)
+            out[f"{name}::offset"] = offset.astype(dtype).reshape(shape)
+        return out
+
+    def outputs(self, settings: dict[str, np.ndarray], batches: Iterable) -> Iterator[list]:
+        """Yield the model's outputs on each batch with the encodings ``settings`` set."""
+        for batch in batches:
+            yield run_batch(self._run, self.names, {**feeds(batch, self.inputs), **settings})
+
+
+def _expose(proto, names: list[str]) -> None:
+    """Make each of ``names`` a graph output (typed from inference)."""
+    from ._calibrate import _typed
+
+    have = {o.name for o in proto.graph.output}
+    typed = {vi.name: vi for vi in _typed(proto)}
+    proto.graph.output.extend(typed[n] for n in names if n not in have)
+
+
+def _element_types(proto) -> dict[str, int]:
+    """Each float tensor's element type: initializers, inputs and inferred value infos."""
+    import onnx
+
+    from .._onnx_graph import FLOAT_TYPES
+
+    floats = {getattr(onnx.TensorProto, t) for t in FLOAT_TYPES}
+    out = {t.name: t.data_type for t in proto.graph.initializer}
+    from ._calibrate import _typed
+
+    for vi in _typed(proto):
+        out.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    return {n: t for n, t in out.items() if t in floats}
+
+
+def _ranks(proto) -> dict[str, int]:
+    """Each tensor's rank where it is known (initializers and inferred shapes)."""
+    from ._calibrate import _typed
+
+    out = {t.name: len(t.dims) for t in proto.graph.initializer}
+    for vi in _typed(proto):
+        if vi.type.tensor_type.HasField("shape"):
+            out.setdefault(vi.name, len(vi.type.tensor_type.shape.dim))
+    return out
+
+
+def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int, ranks) -> None:
+    """Put ``fake_quant(x)`` between each tensor and its readers; scale, offset as inputs.
+
+    The tensor's source is renamed ``NAME::float`` (a node output or an initializer) and the
+    chain ends in ``NAME``, so readers and graph outputs need no change; a graph input keeps its
+    name and its readers read ``NAME::fq``.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    nodes = []
+    renamed_inputs = {}
+    for name, elem in tensors.items():
+        dtype = helper.tensor_dtype_to_np_dtype(elem)
+        source, end = f"{name}::float", name
+        if name in fed:
+            source, end = name, f"{name}::fq"
+            renamed_inputs[name] = end
+        s, o = f"{name}::scale", f"{name}::offset"
+        rank = ranks.get(name, 0)
+        for input_name in (s, o):
+            graph.input.append(helper.make_tensor_value_info(input_name, elem, [None] * rank))
+        zero, top = f"{name}::zero", f"{name}::steps"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.zeros((), dtype), zero),
+                numpy_helper.from_array(np.asarray(steps, dtype), top),
+            ]
+        )
+        t = [f"{name}::fq{i}" for i in range(5)]
+        nodes.append(
+            (
+                name,
+                [
+                    helper.make_node("Div", [source, s], [t[0]]),
+                    helper.make_node("Round", [t[0]], [t[1]]),
+                    helper.make_node("Sub", [t[1], o], [t[2]]),
+                    helper.make_node("Clip", [t[2], zero, top], [t[3]]),
+                    helper.make_node("Add", [t[3], o], [t[4]]),
+                    helper.make_node("Mul", [t[4], s], [end]),
+                ],
+            )
+        )
+    sources = {name for name in tensors if name not in fed}
+    for init in graph.initializer:
+        if init.name in sources:
+            init.name = f"{init.name}::float"
+    for node in graph.node:
+        for i, out in enumerate(node.output):
+            if out in sources:
+                node.output[i] = f"{out}::float"
+        for i, inp in enumerate(node.input):
+            if inp in renamed_inputs:
+                node.input[i] = renamed_inputs[inp]
+    # each chain right after its source keeps the graph topologically sorted
+    chains = dict(nodes)
+    ordered, placed = [], set()
+    initializers = {i.name for i in graph.initializer}
+    for name in chains:  # inputs and initializers first
+        if name in fed or f"{name}::float" in initializers:
+            ordered.extend(chains[name])
+            placed.add(name)
+    for node in graph.node:
+        ordered.append(node)
+        for out in node.output:
+            base = out[: -len("::float")] if out.endswith("::float") else None
+            if base in chains and base not in placed:
+                ordered.extend(chains[base])
+                placed.add(base)
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -1,0 +1,102 @@
+"""Choosing encodings by the model's output: the emulated model and the choice it drives."""
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from encanalyze.onnx import calibrate, choose_encodings, output_sqnr, write_qdq_model  # noqa: E402
+from encanalyze.onnx._emulate import Emulator  # noqa: E402
+from tests import onnx_models as om  # noqa: E402
+
+METHODS = ("minmax", "percentile", "sqnr", "mse")
+
+
+def _data(seed, n):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_t(3, (4, 3, 8, 8)).astype("f4") for _ in range(n)]
+
+
+def _fake_quant(x, e):
+    """``(clip(round(x / s) - o, 0, 255) + o) * s`` in float64, per channel on ``e.axis``."""
+    shape = [1] * x.ndim
+    scale = np.asarray(e.scale, np.float64).reshape(-1)
+    offset = np.asarray(e.offset, np.float64).reshape(-1)
+    if e.axis is not None:
+        shape[e.axis] = scale.size
+    s, o = scale.reshape(shape), offset.reshape(shape)
+    return (np.clip(np.rint(x / s) - o, 0, 255) + o) * s
+
+
+def test_the_emulation_is_fake_quantization_of_every_encoded_tensor(tmp_path):
+    w = np.random.default_rng(0).normal(size=(6, 4)).astype("f4")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(size=(5, 6)).astype("f4") for _ in range(2)]
+    result = calibrate(model, batches, activations="minmax", weight_symmetric=True)
+    with Emulator(model, result) as emulator:
+        assert set(emulator.tensors) == {"x", "w", "y"}
+        feed = emulator.feed(result.encodings)
+        assert feed["w::scale"].shape == (1, 4)  # per output channel, on the MatMul's axis 1
+        (got,) = next(emulator.outputs(feed, batches[:1]))
+    x = batches[0].astype(np.float64)
+    want = _fake_quant(_fake_quant(x, result["x"]) @ _fake_quant(w, result["w"]), result["y"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # and the emulation is ONNX Runtime's QDQ model up to its integer arithmetic
+    import onnxruntime as ort
+
+    path = write_qdq_model(model, result, tmp_path / "q.onnx")
+    (qdq,) = ort.InferenceSession(str(path)).run(None, {"x": batches[0]})
+    step = float(np.asarray(result["y"].scale).reshape(-1)[0])
+    assert np.abs(qdq - got).max() <= 1.0001 * step  # at most one step of y's grid apart
+
+
+def test_choose_encodings_keeps_the_best_qdq_output_and_is_never_below_min_max(tmp_path):
+    model = om.cnn()
+    calib, held = _data(3, 3), _data(4, 2)
+    weights = dict.fromkeys(("minmax", "sqnr", "mse"))
+    result = calibrate(model, calib, activations=METHODS, weights=weights, weight_symmetric=True)
+    assert result["c1"] is result.candidates["c1"]["minmax"]  # the first method until chosen
+    chosen, choice = choose_encodings(model, result, held)
+    assert choice.simple.label == "minmax+minmax"
+    assert {f"{m}+minmax" for m in METHODS} <= set(choice.emulated)
+    act = choice.chosen.activations
+    assert {f"{act}+{w}" for w in ("best-tensor-sqnr", *weights)} <= set(choice.emulated)
+    checked = choice.checked
+    assert "minmax+minmax" in checked and len(checked) <= 3
+    assert checked[choice.chosen.label] == max(checked.values()) >= checked["minmax+minmax"]
+    for name, c in chosen.candidates.items():
+        kind = chosen[name].kind
+        method = act if kind == "activation" else choice.chosen.weights
+        if method != "best-tensor-sqnr":
+            assert chosen[name] is c[method]
+    path = write_qdq_model(model, chosen, tmp_path / "q.onnx")
+    (measured,) = output_sqnr(model, path, held).values()
+    assert measured == pytest.approx(checked[choice.chosen.label], abs=1e-9)
+    # the emulation ranks as the QDQ models do, up to their integer arithmetic
+    for label, db in checked.items():
+        assert abs(choice.emulated[label] - db) < 1.0, (label, choice.emulated[label], db)
+
+
+def test_choose_encodings_of_one_kind_and_without_candidates():
+    model = om.cnn()
+    calib, held = _data(5, 2), _data(6, 2)
+    result = calibrate(model, calib, weights=dict.fromkeys(METHODS), weight_symmetric=True)
+    chosen, choice = choose_encodings(model, result, held, activations=False)
+    assert choice.chosen.activations is None and choice.simple.label == "minmax"
+    assert set(choice.emulated) == {"best-tensor-sqnr", *METHODS}
+    assert {chosen[n].method for n in ("c1", "f", "y")} == {"percentile"}  # as calibrated
+    with pytest.raises(ValueError, match="calibrate with several"):
+        choose_encodings(model, calibrate(model, calib), held)
+    with pytest.raises(ValueError, match="calibrate with several"):
+        choose_encodings(model, result, held, weights=False)
