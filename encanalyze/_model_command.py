@@ -360,11 +360,12 @@ def split(batches: Batches, holdout: float) -> tuple[Batches, Batches, list[str]
     return batches[: n - k], batches[n - k :], notes
 
 
-AUTO_WEIGHTS = ("minmax", "percentile", "sqnr", "mse")
+AUTO_WEIGHTS = ("minmax", "percentile", "sqnr")
 """``--method auto``'s weight candidates in the model job: the methods that differ on a weight
-seen once (moving-average min-max is min-max there) and that peers use for weights (entropy,
-a threshold for activation distributions, costs most of the job and was the best of 0 of 54
-weights)."""
+seen once (moving-average min-max is min-max there) at a cost near the job's. MSE and entropy
+are left to ``--method all``: on weights they are the costliest searches (a text detector's 64
+weights: entropy 6.2 s, MSE 2.1 s, SQNR 2.0 s, percentile 0.1 s) and were chosen for none of
+the real models' weights in ``benchmarks/bench_quality.py``."""
 
 
 def weight_methods(args) -> dict[str, dict]:

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="method to run; all runs each and marks the best SQNR; auto (default): all for "
         "tensor files, and for a model with --data the weights' candidates of the choice by the "
-        "output (minmax, percentile, sqnr, mse)",
+        "output (minmax, percentile, sqnr)",
     )
     cal.add_argument("--bits", type=int, default=8, help="bit width (2..16, default 8)")
     cal.add_argument("--symmetric", action="store_true", help="symmetric grids")
@@ -767,11 +767,18 @@ def _report_model(args, result, qdq: dict | None, choice: dict | None) -> None:
     print(f"grids: {result.grids()}")
     if choice is not None:
         checked = ", ".join(f"{m} {v:.2f} dB" for m, v in choice["qdq_output_sqnr_db"].items())
+        emulated = choice["emulated_output_sqnr_db"]
         print(
             f"chosen by the output on the {choice['measured_on']} data: activations "
             f"{choice['activations']}, weights {choice['weights'] or 'as calibrated'} "
-            f"({len(choice['emulated_output_sqnr_db'])} options emulated; QDQ models: {checked})"
+            f"(default {choice['default']}; {len(emulated)} options emulated; QDQ models: "
+            f"{checked})"
         )
+        for label, g in choice["gain_db"].items():
+            print(
+                f"   {label}: {emulated[label]:.2f} dB emulated, {g['gain']:+.2f} "
+                f"+- {g['standard_error']:.2f} dB"
+            )
         if choice["note"]:
             print(f"   {choice['note']}")
     if qdq is not None:

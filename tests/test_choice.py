@@ -61,7 +61,7 @@ def test_the_emulation_is_fake_quantization_of_every_encoded_tensor(tmp_path):
     assert np.abs(qdq - got).max() <= 1.0001 * step  # at most one step of y's grid apart
 
 
-def test_choose_encodings_keeps_the_best_qdq_output_and_is_never_below_min_max(tmp_path):
+def test_choose_encodings_keeps_the_default_unless_significantly_beaten(tmp_path):
     model = om.cnn()
     calib, held = _data(3, 3), _data(4, 2)
     weights = dict.fromkeys(("minmax", "sqnr", "mse"))
@@ -69,23 +69,51 @@ def test_choose_encodings_keeps_the_best_qdq_output_and_is_never_below_min_max(t
     assert result["c1"] is result.candidates["c1"]["minmax"]  # the first method until chosen
     chosen, choice = choose_encodings(model, result, held)
     assert choice.simple.label == "minmax+minmax"
+    assert choice.default.label == "percentile+minmax"
     assert {f"{m}+minmax" for m in METHODS} <= set(choice.emulated)
-    act = choice.chosen.activations
-    assert {f"{act}+{w}" for w in ("best-tensor-sqnr", *weights)} <= set(choice.emulated)
+    base = choice.chosen.activations
+    assert {f"{base}+{w}" for w in ("best-tensor-sqnr", *weights)} <= set(choice.emulated)
+    for label, (gain, se) in choice.gains.items():  # each against the option it challenged
+        assert np.isfinite(gain) and se >= 0, label
     checked = choice.checked
-    assert "minmax+minmax" in checked and len(checked) <= 3
+    assert set(checked) == {"minmax+minmax", choice.chosen.label} or len(checked) == 2
     assert checked[choice.chosen.label] == max(checked.values()) >= checked["minmax+minmax"]
     for name, c in chosen.candidates.items():
-        kind = chosen[name].kind
-        method = act if kind == "activation" else choice.chosen.weights
+        method = base if chosen[name].kind == "activation" else choice.chosen.weights
         if method != "best-tensor-sqnr":
             assert chosen[name] is c[method]
     path = write_qdq_model(model, chosen, tmp_path / "q.onnx")
     (measured,) = output_sqnr(model, path, held).values()
     assert measured == pytest.approx(checked[choice.chosen.label], abs=1e-9)
-    # the emulation ranks as the QDQ models do, up to their integer arithmetic
+    # the emulation scores as the QDQ models do, up to their integer arithmetic
     for label, db in checked.items():
         assert abs(choice.emulated[label] - db) < 1.0, (label, choice.emulated[label], db)
+    # no gain is significant at z = inf: the default (or min-max, if the default is below it)
+    _, stay = choose_encodings(model, result, held, z=np.inf)
+    assert (
+        stay.chosen in (stay.default, stay.simple) and not stay.gains.keys() - stay.emulated.keys()
+    )
+    # every gain is at z = -inf: the best emulated activations, then the best weights
+    _, best = choose_encodings(model, result, held, z=-np.inf)
+    acts = {m: best.emulated[f"{m}+minmax"] for m in METHODS}
+    decided = max(acts, key=acts.get)
+    assert best.chosen.activations in (decided, "minmax")
+
+
+def test_the_gain_and_its_standard_error():
+    from encanalyze.onnx._choose import _gain
+
+    rng = np.random.default_rng(0)
+    signal = rng.uniform(1, 2, (1, 16))
+    noise = rng.uniform(0.01, 0.02, (1, 16))
+    assert _gain((signal, noise), (signal, noise)) == (0.0, 0.0)
+    gain, se = _gain((signal, noise / 2), (signal, noise))  # half the noise on every sample
+    assert gain == pytest.approx(10 * np.log10(2)) and se < 1e-9
+    spike = noise.copy()
+    spike[0, 3] = 50.0  # one sample far off: the gain is large and so is its error
+    gain, se = _gain((signal, noise), (signal, spike))
+    assert gain > 10 and se > gain / 2
+    assert _gain((signal[:, :2], noise[:, :2]), (signal[:, :2], spike[:, :2]))[1] == np.inf
 
 
 def test_choose_encodings_of_one_kind_and_without_candidates():
@@ -94,6 +122,7 @@ def test_choose_encodings_of_one_kind_and_without_candidates():
     result = calibrate(model, calib, weights=dict.fromkeys(METHODS), weight_symmetric=True)
     chosen, choice = choose_encodings(model, result, held, activations=False)
     assert choice.chosen.activations is None and choice.simple.label == "minmax"
+    assert choice.default.label == "minmax"
     assert set(choice.emulated) == {"best-tensor-sqnr", *METHODS}
     assert {chosen[n].method for n in ("c1", "f", "y")} == {"percentile"}  # as calibrated
     with pytest.raises(ValueError, match="calibrate with several"):

@@ -604,12 +604,12 @@ def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
     status, _, terminal = on_terminal(cmd, columns=160)
     assert status == 0
     # the weight, 2 calibration batches (the third held out), the choice among 5 activation
-    # methods x 5 weight options, the QDQ model, its SQNR on 1 held-out and 2 calibration
+    # methods x 4 weight options, the QDQ model, its SQNR on 1 held-out and 2 calibration
     # batches: 1 + 2 + 1 + 1 + 3 steps
     stages = (
         b"weight w",
         b"batch 2",
-        b"choosing among 5 x 5 options",
+        b"choosing among 5 x 4 options",
         b"writing the QDQ model",
         b"SQNR batch 2",
         b"/8 ",  # the total (tqdm may skip drawing the last step before it closes)
@@ -754,9 +754,12 @@ def test_holdout_is_checked_and_split(tmp_path, capsys):
     assert {f"{m}+minmax" for m in ("minmax", "percentile", "sqnr", "mse", "entropy")} <= set(
         emulated
     )
+    weights = {"best-tensor-sqnr", "minmax", "percentile", "sqnr"}
+    acts = ("minmax", "percentile", "sqnr", "mse", "entropy")
+    assert any({f"{a}+{w}" for w in weights} <= set(emulated) for a in acts)
+    assert choice["default"] == "percentile+minmax"
+    assert set(choice["gain_db"]) <= set(emulated) - {"percentile+minmax"}
     act = choice["activations"]
-    weights = {"best-tensor-sqnr", "minmax", "percentile", "sqnr", "mse"}
-    assert {f"{act}+{w}" for w in weights} <= set(emulated)
     assert choice["simple"] == "minmax+minmax" and "minmax+minmax" in choice["qdq_output_sqnr_db"]
     checked = choice["qdq_output_sqnr_db"]
     label = f"{act}+{choice['weights']}"

@@ -124,7 +124,9 @@ def l2_search(
     walking = xp.ones((num_rows,), dtype=xp.bool, device=dev)
     finished: list[tuple[Array, Array, Array]] = []  # (rows, start, end) of rows that stopped
     while True:
-        walking = walking & (_gather(xp, alpha, i) < _gather(xp, beta, j))
+        # a range of one bin can move neither end again: PyTorch walks on to alpha >= beta
+        # without changing it (up to 100,000 steps for a dead filter), here the row stops
+        walking = walking & (_gather(xp, alpha, i) < _gather(xp, beta, j)) & (start < end)
         left_walking = int(xp.count_nonzero(walking))
         if left_walking == 0:
             break

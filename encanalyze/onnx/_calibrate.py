@@ -37,6 +37,7 @@ __all__ = [
     "quantizable_weights",
     "run_batch",
     "session",
+    "value_infos",
     "weights_of",
 ]
 
@@ -112,7 +113,7 @@ def weights_of(model, op_types, weights: dict) -> dict[str, int | None]:
 def _activations(model, op_types, typed: dict, weights: dict) -> list[str]:
     """Float tensors into and out of the main graph's ``op_types`` nodes that are not weights.
 
-    ``typed``: the value infos by name (:func:`_typed`); ``weights``: the float weights.
+    ``typed``: the value infos by name (:func:`value_infos`); ``weights``: the float weights.
     """
     import onnx
 
@@ -129,7 +130,7 @@ def _activations(model, op_types, typed: dict, weights: dict) -> list[str]:
     return out
 
 
-def _typed(model) -> list:
+def value_infos(model) -> list:
     """Return the main graph's value infos after type inference (big tensor data left out)."""
     import onnx
 
@@ -418,7 +419,7 @@ def _observe(proto, weights, batches, methods, op_types, providers, progress, te
             if not hasattr(batches, "__len__"):
                 batches = itertools.chain([first], batches)
     conds = {c: b for out, b in branches.items() for c in [conditions(ifs)[out]]}
-    typed = {vi.name: vi for vi in _typed(proto)}
+    typed = {vi.name: vi for vi in value_infos(proto)}
     names = [
         n for n in _activations(proto, op_types, typed, weights) if tensors is None or tensors(n)
     ]

@@ -2,15 +2,16 @@
 
 An option is one method for every activation and one for every weight (or each weight's best
 SQNR on itself). All options are scored on the same batches by one emulated model
-(:class:`~encanalyze.onnx._emulate.Emulator`: one session, an option is one feed); the best
-``check`` of them and the simple option (min-max everywhere) are then built as QDQ models by
-ONNX Runtime and run, and the best of those is kept, so the choice is never below min-max
-everywhere on those batches.
+(:class:`~encanalyze.onnx._emulate.Emulator`: one session, an option is one feed), and the
+default is left only for an option that is significantly better on those samples; the
+decision and the simple option (min-max everywhere) are then built as QDQ models by ONNX
+Runtime and run, so the choice is never below min-max everywhere on those batches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -25,12 +26,26 @@ from ._calibrate import QUANTIZABLE_OPS
 from ._emulate import Emulator
 from ._qdq import check_qdq, model_outputs, outputs_sqnr, stage_qdq_model
 
-__all__ = ["BEST_TENSOR_SQNR", "Choice", "Option", "candidates_of", "choose_encodings"]
+__all__ = [
+    "BEST_TENSOR_SQNR",
+    "DEFAULT",
+    "Choice",
+    "Option",
+    "candidates_of",
+    "choose_encodings",
+]
 
 BEST_TENSOR_SQNR = "best-tensor-sqnr"
 """The weights' option that keeps each weight's best SQNR on itself (what ``calibrate`` keeps)."""
 
 SIMPLE = "minmax"
+
+DEFAULT = ("percentile", "minmax")
+"""The option kept unless another is significantly better: percentile activations and
+min-max weights, the deployment default of ONNX Runtime, TensorRT and QNN."""
+
+Z = 2.0
+"""Standard errors by which an option's gain must exceed zero to leave the default."""
 
 
 @dataclass(frozen=True)
@@ -59,15 +74,19 @@ class Choice:
     """What :func:`choose_encodings` kept and why.
 
     ``emulated``: each option's output SQNR in dB (the mean over the model's outputs) in the
-    emulation, by label; ``checked``: the QDQ models' output SQNR of the options that were
-    built (the best emulated ones and ``simple``); ``note`` says when the simple option was
-    kept against the emulation's preference; ``qdq_model`` is the chosen option's QDQ model
+    emulation, by label; ``gains``: each option's gain in dB over the option it was compared
+    with (``default``, then the activations kept with the default weights) and its standard
+    error; ``checked``: the QDQ models' output SQNR of the options that were built (the
+    decision and ``simple``); ``note`` says when the simple option was kept against the
+    decision; ``qdq_model`` is the chosen option's QDQ model
     where the caller asked to keep it, and ``opset`` what its opset got.
     """
 
     chosen: Option
     simple: Option
+    default: Option
     emulated: dict[str, float] = field(default_factory=dict)
+    gains: dict[str, tuple[float, float]] = field(default_factory=dict)
     checked: dict[str, float] = field(default_factory=dict)
     note: str | None = None
     qdq_model: Path | None = None
@@ -78,7 +97,9 @@ class Choice:
         return {
             "activations": self.chosen.activations,
             "weights": self.chosen.weights,
+            "default": self.default.label,
             "emulated_output_sqnr_db": dict(self.emulated),
+            "gain_db": {k: {"gain": g, "standard_error": e} for k, (g, e) in self.gains.items()},
             "qdq_output_sqnr_db": dict(self.checked),
             "simple": self.simple.label,
             "note": self.note,
@@ -112,7 +133,7 @@ def choose_encodings(
     *,
     activations: bool = True,
     weights: bool = True,
-    check: int = 2,
+    z: float = Z,
     op_types=QUANTIZABLE_OPS,
     providers=None,
     stage: Path | None = None,
@@ -124,14 +145,19 @@ def choose_encodings(
     one method for every activation (``activations``) and one for every weight or each
     weight's best SQNR on itself (``"best-tensor-sqnr"``; ``weights``), scored by the output
     SQNR (the mean over the model's outputs) of one emulated model on ``batches``, which should
-    be held-out samples, not the calibration ones: first each activation method with min-max
-    weights, then each weight option with the best activations (options with the same
-    encodings are run once). The ``check`` best and the simple option (min-max everywhere,
-    else the first methods) are then built as QDQ models by ONNX Runtime and run on the same
-    batches, and the best of those is kept (ties: the simple option), so the result is never
-    below min-max everywhere on these batches. Returns the result with the chosen encodings and
-    the :class:`Choice`. With ``stage`` (a file name in a folder of the caller's), the QDQ
-    models are built there, each in a folder of its own, and the chosen one is kept
+    be held-out samples, not the calibration ones (options with the same encodings run once).
+    First each activation method is scored with the default weights, then each weight option
+    with the activations kept. The default (:data:`DEFAULT`: percentile activations, min-max
+    weights, what ONNX Runtime, TensorRT and QNN deploy) is left only for an option whose gain
+    over it is more than ``z`` standard errors (a jackknife over the samples, the rows of the
+    outputs' first axis): on a few samples the output SQNR of a confident classifier moves by
+    several dB from one sample set to the next, and a choice by the best score alone follows
+    that noise. The decision and the simple option (min-max everywhere) are then built as QDQ
+    models by ONNX Runtime and run on the same batches, and the decision is kept unless its
+    output is further from the float model's, so the result is never below min-max
+    everywhere on these batches. Returns the result with the chosen encodings and the
+    :class:`Choice`. With ``stage`` (a file name in a folder of the caller's), the QDQ models
+    are built there, each in a folder of its own, and the chosen one is kept
     (``Choice.qdq_model``, with what its opset got in ``Choice.opset``) for the caller to
     publish instead of building it again.
     """
@@ -142,53 +168,110 @@ def choose_encodings(
     names = [o.name for o in proto.graph.output]
     reference = list(model_outputs(proto, batches, names, providers))  # the float model once
     del proto
-    emulated: dict[str, float] = {}
-    seen: dict[bytes, float] = {}
     simple = Option(acts[0], params[0])
+    default = Option(*(d if d in c else c[0] for d, c in zip(DEFAULT, (acts, params), strict=True)))
+    emulated: dict[str, float] = {}
+    gains: dict[str, tuple[float, float]] = {}
+    seen: dict[bytes, tuple] = {}
     with Emulator(model, result, op_types=op_types, providers=providers) as emulator:
 
-        def score(option: Option) -> float:
+        def per_sample(option: Option) -> tuple:
             feed = emulator.feed(option.apply(result).encodings)
             key = b"".join(k.encode() + v.tobytes() for k, v in sorted(feed.items()))
             if key not in seen:  # options with the same encodings run once
-                seen[key] = _mean(outputs_sqnr(names, reference, emulator.outputs(feed, batches)))
-            emulated[option.label] = seen[key]
+                seen[key] = _per_sample(reference, emulator.outputs(feed, batches))
+            emulated[option.label] = _score(*seen[key])
             return seen[key]
 
-        # the activations with the simple weights, then the weights with the best activations
-        act = max(acts, key=lambda a: sqnr_rank(score(Option(a, simple.weights))))
-        for w in params:
-            score(Option(act, w))
-    options = {o.label: o for a in acts for w in params for o in [Option(a, w)]}
-    ranked = sorted(
-        (options[label] for label in emulated), key=lambda o: -sqnr_rank(emulated[o.label])
-    )
-    candidates = [simple, *[o for o in ranked[:check] if o != simple]]
+        def keep_or_switch(base: Option, options: list[Option]) -> Option:
+            """Return ``base``, or the best-scoring option significantly better than it."""
+            ref = per_sample(base)
+            significant = []
+            for option in options:
+                gain, se = _gain(per_sample(option), ref)
+                if option != base:
+                    gains[option.label] = (gain, se)
+                    if gain > z * se:
+                        significant.append(option)
+            return max(significant, key=lambda o: emulated[o.label], default=base)
+
+        base = keep_or_switch(default, [Option(a, default.weights) for a in acts])
+        decision = keep_or_switch(base, [Option(base.activations, w) for w in params])
     checked: dict[str, float] = {}
     built: dict[str, tuple[Path, str]] = {}
     with contextlib.ExitStack() as stack:
         parent = stage.parent if stage is not None else Path(stack.enter_context(_temporary()))
         name = stage.name if stage is not None else "model.onnx"
-        for option in candidates:
+        for option in dict.fromkeys([simple, decision]):
             folder = Path(tempfile.mkdtemp(dir=parent, prefix=".option-"))
             built[option.label] = stage_qdq_model(
                 model, option.apply(result), folder / name, op_types=op_types
             )
             outputs = model_outputs(own_model(built[option.label][0]), batches, names, providers)
             checked[option.label] = _mean(outputs_sqnr(names, reference, outputs))
-        chosen = max(candidates, key=lambda o: sqnr_rank(checked[o.label]))  # first on ties
+        below = sqnr_rank(checked[decision.label]) < sqnr_rank(checked[simple.label])
+        chosen = simple if below else decision
         for label, (path, _) in built.items():
             if stage is None or label != chosen.label:
                 shutil.rmtree(path.parent, ignore_errors=True)
     note = None
-    if chosen == simple and ranked[0] != simple:
+    if below:
         note = (
-            f"the emulation preferred {ranked[0].label}, but its QDQ model's output was not "
-            f"closer than {simple.label}'s: {simple.label} kept"
+            f"{decision.label}'s QDQ model was further from the float model than "
+            f"{simple.label}'s on these batches: {simple.label} kept"
         )
     kept = built[chosen.label] if stage is not None else (None, None)
-    choice = Choice(chosen, simple, emulated, checked, note, *kept)
+    choice = Choice(chosen, simple, default, emulated, gains, checked, note, *kept)
     return chosen.apply(result), choice
+
+
+def _per_sample(reference: list, outputs) -> tuple[np.ndarray, np.ndarray]:
+    """Signal and noise energy ``(outputs, samples)`` of each output on each sample.
+
+    A sample is a row of the outputs' first axis where every output of a batch has the same
+    first dimension, else the whole batch.
+    """
+    signal, noise = [], []
+    for ys, qs in zip(reference, outputs, strict=True):
+        ys = [np.asarray(y, np.float64) for y in ys]
+        qs = [np.asarray(q, np.float64) for q in qs]
+        rows = {y.shape[0] if y.ndim else 1 for y in ys}
+        n = rows.pop() if len(rows) == 1 else 1
+        signal.append([np.sum(np.reshape(y * y, (n, -1)), axis=1) for y in ys])
+        noise.append(
+            [np.sum(np.reshape((y - q) ** 2, (n, -1)), axis=1) for y, q in zip(ys, qs, strict=True)]
+        )
+    return np.concatenate(signal, axis=1), np.concatenate(noise, axis=1)
+
+
+def _db(signal: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Return the mean over outputs (axis 0) of ``10 log10(signal / noise)`` in dB."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        db = 10 * np.log10(signal / noise)
+    db = np.where(noise == 0, np.inf, np.where(signal == 0, -np.inf, db))
+    return np.mean(db, axis=0)
+
+
+def _score(signal: np.ndarray, noise: np.ndarray) -> float:
+    return float(_db(signal.sum(axis=1), noise.sum(axis=1)))
+
+
+def _gain(option: tuple, base: tuple) -> tuple[float, float]:
+    """Return the option's score minus the base's in dB, and its jackknife standard error."""
+    (s_o, n_o), (s_b, n_b) = option, base
+    gain = _score(s_o, n_o) - _score(s_b, n_b)
+    count = s_o.shape[1]
+    if count < 3 or not np.isfinite(gain):
+        return gain, math.inf
+    loo = [  # the gain with each sample left out
+        _db(s.sum(axis=1, keepdims=True) - s, n.sum(axis=1, keepdims=True) - n)
+        for s, n in ((s_o, n_o), (s_b, n_b))
+    ]
+    diff = loo[0] - loo[1]
+    if not np.all(np.isfinite(diff)):
+        return gain, math.inf
+    se = math.sqrt((count - 1) / count * float(np.sum((diff - diff.mean()) ** 2)))
+    return gain, se
 
 
 def _temporary():

@@ -21,9 +21,18 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .._calibration import CalibrationResult, TensorEncoding
-from .._onnx_graph import own_model
+from .._onnx_graph import FLOAT_TYPES, own_model
 from ._branches import inline_branches
-from ._calibrate import QUANTIZABLE_OPS, feeds, is_bias, model_inputs, run_batch, session
+from ._calibrate import (
+    QUANTIZABLE_OPS,
+    feeds,
+    is_bias,
+    model_inputs,
+    run_batch,
+    session,
+    value_infos,
+)
+from ._qdq import constants_to_initializers, opset_of, unencoded_nodes
 
 __all__ = ["Emulator"]
 
@@ -36,7 +45,8 @@ class Emulator:
     The tensors are those the QDQ model of ``result`` quantizes: inputs (biases left out) and
     outputs of the main graph's ``op_types`` nodes that have an encoding, of nodes all of whose
     tensors have one (ONNX Runtime leaves the others in floating point). :meth:`feed` turns
-    encodings into the inputs that set them, :meth:`outputs` runs batches with them.
+    encodings into the inputs that set them, :meth:`outputs` runs batches with them and returns
+    ``outputs`` (default: the model's outputs; any tensor of the main graph).
     """
 
     def __init__(
@@ -50,8 +60,6 @@ class Emulator:
     ):
         from onnx import version_converter
 
-        from ._qdq import constants_to_initializers, opset_of, unencoded_nodes
-
         proto = inline_branches(own_model(model), result.branches)
         constants_to_initializers(proto)
         if opset_of(proto) < _ROUND_OPSET:
@@ -59,9 +67,11 @@ class Emulator:
         excluded = set(unencoded_nodes(proto, result, op_types))
         self.inputs = model_inputs(proto)
         self.names = [o.name for o in proto.graph.output] if outputs is None else list(outputs)
-        _expose(proto, self.names)
+        typed = {vi.name: vi for vi in value_infos(proto)}
+        have = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(typed[n] for n in self.names if n not in have)
+        elem, self._ndim = _types_and_ranks(proto, typed)
         self.tensors: dict[str, int] = {}  # name -> the element type of its scale and offset
-        elem = _element_types(proto)
         fed = {i.name for i in self.inputs}
         for node in proto.graph.node:
             if node.name in excluded or (op_types is not None and node.op_type not in op_types):
@@ -70,7 +80,6 @@ class Emulator:
             for name in (*ins, *node.output):
                 if name in result.encodings and name in elem and name not in self.tensors:
                     self.tensors[name] = elem[name]
-        self._ndim = _ranks(proto)
         _insert_fake_quant(proto, self.tensors, fed, 2**result.bits - 1, self._ndim)
         self._workdir = tempfile.TemporaryDirectory(prefix="encanalyze-")
         self._run = session(proto, providers, self._workdir.name)
@@ -111,39 +120,18 @@ class Emulator:
             yield run_batch(self._run, self.names, {**feeds(batch, self.inputs), **settings})
 
 
-def _expose(proto, names: list[str]) -> None:
-    """Make each of ``names`` a graph output (typed from inference)."""
-    from ._calibrate import _typed
-
-    have = {o.name for o in proto.graph.output}
-    typed = {vi.name: vi for vi in _typed(proto)}
-    proto.graph.output.extend(typed[n] for n in names if n not in have)
-
-
-def _element_types(proto) -> dict[str, int]:
-    """Each float tensor's element type: initializers, inputs and inferred value infos."""
+def _types_and_ranks(proto, typed: dict) -> tuple[dict[str, int], dict[str, int]]:
+    """Each float tensor's element type, and each tensor's rank where it is known."""
     import onnx
 
-    from .._onnx_graph import FLOAT_TYPES
-
     floats = {getattr(onnx.TensorProto, t) for t in FLOAT_TYPES}
-    out = {t.name: t.data_type for t in proto.graph.initializer}
-    from ._calibrate import _typed
-
-    for vi in _typed(proto):
-        out.setdefault(vi.name, vi.type.tensor_type.elem_type)
-    return {n: t for n, t in out.items() if t in floats}
-
-
-def _ranks(proto) -> dict[str, int]:
-    """Each tensor's rank where it is known (initializers and inferred shapes)."""
-    from ._calibrate import _typed
-
-    out = {t.name: len(t.dims) for t in proto.graph.initializer}
-    for vi in _typed(proto):
+    elem = {t.name: t.data_type for t in proto.graph.initializer}
+    ranks = {t.name: len(t.dims) for t in proto.graph.initializer}
+    for name, vi in typed.items():
+        elem.setdefault(name, vi.type.tensor_type.elem_type)
         if vi.type.tensor_type.HasField("shape"):
-            out.setdefault(vi.name, len(vi.type.tensor_type.shape.dim))
-    return out
+            ranks.setdefault(name, len(vi.type.tensor_type.shape.dim))
+    return {n: t for n, t in elem.items() if t in floats}, ranks
 
 
 def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int, ranks) -> None:
