@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(*METHODS, "all", "auto"),
         default="auto",
         help="method to run; all runs each and marks the best SQNR; auto (default): all for "
-        "tensor files, and for a model with --data the weights' candidates of the choice by the "
-        "output (minmax, percentile, sqnr)",
+        "tensor files, minmax for a model with --data (all: every method's weights, chosen with "
+        "the activations by the output)",
     )
     cal.add_argument("--bits", type=int, default=8, help="bit width (2..16, default 8)")
     cal.add_argument("--symmetric", action="store_true", help="symmetric grids")
@@ -684,7 +684,7 @@ def _model_job(args) -> int:
         if len(methods) > 1 and any(e.kind == "activation" for e in result.encodings.values()):
             # auto: activations and weights together, by the output on held-out data
             acts, params = candidates_of(result, True, True)
-            progress.stage(f"choosing among {len(acts)} x {len(params)} options")
+            progress.stage(f"choosing the encodings ({len(acts) + len(params) - 1} options)")
             result, chosen = choose_encodings(model, result, judged, stage=stage)
             staged, opset = chosen.qdq_model, chosen.opset  # built while choosing
             progress.advance()

@@ -604,12 +604,11 @@ def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
     status, _, terminal = on_terminal(cmd, columns=160)
     assert status == 0
     # the weight, 2 calibration batches (the third held out), the choice among 5 activation
-    # methods x 4 weight options, the QDQ model, its SQNR on 1 held-out and 2 calibration
-    # batches: 1 + 2 + 1 + 1 + 3 steps
+    # methods, the QDQ model, its SQNR on 1 held-out and 2 calibration batches: 1 + 2 + 1 + 1 + 3
     stages = (
         b"weight w",
         b"batch 2",
-        b"choosing among 5 x 4 options",
+        b"choosing the encodings (5 options)",
         b"writing the QDQ model",
         b"SQNR batch 2",
         b"/8 ",  # the total (tqdm may skip drawing the last step before it closes)
@@ -749,23 +748,33 @@ def test_holdout_is_checked_and_split(tmp_path, capsys):
     choice = report["choice"]
     assert choice["measured_on"] == "held-out"
     assert report["qdq_model"]["measured_on"] == "held-out"
-    emulated = choice["emulated_output_sqnr_db"]
-    # each activation method with min-max weights, then each weight option (--method auto)
-    assert {f"{m}+minmax" for m in ("minmax", "percentile", "sqnr", "mse", "entropy")} <= set(
-        emulated
-    )
-    weights = {"best-tensor-sqnr", "minmax", "percentile", "sqnr"}
     acts = ("minmax", "percentile", "sqnr", "mse", "entropy")
-    assert any({f"{a}+{w}" for w in weights} <= set(emulated) for a in acts)
-    assert choice["default"] == "percentile+minmax"
-    assert set(choice["gain_db"]) <= set(emulated) - {"percentile+minmax"}
-    act = choice["activations"]
-    assert choice["simple"] == "minmax+minmax" and "minmax+minmax" in choice["qdq_output_sqnr_db"]
+    assert set(choice["emulated_output_sqnr_db"]) == set(acts)  # min-max weights (--method auto)
+    assert choice["default"] == "percentile" and choice["simple"] == "minmax"
+    assert choice["weights"] is None and set(choice["gain_db"]) == set(acts) - {"percentile"}
     checked = choice["qdq_output_sqnr_db"]
-    label = f"{act}+{choice['weights']}"
+    assert checked[choice["activations"]] == max(checked.values()) >= checked["minmax"]
+    assert report["qdq_model"]["output_sqnr_db"]["y"] == pytest.approx(
+        checked[choice["activations"]]
+    )
+    assert {t["method"] for t in report["tensors"] if t["kind"] == "activation"} == {
+        choice["activations"]
+    }
+    assert {t["method"] for t in report["tensors"] if t["kind"] == "param"} == {"minmax"}
+    # --method all: every weight option too, with the activations kept
+    status, out, err = _run(
+        capsys, path, "--data", data, "--batch-size", "4", "--format", "json", "--method", "all"
+    )
+    assert status == 0, err
+    choice = json.loads(out)["choice"]
+    emulated = choice["emulated_output_sqnr_db"]
+    assert {f"{m}+minmax" for m in acts} <= set(emulated)
+    weights = {"best-tensor-sqnr", "minmax", "percentile", "sqnr", "mse", "entropy", "ema"}
+    assert any({f"{a}+{w}" for w in weights} <= set(emulated) for a in acts)
+    assert choice["default"] == "percentile+minmax" and choice["simple"] == "minmax+minmax"
+    label = f"{choice['activations']}+{choice['weights']}"
+    checked = choice["qdq_output_sqnr_db"]
     assert checked[label] == max(checked.values()) >= checked["minmax+minmax"]
-    assert report["qdq_model"]["output_sqnr_db"]["y"] == pytest.approx(checked[label])
-    assert {t["method"] for t in report["tensors"] if t["kind"] == "activation"} == {act}
     status, out, err = _run(capsys, path, "--data", data, "--batch-size", "16", "--format", "json")
     assert status == 0 and "nothing held out" in err
     assert json.loads(out)["choice"]["measured_on"] == "calibration"

@@ -206,3 +206,31 @@ def test_real_torch_models(case):
     sqnr = _sqnr_db(torch, y, q)
     assert sqnr > 10
     print(f"{case}: {len(kinds)} tensors, held-out output SQNR {sqnr:.2f} dB, {seconds:.2f} s")
+
+
+@pytest.mark.parametrize("case", ["ocr-classifier", "ocr-detector"])
+def test_the_default_job_chooses_by_the_output_and_is_never_below_min_max(case, tmp_path, capsys):
+    """The default job (auto methods, a quarter held out) on rendered text lines."""
+    from tests.real_models import rendered_text
+
+    requirement, member, shape, _ = CASES[case]
+    model = fetch(requirement, member)
+    np.savez(tmp_path / "calib.npz", x=rendered_text(16, *shape[1:]))
+    qdq = tmp_path / "q.onnx"
+    status, stdout, err, seconds = _job(
+        capsys, model, "--data", tmp_path / "calib.npz", "--batch-size", "4",
+        "--qdq-model", qdq, "--format", "json",
+    )  # fmt: skip
+    assert status == 0, err
+    report = json.loads(stdout)
+    choice = report["choice"]
+    assert choice["measured_on"] == "held-out" and choice["default"] == "percentile"
+    label = choice["activations"]
+    checked = choice["qdq_output_sqnr_db"]
+    assert checked[label] >= checked["minmax"]
+    (held,) = report["qdq_model"]["output_sqnr_db"].values()
+    assert held == pytest.approx(checked[label], abs=1e-6)  # the chosen model, published
+    assert held > 5
+    weights = {t["method"] for t in report["tensors"] if t["kind"] == "param"}
+    assert weights == {"minmax"}
+    print(f"{case}: {label}, held-out output SQNR {held:.2f} dB, {seconds:.1f} s")
