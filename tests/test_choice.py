@@ -77,7 +77,9 @@ def test_choose_encodings_keeps_the_default_unless_significantly_beaten(tmp_path
         assert np.isfinite(gain) and se >= 0, label
     checked = choice.checked
     assert set(checked) == {"minmax+minmax", choice.chosen.label} or len(checked) == 2
-    assert checked[choice.chosen.label] == max(checked.values()) >= checked["minmax+minmax"]
+    # never below min-max everywhere, but by less than the gate (and then it says so)
+    below = checked[choice.chosen.label] < checked["minmax+minmax"]
+    assert not below or "within their noise" in choice.note
     for name, c in chosen.candidates.items():
         method = base if chosen[name].kind == "activation" else choice.chosen.weights
         if method != "best-tensor-sqnr":
@@ -88,11 +90,12 @@ def test_choose_encodings_keeps_the_default_unless_significantly_beaten(tmp_path
     # the emulation scores as the QDQ models do, up to their integer arithmetic
     for label, db in checked.items():
         assert abs(choice.emulated[label] - db) < 1.0, (label, choice.emulated[label], db)
-    # no gain is significant at z = inf: the default (or min-max, if the default is below it)
+    # no gain is significant at z = inf: the default, whatever min-max everywhere scores
     _, stay = choose_encodings(model, result, held, z=np.inf)
-    assert (
-        stay.chosen in (stay.default, stay.simple) and not stay.gains.keys() - stay.emulated.keys()
-    )
+    assert stay.chosen == stay.default
+    # at z = 0 the result is never below min-max everywhere on these batches
+    _, plain = choose_encodings(model, result, held, z=0)
+    assert plain.checked[plain.chosen.label] >= plain.checked["minmax+minmax"]
     # every gain is at z = -inf: the best emulated activations, then the best weights
     _, best = choose_encodings(model, result, held, z=-np.inf)
     acts = {m: best.emulated[f"{m}+minmax"] for m in METHODS}

@@ -753,7 +753,8 @@ def test_holdout_is_checked_and_split(tmp_path, capsys):
     assert choice["default"] == "percentile" and choice["simple"] == "minmax"
     assert choice["weights"] is None and set(choice["gain_db"]) == set(acts) - {"percentile"}
     checked = choice["qdq_output_sqnr_db"]
-    assert checked[choice["activations"]] == max(checked.values()) >= checked["minmax"]
+    below = checked[choice["activations"]] < checked["minmax"]
+    assert not below or "within their noise" in choice["note"]
     assert report["qdq_model"]["output_sqnr_db"]["y"] == pytest.approx(
         checked[choice["activations"]]
     )
@@ -774,7 +775,8 @@ def test_holdout_is_checked_and_split(tmp_path, capsys):
     assert choice["default"] == "percentile+minmax" and choice["simple"] == "minmax+minmax"
     label = f"{choice['activations']}+{choice['weights']}"
     checked = choice["qdq_output_sqnr_db"]
-    assert checked[label] == max(checked.values()) >= checked["minmax+minmax"]
+    below = checked[label] < checked["minmax+minmax"]
+    assert not below or "within their noise" in choice["note"]
     status, out, err = _run(capsys, path, "--data", data, "--batch-size", "16", "--format", "json")
     assert status == 0 and "nothing held out" in err
     assert json.loads(out)["choice"]["measured_on"] == "calibration"
