@@ -44,8 +44,9 @@ DEFAULT = ("percentile", "minmax")
 """The option kept unless another is significantly better: percentile activations and
 min-max weights, the deployment default of ONNX Runtime, TensorRT and QNN."""
 
-Z = 2.0
-"""Standard errors by which an option's gain must exceed zero to leave the default."""
+Z = 1.645
+"""Standard errors by which an option's gain must exceed zero to leave the default (a one-sided
+95% normal bound)."""
 
 
 @dataclass(frozen=True)
