@@ -132,3 +132,12 @@ def test_choose_encodings_of_one_kind_and_without_candidates():
         choose_encodings(model, calibrate(model, calib), held)
     with pytest.raises(ValueError, match="calibrate with several"):
         choose_encodings(model, result, held, weights=False)
+
+
+def test_the_gate():
+    from encanalyze.onnx._choose import _beats
+
+    assert _beats(2.0, 1.0, 1.645) and not _beats(1.5, 1.0, 1.645)
+    assert _beats(0.1, 1.0, 0) and not _beats(0.0, 1.0, 0)  # z = 0: any gain
+    assert not _beats(5.0, np.inf, 1.645) and _beats(0.1, np.inf, 0)  # too few samples
+    assert not _beats(9.0, 0.0, np.inf) and _beats(-1.0, 0.0, -np.inf)

@@ -195,7 +195,7 @@ def choose_encodings(
                 gain, se = _gain(per_sample(option), ref)
                 if option != base:
                     gains[option.label] = (gain, se)
-                    if gain > z * se:
+                    if _beats(gain, se, z):
                         significant.append(option)
             return max(significant, key=lambda o: emulated[o.label], default=base)
 
@@ -218,7 +218,7 @@ def choose_encodings(
         # min-max everywhere replaces the decision where it is the better one by the same gate
         gain, se = _gain(measured[simple.label], measured[decision.label])
         below = decision != simple and (
-            gain > z * se or not sqnr_rank(checked[decision.label]) > -math.inf
+            _beats(gain, se, z) or not sqnr_rank(checked[decision.label]) > -math.inf
         )
         chosen = simple if below else decision
         for label, (path, _) in built.items():
@@ -287,6 +287,15 @@ def _gain(option: tuple, base: tuple) -> tuple[float, float]:
         return gain, math.inf
     se = math.sqrt((count - 1) / count * float(np.sum((diff - diff.mean()) ** 2)))
     return gain, se
+
+
+def _beats(gain: float, se: float, z: float) -> bool:
+    """Return whether ``gain`` is more than ``z`` standard errors ``se`` (z = 0: above 0)."""
+    if math.isinf(z):
+        return z < 0 and not math.isnan(gain)
+    if not math.isfinite(se):  # too few samples to tell: only z <= 0 lets a gain through
+        return z <= 0 and gain > (0.0 if z == 0 else -math.inf)
+    return gain > z * se
 
 
 def _temporary():
