@@ -24,7 +24,7 @@ from .._onnx_graph import own_model
 from .._report import sqnr_rank
 from ._calibrate import QUANTIZABLE_OPS
 from ._emulate import Emulator
-from ._qdq import check_qdq, model_outputs, stage_qdq_model
+from ._qdq import check_qdq, model_outputs, output_energies, stage_qdq_model
 
 __all__ = [
     "BEST_TENSOR_SQNR",
@@ -183,7 +183,7 @@ def choose_encodings(
             feed = emulator.feed(option.apply(result).encodings)
             key = b"".join(k.encode() + v.tobytes() for k, v in sorted(feed.items()))
             if key not in seen:  # options with the same encodings run once
-                seen[key] = _per_sample(reference, emulator.outputs(feed, batches))
+                seen[key] = output_energies(names, reference, emulator.outputs(feed, batches))
             emulated[option.label] = _score(*seen[key])
             return seen[key]
 
@@ -213,7 +213,7 @@ def choose_encodings(
                 model, option.apply(result), folder / name, op_types=op_types
             )
             outputs = model_outputs(own_model(built[option.label][0]), batches, names, providers)
-            measured[option.label] = _per_sample(reference, outputs)
+            measured[option.label] = output_energies(names, reference, outputs)
             checked[option.label] = _score(*measured[option.label])
         # min-max everywhere replaces the decision where it is the better one by the same gate
         gain, se = _gain(measured[simple.label], measured[decision.label])
@@ -238,25 +238,6 @@ def choose_encodings(
     kept = built[chosen.label] if stage is not None else (None, None)
     choice = Choice(chosen, simple, default, emulated, gains, checked, note, *kept)
     return chosen.apply(result), choice
-
-
-def _per_sample(reference: list, outputs) -> tuple[np.ndarray, np.ndarray]:
-    """Signal and noise energy ``(outputs, samples)`` of each output on each sample.
-
-    A sample is a row of the outputs' first axis where every output of a batch has the same
-    first dimension, else the whole batch.
-    """
-    signal, noise = [], []
-    for ys, qs in zip(reference, outputs, strict=True):
-        ys = [np.asarray(y, np.float64) for y in ys]
-        qs = [np.asarray(q, np.float64) for q in qs]
-        rows = {y.shape[0] if y.ndim else 1 for y in ys}
-        n = rows.pop() if len(rows) == 1 else 1
-        signal.append([np.sum(np.reshape(y * y, (n, -1)), axis=1) for y in ys])
-        noise.append(
-            [np.sum(np.reshape((y - q) ** 2, (n, -1)), axis=1) for y, q in zip(ys, qs, strict=True)]
-        )
-    return np.concatenate(signal, axis=1), np.concatenate(noise, axis=1)
 
 
 def _db(signal: np.ndarray, noise: np.ndarray) -> np.ndarray:

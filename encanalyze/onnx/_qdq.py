@@ -38,6 +38,7 @@ __all__ = [
     "constants_to_initializers",
     "model_outputs",
     "opset_of",
+    "output_energies",
     "output_sqnr",
     "outputs_sqnr",
     "publish",
@@ -325,11 +326,30 @@ def model_outputs(proto, batches: Iterable, names: list[str], providers) -> Iter
 
 def outputs_sqnr(names: list[str], want: Iterable[list], got: Iterable[list]) -> dict:
     """Return each output's SQNR in dB over every batch of reference and quantized outputs."""
-    signal = dict.fromkeys(names, 0.0)
-    noise = dict.fromkeys(names, 0.0)
+    signal, noise = output_energies(names, want, got)
+    return {n: sqnr_db(float(signal[k].sum()), float(noise[k].sum())) for k, n in enumerate(names)}
+
+
+def output_energies(
+    names: list[str], want: Iterable[list], got: Iterable[list]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the signal and noise energy ``(outputs, samples)`` of each output on each sample.
+
+    ``want`` and ``got`` are the reference and the quantized outputs ``names``, batch by batch
+    (one batch in memory at a time). A sample is a row of the outputs' first axis where every
+    output of a batch has the same non-zero first dimension, else the whole batch.
+    """
+    signal, noise = [], []
     for ys, qs in zip(want, got, strict=True):
-        for name, y, q in zip(names, ys, qs, strict=True):
-            y, q = np.asarray(y, np.float64), np.asarray(q, np.float64)
-            signal[name] += float(np.sum(y * y))
-            noise[name] += float(np.sum((y - q) ** 2))
-    return {n: sqnr_db(signal[n], noise[n]) for n in names}
+        ys = [np.asarray(y, np.float64) for y in ys]
+        qs = [np.asarray(q, np.float64) for q in qs]
+        rows = {y.shape[0] if y.ndim else 1 for y in ys}
+        n = rows.pop() if len(rows) == 1 else 1
+        n = n or 1  # an empty first axis: one (empty) sample
+        signal.append([np.sum(np.reshape(y * y, (n, -1)), axis=1) for y in ys])
+        noise.append(
+            [np.sum(np.reshape((y - q) ** 2, (n, -1)), axis=1) for y, q in zip(ys, qs, strict=True)]
+        )
+    if not signal:  # no batch: no energy
+        return np.zeros((len(names), 0)), np.zeros((len(names), 0))
+    return np.concatenate(signal, axis=1), np.concatenate(noise, axis=1)
