@@ -12,13 +12,15 @@ def tests(session, backend):
     session.install("-e", ".[test]")
     if backend == "torch":
         session.install(TORCH)
-    session.run("python", "-m", "pytest", "-q", env={"ENCANALYZE_BACKENDS": backend})
+    session.run("python", "-m", "pytest", "-q", "--full", env={"ENCANALYZE_BACKENDS": backend})
 
 
 @nox.session(default=False, venv_backend="none")
 def gpu(session):
     """CuPy and torch CUDA, in the current environment (which must have both)."""
-    session.run("python", "-m", "pytest", "-q", env={"ENCANALYZE_BACKENDS": "cupy,torch-cuda"})
+    session.run(
+        "python", "-m", "pytest", "-q", "--full", env={"ENCANALYZE_BACKENDS": "cupy,torch-cuda"}
+    )
 
 
 @nox.session

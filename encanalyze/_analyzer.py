@@ -292,6 +292,8 @@ class EncodingAnalyzer(ABC, Generic[S]):
             warn(f"{dropped} NaN values were ignored while gathering statistics")
         with quiet(xp):
             lo, hi = self.rule(xp, state, num_steps, is_symmetric, **self.rule_params())
+        if lo.shape == self.shape:
+            return lo, hi
         return xp.reshape(lo, self.shape), xp.reshape(hi, self.shape)
 
     def _check_params(self, num_steps: int, is_symmetric: bool) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from ._backends import clip
+from ._backends import clip, primitives
 from ._warnings import warn
 from ._xp import Array, Namespace, device_of, div, index_dtype, namespace_of, work_dtype
 
@@ -91,8 +91,25 @@ def minmax_encoding(
     4. Infinities are clamped to the dtype's finite extremes (with a ``RuntimeWarning``).
 
     Arithmetic happens in float32 (float64 for float64 inputs); the result has ``out_dtype``
-    (default: ``lo``'s dtype).
+    (default: ``lo``'s dtype). A backend may fuse these steps (NumPy does: one host pass of
+    raw ufuncs); this function is their specification and every backend's fallback.
     """
+    fused = primitives(xp).minmax_encoding
+    if fused is not None:
+        return fused(lo, hi, num_steps, is_symmetric, out_dtype, two_bit_step)
+    return portable_minmax_encoding(xp, lo, hi, num_steps, is_symmetric, out_dtype, two_bit_step)
+
+
+def portable_minmax_encoding(
+    xp: Namespace,
+    lo: Array,
+    hi: Array,
+    num_steps: int,
+    is_symmetric: bool,
+    out_dtype=None,
+    two_bit_step: bool = True,
+) -> tuple[Array, Array]:
+    """:func:`minmax_encoding` written with standard functions only (the fallback)."""
     out_dtype = lo.dtype if out_dtype is None else out_dtype
     wd = work_dtype(xp, xp.result_type(lo.dtype, out_dtype))
     lo = xp.minimum(xp.astype(lo, wd), xp.asarray(0.0, dtype=wd, device=device_of(lo)))
@@ -117,11 +134,16 @@ def clamp_to_finite(xp: Namespace, lo: Array, hi: Array, dtype) -> tuple[Array, 
     lo_c = clip(xp, lo, -big, big)
     hi_c = clip(xp, hi, -big, big)
     if bool(xp.any((lo_c != lo) | (hi_c != hi))):
-        warn(
-            f"encodings were infinite or beyond {dtype}'s range and were clamped to its finite "
-            f"extremes (+-{big:.6g})"
-        )
+        warn_clamped(dtype, big)
     return xp.astype(lo_c, dtype), xp.astype(hi_c, dtype)
+
+
+def warn_clamped(dtype, big: float) -> None:
+    """Warn that encodings were clamped to ``dtype``'s finite extremes ``+-big``."""
+    warn(
+        f"encodings were infinite or beyond {dtype}'s range and were clamped to its finite "
+        f"extremes (+-{big:.6g})"
+    )
 
 
 def to_scale_offset(

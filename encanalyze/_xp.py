@@ -37,6 +37,10 @@ def namespace_of(*arrays: Array) -> Namespace:
         If an argument is not an array (a list, a Python scalar, ...) or the arrays belong to
         different namespaces.
     """
+    if len(arrays) == 1:  # the common case: one namespace per array type, looked up once
+        found = _BY_TYPE.get(type(arrays[0]))
+        if found is not None:
+            return found
     for x in arrays:
         python_scalar = isinstance(x, (bool, int, float, complex))
         if not array_api_compat.is_array_api_obj(x) or (
@@ -46,7 +50,13 @@ def namespace_of(*arrays: Array) -> Namespace:
                 f"expected an array (NumPy, torch, CuPy or any array API array), got "
                 f"{type(x).__name__}; pass an array, e.g. numpy.asarray(x)"
             )
-    return array_api_compat.array_namespace(*arrays)
+    xp = array_api_compat.array_namespace(*arrays)
+    if len(arrays) == 1:
+        _BY_TYPE[type(arrays[0])] = xp  # array-api-compat decides by the type alone
+    return xp
+
+
+_BY_TYPE: dict[type, Namespace] = {}
 
 
 def device_of(x: Array) -> Any:
@@ -162,7 +172,8 @@ def div(xp: Namespace, a: Array, b: Array | float) -> Array:
     Two backends turn a division into a multiplication by the reciprocal, which can differ in
     the last bit: XLA (JAX) where the divisor is broadcast (a scalar, or a row vector against a
     matrix), and torch on an accelerator where the divisor is a Python number (a CPU scalar).
-    There the divisor is first materialised on the device (at the result's shape for JAX; as a
+    There the divisor is first materialised on the device (at the result's shape for JAX,
+    behind an optimisation barrier so that ``jax.jit`` cannot fold the broadcast back; as a
     0-d tensor filled in place for torch, which costs no host-to-device copy). Elsewhere this
     is ``a / b``.
     """
@@ -172,11 +183,9 @@ def div(xp: Namespace, a: Array, b: Array | float) -> Array:
         return a / xp.full((), b, dtype=a.dtype, device=a.device)
     if not array_api_compat.is_jax_namespace(xp):
         return a / b
-    b = xp.asarray(b, dtype=a.dtype, device=device_of(a)) if not hasattr(b, "shape") else b
-    shape = tuple(xp.broadcast_shapes(a.shape, b.shape))
-    if tuple(b.shape) == shape:
-        return a / b
-    return a / xp.broadcast_to(b, shape)
+    from ._backends import _jax  # under jax.jit a broadcast divisor needs a barrier too
+
+    return _jax.div(a, b)
 
 
 def work_dtype(xp: Namespace, dtype: Any) -> Any:

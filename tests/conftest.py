@@ -4,6 +4,11 @@
 cupy) picks the backends (JAX runs on the CPU with ``jax_enable_x64``); by default every
 installed CPU backend runs, plus torch-cuda and cupy where a GPU is present. A backend named
 explicitly but not available is an error, not a skip.
+
+The default run is the fast one: every backend runs, but on the backends in :data:`SAMPLED`
+(JAX, whose eager operations cost about a millisecond each) only one in ``K`` of their cases,
+taken round robin in collection order (so every module is sampled). ``--full`` (or
+``ENCANALYZE_FULL=1``) runs the exhaustive matrix, as ``nox`` and ``.ci/run`` do.
 """
 
 from __future__ import annotations
@@ -17,6 +22,47 @@ import numpy as np
 import pytest
 
 ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "torch-cuda", "cupy")
+SAMPLED = {"jax": 6}
+"""Backends whose cases the fast run samples: one in K of all their cases."""
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="run every case on every backend (the exhaustive matrix; ENCANALYZE_FULL=1)",
+    )
+
+
+def _full(config) -> bool:
+    return config.getoption("--full") or os.environ.get("ENCANALYZE_FULL", "") == "1"
+
+
+def pytest_report_header(config):
+    if _full(config):
+        return "encanalyze: the full matrix"
+    sampled = ", ".join(f"{b} 1 in {k}" for b, k in SAMPLED.items())
+    return f"encanalyze: the fast run ({sampled} of its cases); --full for all"
+
+
+def pytest_collection_modifyitems(config, items):
+    """In the fast run, keep one in K of a sampled backend's cases (round robin)."""
+    if _full(config):
+        return
+    seen: dict[str, int] = {}
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        backend = params.get("backend")
+        k = SAMPLED.get(backend)
+        if k is None:
+            keep.append(item)
+            continue
+        index = seen[backend] = seen.get(backend, -1) + 1  # round robin over all its cases
+        (keep if index % k == 0 else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def _gpu_available(name: str) -> bool:

@@ -136,3 +136,105 @@ def test_host_torch_on_numpy_views_equals_torch(rng, monkeypatch, method, symmet
     for a, b in zip(enc, want_enc):
         assert isinstance(a, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _ranges(rng, kind):
+    """(lo, hi) pairs of 200 encodings: random, narrow, infinite, NaN, signed zeros."""
+    lo = -np.abs(rng.standard_normal(200)) * 10.0 ** rng.integers(-8, 8, 200)
+    hi = np.abs(rng.standard_normal(200)) * 10.0 ** rng.integers(-8, 8, 200)
+    lo[:20], hi[:20] = 0.0, 1e-12  # narrower than the minimum scale
+    lo[20:30], hi[20:30] = -0.0, -0.0
+    lo[30:35], hi[35:40] = -np.inf, np.inf
+    lo[40:45], hi[45:50] = 3e38, -3e38  # beyond float16's range; positive lo, negative hi
+    lo[50:52] = np.nan
+    lo[52:60], hi[52:60] = 5.0, 7.0  # zero is put into the range
+    if kind != "float64":
+        with np.errstate(over="ignore"):
+            lo, hi = lo.astype(kind), hi.astype(kind)
+    return lo, hi
+
+
+@pytest.mark.parametrize("kind", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("num_steps", [1, 2, 3, 15, 255, 2**32 - 1])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.filterwarnings("ignore:encodings were infinite")
+def test_fused_minmax_encoding_equals_portable(rng, kind, num_steps, symmetric):
+    """NumPy's fused min-max rule gives the portable rule's bits, warnings and dtypes."""
+    import warnings
+
+    import array_api_compat.numpy as xp
+
+    from encanalyze._backends import _numpy_like
+    from encanalyze._encoding import portable_minmax_encoding
+
+    if symmetric and num_steps < 2:
+        pytest.skip("symmetric grids have at least 2 steps")
+    lo, hi = _ranges(rng, kind)
+    f32, f64 = np.dtype("float32"), np.dtype("float64")
+    for out_dtype, two_bit in ((None, True), (f32, False), (f64, True)):
+        results = []
+        for fn in (_numpy_like.minmax_encoding, None):
+            with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+                warnings.simplefilter("always")
+                if fn is None:
+                    got = portable_minmax_encoding(
+                        xp, lo, hi, num_steps, symmetric, out_dtype, two_bit
+                    )
+                else:
+                    got = fn(lo, hi, num_steps, symmetric, out_dtype, two_bit)
+            results.append((got, [str(w.message) for w in caught]))
+        (fused, fused_warn), (want, want_warn) = results
+        assert fused_warn == want_warn
+        for g, w in zip(fused, want):
+            assert type(g) is np.ndarray and g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
+            np.testing.assert_array_equal(np.signbit(g), np.signbit(w))
+
+
+@pytest.mark.parametrize("shape", [(1,), (8, 1), (1, 64), (8, 64)])
+@pytest.mark.parametrize("kind", ["plain", "nan", "inf", "int"])
+def test_fused_minmax_rows_equal_portable(rng, shape, kind):
+    """NumPy's one-call batch range gives the portable range, or declines for NaN rows."""
+    import array_api_compat.numpy as xp
+
+    from encanalyze._backends import _numpy_like, primitives
+    from encanalyze._shapes import plan
+
+    x = _data(rng, (8, 64), kind)
+    p = plan(x.shape, shape)
+    got = _numpy_like.minmax_rows(np, x, p.view_shape, p.reduce_axes, p.num_encodings)
+    lo, hi, num_nan = _portable.minmax(xp, xp.reshape(x, p.view_shape), p.reduce_axes)
+    if kind == "nan":
+        assert got is None
+        return
+    assert primitives(xp).minmax_rows is not None
+    for g, w in zip(got, (lo, hi)):
+        assert g.dtype == x.dtype and g.shape == (p.num_encodings,)
+        np.testing.assert_array_equal(g, np.reshape(w, (p.num_encodings,)))
+
+
+@pytest.mark.parametrize("kind", ["plain", "edges", "nan", "wide"])
+@pytest.mark.parametrize("num_bins", [1, 7, 256, 2048])
+def test_histogram_rows_native_equals_portable(backend, rng, kind, num_bins):
+    """Every backend's binning (JAX's compiled, NumPy's blocked, torch's) counts as the
+    portable formula does, values on bin edges and out-of-range values included."""
+    from encanalyze._xp import work_dtype
+
+    xp = backend.xp
+    x = rng.standard_normal((9, 301)) * rng.uniform(0.01, 100, (9, 1))
+    if kind == "edges":
+        x = np.round(x * 8) / 8  # many values exactly on edges
+    lo, hi = x.min(axis=1), x.max(axis=1)
+    if kind == "wide":  # values beyond the range go to the end bins
+        lo, hi = lo * 0.5, hi * 0.5
+    if kind == "nan":
+        x[rng.random(x.shape) < 0.1] = np.nan
+    for dtype in ("float32", "float64"):
+        rows, a, b = (backend.asarray(v, dtype) for v in (x, lo, hi))
+        wd = work_dtype(xp, rows.dtype)
+        args = (xp.astype(rows, wd), xp.astype(a, wd), xp.astype(b, wd), num_bins, kind == "nan")
+        got = backends.histogram_rows(xp, *args)
+        want = _portable.histogram_rows(xp, *args)
+        backend.check(got, (9, num_bins), want.dtype)
+        np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
+        assert float(np.sum(backend.to_numpy(got))) == np.sum(~np.isnan(x))

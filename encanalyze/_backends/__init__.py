@@ -48,15 +48,25 @@ __all__ = [
 
 
 class Primitives(NamedTuple):
-    """The primitives of one namespace (signatures as the module-level functions, less ``xp``)."""
+    """The primitives of one namespace (signatures as the module-level functions, less ``xp``).
+
+    Fused entries (``None`` where the backend has none) replace a whole pure function of the
+    core, which stays their specification and fallback: ``minmax_encoding`` is
+    :func:`encanalyze._encoding.minmax_encoding` less ``xp``; ``minmax_rows(x, view_shape,
+    axes, num_rows)`` is ``_observers.minmax.batch_minmax`` for NaN-free floating input (it
+    returns ``(min, max)`` rows, or None to send the input down the portable path).
+    """
 
     minmax: Callable
     bincount_rows: Callable
     histogram_rows: Callable
     clip: Callable
+    minmax_encoding: Callable | None = None
+    minmax_rows: Callable | None = None
 
 
 _TABLE: dict[Namespace, Primitives] = {}
+_PORTABLE = ("minmax", "bincount_rows", "histogram_rows", "clip")  # the others are fused passes
 
 
 def analyzer_input(x):
@@ -106,7 +116,7 @@ def primitives(xp: Namespace) -> Primitives:
     """Return the primitives table of namespace ``xp`` (built on first use, then cached)."""
     table = _TABLE.get(xp)
     if table is None:
-        portable = Primitives(*(partial(getattr(_portable, f), xp) for f in Primitives._fields))
+        portable = Primitives(*(partial(getattr(_portable, f), xp) for f in _PORTABLE))
         table = _TABLE[xp] = portable._replace(**_native(xp))
     return table
 

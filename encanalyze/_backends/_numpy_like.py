@@ -25,18 +25,77 @@ def primitives(m, host: bool) -> dict:
     }
     if host:
         out["minmax"] = partial(minmax, m)
+        out["minmax_encoding"] = minmax_encoding
+        out["minmax_rows"] = partial(minmax_rows, m)
     return out
+
+
+def minmax_rows(m, x, view_shape: tuple, axes: tuple, num_rows: int):
+    """``(E,)`` min and max of ``x`` viewed as ``view_shape`` and reduced over ``axes``.
+
+    ``None`` where a row holds NaN (the caller then takes the NaN-counting path): the
+    observers' ``batch_minmax`` in one host call (methods, not the array API's wrappers).
+    """
+    v = x.reshape(view_shape)
+    lo, hi = m.minimum.reduce(v, axis=axes), m.maximum.reduce(v, axis=axes)
+    if x.dtype.kind == "f" and m.isnan(lo).any():
+        return None
+    return m.asarray(lo).reshape(num_rows), m.asarray(hi).reshape(num_rows)
 
 
 def minmax(m, x, axes: tuple[int, ...], finite: bool = False) -> tuple:
     """One ``min`` and one ``max`` pass; the masking path only when the result is not clean."""
     axis = None if len(axes) == x.ndim else axes
-    lo, hi = m.min(x, axis=axis), m.max(x, axis=axis)
-    if m.issubdtype(x.dtype, m.floating):
+    lo, hi = m.minimum.reduce(x, axis=axis), m.maximum.reduce(x, axis=axis)
+    if x.dtype.kind == "f":
         clean = m.isfinite(lo).all() and m.isfinite(hi).all() if finite else not m.isnan(lo).any()
         if not clean:
             return _portable.minmax(np_xp, x, axes, finite)
     return m.asarray(lo), m.asarray(hi), None
+
+
+_FINITE_MAX: dict = {}
+
+
+def minmax_encoding(lo, hi, num_steps: int, is_symmetric: bool, out_dtype, two_bit_step: bool):
+    """Apply the min-max encoding rules in raw NumPy ufuncs (``_encoding.minmax_encoding``).
+
+    The same operations on the same dtypes as the portable rule, so the same bits (and the
+    same floating-point warnings: the analyzers call the rules in ``quiet``); what is saved is
+    the per-call cost of the array API layer, which is all a small tensor's encoding costs.
+    """
+    import numpy as np
+
+    from .._encoding import minimum_scale, symmetric_steps, warn_clamped
+
+    out_dtype = lo.dtype if out_dtype is None else np.dtype(out_dtype)
+    wd = np.float64 if np.float64 in (lo.dtype, out_dtype) else np.float32
+    zero = wd(0.0)
+    lo = np.minimum(lo.astype(wd, copy=False), zero)
+    hi = np.maximum(hi.astype(wd, copy=False), zero)
+    s = minimum_scale(num_steps)
+    neg, pos = symmetric_steps(num_steps)
+    narrow = (hi - lo) / num_steps < s
+    any_narrow = narrow.any()
+    if is_symmetric:
+        if any_narrow:
+            hi = np.where(narrow, hi + pos * s, hi)
+            lo = np.where(narrow, lo - neg * s, lo)
+        pos_delta = pos + 1 if num_steps == 3 and two_bit_step else pos
+        delta = np.maximum(hi / pos_delta, -lo / neg)
+        lo, hi = -neg * delta, pos * delta
+    elif any_narrow:
+        hi = np.where(narrow, hi + num_steps * s, hi)
+    big = _FINITE_MAX.get(out_dtype)
+    if big is None:
+        big = _FINITE_MAX[out_dtype] = float(np.finfo(out_dtype).max)
+    lo_c = np.minimum(np.maximum(lo, -big), big)
+    hi_c = np.minimum(np.maximum(hi, -big), big)
+    if ((lo_c != lo) | (hi_c != hi)).any():
+        warn_clamped(out_dtype, big)
+    return np.asarray(lo_c.astype(out_dtype, copy=False)), np.asarray(
+        hi_c.astype(out_dtype, copy=False)
+    )
 
 
 def clip(m, x, lo=None, hi=None):

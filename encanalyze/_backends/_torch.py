@@ -131,14 +131,19 @@ def _count_rows(rows, lo, hi, num_bins: int, may_have_nan: bool) -> torch.Tensor
     return bincount_rows(idx, nbins)[:, :num_bins]
 
 
-_WIDENED = {"uint16": "int64", "uint32": "int64", "uint64": "float64"}
+_WIDENED = {  # torch builds without the unsigned types have none of them to widen
+    getattr(torch, name): wider
+    for name, wider in (("uint16", torch.int64), ("uint32", torch.int64), ("uint64", torch.float64))
+    if hasattr(torch, name)
+}
 
 
 def analyzer_input(x: torch.Tensor) -> torch.Tensor:
     """Detach ``x`` from autograd; widen the unsigned integers torch cannot reduce."""
-    x = x.detach()
-    wider = _WIDENED.get(str(x.dtype).removeprefix("torch."))
-    return x if wider is None else x.to(getattr(torch, wider))
+    if x.requires_grad or x.grad_fn is not None:
+        x = x.detach()
+    wider = _WIDENED.get(x.dtype)
+    return x if wider is None else x.to(wider)
 
 
 def clip(x: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
@@ -183,18 +188,26 @@ _FIELDS: dict[type, tuple[str, ...]] = {}
 
 def _map(fn, tree):
     """Apply ``fn`` to each leaf of nested tuples, NamedTuples and dataclasses (None stays)."""
-    if tree is None or isinstance(tree, _LEAVES):
-        return tree if tree is None else fn(tree)
-    if isinstance(tree, tuple):
-        items = [_map(fn, t) for t in tree]
-        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+    if tree is None:
+        return None
+    if isinstance(tree, _LEAVES):
+        return fn(tree)
     kind = type(tree)
     names = _FIELDS.get(kind)
     if names is None:
-        if not dataclasses.is_dataclass(kind):
+        if isinstance(tree, tuple):
+            names = None if kind is tuple else ()  # () marks a NamedTuple: positional fields
+            if names is not None:
+                _FIELDS[kind] = names
+        elif dataclasses.is_dataclass(kind):
+            names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind) if f.init)
+        else:
             return fn(tree)
-        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind))
-    return kind(**{n: _map(fn, getattr(tree, n)) for n in names})
+    if names is None:
+        return tuple([_map(fn, t) for t in tree])
+    if not names:
+        return kind(*[_map(fn, t) for t in tree])
+    return kind(*[_map(fn, getattr(tree, n)) for n in names])
 
 
 def _view(t):
@@ -220,7 +233,7 @@ def _tensor(a):
     if not isinstance(a, (np.ndarray, np.generic)):
         return a
     a = np.asarray(a)
-    if not a.flags.writeable or any(step < 0 for step in a.strides):
+    if not a.flags.writeable or (a.ndim and min(a.strides) < 0):
         a = a.copy()
     return torch.from_numpy(a)
 

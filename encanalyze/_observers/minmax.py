@@ -17,12 +17,17 @@ def batch_minmax(xp: Namespace, x: Array, observer: Observer) -> MinMaxRange:
     e = observer.num_rows
     if p.values_per_encoding == 0:
         return empty_minmax(xp, (e,), dtype, device_of(x))
-    if xp.isdtype(x.dtype, "bool"):
+    table = primitives(xp)
+    if table.minmax_rows is not None and x.dtype == dtype:
+        fused = table.minmax_rows(x, p.view_shape, p.reduce_axes, e)
+        if fused is not None:
+            return MinMaxRange(*fused)
+    if x.dtype != dtype and xp.isdtype(x.dtype, "bool"):
         x = xp.astype(x, dtype)
-    lo, hi, num_nan = primitives(xp).minmax(xp.reshape(x, p.view_shape), p.reduce_axes)
+    lo, hi, num_nan = table.minmax(xp.reshape(x, p.view_shape), p.reduce_axes)
     if lo.dtype != dtype:
         lo, hi = xp.astype(lo, dtype), xp.astype(hi, dtype)
-    if tuple(lo.shape) != (e,):
+    if lo.shape != (e,):
         lo, hi = xp.reshape(lo, (e,)), xp.reshape(hi, (e,))
         num_nan = None if num_nan is None else xp.reshape(num_nan, (e,))
     return MinMaxRange(lo, hi, num_nan)
@@ -46,6 +51,8 @@ class MinMaxObserver(Observer[MinMaxRange]):
 
     def stats(self, xp: Namespace, state: MinMaxRange) -> MinMaxRange:
         shape = self.shape
+        if type(state) is MinMaxRange and state.min.shape == shape:  # rows are the encodings
+            return state
         num_nan = None if state.num_nan is None else xp.reshape(state.num_nan, shape)
         return MinMaxRange(xp.reshape(state.min, shape), xp.reshape(state.max, shape), num_nan)
 
