@@ -10,6 +10,7 @@ from encanalyze import (
     EntropyEncodingAnalyzer,
     MseEncodingAnalyzer,
 )
+from encanalyze._rules import mse
 from encanalyze._rules.entropy import kl_amax
 from encanalyze._rules.mse import l2_search
 from tests import peers
@@ -293,3 +294,23 @@ def test_mse_rows_that_stop_early_leave_the_walk_and_keep_their_result(rng):
     for k in range(len(rows)):
         alone = l2_search(xp, counts[k : k + 1], lo[k : k + 1], hi[k : k + 1], 256)
         assert together[0][k] == alone[0][0] and together[1][k] == alone[1][0], k
+
+
+def test_mse_walk_over_occupied_bins_equals_the_walk_over_every_bin(backend, rng, monkeypatch):
+    """Sparse rows (weights: a few values in many bins) walk over their occupied bins only:
+    the same ranges, bit for bit, as the walk over every bin; dead and single-value rows too."""
+    rows = [rng.standard_t(3, n) * rng.uniform(0.01, 10) for n in (1, 3, 9, 25, 120, 120, 400)]
+    rows += [np.r_[np.zeros(24), -3.4e-15], np.zeros(7), np.r_[np.full(30, 2.0), 2.5]]
+    ranges = [(r.min(), max(r.max(), r.min() + 1)) for r in rows]
+    hists = [np.histogram(r, bins=2048, range=span)[0] for r, span in zip(rows, ranges)]
+    counts = backend.asarray(np.stack(hists), "float32")
+    lo = backend.asarray(np.linspace(-3, -0.5, len(hists)), "float32")
+    hi = backend.asarray(np.linspace(0.5, 9, len(hists)), "float32")
+    xp = backend.xp
+    for levels in (16, 256):
+        got = l2_search(xp, counts, lo, hi, levels)
+        monkeypatch.setattr(mse, "SPARSE_FACTOR", 10**9)  # every bin
+        want = l2_search(xp, counts, lo, hi, levels)
+        monkeypatch.undo()
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
