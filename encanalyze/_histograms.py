@@ -22,6 +22,7 @@ from ._xp import (
     in_row_blocks,
     index_dtype,
     on_host,
+    take_rows,
     wide_dtype,
     work_dtype,
 )
@@ -73,6 +74,16 @@ class RowHistogram(NamedTuple):
             else self.edges
         )
 
+    def edges_at(self, xp: Namespace, idx: Array) -> Array:
+        """Return the edges at positions ``idx`` ``(E,)``, one per row.
+
+        They are :meth:`edges_of`'s, computed for those positions only (the same arithmetic,
+        so the same numbers).
+        """
+        if self.edges is not None:
+            return take_rows(xp, self.edges, idx)
+        return _edge_values(xp, self.lo, self.hi, self.counts.shape[1], idx)
+
     def observed_range(self) -> tuple[Array, Array]:
         """Return the observed ``(min, max)`` ``(E,)`` (the edge range where none is kept)."""
         return (self.lo, self.hi) if self.observed is None else self.observed
@@ -89,12 +100,20 @@ def bin_edges(xp: Namespace, lo: Array, hi: Array, num_bins: int) -> Array:
 
     Rows without a range (``lo > hi``) get zeros.
     """
+    k = xp.arange(num_bins + 1, dtype=work_dtype(xp, lo.dtype), device=device_of(lo))
+    return _edge_values(xp, lo[:, None], hi[:, None], num_bins, k[None, :])
+
+
+def _edge_values(xp: Namespace, lo: Array, hi: Array, num_bins: int, k: Array) -> Array:
+    """Return the edges ``lo + k * ((hi - lo) / B)`` at positions ``k``, in the work dtype.
+
+    ``k`` broadcasts against the rows' ``lo`` and ``hi``; rows without a range get zeros.
+    """
     wd = work_dtype(xp, lo.dtype)
     lo_w, hi_w = xp.astype(lo, wd), xp.astype(hi, wd)
     valid = lo_w <= hi_w
     lo_w, hi_w = xp.where(valid, lo_w, 0.0), xp.where(valid, hi_w, 0.0)
-    k = xp.arange(num_bins + 1, dtype=wd, device=device_of(lo))
-    return lo_w[:, None] + k[None, :] * div(xp, hi_w - lo_w, num_bins)[:, None]
+    return lo_w + xp.astype(k, wd) * div(xp, hi_w - lo_w, num_bins)
 
 
 def bin_counts(

@@ -7,7 +7,7 @@ import numbers
 from .._analyzer import HistogramAnalyzer
 from .._encoding import minmax_encoding
 from .._histograms import RowHistogram, wide_dtype
-from .._xp import Array, Namespace, device_of, div, on_host, take_rows
+from .._xp import Array, Namespace, device_of, div, index_dtype, on_host, take_rows
 
 __all__ = [
     "PercentileEncodingAnalyzer",
@@ -38,9 +38,16 @@ def percentile_range(
     float32 as the reference does, ``(T * f32(p)) / 100`` and ``T * f32(1 - p / 100)``: exact
     hits are common (100 values, p = 99: the lower threshold is exactly 1.0).
     """
+    i_lo, i_hi = percentile_bins(xp, counts, percentile)
+    return take_rows(xp, edges, i_lo), take_rows(xp, edges, i_hi)
+
+
+def percentile_bins(xp: Namespace, counts: Array, percentile: float) -> tuple[Array, Array]:
+    """Return the edge positions ``(E,)`` of :func:`percentile_range`'s ``lo`` and ``hi``."""
     num_rows, num_bins = counts.shape
     if percentile == 100:
-        return edges[:, 0], edges[:, num_bins]
+        first = xp.zeros((num_rows,), dtype=index_dtype(xp), device=device_of(counts))
+        return first, first + num_bins
     wide = wide_dtype(xp, device_of(counts))
     # float32 running sums are exact below 2**24; host backends check that cheaply
     exact = on_host(counts) and float(xp.max(xp.sum(counts, axis=1))) < 2**24
@@ -50,14 +57,15 @@ def percentile_range(
     lower = total * xp.asarray(1 - percentile / 100, dtype=xp.float32, device=device_of(counts))
     i_hi = xp.count_nonzero(cs < xp.astype(upper, cs.dtype), axis=1)
     i_lo = xp.count_nonzero(cs < xp.astype(lower, cs.dtype), axis=1)
-    return take_rows(xp, edges, i_lo), take_rows(xp, edges, i_hi)
+    return i_lo, i_hi
 
 
 def percentile_rule(
     xp: Namespace, state: RowHistogram, num_steps: int, is_symmetric: bool, *, percentile: float
 ) -> tuple[Array, Array]:
     """Clip each histogram at ``percentile``, then the min-max rules without the 2-bit step."""
-    lo, hi = percentile_range(xp, state.counts, state.edges_of(xp), percentile)
+    i_lo, i_hi = percentile_bins(xp, state.counts, percentile)
+    lo, hi = state.edges_at(xp, i_lo), state.edges_at(xp, i_hi)
     return minmax_encoding(
         xp, lo, hi, num_steps, is_symmetric, out_dtype=state.lo.dtype, two_bit_step=False
     )
