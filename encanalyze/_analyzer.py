@@ -6,7 +6,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, Generic, TypeVar
 
-from ._backends import analyzer_input, numpy_twin, quiet
+from ._backends import analyzer_input, compiled_update, numpy_twin, quiet
 from ._encoding import validate_num_steps
 from ._errors import StatisticsNotFoundError
 from ._observers import HistogramObserver, Observer
@@ -62,6 +62,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         """Pickle (and ``copy.deepcopy``) without the namespace module: it is found again."""
         state = dict(self.__dict__)
         state["_home"] = None
+        state.pop("_program", None)  # a compiled update is built again where it is used
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -87,8 +88,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         Never syncs with the device. On any error the running statistics stay as they were.
         """
         x = analyzer_input(x)
-        xp = namespace_of(x)
-        return self.observer.stats(xp, self._update(xp, x, want_batch=True))
+        return self._update(namespace_of(x), x, want_batch=True)
 
     def observe(self, x: Array) -> None:
         """Add ``x`` to the running statistics, like :meth:`update_stats`, returning nothing.
@@ -101,20 +101,36 @@ class EncodingAnalyzer(ABC, Generic[S]):
         self._update(namespace_of(x), x, want_batch=False)
 
     def _update(self, xp: Namespace, x: Array, want_batch: bool):
+        """Update the running statistics; return ``x``'s own public statistics (or None)."""
         if self._home is not None:
             check_same_home(self._home, xp, device_of(x))
         twin = numpy_twin(xp, self._state, batch=x)
-        if twin is None:
+        compiled = self._compiled(xp) if twin is None and self.observer.exact_ops else None
+        if compiled is not None:
+            batch, state = compiled(x, self._state, want_batch)  # pure, one program
+        elif twin is None:
             with quiet(xp):
-                batch, state = self.observer.update(xp, x, self._state, want_batch)  # pure
+                batch, state = self._update_in(xp, x, self._state, want_batch)  # pure
         else:  # host torch: NumPy views of the same memory, results back as tensors
             np_xp, (x_np, state_np), back = twin
             with quiet(np_xp):
-                batch, state = back(self.observer.update(np_xp, x_np, state_np, want_batch))
+                batch, state = back(self._update_in(np_xp, x_np, state_np, want_batch))
         self._state = state
         if self._home is None:
             self._home = (xp, device_of(x))
         return batch
+
+    def _update_in(self, xp: Namespace, x: Array, state, want_batch: bool):
+        """Return ``x``'s public statistics (None without ``want_batch``) and the new state."""
+        batch, state = self.observer.update(xp, x, state, want_batch)
+        return (None if batch is None else self.observer.stats(xp, batch)), state
+
+    def _compiled(self, xp: Namespace):
+        """Return :meth:`_update_in` compiled for ``xp`` (kept per analyzer), or None."""
+        cached = self.__dict__.get("_program")
+        if cached is None or cached[0] is not xp:
+            cached = self._program = (xp, compiled_update(xp, self._update_in))
+        return cached[1]
 
     def reset_stats(self) -> None:
         """Forget every statistic gathered so far."""

@@ -238,3 +238,41 @@ def test_histogram_rows_native_equals_portable(backend, rng, kind, num_bins):
         backend.check(got, (9, num_bins), want.dtype)
         np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
         assert float(np.sum(backend.to_numpy(got))) == np.sum(~np.isnan(x))
+
+
+@pytest.mark.parametrize("shape", [(1,), (8, 1), (1, 64), (2, 4, 1)])
+@pytest.mark.filterwarnings("ignore:.*NaN values were ignored", "ignore:encodings were infinite")
+def test_compiled_minmax_update_equals_the_eager_one(rng, monkeypatch, shape):
+    """JAX runs a min-max update as one compiled program: the same statistics, bit for bit,
+    as its operations run one by one (NaN and infinities, several batches, a block size)."""
+    jax = pytest.importorskip("jax")
+    import encanalyze as ea
+    from encanalyze import _analyzer
+
+    jax.config.update("jax_enable_x64", True)
+    xs = [_data(rng, (8, 64), kind) for kind in ("plain", "nan", "inf", "int")]
+    if shape == (2, 4, 1):
+        xs = [np.reshape(x, (2, 4, 64)) for x in xs]
+    results = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(_analyzer, "compiled_update", lambda xp, update: None)
+        analyzer = ea.MinMaxEncodingAnalyzer(shape)
+        batches = [analyzer.update_stats(jax.numpy.asarray(x)) for x in xs]
+        analyzer.observe(jax.numpy.asarray(xs[0] * 3))
+        assert (analyzer.__dict__["_program"][1] is not None) == compiled
+        state = analyzer.state_dict()["state"]
+        results.append((batches, state, analyzer.compute_encodings(255, False)))
+    (b1, s1, e1), (b2, s2, e2) = results
+    for one, two in zip(b1, b2):
+        for f in ("min", "max", "num_nan"):
+            a, b = getattr(one, f), getattr(two, f)
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert isinstance(a, jax.Array) and a.dtype == b.dtype
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert s1.keys() == s2.keys()
+    for key in s1:
+        np.testing.assert_array_equal(np.asarray(s1[key]), np.asarray(s2[key]), err_msg=key)
+    for a, b in zip(e1, e2):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -35,6 +35,7 @@ __all__ = [
     "analyzer_input",
     "bincount_rows",
     "clip",
+    "compiled_update",
     "from_numpy",
     "from_torch",
     "histogram_rows",
@@ -167,6 +168,19 @@ def histogram_rows(
     batch, as casting the int64 counts is), without an int64 table of the whole batch.
     """
     return primitives(xp).histogram_rows(rows, lo, hi, num_bins, may_have_nan)
+
+
+def compiled_update(xp: Namespace, update: Callable) -> Callable | None:
+    """Return pure ``update(xp, x, state, want_batch)`` compiled for ``xp``, or None.
+
+    JAX: one exact ``jax.jit`` program (see ``_jax.compiled_update``), bit-identical to the
+    operations run one by one; other namespaces dispatch eagerly (or have no compiler).
+    """
+    if not is_jax_namespace(xp):
+        return None
+    from . import _jax
+
+    return _jax.compiled_update(update)
 
 
 def quiet(xp: Namespace):

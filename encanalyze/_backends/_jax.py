@@ -6,7 +6,9 @@ must not change a bit, and XLA changes two things by default: its simplifier fol
 by a broadcast array into a multiplication by the reciprocal (:func:`div` puts the broadcast
 behind an optimisation barrier), and LLVM's optimiser contracts ``a * b + c`` into a fused
 multiply-add (one rounding instead of two; openxla/xla#41579), which :data:`EXACT` turns off.
-The tests hold every compiled entry equal to the eager, portable one.
+The tests hold every compiled entry equal to the eager, portable one. A whole update is
+compiled only where it does no arithmetic that rounds (min-max: compare, select, count);
+histogram updates were seen to round differently as one fused program.
 """
 
 from __future__ import annotations
@@ -16,28 +18,64 @@ from functools import wraps
 import jax
 import jax.numpy as jnp
 
+from .._stats import MinMaxRange
 from .._xp import index_dtype, wide_dtype
 from . import _portable
 
-__all__ = ["EXACT", "PRIMITIVES", "bincount_rows", "div", "histogram_rows", "minmax"]
+__all__ = [
+    "EXACT",
+    "PRIMITIVES",
+    "bincount_rows",
+    "compiled_update",
+    "div",
+    "histogram_rows",
+    "minmax",
+]
+
+jax.tree_util.register_dataclass(MinMaxRange, data_fields=["min", "max", "num_nan"], meta_fields=[])
 
 EXACT = {"xla_backend_optimization_level": 0}
 """Compiler options under which a program computes what its operations compute one by one
 (LLVM at level 0 forms no fused multiply-adds; measured cost here ~20%)."""
 
 
-def _compiled(fn, static_argnums: tuple[int, ...]):
-    """Return ``fn`` compiled as one exact program.
+def _compiled(fn, static_argnums: tuple[int, ...], options: dict | None = EXACT):
+    """Return ``fn`` compiled as one program (with compiler ``options``).
 
     Called while tracing (inside a caller's ``jax.jit``, which must own the compiler options),
     it is ``fn`` itself, inlined into the caller's program.
     """
-    program = jax.jit(fn, static_argnums=static_argnums, compiler_options=EXACT)
+    program = jax.jit(fn, static_argnums=static_argnums, compiler_options=options)
 
     @wraps(fn)
     def call(x, *args, **kwargs):
         run = fn if isinstance(x, jax.core.Tracer) else program
         return run(x, *args, **kwargs)
+
+    return call
+
+
+def compiled_update(update):
+    """Return ``update(xp, x, state, want_batch)`` as one exact program ``fn(x, state, batch)``.
+
+    For observers whose update only compares, selects and counts (min-max): no rounding, so
+    no optimisation can change its result, and the program is compiled with XLA's defaults
+    (vectorised; :data:`EXACT` code runs several times slower). It retraces for each new input
+    shape, dtype and state structure; the caller keeps it.
+    """
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(jnp.empty(0))
+
+    def run(x, state, want_batch):
+        return update(xp, x, state, want_batch)
+
+    program = jax.jit(run, static_argnames="want_batch")
+
+    def call(x, state, want_batch):
+        if isinstance(x, jax.core.Tracer):  # inside a caller's jax.jit: inlined there
+            return run(x, state, want_batch)
+        return program(x, state, want_batch)
 
     return call
 
@@ -84,11 +122,25 @@ histogram_rows = _compiled(_histogram_rows, (3, 4))
 def _minmax(x, axes: tuple[int, ...], finite: bool = False):
     import array_api_compat
 
-    return _portable.minmax(array_api_compat.array_namespace(x), x, axes, finite)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return jnp.min(x, axis=axes), jnp.max(x, axis=axes), None
+    lo, hi = jnp.min(x, axis=axes), jnp.max(x, axis=axes)  # NaN (and infinity) propagate
+    clean = jnp.all(jnp.isfinite(lo) & jnp.isfinite(hi)) if finite else ~jnp.any(jnp.isnan(lo))
+    xp = array_api_compat.array_namespace(x)
+
+    def plain(_):
+        return lo, hi, jnp.zeros(lo.shape, dtype=index_dtype(jnp))
+
+    def masked(_):
+        return _portable.minmax(xp, x, axes, finite)
+
+    return jax.lax.cond(clean, plain, masked, None)
 
 
-minmax = _compiled(_minmax, (1, 2))
-"""The portable NaN-ignoring range (min, max, NaN count), compiled as one program."""
+minmax = _compiled(_minmax, (1, 2), options=None)
+"""The portable NaN-ignoring range (min, max, NaN count) as one program: two plain reductions,
+and the masking ones only where a slice holds NaN (or, with ``finite``, an infinity). It only
+compares and selects, so it is compiled with XLA's defaults."""
 
 
 PRIMITIVES = {"bincount_rows": bincount_rows, "histogram_rows": histogram_rows, "minmax": minmax}

@@ -41,6 +41,9 @@ class Observer(ABC, Generic[State]):
     """What an element must have seen before it can be encoded (for error messages)."""
     stats_type: ClassVar[type]
     """The public statistics type (:class:`~encanalyze.MinMaxRange`, ...)."""
+    exact_ops: ClassVar[bool] = False
+    """Whether ``update`` only compares, selects and counts (no rounding arithmetic): such an
+    update may run as one compiled program (JAX) with the same result, bit for bit."""
 
     def __init__(self, shape, block_size=None) -> None:
         self.shape = normalize_shape(shape)

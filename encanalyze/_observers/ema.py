@@ -58,6 +58,7 @@ class EmaObserver(MinMaxObserver):
 
     kind = "ema"
     stats_type = MinMaxRange
+    exact_ops = False  # the moving average rounds
 
     def __init__(self, shape, block_size=None, averaging_constant: float = 0.01) -> None:
         super().__init__(shape, block_size)

@@ -38,6 +38,7 @@ class MinMaxObserver(Observer[MinMaxRange]):
 
     kind = "minmax"
     stats_type = MinMaxRange
+    exact_ops = True
 
     def update(self, xp: Namespace, x: Array, state: MinMaxRange | None, want_batch=True):
         batch = batch_minmax(xp, x, self)
