@@ -108,6 +108,8 @@ class EncodingAnalyzer(ABC, Generic[S]):
         compiled = self._compiled(xp) if twin is None and self.observer.exact_ops else None
         if compiled is not None:
             batch, state = compiled(x, self._state, want_batch)  # pure, one program
+        elif twin is None and self.observer.exact_ops:  # no arithmetic: nothing to quieten
+            batch, state = self._update_in(xp, x, self._state, want_batch)  # pure
         elif twin is None:
             with quiet(xp):
                 batch, state = self._update_in(xp, x, self._state, want_batch)  # pure

@@ -128,8 +128,11 @@ def float_dtype(xp: Namespace, x: Array) -> Any:
         For complex or non-numeric dtypes.
     """
     dtype = x.dtype
+    if (xp, dtype) in _REAL_FLOATING:
+        return dtype
     try:
         if xp.isdtype(dtype, "real floating"):
+            _REAL_FLOATING.add((xp, dtype))
             return dtype
         if xp.isdtype(dtype, ("integral", "bool")):
             return default_float(xp, device_of(x))
@@ -143,6 +146,7 @@ def float_dtype(xp: Namespace, x: Array) -> Any:
     )
 
 
+_REAL_FLOATING: set[tuple[Namespace, Any]] = set()  # (namespace, dtype) pairs seen floating
 _INDEX_DTYPES: dict[Namespace, Any] = {}
 
 

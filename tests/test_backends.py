@@ -189,6 +189,20 @@ def test_fused_minmax_encoding_equals_portable(rng, kind, num_steps, symmetric):
             assert type(g) is np.ndarray and g.dtype == w.dtype and g.shape == w.shape
             np.testing.assert_array_equal(g, w)
             np.testing.assert_array_equal(np.signbit(g), np.signbit(w))
+        for k in range(lo.shape[0]):  # one encoding at a time: the scalar path
+            one = []
+            for fn in (_numpy_like.minmax_encoding, None):
+                with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+                    warnings.simplefilter("always")
+                    args = (lo[k : k + 1], hi[k : k + 1], num_steps, symmetric, out_dtype, two_bit)
+                    got = fn(*args) if fn else portable_minmax_encoding(xp, *args)
+                one.append((got, [str(w.message) for w in caught]))
+            (fused, fused_warn), (want, want_warn) = one
+            assert fused_warn == want_warn
+            for g, w in zip(fused, want):
+                assert type(g) is np.ndarray and g.dtype == w.dtype and g.shape == (1,)
+                np.testing.assert_array_equal(g, w)
+                np.testing.assert_array_equal(np.signbit(g), np.signbit(w))
 
 
 @pytest.mark.parametrize("shape", [(1,), (8, 1), (1, 64), (8, 64)])

@@ -6,7 +6,9 @@ from functools import partial
 
 import array_api_compat
 import array_api_compat.numpy as np_xp
+import numpy as np
 
+from .._encoding import minimum_scale, symmetric_steps, warn_clamped
 from . import _portable
 
 __all__ = ["bincount_rows", "clip", "histogram_rows", "minmax", "primitives"]
@@ -64,12 +66,12 @@ def minmax_encoding(lo, hi, num_steps: int, is_symmetric: bool, out_dtype, two_b
     same floating-point warnings: the analyzers call the rules in ``quiet``); what is saved is
     the per-call cost of the array API layer, which is all a small tensor's encoding costs.
     """
-    import numpy as np
-
-    from .._encoding import minimum_scale, symmetric_steps, warn_clamped
-
     out_dtype = lo.dtype if out_dtype is None else np.dtype(out_dtype)
     wd = np.float64 if np.float64 in (lo.dtype, out_dtype) else np.float32
+    if lo.shape == (1,) and lo[0] == lo[0] and hi[0] == hi[0]:  # one encoding, no NaN
+        return _one_encoding(
+            wd(lo[0]), wd(hi[0]), num_steps, is_symmetric, out_dtype, two_bit_step, wd
+        )
     zero = wd(0.0)
     lo = np.minimum(lo.astype(wd, copy=False), zero)
     hi = np.maximum(hi.astype(wd, copy=False), zero)
@@ -96,6 +98,41 @@ def minmax_encoding(lo, hi, num_steps: int, is_symmetric: bool, out_dtype, two_b
     return np.asarray(lo_c.astype(out_dtype, copy=False)), np.asarray(
         hi_c.astype(out_dtype, copy=False)
     )
+
+
+def _one_encoding(lo, hi, num_steps, is_symmetric, out_dtype, two_bit_step, wd):
+    """:func:`minmax_encoding` of one NaN-free encoding on NumPy scalars of dtype ``wd``.
+
+    Scalars round as arrays do (IEEE operations in ``wd``, Python numbers converted to it),
+    and ``np.minimum(a, b)`` / ``np.maximum(a, b)`` are ``a if a < b else b`` /
+    ``a if a > b else b`` where neither is NaN (``b`` on ties: signed zeros included).
+    """
+    zero = wd(0.0)
+    lo = lo if lo < zero else zero
+    hi = hi if hi > zero else zero
+    s = minimum_scale(num_steps)
+    neg, pos = symmetric_steps(num_steps)
+    narrow = (hi - lo) / num_steps < s
+    if is_symmetric:
+        if narrow:
+            hi, lo = hi + pos * s, lo - neg * s
+        pos_delta = pos + 1 if num_steps == 3 and two_bit_step else pos
+        up, down = hi / pos_delta, -lo / neg
+        delta = up if up > down else down
+        lo, hi = -neg * delta, pos * delta
+    elif narrow:
+        hi = hi + num_steps * s
+    big = _FINITE_MAX.get(out_dtype)
+    if big is None:
+        big = _FINITE_MAX[out_dtype] = float(np.finfo(out_dtype).max)
+    top, bottom = wd(big), wd(-big)
+    lo_c, hi_c = (v if v > bottom else bottom for v in (lo, hi))
+    lo_c, hi_c = (v if v < top else top for v in (lo_c, hi_c))
+    if lo_c != lo or hi_c != hi:
+        warn_clamped(out_dtype, big)
+    return np.array([lo_c], dtype=wd).astype(out_dtype, copy=False), np.array(
+        [hi_c], dtype=wd
+    ).astype(out_dtype, copy=False)
 
 
 def clip(m, x, lo=None, hi=None):

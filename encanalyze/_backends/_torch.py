@@ -165,16 +165,18 @@ PRIMITIVES = {
 }
 
 
-_NUMPY_DTYPES = (
-    torch.float16,
-    torch.float32,
-    torch.float64,
-    torch.int8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-    torch.uint8,
-    torch.bool,
+_NUMPY_DTYPES = frozenset(
+    (
+        torch.float16,
+        torch.float32,
+        torch.float64,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+    )
 )
 
 
@@ -183,37 +185,40 @@ class _NoView(Exception):
 
 
 _LEAVES = (torch.Tensor, np.ndarray, np.generic)
-_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _map(fn, tree):
     """Apply ``fn`` to each leaf of nested tuples, NamedTuples and dataclasses (None stays)."""
     if tree is None:
         return None
-    if isinstance(tree, _LEAVES):
-        return fn(tree)
     kind = type(tree)
-    names = _FIELDS.get(kind)
-    if names is None:
-        if isinstance(tree, tuple):
-            names = None if kind is tuple else ()  # () marks a NamedTuple: positional fields
-            if names is not None:
-                _FIELDS[kind] = names
-        elif dataclasses.is_dataclass(kind):
-            names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind) if f.init)
-        else:
-            return fn(tree)
-    if names is None:
-        return tuple([_map(fn, t) for t in tree])
-    if not names:
-        return kind(*[_map(fn, t) for t in tree])
-    return kind(*[_map(fn, getattr(tree, n)) for n in names])
+    rebuild = _REBUILD.get(kind)
+    if rebuild is None:
+        rebuild = _REBUILD[kind] = _rebuilder(kind)
+    return rebuild(fn, tree)
+
+
+_REBUILD: dict[type, object] = {}
+
+
+def _rebuilder(kind: type):
+    """Return how to map over a node of type ``kind``: leaf, tuple, NamedTuple or dataclass."""
+    if issubclass(kind, _LEAVES):
+        return lambda fn, leaf: fn(leaf)
+    if kind is tuple:
+        return lambda fn, t: tuple([_map(fn, v) for v in t])
+    if issubclass(kind, tuple) and hasattr(kind, "_fields"):
+        return lambda fn, t: kind(*[_map(fn, v) for v in t])
+    if dataclasses.is_dataclass(kind):
+        names = tuple(f.name for f in dataclasses.fields(kind) if f.init)
+        return lambda fn, t: kind(*[_map(fn, getattr(t, n)) for n in names])
+    return lambda fn, leaf: fn(leaf)  # anything else is a leaf
 
 
 def _view(t):
     if not isinstance(t, torch.Tensor):
         return t  # not an array (a flag, a count kept on the host)
-    if t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES or t.requires_grad:
+    if not t.is_cpu or t.dtype not in _NUMPY_DTYPES or t.requires_grad:
         raise _NoView
     return t.numpy()
 
