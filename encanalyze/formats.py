@@ -1,0 +1,370 @@
+"""Float element formats (FP8, FP6, FP4) as value sets, and their quantize-dequantize.
+
+Each :class:`FloatFormat` is a sign, ``E`` exponent bits (bias ``2**(E-1) - 1``) and ``M``
+mantissa bits with subnormals, as the OCP 8-bit floating point and OCP Microscaling (MX v1.0)
+specifications define them: :data:`E4M3FN` (max 448, no infinity), :data:`E5M2` (max 57344,
+IEEE-like), :data:`E3M2` (28), :data:`E2M3` (7.5) and :data:`E2M1` (6; the FP4 of MXFP4 and
+NVFP4). :func:`quantize` rounds to the nearest value of a format, ties to even, saturating:
+values beyond the largest finite one (infinities included) become it, as Model Optimizer,
+torchao and the MX conversions do; NaN stays NaN. Every function is written against the array
+API standard and returns arrays of the input's namespace, device and (floating) dtype.
+
+Examples
+--------
+>>> import numpy as np
+>>> from encanalyze.formats import E2M1, E4M3FN, quantize, quantize_scaled
+>>> quantize(np.array([0.3, 2.6, 5.1, 100.0], dtype=np.float32), E2M1).tolist()
+[0.5, 3.0, 6.0, 6.0]
+>>> E4M3FN.max, len(E4M3FN.values())
+(448.0, 127)
+>>> w = np.array([[0.02, -0.5, 1.3], [4.0, 0.1, -7.0]], dtype=np.float32)
+>>> q = quantize_scaled(w, E4M3FN, axis=1)  # one FP32 scale per row: amax / 448
+>>> bool(np.all(np.abs(q - w) <= np.abs(w) / 16))  # 3 mantissa bits: half an ulp at most
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._backends import analyzer_input, quiet
+from ._xp import Array, device_of, div, namespace_of
+
+__all__ = [
+    "E2M1",
+    "E2M3",
+    "E3M2",
+    "E4M3FN",
+    "E5M2",
+    "FORMATS",
+    "MX_BLOCK",
+    "NVFP4_BLOCK",
+    "FloatFormat",
+    "amax_scale",
+    "mx_dequantize",
+    "mx_exponents",
+    "mx_quantize",
+    "nvfp4_dequantize",
+    "nvfp4_quantize",
+    "nvfp4_tensor_scale",
+    "quantize",
+    "quantize_scaled",
+]
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """A sign-magnitude float element format with subnormals.
+
+    Parameters
+    ----------
+    name
+        The format's name (``float8_e4m3fn``, ...).
+    exponent_bits, mantissa_bits
+        ``E`` and ``M``; the exponent bias is ``2**(E - 1) - 1``.
+    max
+        The largest finite value (448 for E4M3FN, whose top code is NaN; 57344 for E5M2, whose
+        top exponent is infinity and NaN; the all-ones code for the MX formats, which have no
+        special values).
+    """
+
+    name: str
+    exponent_bits: int
+    mantissa_bits: int
+    max: float
+
+    @property
+    def bias(self) -> int:
+        """The exponent bias ``2**(E - 1) - 1``."""
+        return 2 ** (self.exponent_bits - 1) - 1
+
+    @property
+    def min_exponent(self) -> int:
+        """The exponent of the smallest normal value, ``1 - bias`` (the subnormals' too)."""
+        return 1 - self.bias
+
+    @property
+    def max_exponent(self) -> int:
+        """The exponent of :attr:`max` (``emax`` of the MX specification: 8 for E4M3FN)."""
+        return math.floor(math.log2(self.max))
+
+    @property
+    def smallest(self) -> float:
+        """The smallest positive (subnormal) value, ``2**(min_exponent - M)``."""
+        return 2.0 ** (self.min_exponent - self.mantissa_bits)
+
+    def values(self) -> np.ndarray:
+        """Return every non-negative finite value, ascending (float64)."""
+        m = 2**self.mantissa_bits
+        sub = np.arange(m) * self.smallest
+        exps = np.arange(self.min_exponent, self.max_exponent + 1)
+        normal = (2.0 ** exps[:, None] * (1 + np.arange(m)[None, :] / m)).ravel()
+        return np.concatenate([sub, normal[normal <= self.max]])
+
+
+E4M3FN = FloatFormat("float8_e4m3fn", 4, 3, 448.0)
+E5M2 = FloatFormat("float8_e5m2", 5, 2, 57344.0)
+E3M2 = FloatFormat("float6_e3m2", 3, 2, 28.0)
+E2M3 = FloatFormat("float6_e2m3", 2, 3, 7.5)
+E2M1 = FloatFormat("float4_e2m1", 2, 1, 6.0)
+FORMATS = {f.name: f for f in (E4M3FN, E5M2, E3M2, E2M3, E2M1)}
+"""The element formats by name."""
+
+
+def _work(xp, x: Array) -> Array:
+    """``x`` in the arithmetic dtype: float64 stays, every other dtype becomes float32."""
+    if x.dtype == xp.float64:
+        return x
+    return xp.astype(x, xp.float32)
+
+
+def _round_magnitudes(xp, a: Array, fmt: FloatFormat) -> Array:
+    """Round non-negative ``a`` (at most ``fmt.max``, or NaN) to ``fmt``, ties to even.
+
+    The spacing of ``fmt``'s values in ``a``'s binade is ``2**(e - M)``, ``e`` the binade's
+    exponent (the subnormals share the smallest normal binade's spacing); dividing by it is
+    exact (a power of two), the rounding is the standard's ``round`` (ties to even), and the
+    product back is exact too: one rounding, the format's own.
+    """
+    dev = device_of(a)
+    tiny = xp.asarray(fmt.smallest, dtype=a.dtype, device=dev)
+    e = xp.floor(xp.log2(xp.maximum(a, tiny)))  # a binade's exponent, corrected below
+    two = xp.asarray(2.0, dtype=a.dtype, device=dev)
+    e = xp.where(xp.pow(two, e) > a, e - 1, e)  # log2 may round up just below a power of 2
+    e = xp.where(xp.pow(two, e + 1) <= a, e + 1, e)  # ... or down just above one
+    e = xp.maximum(e, xp.asarray(float(fmt.min_exponent), dtype=a.dtype, device=dev))
+    spacing = xp.pow(two, e - fmt.mantissa_bits)
+    return xp.round(a / spacing) * spacing
+
+
+def quantize(x: Array, fmt: FloatFormat) -> Array:
+    """Return ``x`` rounded to the nearest value of ``fmt`` (ties to even), saturating.
+
+    Values beyond ``+-fmt.max`` (infinities too) become ``+-fmt.max``; NaN stays NaN; signed
+    zeros keep their sign. The result has ``x``'s namespace, device and floating dtype (integer
+    inputs: float32); arithmetic is in float32 (float64 for float64 inputs), where every step
+    but the one rounding is exact, so the result is the format's value nearest to ``x`` itself.
+    """
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    if not xp.isdtype(x.dtype, ("real floating", "integral", "bool")):
+        raise TypeError(f"cannot quantize an array of dtype {x.dtype} to {fmt.name}")
+    out = x.dtype if xp.isdtype(x.dtype, "real floating") else xp.float32
+    w = _work(xp, x)
+    big = xp.asarray(fmt.max, dtype=w.dtype, device=device_of(w))
+    q = _round_magnitudes(xp, xp.minimum(xp.abs(w), big), fmt)  # NaN propagates
+    return xp.astype(xp.copysign(q, w), out)
+
+
+def amax_scale(x: Array, fmt: FloatFormat, axis: int | tuple[int, ...] | None = None) -> Array:
+    """Return the FP32 scale ``amax / fmt.max`` of ``x`` over ``axis`` (kept as size-1 axes).
+
+    ``amax`` is the largest magnitude (NaN-ignoring); an all-zero slice gets scale 1 (any
+    scale maps it to zero), as Model Optimizer's FP8 scaling does.
+    """
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    a = xp.abs(xp.astype(x, xp.float32))
+    a = xp.where(xp.isnan(a), xp.zeros_like(a), a)
+    amax = xp.max(a, axis=axis, keepdims=True)
+    scale = amax / xp.asarray(fmt.max, dtype=xp.float32, device=device_of(a))
+    return xp.where(amax > 0, scale, xp.ones_like(scale))
+
+
+def quantize_scaled(
+    x: Array, fmt: FloatFormat, axis: int | tuple[int, ...] | None = None, scale: Array = None
+) -> Array:
+    """Quantize-dequantize ``x`` with an FP32 scale: ``quantize(x / scale, fmt) * scale``.
+
+    ``scale`` defaults to :func:`amax_scale` over ``axis`` (``None``: per tensor; ``1``:
+    one scale per row of a 2-D weight; ...). The result has ``x``'s namespace, device and
+    floating dtype.
+    """
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    if scale is None:
+        scale = amax_scale(x, fmt, axis)
+    w = xp.astype(x, xp.float32)
+    with quiet(xp):
+        q = quantize(div(xp, w, scale), fmt) * scale
+    out = x.dtype if xp.isdtype(x.dtype, "real floating") else xp.float32
+    return xp.astype(q, out)
+
+
+# -- OCP MX: blocks of 32 with a shared power-of-two (E8M0) scale -------------------------------
+MX_BLOCK = 32
+"""The MX block size (OCP MX v1.0)."""
+
+E8M0_BIAS = 127
+E8M0_NAN = 255
+_F32_MIN_NORMAL = 2.0**-126
+MX_MODES = ("floor", "ceil")
+"""How a block's shared exponent is taken from its largest magnitude: ``floor`` (the OCP
+specification's and torchao's default, ``floor(log2(amax)) - emax``) or ``ceil`` (rounded up
+where ``amax`` is not a power of two)."""
+
+
+def _blocks(xp, x: Array, block_size: int) -> Array:
+    """``x`` as float32 ``(..., K / block_size, block_size)`` blocks along its last axis."""
+    x = xp.astype(x, xp.float32)
+    if x.ndim == 0 or x.shape[-1] % block_size:
+        raise ValueError(
+            f"the last axis ({x.shape[-1] if x.ndim else 'none'}) must be a multiple of the "
+            f"block size {block_size}"
+        )
+    return xp.reshape(x, (*x.shape[:-1], x.shape[-1] // block_size, block_size))
+
+
+def _block_amax(xp, blocks: Array) -> Array:
+    """Each block's largest magnitude, NaN where the block holds a NaN ``(..., K/bs)``."""
+    a = xp.abs(blocks)
+    nan = xp.any(xp.isnan(a), axis=-1)
+    amax = xp.max(xp.where(xp.isnan(a), xp.zeros_like(a), a), axis=-1)
+    return xp.where(nan, xp.full_like(amax, xp.nan), amax)
+
+
+def _float32_exponent(xp, a: Array, round_up: bool) -> Array:
+    """Return the unbiased exponent float32's bits hold for ``a >= 0`` (float64, integral).
+
+    ``floor(log2(a))`` for normal values, -127 for zero and subnormals, 128 for infinity and
+    NaN; with ``round_up``, one more where the mantissa bits are not all zero.
+    """
+    dev = device_of(a)
+    tiny = xp.asarray(_F32_MIN_NORMAL, dtype=a.dtype, device=dev)
+    two = xp.asarray(2.0, dtype=a.dtype, device=dev)
+    special = ~xp.isfinite(a)
+    normal = (a >= tiny) & ~special
+    safe = xp.where(normal, a, tiny)
+    e = xp.floor(xp.log2(safe))
+    e = xp.where(xp.pow(two, e) > safe, e - 1, e)
+    e = xp.where(xp.pow(two, e + 1) <= safe, e + 1, e)
+    if round_up:
+        e = xp.where(xp.pow(two, e) < safe, e + 1, e)
+    sub = (a > 0) & (a < tiny)  # exponent bits 0; with round_up, mantissa bits not 0
+    e = xp.where(normal, e, -126.0 if round_up else -127.0)
+    e = xp.where(normal | sub, e, -127.0)
+    return xp.astype(xp.where(special, 128.0, e), xp.float64)
+
+
+def mx_exponents(
+    x: Array, fmt: FloatFormat, block_size: int = MX_BLOCK, mode: str = "floor"
+) -> Array:
+    """Return the biased E8M0 shared exponents ``(..., K / block_size)`` of ``x``'s blocks.
+
+    Blocks run along the last axis. The exponent is ``floor(log2(amax)) - emax`` (``mode``
+    ``"ceil"``: rounded up), clamped to ``[-127, 127]`` and biased by 127; a block holding NaN
+    gets 255 (E8M0's NaN). The values are torchao's ``to_mx`` scales (int64 here).
+    """
+    if mode not in MX_MODES:
+        raise ValueError(f"mode must be one of {MX_MODES}, got {mode!r}")
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    amax = _block_amax(xp, _blocks(xp, x, block_size))
+    unbiased = _float32_exponent(xp, amax, mode == "ceil") - fmt.max_exponent
+    unbiased = xp.clip(unbiased, -float(E8M0_BIAS), float(E8M0_BIAS + 1))
+    biased = xp.where(xp.isnan(amax), float(E8M0_NAN), unbiased + E8M0_BIAS)
+    return xp.astype(biased, xp.int64)
+
+
+def _pow2(xp, exponent: Array, dev) -> Array:
+    """``2**exponent`` in float32 for integral float64 ``exponent`` in [-149, 128] (128: inf)."""
+    big = exponent > 127
+    p = xp.pow(xp.asarray(2.0, dtype=xp.float64, device=dev), xp.where(big, 0.0, exponent))
+    return xp.where(big, xp.inf, xp.astype(p, xp.float32))
+
+
+def mx_quantize(
+    x: Array, fmt: FloatFormat, block_size: int = MX_BLOCK, mode: str = "floor"
+) -> tuple[Array, Array]:
+    """Return ``(elements, exponents)``: ``x`` in OCP MX blocks of ``fmt`` elements.
+
+    ``elements`` (float32, ``x``'s shape) are values of ``fmt``: ``x`` divided by its block's
+    scale ``2**(exponent - 127)`` (at least 2**-126, as torchao divides), saturated and rounded
+    to nearest even; ``exponents`` are :func:`mx_exponents`. Bit-exact with torchao's
+    ``to_mx`` on the CPU (its elements decoded to float32), NaN blocks aside (torchao's FP4 /
+    FP6 codes of NaN are not defined; here they are NaN).
+    """
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    blocks = _blocks(xp, x, block_size)
+    biased = mx_exponents(x, fmt, block_size, mode)
+    e = xp.astype(biased, xp.float64) - E8M0_BIAS
+    dev = device_of(blocks)
+    tiny = xp.asarray(_F32_MIN_NORMAL, dtype=xp.float32, device=dev)
+    scale = xp.maximum(_pow2(xp, e, dev), tiny)
+    with quiet(xp):
+        q = quantize(div(xp, blocks, scale[..., None]), fmt)
+    return xp.reshape(q, tuple(x.shape)), biased
+
+
+def mx_dequantize(elements: Array, exponents: Array, block_size: int = MX_BLOCK) -> Array:
+    """Return ``elements * 2**(exponent - 127)`` block by block (float32; NaN where 255).
+
+    torchao's ``to_dtype``: its scale is ``2**(e - 127)`` even for ``e = 0`` (2**-127), where
+    quantization divided by 2**-126, so such blocks (all magnitudes below ``2**(emax - 127)``)
+    come back halved, as in torchao.
+    """
+    xp = namespace_of(elements)
+    blocks = _blocks(xp, elements, block_size)
+    e = xp.astype(exponents, xp.float64) - E8M0_BIAS
+    scale = _pow2(xp, e, device_of(blocks))
+    scale = xp.where(exponents == E8M0_NAN, xp.full_like(scale, xp.nan), scale)
+    with quiet(xp):  # a huge block scale overflows to infinity, as in torchao
+        return xp.reshape(blocks * scale[..., None], tuple(elements.shape))
+
+
+# -- NVFP4: blocks of 16 FP4 values, an E4M3 block scale and an FP32 tensor scale ------------
+NVFP4_BLOCK = 16
+"""The NVFP4 block size."""
+
+
+def nvfp4_tensor_scale(x: Array) -> Array:
+    """Return the per-tensor FP32 scale ``amax / (448 * 6)`` (torchao, Model Optimizer)."""
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    amax = xp.max(xp.abs(xp.astype(x, xp.float32)))
+    return amax / xp.asarray(E4M3FN.max * E2M1.max, dtype=xp.float32, device=device_of(amax))
+
+
+def nvfp4_quantize(x: Array, tensor_scale: Array | None = None) -> tuple[Array, Array]:
+    """Return ``(elements, block_scales)``: ``x`` in NVFP4 blocks of 16 along its last axis.
+
+    Each block's scale is ``amax / 6``, divided by ``tensor_scale`` (two-level scaling; None:
+    one level) and rounded to E4M3 (clamped to ``[2**-6, 448]``); elements are ``x`` times
+    the reciprocal of the combined scale, saturated and rounded to E2M1 (float32 values).
+    ``block_scales`` are the E4M3 values (float32, ``(..., K / 16)``). Bit-exact with torchao's
+    ``nvfp4_quantize`` on the CPU, whose arithmetic this follows step by step.
+    """
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    blocks = _blocks(xp, x, NVFP4_BLOCK)
+    dev = device_of(blocks)
+    six = xp.asarray(E2M1.max, dtype=xp.float32, device=dev)
+    block_scale = xp.max(xp.abs(blocks), axis=-1) / six
+    eps = float(2.0**E4M3FN.min_exponent)  # E4M3's smallest normal value
+    one = xp.asarray(1.0, dtype=xp.float32, device=dev)
+    if tensor_scale is None:
+        fp8 = quantize(xp.clip(block_scale, eps, E4M3FN.max), E4M3FN)
+        reciprocal = div(xp, one, fp8)
+    else:
+        ts = xp.astype(xp.asarray(tensor_scale, device=dev), xp.float32)
+        fp8 = quantize(xp.clip(div(xp, block_scale, ts), eps, E4M3FN.max), E4M3FN)
+        reciprocal = div(xp, div(xp, one, ts), fp8)
+    with quiet(xp):
+        scaled = xp.clip(blocks * reciprocal[..., None], -E2M1.max, E2M1.max)
+    return xp.reshape(quantize(scaled, E2M1), tuple(x.shape)), fp8
+
+
+def nvfp4_dequantize(
+    elements: Array, block_scales: Array, tensor_scale: Array | None = None
+) -> Array:
+    """Return ``elements * (tensor_scale * block_scale)`` block by block (float32)."""
+    xp = namespace_of(elements)
+    blocks = _blocks(xp, elements, NVFP4_BLOCK)
+    scale = xp.astype(block_scales, xp.float32)
+    if tensor_scale is not None:
+        scale = xp.astype(xp.asarray(tensor_scale, device=device_of(scale)), xp.float32) * scale
+    return xp.reshape(blocks * scale[..., None], tuple(elements.shape))

@@ -1,0 +1,179 @@
+"""Float element formats: value sets and saturating round-to-nearest-even, against torch's
+float8 casts and torchao's FP6 / FP4 conversions, on every backend."""
+
+import numpy as np
+import pytest
+
+from encanalyze import formats
+from encanalyze.formats import E2M1, E2M3, E3M2, E4M3FN, E5M2, quantize, quantize_scaled
+
+FP_ALL = [E4M3FN, E5M2, E3M2, E2M3, E2M1]
+
+
+def _hard_values(rng, fmt, n=4000):
+    """Random values over the format's whole range, its exact values, the midpoints between
+    them (ties), their float32 neighbours, subnormals, beyond-max values and specials."""
+    v = fmt.values()
+    mids = (v[1:] + v[:-1]) / 2
+    exact = np.concatenate([v, mids, [fmt.max * 1.01, fmt.max * 1.06, fmt.max * 4, 1e30]])
+    exact = exact.astype(np.float32)
+    near = np.concatenate(
+        [np.nextafter(exact, np.float32(np.inf)), np.nextafter(exact, np.float32(0))]
+    )
+    logs = rng.uniform(math_log2(fmt.smallest) - 4, math_log2(fmt.max) + 2, n)
+    rand = (2.0**logs).astype(np.float32)
+    x = np.concatenate([exact, near, rand, [0.0, np.inf]]).astype(np.float32)
+    return np.concatenate([x, -x, [np.nan]]).astype(np.float32)
+
+
+def math_log2(v):
+    return float(np.log2(v))
+
+
+@pytest.mark.parametrize("fmt", FP_ALL, ids=lambda f: f.name)
+def test_value_sets(fmt):
+    v = fmt.values()
+    assert v[0] == 0 and v[-1] == fmt.max and np.all(np.diff(v) > 0)
+    assert v[1] == fmt.smallest
+    count = {E4M3FN: 127, E5M2: 124, E3M2: 32, E2M3: 32, E2M1: 8}[fmt]  # non-negative finite
+    assert len(v) == count
+    assert fmt.max_exponent == {E4M3FN: 8, E5M2: 15, E3M2: 4, E2M3: 2, E2M1: 2}[fmt]
+
+
+@pytest.mark.parametrize("fmt", [E4M3FN, E5M2], ids=lambda f: f.name)
+def test_float8_equals_torch_casts(rng, fmt):
+    torch = pytest.importorskip("torch")
+    x = _hard_values(rng, fmt)
+    dtype = {E4M3FN: torch.float8_e4m3fn, E5M2: torch.float8_e5m2}[fmt]
+    t = torch.from_numpy(x)
+    want = torch.clamp(t, -fmt.max, fmt.max).to(dtype).to(torch.float32).numpy()
+    got = quantize(x, fmt)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    assert np.all(np.isin(np.abs(got[~np.isnan(got)]), fmt.values()))
+
+
+@pytest.mark.parametrize("fmt", [E3M2, E2M3, E2M1], ids=lambda f: f.name)
+def test_fp6_fp4_equal_torchao(rng, fmt):
+    torch = pytest.importorskip("torch")
+    kernels = pytest.importorskip("torchao.prototype.mx_formats.kernels")
+    x = _hard_values(rng, fmt)
+    x = x[~np.isnan(x)]  # torchao's sub-byte conversions have no NaN
+    to_bits, from_bits = {
+        E3M2: (kernels.f32_to_f6_e3m2_unpacked, kernels.f6_e3m2_unpacked_to_f32),
+        E2M3: (kernels.f32_to_f6_e2m3_unpacked, kernels.f6_e2m3_unpacked_to_f32),
+        E2M1: (kernels.f32_to_f4_unpacked, kernels.f4_unpacked_to_f32),
+    }[fmt]
+    want = from_bits(to_bits(torch.from_numpy(x))).numpy()
+    np.testing.assert_array_equal(quantize(x, fmt), want)
+
+
+@pytest.mark.parametrize("fmt", FP_ALL, ids=lambda f: f.name)
+def test_every_backend_rounds_alike(backend, rng, fmt):
+    x = _hard_values(rng, fmt, n=500)
+    want = quantize(x, fmt)
+    for dtype in ("float32", "float64"):
+        got = quantize(backend.asarray(x, dtype), fmt)
+        backend.check(got, x.shape, dtype)
+        np.testing.assert_array_equal(backend.to_numpy(got), want)
+
+
+def test_scaled_quantization_per_channel(backend, rng):
+    """Model Optimizer's FP8 scaling: scale = amax / 448 per row, x / scale cast, times scale;
+    an all-zero row keeps scale 1 and stays zero."""
+    torch = pytest.importorskip("torch")
+    w = (rng.standard_t(4, (6, 64)) * rng.uniform(0.01, 10, (6, 1))).astype(np.float32)
+    w[2] = 0.0
+    t = torch.from_numpy(w)
+    amax = t.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+    want = (torch.clamp(t / scale, -448, 448).to(torch.float8_e4m3fn).float() * scale).numpy()
+    got = quantize_scaled(backend.asarray(w), E4M3FN, axis=1)
+    backend.check(got, w.shape, "float32")
+    np.testing.assert_array_equal(backend.to_numpy(got), want)
+    s = formats.amax_scale(backend.asarray(w), E4M3FN, axis=1)
+    backend.check(s, (6, 1), "float32")
+    np.testing.assert_array_equal(backend.to_numpy(s), scale.numpy())
+
+
+def test_bad_dtype_is_a_type_error():
+    with pytest.raises(TypeError, match="cannot quantize"):
+        quantize(np.array([1 + 2j]), E4M3FN)
+
+
+def _mx_data(rng, rows=8, k=256):
+    """Weights with the edge blocks: all zero, one huge value, subnormal-only, a power-of-two
+    amax, an infinity, and blocks far below and above 1."""
+    x = (rng.standard_t(3, (rows, k)) * rng.uniform(1e-3, 30, (rows, 1))).astype(np.float32)
+    x[0, :32] = 0.0
+    x[0, 32:64] *= 1e-3
+    x[0, 40] = 3e4  # one huge value
+    x[1, :32] = rng.uniform(-1, 1, 32).astype(np.float32) * np.float32(1e-39)  # subnormal
+    x[1, 32:64] = np.float32(0.25) * rng.uniform(-1, 1, 32).astype(np.float32)
+    x[1, 40] = 4.0  # amax exactly a power of two
+    x[2, 64:96] *= 1e-30
+    x[3, 96:128] *= 1e25
+    return x
+
+
+@pytest.mark.parametrize("fmt", FP_ALL, ids=lambda f: f.name)
+@pytest.mark.parametrize("mode", ["floor", "ceil"])
+def test_mx_equals_torchao(rng, fmt, mode):
+    torch = pytest.importorskip("torch")
+    mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
+    from torchao.prototype.mx_formats.config import ScaleCalculationMode
+    from torchao.prototype.mx_formats.constants import DTYPE_FP6_E2M3, DTYPE_FP6_E3M2
+
+    elem = {
+        E4M3FN: torch.float8_e4m3fn,
+        E5M2: torch.float8_e5m2,
+        E3M2: DTYPE_FP6_E3M2,
+        E2M3: DTYPE_FP6_E2M3,
+        E2M1: torch.float4_e2m1fn_x2,
+    }[fmt]
+    x = _mx_data(rng)
+    t = torch.from_numpy(x)
+    scale, data = mx.to_mx(t, elem, 32, getattr(ScaleCalculationMode, mode.upper()))
+    want = mx.to_dtype(data, scale, elem, 32, torch.float32).numpy()
+    elements, exponents = formats.mx_quantize(x, fmt, mode=mode)
+    np.testing.assert_array_equal(exponents, scale.view(torch.uint8).numpy().astype(np.int64))
+    np.testing.assert_array_equal(formats.mx_dequantize(elements, exponents), want)
+    assert np.all(np.isin(np.abs(elements), fmt.values()))
+
+
+def test_mx_nan_blocks_and_every_backend(backend, rng):
+    x = _mx_data(rng, rows=4, k=128)
+    x[2, 70] = np.nan
+    x[3, 5] = np.inf
+    elements, exponents = formats.mx_quantize(backend.asarray(x), E2M1)
+    backend.check(elements, x.shape, "float32")
+    e = backend.to_numpy(exponents)
+    assert e[2, 2] == 255 and e[3, 0] == 127 + 128 - E2M1.max_exponent  # infinity: exponent 128
+    out = backend.to_numpy(formats.mx_dequantize(elements, exponents))
+    assert np.isnan(out[2, 64:96]).all() and not np.isnan(np.delete(out, slice(64, 96), 1)).any()
+    want_e, want_q = formats.mx_quantize(x, E2M1)[::-1]
+    np.testing.assert_array_equal(e, want_e)
+    np.testing.assert_array_equal(backend.to_numpy(elements), want_q)
+
+
+@pytest.mark.parametrize("two_level", [False, True])
+def test_nvfp4_equals_torchao(rng, two_level):
+    torch = pytest.importorskip("torch")
+    nv = pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
+    from torchao.prototype.mx_formats.kernels import f4_unpacked_to_f32, unpack_uint4
+
+    x = _mx_data(rng)
+    x[1, :32] = 0.0  # no subnormal-only blocks: E4M3's smallest scale floors them
+    t = torch.from_numpy(x)
+    ts = nv.per_tensor_amax_to_scale(t.abs().max()) if two_level else None
+    scales, packed = nv.nvfp4_quantize(t, 16, ts)
+    want_q = f4_unpacked_to_f32(unpack_uint4(packed)).reshape(x.shape).numpy()
+    mine_ts = formats.nvfp4_tensor_scale(x) if two_level else None
+    if two_level:
+        np.testing.assert_array_equal(mine_ts, ts.numpy())
+    elements, block_scales = formats.nvfp4_quantize(x, mine_ts)
+    np.testing.assert_array_equal(elements, want_q)
+    np.testing.assert_array_equal(block_scales, scales.to(torch.float32).numpy())
+    hp = nv.NVFP4Tensor(packed, scales, 16, torch.float32, per_tensor_scale=ts).dequantize()
+    got = formats.nvfp4_dequantize(elements, block_scales, mine_ts)
+    np.testing.assert_array_equal(got, hp.numpy())
