@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from ._backends import analyzer_input, quiet
-from ._xp import Array, device_of, div, namespace_of
+from ._xp import Array, device_of, div, in_row_blocks, namespace_of, on_host
 
 __all__ = [
     "E2M1",
@@ -121,6 +122,10 @@ def _work(xp, x: Array) -> Array:
     return xp.astype(x, xp.float32)
 
 
+_FEW_BINADES = 8
+"""Formats with at most this many binades find a value's spacing by comparisons, not log2."""
+
+
 def _round_magnitudes(xp, a: Array, fmt: FloatFormat) -> Array:
     """Round non-negative ``a`` (at most ``fmt.max``, or NaN) to ``fmt``, ties to even.
 
@@ -130,9 +135,14 @@ def _round_magnitudes(xp, a: Array, fmt: FloatFormat) -> Array:
     product back is exact too: one rounding, the format's own.
     """
     dev = device_of(a)
+    two = xp.asarray(2.0, dtype=a.dtype, device=dev)
+    if fmt.max_exponent - fmt.min_exponent <= _FEW_BINADES:  # FP4, FP6: a few comparisons
+        spacing = xp.full(a.shape, fmt.smallest, dtype=a.dtype, device=dev)
+        for k in range(fmt.min_exponent + 1, fmt.max_exponent + 1):
+            spacing = xp.where(a >= 2.0**k, 2.0 ** (k - fmt.mantissa_bits), spacing)
+        return xp.round(a / spacing) * spacing
     tiny = xp.asarray(fmt.smallest, dtype=a.dtype, device=dev)
     e = xp.floor(xp.log2(xp.maximum(a, tiny)))  # a binade's exponent, corrected below
-    two = xp.asarray(2.0, dtype=a.dtype, device=dev)
     e = xp.where(xp.pow(two, e) > a, e - 1, e)  # log2 may round up just below a power of 2
     e = xp.where(xp.pow(two, e + 1) <= a, e + 1, e)  # ... or down just above one
     e = xp.maximum(e, xp.asarray(float(fmt.min_exponent), dtype=a.dtype, device=dev))
@@ -201,10 +211,12 @@ MX_BLOCK = 32
 E8M0_BIAS = 127
 E8M0_NAN = 255
 _F32_MIN_NORMAL = 2.0**-126
-MX_MODES = ("floor", "ceil")
-"""How a block's shared exponent is taken from its largest magnitude: ``floor`` (the OCP
+MX_MODES = ("floor", "ceil", "mse")
+"""How a block's shared exponent is chosen: from its largest magnitude, ``floor`` (the OCP
 specification's and torchao's default, ``floor(log2(amax)) - emax``) or ``ceil`` (rounded up
-where ``amax`` is not a power of two)."""
+where ``amax`` is not a power of two); or ``mse``: of ``floor - 1``, ``floor`` and
+``floor + 1`` the one whose quantize-dequantize of the block's own values has the least
+squared error (``floor`` on ties), so never worse than ``floor`` or ``ceil``."""
 
 
 def _blocks(xp, x: Array, block_size: int) -> Array:
@@ -262,11 +274,49 @@ def mx_exponents(
         raise ValueError(f"mode must be one of {MX_MODES}, got {mode!r}")
     x = analyzer_input(x)
     xp = namespace_of(x)
-    amax = _block_amax(xp, _blocks(xp, x, block_size))
+    blocks = _blocks(xp, x, block_size)
+    amax = _block_amax(xp, blocks)
     unbiased = _float32_exponent(xp, amax, mode == "ceil") - fmt.max_exponent
     unbiased = xp.clip(unbiased, -float(E8M0_BIAS), float(E8M0_BIAS + 1))
     biased = xp.where(xp.isnan(amax), float(E8M0_NAN), unbiased + E8M0_BIAS)
+    if mode == "mse":  # row by row: host backends in cache-sized pieces
+        flat = xp.reshape(blocks, (-1, *blocks.shape[-2:]))
+        rows = max(1, 2**18 // (flat.shape[1] * flat.shape[2])) if on_host(flat) else flat.shape[0]
+        search = partial(_least_error_exponents, xp, fmt=fmt)
+        best = in_row_blocks(xp, search, (flat, xp.reshape(biased, flat.shape[:2])), rows)
+        biased = xp.reshape(best, biased.shape)
     return xp.astype(biased, xp.int64)
+
+
+def _mx_qdq(xp, blocks: Array, biased: Array, fmt: FloatFormat) -> Array:
+    """Quantize-dequantize ``blocks`` with biased exponents (float64 ``(..., K/bs)``)."""
+    dev = device_of(blocks)
+    e = biased - E8M0_BIAS
+    tiny = xp.asarray(_F32_MIN_NORMAL, dtype=xp.float32, device=dev)
+    with quiet(xp):
+        q = quantize(div(xp, blocks, xp.maximum(_pow2(xp, e, dev), tiny)[..., None]), fmt)
+        return q * _pow2(xp, e, dev)[..., None]
+
+
+def _least_error_exponents(xp, blocks: Array, floor: Array, *, fmt: FloatFormat) -> Array:
+    """Return each block's exponent of least squared quantize-dequantize error.
+
+    The candidates are ``floor``, ``floor + 1`` and ``floor - 1`` (biased, float64); the first
+    of them wins ties.
+    """
+    x64 = xp.astype(blocks, xp.float64)
+    best, best_err = floor, None
+    for step in (0.0, 1.0, -1.0):
+        cand = xp.where(floor == E8M0_NAN, floor, xp.clip(floor + step, 0.0, 254.0))
+        with quiet(xp):  # infinite values: infinite errors, the floor exponent kept
+            d = x64 - xp.astype(_mx_qdq(xp, blocks, cand, fmt), xp.float64)
+            err = xp.sum(d * d, axis=-1)
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best, best_err = xp.where(better, cand, best), xp.where(better, err, best_err)
+    return best
 
 
 def _pow2(xp, exponent: Array, dev) -> Array:

@@ -177,3 +177,36 @@ def test_nvfp4_equals_torchao(rng, two_level):
     hp = nv.NVFP4Tensor(packed, scales, 16, torch.float32, per_tensor_scale=ts).dequantize()
     got = formats.nvfp4_dequantize(elements, block_scales, mine_ts)
     np.testing.assert_array_equal(got, hp.numpy())
+
+
+@pytest.mark.parametrize("fmt", [E2M1, E4M3FN, E3M2], ids=lambda f: f.name)
+def test_mx_least_error_exponents_equal_a_brute_force(backend, rng, fmt):
+    """mode="mse": each block's exponent is the least-error one of floor - 1 .. floor + 1
+    (floor on ties), found block by block here, and never worse than floor or ceil."""
+    x = _mx_data(rng, rows=6, k=128)
+    got = backend.to_numpy(formats.mx_exponents(backend.asarray(x), fmt, mode="mse"))
+    floor = formats.mx_exponents(x, fmt, mode="floor")
+    blocks = x.reshape(6, 4, 32)
+
+    def error(e, r, b):
+        q = formats.mx_dequantize(_quantized_with(blocks[r, b], e, fmt), np.array([[e]]))
+        return float(np.sum((blocks[r, b].astype(np.float64) - q[0].astype(np.float64)) ** 2))
+
+    for r in range(6):
+        for b in range(4):
+            cands = [int(np.clip(floor[r, b] + d, 0, 254)) for d in (0, 1, -1)]
+            e = [error(c, r, b) for c in cands]
+            assert got[r, b] == cands[int(np.argmin(e))], (r, b, cands, e)
+    for mode in ("floor", "ceil"):
+        q = formats.mx_dequantize(*formats.mx_quantize(x, fmt, mode=mode)).reshape(6, 4, 32)
+        mine = formats.mx_dequantize(*formats.mx_quantize(x, fmt, mode="mse")).reshape(6, 4, 32)
+        d_other = np.sum((blocks.astype(np.float64) - q) ** 2, axis=-1)
+        d_mine = np.sum((blocks.astype(np.float64) - mine) ** 2, axis=-1)
+        finite = np.isfinite(d_other)
+        assert np.all(d_mine[finite] <= d_other[finite])
+
+
+def _quantized_with(block, e, fmt):
+    """The block's elements under biased exponent ``e``, as ``mx_quantize`` divides."""
+    scale = max(2.0 ** (e - 127), 2.0**-126)
+    return quantize((block / np.float32(scale)).astype(np.float32), fmt)[None]
