@@ -210,3 +210,24 @@ def _quantized_with(block, e, fmt):
     """The block's elements under biased exponent ``e``, as ``mx_quantize`` divides."""
     scale = max(2.0 ** (e - 127), 2.0**-126)
     return quantize((block / np.float32(scale)).astype(np.float32), fmt)[None]
+
+
+@pytest.mark.parametrize("fmt", FP_ALL, ids=lambda f: f.name)
+def test_torchao_tensors_hold_our_encodings(rng, fmt):
+    """The torch side: torchao's MXTensor / NVFP4Tensor built from our blocks dequantize to
+    our values (its scale layout: E8M0 bytes, E4M3 block scales, an FP32 tensor scale)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchao.prototype.mx_formats")
+    from encanalyze.torch import to_mx_tensor, to_nvfp4_tensor
+
+    x = _mx_data(rng, rows=4, k=128)
+    elements, exponents = formats.mx_quantize(x, fmt, mode="mse")
+    mx = to_mx_tensor(elements, exponents, fmt)
+    want = formats.mx_dequantize(elements, exponents)
+    np.testing.assert_array_equal(mx.dequantize(torch.float32).numpy(), want)
+    if fmt is E2M1:
+        for ts in (None, formats.nvfp4_tensor_scale(x)):
+            e, b = formats.nvfp4_quantize(x, ts)
+            nv = to_nvfp4_tensor(e, b, ts)
+            want = formats.nvfp4_dequantize(e, b, ts)
+            np.testing.assert_array_equal(nv.dequantize(torch.float32).numpy(), want)

@@ -4,5 +4,13 @@ See :func:`calibrate` and the user guide's "Calibrating a model".
 """
 
 from ._calibrate import CalibrationResult, TensorEncoding, calibrate, quantizable_modules
+from ._torchao import to_mx_tensor, to_nvfp4_tensor
 
-__all__ = ["CalibrationResult", "TensorEncoding", "calibrate", "quantizable_modules"]
+__all__ = [
+    "CalibrationResult",
+    "TensorEncoding",
+    "calibrate",
+    "quantizable_modules",
+    "to_mx_tensor",
+    "to_nvfp4_tensor",
+]
