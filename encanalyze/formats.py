@@ -160,8 +160,7 @@ def quantize(x: Array, fmt: FloatFormat) -> Array:
     """
     x = analyzer_input(x)
     xp = namespace_of(x)
-    if not xp.isdtype(x.dtype, ("real floating", "integral", "bool")):
-        raise TypeError(f"cannot quantize an array of dtype {x.dtype} to {fmt.name}")
+    _check_real(xp, x, f"quantize to {fmt.name}")
     out = x.dtype if xp.isdtype(x.dtype, "real floating") else xp.float32
     w = _work(xp, x)
     big = xp.asarray(fmt.max, dtype=w.dtype, device=device_of(w))
@@ -180,7 +179,7 @@ def amax_scale(x: Array, fmt: FloatFormat, axis: int | tuple[int, ...] | None = 
     a = xp.abs(xp.astype(x, xp.float32))
     a = xp.where(xp.isnan(a), xp.zeros_like(a), a)
     amax = xp.max(a, axis=axis, keepdims=True)
-    scale = amax / xp.asarray(fmt.max, dtype=xp.float32, device=device_of(a))
+    scale = div(xp, amax, xp.asarray(fmt.max, dtype=xp.float32, device=device_of(a)))
     return xp.where(amax > 0, scale, xp.ones_like(scale))
 
 
@@ -219,8 +218,17 @@ where ``amax`` is not a power of two); or ``mse``: of ``floor - 1``, ``floor`` a
 squared error (``floor`` on ties), so never worse than ``floor`` or ``ceil``."""
 
 
+def _check_real(xp, x: Array, what: str) -> None:
+    """Raise ``TypeError`` unless ``x`` is real (floating, integer or bool)."""
+    if not xp.isdtype(x.dtype, ("real floating", "integral", "bool")):
+        raise TypeError(f"cannot {what} an array of dtype {x.dtype}")
+
+
 def _blocks(xp, x: Array, block_size: int) -> Array:
     """``x`` as float32 ``(..., K / block_size, block_size)`` blocks along its last axis."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    _check_real(xp, x, "quantize")
     x = xp.astype(x, xp.float32)
     if x.ndim == 0 or x.shape[-1] % block_size:
         raise ValueError(
@@ -376,7 +384,8 @@ def nvfp4_tensor_scale(x: Array) -> Array:
     x = analyzer_input(x)
     xp = namespace_of(x)
     amax = xp.max(xp.abs(xp.astype(x, xp.float32)))
-    return amax / xp.asarray(E4M3FN.max * E2M1.max, dtype=xp.float32, device=device_of(amax))
+    big = xp.asarray(E4M3FN.max * E2M1.max, dtype=xp.float32, device=device_of(amax))
+    return div(xp, amax, big)
 
 
 def nvfp4_quantize(x: Array, tensor_scale: Array | None = None) -> tuple[Array, Array]:
@@ -393,7 +402,7 @@ def nvfp4_quantize(x: Array, tensor_scale: Array | None = None) -> tuple[Array, 
     blocks = _blocks(xp, x, NVFP4_BLOCK)
     dev = device_of(blocks)
     six = xp.asarray(E2M1.max, dtype=xp.float32, device=dev)
-    block_scale = xp.max(xp.abs(blocks), axis=-1) / six
+    block_scale = div(xp, xp.max(xp.abs(blocks), axis=-1), six)
     eps = float(2.0**E4M3FN.min_exponent)  # E4M3's smallest normal value
     one = xp.asarray(1.0, dtype=xp.float32, device=dev)
     if tensor_scale is None:
