@@ -32,7 +32,7 @@ from functools import partial
 import numpy as np
 
 from ._backends import analyzer_input, quiet
-from ._xp import Array, device_of, div, in_row_blocks, namespace_of, on_host
+from ._xp import Array, device_of, div, in_row_blocks, namespace_of, on_host, take_rows
 
 __all__ = [
     "E2M1",
@@ -53,6 +53,7 @@ __all__ = [
     "nvfp4_tensor_scale",
     "quantize",
     "quantize_scaled",
+    "search_scale",
 ]
 
 
@@ -427,3 +428,69 @@ def nvfp4_dequantize(
     if tensor_scale is not None:
         scale = xp.astype(xp.asarray(tensor_scale, device=device_of(scale)), xp.float32) * scale
     return xp.reshape(blocks * scale[..., None], tuple(elements.shape))
+
+
+# -- choosing an FP32 scale from histograms: the least expected noise on the format's grid -----
+SEARCH_CANDIDATES = 128
+"""Candidate scales per encoding: ``amax * k / 128`` for ``k = 1..128``, over ``fmt.max``."""
+
+
+def search_scale(stats, fmt: FloatFormat, *, num_candidates: int = SEARCH_CANDIDATES, gamma=1.0):
+    """Return the FP32 scale of least expected noise on ``fmt``'s grid, per encoding.
+
+    ``stats`` is a :class:`~encanalyze.Histogram` (any analyzer's histogram statistics:
+    streamed, merged, saved). Each bin's count sits at its midpoint, as in the integer SQNR
+    search; a candidate ``amax * k / num_candidates`` (``amax`` the observed largest magnitude)
+    scores ``sum(count * (quantize(m / s) * s - m)**2)`` with ``s = candidate / fmt.max``, the
+    clipped bins (``|m|`` beyond the candidate) weighted by ``gamma``, over the format's real,
+    non-uniform grid. The least noise wins (the largest candidate on ties, so never more
+    noise than amax scaling on the histogram). Encodings that saw only zeros get scale 1.
+    Returns an array of the encoding shape, float32, in the statistics' namespace and device.
+    """
+    from ._rules.sqnr import _midpoints, occupied_first
+
+    xp = namespace_of(stats.histogram)
+    shape, num_bins = tuple(stats.shape), stats.histogram.shape[-1]
+    rows = math.prod(shape)
+    counts = xp.reshape(stats.histogram, (rows, num_bins))
+    points = _midpoints(xp.reshape(xp.astype(stats.bin_edges, xp.float32), (rows, num_bins + 1)))
+    width = max(1, int(xp.max(xp.count_nonzero(counts > 0, axis=1)))) if rows else 1
+    if 4 * width <= num_bins:  # weights: a few values in many bins, their occupied bins only
+        counts, points = occupied_first(xp, counts, points, width)
+    lo = xp.reshape(xp.astype(stats.min, xp.float32), (rows,))
+    hi = xp.reshape(xp.astype(stats.max, xp.float32), (rows,))
+    amax = xp.maximum(xp.abs(lo), xp.abs(hi))
+    dev = device_of(amax)
+    k = xp.arange(1, num_candidates + 1, dtype=xp.float32, device=dev)
+    cands = div(xp, amax[:, None] * k[None, :], float(num_candidates))  # (E, C)
+    step = max(1, 2**22 // max(1, num_candidates * counts.shape[1])) if on_host(counts) else rows
+    search = partial(_least_noise, xp, fmt=fmt, gamma=float(gamma))
+    best = in_row_blocks(xp, search, (counts, points, cands), step)
+    scale = div(xp, best, xp.asarray(fmt.max, dtype=xp.float32, device=dev))
+    return xp.reshape(xp.where(best > 0, scale, xp.ones_like(scale)), shape)
+
+
+def _least_noise(xp, counts: Array, points: Array, cands: Array, *, fmt, gamma: float) -> Array:
+    """Return each row's candidate amax of least noise (the last one on ties), ``(E,)``."""
+    noise = candidate_noise(xp, counts, points, cands, fmt, gamma)
+    num = cands.shape[1]
+    last = num - 1 - xp.argmin(xp.flip(noise, axis=1), axis=1)  # the largest of the least
+    return take_rows(xp, cands, xp.astype(last, xp.int64))
+
+
+def candidate_noise(xp, counts: Array, points: Array, cands: Array, fmt, gamma: float) -> Array:
+    """Return :func:`search_scale`'s score ``(E, C)`` (float64) of every candidate.
+
+    Masses ``counts`` at ``points`` (both ``(E, P)``), candidate amax ``cands`` ``(E, C)``.
+    """
+    m = points[:, None, :]
+    a = cands[:, :, None]
+    s = div(xp, a, xp.asarray(fmt.max, dtype=xp.float32, device=device_of(a)))
+    safe = xp.where(s > 0, s, xp.ones_like(s))
+    with quiet(xp):
+        q = quantize(div(xp, m, safe), fmt) * safe
+    err = xp.astype(q - m, xp.float64)
+    err = err * err
+    if gamma != 1:
+        err = xp.where(xp.abs(m) > a, err * gamma, err)
+    return xp.sum(xp.astype(counts, xp.float64)[:, None, :] * err, axis=-1)
