@@ -447,13 +447,13 @@ def search_scale(stats, fmt: FloatFormat, *, num_candidates: int = SEARCH_CANDID
     noise than amax scaling on the histogram). Encodings that saw only zeros get scale 1.
     Returns an array of the encoding shape, float32, in the statistics' namespace and device.
     """
-    from ._rules.sqnr import _midpoints, occupied_first
+    from ._rules.sqnr import midpoints, occupied_first  # the SQNR search's bin model
 
     xp = namespace_of(stats.histogram)
     shape, num_bins = tuple(stats.shape), stats.histogram.shape[-1]
     rows = math.prod(shape)
     counts = xp.reshape(stats.histogram, (rows, num_bins))
-    points = _midpoints(xp.reshape(xp.astype(stats.bin_edges, xp.float32), (rows, num_bins + 1)))
+    points = midpoints(xp.reshape(xp.astype(stats.bin_edges, xp.float32), (rows, num_bins + 1)))
     width = max(1, int(xp.max(xp.count_nonzero(counts > 0, axis=1)))) if rows else 1
     if 4 * width <= num_bins:  # weights: a few values in many bins, their occupied bins only
         counts, points = occupied_first(xp, counts, points, width)

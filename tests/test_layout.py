@@ -12,6 +12,7 @@ PUBLIC_MODULES = {
     "encanalyze",
     "encanalyze.cli",
     "encanalyze.distributed",
+    "encanalyze.formats",
     "encanalyze.torch",
     "encanalyze.onnx",
     "encanalyze.pt2e",
@@ -95,4 +96,4 @@ def test_implementation_modules_are_private_and_the_api_is_all():
     public = {n for n in dir(encanalyze) if not n.startswith("_")}
     submodules = {n for n in public if importlib.util.find_spec(f"encanalyze.{n}") is not None}
     assert public - submodules == set(encanalyze.__all__)
-    assert submodules <= {"cli", "distributed", "torch", "onnx", "pt2e"}
+    assert submodules <= {"cli", "distributed", "formats", "torch", "onnx", "pt2e"}

@@ -50,6 +50,7 @@ __all__ = [
     "asymmetric_candidates",
     "choose_method",
     "first_least",
+    "midpoints",
     "noise_at",
     "noise_brute_force",
     "noise_by_cells",
@@ -114,7 +115,7 @@ def symmetric_candidates(
     return deltas, offsets
 
 
-def _midpoints(edges: Array) -> Array:
+def midpoints(edges: Array) -> Array:
     """Return the bins' midpoints ``(a + b) / 2``.
 
     Where the sum would overflow (edges beyond half the dtype's largest value) it is
@@ -133,7 +134,7 @@ def noise_brute_force(
 
     Temporaries are ``E x C x B`` elements of ``counts``' dtype.
     """
-    return noise_at(xp, counts, _midpoints(edges), deltas, offsets, n, gamma)
+    return noise_at(xp, counts, midpoints(edges), deltas, offsets, n, gamma)
 
 
 def noise_at(
@@ -202,7 +203,7 @@ def _noise_by_cells(
     num_rows, num_bins = counts.shape
     dev = device_of(counts)
     wd = counts.dtype
-    m = _midpoints(edges)
+    m = midpoints(edges)
     # prefix sums with a leading 0: one zero column on counts and midpoints serves all three
     zero = xp.zeros((num_rows, 1), dtype=wd, device=dev)
     c_pad, m_pad = xp.concat([zero, counts], axis=1), xp.concat([zero, m], axis=1)
@@ -326,7 +327,7 @@ def sqnr_search(
     if method == "cells":
         per_row = n + 2
     else:  # brute force over the occupied bins' midpoints (all bins for method="brute")
-        points = _midpoints(edges)
+        points = midpoints(edges)
         if per_row < num_bins:
             counts, points = occupied_first(xp, counts, points, per_row)
     # the reference's memory, max_parallelism x C x B per temporary, for any method
