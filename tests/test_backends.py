@@ -290,3 +290,23 @@ def test_compiled_minmax_update_equals_the_eager_one(rng, monkeypatch, shape):
         np.testing.assert_array_equal(np.asarray(s1[key]), np.asarray(s2[key]), err_msg=key)
     for a, b in zip(e1, e2):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_compiled_jax_primitives_inline_into_a_callers_program(rng):
+    """Inside a caller's jax.jit (which owns the compiler options) the compiled primitives
+    are traced into its program instead of nesting theirs (nested options are an error):
+    the range is the same (it only compares); the binning counts every value."""
+    jax = pytest.importorskip("jax")
+    import array_api_compat
+
+    jax.config.update("jax_enable_x64", True)
+    x = jax.numpy.asarray(_data(rng, (6, 50, 7), "nan"))
+    xp = array_api_compat.array_namespace(x)
+    eager = backends.minmax(xp, x, (1,))
+    traced = jax.jit(lambda v: backends.minmax(xp, v, (1,)))(x)
+    for a, b in zip(eager, traced):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rows = jax.numpy.asarray(rng.standard_normal((4, 100)).astype(np.float32))
+    lo, hi = jax.numpy.min(rows, axis=1), jax.numpy.max(rows, axis=1)
+    inlined = jax.jit(lambda r, a, b: backends.histogram_rows(xp, r, a, b, 16, False))(rows, lo, hi)
+    assert inlined.shape == (4, 16) and float(np.sum(np.asarray(inlined))) == 400

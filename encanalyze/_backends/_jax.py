@@ -56,7 +56,7 @@ def _compiled(fn, static_argnums: tuple[int, ...], options: dict | None = EXACT)
 
 
 def compiled_update(update):
-    """Return ``update(xp, x, state, want_batch)`` as one exact program ``fn(x, state, batch)``.
+    """Return ``update(xp, x, state, want_batch)`` as one program, ``fn(x, state, want_batch)``.
 
     For observers whose update only compares, selects and counts (min-max): no rounding, so
     no optimisation can change its result, and the program is compiled with XLA's defaults
