@@ -7,7 +7,8 @@ explicitly but not available is an error, not a skip.
 
 The default run is the fast one: every backend runs, but on the backends in :data:`SAMPLED`
 (JAX, whose eager operations cost about a millisecond each) only one in ``K`` of their cases,
-taken round robin in collection order (so every module is sampled). ``--full`` (or
+taken round robin in collection order (so every module is sampled), and tests marked ``slow``
+(long exhaustive checks) are left out. ``--full`` (or
 ``ENCANALYZE_FULL=1``) runs the exhaustive matrix, as ``nox`` and ``.ci/run`` do.
 """
 
@@ -46,12 +47,16 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """In the fast run, keep one in K of a sampled backend's cases (round robin)."""
+    """In the fast run, leave out ``slow`` tests and all but one in K of a sampled backend's
+    cases (round robin)."""
     if _full(config):
         return
     seen: dict[str, int] = {}
     keep, drop = [], []
     for item in items:
+        if item.get_closest_marker("slow") is not None:
+            drop.append(item)
+            continue
         params = getattr(getattr(item, "callspec", None), "params", {})
         backend = params.get("backend")
         k = SAMPLED.get(backend)

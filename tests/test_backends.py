@@ -51,6 +51,7 @@ def test_minmax_portable_semantics(rng):
     assert np.all(lo[~finite] == np.inf) and np.all(hi[~finite] == -np.inf)
 
 
+@pytest.mark.slow  # a fresh interpreter importing JAX: 10 s
 def test_jax_without_x64_runs_every_method_quietly():
     """JAX's default configuration has no float64 / int64: float32 stats, int32 counts."""
     import importlib.util

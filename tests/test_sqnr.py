@@ -61,7 +61,16 @@ def test_matches_numpy_brute_force(backend, rng, n, symmetric, gamma):
 
 
 @pytest.mark.parametrize(
-    "n, bins", [(15, 2048), (255, 2048), (15, 512), (255, 1024), (255, 256), (255, 130), (3, 64)]
+    "n, bins",
+    [
+        pytest.param(15, 2048, marks=pytest.mark.slow),
+        pytest.param(255, 2048, marks=pytest.mark.slow),
+        (15, 512),
+        (255, 1024),
+        (255, 256),
+        (255, 130),
+        (3, 64),
+    ],
 )
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_cells_and_brute_force_choose_the_same(rng, n, bins, symmetric):
