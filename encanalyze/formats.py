@@ -172,8 +172,8 @@ def quantize(x: Array, fmt: FloatFormat) -> Array:
 def amax_scale(x: Array, fmt: FloatFormat, axis: int | tuple[int, ...] | None = None) -> Array:
     """Return the FP32 scale ``amax / fmt.max`` of ``x`` over ``axis`` (kept as size-1 axes).
 
-    ``amax`` is the largest magnitude (NaN-ignoring); an all-zero slice gets scale 1 (any
-    scale maps it to zero), as Model Optimizer's FP8 scaling does.
+    ``amax`` is the largest magnitude (NaN-ignoring), the scaling of Model Optimizer's and
+    torchao's FP8 (``amax / 448``); an all-zero slice gets scale 1 (any scale maps it to zero).
     """
     x = analyzer_input(x)
     xp = namespace_of(x)

@@ -79,8 +79,8 @@ def test_every_backend_rounds_alike(backend, rng, fmt):
 
 
 def test_scaled_quantization_per_channel(backend, rng):
-    """Model Optimizer's FP8 scaling: scale = amax / 448 per row, x / scale cast, times scale;
-    an all-zero row keeps scale 1 and stays zero."""
+    """Amax FP8 scaling: scale = amax / 448 per row, x / scale cast (torch's float8 cast),
+    times scale; an all-zero row keeps scale 1 and stays zero."""
     torch = pytest.importorskip("torch")
     w = (rng.standard_t(4, (6, 64)) * rng.uniform(0.01, 10, (6, 1))).astype(np.float32)
     w[2] = 0.0
