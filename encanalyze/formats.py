@@ -45,6 +45,7 @@ __all__ = [
     "NVFP4_BLOCK",
     "FloatFormat",
     "amax_scale",
+    "from_json",
     "mx_dequantize",
     "mx_exponents",
     "mx_quantize",
@@ -54,6 +55,7 @@ __all__ = [
     "quantize",
     "quantize_scaled",
     "search_scale",
+    "to_json",
 ]
 
 
@@ -336,20 +338,33 @@ def _pow2(xp, exponent: Array, dev) -> Array:
 
 
 def mx_quantize(
-    x: Array, fmt: FloatFormat, block_size: int = MX_BLOCK, mode: str = "floor"
+    x: Array,
+    fmt: FloatFormat,
+    block_size: int = MX_BLOCK,
+    mode: str = "floor",
+    exponents: Array | None = None,
 ) -> tuple[Array, Array]:
     """Return ``(elements, exponents)``: ``x`` in OCP MX blocks of ``fmt`` elements.
 
     ``elements`` (float32, ``x``'s shape) are values of ``fmt``: ``x`` divided by its block's
     scale ``2**(exponent - 127)`` (at least 2**-126, as torchao divides), saturated and rounded
-    to nearest even; ``exponents`` are :func:`mx_exponents`. Bit-exact with torchao's
-    ``to_mx`` on the CPU (its elements decoded to float32), NaN blocks aside (torchao's FP4 /
-    FP6 codes of NaN are not defined; here they are NaN).
+    to nearest even; ``exponents`` are :func:`mx_exponents` (or the given ``exponents``, e.g.
+    read back with :func:`from_json`). Bit-exact with torchao's ``to_mx`` on the CPU (its
+    elements decoded to float32), NaN blocks aside (torchao's FP4 / FP6 codes of NaN are not
+    defined; here they are NaN).
     """
     x = analyzer_input(x)
     xp = namespace_of(x)
     blocks = _blocks(xp, x, block_size)
-    biased = mx_exponents(x, fmt, block_size, mode)
+    if exponents is None:
+        biased = mx_exponents(x, fmt, block_size, mode)
+    else:
+        biased = xp.astype(xp.asarray(exponents, device=device_of(blocks)), xp.int64)
+        if tuple(biased.shape) != tuple(blocks.shape[:-1]):
+            raise ValueError(
+                f"exponents of shape {tuple(biased.shape)} do not match the blocks "
+                f"{tuple(blocks.shape[:-1])}"
+            )
     e = xp.astype(biased, xp.float64) - E8M0_BIAS
     dev = device_of(blocks)
     tiny = xp.asarray(_F32_MIN_NORMAL, dtype=xp.float32, device=dev)
@@ -389,14 +404,17 @@ def nvfp4_tensor_scale(x: Array) -> Array:
     return div(xp, amax, big)
 
 
-def nvfp4_quantize(x: Array, tensor_scale: Array | None = None) -> tuple[Array, Array]:
+def nvfp4_quantize(
+    x: Array, tensor_scale: Array | None = None, block_scales: Array | None = None
+) -> tuple[Array, Array]:
     """Return ``(elements, block_scales)``: ``x`` in NVFP4 blocks of 16 along its last axis.
 
     Each block's scale is ``amax / 6``, divided by ``tensor_scale`` (two-level scaling; None:
     one level) and rounded to E4M3 (clamped to ``[2**-6, 448]``); elements are ``x`` times
     the reciprocal of the combined scale, saturated and rounded to E2M1 (float32 values).
-    ``block_scales`` are the E4M3 values (float32, ``(..., K / 16)``). Bit-exact with torchao's
-    ``nvfp4_quantize`` on the CPU, whose arithmetic this follows step by step.
+    ``block_scales`` are the E4M3 values (float32, ``(..., K / 16)``; given, e.g. read back with
+    :func:`from_json`, they are used as they are). Bit-exact with torchao's ``nvfp4_quantize``
+    on the CPU, whose arithmetic this follows step by step.
     """
     x = analyzer_input(x)
     xp = namespace_of(x)
@@ -406,12 +424,23 @@ def nvfp4_quantize(x: Array, tensor_scale: Array | None = None) -> tuple[Array, 
     block_scale = div(xp, xp.max(xp.abs(blocks), axis=-1), six)
     eps = float(2.0**E4M3FN.min_exponent)  # E4M3's smallest normal value
     one = xp.asarray(1.0, dtype=xp.float32, device=dev)
+    given = None
+    if block_scales is not None:
+        given = xp.astype(xp.asarray(block_scales, device=dev), xp.float32)
+        if tuple(given.shape) != tuple(block_scale.shape):
+            raise ValueError(
+                f"block_scales of shape {tuple(given.shape)} do not match the blocks "
+                f"{tuple(block_scale.shape)}"
+            )
     if tensor_scale is None:
-        fp8 = quantize(xp.clip(block_scale, eps, E4M3FN.max), E4M3FN)
+        fp8 = quantize(xp.clip(block_scale, eps, E4M3FN.max), E4M3FN) if given is None else given
         reciprocal = div(xp, one, fp8)
     else:
         ts = xp.astype(xp.asarray(tensor_scale, device=dev), xp.float32)
-        fp8 = quantize(xp.clip(div(xp, block_scale, ts), eps, E4M3FN.max), E4M3FN)
+        if given is None:
+            fp8 = quantize(xp.clip(div(xp, block_scale, ts), eps, E4M3FN.max), E4M3FN)
+        else:
+            fp8 = given
         reciprocal = div(xp, div(xp, one, ts), fp8)
     with quiet(xp):
         scaled = xp.clip(blocks * reciprocal[..., None], -E2M1.max, E2M1.max)
@@ -494,3 +523,71 @@ def candidate_noise(xp, counts: Array, points: Array, cands: Array, fmt, gamma: 
     if gamma != 1:
         err = xp.where(xp.abs(m) > a, err * gamma, err)
     return xp.sum(xp.astype(counts, xp.float64)[:, None, :] * err, axis=-1)
+
+
+# -- a JSON layout for block encodings ------------------------------------------------------
+JSON_VERSION = 1
+"""Version of :func:`to_json`'s layout."""
+
+
+def to_json(scheme: str, scales: Array, fmt: FloatFormat = E2M1, tensor_scale=None) -> dict:
+    """Return block encodings as a JSON-compatible dict (the documented layout).
+
+    ``scheme`` ``"mx"``: ``scales`` are :func:`mx_exponents` (biased E8M0 integers), ``fmt``
+    the element format, blocks of 32; ``"nvfp4"``: ``scales`` are the E4M3 block scales of
+    :func:`nvfp4_quantize` (E2M1 elements, blocks of 16) and ``tensor_scale`` the optional FP32
+    tensor scale. Blocks run along the last axis; ``scales`` is a nested list of the block grid
+    ``(..., K / block_size)``. See ``docs/formats.rst``.
+    """
+    import numpy as np
+
+    from ._backends import to_numpy
+
+    values = to_numpy(scales)
+    if scheme == "mx":
+        out = {"scheme": "mx", "element_format": fmt.name, "block_size": MX_BLOCK}
+        out |= {"scale_format": "e8m0", "scale_bias": E8M0_BIAS}
+        out["scales"] = np.asarray(values, dtype=np.int64).tolist()
+    elif scheme == "nvfp4":
+        out = {"scheme": "nvfp4", "element_format": E2M1.name, "block_size": NVFP4_BLOCK}
+        out |= {"scale_format": E4M3FN.name}
+        out["scales"] = np.asarray(values, dtype=np.float32).astype(float).tolist()
+        out["tensor_scale"] = None if tensor_scale is None else float(to_numpy(tensor_scale))
+    else:
+        raise ValueError(f"scheme must be 'mx' or 'nvfp4', got {scheme!r}")
+    return {"format_version": JSON_VERSION, "block_axis": -1, **out}
+
+
+def from_json(data: dict) -> dict:
+    """Return :func:`to_json`'s dict checked, with ``scales`` as a NumPy array and ``format``.
+
+    The result's keys: ``scheme``, ``format`` (a :class:`FloatFormat`), ``block_size``,
+    ``scales`` and, for NVFP4, ``tensor_scale``: what :func:`mx_quantize` (``exponents=``) and
+    :func:`nvfp4_quantize` (``block_scales=``, ``tensor_scale=``) take. ``ValueError`` for a
+    dict of another layout or version.
+    """
+    import numpy as np
+
+    try:
+        version, scheme, name = data["format_version"], data["scheme"], data["element_format"]
+        block_size, scales = data["block_size"], data["scales"]
+    except (KeyError, TypeError):
+        raise ValueError("not a block-encodings dict (see encanalyze.formats.to_json)") from None
+    if version != JSON_VERSION:
+        raise ValueError(f"unsupported block-encodings version {version!r}")
+    if scheme not in ("mx", "nvfp4") or name not in FORMATS:
+        raise ValueError(f"unknown scheme {scheme!r} or element format {name!r}")
+    if (scheme, block_size) not in (("mx", MX_BLOCK), ("nvfp4", NVFP4_BLOCK)):
+        raise ValueError(f"{scheme} blocks are not {block_size!r} values long")
+    dtype = np.int64 if scheme == "mx" else np.float32
+    try:
+        array = np.asarray(scales, dtype=dtype)
+    except (TypeError, ValueError):
+        raise ValueError("block-encodings scales must be a nested list of numbers") from None
+    if scheme == "mx" and ((array < 0) | (array > E8M0_NAN)).any():
+        raise ValueError("E8M0 scales must lie in [0, 255]")
+    out = {"scheme": scheme, "format": FORMATS[name], "block_size": block_size, "scales": array}
+    if scheme == "nvfp4":
+        ts = data.get("tensor_scale")
+        out["tensor_scale"] = None if ts is None else np.float32(ts)
+    return out

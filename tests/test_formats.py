@@ -322,3 +322,34 @@ class _NumpyBackend:
     @staticmethod
     def asarray(a):
         return np.asarray(a)
+
+
+def test_block_encodings_round_trip_through_json(rng):
+    """Block scales written with to_json and read back with from_json quantize the weight to
+    the same values (MX with searched exponents, NVFP4 two-level); bad layouts are refused."""
+    import json
+
+    x = _mx_data(rng, rows=4, k=128)
+    elements, exponents = formats.mx_quantize(x, E2M1, mode="mse")
+    loaded = formats.from_json(json.loads(json.dumps(formats.to_json("mx", exponents, E2M1))))
+    assert loaded["format"] is E2M1 and loaded["block_size"] == 32
+    again, _ = formats.mx_quantize(x, loaded["format"], exponents=loaded["scales"])
+    np.testing.assert_array_equal(again, elements)
+    ts = formats.nvfp4_tensor_scale(x)
+    e, b = formats.nvfp4_quantize(x, ts)
+    loaded = formats.from_json(json.loads(json.dumps(formats.to_json("nvfp4", b, tensor_scale=ts))))
+    e2, b2 = formats.nvfp4_quantize(x, loaded["tensor_scale"], loaded["scales"])
+    np.testing.assert_array_equal(e2, e)
+    np.testing.assert_array_equal(b2, b)
+    good = formats.to_json("mx", exponents, E2M1)
+    for bad, message in (
+        ({}, "not a block-encodings dict"),
+        ({**good, "format_version": 9}, "unsupported"),
+        ({**good, "block_size": 16}, "not 16 values long"),
+        ({**good, "scales": [[300]]}, r"\[0, 255\]"),
+        ({**good, "scales": "x"}, "nested list of numbers"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            formats.from_json(bad)
+    with pytest.raises(ValueError, match="do not match the blocks"):
+        formats.mx_quantize(x, E2M1, exponents=np.zeros((4, 3), np.int64))
