@@ -24,7 +24,6 @@ rows.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-from common import compare, machine  # noqa: E402
+from common import calibration, compare, goal_row, run_rows  # noqa: E402
 
 import encanalyze as ea  # noqa: E402
 
@@ -44,23 +43,13 @@ REFERENCE_S = {"percentile-weights": 0.57, "sqnr-sym": 3.2, "minmax-small": 41e-
 """The reference's times recorded in issues 13 and 21 on this kind of machine (lower end)."""
 
 
-def _print(row, ours, baseline, what, ratio, goal, met) -> None:
-    flag = "met" if met else "NOT met"
-    print(f"{row:<24}{ours:>12}{baseline:>14}  {what:<28}{ratio:>9}  {goal:<10}{flag}")
+def _print(*cells) -> None:
+    goal_row(*cells, base_width=28, goal_width=10)
 
 
 def _weights(shape, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.standard_t(4, shape) * 0.05).astype(np.float32)
-
-
-def _calibrate(cls, x, enc, sym=False, **kw):
-    def run():
-        a = cls(enc, **kw)
-        a.update_stats(x)
-        return a.compute_encodings(255, sym)
-
-    return run
 
 
 def row_model_job() -> None:
@@ -107,8 +96,8 @@ def row_percentile_weights() -> None:
     w = _weights((1024, 512))
     wt = torch.from_numpy(w)
     fns = [
-        _calibrate(ea.PercentileEncodingAnalyzer, w, (1024, 1)),
-        _calibrate(ea.PercentileEncodingAnalyzer, wt, (1024, 1)),
+        calibration(ea.PercentileEncodingAnalyzer, w, (1024, 1)),
+        calibration(ea.PercentileEncodingAnalyzer, wt, (1024, 1)),
         lambda: torch.histc(wt, 2048),
     ]
     t_np, t_torch, t_histc = compare(fns, repeat=10, warmup=1)
@@ -122,7 +111,7 @@ def row_percentile_weights() -> None:
 
 def row_sqnr_sym() -> None:
     w = _weights((1024, 512))
-    (t,) = compare([_calibrate(ea.SqnrEncodingAnalyzer, w, (1024, 1), sym=True)], 3, 1)
+    (t,) = compare([calibration(ea.SqnrEncodingAnalyzer, w, (1024, 1), sym=True)], 3, 1)
     ref = REFERENCE_S["sqnr-sym"]
     _print("sqnr-sym (1024,1)x512", f"{t * 1e3:.0f} ms", f"{ref:.1f} s", "reference",
            f"{ref / t:.1f}x", ">= 20x", ref / t >= 20)  # fmt: skip
@@ -133,8 +122,8 @@ def row_minmax_small() -> None:
 
     w = _weights((64, 64))
     fns = [
-        _calibrate(ea.MinMaxEncodingAnalyzer, w, (1,)),
-        _calibrate(ea.MinMaxEncodingAnalyzer, torch.from_numpy(w), (1,)),
+        calibration(ea.MinMaxEncodingAnalyzer, w, (1,)),
+        calibration(ea.MinMaxEncodingAnalyzer, torch.from_numpy(w), (1,)),
         lambda: (w.min(), w.max()),
     ]
     t_np, t_torch, t_native = compare(fns, repeat=2000, warmup=50)
@@ -192,13 +181,7 @@ ROWS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
-    args = parser.parse_args()
-    print(f"# issue 21 rows, float32, 8-bit; {machine()}")
-    print(f"{'row':<24}{'ours':>12}{'baseline':>14}  {'baseline is':<28}{'ratio':>9}  goal")
-    for name in args.rows.split(","):
-        ROWS[name]()
+    run_rows(ROWS, __doc__, "issue 21 rows, float32, 8-bit", base_width=28)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ ours (best of several runs). The goal column says what each ratio must reach.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, machine  # noqa: E402
+from common import calibration, compare, goal_row, run_rows  # noqa: E402
 
 import encanalyze as ea  # noqa: E402
 
@@ -41,31 +40,14 @@ def _weights(shape, seed=0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-def _calibrate(cls, x, enc, *, sym=False, **kw):
-    def run():
-        a = cls(enc, **kw)
-        a.update_stats(x)
-        return a.compute_encodings(255, sym)
-
-    return run
-
-
 def _best(fn, repeat=3):
     return compare([fn], repeat=repeat, warmup=1)[0]
-
-
-def _print(name, ours, base, base_name, ratio, goal, met):
-    print(
-        f"{name:<24}{ours:>12}{base:>14}  {base_name:<24}{ratio:>9}  {goal:<16}"
-        f"{'met' if met else 'NOT met'}",
-        flush=True,
-    )
 
 
 def row_sqnr(sym: bool) -> None:
     name = "sqnr-sym" if sym else "sqnr-asym"
     w = _weights((1024, 512))
-    t = _best(_calibrate(ea.SqnrEncodingAnalyzer, w, (1024, 1), sym=sym))
+    t = _best(calibration(ea.SqnrEncodingAnalyzer, w, (1024, 1), sym=sym))
     ref = REFERENCE_S[name]
     import array_api_compat.numpy as xp
 
@@ -77,7 +59,7 @@ def row_sqnr(sym: bool) -> None:
     counts, edges = st.histogram.reshape(1024, -1), st.bin_edges.reshape(1024, -1)
     lo, hi = st.min.reshape(-1), st.max.reshape(-1)
     brute = _best(lambda: sqnr.sqnr_search(xp, counts, edges, lo, hi, 255, sym, method="brute"), 1)
-    _print(
+    goal_row(
         name,
         f"{t * 1e3:.0f} ms",
         f"{ref:.1f} s",
@@ -93,10 +75,10 @@ def row_percentile_weights() -> None:
 
     w = _weights((1024, 512))
     wt = torch.from_numpy(w)
-    ours = _calibrate(ea.PercentileEncodingAnalyzer, w, (1024, 1))
+    ours = calibration(ea.PercentileEncodingAnalyzer, w, (1024, 1))
     t_ours, t_histc = compare([ours, lambda: torch.histc(wt, 2048)], repeat=5, warmup=1)
     ref = REFERENCE_S["percentile-weights"]
-    _print(
+    goal_row(
         "percentile-weights",
         f"{t_ours * 1e3:.1f} ms",
         f"{ref * 1e3:.0f} ms",
@@ -105,7 +87,7 @@ def row_percentile_weights() -> None:
         ">= 20x",
         ref / t_ours >= 20,
     )
-    _print(
+    goal_row(
         "",
         "",
         f"{t_histc * 1e3:.2f} ms",
@@ -120,11 +102,11 @@ def row_minmax_torch() -> None:
     import torch
 
     x = torch.from_numpy(_weights((4096, 1024)))
-    ours = _calibrate(ea.MinMaxEncodingAnalyzer, x, (4096, 1))
+    ours = calibration(ea.MinMaxEncodingAnalyzer, x, (4096, 1))
     t_ours, t_native = compare(
         [ours, lambda: (torch.amin(x, dim=1), torch.amax(x, dim=1))], repeat=20, warmup=2
     )
-    _print(
+    goal_row(
         "minmax-torch (4096,1)",
         f"{t_ours * 1e3:.2f} ms",
         f"{t_native * 1e3:.2f} ms",
@@ -141,14 +123,14 @@ def row_sqnr_small() -> None:
     w = _weights((64, 64))
     t_np, t_torch = compare(
         [
-            _calibrate(ea.SqnrEncodingAnalyzer, w, (64, 1)),
-            _calibrate(ea.SqnrEncodingAnalyzer, torch.from_numpy(w), (64, 1)),
+            calibration(ea.SqnrEncodingAnalyzer, w, (64, 1)),
+            calibration(ea.SqnrEncodingAnalyzer, torch.from_numpy(w), (64, 1)),
         ],
         repeat=5,
         warmup=1,
     )
     ref = REFERENCE_S["sqnr-64x64"]
-    _print(
+    goal_row(
         "sqnr-64x64",
         f"{t_np * 1e3:.1f} ms",
         f"{ref * 1e3:.0f} ms",
@@ -157,7 +139,7 @@ def row_sqnr_small() -> None:
         ">= 20x",
         ref / t_np >= 20,
     )
-    _print(
+    goal_row(
         "  torch",
         f"{t_torch * 1e3:.1f} ms",
         f"{t_np * 1e3:.1f} ms",
@@ -174,13 +156,13 @@ def row_small_tensors() -> None:
     w = _weights((64, 64))
     wt = torch.from_numpy(w)
     fns = [
-        _calibrate(ea.MinMaxEncodingAnalyzer, w, (1,)),
-        _calibrate(ea.MinMaxEncodingAnalyzer, wt, (1,)),
+        calibration(ea.MinMaxEncodingAnalyzer, w, (1,)),
+        calibration(ea.MinMaxEncodingAnalyzer, wt, (1,)),
         lambda: (w.min(), w.max()),
     ]
     t_np, t_torch, t_native = compare(fns, repeat=300, warmup=20)
     for label, t in (("minmax-64x64 numpy", t_np), ("minmax-64x64 torch", t_torch)):
-        _print(
+        goal_row(
             label,
             f"{t * 1e6:.0f} us",
             f"{t_native * 1e6:.1f} us",
@@ -191,13 +173,13 @@ def row_small_tensors() -> None:
         )
     p_np, p_torch = compare(
         [
-            _calibrate(ea.PercentileEncodingAnalyzer, w, (1,)),
-            _calibrate(ea.PercentileEncodingAnalyzer, wt, (1,)),
+            calibration(ea.PercentileEncodingAnalyzer, w, (1,)),
+            calibration(ea.PercentileEncodingAnalyzer, wt, (1,)),
         ],
         repeat=100,
         warmup=5,
     )
-    _print(
+    goal_row(
         "percentile-64x64 torch",
         f"{p_torch * 1e3:.2f} ms",
         f"{p_np * 1e3:.2f} ms",
@@ -224,7 +206,7 @@ def row_activations() -> None:
         return a.compute_encodings(255, False)
 
     t_ours, t_histc = compare([ours, lambda: [torch.histc(x, 2048) for x in xs]], 10, 2)
-    _print(
+    goal_row(
         "activations (1,256) x2",
         f"{t_ours * 1e3:.2f} ms",
         f"{t_histc * 1e3:.2f} ms",
@@ -259,7 +241,7 @@ def row_tf_enhanced() -> None:
         (t_brute,) = compare([run(ws)], 1, 0)
     finally:
         sqnr.choose_method = original
-    _print(
+    goal_row(
         "tf_enhanced 5 weights",
         f"{t_np * 1e3:.0f} ms",
         f"{t_brute * 1e3:.0f} ms",
@@ -268,7 +250,7 @@ def row_tf_enhanced() -> None:
         "reference: note",
         True,
     )
-    _print(
+    goal_row(
         "  torch",
         f"{t_torch * 1e3:.0f} ms",
         f"{t_np * 1e3:.0f} ms",
@@ -310,7 +292,7 @@ def row_threads() -> None:
                 p.kill()
     finally:
         torch.set_num_threads(threads)
-    _print(
+    goal_row(
         "sqnr torch busy, 2 thr",
         f"{t_two:.2f} s",
         f"{t_one:.2f} s",
@@ -319,7 +301,7 @@ def row_threads() -> None:
         "<= 1.5x",
         t_two / t_one <= 1.5,
     )
-    _print("", "", f"{t_idle:.2f} s", "1 thread, idle", f"{t_two / t_idle:.2f}x", "context", True)
+    goal_row("", "", f"{t_idle:.2f} s", "1 thread, idle", f"{t_two / t_idle:.2f}x", "context", True)
 
 
 def _nbytes(*trees) -> int:
@@ -353,7 +335,7 @@ def row_memory() -> None:
         tracemalloc.stop()
         kept = _nbytes(analyzer.state_dict()["state"], returned)
         beyond = peak - kept
-        _print(
+        goal_row(
             f"memory {name}",
             f"{peak / 2**20:.0f} MiB",
             f"{kept / 2**20:.0f} MiB",
@@ -379,13 +361,7 @@ ROWS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
-    args = parser.parse_args()
-    print(f"# issue 13 rows, float32, 8-bit; {machine()}")
-    print(f"{'row':<24}{'ours':>12}{'baseline':>14}  {'baseline is':<24}{'ratio':>9}  goal")
-    for name in args.rows.split(","):
-        ROWS[name]()
+    run_rows(ROWS, __doc__, "issue 13 rows, float32, 8-bit")
 
 
 if __name__ == "__main__":

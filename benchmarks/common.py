@@ -39,3 +39,38 @@ def row(*cells, widths=(10, 28, 12, 12, 8)) -> str:
     return "".join(
         f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))
     )
+
+
+def calibration(cls, x, enc, *, sym=False, **kw):
+    """Return a function that builds ``cls(enc, **kw)``, updates it with ``x`` and encodes."""
+
+    def run():
+        a = cls(enc, **kw)
+        a.update_stats(x)
+        return a.compute_encodings(255, sym)
+
+    return run
+
+
+def goal_row(name, ours, base, base_name, ratio, goal, met, *, base_width=24, goal_width=16):
+    """Print one row of a goal table: ours, the baseline, the ratio, the goal and met or not."""
+    print(
+        f"{name:<24}{ours:>12}{base:>14}  {base_name:<{base_width}}{ratio:>9}  "
+        f"{goal:<{goal_width}}{'met' if met else 'NOT met'}",
+        flush=True,
+    )
+
+
+def run_rows(rows: dict, doc: str, title: str, base_width: int = 24) -> None:
+    """Parse ``--rows`` (comma-separated names of ``rows``), print the header, run each row."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(rows), help="comma-separated row names")
+    args = parser.parse_args()
+    print(f"# {title}; {machine()}")
+    print(
+        f"{'row':<24}{'ours':>12}{'baseline':>14}  {'baseline is':<{base_width}}{'ratio':>9}  goal"
+    )
+    for name in args.rows.split(","):
+        rows[name]()

@@ -299,14 +299,23 @@ def mx_exponents(
     return xp.astype(biased, xp.int64)
 
 
-def _mx_qdq(xp, blocks: Array, biased: Array, fmt: FloatFormat) -> Array:
-    """Quantize-dequantize ``blocks`` with biased exponents (float64 ``(..., K/bs)``)."""
+def _mx_elements(xp, blocks: Array, biased: Array, fmt: FloatFormat) -> tuple[Array, Array]:
+    """Return ``blocks``' elements and scales ``2**(e - 127)`` under biased exponents ``e``.
+
+    ``e`` is float64 ``(..., K/bs)``; the elements are divided by at least 2**-126, as torchao.
+    """
     dev = device_of(blocks)
-    e = biased - E8M0_BIAS
+    scale = _pow2(xp, biased - E8M0_BIAS, dev)
     tiny = xp.asarray(_F32_MIN_NORMAL, dtype=xp.float32, device=dev)
     with quiet(xp):
-        q = quantize(div(xp, blocks, xp.maximum(_pow2(xp, e, dev), tiny)[..., None]), fmt)
-        return q * _pow2(xp, e, dev)[..., None]
+        return quantize(div(xp, blocks, xp.maximum(scale, tiny)[..., None]), fmt), scale
+
+
+def _mx_qdq(xp, blocks: Array, biased: Array, fmt: FloatFormat) -> Array:
+    """Quantize-dequantize ``blocks`` with biased exponents (float64 ``(..., K/bs)``)."""
+    q, scale = _mx_elements(xp, blocks, biased, fmt)
+    with quiet(xp):
+        return q * scale[..., None]
 
 
 def _least_error_exponents(xp, blocks: Array, floor: Array, *, fmt: FloatFormat) -> Array:
@@ -365,12 +374,7 @@ def mx_quantize(
                 f"exponents of shape {tuple(biased.shape)} do not match the blocks "
                 f"{tuple(blocks.shape[:-1])}"
             )
-    e = xp.astype(biased, xp.float64) - E8M0_BIAS
-    dev = device_of(blocks)
-    tiny = xp.asarray(_F32_MIN_NORMAL, dtype=xp.float32, device=dev)
-    scale = xp.maximum(_pow2(xp, e, dev), tiny)
-    with quiet(xp):
-        q = quantize(div(xp, blocks, scale[..., None]), fmt)
+    q, _ = _mx_elements(xp, blocks, xp.astype(biased, xp.float64), fmt)
     return xp.reshape(q, tuple(x.shape)), biased
 
 
@@ -476,14 +480,14 @@ def search_scale(stats, fmt: FloatFormat, *, num_candidates: int = SEARCH_CANDID
     noise than amax scaling on the histogram). Encodings that saw only zeros get scale 1.
     Returns an array of the encoding shape, float32, in the statistics' namespace and device.
     """
-    from ._rules.sqnr import midpoints, occupied_first  # the SQNR search's bin model
+    from ._rules.sqnr import midpoints, occupied_first, occupied_width  # its bin model
 
     xp = namespace_of(stats.histogram)
     shape, num_bins = tuple(stats.shape), stats.histogram.shape[-1]
     rows = math.prod(shape)
     counts = xp.reshape(stats.histogram, (rows, num_bins))
     points = midpoints(xp.reshape(xp.astype(stats.bin_edges, xp.float32), (rows, num_bins + 1)))
-    width = max(1, int(xp.max(xp.count_nonzero(counts > 0, axis=1)))) if rows else 1
+    width = occupied_width(xp, counts)
     if 4 * width <= num_bins:  # weights: a few values in many bins, their occupied bins only
         counts, points = occupied_first(xp, counts, points, width)
     lo = xp.reshape(xp.astype(stats.min, xp.float32), (rows,))

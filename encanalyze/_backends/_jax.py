@@ -70,14 +70,7 @@ def compiled_update(update):
     def run(x, state, want_batch):
         return update(xp, x, state, want_batch)
 
-    program = jax.jit(run, static_argnames="want_batch")
-
-    def call(x, state, want_batch):
-        if isinstance(x, jax.core.Tracer):  # inside a caller's jax.jit: inlined there
-            return run(x, state, want_batch)
-        return program(x, state, want_batch)
-
-    return call
+    return _compiled(run, (2,), options=None)
 
 
 def div(a, b):

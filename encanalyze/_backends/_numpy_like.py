@@ -32,28 +32,35 @@ def primitives(m, host: bool) -> dict:
     return out
 
 
+def _clean_minmax(m, x, axis, finite: bool):
+    """Return one ``min`` and one ``max`` pass over ``axis``, or None where not clean.
+
+    Not clean: a NaN, or with ``finite`` an infinity (those need the masking path).
+    """
+    lo, hi = m.minimum.reduce(x, axis=axis), m.maximum.reduce(x, axis=axis)
+    if x.dtype.kind == "f":
+        clean = m.isfinite(lo).all() and m.isfinite(hi).all() if finite else not m.isnan(lo).any()
+        if not clean:
+            return None
+    return m.asarray(lo), m.asarray(hi)
+
+
 def minmax_rows(m, x, view_shape: tuple, axes: tuple, num_rows: int):
     """``(E,)`` min and max of ``x`` viewed as ``view_shape`` and reduced over ``axes``.
 
     ``None`` where a row holds NaN (the caller then takes the NaN-counting path): the
     observers' ``batch_minmax`` in one host call (methods, not the array API's wrappers).
     """
-    v = x.reshape(view_shape)
-    lo, hi = m.minimum.reduce(v, axis=axes), m.maximum.reduce(v, axis=axes)
-    if x.dtype.kind == "f" and m.isnan(lo).any():
-        return None
-    return m.asarray(lo).reshape(num_rows), m.asarray(hi).reshape(num_rows)
+    found = _clean_minmax(m, x.reshape(view_shape), axes, False)
+    return None if found is None else (found[0].reshape(num_rows), found[1].reshape(num_rows))
 
 
 def minmax(m, x, axes: tuple[int, ...], finite: bool = False) -> tuple:
     """One ``min`` and one ``max`` pass; the masking path only when the result is not clean."""
-    axis = None if len(axes) == x.ndim else axes
-    lo, hi = m.minimum.reduce(x, axis=axis), m.maximum.reduce(x, axis=axis)
-    if x.dtype.kind == "f":
-        clean = m.isfinite(lo).all() and m.isfinite(hi).all() if finite else not m.isnan(lo).any()
-        if not clean:
-            return _portable.minmax(np_xp, x, axes, finite)
-    return m.asarray(lo), m.asarray(hi), None
+    found = _clean_minmax(m, x, None if len(axes) == x.ndim else axes, finite)
+    if found is None:
+        return _portable.minmax(np_xp, x, axes, finite)
+    return (*found, None)
 
 
 _FINITE_MAX: dict = {}

@@ -31,6 +31,7 @@ from .._analyzer import HistogramAnalyzer
 from .._encoding import minmax_encoding
 from .._histograms import RowHistogram, wide_dtype
 from .._xp import Array, Namespace, device_of, div, index_dtype, take_rows
+from .sqnr import occupied_first, occupied_width
 
 __all__ = ["MseEncodingAnalyzer", "l2_search", "mse_rule"]
 
@@ -105,15 +106,13 @@ def _occupied(xp: Namespace, counts: Array) -> tuple[Array, Array | None, Array]
     so every threshold the walk looks for lands on an occupied bin (or on bin 0).
     """
     num_rows, num_bins = counts.shape
-    occupied = counts > 0
-    width = int(xp.max(xp.count_nonzero(occupied, axis=1))) if num_rows else 0
+    width = occupied_width(xp, counts)
     if num_rows == 0 or width * SPARSE_FACTOR > num_bins:
         return counts, None, xp.cumulative_sum(counts, axis=1)
-    width = max(width, 1)
-    order = xp.argsort(xp.astype(~occupied, xp.int8), axis=1, stable=True)[:, :width]
-    real = take_rows(xp, xp.astype(occupied, xp.int8), order) == 1
-    src = xp.where(real, order, num_bins)
-    kept = xp.where(real, take_rows(xp, counts, order), 0.0)
+    bins = xp.arange(num_bins, dtype=index_dtype(xp), device=device_of(counts))
+    kept, src = occupied_first(xp, counts, xp.broadcast_to(bins[None, :], counts.shape), width)
+    real = kept > 0
+    src = xp.where(real, src, num_bins)
     cs = xp.where(real, xp.cumulative_sum(kept, axis=1), xp.inf)
     return kept, src, cs
 

@@ -55,6 +55,7 @@ __all__ = [
     "noise_brute_force",
     "noise_by_cells",
     "occupied_first",
+    "occupied_width",
     "sqnr_rule",
     "sqnr_search",
     "symmetric_candidates",
@@ -163,9 +164,16 @@ def choose_method(xp: Namespace, counts: Array, num_steps: int, dtype) -> tuple[
     few hundred values leave most of 2048 bins empty). The cells need float64. Reads the
     occupancy back to the host (``compute_encodings`` time, never ``update_stats``).
     """
-    width = max(1, int(xp.max(xp.count_nonzero(counts > 0, axis=1))))
+    width = occupied_width(xp, counts)
     cells = dtype == xp.float64 and num_steps + 2 <= 2 * width
     return ("cells", num_steps + 2) if cells else ("brute", width)
+
+
+def occupied_width(xp: Namespace, counts: Array) -> int:
+    """Return the most occupied bins of any row of ``counts`` (at least 1; syncs)."""
+    if counts.shape[0] == 0:
+        return 1
+    return max(1, int(xp.max(xp.count_nonzero(counts > 0, axis=1))))
 
 
 def occupied_first(xp: Namespace, counts: Array, points: Array, width: int):
