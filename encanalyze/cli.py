@@ -28,6 +28,7 @@ from ._backends import to_numpy
 from ._calibration import Progress, encodings_by_rows, progress_bar
 from ._encoding import to_scale_offset
 from ._files import OutputPathError, check_output, printable, write_atomic
+from ._float_job import NUMBER_FORMATS, calibrate_float, check_number_format, encodings_file
 from ._observers.histogram import validate_num_bins
 from ._onnx_graph import ModelFileError, external_locations, float_weights, load_model
 from ._registry import ACTIVATION_PERCENTILE
@@ -93,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the activations by the output)",
     )
     cal.add_argument("--bits", type=int, default=8, help="bit width (2..16, default 8)")
+    cal.add_argument(
+        "--number-format",
+        choices=tuple(NUMBER_FORMATS),
+        default="int",
+        metavar="NAME",
+        help="int (default: integer grids of --bits), or a float / block format: "
+        + ", ".join(n for n in NUMBER_FORMATS if n != "int"),
+    )
     cal.add_argument("--symmetric", action="store_true", help="symmetric grids")
     cal.add_argument(
         "--per-channel",
@@ -135,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--output", type=Path, default=None, help="write an encodings file")
     cal.add_argument(
         "--output-format",
-        choices=("aimet", "onnx-qdq"),
-        default="aimet",
-        help="AIMET 1.0.0 encodings (default) or ONNX QuantizeLinear scale/zero_point",
+        choices=("aimet", "onnx-qdq", "encanalyze"),
+        default=None,
+        help="AIMET 1.0.0 encodings (the default for int), ONNX QuantizeLinear scale/zero_point, "
+        "or encanalyze's float and block layout (the default for the other number formats)",
     )
     cal.add_argument(
         "--plot",
@@ -210,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_options(args) -> None:
+    if args.output_format is None:
+        args.output_format = "aimet" if args.number_format == "int" else "encanalyze"
+    if args.number_format == "int" and args.output_format == "encanalyze":
+        raise UsageError("--output-format encanalyze is for float and block number formats")
+    reason = check_number_format(args)
+    if reason is not None:
+        raise UsageError(reason)
     if not 2 <= args.bits <= 16:
         raise UsageError(f"--bits must be in 2..16, got {args.bits}")
     if args.output_format == "onnx-qdq" and args.bits not in ONNX_BITS:
@@ -826,6 +843,7 @@ def calibrate(args) -> int:
         raise UsageError("no tensor matches --include/--exclude")
     entries, skipped, layout_errors = [], [], []
     methods = len(METHODS) if args.method in ("all", "auto") else 1
+    floating = args.number_format != "int"
     progress = Progress(sum(a.size for a in chosen.values()) * methods, None, "value", True)
     try:
         for name, array in chosen.items():
@@ -838,7 +856,13 @@ def calibrate(args) -> int:
                     layout_errors.append(reason)
             if reason is None:
                 try:
-                    entries.append(calibrate_one(name, array, args, convert, progress))
+                    if floating:
+                        progress.stage(f"{name} {args.number_format}")
+                        entry = calibrate_float(name, array, args, convert)
+                        progress.advance(array.size * methods)
+                    else:
+                        entry = calibrate_one(name, array, args, convert, progress)
+                    entries.append(entry)
                 except Exception as err:  # noqa: BLE001 - one tensor's failure is one note
                     reason = _reason(err)
             if reason is not None:
@@ -858,12 +882,14 @@ def calibrate(args) -> int:
         return 1
     if args.plot is not None:
         _plot(entries, chosen, args.plot)
-    public = [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]
+    public = [_public(e) for e in entries]
     if args.format == "json":
         print(_json({"config": _config(args), "tensors": public, "skipped": skipped}))
     else:
         print(format_table(public))
-    if args.output is not None:
+    if args.output is not None and floating:
+        _write_json(args.output, encodings_file(entries, args.number_format, args.output_format))
+    elif args.output is not None:
         export = [
             {
                 "name": e["name"],
@@ -876,6 +902,15 @@ def calibrate(args) -> int:
         build = aimet_encodings if args.output_format == "aimet" else onnx_qdq_encodings
         _write_json(args.output, build(export, args.bits, args.symmetric))
     return 0
+
+
+def _public(entry: dict) -> dict:
+    """``entry`` without its private keys (``_layout``, ``_export``, ...)."""
+    out = {k: v for k, v in entry.items() if not k.startswith("_")}
+    out["methods"] = {
+        m: {k: v for k, v in r.items() if not k.startswith("_")} for m, r in out["methods"].items()
+    }
+    return out
 
 
 def _reason(err: Exception) -> str:

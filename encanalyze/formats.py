@@ -40,11 +40,16 @@ __all__ = [
     "E3M2",
     "E4M3FN",
     "E5M2",
+    "FLOAT_METHODS",
     "FORMATS",
+    "INT8",
     "MX_BLOCK",
     "NVFP4_BLOCK",
+    "FixedFormat",
+    "FloatEncodingAnalyzer",
     "FloatFormat",
     "amax_scale",
+    "compute_scale",
     "from_json",
     "mx_dequantize",
     "mx_exponents",
@@ -109,13 +114,49 @@ class FloatFormat:
         return np.concatenate([sub, normal[normal <= self.max]])
 
 
+@dataclass(frozen=True)
+class FixedFormat:
+    """A signed fixed-point element format: ``bits``-bit integers times ``2**-(bits - 2)``.
+
+    The MXINT8 element of OCP MX v1.0: 8-bit two's complement with an implicit scale of
+    ``2**-6``, here symmetric (``-127 .. 127``, as Model Optimizer and microxcaling clamp),
+    so the values are ``k / 64`` up to ``127 / 64``; rounding is to nearest, ties to even.
+    """
+
+    name: str
+    bits: int
+
+    @property
+    def smallest(self) -> float:
+        """The spacing of the values, ``2**-(bits - 2)``."""
+        return 2.0 ** -(self.bits - 2)
+
+    @property
+    def max(self) -> float:
+        """The largest value, ``(2**(bits - 1) - 1) * smallest``."""
+        return (2 ** (self.bits - 1) - 1) * self.smallest
+
+    @property
+    def max_exponent(self) -> int:
+        """``emax`` of the MX specification: 0 (the largest value is below 2)."""
+        return math.floor(math.log2(self.max))
+
+    def values(self) -> np.ndarray:
+        """Return every non-negative value, ascending (float64)."""
+        return np.arange(2 ** (self.bits - 1)) * self.smallest
+
+
 E4M3FN = FloatFormat("float8_e4m3fn", 4, 3, 448.0)
 E5M2 = FloatFormat("float8_e5m2", 5, 2, 57344.0)
 E3M2 = FloatFormat("float6_e3m2", 3, 2, 28.0)
 E2M3 = FloatFormat("float6_e2m3", 2, 3, 7.5)
 E2M1 = FloatFormat("float4_e2m1", 2, 1, 6.0)
-FORMATS = {f.name: f for f in (E4M3FN, E5M2, E3M2, E2M3, E2M1)}
-"""The element formats by name."""
+INT8 = FixedFormat("int8", 8)
+FORMATS = {f.name: f for f in (E4M3FN, E5M2, E3M2, E2M3, E2M1, INT8)}
+"""The element formats by name (:data:`INT8` only as MXINT8's element)."""
+
+ElementFormat = FloatFormat | FixedFormat
+"""An element format: a float one, or MXINT8's fixed-point one."""
 
 
 def _work(xp, x: Array) -> Array:
@@ -129,7 +170,7 @@ _FEW_BINADES = 8
 """Formats with at most this many binades find a value's spacing by comparisons, not log2."""
 
 
-def _round_magnitudes(xp, a: Array, fmt: FloatFormat) -> Array:
+def _round_magnitudes(xp, a: Array, fmt: ElementFormat) -> Array:
     """Round non-negative ``a`` (at most ``fmt.max``, or NaN) to ``fmt``, ties to even.
 
     The spacing of ``fmt``'s values in ``a``'s binade is ``2**(e - M)``, ``e`` the binade's
@@ -139,6 +180,8 @@ def _round_magnitudes(xp, a: Array, fmt: FloatFormat) -> Array:
     """
     dev = device_of(a)
     two = xp.asarray(2.0, dtype=a.dtype, device=dev)
+    if isinstance(fmt, FixedFormat):  # one spacing, a power of two
+        return xp.round(a / fmt.smallest) * fmt.smallest
     if fmt.max_exponent - fmt.min_exponent <= _FEW_BINADES:  # FP4, FP6: a few comparisons
         spacing = xp.full(a.shape, fmt.smallest, dtype=a.dtype, device=dev)
         for k in range(fmt.min_exponent + 1, fmt.max_exponent + 1):
@@ -153,7 +196,7 @@ def _round_magnitudes(xp, a: Array, fmt: FloatFormat) -> Array:
     return xp.round(a / spacing) * spacing
 
 
-def quantize(x: Array, fmt: FloatFormat) -> Array:
+def quantize(x: Array, fmt: ElementFormat) -> Array:
     """Return ``x`` rounded to the nearest value of ``fmt`` (ties to even), saturating.
 
     Values beyond ``+-fmt.max`` (infinities too) become ``+-fmt.max``; NaN stays NaN; signed
@@ -171,7 +214,7 @@ def quantize(x: Array, fmt: FloatFormat) -> Array:
     return xp.astype(xp.copysign(q, w), out)
 
 
-def amax_scale(x: Array, fmt: FloatFormat, axis: int | tuple[int, ...] | None = None) -> Array:
+def amax_scale(x: Array, fmt: ElementFormat, axis: int | tuple[int, ...] | None = None) -> Array:
     """Return the FP32 scale ``amax / fmt.max`` of ``x`` over ``axis`` (kept as size-1 axes).
 
     ``amax`` is the largest magnitude (NaN-ignoring), the scaling of Model Optimizer's and
@@ -187,7 +230,7 @@ def amax_scale(x: Array, fmt: FloatFormat, axis: int | tuple[int, ...] | None = 
 
 
 def quantize_scaled(
-    x: Array, fmt: FloatFormat, axis: int | tuple[int, ...] | None = None, scale: Array = None
+    x: Array, fmt: ElementFormat, axis: int | tuple[int, ...] | None = None, scale: Array = None
 ) -> Array:
     """Quantize-dequantize ``x`` with an FP32 scale: ``quantize(x / scale, fmt) * scale``.
 
@@ -273,7 +316,7 @@ def _float32_exponent(xp, a: Array, round_up: bool) -> Array:
 
 
 def mx_exponents(
-    x: Array, fmt: FloatFormat, block_size: int = MX_BLOCK, mode: str = "floor"
+    x: Array, fmt: ElementFormat, block_size: int = MX_BLOCK, mode: str = "floor"
 ) -> Array:
     """Return the biased E8M0 shared exponents ``(..., K / block_size)`` of ``x``'s blocks.
 
@@ -299,7 +342,7 @@ def mx_exponents(
     return xp.astype(biased, xp.int64)
 
 
-def _mx_elements(xp, blocks: Array, biased: Array, fmt: FloatFormat) -> tuple[Array, Array]:
+def _mx_elements(xp, blocks: Array, biased: Array, fmt: ElementFormat) -> tuple[Array, Array]:
     """Return ``blocks``' elements and scales ``2**(e - 127)`` under biased exponents ``e``.
 
     ``e`` is float64 ``(..., K/bs)``; the elements are divided by at least 2**-126, as torchao.
@@ -311,14 +354,14 @@ def _mx_elements(xp, blocks: Array, biased: Array, fmt: FloatFormat) -> tuple[Ar
         return quantize(div(xp, blocks, xp.maximum(scale, tiny)[..., None]), fmt), scale
 
 
-def _mx_qdq(xp, blocks: Array, biased: Array, fmt: FloatFormat) -> Array:
+def _mx_qdq(xp, blocks: Array, biased: Array, fmt: ElementFormat) -> Array:
     """Quantize-dequantize ``blocks`` with biased exponents (float64 ``(..., K/bs)``)."""
     q, scale = _mx_elements(xp, blocks, biased, fmt)
     with quiet(xp):
         return q * scale[..., None]
 
 
-def _least_error_exponents(xp, blocks: Array, floor: Array, *, fmt: FloatFormat) -> Array:
+def _least_error_exponents(xp, blocks: Array, floor: Array, *, fmt: ElementFormat) -> Array:
     """Return each block's exponent of least squared quantize-dequantize error.
 
     The candidates are ``floor``, ``floor + 1`` and ``floor - 1`` (biased, float64); the first
@@ -348,7 +391,7 @@ def _pow2(xp, exponent: Array, dev) -> Array:
 
 def mx_quantize(
     x: Array,
-    fmt: FloatFormat,
+    fmt: ElementFormat,
     block_size: int = MX_BLOCK,
     mode: str = "floor",
     exponents: Array | None = None,
@@ -468,7 +511,7 @@ SEARCH_CANDIDATES = 128
 """Candidate scales per encoding: ``amax * k / 128`` for ``k = 1..128``, over ``fmt.max``."""
 
 
-def search_scale(stats, fmt: FloatFormat, *, num_candidates: int = SEARCH_CANDIDATES, gamma=1.0):
+def search_scale(stats, fmt: ElementFormat, *, num_candidates: int = SEARCH_CANDIDATES, gamma=1.0):
     """Return the FP32 scale of least expected noise on ``fmt``'s grid, per encoding.
 
     ``stats`` is a :class:`~encanalyze.Histogram` (any analyzer's histogram statistics:
@@ -490,9 +533,7 @@ def search_scale(stats, fmt: FloatFormat, *, num_candidates: int = SEARCH_CANDID
     width = occupied_width(xp, counts)
     if 4 * width <= num_bins:  # weights: a few values in many bins, their occupied bins only
         counts, points = occupied_first(xp, counts, points, width)
-    lo = xp.reshape(xp.astype(stats.min, xp.float32), (rows,))
-    hi = xp.reshape(xp.astype(stats.max, xp.float32), (rows,))
-    amax = xp.maximum(xp.abs(lo), xp.abs(hi))
+    amax = xp.reshape(_stats_amax(xp, stats), (rows,))
     dev = device_of(amax)
     k = xp.arange(1, num_candidates + 1, dtype=xp.float32, device=dev)
     cands = div(xp, amax[:, None] * k[None, :], float(num_candidates))  # (E, C)
@@ -529,19 +570,179 @@ def candidate_noise(xp, counts: Array, points: Array, cands: Array, fmt, gamma: 
     return xp.sum(xp.astype(counts, xp.float64)[:, None, :] * err, axis=-1)
 
 
+def _stats_amax(xp, stats) -> Array:
+    """Each encoding's largest observed magnitude (float32); 0 where it saw no finite value."""
+    lo, hi = xp.astype(stats.min, xp.float32), xp.astype(stats.max, xp.float32)
+    amax = xp.maximum(xp.abs(lo), xp.abs(hi))
+    return xp.where(xp.isfinite(amax) & (lo <= hi), amax, xp.zeros_like(amax))
+
+
+FLOAT_METHODS = ("minmax", "percentile", "mse", "sqnr")
+"""The range methods on float grids (:func:`compute_scale`)."""
+
+
+def compute_scale(
+    stats,
+    fmt: ElementFormat,
+    method: str = "minmax",
+    *,
+    percentile: float = 99.99,
+    gamma: float = 3.0,
+    num_candidates: int = SEARCH_CANDIDATES,
+) -> Array:
+    """Return each encoding's FP32 scale for ``fmt`` by ``method``, from statistics.
+
+    ``stats`` are any analyzer's statistics (streamed, merged, saved or all-reduced):
+    :class:`~encanalyze.MinMaxRange` for ``"minmax"``, :class:`~encanalyze.Histogram` for
+    every method. ``"minmax"``: ``amax / fmt.max`` (Model Optimizer's and torchao's amax
+    scaling); ``"percentile"``: the largest magnitude of the percentile range (the integer
+    percentile method's clipping of each tail) over ``fmt.max``; ``"mse"``: the least squared
+    error on the format's grid (:func:`search_scale` with ``gamma=1``); ``"sqnr"``: the same
+    search with the clipped bins' noise weighted by ``gamma`` (3, the integer SQNR search's
+    default). Encodings that saw only zeros (or nothing) get scale 1. Returns float32 scales of
+    the encoding shape in the statistics' namespace and device.
+    """
+    from ._rules.percentile import percentile_range, validate_percentile
+    from ._stats import Histogram, MinMaxRange
+
+    if method not in FLOAT_METHODS:
+        raise ValueError(f"method must be one of {FLOAT_METHODS}, got {method!r}")
+    if not isinstance(stats, (Histogram, MinMaxRange)):
+        raise TypeError(f"not statistics: {type(stats).__name__} (a Histogram or MinMaxRange)")
+    if method != "minmax" and not isinstance(stats, Histogram):
+        raise TypeError(f"method {method!r} needs Histogram statistics, got {type(stats).__name__}")
+    xp = namespace_of(stats.min)
+    if method == "mse":
+        return search_scale(stats, fmt, num_candidates=num_candidates, gamma=1.0)
+    if method == "sqnr":
+        if not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        return search_scale(stats, fmt, num_candidates=num_candidates, gamma=gamma)
+    amax = _stats_amax(xp, stats)
+    if method == "percentile" and validate_percentile(percentile) < 100:
+        rows, num_bins = math.prod(stats.shape), stats.histogram.shape[-1]
+        counts = xp.reshape(stats.histogram, (rows, num_bins))
+        edges = xp.reshape(xp.astype(stats.bin_edges, xp.float32), (rows, num_bins + 1))
+        lo, hi = percentile_range(xp, counts, edges, percentile)
+        clipped = xp.reshape(xp.maximum(xp.abs(lo), xp.abs(hi)), stats.shape)
+        amax = xp.minimum(clipped, amax)
+    scale = div(xp, amax, xp.asarray(fmt.max, dtype=xp.float32, device=device_of(amax)))
+    return xp.where(amax > 0, scale, xp.ones_like(scale))
+
+
+class FloatEncodingAnalyzer:
+    """Streaming calibration of FP32 scales for a float element format.
+
+    A thin layer over an ordinary analyzer (:attr:`analyzer`: min-max statistics for
+    ``"minmax"``, a histogram for the other methods), so its statistics stream, merge, save,
+    load and all-reduce as every analyzer's do; :meth:`compute_scale` applies
+    :func:`compute_scale` to them.
+
+    Parameters
+    ----------
+    fmt
+        The element format (:data:`E4M3FN`, ...).
+    shape, block_size
+        The encoding shape and block size, as for every analyzer (``(64, 1)``: one scale per
+        row of a ``(64, K)`` weight).
+    method
+        One of :data:`FLOAT_METHODS`.
+    num_bins, percentile, gamma
+        The histogram's bins and the methods' parameters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from encanalyze.formats import E4M3FN, FloatEncodingAnalyzer
+    >>> analyzer = FloatEncodingAnalyzer(E4M3FN, (2, 1), method="minmax")
+    >>> _ = analyzer.update_stats(np.array([[0.5, -896.0], [1.0, 2.0]], np.float32))
+    >>> analyzer.compute_scale().ravel().tolist()
+    [2.0, 0.004464285913854837]
+    """
+
+    def __init__(
+        self,
+        fmt: ElementFormat,
+        shape,
+        method: str = "sqnr",
+        *,
+        block_size=None,
+        num_bins: int = 2048,
+        percentile: float = 99.99,
+        gamma: float = 3.0,
+    ) -> None:
+        from ._rules.minmax import MinMaxEncodingAnalyzer
+        from ._rules.percentile import PercentileEncodingAnalyzer, validate_percentile
+
+        if not isinstance(fmt, (FloatFormat, FixedFormat)):
+            raise TypeError(f"fmt must be a FloatFormat or FixedFormat, got {type(fmt).__name__}")
+        if method not in FLOAT_METHODS:
+            raise ValueError(f"method must be one of {FLOAT_METHODS}, got {method!r}")
+        if not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        self.fmt, self.method = fmt, method
+        self.percentile, self.gamma = validate_percentile(percentile), float(gamma)
+        if method == "minmax":
+            self.analyzer = MinMaxEncodingAnalyzer(shape, block_size=block_size)
+        else:
+            self.analyzer = PercentileEncodingAnalyzer(shape, num_bins, block_size=block_size)
+
+    def __repr__(self) -> str:
+        return f"FloatEncodingAnalyzer({self.fmt.name}, {self.analyzer.shape}, {self.method!r})"
+
+    def update_stats(self, x: Array):
+        """Add ``x`` to the statistics; return this batch's statistics."""
+        return self.analyzer.update_stats(x)
+
+    def get_stats(self):
+        """Return the running statistics (``None`` before the first update)."""
+        return self.analyzer.get_stats()
+
+    def reset_stats(self) -> None:
+        """Forget the statistics."""
+        self.analyzer.reset_stats()
+
+    def merge(self, *others: FloatEncodingAnalyzer) -> FloatEncodingAnalyzer:
+        """Merge the statistics of ``others`` (same method and parameters); return ``self``."""
+        self.analyzer.merge(*(o.analyzer for o in others))
+        return self
+
+    def compute_scale(self) -> Array:
+        """Return the FP32 scales of the statistics (``StatisticsNotFoundError`` before any)."""
+        from ._errors import StatisticsNotFoundError
+
+        stats = self.analyzer.get_stats()
+        if stats is None:
+            raise StatisticsNotFoundError("no statistics: call update_stats first")
+        return self.compute_scale_from_stats(stats)
+
+    def compute_scale_from_stats(self, stats) -> Array:
+        """Return the FP32 scales of ``stats`` (e.g. merged from several processes)."""
+        return compute_scale(
+            stats, self.fmt, self.method, percentile=self.percentile, gamma=self.gamma
+        )
+
+
 # -- a JSON layout for block encodings ------------------------------------------------------
 JSON_VERSION = 1
 """Version of :func:`to_json`'s layout."""
 
 
-def to_json(scheme: str, scales: Array, fmt: FloatFormat = E2M1, tensor_scale=None) -> dict:
+def to_json(
+    scheme: str,
+    scales: Array,
+    fmt: ElementFormat = E2M1,
+    tensor_scale=None,
+    block_axis: int = -1,
+) -> dict:
     """Return block encodings as a JSON-compatible dict (the documented layout).
 
     ``scheme`` ``"mx"``: ``scales`` are :func:`mx_exponents` (biased E8M0 integers), ``fmt``
     the element format, blocks of 32; ``"nvfp4"``: ``scales`` are the E4M3 block scales of
     :func:`nvfp4_quantize` (E2M1 elements, blocks of 16) and ``tensor_scale`` the optional FP32
-    tensor scale. Blocks run along the last axis; ``scales`` is a nested list of the block grid
-    ``(..., K / block_size)``. See ``docs/formats.rst``.
+    tensor scale. Blocks run along ``block_axis`` of the tensor; ``scales`` is a nested list of
+    the block grid ``(..., K / block_size)`` of the tensor with that axis moved last (as the
+    quantize functions take it). See ``docs/formats.rst``.
     """
     import numpy as np
 
@@ -559,16 +760,18 @@ def to_json(scheme: str, scales: Array, fmt: FloatFormat = E2M1, tensor_scale=No
         out["tensor_scale"] = None if tensor_scale is None else float(to_numpy(tensor_scale))
     else:
         raise ValueError(f"scheme must be 'mx' or 'nvfp4', got {scheme!r}")
-    return {"format_version": JSON_VERSION, "block_axis": -1, **out}
+    if isinstance(block_axis, bool) or not isinstance(block_axis, int):
+        raise TypeError(f"block_axis must be an integer, got {block_axis!r}")
+    return {"format_version": JSON_VERSION, "block_axis": block_axis, **out}
 
 
 def from_json(data: dict) -> dict:
     """Return :func:`to_json`'s dict checked, with ``scales`` as a NumPy array and ``format``.
 
     The result's keys: ``scheme``, ``format`` (a :class:`FloatFormat`), ``block_size``,
-    ``scales`` and, for NVFP4, ``tensor_scale``: what :func:`mx_quantize` (``exponents=``) and
-    :func:`nvfp4_quantize` (``block_scales=``, ``tensor_scale=``) take. ``ValueError`` for a
-    dict of another layout or version.
+    ``block_axis``, ``scales`` and, for NVFP4, ``tensor_scale``: what :func:`mx_quantize`
+    (``exponents=``) and :func:`nvfp4_quantize` (``block_scales=``, ``tensor_scale=``) take.
+    ``ValueError`` for a dict of another layout or version.
     """
     import numpy as np
 
@@ -590,7 +793,11 @@ def from_json(data: dict) -> dict:
         raise ValueError("block-encodings scales must be a nested list of numbers") from None
     if scheme == "mx" and ((array < 0) | (array > E8M0_NAN)).any():
         raise ValueError("E8M0 scales must lie in [0, 255]")
+    axis = data.get("block_axis", -1)
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ValueError(f"block_axis must be an integer, got {axis!r}")
     out = {"scheme": scheme, "format": FORMATS[name], "block_size": block_size, "scales": array}
+    out["block_axis"] = axis
     if scheme == "nvfp4":
         ts = data.get("tensor_scale")
         out["tensor_scale"] = None if ts is None else np.float32(ts)

@@ -278,9 +278,10 @@ def _searched(backend, rng, fmt, rows=32, n=512):
 
 
 @pytest.mark.parametrize("fmt", [E4M3FN, E2M1, E3M2], ids=lambda f: f.name)
-def test_searched_scale_equals_a_brute_force_over_the_histogram(backend, rng, fmt):
+@pytest.mark.parametrize("gamma", [1.0, 3.0])
+def test_searched_scale_equals_a_brute_force_over_the_histogram(backend, rng, fmt, gamma):
     w, stats = _searched(backend, rng, fmt)
-    got = formats.search_scale(stats, fmt, num_candidates=64)
+    got = formats.search_scale(stats, fmt, num_candidates=64, gamma=gamma)
     backend.check(got, (32, 1), "float32")
     got = backend.to_numpy(got)[:, 0]
     counts = backend.to_numpy(stats.histogram)[:, 0].astype(np.float64)
@@ -296,7 +297,9 @@ def test_searched_scale_equals_a_brute_force_over_the_histogram(backend, rng, fm
             a = np.float32(amax[r, 0] * np.float32(k) / np.float32(64))
             s = np.float32(a / np.float32(fmt.max))
             q = quantize((mids[r] / s).astype(np.float32), fmt) * s
-            noise.append(np.sum(counts[r] * (q.astype(np.float64) - mids[r]) ** 2))
+            err = (q.astype(np.float64) - mids[r]) ** 2
+            err = np.where(np.abs(mids[r]) > a, err * gamma, err)  # the clipped bins
+            noise.append(np.sum(counts[r] * err))
         k = 64 - int(np.argmin(noise[::-1]))  # the largest of the least
         want = np.float32(np.float32(amax[r, 0] * np.float32(k) / np.float32(64)) / fmt.max)
         assert got[r] == want, (r, k)
@@ -315,3 +318,118 @@ def test_searched_scale_beats_amax_scaling_on_the_data(rng, fmt):
     assert e_ours.sum() < e_amax.sum()
     if fmt is E2M1:
         assert np.all(e_ours <= e_amax)
+
+
+def test_methods_on_float_grids(backend, rng):
+    """minmax is amax scaling; percentile clips each tail as the integer method does; mse and
+    sqnr are the grid search with gamma 1 and 3; all from the same streamed statistics."""
+    import encanalyze as ea
+
+    w, stats = _searched(backend, rng, E4M3FN)
+    scales = {m: formats.compute_scale(stats, E4M3FN, m) for m in formats.FLOAT_METHODS}
+    for s in scales.values():
+        backend.check(s, (32, 1), "float32")
+    got = {m: backend.to_numpy(s) for m, s in scales.items()}
+    live = np.abs(w).max(axis=1) > 0  # row 3 is all zeros (its histogram spans [-0.5, 0.5])
+    amax = formats.amax_scale(w, E4M3FN, axis=1)
+    # (a re-binned histogram's range is its edges: within an ulp of the data's)
+    np.testing.assert_allclose(got["minmax"][live], amax[live], rtol=2e-7)
+    mm = ea.MinMaxEncodingAnalyzer((32, 1))
+    mm.update_stats(backend.asarray(w))
+    minmax = formats.compute_scale(mm.get_stats(), E4M3FN)
+    np.testing.assert_array_equal(backend.to_numpy(minmax), amax)  # the zero row's scale is 1
+    np.testing.assert_array_equal(got["mse"], backend.to_numpy(formats.search_scale(stats, E4M3FN)))
+    want = formats.search_scale(stats, E4M3FN, gamma=3.0)
+    np.testing.assert_array_equal(got["sqnr"], backend.to_numpy(want))
+    # percentile, by hand: the lower edges of the bins where the cumulative count reaches
+    # T (1 - p/100) and T p/100, in float32 as the reference computes its thresholds
+    counts = backend.to_numpy(stats.histogram)[:, 0].astype(np.float64)
+    edges = backend.to_numpy(stats.bin_edges)[:, 0].astype(np.float32)
+    for p in (99.0, 99.99):
+        got_p = backend.to_numpy(formats.compute_scale(stats, E4M3FN, "percentile", percentile=p))
+        cs = np.cumsum(counts, axis=1)
+        total = cs[:, -1:].astype(np.float32)
+        hi = np.sum(cs < (total * np.float32(p)) / np.float32(100), axis=1)
+        lo = np.sum(cs < total * np.float32(1 - p / 100), axis=1)
+        rows = np.arange(32)
+        amax = np.maximum(np.abs(edges[rows, lo]), np.abs(edges[rows, hi]))
+        amax = np.minimum(amax, got["minmax"][:, 0] * np.float32(448))
+        want = np.where(amax > 0, amax / np.float32(448), 1).astype(np.float32)
+        np.testing.assert_array_equal(got_p[:, 0], want)
+        assert np.all(got_p[live] <= got["minmax"][live])
+    same = formats.compute_scale(stats, E4M3FN, "percentile", percentile=100)
+    np.testing.assert_array_equal(backend.to_numpy(same), got["minmax"])
+
+
+def test_float_analyzer_streams_merges_and_saves(tmp_path, rng):
+    """The analyzer's statistics are an ordinary analyzer's: merged halves and a saved and
+    loaded copy give the same scales as the statistics they hold."""
+    import encanalyze as ea
+
+    w = (rng.standard_t(4, (16, 256)) * 0.1).astype(np.float32)
+    for method in formats.FLOAT_METHODS:
+        whole = formats.FloatEncodingAnalyzer(E2M1, (16, 1), method)
+        with pytest.raises(ea.StatisticsNotFoundError):
+            whole.compute_scale()
+        whole.update_stats(w)
+        a, b = (formats.FloatEncodingAnalyzer(E2M1, (16, 1), method) for _ in range(2))
+        a.update_stats(w[:, :128])
+        b.update_stats(w[:, 128:])
+        merged = a.merge(b).compute_scale()
+        np.testing.assert_array_equal(merged, a.compute_scale_from_stats(a.get_stats()))
+        if method == "minmax":  # min-max statistics merge exactly
+            np.testing.assert_array_equal(merged, whole.compute_scale())
+        ea.save(whole.analyzer, tmp_path / f"{method}.npz")
+        again = formats.FloatEncodingAnalyzer(E2M1, (16, 1), method)
+        again.analyzer = ea.load(tmp_path / f"{method}.npz")
+        np.testing.assert_array_equal(again.compute_scale(), whole.compute_scale())
+        q = quantize_scaled(w, E2M1, scale=whole.compute_scale())
+        assert np.all(np.isfinite(q))
+    whole.reset_stats()
+    assert whole.get_stats() is None
+
+
+def test_float_methods_reject_bad_parameters():
+    import encanalyze as ea
+
+    stats = ea.MinMaxEncodingAnalyzer((1,)).update_stats(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="method must be one of"):
+        formats.compute_scale(stats, E4M3FN, "entropy")
+    with pytest.raises(TypeError, match="needs Histogram statistics"):
+        formats.compute_scale(stats, E4M3FN, "mse")
+    with pytest.raises(TypeError, match="not statistics"):
+        formats.compute_scale(np.ones(3), E4M3FN)
+    with pytest.raises(ValueError, match="gamma"):
+        formats.FloatEncodingAnalyzer(E4M3FN, (1,), "sqnr", gamma=-1)
+    with pytest.raises(ValueError, match="percentile"):
+        formats.FloatEncodingAnalyzer(E4M3FN, (1,), "percentile", percentile=20)
+    with pytest.raises(TypeError, match="FloatFormat"):
+        formats.FloatEncodingAnalyzer("e4m3", (1,))
+    a = formats.FloatEncodingAnalyzer(E4M3FN, (2, 1), "minmax")
+    a.update_stats(np.ones((2, 3), np.float32))
+    before = a.get_stats()
+    with pytest.raises(ValueError):
+        a.update_stats(np.ones((3, 3), np.float32))  # wrong shape: statistics kept
+    np.testing.assert_array_equal(a.get_stats().max, before.max)
+
+
+def test_mxint8_is_ocp_fixed_point(backend, rng):
+    """MXINT8: the block exponent floor(log2(amax)) (emax 0), elements k / 64 with |k| <= 127,
+    rounded to nearest even, as OCP MX v1.0 defines them (written out here element by element)."""
+    x = (rng.standard_t(3, (6, 128)) * 0.05).astype(np.float32)
+    x[0, :32] = 0.0
+    x[1, :32] = np.float32(2.0) ** -3  # amax exactly a power of two
+    x[2, 5] = 1000.0
+    elements, exponents = formats.mx_quantize(backend.asarray(x), formats.INT8)
+    elements, exponents = backend.to_numpy(elements), backend.to_numpy(exponents)
+    blocks = x.reshape(6, 4, 32)
+    amax = np.abs(blocks).max(axis=-1)
+    with np.errstate(divide="ignore"):
+        want_e = np.where(amax > 0, np.floor(np.log2(amax)), -127) + 127
+    np.testing.assert_array_equal(exponents, want_e)
+    scale = (2.0 ** (want_e - 127)).astype(np.float32)[..., None]
+    k = np.clip(np.round(blocks / np.maximum(scale, np.float32(2.0**-126)) * 64), -127, 127)
+    np.testing.assert_array_equal(elements, (k / 64).reshape(x.shape).astype(np.float32))
+    back = formats.mx_dequantize(elements, exponents)
+    assert np.all(np.abs(back - x)[2:] <= np.abs(x[2:]).max() / 2**6)
+    assert formats.INT8.max == 127 / 64 and len(formats.INT8.values()) == 128
