@@ -14,6 +14,7 @@ import numpy as np
 
 from . import formats
 from ._backends import to_numpy
+from ._command_io import cell, config_of, db, note, number, selected, strict_json, write_json
 from ._report import Layout, layout_for, sqnr_db, sqnr_rank
 from ._rules.percentile import PercentileEncodingAnalyzer
 from ._shapes import plan, to_rows
@@ -135,19 +136,24 @@ def _scaled(x, fmt, shape: tuple[int, ...], methods, args) -> tuple[Layout, dict
         scale = xp.reshape(scale, (-1, 1))
         q = formats.quantize_scaled(rows, fmt, scale=scale)
         values = to_numpy(scale).reshape(-1)
-        export = {
-            "format_version": formats.JSON_VERSION,
-            "scheme": "scaled",
-            "element_format": fmt.name,
-            "scale_format": "float32",
-            "enc_type": layout.enc_type,
-            "axis": layout.axis,
-            "block_axis": layout.block_axis,
-            "block_size": layout.block,
-            "scales": values.reshape(layout.shape).astype(float).tolist(),
-        }
+        export = scaled_json(fmt, layout, values)
         found[method] = (values, rows, q, export)
     return layout, found
+
+
+def scaled_json(fmt, layout: Layout, scales: np.ndarray) -> dict:
+    """Return the ``scaled`` scheme's JSON for FP32 ``scales`` of ``layout`` (encodings file)."""
+    return {
+        "format_version": formats.JSON_VERSION,
+        "scheme": "scaled",
+        "element_format": fmt.name,
+        "scale_format": "float32",
+        "enc_type": layout.enc_type,
+        "axis": layout.axis,
+        "block_axis": layout.block_axis,
+        "block_size": layout.block,
+        "scales": np.asarray(scales, np.float32).reshape(layout.shape).astype(float).tolist(),
+    }
 
 
 def _blocked(x, fmt, scheme: str, methods, args) -> tuple[Layout, dict]:
@@ -231,3 +237,161 @@ def encodings_file(entries: list[dict], number_format: str, output_format: str) 
         "number_format": number_format,
         "tensors": tensors,
     }
+
+
+def check_model_number_format(args) -> str | None:
+    """Return the reason ``args`` do not fit the FP8 model job (``None`` when they do)."""
+    if args.number_format not in ONNX_FLOAT8:
+        return (
+            f"--data with --number-format {args.number_format}: ONNX QDQ models take "
+            f"{' or '.join(ONNX_FLOAT8)} (or int)"
+        )
+    if args.activation_method not in ("auto", *formats.FLOAT_METHODS):
+        return f"--activation-method {args.activation_method} has no {args.number_format} version"
+    if args.per_channel is not None:
+        return "--per-channel with --number-format: FP8 activations are per tensor"
+    if args.weight_grid != "symmetric" or args.symmetric:
+        return "FP8 grids are symmetric: drop --weight-grid/--symmetric"
+    return None
+
+
+def calibrate_model_float(args) -> int:
+    """Run the model job in FP8: weights and activations, the activations' method by the output.
+
+    Weights keep their best-SQNR method (``--method``: one for all); activations are scored by
+    the FP8 QDQ model's output SQNR on the held-out batches (``--activation-method``: one).
+    """
+    from . import _model_command, cli
+    from ._calibration import Progress
+    from .onnx._float8 import (
+        FLOAT8_SESSION,
+        calibrate_float8,
+        choose_float8_activations,
+        save_model,
+    )
+    from .onnx._qdq import output_sqnr, publish, staging
+
+    path = cli.Path(args.files[0])
+    model = _model_command.load(path)
+    axes = _model_command.parse_sample_axes(args.sample_axis)
+    batches, random, notes = _model_command.batches_for(model, args.data, args.batch_size, axes)
+    if random:
+        notes.append(
+            "calibrating on random data: the activation ranges say nothing about real inputs"
+        )
+    calib, held, more = _model_command.split(batches, args.holdout)
+    judged = list(held if len(held) else calib)
+    fmt = NUMBER_FORMATS[args.number_format][1]
+    weight_methods = formats.FLOAT_METHODS if args.method in ("all", "auto") else (args.method,)
+    act_methods = (
+        formats.FLOAT_METHODS if args.activation_method == "auto" else (args.activation_method,)
+    )
+    from .onnx._calibrate import quantizable_weights
+
+    total = len(quantizable_weights(model)) + len(calib) + len(act_methods)
+    with Progress(total) as progress:
+        result = calibrate_float8(
+            model,
+            calib,
+            fmt,
+            methods=tuple(dict.fromkeys((*act_methods, *weight_methods))),
+            per_channel_weights=not args.per_tensor_weights,
+            num_bins=args.num_bins,
+            percentile=args.percentile,
+            gamma=args.gamma,
+            tensors=lambda name: selected(name, args),
+            progress=progress,
+        )
+        result = _weights_by(result, weight_methods)
+        if not result.encodings:
+            raise cli.JobError("no tensor of the model could be calibrated")
+        progress.stage("choosing the activations' method")
+        method, scores, qdq = choose_float8_activations(model, result, judged, act_methods)
+        progress.advance(len(act_methods))
+        result = result.with_activations(method)
+    for message in notes + more:
+        note(message)
+    for name, reason in result.unquantized.items():
+        note(f"{name} left in floating point: {reason}")
+    measured_on = "held-out" if len(held) else "calibration"
+    rows = [_model_row(e) for e in result.encodings.values()]
+    on_calib = None
+    if args.qdq_model is not None and len(held):
+        on_calib = output_sqnr(model, qdq, list(calib), None, FLOAT8_SESSION)
+    if args.format == "json":
+        report = {
+            "config": config_of(args),
+            "number_format": args.number_format,
+            "activations": {"method": method, "measured_on": measured_on, "output_sqnr_db": scores},
+            "tensors": rows,
+            "unquantized": [{"name": n, "reason": r} for n, r in result.unquantized.items()],
+            "calibration_output_sqnr_db": on_calib,
+        }
+        print(strict_json(report))
+    else:
+        print(_model_table(rows))
+        shown = ", ".join(f"{m} {np.mean(list(v.values())):.2f} dB" for m, v in scores.items())
+        print(
+            f"activations: {method}, by the FP8 QDQ model's output SQNR on the {measured_on} "
+            f"data ({shown})"
+        )
+    if args.output is not None:
+        entries = []
+        for e in result.encodings.values():
+            layout = layout_for(_shape(e), e.axis)
+            r = {"scale": e.scale.astype(float).tolist()}
+            r["_export"] = scaled_json(fmt, layout, e.scale)
+            entries.append({"name": e.name, "_layout": layout, "best": e.method})
+            entries[-1]["methods"] = {e.method: r}
+        write_json(args.output, encodings_file(entries, args.number_format, args.output_format))
+    if args.qdq_model is not None:
+        target = cli.check_output(args.qdq_model)
+        with staging(target) as folder:
+            staged = folder / target.name
+            save_model(qdq, staged)
+            publish(staged, target)
+    return 0
+
+
+def _weights_by(result, methods):
+    """Return ``result`` with each weight on its best-SQNR method among ``methods``."""
+    import dataclasses
+
+    encodings = {}
+    for name, e in result.encodings.items():
+        if e.kind == "param":
+            best = max(methods, key=lambda m: (e.sqnr_db[m], -methods.index(m)))
+            e = dataclasses.replace(e, method=best)
+        encodings[name] = e
+    return dataclasses.replace(result, encodings=encodings)
+
+
+def _shape(e) -> tuple[int, ...]:
+    return (1,) if e.axis is None else (*([1] * e.axis), e.scale.size)
+
+
+def _model_row(e) -> dict:
+    return {
+        "name": e.name,
+        "kind": e.kind,
+        "axis": e.axis,
+        "method": e.method,
+        "scale": e.scale.astype(float).tolist(),
+        "sqnr_db": None if e.sqnr_db is None else e.sqnr_db[e.method],
+    }
+
+
+def _model_table(rows: list[dict]) -> str:
+    width = min(60, max([6, *(len(r["name"]) for r in rows)]))
+    head = (
+        f"{'tensor':<{width + 1}}{'kind':<11}{'method':<11}{'scale':>11}{'scales':>8}{'SQNR dB':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        n = len(r["scale"])
+        lines.append(
+            f"{cell(r['name'], width)} {r['kind']:<11}{r['method']:<11}"
+            f"{number(float(np.median(r['scale'])))}{n:>8}{db(r['sqnr_db'])}"
+        )
+    lines.append("scale: the median of a tensor's scales; SQNR: a weight's own quantize-dequantize")
+    return "\n".join(lines)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fnmatch
 import importlib.util
-import json
 import math
 import re
 import signal
@@ -26,9 +24,24 @@ import numpy as np
 from . import __version__, _model_command
 from ._backends import to_numpy
 from ._calibration import Progress, encodings_by_rows, progress_bar
+from ._command_io import cell as _cell
+from ._command_io import config_of as _config
+from ._command_io import db as _db
+from ._command_io import note as _note
+from ._command_io import number as _fmt
+from ._command_io import selected as _selected
+from ._command_io import strict_json as _json
+from ._command_io import write_json as _write_json
 from ._encoding import to_scale_offset
-from ._files import OutputPathError, check_output, printable, write_atomic
-from ._float_job import NUMBER_FORMATS, calibrate_float, check_number_format, encodings_file
+from ._files import OutputPathError, check_output, printable
+from ._float_job import (
+    NUMBER_FORMATS,
+    calibrate_float,
+    calibrate_model_float,
+    check_model_number_format,
+    check_number_format,
+    encodings_file,
+)
 from ._observers.histogram import validate_num_bins
 from ._onnx_graph import ModelFileError, external_locations, float_weights, load_model
 from ._registry import ACTIVATION_PERCENTILE
@@ -313,6 +326,10 @@ def _check_model_options(args) -> None:
         return
     if len(args.files) != 1 or Path(args.files[0]).suffix.lower() != ".onnx":
         raise UsageError("--data calibrates one .onnx model: give exactly one .onnx FILE")
+    if args.number_format != "int":
+        reason = check_model_number_format(args)
+        if reason is not None:
+            raise UsageError(reason)
     for name, default in (("block_size", None), ("backend", "numpy")):
         if getattr(args, name) != default:
             raise UsageError(
@@ -414,12 +431,6 @@ def _unique(name: str, source: str, taken) -> str:
     return key
 
 
-def _selected(name: str, args) -> bool:
-    if args.include and not any(fnmatch.fnmatchcase(name, p) for p in args.include):
-        return False
-    return not any(fnmatch.fnmatchcase(name, p) for p in args.exclude)
-
-
 def _skip_reason(array: np.ndarray) -> str | None:
     if not np.issubdtype(array.dtype, np.floating):
         return f"not floating point ({array.dtype})"
@@ -513,19 +524,6 @@ def calibrate_one(name: str, array: np.ndarray, args, convert, progress=None) ->
     }
 
 
-def _fmt(v: float, width: int = 11) -> str:
-    return f"{v:>{width}.4g}"
-
-
-def _cell(text: str, width: int) -> str:
-    """``text`` escaped, elided in the middle (``…``) when longer than ``width``."""
-    text = printable(text)
-    if len(text) > width:
-        keep = width - 1
-        text = text[: (keep + 1) // 2] + "\u2026" + text[len(text) - keep // 2 :]
-    return f"{text:<{width}}"
-
-
 NAME_WIDTH = 60
 """Names longer than this are elided in the middle in the table (``--format json`` has them
 whole)."""
@@ -557,10 +555,6 @@ def format_table(entries: list[dict]) -> str:
         "scale and (number of encodings)"
     )
     return "\n".join(lines)
-
-
-def _db(value: float | None) -> str:
-    return f"{'n/a':>9}" if value is None else f"{value:>9.2f}"
 
 
 def _plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) -> list[Path]:
@@ -600,34 +594,6 @@ def _plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) 
         plt.close(fig)
         written.append(path)
     return written
-
-
-def _json(obj) -> str:
-    """Strict JSON: non-finite floats become the strings "inf", "-inf" and "nan"."""
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(obj), indent=2, allow_nan=False)
-
-
-def _config(args) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-
-
-def _note(message: str) -> None:
-    print(f"encanalyze: note: {printable(message)}", file=sys.stderr)
-
-
-def _write_json(path: Path, obj) -> None:
-    text = _json(obj).encode()
-    write_atomic(path, lambda f: f.write(text))
 
 
 class JobError(Exception):
@@ -834,6 +800,15 @@ def calibrate(args) -> int:
     written last, so that a failure on the way leaves no file behind.
     """
     _check_options(args)
+    if args.data is not None and args.number_format != "int":
+        try:
+            return calibrate_model_float(args)
+        except (UsageError, KeyboardInterrupt, MemoryError, _model_command.DataError, JobError):
+            raise
+        except (ModelFileError, TensorFileError, OSError) as err:
+            raise JobError(str(err)) from err
+        except Exception as err:  # noqa: BLE001 - the model job's one boundary
+            raise JobError(_reason(err)) from err
     if args.data is not None:
         return calibrate_model(args)
     convert = _converter(args.backend, args.device)

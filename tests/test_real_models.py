@@ -234,3 +234,39 @@ def test_the_default_job_chooses_by_the_output_and_is_never_below_min_max(case, 
     weights = {t["method"] for t in report["tensors"] if t["kind"] == "param"}
     assert weights == {"minmax"}
     print(f"{case}: {label}, held-out output SQNR {held:.2f} dB, {seconds:.1f} s")
+
+
+def test_real_classifier_in_fp8(tmp_path, capsys):
+    """The FP8 model job on a real opset-11 model: every weight and activation of its 53 Conv
+    nodes encoded, and ONNX Runtime with FLOAT8_SESSION computes its FP8 QDQ model as without
+    any graph optimization (53 FP8 layers deep, float sums in another order flip roundings, so
+    ONNX's reference evaluator is compared on the small models of test_float8_models)."""
+    from encanalyze.onnx import FLOAT8_SESSION
+    from encanalyze.onnx._calibrate import session
+
+    requirement, member, shape, _ = CASES["ocr-classifier"]
+    model = fetch(requirement, member)
+    np.savez(tmp_path / "calib.npz", x=text_images(8, *shape[1:]))
+    qdq = tmp_path / "q.onnx"
+    status, stdout, err, _ = _job(
+        capsys, model, "--data", tmp_path / "calib.npz", "--batch-size", "2",
+        "--number-format", "float8_e4m3fn", "--qdq-model", qdq, "--format", "json",
+    )  # fmt: skip
+    assert status == 0, err
+    report = json.loads(stdout)
+    kinds = [t["kind"] for t in report["tensors"]]
+    assert kinds.count("param") > 50 and kinds.count("activation") > 50
+    assert report["unquantized"] == []
+    scores = report["activations"]["output_sqnr_db"]
+    assert all(np.isfinite(list(v.values())).all() for v in scores.values())
+    import onnx
+
+    proto = onnx.load(qdq)
+    x = {"x": text_images(1, *shape[1:], seed=9)}
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact = ort.InferenceSession(
+        proto.SerializeToString(), plain, providers=["CPUExecutionProvider"]
+    )
+    got = session(proto, ["CPUExecutionProvider"], config=FLOAT8_SESSION).run(None, x)[0]
+    np.testing.assert_allclose(got, exact.run(None, x)[0], rtol=1e-5, atol=1e-6)

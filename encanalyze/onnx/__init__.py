@@ -2,25 +2,40 @@
 
 Needs onnx; onnxruntime for activations and QDQ models.
 
-See :func:`calibrate`, :func:`write_qdq_model` and the user guide's "Calibrating a model".
+See :func:`calibrate`, :func:`write_qdq_model` and the user guide's "Calibrating a model";
+:func:`calibrate_float8` and :func:`float8_qdq_model` for FP8 QDQ models.
 """
 
 from .._calibration import CalibrationResult, TensorEncoding
 from .._onnx_graph import ModelFileError, float_weights, load_model
 from ._calibrate import QUANTIZABLE_OPS, ModelRunError, calibrate, quantizable_weights
 from ._choose import Choice, Option, choose_encodings
+from ._float8 import (
+    FLOAT8_SESSION,
+    Float8Calibration,
+    Float8Encoding,
+    calibrate_float8,
+    choose_float8_activations,
+    float8_qdq_model,
+)
 from ._qdq import output_sqnr, write_qdq_model
 
 __all__ = [
+    "FLOAT8_SESSION",
     "QUANTIZABLE_OPS",
     "CalibrationResult",
     "ModelFileError",
     "ModelRunError",
     "Choice",
+    "Float8Calibration",
+    "Float8Encoding",
     "Option",
     "TensorEncoding",
     "calibrate",
+    "calibrate_float8",
+    "choose_float8_activations",
     "choose_encodings",
+    "float8_qdq_model",
     "float_weights",
     "load_model",
     "output_sqnr",

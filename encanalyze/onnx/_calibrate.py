@@ -34,6 +34,7 @@ __all__ = [
     "feeds",
     "is_bias",
     "model_inputs",
+    "observe_activations",
     "quantizable_weights",
     "run_batch",
     "session",
@@ -157,11 +158,13 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def session(model, providers=None, workdir: str | None = None):
+def session(model, providers=None, workdir: str | None = None, config: dict | None = None):
     """Return an ONNX Runtime session for a loaded ``ModelProto``.
 
     A model larger than :data:`INLINE_LIMIT` is saved to ``workdir`` with external data, which
-    converts it in place: pass a model of your own (a copy).
+    converts it in place: pass a model of your own (a copy). ``config``: session options
+    (``{"graph_optimization_level": "ORT_ENABLE_BASIC"}``, a level by name) and config entries
+    (``{"session.disable_quant_qdq": "1"}``).
     """
     import onnx
     import onnxruntime as ort
@@ -183,6 +186,11 @@ def session(model, providers=None, workdir: str | None = None):
         source = str(path)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its graph-cleaning warnings are not the user's
+    for key, value in (config or {}).items():
+        if key == "graph_optimization_level":
+            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, value)
+        else:
+            options.add_session_config_entry(key, value)
     return _ort_call(
         "load the model", ort.InferenceSession, source, sess_options=options, providers=providers
     )
@@ -350,7 +358,7 @@ def calibrate(
             bar.advance()
         count, branches = 0, {}
         if batches is not None:
-            analyzers, count, branches = _observe(
+            analyzers, count, branches = observe_activations(
                 proto,
                 values,
                 batches,
@@ -396,7 +404,9 @@ def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
     return {out: BRANCHES[bool(np.asarray(values[c]).reshape(-1)[0])] for out, c in conds.items()}
 
 
-def _observe(proto, weights, batches, methods, op_types, providers, progress, tensors, axis=None):
+def observe_activations(
+    proto, weights, batches, methods, op_types, providers, progress, tensors, axis=None
+):
     """Run the batches with the activations as extra outputs; one analyzer per tensor.
 
     Tensors inside ``If``/``Loop``/``Scan`` bodies cannot be graph outputs: an ``If`` of the

@@ -298,27 +298,31 @@ def stage_qdq_model(
     return path, opset_note
 
 
-def output_sqnr(float_model, quantized_model, batches: Iterable, providers=None) -> dict:
+def output_sqnr(
+    float_model, quantized_model, batches: Iterable, providers=None, config: dict | None = None
+) -> dict:
     """Return the SQNR in dB of each output of ``quantized_model`` against ``float_model``.
 
     Both run with ONNX Runtime on the same batches; ``10 log10(sum(y**2) / sum((y - q)**2))``
-    over all batches, in float64 (``inf`` where the outputs agree exactly).
+    over all batches, in float64 (``inf`` where the outputs agree exactly). ``config``: the
+    quantized model's session config entries.
     """
     reference = own_model(float_model)  # session() may convert the models it runs
     names = [o.name for o in reference.graph.output]
     first, second = itertools.tee(batches)  # one pass over the batches, both models in step
     want = model_outputs(reference, first, names, providers)
     del reference  # held by the generator until its session exists, then dropped
-    return outputs_sqnr(
-        names, want, model_outputs(own_model(quantized_model), second, names, providers)
-    )
+    got = model_outputs(own_model(quantized_model), second, names, providers, config)
+    return outputs_sqnr(names, want, got)
 
 
-def model_outputs(proto, batches: Iterable, names: list[str], providers) -> Iterator[list]:
+def model_outputs(
+    proto, batches: Iterable, names: list[str], providers, config: dict | None = None
+) -> Iterator[list]:
     """Yield ``names`` computed by ``proto`` (a model of the caller's own) on each batch."""
     inputs = model_inputs(proto)
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
-        run = session(proto, providers, workdir)
+        run = session(proto, providers, workdir, config)
         del proto
         for batch in batches:
             yield run_batch(run, names, feeds(batch, inputs))

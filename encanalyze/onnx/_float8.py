@@ -1,0 +1,314 @@
+"""FP8 calibration of ONNX models and their FP8 QDQ models (FLOAT8E4M3FN / FLOAT8E5M2).
+
+Weights get an FP32 scale per output channel (or per tensor) by each float method on their
+own values, each keeping the method of best SQNR; activations one histogram per tensor,
+streamed from ONNX Runtime as the integer job's are, and a scale per method from it. The QDQ
+model (opset 19: ``QuantizeLinear`` with a FLOAT8 zero point, saturating) stores the weights
+as FLOAT8 initializers behind ``DequantizeLinear`` and quantizes each calibrated activation
+with a ``QuantizeLinear``/``DequantizeLinear`` pair that every consumer reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+
+from .. import formats
+from .._calibration import Progress
+from .._onnx_graph import float_weights, load_model, own_model
+from .._report import layout_for
+from .._rules.percentile import PercentileEncodingAnalyzer
+from .._shapes import plan, to_rows
+from ._branches import inline_branches
+from ._calibrate import QUANTIZABLE_OPS, observe_activations, weights_of
+
+__all__ = [
+    "FLOAT8_FORMATS",
+    "FLOAT8_OPSET",
+    "FLOAT8_SESSION",
+    "Float8Calibration",
+    "Float8Encoding",
+    "calibrate_float8",
+    "choose_float8_activations",
+    "float8_qdq_model",
+    "save_model",
+]
+
+FLOAT8_OPSET = 19
+"""The first opset whose QuantizeLinear / DequantizeLinear take FLOAT8 types."""
+
+FLOAT8_SESSION = {"graph_optimization_level": "ORT_ENABLE_BASIC"}
+"""Session options FP8 QDQ models need in ONNX Runtime 1.32's CPU provider: its level-2
+optimizations (``ORT_ENABLE_EXTENDED``, part of the default ``ORT_ENABLE_ALL``) remove a
+``Relu`` before a FLOAT8 ``QuantizeLinear``, as if quantization clamped negative values (it
+does for uint8 with zero point 0, not for FLOAT8, which is signed), and fuse FLOAT8 QDQ
+patterns into integer kernels; either changes the model's output. Basic optimizations agree
+with ONNX's reference evaluator."""
+
+FLOAT8_FORMATS = {"float8_e4m3fn": "FLOAT8E4M3FN", "float8_e5m2": "FLOAT8E5M2"}
+"""The float formats ONNX has as QuantizeLinear outputs, and their TensorProto type names."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Float8Encoding:
+    """One tensor's FP8 scales: ``scales`` by method (float32, one per channel of ``axis``).
+
+    ``method`` is the one in use; ``sqnr_db`` (weights) the SQNR of each method's
+    quantize-dequantize of the weight itself.
+    """
+
+    name: str
+    kind: str  # "param" or "activation"
+    axis: int | None
+    scales: dict
+    method: str
+    sqnr_db: dict | None = None
+
+    @property
+    def scale(self) -> np.ndarray:
+        """The scales of :attr:`method`."""
+        return self.scales[self.method]
+
+
+@dataclasses.dataclass(frozen=True)
+class Float8Calibration:
+    """What :func:`calibrate_float8` found: encodings by tensor name, and what it left out."""
+
+    fmt: formats.FloatFormat
+    encodings: dict
+    unquantized: dict
+    branches: dict
+    num_batches: int
+
+    def with_activations(self, method: str) -> Float8Calibration:
+        """Return a copy whose activations use ``method``."""
+        encodings = {
+            n: dataclasses.replace(e, method=method) if e.kind == "activation" else e
+            for n, e in self.encodings.items()
+        }
+        return dataclasses.replace(self, encodings=encodings)
+
+
+def _scales(fmt, stats, methods, percentile, gamma) -> dict:
+    """Each method's scales (float32, flat) from ``stats``."""
+    return {
+        m: np.asarray(
+            formats.compute_scale(stats, fmt, m, percentile=percentile, gamma=gamma), np.float32
+        ).reshape(-1)
+        for m in methods
+    }
+
+
+def calibrate_float8(
+    model,
+    batches: Iterable | None = None,
+    fmt: formats.FloatFormat = formats.E4M3FN,
+    *,
+    methods=formats.FLOAT_METHODS,
+    per_channel_weights: bool = True,
+    op_types=QUANTIZABLE_OPS,
+    providers=None,
+    num_bins: int = 2048,
+    percentile: float = 99.99,
+    gamma: float = 3.0,
+    tensors: Callable[[str], bool] | None = None,
+    progress: Progress | None = None,
+) -> Float8Calibration:
+    """Calibrate an ONNX model's weights and activations for an FP8 format.
+
+    The same weights and activations as :func:`encanalyze.onnx.calibrate` (``op_types``
+    nodes, ``tensors`` predicate, ``If`` branches inlined); each gets the scales of every
+    method of ``methods`` (:data:`encanalyze.formats.FLOAT_METHODS`) from one histogram of
+    ``num_bins`` bins. Weights keep their best-SQNR method, activations the first of
+    ``methods`` (:meth:`Float8Calibration.with_activations` switches them).
+    """
+    if fmt.name not in FLOAT8_FORMATS:
+        raise ValueError(f"ONNX has no QuantizeLinear to {fmt.name}: use {list(FLOAT8_FORMATS)}")
+    methods = tuple(methods)
+    proto, _ = load_model(model)
+    values = float_weights(proto)
+    chosen = {
+        n: a
+        for n, a in weights_of(proto, op_types, values).items()
+        if tensors is None or tensors(n)
+    }
+    bar = progress if progress is not None else Progress(len(chosen), False)
+    encodings, unquantized = {}, {}
+    for name, axis in chosen.items():
+        bar.stage(f"weight {name}")
+        w = np.asarray(values[name], np.float32)
+        axis = axis if per_channel_weights and w.ndim > 0 else None
+        layout = layout_for(w.shape, axis)
+        rows = to_rows(np, w, plan(w.shape, layout.shape))
+        if not np.isfinite(rows).any(axis=1).all():
+            unquantized[name] = "a channel without a finite value"
+            bar.advance()
+            continue
+        stats = PercentileEncodingAnalyzer(layout.shape, num_bins).update_stats(w)
+        scales = _scales(fmt, stats, methods, percentile, gamma)
+        sqnr = {
+            m: _sqnr(rows, formats.quantize_scaled(rows, fmt, scale=s[:, None]))
+            for m, s in scales.items()
+        }
+        best = max(sqnr, key=lambda m: (sqnr[m], -methods.index(m)))
+        encodings[name] = Float8Encoding(name, "param", layout.axis, scales, best, sqnr)
+        bar.advance()
+    count, branches = 0, {}
+    if batches is not None:
+        options = {"percentile": {"num_bins": num_bins, "percentile": 100.0}}
+        analyzers, count, branches = observe_activations(
+            proto, values, batches, options, op_types, providers, bar, tensors
+        )
+        for name, (made, _) in analyzers.items():
+            stats = made["percentile"].get_stats()
+            if stats is None:
+                unquantized[name] = "no calibration batch reached it"
+                continue
+            if not bool(np.all(np.isfinite(np.asarray(stats.bin_edges)))):
+                unquantized[name] = "its range is not finite"
+                continue
+            scales = _scales(fmt, stats, methods, percentile, gamma)
+            encodings[name] = Float8Encoding(name, "activation", None, scales, methods[0])
+    return Float8Calibration(fmt, encodings, unquantized, branches, count)
+
+
+def _sqnr(rows: np.ndarray, q: np.ndarray) -> float:
+    from .._report import sqnr_db
+
+    r = np.where(np.isfinite(rows), rows, 0).astype(np.float64)
+    d = np.where(np.isfinite(rows), q, 0).astype(np.float64)
+    return sqnr_db(float(np.sum(r * r)), float(np.sum((r - d) ** 2)))
+
+
+def float8_qdq_model(model, result: Float8Calibration, methods: Mapping[str, str] | None = None):
+    """Return the FP8 QDQ model of ``model`` with ``result``'s encodings (a new ModelProto).
+
+    Opset 19 or newer (older models are converted; ``ValueError`` where ONNX's converter
+    cannot). Each weight becomes a FLOAT8 initializer (its values quantized by its scales,
+    per channel on its axis) read through ``DequantizeLinear``; each activation passes a
+    ``QuantizeLinear``/``DequantizeLinear`` pair (per tensor) that all its consumers in the main
+    graph read. ``methods`` overrides the method of named tensors.
+    """
+    from onnx import TensorProto, helper, version_converter
+
+    from ._qdq import constants_to_initializers, opset_of
+
+    proto = inline_branches(own_model(model), result.branches)
+    constants_to_initializers(proto)
+    if opset_of(proto) < FLOAT8_OPSET:
+        try:
+            proto = version_converter.convert_version(proto, FLOAT8_OPSET)
+        except Exception as err:  # noqa: BLE001 - the converter raises many kinds
+            why = " ".join(str(err).split())[:200]
+            raise ValueError(
+                f"opset {opset_of(proto)} has no FLOAT8 QuantizeLinear and the model could not "
+                f"be converted to opset {FLOAT8_OPSET} ({why})"
+            ) from None
+    ftype = getattr(TensorProto, FLOAT8_FORMATS[result.fmt.name])
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    values = float_weights(proto)
+    renamed, new_nodes, new_inits = {}, [], []
+    for name, e in result.encodings.items():
+        scale = e.scales[(methods or {}).get(name, e.method)].astype(np.float32)
+        if e.axis is None:
+            scale = scale.reshape(())
+        s_name, z_name, dq = f"{name}_fp8_scale", f"{name}_fp8_zero_point", f"{name}_fp8_dq"
+        new_inits.append(helper.make_tensor(s_name, TensorProto.FLOAT, scale.shape, scale.ravel()))
+        new_inits.append(helper.make_tensor(z_name, ftype, scale.shape, np.zeros(scale.size)))
+        axis = {} if e.axis is None else {"axis": e.axis}
+        if e.kind == "param" and name in inits:
+            w = np.asarray(values[name], np.float32)
+            shape = [1] * w.ndim
+            if e.axis is not None:
+                shape[e.axis] = -1
+            q = formats.quantize(w / scale.reshape(shape), result.fmt)
+            q_name = f"{name}_fp8"
+            new_inits.append(helper.make_tensor(q_name, ftype, w.shape, q.ravel()))
+            new_nodes.append(
+                (
+                    None,
+                    [helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq], **axis)],
+                )
+            )
+        elif e.kind == "activation":
+            q_name = f"{name}_fp8"
+            pair = [
+                helper.make_node("QuantizeLinear", [name, s_name, z_name], [q_name], saturate=1),
+                helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq]),
+            ]
+            new_nodes.append((name, pair))
+        else:
+            continue
+        renamed[name] = dq
+    for node in graph.node:
+        for i, inp in enumerate(node.input):
+            if inp in renamed:
+                node.input[i] = renamed[inp]
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used |= {i for _, nodes in new_nodes for n in nodes for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    _insert_in_order(graph, new_nodes)
+    return proto
+
+
+def _insert_in_order(graph, new_nodes: list) -> None:
+    """Add ``(source, nodes)`` pairs so that the graph stays topologically sorted.
+
+    Nodes without a source (the weights' ``DequantizeLinear``) and those of graph inputs go
+    first; an activation's pair right after the node producing it.
+    """
+    produced_by = {o: k for k, node in enumerate(graph.node) for o in node.output}
+    first, after = [], {}
+    for source, nodes in new_nodes:
+        if source in produced_by:
+            after.setdefault(produced_by[source], []).extend(nodes)
+        else:
+            first.extend(nodes)
+    ordered = list(first)
+    for k, node in enumerate(graph.node):
+        ordered.append(node)
+        ordered.extend(after.get(k, []))
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def choose_float8_activations(
+    model, result: Float8Calibration, batches, methods=formats.FLOAT_METHODS, providers=None
+) -> tuple[str, dict, object]:
+    """Return the activation method whose FP8 QDQ model's output is closest to the float one.
+
+    Each of ``methods`` builds the QDQ model (:func:`float8_qdq_model`), run by ONNX Runtime
+    (with :data:`FLOAT8_SESSION`) on ``batches`` (a list: held-out data), scored by the mean
+    of its outputs' SQNR; returns ``(method, {method: {output: dB}}, its model)``.
+    """
+    from ._qdq import output_sqnr
+
+    scores, models = {}, {}
+    for method in methods:
+        proto = float8_qdq_model(model, result.with_activations(method))
+        scores[method] = output_sqnr(model, proto, batches, providers, FLOAT8_SESSION)
+        models[method] = proto
+
+    def mean(method: str) -> float:
+        values = list(scores[method].values())
+        return float(np.mean(values)) if values else -np.inf
+
+    best = max(methods, key=mean)
+    return best, scores, models[best]
+
+
+def save_model(proto, path) -> None:
+    """Save ``proto`` at ``path`` (with a ``.data`` sidecar for models over 1 GiB)."""
+    import onnx
+
+    from .._onnx_graph import model_bytes
+    from ._calibrate import INLINE_LIMIT
+
+    large = model_bytes(proto) > INLINE_LIMIT
+    location = f"{path.name}.data"
+    onnx.save_model(proto, str(path), save_as_external_data=large, location=location)
