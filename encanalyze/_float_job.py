@@ -4,8 +4,9 @@
 instead of integer grids: FP8 / FP6 / FP4 elements with an FP32 scale per tensor, channel or
 block (methods minmax, percentile, mse, sqnr from one histogram per encoding), OCP MX blocks
 of 32 (minmax: the references' floor exponent; mse: the least-error exponent) and NVFP4
-(blocks of 16, two-level amax scaling). Each method's SQNR is measured by quantize-dequantize
-of the tensor on the format's real grid.
+(blocks of 16, two-level scaling; minmax: amax block scales, mse: the least-error ones).
+Each method's SQNR is measured by quantize-dequantize of the tensor on the format's real grid.
+The FP8 model job (``--data``) is :func:`calibrate_model_float`.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ NUMBER_FORMATS = {
 }
 """``--number-format`` choices: ``(scheme, element format)``; ``int`` is the integer grids."""
 
-SCHEME_METHODS = {"scaled": formats.FLOAT_METHODS, "mx": ("minmax", "mse"), "nvfp4": ("minmax",)}
-"""The methods each scheme has (MX: the floor exponent, or the least-error one)."""
+SCHEME_METHODS = {
+    "scaled": formats.FLOAT_METHODS,
+    "mx": ("minmax", "mse"),
+    "nvfp4": ("minmax", "mse"),
+}
+"""The methods each scheme has (MX: the floor exponent or the least-error one; NVFP4: the amax
+block scale or the least-error E4M3 neighbour)."""
 
 ONNX_FLOAT8 = {"float8_e4m3fn": "FLOAT8E4M3FN", "float8_e5m2": "FLOAT8E5M2"}
 """Number formats ONNX's QuantizeLinear has as an output type (opset 19)."""
@@ -118,26 +124,40 @@ def calibrate_float(name: str, array: np.ndarray, args, convert) -> dict:
     }
 
 
+HISTOGRAM_BYTES = 1 << 26
+"""The most bytes the histograms of one piece of a tensor's encodings take (64 MiB)."""
+
+
 def _scaled(x, fmt, shape: tuple[int, ...], methods, args) -> tuple[Layout, dict]:
-    """FP32 scales of one histogram per encoding: ``{method: (scales, rows, qdq rows, json)}``."""
+    """FP32 scales of one histogram per encoding: ``{method: (scales, rows, qdq rows, json)}``.
+
+    The encodings are histogrammed a piece of rows at a time, so that the histograms stay
+    within :data:`HISTOGRAM_BYTES` (an LLM weight in blocks of 128 has a million encodings).
+    """
     xp = namespace_of(x)
     layout = layout_for(shape, args.per_channel, args.block_size, args.block_axis)
     rows = to_rows(xp, x, plan(tuple(shape), layout.shape, layout.block_size))
-    analyzer = PercentileEncodingAnalyzer(layout.shape, args.num_bins, block_size=layout.block_size)
-    stats = analyzer.update_stats(x) if set(methods) - {"minmax"} else None
+    step = max(1, HISTOGRAM_BYTES // (8 * (args.num_bins + 1)))
+    pieces = {m: [] for m in methods}
+    for start in range(0, rows.shape[0], step):
+        part = rows[start : start + step]
+        if set(methods) - {"minmax"}:
+            analyzer = PercentileEncodingAnalyzer((part.shape[0], 1), args.num_bins)
+            stats = analyzer.update_stats(part)
+        for method in methods:
+            if method == "minmax":  # the exact range (the histogram's edges may round it)
+                scale = formats.amax_scale(part, fmt, axis=1)
+            else:
+                scale = formats.compute_scale(
+                    stats, fmt, method, percentile=args.percentile, gamma=args.gamma
+                )
+            pieces[method].append(xp.reshape(scale, (-1, 1)))
     found = {}
     for method in methods:
-        if stats is None:  # minmax alone: the exact range, no histogram
-            scale = formats.amax_scale(rows, fmt, axis=1)
-        else:
-            scale = formats.compute_scale(
-                stats, fmt, method, percentile=args.percentile, gamma=args.gamma
-            )
-        scale = xp.reshape(scale, (-1, 1))
+        scale = xp.concat(pieces[method], axis=0)
         q = formats.quantize_scaled(rows, fmt, scale=scale)
         values = to_numpy(scale).reshape(-1)
-        export = scaled_json(fmt, layout, values)
-        found[method] = (values, rows, q, export)
+        found[method] = (values, rows, q, scaled_json(fmt, layout, values))
     return layout, found
 
 
@@ -184,7 +204,8 @@ def _blocked(x, fmt, scheme: str, methods, args) -> tuple[Layout, dict]:
             export = formats.to_json("mx", exps, fmt, block_axis=axis)
         else:
             ts = formats.nvfp4_tensor_scale(moved)
-            elements, block_scales = formats.nvfp4_quantize(moved, ts)
+            mode = "amax" if method == "minmax" else "mse"
+            elements, block_scales = formats.nvfp4_quantize(moved, ts, mode=mode)
             q = formats.nvfp4_dequantize(elements, block_scales, ts)
             scale = to_numpy(block_scales).reshape(-1) * np.float32(to_numpy(ts))
             export = formats.to_json("nvfp4", block_scales, tensor_scale=ts, block_axis=axis)

@@ -45,6 +45,7 @@ __all__ = [
     "INT8",
     "MX_BLOCK",
     "NVFP4_BLOCK",
+    "NVFP4_MODES",
     "FixedFormat",
     "FloatEncodingAnalyzer",
     "FloatFormat",
@@ -451,8 +452,20 @@ def nvfp4_tensor_scale(x: Array) -> Array:
     return div(xp, amax, big)
 
 
+NVFP4_MODES = ("amax", "mse")
+"""How NVFP4 block scales are chosen: ``amax`` (``amax / 6`` rounded to E4M3, the references'),
+or ``mse``: of that E4M3 value, the three below it and the one above, the one whose
+quantize-dequantize of the block has the least squared error (``amax``'s on ties)."""
+
+_NVFP4_STEPS = (0, -1, -2, -3, 1)
+"""The E4M3 neighbours the ``mse`` mode tries, in order of preference on ties."""
+
+
 def nvfp4_quantize(
-    x: Array, tensor_scale: Array | None = None, block_scales: Array | None = None
+    x: Array,
+    tensor_scale: Array | None = None,
+    block_scales: Array | None = None,
+    mode: str = "amax",
 ) -> tuple[Array, Array]:
     """Return ``(elements, block_scales)``: ``x`` in NVFP4 blocks of 16 along its last axis.
 
@@ -460,9 +473,12 @@ def nvfp4_quantize(
     one level) and rounded to E4M3 (clamped to ``[2**-6, 448]``); elements are ``x`` times
     the reciprocal of the combined scale, saturated and rounded to E2M1 (float32 values).
     ``block_scales`` are the E4M3 values (float32, ``(..., K / 16)``; given, e.g. read back with
-    :func:`from_json`, they are used as they are). Bit-exact with torchao's ``nvfp4_quantize``
-    on the CPU, whose arithmetic this follows step by step.
+    :func:`from_json`, they are used as they are). ``mode="mse"`` searches each block's scale
+    among E4M3 neighbours of the amax one (:data:`NVFP4_MODES`). Bit-exact with torchao's
+    ``nvfp4_quantize`` on the CPU (``mode="amax"``), whose arithmetic this follows step by step.
     """
+    if mode not in NVFP4_MODES:
+        raise ValueError(f"mode must be one of {NVFP4_MODES}, got {mode!r}")
     x = analyzer_input(x)
     xp = namespace_of(x)
     blocks = _blocks(xp, x, NVFP4_BLOCK)
@@ -470,28 +486,55 @@ def nvfp4_quantize(
     six = xp.asarray(E2M1.max, dtype=xp.float32, device=dev)
     block_scale = div(xp, xp.max(xp.abs(blocks), axis=-1), six)
     eps = float(2.0**E4M3FN.min_exponent)  # E4M3's smallest normal value
-    one = xp.asarray(1.0, dtype=xp.float32, device=dev)
-    given = None
+    ts = None
+    if tensor_scale is not None:
+        ts = xp.astype(xp.asarray(tensor_scale, device=dev), xp.float32)
     if block_scales is not None:
-        given = xp.astype(xp.asarray(block_scales, device=dev), xp.float32)
-        if tuple(given.shape) != tuple(block_scale.shape):
+        fp8 = xp.astype(xp.asarray(block_scales, device=dev), xp.float32)
+        if tuple(fp8.shape) != tuple(block_scale.shape):
             raise ValueError(
-                f"block_scales of shape {tuple(given.shape)} do not match the blocks "
+                f"block_scales of shape {tuple(fp8.shape)} do not match the blocks "
                 f"{tuple(block_scale.shape)}"
             )
-    if tensor_scale is None:
-        fp8 = quantize(xp.clip(block_scale, eps, E4M3FN.max), E4M3FN) if given is None else given
-        reciprocal = div(xp, one, fp8)
     else:
-        ts = xp.astype(xp.asarray(tensor_scale, device=dev), xp.float32)
-        if given is None:
-            fp8 = quantize(xp.clip(div(xp, block_scale, ts), eps, E4M3FN.max), E4M3FN)
-        else:
-            fp8 = given
-        reciprocal = div(xp, div(xp, one, ts), fp8)
+        wanted = block_scale if ts is None else div(xp, block_scale, ts)
+        fp8 = quantize(xp.clip(wanted, eps, E4M3FN.max), E4M3FN)
+        if mode == "mse":
+            fp8 = _least_error_block_scales(xp, blocks, ts, fp8, eps)
+    return xp.reshape(_nvfp4_elements(xp, blocks, ts, fp8), tuple(x.shape)), fp8
+
+
+def _nvfp4_elements(xp, blocks: Array, ts: Array | None, fp8: Array) -> Array:
+    """Return ``blocks``' E2M1 elements under E4M3 block scales ``fp8`` (and ``ts``)."""
+    one = xp.asarray(1.0, dtype=xp.float32, device=device_of(blocks))
+    reciprocal = div(xp, one, fp8) if ts is None else div(xp, div(xp, one, ts), fp8)
     with quiet(xp):
         scaled = xp.clip(blocks * reciprocal[..., None], -E2M1.max, E2M1.max)
-    return xp.reshape(quantize(scaled, E2M1), tuple(x.shape)), fp8
+    return quantize(scaled, E2M1)
+
+
+def _least_error_block_scales(xp, blocks: Array, ts, fp8: Array, eps: float) -> Array:
+    """Return each block's E4M3 scale of least squared error among ``fp8``'s neighbours."""
+    dev = device_of(blocks)
+    table = xp.asarray(E4M3FN.values(), dtype=xp.float32, device=dev)
+    lowest = int(np.searchsorted(E4M3FN.values(), eps))
+    idx = xp.searchsorted(table, xp.reshape(fp8, (-1,)))
+    x64 = xp.astype(blocks, xp.float64)
+    best, best_err = fp8, None
+    for step in _NVFP4_STEPS:
+        at = xp.clip(idx + step, lowest, table.shape[0] - 1)
+        cand = xp.reshape(xp.take(table, at), fp8.shape)
+        scale = cand if ts is None else ts * cand
+        with quiet(xp):
+            q = _nvfp4_elements(xp, blocks, ts, cand) * scale[..., None]
+            d = x64 - xp.astype(q, xp.float64)
+            err = xp.sum(d * d, axis=-1)
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best, best_err = xp.where(better, cand, best), xp.where(better, err, best_err)
+    return best
 
 
 def nvfp4_dequantize(

@@ -433,3 +433,39 @@ def test_mxint8_is_ocp_fixed_point(backend, rng):
     back = formats.mx_dequantize(elements, exponents)
     assert np.all(np.abs(back - x)[2:] <= np.abs(x[2:]).max() / 2**6)
     assert formats.INT8.max == 127 / 64 and len(formats.INT8.values()) == 128
+
+
+@pytest.mark.parametrize("two_level", [True, False], ids=["two-level", "one-level"])
+def test_nvfp4_least_error_block_scales(backend, rng, two_level):
+    """mode="mse": each block's E4M3 scale is the least-error one of the amax scale, the three
+    E4M3 values below it and the one above (a brute force, block by block), never worse."""
+    x = (rng.standard_t(3, (4, 128)) * 0.05).astype(np.float32)
+    x[0, :16] = 0.0
+    ts = formats.nvfp4_tensor_scale(x) if two_level else None
+    xs = backend.asarray(x)
+    elements, scales = formats.nvfp4_quantize(xs, ts, mode="mse")
+    backend.check(scales, (4, 8), "float32")
+    elements, scales = backend.to_numpy(elements), backend.to_numpy(scales)
+    floor_e, floor_s = formats.nvfp4_quantize(x, ts)
+    table = E4M3FN.values().astype(np.float32)
+    lowest = int(np.searchsorted(table, 2.0**-6))
+    blocks = x.reshape(4, 8, 16).astype(np.float64)
+    got = formats.nvfp4_dequantize(elements, scales, ts).reshape(4, 8, 16)
+    amax = formats.nvfp4_dequantize(floor_e, floor_s, ts).reshape(4, 8, 16)
+    for r in range(4):
+        for b in range(8):
+            i = int(np.searchsorted(table, floor_s[r, b]))
+            errs = []
+            for step in (0, -1, -2, -3, 1):
+                cand = np.full((1, 1), table[min(max(i + step, lowest), 126)], np.float32)
+                e, _ = formats.nvfp4_quantize(x[r : r + 1, 16 * b : 16 * b + 16], ts, cand)
+                q = formats.nvfp4_dequantize(e, cand, ts).astype(np.float64)
+                errs.append((np.sum((blocks[r, b] - q) ** 2), cand[0, 0]))
+            best = errs[0]
+            for err in errs[1:]:
+                if err[0] < best[0]:
+                    best = err
+            assert scales[r, b] == best[1], (r, b)
+    e_got = np.sum((blocks - got) ** 2, axis=-1)
+    e_amax = np.sum((blocks - amax) ** 2, axis=-1)
+    assert np.all(e_got <= e_amax) and e_got.sum() < e_amax.sum()
