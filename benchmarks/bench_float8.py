@@ -106,12 +106,22 @@ def main() -> None:
                 calib = [rendered_text(BATCH, h, w, seed=seed + s) for s in range(BATCHES)]
                 held = [rendered_text(BATCH, h, w, seed=seed + 100 + s) for s in range(BATCHES)]
                 ort_out, ours_out = folder / "ort_fp8.onnx", folder / "encanalyze_fp8.onnx"
-                ort_s = ort_float8(model, calib, ort_out)
+                runs = []
+                try:
+                    runs.append(
+                        (
+                            "ONNX Runtime FP8 (Distribution)",
+                            ort_out,
+                            ort_float8(model, calib, ort_out),
+                        )
+                    )
+                except Exception as err:  # noqa: BLE001 - a peer's failure is a row
+                    why = " ".join(str(err).split())[:100]
+                    print(
+                        f"| {name} | {draw} | ONNX Runtime FP8 (Distribution) | fails: {why} | | |"
+                    )
                 ours_s, method = encanalyze_float8(model, calib, ours_out)
-                runs = [
-                    ("ONNX Runtime FP8 (Distribution)", ort_out, ort_s),
-                    (f"encanalyze FP8 ({method})", ours_out, ours_s),
-                ]
+                runs.append((f"encanalyze FP8 ({method})", ours_out, ours_s))
                 for tool, path, seconds in runs:
                     scores = [
                         _mean(output_sqnr(str(model), str(path), data, None, FLOAT8_SESSION))

@@ -156,3 +156,18 @@ def test_tensors_the_blocks_do_not_fit_are_skipped(capsys, tmp_path, rng):
     assert [e["name"] for e in out["tensors"]] == ["fine"]
     assert out["skipped"][0]["name"] == "odd"
     assert "does not split into blocks of 32" in out["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("number_format", ["float8_e4m3fn", "mxfp4", "nvfp4"])
+def test_torch_backend_gives_the_same_encodings(capsys, weights, number_format):
+    pytest.importorskip("torch")
+    path, _ = weights
+    args = [path, "--number-format", number_format]
+    if number_format.startswith("float8"):
+        args += ["--per-channel", "0"]
+    ours = calibrate(capsys, *args)["tensors"]
+    theirs = calibrate(capsys, *args, "--backend", "torch")["tensors"]
+    for a, b in zip(ours, theirs, strict=True):
+        for method, r in a["methods"].items():
+            assert r["scale"] == b["methods"][method]["scale"], (a["name"], method)
+            assert r["sqnr_db"] == pytest.approx(b["methods"][method]["sqnr_db"], abs=1e-9)
