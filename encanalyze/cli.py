@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import itertools
 import math
 import re
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -172,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--format", choices=("table", "json"), default="table", help="what goes to stdout"
     )
+    cal.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="HTML",
+        help="write the analysis report: one self-contained HTML page (tables, histograms, "
+        "and for a model the layer sensitivity and ONNX Runtime's calibrators)",
+    )
     model = cal.add_argument_group("calibrating an ONNX model's activations (needs onnxruntime)")
     model.add_argument(
         "--data",
@@ -282,15 +292,22 @@ def _check_paths(args) -> None:
     inputs = list(args.files)
     if args.data is not None:
         inputs += [*_model_command.data_files(args.data), *_external_files(args.files[0])]
-    outputs = [p for p in (args.output, args.qdq_model) if p is not None]
+    named = {"--output": args.output, "--qdq-model": args.qdq_model, "--report": args.report}
+    named = {k: p for k, p in named.items() if p is not None}
+    outputs = list(named.values())
     try:
         targets = [check_output(p, inputs) for p in outputs]
     except OutputPathError as err:
         raise UsageError(str(err)) from None
-    if len(targets) == 2 and targets[0] == targets[1]:
-        raise UsageError(f"--output and --qdq-model name the same file {args.output}")
+    options = list(named)
+    for i, j in itertools.combinations(range(len(targets)), 2):
+        if targets[i] == targets[j]:
+            raise UsageError(f"{options[i]} and {options[j]} name the same file {outputs[i]}")
     folder = Path(args.data).resolve() if args.data not in (None, "random") else None
-    sidecar = targets[-1].with_name(targets[-1].name + ".data") if args.qdq_model else None
+    sidecar = None
+    if args.qdq_model is not None:
+        qdq = targets[options.index("--qdq-model")]
+        sidecar = qdq.with_name(qdq.name + ".data")
     for path, target in zip(outputs, targets, strict=True):
         if folder is not None and folder.is_dir() and target.is_relative_to(folder):
             raise UsageError(
@@ -625,6 +642,7 @@ def _model_job(args) -> int:
     from .onnx._choose import candidates_of
     from .onnx._qdq import publish, stage_qdq_model, staging
 
+    started = time.perf_counter()
     path = Path(args.files[0])
     model = _model_command.load(path)
     axes = _model_command.parse_sample_axes(args.sample_axis)
@@ -641,6 +659,7 @@ def _model_job(args) -> int:
     weight_methods = _model_command.weight_methods(args)
     choosing = 1 if len(methods) > 1 else 0  # the choice is one step of the bar
     total = len(weights) + len(calib) + choosing + qdq_steps
+    statistics = {} if args.report is not None else None
     with contextlib.ExitStack() as stack:
         progress = stack.enter_context(Progress(total))
         options = {m: REGISTRY[m].command_options(args) for m in methods}
@@ -657,6 +676,7 @@ def _model_job(args) -> int:
             progress=progress,
             tensors=lambda name: _selected(name, args),
             activation_axis=args.per_channel,
+            statistics=statistics,
         )
         if not result.encodings:
             raise JobError("no tensor of the model could be calibrated")
@@ -706,9 +726,54 @@ def _model_job(args) -> int:
         if args.output is not None:
             aimet = args.output_format == "aimet"
             _write_json(args.output, result.aimet() if aimet else result.onnx_qdq())
+        if args.report is not None:
+            seconds = time.perf_counter() - started
+            _model_report(
+                args, model, result, calib, list(judged), statistics, choice, qdq, seconds
+            )
+            _note(f"report: {args.report} ({time.perf_counter() - started:.1f} s in all)")
         if staged is not None:
             publish(staged, target)
     return 0
+
+
+def _model_report(args, model, result, calib, judged, statistics, choice, qdq, seconds) -> None:
+    """Write the model job's report: quantizers, sensitivity, ONNX Runtime's calibrators."""
+    from ._html_report import write_report
+    from .onnx._report import model_report
+
+    measured_on = (choice or qdq or {}).get("measured_on", "held-out")
+    rows = []
+    for method, db in ((choice or {}).get("qdq_output_sqnr_db") or {}).items():
+        label = f"encanalyze, activations {method} (QDQ model)"
+        rows.append({"label": label, "output_sqnr_db": db, "measured_on": measured_on})
+    if qdq is not None:
+        values = list(qdq["output_sqnr_db"].values())
+        db = sum(values) / len(values) if values else None
+        label = f"encanalyze, the written QDQ model ({printable(qdq['path'])})"
+        rows.append({"label": label, "output_sqnr_db": db, "measured_on": measured_on})
+    summary = {
+        "job": "ONNX model",
+        "model": printable(args.files[0]),
+        "data": printable(str(args.data)),
+        "batches": f"{len(calib)} calibration, {len(judged)} judged ({measured_on})",
+        "grids": result.grids(),
+        "weights' methods": args.method,
+        "activations' methods": args.activation_method,
+    }
+    if choice is not None:
+        summary["chosen"] = f"activations {choice['activations']}, weights {choice['weights']}"
+    if qdq is not None:
+        summary["QDQ model's output SQNR"] = ", ".join(
+            f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items()
+        )
+    summary["calibration took"] = f"{seconds:.1f} s"
+    peers = args.bits in ONNX_BITS and args.per_channel is None
+    data = model_report(
+        model, result, calib, judged, statistics=statistics, summary=summary,
+        comparison=rows, measured_on=measured_on, peers=peers,
+    )  # fmt: skip
+    write_report(args.report, data)
 
 
 def _activation_methods(args, notes: list[str]) -> list[str]:
@@ -811,6 +876,7 @@ def calibrate(args) -> int:
             raise JobError(_reason(err)) from err
     if args.data is not None:
         return calibrate_model(args)
+    started = time.perf_counter()
     convert = _converter(args.backend, args.device)
     tensors = _load(args)
     chosen = {k: v for k, v in tensors.items() if _selected(k, args)}
@@ -876,7 +942,30 @@ def calibrate(args) -> int:
         ]
         build = aimet_encodings if args.output_format == "aimet" else onnx_qdq_encodings
         _write_json(args.output, build(export, args.bits, args.symmetric))
+    if args.report is not None:
+        _tensor_report(args, entries, chosen, skipped, time.perf_counter() - started)
     return 0
+
+
+def _tensor_report(args, entries: list[dict], tensors: dict, skipped: list, seconds: float):
+    from ._html_report import write_report
+    from ._report_data import tensor_report
+
+    methods = list(dict.fromkeys(m for e in entries for m in e["methods"]))
+    grid = (
+        f"{args.bits}-bit integers, {'symmetric' if args.symmetric else 'asymmetric'}"
+        if args.number_format == "int"
+        else args.number_format
+    )
+    summary = {
+        "job": "tensor files" if args.files else "built-in sample tensors",
+        "data": ", ".join(map(str, args.files)) or "built-in samples",
+        "grid": grid,
+        "methods": ", ".join(methods),
+        "tensors": f"{len(entries)} calibrated, {len(skipped)} skipped",
+        "time taken": f"{seconds:.2f} s",
+    }
+    write_report(args.report, tensor_report(entries, tensors, summary, methods))
 
 
 def _public(entry: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -260,6 +261,7 @@ def calibrate(
     progress: bool | None | Progress = None,
     tensors: Callable[[str], bool] | None = None,
     activation_axis: int | None = None,
+    statistics: dict | None = None,
 ) -> CalibrationResult:
     """Calibrate an ONNX model's weights and, with ``batches``, its activations.
 
@@ -291,7 +293,9 @@ def calibrate(
     the model's output (``activation_options`` then maps each method to its options); with
     several weight methods, each weight's encodings by all of them are kept likewise. ONNX
     Runtime's errors (a model it cannot load, a batch it cannot run) raise
-    :class:`ModelRunError`.
+    :class:`ModelRunError`. ``statistics``, a dict, receives what the analysis report shows:
+    ``"histograms"`` (each activation's histogram, where a histogram method observed it) and
+    ``"ranges"`` (each activation's finite ``[min, max]`` per batch).
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
     the same); the deployment default of ONNX Runtime, TensorRT and QNN is asymmetric
@@ -358,6 +362,7 @@ def calibrate(
             bar.advance()
         count, branches = 0, {}
         if batches is not None:
+            ranges = None if statistics is None else statistics.setdefault("ranges", {})
             analyzers, count, branches = observe_activations(
                 proto,
                 values,
@@ -368,7 +373,10 @@ def calibrate(
                 bar,
                 tensors,
                 activation_axis,
+                ranges,
             )
+            if statistics is not None:
+                statistics["histograms"] = _histograms(analyzers)
             for name, (made, axis) in analyzers.items():
                 found = {
                     m: encode_activation(name, a, num_steps, symmetric, axis, m)
@@ -404,8 +412,41 @@ def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
     return {out: BRANCHES[bool(np.asarray(values[c]).reshape(-1)[0])] for out, c in conds.items()}
 
 
+def _histograms(analyzers: dict) -> dict:
+    """Each activation's report histogram from the first of its analyzers that has one."""
+    from .._report_data import activation_histogram
+    from .._stats import Histogram
+
+    out = {}
+    for name, (made, _) in analyzers.items():
+        for a in made.values():
+            stats = a.get_stats()
+            if isinstance(stats, Histogram) and math.prod(stats.shape) == 1:
+                out[name] = activation_histogram(stats)
+                break
+    return out
+
+
+def _finite_range(value) -> list[float] | None:
+    """Return ``[min, max]`` of ``value``'s finite values (``None``: none, or not float)."""
+    v = np.asarray(value)
+    if v.dtype.kind != "f" or v.size == 0:
+        return None
+    finite = v[np.isfinite(v)]
+    return [float(finite.min()), float(finite.max())] if finite.size else None
+
+
 def observe_activations(
-    proto, weights, batches, methods, op_types, providers, progress, tensors, axis=None
+    proto,
+    weights,
+    batches,
+    methods,
+    op_types,
+    providers,
+    progress,
+    tensors,
+    axis=None,
+    ranges: dict | None = None,
 ):
     """Run the batches with the activations as extra outputs; one analyzer per tensor.
 
@@ -413,7 +454,8 @@ def observe_activations(
     main graph whose branches hold ``op_types`` nodes is inlined with the branch the first
     batch takes (every later batch must take it too), other bodies are not observed. A model
     without any activation of ``op_types`` in its main graph is not run. Returns the
-    analyzers, the number of batches and the inlined branches.
+    analyzers, the number of batches and the inlined branches. ``ranges``, a dict, gets each
+    tensor's finite ``[min, max]`` per batch.
     """
     from onnx import TensorProto, helper
 
@@ -493,6 +535,8 @@ def observe_activations(
                 value = produced[name] if name in produced else feed[name]
                 for analyzer in observers_of(name, value):
                     analyzer.observe(value)
+                if ranges is not None and (r := _finite_range(value)) is not None:
+                    ranges.setdefault(name, []).append(r)
             count += 1
     out = {}
     for name in names:

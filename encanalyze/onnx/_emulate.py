@@ -95,12 +95,19 @@ class Emulator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def feed(self, encodings: dict[str, TensorEncoding]) -> dict[str, np.ndarray]:
-        """Return the inputs that set each emulated tensor's ``scale`` and ``offset``."""
+    def feed(
+        self, encodings: dict[str, TensorEncoding], quantized: set[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Return the inputs that set each emulated tensor's ``scale`` and ``offset``.
+
+        ``quantized``: only these tensors are quantized, the others pass in floating point
+        (``None``: all of them).
+        """
         from onnx import helper
 
         out = {}
         for name, elem in self.tensors.items():
+            out[f"{name}::on"] = np.asarray(quantized is None or name in quantized)
             e = encodings[name]
             dtype = helper.tensor_dtype_to_np_dtype(elem)
             shape = [1] * self._ndim.get(name, 0)
@@ -139,9 +146,10 @@ def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int
 
     The tensor's source is renamed ``NAME::float`` (a node output or an initializer) and the
     chain ends in ``NAME``, so readers and graph outputs need no change; a graph input keeps its
-    name and its readers read ``NAME::fq``.
+    name and its readers read ``NAME::fq``. A boolean input ``NAME::on`` selects the quantized
+    value or the float one (``Where``), so that one session serves any subset of quantizers.
     """
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     graph = proto.graph
     nodes = []
@@ -152,10 +160,11 @@ def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int
         if name in fed:
             source, end = name, f"{name}::fq"
             renamed_inputs[name] = end
-        s, o = f"{name}::scale", f"{name}::offset"
+        s, o, on = f"{name}::scale", f"{name}::offset", f"{name}::on"
         rank = ranks.get(name, 0)
         for input_name in (s, o):
             graph.input.append(helper.make_tensor_value_info(input_name, elem, [None] * rank))
+        graph.input.append(helper.make_tensor_value_info(on, TensorProto.BOOL, []))
         zero, top = f"{name}::zero", f"{name}::steps"
         graph.initializer.extend(
             [
@@ -163,7 +172,7 @@ def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int
                 numpy_helper.from_array(np.asarray(steps, dtype), top),
             ]
         )
-        t = [f"{name}::fq{i}" for i in range(5)]
+        t = [f"{name}::fq{i}" for i in range(6)]
         nodes.append(
             (
                 name,
@@ -173,7 +182,8 @@ def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int
                     helper.make_node("Sub", [t[1], o], [t[2]]),
                     helper.make_node("Clip", [t[2], zero, top], [t[3]]),
                     helper.make_node("Add", [t[3], o], [t[4]]),
-                    helper.make_node("Mul", [t[4], s], [end]),
+                    helper.make_node("Mul", [t[4], s], [t[5]]),
+                    helper.make_node("Where", [on, t[5], source], [end]),
                 ],
             )
         )

@@ -164,7 +164,7 @@ def _per_tensor_weights(result: CalibrationResult) -> CalibrationResult:
     return dataclasses.replace(result, encodings=encodings)
 
 
-def _fit_opset(proto, result: CalibrationResult) -> tuple[object, CalibrationResult, str]:
+def fit_opset(proto, result: CalibrationResult) -> tuple[object, CalibrationResult, str]:
     """Make per-channel weights expressible; return the model, the result and what was done.
 
     The model is converted to :data:`QDQ_OPSET`, or else its weights fall back to per tensor.
@@ -258,7 +258,7 @@ def stage_qdq_model(
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)
     excluded = unencoded_nodes(proto, result, op_types)
-    proto, result, opset_note = _fit_opset(proto, result)
+    proto, result, opset_note = fit_opset(proto, result)
     present = {t.name for g in all_graphs(proto.graph) for t in g.initializer}
     present |= {o for g in all_graphs(proto.graph) for n in g.node for o in n.output}
     present |= {i.name for i in proto.graph.input}

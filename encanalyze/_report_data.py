@@ -1,0 +1,125 @@
+"""The analysis report's data from a calibration: the tensor job's and the model job's.
+
+:func:`tensor_report` turns the command's tensor entries (every method's range and SQNR per
+tensor) into the page's data; :func:`model_quantizers` turns a model's
+:class:`~encanalyze.onnx.CalibrationResult` (its candidates by method, the weights, the
+activations' histograms and per-batch ranges) into its quantizer rows. What each flag means:
+``dead`` (no finite value, or all zero), ``constant`` (one value), ``clipped`` (the chosen range
+clips more than 1% of the values), ``NaN`` (NaN values dropped).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._backends import to_numpy
+from ._html_report import histogram_of, rebin
+
+__all__ = ["CLIPPED_FLAG", "activation_histogram", "model_quantizers", "tensor_report"]
+
+CLIPPED_FLAG = 0.01
+"""A quantizer whose chosen range clips more than this fraction of its values is flagged."""
+
+
+def _layout(enc_type: str, encoding_shape) -> str:
+    n = int(np.prod(encoding_shape)) if encoding_shape else 1
+    return enc_type.lower().replace("_", " ") + (f" ({n})" if n > 1 else "")
+
+
+def _flags(values: np.ndarray | None, clipped: float | None, nan_values: int) -> list[str]:
+    flags = []
+    if values is not None:
+        finite = values[np.isfinite(values)]
+        if finite.size == 0 or not np.any(finite):
+            flags.append("dead")
+        elif finite.min() == finite.max():
+            flags.append("constant")
+    if clipped is not None and clipped > CLIPPED_FLAG:
+        flags.append("clipped")
+    if nan_values:
+        flags.append("NaN")
+    return flags
+
+
+def tensor_report(entries: list[dict], tensors: dict, summary: dict, methods) -> dict:
+    """Return the report data of the tensor job: one quantizer per tensor, every method."""
+    quantizers = []
+    for e in entries:
+        values = np.asarray(tensors[e["name"]])
+        rows = {
+            m: {
+                "min": float(min(r["min"])),
+                "max": float(max(r["max"])),
+                "sqnr_db": r["sqnr_db"],
+                "clipped": r["clipped_fraction"],
+            }
+            for m, r in e["methods"].items()
+        }
+        best = e["best"]
+        quantizers.append(
+            {
+                "name": e["name"],
+                "kind": "tensor",
+                "shape": list(values.shape),
+                "layout": _layout(e["enc_type"], e["encoding_shape"]),
+                "best": best,
+                "methods": rows,
+                "hist": histogram_of(values),
+                "flags": _flags(values, rows[best]["clipped"], e.get("nan_values", 0)),
+            }
+        )
+    return {
+        "title": "encanalyze calibration report",
+        "summary": summary,
+        "methods": list(methods),
+        "quantizers": quantizers,
+    }
+
+
+def model_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> list[dict]:
+    """Return the quantizer rows of a model: each tensor's range and SQNR by every method.
+
+    ``result`` is a :class:`~encanalyze.onnx.CalibrationResult` (its ``candidates`` hold every
+    method's encoding where several were asked for), ``weights`` the float weights by name,
+    ``histograms`` each activation's report histogram and ``ranges`` its per-batch
+    ``[min, max]``.
+    """
+    out = []
+    for name, e in result.encodings.items():
+        every = result.candidates.get(name) or {e.method: e}
+        values = np.asarray(weights[name]) if e.kind == "param" else None
+        rows = {}
+        for m, c in every.items():
+            lo, hi = to_numpy(c.min).astype(np.float64), to_numpy(c.max).astype(np.float64)
+            rows[m] = {"min": float(lo.min()), "max": float(hi.max()), "sqnr_db": c.sqnr_db}
+        best = e.method
+        hist = histogram_of(values) if values is not None else histograms.get(name)
+        shape = list(values.shape) if values is not None else []
+        n = int(np.prod(np.shape(e.scale)))
+        layout = "per tensor" if e.axis is None else f"per channel ({n}, axis {e.axis})"
+        out.append(
+            {
+                "name": name,
+                "kind": "weight" if e.kind == "param" else "activation",
+                "shape": shape,
+                "layout": layout,
+                "best": best,
+                "methods": rows,
+                "hist": hist,
+                "batches": ranges.get(name, []),
+                "flags": _flags(values, None, 0),
+                "own_sqnr_db": rows[best]["sqnr_db"] if e.kind == "param" else None,
+            }
+        )
+    return out
+
+
+def activation_histogram(stats) -> dict | None:
+    """Return the report histogram of an activation's :class:`~encanalyze.Histogram`."""
+    if stats is None:
+        return None
+    counts = to_numpy(stats.histogram).reshape(-1)
+    edges = to_numpy(stats.bin_edges).reshape(-1).astype(np.float64)
+    if not np.isfinite(edges).all() or counts.sum() == 0:
+        return None
+    return rebin(counts, edges[0], edges[-1])

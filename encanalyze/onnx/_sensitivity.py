@@ -1,0 +1,129 @@
+"""Layer sensitivity: the model's output SQNR with only some quantizers on, in one session.
+
+The emulation of :mod:`._emulate` quantizes any subset of the QDQ model's tensors per run
+(the others pass in floating point), so every layer's "only its weights" and "only its
+activations" runs, and every quantizer's "all but this one" run, share one ONNX Runtime
+session and the float model's outputs computed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._calibration import CalibrationResult
+from .._onnx_graph import own_model
+from ._branches import inline_branches
+from ._calibrate import QUANTIZABLE_OPS, is_bias
+from ._emulate import Emulator
+from ._qdq import constants_to_initializers, model_outputs, output_energies
+
+__all__ = ["LayerSensitivity", "Sensitivity", "sensitivity"]
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """One quantized node's effect on the model's output.
+
+    The output SQNR (mean over the model's outputs, dB) with only its weights quantized and
+    with only its activations (inputs and outputs) quantized.
+    """
+
+    layer: str
+    op: str
+    weights: tuple[str, ...]
+    activations: tuple[str, ...]
+    weights_sqnr_db: float | None
+    activations_sqnr_db: float | None
+
+    def as_dict(self) -> dict:
+        """Return the report's row."""
+        return {
+            "layer": self.layer,
+            "op": self.op,
+            "weights_sqnr_db": self.weights_sqnr_db,
+            "activations_sqnr_db": self.activations_sqnr_db,
+        }
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """What :func:`sensitivity` measured: everything quantized, each layer, each quantizer.
+
+    ``gain_db`` maps each quantizer to what the output gains (dB) when only it stays in floating
+    point; ``layers`` are most sensitive first (the lower of their two SQNRs).
+    """
+
+    output_sqnr_db: float
+    layers: list[LayerSensitivity]
+    gain_db: dict[str, float]
+
+
+def _mean_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    from .._report import sqnr_db
+
+    values = [sqnr_db(float(s.sum()), float(n.sum())) for s, n in zip(signal, noise, strict=True)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def sensitivity(
+    model,
+    result: CalibrationResult,
+    batches: Sequence,
+    *,
+    op_types=QUANTIZABLE_OPS,
+    providers=None,
+    gains: bool = True,
+    progress=None,
+) -> Sensitivity:
+    """Measure each layer's and each quantizer's effect on the model's output.
+
+    ``batches`` (a list: held-out data) run through the emulation of ``result``'s QDQ model:
+    once with every quantizer on, once per ``op_types`` node with only its weights and once with
+    only its activations on, and (``gains``) once per quantizer with all but it on. The score is
+    the output SQNR against the float model, the mean over its outputs.
+    """
+    proto = inline_branches(own_model(model), result.branches)
+    constants_to_initializers(proto)  # weights as initializers, as the emulation has them
+    names = [o.name for o in proto.graph.output]
+    reference = list(model_outputs(own_model(proto), batches, names, providers))
+    initializers = {t.name for t in proto.graph.initializer}
+    with Emulator(model, result, op_types=op_types, providers=providers) as emulator:
+        on = set(emulator.tensors)
+
+        def score(quantized: set[str]) -> float:
+            settings = emulator.feed(result.encodings, quantized)
+            got = emulator.outputs(settings, batches)
+            return _mean_db(*output_energies(names, iter(reference), got))
+
+        base = score(on)
+        layers = []
+        for node in proto.graph.node:
+            if op_types is not None and node.op_type not in op_types:
+                continue
+            ins = [n for i, n in enumerate(node.input) if n and not is_bias(node, i)]
+            weights = tuple(n for n in ins if n in on and n in initializers)
+            acts = tuple(n for n in (*ins, *node.output) if n in on and n not in initializers)
+            if not weights and not acts:
+                continue
+            label = node.name or node.output[0]
+            w = score(set(weights)) if weights else None
+            a = score(set(acts)) if acts else None
+            layers.append(LayerSensitivity(label, node.op_type, weights, acts, w, a))
+            if progress is not None:
+                progress.advance()
+        gain = {}
+        if gains:
+            for name in emulator.tensors:
+                gain[name] = score(on - {name}) - base
+                if progress is not None:
+                    progress.advance()
+
+    def worst(layer: LayerSensitivity) -> float:
+        values = [v for v in (layer.weights_sqnr_db, layer.activations_sqnr_db) if v is not None]
+        return min(values) if values else float("inf")
+
+    layers.sort(key=worst)
+    return Sensitivity(base, layers, gain)
