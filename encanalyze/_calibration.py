@@ -350,6 +350,68 @@ class CalibrationResult:
         out = onnx_qdq_encodings(self._entries(), self.bits, self.symmetric)
         return {**out, "grids": self.grids(), "unquantized": dict(self.unquantized)}
 
+    def report(
+        self,
+        path,
+        model=None,
+        batches=None,
+        *,
+        calibration=None,
+        statistics: dict | None = None,
+        title: str | None = None,
+    ):
+        """Write the analysis report (one self-contained HTML page) at ``path``; return it.
+
+        Every quantizer with its methods' ranges and SQNR (the candidates where several methods
+        were asked for); with ``model`` (a ``torch.nn.Module``, or an ONNX model: a path or
+        ``ModelProto``) the weights' histograms, and with ``batches`` (held-out data) the layer
+        sensitivity, each quantizer's output gain in floating point and the activations' own
+        SQNR; for ONNX models with ``calibration`` (the calibration batches) also ONNX Runtime's
+        MinMax, Entropy and Percentile calibrators on the same data. ``statistics`` is the dict
+        that ``calibrate(..., statistics=...)`` filled: the activations' histograms and
+        per-batch ranges. See ``docs/report.rst``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from encanalyze.torch import calibrate
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()).eval()
+        >>> data = [torch.randn(16, 4) for _ in range(4)]
+        >>> stats = {}
+        >>> result = calibrate(model, data[:3], statistics=stats)
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "report.html"
+        >>> result.report(path, model, data[3:], statistics=stats).stat().st_size > 10_000
+        True
+        """
+        from ._html_report import write_report
+        from ._report_data import model_quantizers
+
+        summary = {"tensors": f"{len(self.encodings)} quantized, {len(self.unquantized)} not"}
+        summary["grids"] = self.grids()
+        if model is not None and _is_torch_module(model):
+            from .torch._report import torch_report
+
+            data = torch_report(
+                model, self, list(batches or []), statistics=statistics, summary=summary
+            )
+        elif model is not None:
+            from .onnx._report import model_report
+
+            data = model_report(
+                model, self, list(calibration or []), list(batches or []),
+                statistics=statistics, summary=summary, peers=calibration is not None,
+            )  # fmt: skip
+        else:
+            stats = statistics or {}
+            quantizers = model_quantizers(
+                self, {}, stats.get("histograms", {}), stats.get("ranges", {})
+            )
+            methods = list(dict.fromkeys(m for q in quantizers for m in q["methods"]))
+            data = {"summary": summary, "methods": methods, "quantizers": quantizers}
+        data["title"] = title or data.get("title", "encanalyze calibration report")
+        return write_report(path, data)
+
     def table(self) -> str:
         """Return a table: tensor, kind, method, range, first scale, and SQNR (weights)."""
         width = max([len("tensor"), *(len(printable(n)) for n in self.encodings)]) + 2
@@ -366,6 +428,11 @@ class CalibrationResult:
         for name, reason in self.unquantized.items():
             lines.append(f"{printable(name):<{width}}left in float: {printable(reason)}")
         return "\n".join(lines)
+
+
+def _is_torch_module(model) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 def _db(value: float) -> str:

@@ -10,12 +10,22 @@ clips more than 1% of the values), ``NaN`` (NaN values dropped).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ._backends import to_numpy
 from ._html_report import histogram_of, rebin
 
-__all__ = ["CLIPPED_FLAG", "activation_histogram", "model_quantizers", "tensor_report"]
+__all__ = [
+    "CLIPPED_FLAG",
+    "LayerSensitivity",
+    "Sensitivity",
+    "activation_histogram",
+    "mean_db",
+    "model_quantizers",
+    "tensor_report",
+]
 
 CLIPPED_FLAG = 0.01
 """A quantizer whose chosen range clips more than this fraction of its values is flagged."""
@@ -87,7 +97,7 @@ def model_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> l
     out = []
     for name, e in result.encodings.items():
         every = result.candidates.get(name) or {e.method: e}
-        values = np.asarray(weights[name]) if e.kind == "param" else None
+        values = np.asarray(weights[name]) if e.kind == "param" and name in weights else None
         rows = {}
         for m, c in every.items():
             lo, hi = to_numpy(c.min).astype(np.float64), to_numpy(c.max).astype(np.float64)
@@ -123,3 +133,54 @@ def activation_histogram(stats) -> dict | None:
     if not np.isfinite(edges).all() or counts.sum() == 0:
         return None
     return rebin(counts, edges[0], edges[-1])
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """One quantized node's effect on the model's output.
+
+    The output SQNR (mean over the model's outputs, dB) with only its weights quantized and
+    with only its activations (inputs and outputs) quantized.
+    """
+
+    layer: str
+    op: str
+    weights: tuple[str, ...]
+    activations: tuple[str, ...]
+    weights_sqnr_db: float | None
+    activations_sqnr_db: float | None
+
+    def worst(self) -> float:
+        """Return the lower of the two SQNRs (``inf`` without either)."""
+        values = [v for v in (self.weights_sqnr_db, self.activations_sqnr_db) if v is not None]
+        return min(values) if values else float("inf")
+
+    def as_dict(self) -> dict:
+        """Return the report's row."""
+        return {
+            "layer": self.layer,
+            "op": self.op,
+            "weights_sqnr_db": self.weights_sqnr_db,
+            "activations_sqnr_db": self.activations_sqnr_db,
+        }
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """What :func:`sensitivity` measured: everything quantized, each layer, each quantizer.
+
+    ``gain_db`` maps each quantizer to what the output gains (dB) when only it stays in floating
+    point; ``layers`` are most sensitive first (the lower of their two SQNRs).
+    """
+
+    output_sqnr_db: float
+    layers: list[LayerSensitivity]
+    gain_db: dict[str, float]
+
+
+def mean_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    """Return the mean over outputs of each output's SQNR (``(outputs, samples)`` energies)."""
+    from ._report import sqnr_db
+
+    values = [sqnr_db(float(s.sum()), float(n.sum())) for s, n in zip(signal, noise, strict=True)]
+    return float(np.mean(values)) if values else float("nan")

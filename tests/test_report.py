@@ -241,3 +241,39 @@ def test_browser_model_report(browser, cnn_job, tmp_path):
     act.click()
     assert browser.find_elements(By.CSS_SELECTOR, "#batch-ranges polyline")
     assert _errors(browser) == []
+
+
+def test_torch_report_sensitivity_by_hand(tmp_path):
+    """A torch model's report: 'only the Linear's weight quantized' equals the model run with
+    that weight quantize-dequantized by hand; the model comes back untouched."""
+    torch = pytest.importorskip("torch")
+    from encanalyze.torch import calibrate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(288, 10)
+    ).eval()
+    data = [torch.randn(8, 3, 8, 8) for _ in range(6)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = {}
+    result = calibrate(model, data[:4], bits=4, weight_symmetric=True, statistics=stats)
+    path = result.report(tmp_path / "t.html", model, data[4:], statistics=stats)
+    data_ = _data(path.read_text())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    layers = {r["layer"]: r for r in data_["sensitivity"]}
+    e = result.encodings["3.weight"]
+    s = torch.as_tensor(e.scale).reshape(-1, 1)
+    o = torch.as_tensor(e.offset).reshape(-1, 1)
+    w = model[3].weight.detach()
+    q = (torch.clamp(torch.round(w / s) - o, 0, 15) + o) * s
+    with torch.no_grad():
+        ref = torch.cat([model(x) for x in data[4:]]).double()
+        got = torch.cat([torch.nn.functional.linear(model[:3](x), q, model[3].bias)
+                         for x in data[4:]]).double()  # fmt: skip
+    want = 10 * np.log10(float((ref**2).sum() / ((ref - got) ** 2).sum()))
+    assert layers["3"]["weights_sqnr_db"] == pytest.approx(want, abs=1e-3)
+    by = {q["name"]: q for q in data_["quantizers"]}
+    assert len(by["0:output"]["batches"]) == 4 and by["0:output"]["hist"] is not None
+    assert by["3.weight"]["own_sqnr_db"] == pytest.approx(e.sqnr_db)
+    assert all(by[n]["gain_db"] is not None for n in by)

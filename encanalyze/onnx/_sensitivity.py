@@ -9,63 +9,16 @@ session and the float model's outputs computed once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
-import numpy as np
 
 from .._calibration import CalibrationResult
 from .._onnx_graph import own_model
+from .._report_data import LayerSensitivity, Sensitivity, mean_db
 from ._branches import inline_branches
 from ._calibrate import QUANTIZABLE_OPS, is_bias
 from ._emulate import Emulator
 from ._qdq import constants_to_initializers, model_outputs, output_energies
 
 __all__ = ["LayerSensitivity", "Sensitivity", "sensitivity"]
-
-
-@dataclass(frozen=True)
-class LayerSensitivity:
-    """One quantized node's effect on the model's output.
-
-    The output SQNR (mean over the model's outputs, dB) with only its weights quantized and
-    with only its activations (inputs and outputs) quantized.
-    """
-
-    layer: str
-    op: str
-    weights: tuple[str, ...]
-    activations: tuple[str, ...]
-    weights_sqnr_db: float | None
-    activations_sqnr_db: float | None
-
-    def as_dict(self) -> dict:
-        """Return the report's row."""
-        return {
-            "layer": self.layer,
-            "op": self.op,
-            "weights_sqnr_db": self.weights_sqnr_db,
-            "activations_sqnr_db": self.activations_sqnr_db,
-        }
-
-
-@dataclass(frozen=True)
-class Sensitivity:
-    """What :func:`sensitivity` measured: everything quantized, each layer, each quantizer.
-
-    ``gain_db`` maps each quantizer to what the output gains (dB) when only it stays in floating
-    point; ``layers`` are most sensitive first (the lower of their two SQNRs).
-    """
-
-    output_sqnr_db: float
-    layers: list[LayerSensitivity]
-    gain_db: dict[str, float]
-
-
-def _mean_db(signal: np.ndarray, noise: np.ndarray) -> float:
-    from .._report import sqnr_db
-
-    values = [sqnr_db(float(s.sum()), float(n.sum())) for s, n in zip(signal, noise, strict=True)]
-    return float(np.mean(values)) if values else float("nan")
 
 
 def sensitivity(
@@ -96,7 +49,7 @@ def sensitivity(
         def score(quantized: set[str]) -> float:
             settings = emulator.feed(result.encodings, quantized)
             got = emulator.outputs(settings, batches)
-            return _mean_db(*output_energies(names, iter(reference), got))
+            return mean_db(*output_energies(names, iter(reference), got))
 
         base = score(on)
         layers = []
@@ -121,9 +74,4 @@ def sensitivity(
                 if progress is not None:
                     progress.advance()
 
-    def worst(layer: LayerSensitivity) -> float:
-        values = [v for v in (layer.weights_sqnr_db, layer.activations_sqnr_db) if v is not None]
-        return min(values) if values else float("inf")
-
-    layers.sort(key=worst)
-    return Sensitivity(base, layers, gain)
+    return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain)

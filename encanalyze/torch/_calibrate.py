@@ -57,13 +57,16 @@ def _channel_axis(module: torch.nn.Module) -> int:
 class _Hooks:
     """Forward hooks that feed each module's input and output into analyzers."""
 
-    def __init__(self, modules: dict, method: str, per_channel: bool, options: dict) -> None:
+    def __init__(
+        self, modules: dict, method: str, per_channel: bool, options: dict, ranges=None
+    ) -> None:
         self.modules, self.method, self.per_channel, self.options = (
             modules,
             method,
             per_channel,
             options,
         )
+        self.ranges = ranges  # name -> [[min, max] per batch] (the report's; syncs)
         self.analyzers: dict[str, object] = {}
         self.axes: dict[str, int | None] = {}  # each analyzer's channel axis (None: per tensor)
         self.handles = []
@@ -96,11 +99,16 @@ class _Hooks:
                 if isinstance(t, torch.Tensor) and t.is_floating_point():
                     key = name + suffix
                     self._analyzer(key, t, module).observe(t.detach())
+                    if self.ranges is not None:
+                        finite = t.detach()[torch.isfinite(t.detach())]
+                        if finite.numel():
+                            lo, hi = float(finite.min()), float(finite.max())
+                            self.ranges.setdefault(key, []).append([lo, hi])
 
         return hook
 
 
-class _Untouched:
+class Untouched:
     """Observe ``model`` in eval mode (unless ``eval_mode`` is False) and leave it as it was.
 
     Every module's ``training`` flag and every buffer (BatchNorm running statistics, counters)
@@ -125,7 +133,7 @@ class _Untouched:
                 buffer.copy_(saved)
 
 
-def _forward(model: torch.nn.Module, batch) -> None:
+def forward_batch(model: torch.nn.Module, batch) -> None:
     if isinstance(batch, Mapping):
         model(**batch)
     elif isinstance(batch, (tuple, list)):
@@ -150,6 +158,7 @@ def calibrate(
     weight_options: dict | None = None,
     progress: bool | None = None,
     eval_mode: bool = True,
+    statistics: dict | None = None,
 ) -> CalibrationResult:
     """Run ``batches`` through ``model`` and return the encodings of its quantizable tensors.
 
@@ -168,7 +177,10 @@ def calibrate(
     never (``False``). The percentile method defaults to the command's ``99.99``
     (``activation_options`` overrides it). A tensor that cannot be encoded (an activation that
     never held a finite value, in any channel) is left in floating point and listed with the
-    reason in the result's ``unquantized``.
+    reason in the result's ``unquantized``. ``statistics``, a dict, receives what the analysis
+    report shows (:meth:`~encanalyze.onnx.CalibrationResult.report`): ``"histograms"`` (each
+    activation's, from a histogram method) and ``"ranges"`` (its ``[min, max]`` per batch,
+    which syncs with the device once per batch).
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
     the same); the deployment default of ONNX Runtime, TensorRT and QNN is asymmetric
@@ -196,11 +208,12 @@ def calibrate(
     validate_num_steps(num_steps, wsym)
     chosen = quantizable_modules(model, modules)
     options = activation_defaults(activations, activation_options)
-    hooks = _Hooks(chosen, activations, per_channel_activations, options)
+    ranges = None if statistics is None else statistics.setdefault("ranges", {})
+    hooks = _Hooks(chosen, activations, per_channel_activations, options, ranges)
     count = 0
-    with _Untouched(model, eval_mode), hooks, torch.no_grad():
+    with Untouched(model, eval_mode), hooks, torch.no_grad():
         for batch in progress_bar(batches, progress):
-            _forward(model, batch)
+            forward_batch(model, batch)
             count += 1
     encodings: dict[str, TensorEncoding] = {}
     unquantized: dict[str, str] = {}
@@ -217,6 +230,16 @@ def calibrate(
                 axis, key = hooks.axes[name + suffix], name + suffix
                 e = encode_activation(key, analyzer, num_steps, symmetric, axis, activations)
                 file_under(key, e, encodings, unquantized)
+    if statistics is not None:
+        from .._report_data import activation_histogram
+        from .._stats import Histogram
+
+        found = {n: a.get_stats() for n, a in hooks.analyzers.items()}
+        statistics["histograms"] = {
+            n: activation_histogram(st)
+            for n, st in found.items()
+            if isinstance(st, Histogram) and st.histogram.shape[:-1] == (1,)
+        }
     return CalibrationResult(
         encodings, bits, symmetric, count, unquantized, weight_symmetric=weight_symmetric
     )
