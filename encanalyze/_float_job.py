@@ -365,6 +365,8 @@ def calibrate_model_float(args) -> int:
             entries.append({"name": e.name, "_layout": layout, "best": e.method})
             entries[-1]["methods"] = {e.method: r}
         write_json(args.output, encodings_file(entries, args.number_format, args.output_format))
+    if args.report is not None:
+        _float8_report(args, model, result, scores, measured_on)
     if args.qdq_model is not None:
         target = cli.check_output(args.qdq_model)
         with staging(target) as folder:
@@ -372,6 +374,53 @@ def calibrate_model_float(args) -> int:
             save_model(qdq, staged)
             publish(staged, target)
     return 0
+
+
+def _float8_report(args, model, result, scores: dict, measured_on: str) -> None:
+    """Write the FP8 model job's report: every method's scales per tensor, the output by method."""
+    from ._html_report import histogram_of, write_report
+    from ._onnx_graph import float_weights
+
+    weights = float_weights(model)
+    fmt = result.fmt
+    quantizers = []
+    for e in result.encodings.values():
+        rows = {}
+        for m, scale in e.scales.items():
+            amax = float(np.max(scale)) * fmt.max
+            sqnr = None if e.sqnr_db is None else e.sqnr_db[m]
+            rows[m] = {"min": -amax, "max": amax, "sqnr_db": sqnr}
+        param = e.kind == "param"
+        quantizers.append(
+            {
+                "name": e.name,
+                "kind": "weight" if param else "activation",
+                "shape": list(weights[e.name].shape) if param else [],
+                "layout": "per tensor" if e.axis is None else f"per channel ({e.scale.size})",
+                "best": e.method,
+                "methods": rows,
+                "hist": histogram_of(weights[e.name]) if param else None,
+                "own_sqnr_db": rows[e.method]["sqnr_db"],
+            }
+        )
+    comparison = [
+        {
+            "label": f"encanalyze {args.number_format}, activations {m} (QDQ model)",
+            "output_sqnr_db": float(np.mean(list(v.values()))) if v else None,
+            "measured_on": measured_on,
+        }
+        for m, v in scores.items()
+    ]
+    summary = {
+        "job": "ONNX model, FP8",
+        "model": str(args.files[0]),
+        "data": str(args.data),
+        "number format": args.number_format,
+        "methods": ", ".join(formats.FLOAT_METHODS),
+    }
+    data = {"summary": summary, "methods": list(formats.FLOAT_METHODS), "quantizers": quantizers}
+    data |= {"comparison": comparison, "title": "encanalyze calibration report"}
+    write_report(args.report, data)
 
 
 def _weights_by(result, methods):

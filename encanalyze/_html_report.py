@@ -351,8 +351,8 @@ function draw() {
       fill: "#999", class: "bar"}));
   });
   s.append(svg("line", {x1: L, x2: W - R, y1: H - B, y2: H - B, stroke: "#444"}));
-  for (const v of [lo, (lo + hi) / 2, hi]) {
-    const t = svg("text", {x: x(v), y: H - B + 16, "text-anchor": "middle", "font-size": 11});
+  for (const [v, anchor] of [[lo, "start"], [(lo + hi) / 2, "middle"], [hi, "end"]]) {
+    const t = svg("text", {x: x(v), y: H - B + 16, "text-anchor": anchor, "font-size": 11});
     t.textContent = fmt(v, 3); s.append(t);
   }
   const ylabel = svg("text", {x: 4, y: T + 10, "font-size": 11});

@@ -171,3 +171,16 @@ def test_torch_backend_gives_the_same_encodings(capsys, weights, number_format):
         for method, r in a["methods"].items():
             assert r["scale"] == b["methods"][method]["scale"], (a["name"], method)
             assert r["sqnr_db"] == pytest.approx(b["methods"][method]["sqnr_db"], abs=1e-9)
+
+
+def test_float_tensor_report(capsys, weights, tmp_path):
+    from tests.test_report import _data
+
+    path, _ = weights
+    report = tmp_path / "r.html"
+    out = calibrate(capsys, path, "--number-format", "mxfp4", "--report", report)
+    page = _data(report.read_text())
+    assert page["summary"]["grid"] == "mxfp4"
+    for entry, q in zip(out["tensors"], page["quantizers"], strict=True):
+        assert q["best"] == entry["best"]
+        assert set(q["methods"]) == {"minmax", "mse"}

@@ -165,3 +165,22 @@ def test_model_job_refuses_what_fp8_cannot_hold(tmp_path, capsys, extra, message
     onnx.save(om.cnn(), path)
     assert main(["calibrate", str(path), "--data", "random", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_fp8_model_job_report(tmp_path, data):
+    from tests.test_report import _data
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(om.cnn(), path)
+    np.savez(tmp_path / "data.npz", x=np.concatenate(data))
+    report = tmp_path / "r.html"
+    args = ["calibrate", path, "--data", tmp_path / "data.npz", "--number-format",
+            "float8_e4m3fn", "--report", report]  # fmt: skip
+    assert main(list(map(str, args))) == 0
+    page = _data(report.read_text())
+    by = {q["name"]: q for q in page["quantizers"]}
+    assert set(by["w1"]["methods"]) == set(formats.FLOAT_METHODS)
+    assert by["w1"]["methods"]["minmax"]["max"] == pytest.approx(
+        float(np.abs(om.W1).max()), rel=1e-6
+    )
+    assert len(page["comparison"]) == len(formats.FLOAT_METHODS)
