@@ -11,6 +11,8 @@ The FP8 model job (``--data``) is :func:`calibrate_model_float`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from . import formats
@@ -21,7 +23,15 @@ from ._rules.percentile import PercentileEncodingAnalyzer
 from ._shapes import plan, to_rows
 from ._xp import namespace_of
 
-__all__ = ["NUMBER_FORMATS", "calibrate_float", "check_number_format", "encodings_file"]
+__all__ = [
+    "NUMBER_FORMATS",
+    "calibrate_float",
+    "calibrate_model_float",
+    "check_model_number_format",
+    "check_number_format",
+    "encodings_file",
+    "scaled_json",
+]
 
 NUMBER_FORMATS = {
     "int": None,
@@ -284,6 +294,7 @@ def calibrate_model_float(args) -> int:
     """
     from . import _model_command, cli
     from ._calibration import Progress
+    from .onnx._calibrate import quantizable_weights
     from .onnx._float8 import (
         FLOAT8_SESSION,
         calibrate_float8,
@@ -292,7 +303,7 @@ def calibrate_model_float(args) -> int:
     )
     from .onnx._qdq import output_sqnr, publish, staging
 
-    path = cli.Path(args.files[0])
+    path = Path(args.files[0])
     model = _model_command.load(path)
     axes = _model_command.parse_sample_axes(args.sample_axis)
     batches, random, notes = _model_command.batches_for(model, args.data, args.batch_size, axes)
@@ -307,8 +318,6 @@ def calibrate_model_float(args) -> int:
     act_methods = (
         formats.FLOAT_METHODS if args.activation_method == "auto" else (args.activation_method,)
     )
-    from .onnx._calibrate import quantizable_weights
-
     total = len(quantizable_weights(model)) + len(calib) + len(act_methods)
     with Progress(total) as progress:
         result = calibrate_float8(
