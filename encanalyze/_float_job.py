@@ -11,8 +11,6 @@ The FP8 model job (``--data``) is :func:`calibrate_model_float`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from . import formats
@@ -303,16 +301,8 @@ def calibrate_model_float(args) -> int:
     )
     from .onnx._qdq import output_sqnr, publish, staging
 
-    path = Path(args.files[0])
-    model = _model_command.load(path)
-    axes = _model_command.parse_sample_axes(args.sample_axis)
-    batches, random, notes = _model_command.batches_for(model, args.data, args.batch_size, axes)
-    if random:
-        notes.append(
-            "calibrating on random data: the activation ranges say nothing about real inputs"
-        )
-    calib, held, more = _model_command.split(batches, args.holdout)
-    judged = list(held if len(held) else calib)
+    model, calib, held, judged, more, notes = _model_command.job_data(args)
+    judged = list(judged)
     fmt = NUMBER_FORMATS[args.number_format][1]
     weight_methods = formats.FLOAT_METHODS if args.method in ("all", "auto") else (args.method,)
     act_methods = (

@@ -360,6 +360,25 @@ def split(batches: Batches, holdout: float) -> tuple[Batches, Batches, list[str]
     return batches[: n - k], batches[n - k :], notes
 
 
+def job_data(args) -> tuple:
+    """Return the model job's ``(model, calibration, held_out, judged, more, notes)``.
+
+    The one ``.onnx`` file of ``args`` loaded, its batches from ``--data`` split by
+    ``--holdout``; ``judged`` is what the output SQNR is measured on (the held-out batches, or
+    the calibration ones where none is held out), ``more`` the split's notes.
+    """
+    model = load(Path(args.files[0]))
+    axes = parse_sample_axes(args.sample_axis)
+    batches, random, notes = batches_for(model, args.data, args.batch_size, axes)
+    if random:
+        notes.append(
+            "calibrating on random data: the activation ranges say nothing about real inputs"
+        )
+    calib, held, more = split(batches, args.holdout)
+    judged = held if len(held) else calib
+    return model, calib, held, judged, more, notes
+
+
 AUTO_WEIGHTS = ("minmax",)
 """``--method auto``'s weights in the model job: min-max, what ONNX Runtime, TensorRT and Model
 Optimizer use for weights. Choosing the weights by the output as well (``--method all``: each

@@ -643,16 +643,7 @@ def _model_job(args) -> int:
     from .onnx._qdq import publish, stage_qdq_model, staging
 
     started = time.perf_counter()
-    path = Path(args.files[0])
-    model = _model_command.load(path)
-    axes = _model_command.parse_sample_axes(args.sample_axis)
-    batches, random, notes = _model_command.batches_for(model, args.data, args.batch_size, axes)
-    if random:
-        notes.append(
-            "calibrating on random data: the activation ranges say nothing about real inputs"
-        )
-    calib, held, more = _model_command.split(batches, args.holdout)
-    judged = held if len(held) else calib
+    model, calib, held, judged, more, notes = _model_command.job_data(args)
     methods = _activation_methods(args, more)
     weights = quantizable_weights(model)
     qdq_steps = 1 + len(judged) + len(calib) if args.qdq_model is not None else 0

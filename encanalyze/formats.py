@@ -368,15 +368,28 @@ def _least_error_exponents(xp, blocks: Array, floor: Array, *, fmt: ElementForma
     The candidates are ``floor``, ``floor + 1`` and ``floor - 1`` (biased, float64); the first
     of them wins ties.
     """
+    candidates = (
+        xp.where(floor == E8M0_NAN, floor, xp.clip(floor + step, 0.0, 254.0))
+        for step in (0.0, 1.0, -1.0)
+    )
+    return _least_error(xp, blocks, candidates, lambda e: _mx_qdq(xp, blocks, e, fmt))
+
+
+def _least_error(xp, blocks: Array, candidates, qdq) -> Array:
+    """Return, per block, the first of ``candidates`` whose ``qdq(candidate)`` errs least.
+
+    The error is the block's sum of squared differences (float64) between ``blocks`` and their
+    quantize-dequantize; a block with an infinite value errs infinitely under every candidate
+    and keeps the first.
+    """
     x64 = xp.astype(blocks, xp.float64)
-    best, best_err = floor, None
-    for step in (0.0, 1.0, -1.0):
-        cand = xp.where(floor == E8M0_NAN, floor, xp.clip(floor + step, 0.0, 254.0))
-        with quiet(xp):  # infinite values: infinite errors, the floor exponent kept
-            d = x64 - xp.astype(_mx_qdq(xp, blocks, cand, fmt), xp.float64)
+    best = best_err = None
+    for cand in candidates:
+        with quiet(xp):
+            d = x64 - xp.astype(qdq(cand), xp.float64)
             err = xp.sum(d * d, axis=-1)
-        if best_err is None:
-            best_err = err
+        if best is None:
+            best, best_err = cand, err
             continue
         better = err < best_err
         best, best_err = xp.where(better, cand, best), xp.where(better, err, best_err)
@@ -519,22 +532,16 @@ def _least_error_block_scales(xp, blocks: Array, ts, fp8: Array, eps: float) -> 
     table = xp.asarray(E4M3FN.values(), dtype=xp.float32, device=dev)
     lowest = int(np.searchsorted(E4M3FN.values(), eps))
     idx = xp.searchsorted(table, xp.reshape(fp8, (-1,)))
-    x64 = xp.astype(blocks, xp.float64)
-    best, best_err = fp8, None
-    for step in _NVFP4_STEPS:
-        at = xp.clip(idx + step, lowest, table.shape[0] - 1)
-        cand = xp.reshape(xp.take(table, at), fp8.shape)
+    candidates = (
+        xp.reshape(xp.take(table, xp.clip(idx + step, lowest, table.shape[0] - 1)), fp8.shape)
+        for step in _NVFP4_STEPS
+    )
+
+    def qdq(cand: Array) -> Array:
         scale = cand if ts is None else ts * cand
-        with quiet(xp):
-            q = _nvfp4_elements(xp, blocks, ts, cand) * scale[..., None]
-            d = x64 - xp.astype(q, xp.float64)
-            err = xp.sum(d * d, axis=-1)
-        if best_err is None:
-            best_err = err
-            continue
-        better = err < best_err
-        best, best_err = xp.where(better, cand, best), xp.where(better, err, best_err)
-    return best
+        return _nvfp4_elements(xp, blocks, ts, cand) * scale[..., None]
+
+    return _least_error(xp, blocks, candidates, qdq)
 
 
 def nvfp4_dequantize(
