@@ -11,6 +11,8 @@ The FP8 model job (``--data``) is :func:`calibrate_model_float`.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from . import formats
@@ -301,8 +303,10 @@ def calibrate_model_float(args) -> int:
     )
     from .onnx._qdq import output_sqnr, publish, staging
 
+    started = time.perf_counter()
     model, calib, held, judged, more, notes = _model_command.job_data(args)
     judged = list(judged)
+    statistics = {} if args.report is not None else None
     fmt = NUMBER_FORMATS[args.number_format][1]
     weight_methods = formats.FLOAT_METHODS if args.method in ("all", "auto") else (args.method,)
     act_methods = (
@@ -321,6 +325,7 @@ def calibrate_model_float(args) -> int:
             gamma=args.gamma,
             tensors=lambda name: selected(name, args),
             progress=progress,
+            statistics=statistics,
         )
         result = _weights_by(result, weight_methods)
         if not result.encodings:
@@ -365,7 +370,10 @@ def calibrate_model_float(args) -> int:
             entries[-1]["methods"] = {e.method: r}
         write_json(args.output, encodings_file(entries, args.number_format, args.output_format))
     if args.report is not None:
-        _float8_report(args, model, result, scores, measured_on)
+        seconds = time.perf_counter() - started
+        data = (calib, judged, measured_on, statistics)
+        _float8_report(args, model, result, data, scores, seconds)
+        note(f"report: {args.report} ({time.perf_counter() - started:.1f} s in all)")
     if args.qdq_model is not None:
         target = cli.check_output(args.qdq_model)
         with staging(target) as folder:
@@ -375,33 +383,18 @@ def calibrate_model_float(args) -> int:
     return 0
 
 
-def _float8_report(args, model, result, scores: dict, measured_on: str) -> None:
-    """Write the FP8 model job's report: every method's scales per tensor, the output by method."""
-    from ._html_report import histogram_of, write_report
-    from ._onnx_graph import float_weights
+def _float8_report(args, model, result, data, scores: dict, seconds: float) -> None:
+    """Write the FP8 model job's report (:func:`encanalyze.onnx._report.model_report`).
 
-    weights = float_weights(model)
-    fmt = result.fmt
-    quantizers = []
-    for e in result.encodings.values():
-        rows = {}
-        for m, scale in e.scales.items():
-            amax = float(np.max(scale)) * fmt.max
-            sqnr = None if e.sqnr_db is None else e.sqnr_db[m]
-            rows[m] = {"min": -amax, "max": amax, "sqnr_db": sqnr}
-        param = e.kind == "param"
-        quantizers.append(
-            {
-                "name": e.name,
-                "kind": "weight" if param else "activation",
-                "shape": list(weights[e.name].shape) if param else [],
-                "layout": "per tensor" if e.axis is None else f"per channel ({e.scale.size})",
-                "best": e.method,
-                "methods": rows,
-                "hist": histogram_of(weights[e.name]) if param else None,
-                "own_sqnr_db": rows[e.method]["sqnr_db"],
-            }
-        )
+    Every method's scales per tensor, the sensitivity of the FP8 QDQ model's layers, its
+    output by activation method and ONNX Runtime's FP8 model's. ``data``: the calibration
+    batches, the judged ones, what they are and the activations' statistics.
+    """
+    from ._files import printable
+    from ._html_report import write_report
+    from .onnx._report import model_report
+
+    calib, judged, measured_on, statistics = data
     comparison = [
         {
             "label": f"encanalyze {args.number_format}, activations {m} (QDQ model)",
@@ -410,16 +403,24 @@ def _float8_report(args, model, result, scores: dict, measured_on: str) -> None:
         }
         for m, v in scores.items()
     ]
+    acts = [e.method for e in result.encodings.values() if e.kind == "activation"]
     summary = {
         "job": "ONNX model, FP8",
-        "model": str(args.files[0]),
-        "data": str(args.data),
+        "model": printable(str(args.files[0])),
+        "data": printable(str(args.data)),
+        "batches": f"{len(calib)} calibration, {len(judged)} judged ({measured_on})",
         "number format": args.number_format,
-        "methods": ", ".join(formats.FLOAT_METHODS),
+        "weights' methods": args.method,
+        "activations' methods": args.activation_method,
+        "chosen": (f"activations {acts[0]}" if acts else "no activations")
+        + ", weights: each its best SQNR",
+        "calibration took": f"{seconds:.1f} s",
     }
-    data = {"summary": summary, "methods": list(formats.FLOAT_METHODS), "quantizers": quantizers}
-    data |= {"comparison": comparison, "title": "encanalyze calibration report"}
-    write_report(args.report, data)
+    report = model_report(
+        model, result, list(calib), judged, statistics=statistics, summary=summary,
+        comparison=comparison, measured_on=measured_on,
+    )  # fmt: skip
+    write_report(args.report, report)
 
 
 def _weights_by(result, methods):

@@ -22,6 +22,7 @@ __all__ = [
     "LayerSensitivity",
     "Sensitivity",
     "activation_histogram",
+    "float8_quantizers",
     "mean_db",
     "model_quantizers",
     "tensor_report",
@@ -119,6 +120,40 @@ def model_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> l
                 "batches": ranges.get(name, []),
                 "flags": _flags(values, None, 0),
                 "own_sqnr_db": rows[best]["sqnr_db"] if e.kind == "param" else None,
+            }
+        )
+    return out
+
+
+def float8_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> list[dict]:
+    """Return the quantizer rows of an FP8 model: each tensor's range by every method.
+
+    ``result`` is a :class:`~encanalyze.onnx.Float8Calibration` (every method's scales per
+    tensor; a method's range is ``+-`` its largest scale times the format's largest value, its
+    SQNR a weight's own quantize-dequantize), the rest as :func:`model_quantizers`.
+    """
+    out = []
+    for name, e in result.encodings.items():
+        param = e.kind == "param"
+        values = np.asarray(weights[name]) if param and name in weights else None
+        rows = {}
+        for m, scale in e.scales.items():
+            amax = float(np.max(scale)) * result.fmt.max
+            sqnr = None if e.sqnr_db is None else e.sqnr_db[m]
+            rows[m] = {"min": -amax, "max": amax, "sqnr_db": sqnr}
+        n = int(np.size(e.scale))
+        out.append(
+            {
+                "name": name,
+                "kind": "weight" if param else "activation",
+                "shape": list(values.shape) if values is not None else [],
+                "layout": "per tensor" if e.axis is None else f"per channel ({n}, axis {e.axis})",
+                "best": e.method,
+                "methods": rows,
+                "hist": histogram_of(values) if values is not None else histograms.get(name),
+                "batches": ranges.get(name, []),
+                "flags": _flags(values, None, 0),
+                "own_sqnr_db": rows[e.method]["sqnr_db"],
             }
         )
     return out

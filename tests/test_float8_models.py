@@ -167,7 +167,7 @@ def test_model_job_refuses_what_fp8_cannot_hold(tmp_path, capsys, extra, message
     assert message in capsys.readouterr().err
 
 
-def test_fp8_model_job_report(tmp_path, data):
+def test_fp8_model_job_report(tmp_path, data, capsys):
     from tests.test_report import _data
 
     path = tmp_path / "cnn.onnx"
@@ -183,4 +183,62 @@ def test_fp8_model_job_report(tmp_path, data):
     assert by["w1"]["methods"]["minmax"]["max"] == pytest.approx(
         float(np.abs(om.W1).max()), rel=1e-6
     )
-    assert len(page["comparison"]) == len(formats.FLOAT_METHODS)
+    rows = {r["label"]: r["output_sqnr_db"] for r in page["comparison"]}
+    assert len(rows) == len(formats.FLOAT_METHODS) + 2  # each method, as chosen, ONNX Runtime's
+    method = by["x"]["best"]
+    by_method = {m: rows[f"encanalyze float8_e4m3fn, activations {m} (QDQ model)"] for m in
+                 formats.FLOAT_METHODS}  # fmt: skip
+    assert by_method[method] == max(by_method.values())
+    assert rows["encanalyze, as chosen (QDQ model)"] == pytest.approx(by_method[method])
+    assert np.isfinite(rows["ONNX Runtime FP8 E4M3FN, Distribution (quantize_static)"])
+    layers = {layer["layer"]: layer for layer in page["sensitivity"]}
+    assert set(layers) == {"c1", "y"}
+    for layer in layers.values():  # one layer quantized loses less than the whole model
+        assert min(layer["weights_sqnr_db"], layer["activations_sqnr_db"]) > by_method[method]
+    assert all(by[n]["gain_db"] is not None for n in ("w1", "w2", "x", "c1", "f", "y"))
+    assert "Collecting tensor data" not in capsys.readouterr().out  # ONNX Runtime's prints
+
+
+def test_switched_model_quantizes_what_is_switched_on(data):
+    from encanalyze.onnx._float8 import Float8Switches
+
+    model = om.cnn()
+    result = calibrate_float8(model, data[:4]).with_activations("mse")
+    qdq = session(float8_qdq_model(model, result), ["CPUExecutionProvider"], config=FLOAT8_SESSION)
+    x = data[4]
+    with Float8Switches(model, result) as run:
+        assert set(run.tensors) == {"w1", "w2", "x", "c1", "f", "y"}
+        (every,) = run.outputs(run.feed(), [x])
+        np.testing.assert_array_equal(every[0], qdq.run(None, {"x": x})[0])
+        (none,) = run.outputs(run.feed(None, set()), [x])
+        np.testing.assert_allclose(none[0], om.cnn_forward(x)["y"], rtol=1e-5, atol=1e-6)
+        # only the input quantized: the float model of the quantized input
+        (only_x,) = run.outputs(run.feed(None, {"x"}), [x])
+        xq = formats.quantize_scaled(x, formats.E4M3FN, scale=result.encodings["x"].scale)
+        np.testing.assert_allclose(only_x[0], om.cnn_forward(xq)["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_fp8_sensitivity_runs_the_qdq_model(data):
+    from encanalyze.onnx._float8 import Float8Switches
+    from encanalyze.onnx._report import float8_activation_sqnr
+    from encanalyze.onnx._sensitivity import sensitivity
+
+    model = om.cnn()
+    result = calibrate_float8(model, data[:4])
+    method, scores, _ = choose_float8_activations(model, result, data[4:])
+    result = result.with_activations(method)
+    sens = sensitivity(model, result, data[4:], emulator=Float8Switches)
+    # the same model but for the switches: ONNX Runtime prepacks constant weights only, so a
+    # convolution may sum in another order and an activation on a rounding tie flip one step
+    assert sens.output_sqnr_db == pytest.approx(np.mean(list(scores[method].values())), abs=0.05)
+    layers = {layer.layer or layer.op: layer for layer in sens.layers}
+    assert {layer.op for layer in sens.layers} == {"Conv", "MatMul"}
+    for layer in layers.values():  # one layer quantized loses less than all of them
+        assert layer.worst() > sens.output_sqnr_db
+    assert set(sens.gain_db) == {"w1", "w2", "x", "c1", "f", "y"}
+    own = float8_activation_sqnr(model, result, data[4:])
+    x = np.concatenate(data[4:]).astype(np.float64)
+    for m, s in result.encodings["x"].scales.items():
+        q = formats.quantize_scaled(x.astype(np.float32), formats.E4M3FN, scale=s)
+        want = 10 * np.log10(np.sum(x**2) / np.sum((x - q) ** 2))
+        assert own["x"][m] == pytest.approx(want, rel=1e-9)

@@ -33,6 +33,7 @@ __all__ = [
     "calibrate",
     "default_providers",
     "feeds",
+    "histograms",
     "is_bias",
     "model_inputs",
     "observe_activations",
@@ -376,7 +377,7 @@ def calibrate(
                 ranges,
             )
             if statistics is not None:
-                statistics["histograms"] = _histograms(analyzers)
+                statistics["histograms"] = histograms(analyzers)
             for name, (made, axis) in analyzers.items():
                 found = {
                     m: encode_activation(name, a, num_steps, symmetric, axis, m)
@@ -412,7 +413,7 @@ def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
     return {out: BRANCHES[bool(np.asarray(values[c]).reshape(-1)[0])] for out, c in conds.items()}
 
 
-def _histograms(analyzers: dict) -> dict:
+def histograms(analyzers: dict) -> dict:
     """Each activation's report histogram from the first of its analyzers that has one."""
     from .._report_data import activation_histogram
     from .._stats import Histogram

@@ -11,7 +11,7 @@ with a ``QuantizeLinear``/``DequantizeLinear`` pair that every consumer reads.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .._report import layout_for
 from .._rules.percentile import PercentileEncodingAnalyzer
 from .._shapes import plan, to_rows
 from ._branches import inline_branches
-from ._calibrate import QUANTIZABLE_OPS, observe_activations, weights_of
+from ._calibrate import QUANTIZABLE_OPS, histograms, observe_activations, weights_of
 
 __all__ = [
     "FLOAT8_FORMATS",
@@ -30,6 +30,7 @@ __all__ = [
     "FLOAT8_SESSION",
     "Float8Calibration",
     "Float8Encoding",
+    "Float8Switches",
     "calibrate_float8",
     "choose_float8_activations",
     "float8_qdq_model",
@@ -115,6 +116,7 @@ def calibrate_float8(
     gamma: float = 3.0,
     tensors: Callable[[str], bool] | None = None,
     progress: Progress | None = None,
+    statistics: dict | None = None,
 ) -> Float8Calibration:
     """Calibrate an ONNX model's weights and activations for an FP8 format.
 
@@ -122,7 +124,9 @@ def calibrate_float8(
     nodes, ``tensors`` predicate, ``If`` branches inlined); each gets the scales of every
     method of ``methods`` (:data:`encanalyze.formats.FLOAT_METHODS`) from one histogram of
     ``num_bins`` bins. Weights keep their best-SQNR method, activations the first of
-    ``methods`` (:meth:`Float8Calibration.with_activations` switches them).
+    ``methods`` (:meth:`Float8Calibration.with_activations` switches them). ``statistics``, a
+    dict, receives what the analysis report shows (each activation's histogram and per-batch
+    range, as :func:`encanalyze.onnx.calibrate`'s).
     """
     if fmt.name not in FLOAT8_FORMATS:
         raise ValueError(f"ONNX has no QuantizeLinear to {fmt.name}: use {list(FLOAT8_FORMATS)}")
@@ -158,9 +162,12 @@ def calibrate_float8(
     count, branches = 0, {}
     if batches is not None:
         options = {"percentile": {"num_bins": num_bins, "percentile": 100.0}}
+        ranges = None if statistics is None else statistics.setdefault("ranges", {})
         analyzers, count, branches = observe_activations(
-            proto, values, batches, options, op_types, providers, bar, tensors
+            proto, values, batches, options, op_types, providers, bar, tensors, None, ranges
         )
+        if statistics is not None:
+            statistics["histograms"] = histograms(analyzers)
         for name, (made, _) in analyzers.items():
             stats = made["percentile"].get_stats()
             if stats is None:
@@ -182,14 +189,22 @@ def _sqnr(rows: np.ndarray, q: np.ndarray) -> float:
     return sqnr_db(float(np.sum(r * r)), float(np.sum((r - d) ** 2)))
 
 
-def float8_qdq_model(model, result: Float8Calibration, methods: Mapping[str, str] | None = None):
+def float8_qdq_model(
+    model,
+    result: Float8Calibration,
+    methods: Mapping[str, str] | None = None,
+    *,
+    switches: bool = False,
+):
     """Return the FP8 QDQ model of ``model`` with ``result``'s encodings (a new ModelProto).
 
     Opset 19 or newer (older models are converted; ``ValueError`` where ONNX's converter
     cannot). Each weight becomes a FLOAT8 initializer (its values quantized by its scales,
     per channel on its axis) read through ``DequantizeLinear``; each activation passes a
     ``QuantizeLinear``/``DequantizeLinear`` pair (per tensor) that all its consumers in the main
-    graph read. ``methods`` overrides the method of named tensors.
+    graph read. ``methods`` overrides the method of named tensors. ``switches``: each quantized
+    tensor ``NAME`` also gets a boolean graph input ``NAME::on`` that selects, by ``Where``, its
+    dequantized value or the float one (the float weights kept), for :class:`Float8Switches`.
     """
     from onnx import TensorProto, helper, version_converter
 
@@ -242,6 +257,11 @@ def float8_qdq_model(model, result: Float8Calibration, methods: Mapping[str, str
             new_nodes.append((name, pair))
         else:
             continue
+        if switches:
+            on, chosen = f"{name}::on", f"{name}_fp8_switched"
+            graph.input.append(helper.make_tensor_value_info(on, TensorProto.BOOL, []))
+            new_nodes[-1][1].append(helper.make_node("Where", [on, dq, name], [chosen]))
+            dq = chosen
         renamed[name] = dq
     for node in graph.node:
         for i, inp in enumerate(node.input):
@@ -275,6 +295,56 @@ def _insert_in_order(graph, new_nodes: list) -> None:
         ordered.extend(after.get(k, []))
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+class Float8Switches:
+    """One ONNX Runtime session of the FP8 QDQ model with every quantizer switchable.
+
+    The model of :func:`float8_qdq_model` with ``switches``, run with :data:`FLOAT8_SESSION`;
+    the interface of :class:`encanalyze.onnx._emulate.Emulator`, so that
+    :func:`encanalyze.onnx._sensitivity.sensitivity` measures FP8 models too: ``tensors`` are
+    the quantized tensors, :meth:`feed` the inputs that quantize some of them (the scales are
+    those of ``result``, built into the model), :meth:`outputs` runs batches with them.
+    """
+
+    def __init__(self, model, result: Float8Calibration, *, op_types=None, providers=None):
+        import tempfile
+
+        from ._calibrate import model_inputs, session
+
+        del op_types  # the QDQ model quantizes every encoding of ``result``
+        proto = float8_qdq_model(model, result, switches=True)
+        switched = {i.name for i in proto.graph.input if i.name.endswith("::on")}
+        self.tensors = [n for n in result.encodings if f"{n}::on" in switched]
+        self.inputs = [i for i in model_inputs(proto) if i.name not in switched]
+        self.names = [o.name for o in proto.graph.output]
+        self._workdir = tempfile.TemporaryDirectory(prefix="encanalyze-")
+        self._run = session(proto, providers, self._workdir.name, FLOAT8_SESSION)
+
+    def close(self) -> None:
+        """Drop the session and its working folder."""
+        self._run = None
+        self._workdir.cleanup()
+
+    def __enter__(self) -> Float8Switches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def feed(self, encodings=None, quantized: set[str] | None = None) -> dict:
+        """Return the inputs that quantize ``quantized`` only (``None``: every tensor).
+
+        ``encodings`` is not read: the model holds ``result``'s scales.
+        """
+        return {f"{n}::on": np.asarray(quantized is None or n in quantized) for n in self.tensors}
+
+    def outputs(self, settings: dict, batches: Iterable) -> Iterator[list]:
+        """Yield the model's outputs on each batch with the switches ``settings`` set."""
+        from ._calibrate import feeds, run_batch
+
+        for batch in batches:
+            yield run_batch(self._run, self.names, {**feeds(batch, self.inputs), **settings})
 
 
 def choose_float8_activations(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 import time
@@ -10,13 +12,21 @@ from pathlib import Path
 
 from .._calibration import CalibrationResult
 from .._onnx_graph import float_weights, load_model, own_model
-from .._report_data import model_quantizers
+from .._report_data import float8_quantizers, model_quantizers
 from ._branches import inline_branches
 from ._calibrate import QUANTIZABLE_OPS, feeds, model_inputs
 from ._qdq import fit_opset, output_sqnr
 from ._sensitivity import sensitivity
 
-__all__ = ["ORT_CALIBRATORS", "activation_sqnr", "model_report", "ort_calibrators_sqnr"]
+__all__ = [
+    "ORT_CALIBRATORS",
+    "activation_sqnr",
+    "float8_activation_sqnr",
+    "model_report",
+    "ort_calibrators_sqnr",
+    "ort_float8_sqnr",
+    "own_sqnr",
+]
 
 ORT_CALIBRATORS = ("MinMax", "Entropy", "Percentile")
 """ONNX Runtime's static calibrators the report compares against."""
@@ -33,39 +43,78 @@ def activation_sqnr(model, result: CalibrationResult, batches: Sequence, provide
     """Return each per-tensor activation's own SQNR (dB) on ``batches``, by method.
 
     ``{name: {method: dB}}`` for the activation's encoding and every candidate of
-    ``result.candidates``. The float model runs with the activations as extra outputs; each is
-    quantized and dequantized with the encoding (``QuantizeLinear``'s rounding, half to even),
-    and the SQNR sums signal and noise over every batch (finite values only).
+    ``result.candidates``: quantized and dequantized with the encoding as ``QuantizeLinear``
+    rounds (half to even); see :func:`own_sqnr`.
+    """
+    import numpy as np
+
+    n_steps = 2**result.bits - 1
+
+    def qdq(e):
+        s, o = float(np.ravel(e.scale)[0]), float(np.ravel(e.offset)[0])
+        return lambda x: (np.clip(np.round(x / s) - o, 0, n_steps) + o) * s
+
+    acts = {n: e for n, e in result.encodings.items() if e.kind == "activation" and e.axis is None}
+    every = {n: result.candidates.get(n) or {e.method: e} for n, e in acts.items()}
+    fns = {n: {m: qdq(e) for m, e in by.items()} for n, by in every.items()}
+    return own_sqnr(model, result.branches, fns, batches, providers)
+
+
+def float8_activation_sqnr(model, result, batches: Sequence, providers=None) -> dict:
+    """Return each FP8 activation's own SQNR (dB) on ``batches`` by method (``{name: {m: dB}}``).
+
+    ``result`` is a :class:`~._float8.Float8Calibration`; each method's scale quantizes as
+    ``QuantizeLinear`` to the format does (``x / scale`` in float32, saturating, nearest even).
+    """
+    import numpy as np
+
+    from .. import formats
+
+    def qdq(scale):
+        s = np.float32(np.ravel(scale)[0])
+        return lambda x: formats.quantize_scaled(x.astype(np.float32), result.fmt, scale=s)
+
+    fns = {
+        n: {m: qdq(s) for m, s in e.scales.items()}
+        for n, e in result.encodings.items()
+        if e.kind == "activation"
+    }
+    return own_sqnr(model, result.branches, fns, batches, providers)
+
+
+def own_sqnr(model, branches: dict, qdq: dict, batches: Sequence, providers=None) -> dict:
+    """Return each tensor's SQNR (dB) under each quantize-dequantize of ``qdq`` on ``batches``.
+
+    ``qdq`` maps tensor names to ``{method: function}`` (a NumPy array to its
+    quantize-dequantize). The float model (``branches`` inlined) runs with the tensors as
+    extra outputs; signal and noise are summed over every batch (finite values only). Tensors
+    no batch reached are left out.
     """
     import numpy as np
 
     from .._report import sqnr_db
     from ._calibrate import run_batch, session, value_infos
 
-    proto = inline_branches(own_model(model), result.branches)
-    acts = {n: e for n, e in result.encodings.items() if e.kind == "activation" and e.axis is None}
+    proto = inline_branches(own_model(model), branches)
     typed = {vi.name: vi for vi in value_infos(proto)}
     inputs = model_inputs(proto)
     fed = {i.name for i in inputs}
-    wanted = [n for n in acts if n in typed and n not in fed]
+    wanted = [n for n in qdq if n in typed and n not in fed]
     have = {o.name for o in proto.graph.output}
     proto.graph.output.extend(typed[n] for n in wanted if n not in have)
-    every = {n: result.candidates.get(n) or {e.method: e} for n, e in acts.items()}
-    energy = {n: {m: [0.0, 0.0] for m in every[n]} for n in acts}
-    n_steps = 2**result.bits - 1
+    energy = {n: {m: [0.0, 0.0] for m in by} for n, by in qdq.items()}
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as tmp:
         run = session(proto, providers, tmp)
         for batch in batches:
             feed = feeds(batch, inputs)
             got = dict(zip(wanted, run_batch(run, wanted, feed), strict=True)) if wanted else {}
-            for name in acts:
+            for name, by in qdq.items():
                 if name not in got and name not in feed:
                     continue
                 x = np.asarray(got[name] if name in got else feed[name], np.float64)
                 x = x[np.isfinite(x)]
-                for method, e in every[name].items():
-                    s, o = float(np.ravel(e.scale)[0]), float(np.ravel(e.offset)[0])
-                    q = (np.clip(np.round(x / s) - o, 0, n_steps) + o) * s
+                for method, fn in by.items():
+                    q = np.asarray(fn(x), np.float64)
                     energy[name][method][0] += float(np.sum(x * x))
                     energy[name][method][1] += float(np.sum((x - q) ** 2))
     return {
@@ -92,20 +141,84 @@ def ort_calibrators_sqnr(
     prepared as ONNX Runtime advises (opset 13 for per-channel weights, its
     ``quant_pre_process``; where that fails, the model as it is).
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantType
 
     proto, _ = load_model(model)
-    proto = own_model(proto)
-    proto, _, _ = fit_opset(proto, result)
-    inputs = model_inputs(proto)
+    proto, _, _ = fit_opset(own_model(proto), result)
     signed, unsigned = (getattr(QuantType, t) for t in _ORT_TYPES[result.bits])
+    grids = {
+        "activation_type": signed if result.symmetric else unsigned,
+        "weight_type": signed if result.weights_symmetric else unsigned,
+        "extra_options": {
+            "ActivationSymmetric": result.symmetric,
+            "WeightSymmetric": result.weights_symmetric,
+        },
+    }
+    configs = {
+        m: {**grids, "calibrate_method": getattr(CalibrationMethod, m)} for m in ORT_CALIBRATORS
+    }
     per_channel = any(e.axis is not None for e in result.encodings.values() if e.kind == "param")
+    return _ort_sqnr(proto, calibration, judged, configs, per_channel, op_types, providers)
+
+
+def ort_float8_sqnr(
+    model,
+    result,
+    calibration: Sequence,
+    judged: Sequence,
+    *,
+    op_types=QUANTIZABLE_OPS,
+    providers=None,
+) -> float:
+    """Return the output SQNR (dB) of ONNX Runtime's own FP8 QDQ model (``nan`` where it fails).
+
+    ``quantize_static`` with ``QFLOAT8E4M3FN`` activations and weights and its ``Distribution``
+    calibrator (the only one it has for FP8), per-channel weights where ``result``'s
+    (a :class:`~._float8.Float8Calibration`) are, run with :data:`~._float8.FLOAT8_SESSION`.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+
+    from ._float8 import FLOAT8_SESSION
+
+    proto, _ = load_model(model)
+    fp8 = QuantType.QFLOAT8E4M3FN
+    config = {
+        "activation_type": fp8,
+        "weight_type": fp8,
+        "calibrate_method": CalibrationMethod.Distribution,
+    }
+    per_channel = any(e.axis is not None for e in result.encodings.values() if e.kind == "param")
+    return _ort_sqnr(
+        own_model(proto),
+        calibration,
+        judged,
+        {"Distribution": config},
+        per_channel,
+        op_types,
+        providers,
+        FLOAT8_SESSION,
+    )["Distribution"]
+
+
+def _ort_sqnr(
+    proto,
+    calibration: Sequence,
+    judged: Sequence,
+    configs: dict[str, dict],
+    per_channel: bool,
+    op_types,
+    providers,
+    session_config: dict | None = None,
+) -> dict[str, float]:
+    """Score ``quantize_static`` with each of ``configs``' keyword arguments (``nan``: failed).
+
+    ``proto`` (a model of the caller's own) is pre-processed by ``quant_pre_process`` where
+    that works; each QDQ model is calibrated on ``calibration`` and scored by its output SQNR
+    (mean over outputs) on ``judged``.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    inputs = model_inputs(proto)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -131,28 +244,24 @@ def ort_calibrators_sqnr(
             pass
         finally:
             logging.disable(logging.NOTSET)
-        for method in ORT_CALIBRATORS:
-            target = Path(tmp) / f"{method}.onnx"
+        for label, config in configs.items():
+            target = Path(tmp) / f"{label}.onnx"
             logging.disable(logging.WARNING)
             try:
-                quantize_static(
-                    str(source),
-                    str(target),
-                    Reader(),
-                    quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=None if op_types is None else list(op_types),
-                    per_channel=per_channel,
-                    activation_type=signed if result.symmetric else unsigned,
-                    weight_type=signed if result.weights_symmetric else unsigned,
-                    calibrate_method=getattr(CalibrationMethod, method),
-                    extra_options={
-                        "ActivationSymmetric": result.symmetric,
-                        "WeightSymmetric": result.weights_symmetric,
-                    },
-                )
-                out[method] = _mean(output_sqnr(proto, str(target), judged, providers))
+                with contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+                    quantize_static(
+                        str(source),
+                        str(target),
+                        Reader(),
+                        quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=None if op_types is None else list(op_types),
+                        per_channel=per_channel,
+                        **config,
+                    )
+                scores = output_sqnr(proto, str(target), judged, providers, session_config)
+                out[label] = _mean(scores)
             except Exception:  # noqa: BLE001 - a peer's failure is a row, not the report's
-                out[method] = float("nan")
+                out[label] = float("nan")
             finally:
                 logging.disable(logging.NOTSET)
     return out
@@ -178,20 +287,34 @@ def model_report(
     from ``statistics`` of :func:`encanalyze.onnx.calibrate`), the layer sensitivity and each
     quantizer's gain in floating point (:func:`sensitivity` on ``judged``), and the output SQNR
     of ``comparison``'s rows plus ONNX Runtime's calibrators (``peers``; on ``calibration``,
-    scored on ``judged``).
+    scored on ``judged``). ``result`` may be a :class:`~._float8.Float8Calibration` (of
+    :func:`~._float8.calibrate_float8`): the sensitivity then runs its real FP8 QDQ model
+    (:class:`~._float8.Float8Switches`) and the peer is ONNX Runtime's FP8 calibration
+    (:func:`ort_float8_sqnr`, E4M3FN only).
     """
+    from ._emulate import Emulator
+    from ._float8 import Float8Calibration, Float8Switches
+
     start = time.perf_counter()
     statistics = statistics or {}
     proto, _ = load_model(model)
     weights = float_weights(proto)
-    quantizers = model_quantizers(
+    fp8 = isinstance(result, Float8Calibration)
+    quantizers = (float8_quantizers if fp8 else model_quantizers)(
         result, weights, statistics.get("histograms", {}), statistics.get("ranges", {})
     )
     rows = list(comparison or [])
     sens = None
     if judged and any(e.kind == "activation" for e in result.encodings.values()):
-        sens = sensitivity(model, result, judged, op_types=op_types, providers=providers)
-        own = activation_sqnr(model, result, judged, providers)
+        sens = sensitivity(
+            model,
+            result,
+            judged,
+            op_types=op_types,
+            providers=providers,
+            emulator=Float8Switches if fp8 else Emulator,
+        )
+        own = (float8_activation_sqnr if fp8 else activation_sqnr)(model, result, judged, providers)
         for q in quantizers:
             q["gain_db"] = sens.gain_db.get(q["name"])
             if q["kind"] == "activation" and q["name"] in own:
@@ -201,12 +324,19 @@ def model_report(
                 q["own_sqnr_db"] = own[q["name"]].get(q["best"])
         rows.append(
             {
-                "label": "encanalyze, as chosen (emulated)",
+                "label": f"encanalyze, as chosen ({'QDQ model' if fp8 else 'emulated'})",
                 "output_sqnr_db": sens.output_sqnr_db,
                 "measured_on": measured_on,
             }
         )
-        if peers:
+        if peers and fp8:
+            if result.fmt.name == "float8_e4m3fn":
+                db = ort_float8_sqnr(
+                    model, result, calibration, judged, op_types=op_types, providers=providers
+                )
+                label = "ONNX Runtime FP8 E4M3FN, Distribution (quantize_static)"
+                rows.append({"label": label, "output_sqnr_db": db, "measured_on": measured_on})
+        elif peers:
             for method, db in ort_calibrators_sqnr(
                 model, result, calibration, judged, op_types=op_types, providers=providers
             ).items():

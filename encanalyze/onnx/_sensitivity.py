@@ -30,25 +30,28 @@ def sensitivity(
     providers=None,
     gains: bool = True,
     progress=None,
+    emulator=Emulator,
 ) -> Sensitivity:
     """Measure each layer's and each quantizer's effect on the model's output.
 
     ``batches`` (a list: held-out data) run through the emulation of ``result``'s QDQ model:
     once with every quantizer on, once per ``op_types`` node with only its weights and once with
     only its activations on, and (``gains``) once per quantizer with all but it on. The score is
-    the output SQNR against the float model, the mean over its outputs.
+    the output SQNR against the float model, the mean over its outputs. ``emulator`` makes
+    the session that quantizes a subset (:class:`~._emulate.Emulator` for integer encodings,
+    :class:`~._float8.Float8Switches` for FP8 ones: their real QDQ model).
     """
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)  # weights as initializers, as the emulation has them
     names = [o.name for o in proto.graph.output]
     reference = list(model_outputs(own_model(proto), batches, names, providers))
     initializers = {t.name for t in proto.graph.initializer}
-    with Emulator(model, result, op_types=op_types, providers=providers) as emulator:
-        on = set(emulator.tensors)
+    with emulator(model, result, op_types=op_types, providers=providers) as run:
+        on = set(run.tensors)
 
         def score(quantized: set[str]) -> float:
-            settings = emulator.feed(result.encodings, quantized)
-            got = emulator.outputs(settings, batches)
+            settings = run.feed(result.encodings, quantized)
+            got = run.outputs(settings, batches)
             return mean_db(*output_energies(names, iter(reference), got))
 
         base = score(on)
@@ -69,7 +72,7 @@ def sensitivity(
                 progress.advance()
         gain = {}
         if gains:
-            for name in emulator.tensors:
+            for name in run.tensors:
                 gain[name] = score(on - {name}) - base
                 if progress is not None:
                     progress.advance()
