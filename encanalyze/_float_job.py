@@ -161,6 +161,8 @@ def _scaled(x, fmt, shape: tuple[int, ...], methods, args) -> tuple[Layout, dict
                 scale = formats.compute_scale(
                     stats, fmt, method, percentile=args.percentile, gamma=args.gamma
                 )
+                if method in formats.SEARCH_METHODS:  # never worse than amax on the values
+                    scale = formats.no_worse_than_amax(part, fmt, scale, axis=1)
             pieces[method].append(xp.reshape(scale, (-1, 1)))
     found = {}
     for method in methods:

@@ -46,6 +46,7 @@ __all__ = [
     "MX_BLOCK",
     "NVFP4_BLOCK",
     "NVFP4_MODES",
+    "SEARCH_METHODS",
     "FixedFormat",
     "FloatEncodingAnalyzer",
     "FloatFormat",
@@ -55,6 +56,7 @@ __all__ = [
     "mx_dequantize",
     "mx_exponents",
     "mx_quantize",
+    "no_worse_than_amax",
     "nvfp4_dequantize",
     "nvfp4_quantize",
     "nvfp4_tensor_scale",
@@ -248,6 +250,33 @@ def quantize_scaled(
         q = quantize(div(xp, w, scale), fmt) * scale
     out = x.dtype if xp.isdtype(x.dtype, "real floating") else xp.float32
     return xp.astype(q, out)
+
+
+def no_worse_than_amax(
+    x: Array, fmt: ElementFormat, scale: Array, axis: int | tuple[int, ...] | None = None
+) -> Array:
+    """Return ``scale`` where it quantizes ``x`` with no more squared error than amax scaling.
+
+    ``scale`` is one FP32 scale per slice of ``x`` over ``axis`` (the shape
+    :func:`amax_scale` returns); each slice keeps it where ``quantize_scaled(x, fmt,
+    scale=scale)`` has no more squared error (NaN values left out) than with
+    :func:`amax_scale`, and takes the amax scale elsewhere. A search on a histogram scores
+    each bin's values at one point, so on the values themselves its scale can lose a little
+    (FP8's grid near zero is finer than the bins); with the values at hand (weights) this makes
+    the searches never worse than amax scaling on them.
+    """
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    amax = amax_scale(x, fmt, axis)
+    scale = xp.reshape(xp.astype(scale, xp.float32), tuple(amax.shape))
+    w = xp.astype(x, xp.float32)
+    finite = xp.isfinite(w)
+
+    def error(s: Array) -> Array:
+        d = xp.astype(quantize_scaled(w, fmt, scale=s), xp.float64) - xp.astype(w, xp.float64)
+        return xp.sum(xp.where(finite, d * d, xp.zeros_like(d)), axis=axis, keepdims=True)
+
+    return xp.where(error(scale) <= error(amax), scale, amax)
 
 
 # -- OCP MX: blocks of 32 with a shared power-of-two (E8M0) scale -------------------------------
@@ -629,6 +658,9 @@ def _stats_amax(xp, stats) -> Array:
 
 FLOAT_METHODS = ("minmax", "percentile", "mse", "sqnr")
 """The range methods on float grids (:func:`compute_scale`)."""
+
+SEARCH_METHODS = ("mse", "sqnr")
+"""The methods of :data:`FLOAT_METHODS` that search the scale on the format's grid."""
 
 
 def compute_scale(

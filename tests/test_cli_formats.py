@@ -43,6 +43,14 @@ def test_fp8_every_method_per_channel(capsys, weights, tmp_path):
         amax = formats.amax_scale(x, formats.E4M3FN, axis=1)[:, 0]
         np.testing.assert_array_equal(np.float32(entry["methods"]["minmax"]["scale"]), amax)
         assert entry["methods"]["minmax"]["clipped_fraction"] == 0
+        for method in formats.SEARCH_METHODS:  # the searches lose to amax on no row
+            scale = np.asarray(entry["methods"][method]["scale"], dtype=np.float32)[:, None]
+            error = [
+                np.sum((x.astype(np.float64) - formats.quantize_scaled(x, formats.E4M3FN, scale=s))
+                       ** 2, axis=1)
+                for s in (scale, amax[:, None])
+            ]  # fmt: skip
+            assert np.all(error[0] <= error[1])
         best = max(entry["methods"], key=lambda m: entry["methods"][m]["sqnr_db"])
         assert entry["best"] == best
     # heavy-tailed weights: the searched scales beat amax scaling on the tensor itself

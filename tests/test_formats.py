@@ -309,7 +309,8 @@ def test_searched_scale_equals_a_brute_force_over_the_histogram(backend, rng, fm
 @pytest.mark.parametrize("fmt", [E4M3FN, E2M1], ids=lambda f: f.name)
 def test_searched_scale_beats_amax_scaling_on_the_data(rng, fmt):
     """On heavy-tailed weights the searched scales give more SQNR than amax scaling (for FP4
-    on every row; FP8's grid near zero is finer than 2048 bins, so rows can lose a little)."""
+    on every row; FP8's grid near zero is finer than 2048 bins, so rows can lose a little:
+    no_worse_than_amax, below)."""
     w, stats = _searched(make_backend("numpy"), rng, fmt)
     ours = quantize_scaled(w, fmt, scale=formats.search_scale(stats, fmt))
     amax = quantize_scaled(w, fmt, axis=1)
@@ -318,6 +319,36 @@ def test_searched_scale_beats_amax_scaling_on_the_data(rng, fmt):
     assert e_ours.sum() < e_amax.sum()
     if fmt is E2M1:
         assert np.all(e_ours <= e_amax)
+
+
+@pytest.mark.parametrize("fmt", [E4M3FN, E5M2, E3M2, E2M1], ids=lambda f: f.name)
+def test_searches_never_lose_to_amax_on_the_values(backend, rng, fmt):
+    """With the values at hand, no_worse_than_amax keeps each row's searched scale where it
+    quantizes the row with no more error than amax scaling, the amax scale elsewhere: never
+    worse on any row, and it changes a row only where the search lost on it."""
+    w, stats = _searched(backend, rng, fmt, rows=128, n=256)
+    w[5, 7] = np.nan  # left out of the errors
+    x = backend.asarray(w)
+    w64 = np.where(np.isnan(w), 0, w).astype(np.float64)
+
+    def error(scale):
+        q = backend.to_numpy(quantize_scaled(x, fmt, scale=scale)).astype(np.float64)
+        return np.sum(np.where(np.isnan(w), 0, (w64 - q) ** 2), axis=1)
+
+    amax = formats.amax_scale(x, fmt, axis=1)
+    e_amax = error(amax)
+    for method in formats.SEARCH_METHODS:
+        searched = formats.compute_scale(stats, fmt, method)
+        kept = formats.no_worse_than_amax(x, fmt, searched, axis=1)
+        backend.check(kept, (128, 1))
+        e_searched, e_kept = error(searched), error(kept)
+        assert np.all(e_kept <= e_amax)
+        lost = e_searched > e_amax
+        want = np.where(lost[:, None], backend.to_numpy(amax), backend.to_numpy(searched))
+        np.testing.assert_array_equal(backend.to_numpy(kept), want)
+        assert e_kept.sum() < e_amax.sum()
+        if fmt is E4M3FN and method == "mse":  # these data have rows where the search loses
+            assert lost.any()
 
 
 def test_methods_on_float_grids(backend, rng):

@@ -152,6 +152,9 @@ def calibrate_float8(
             continue
         stats = PercentileEncodingAnalyzer(layout.shape, num_bins).update_stats(w)
         scales = _scales(fmt, stats, methods, percentile, gamma)
+        for m in set(methods) & set(formats.SEARCH_METHODS):  # never worse than amax on it
+            scale = formats.no_worse_than_amax(rows, fmt, scales[m][:, None], axis=1)
+            scales[m] = np.asarray(scale, np.float32).reshape(-1)
         sqnr = {
             m: _sqnr(rows, formats.quantize_scaled(rows, fmt, scale=s[:, None]))
             for m, s in scales.items()
