@@ -273,27 +273,42 @@ def encodings_file(entries: list[dict], number_format: str, output_format: str) 
 
 
 def check_model_number_format(args) -> str | None:
-    """Return the reason ``args`` do not fit the FP8 model job (``None`` when they do)."""
-    if args.number_format not in ONNX_FLOAT8:
+    """Return the reason ``args`` do not fit the FP8 or block model job (``None`` when they do)."""
+    scheme = NUMBER_FORMATS[args.number_format][0]
+    if scheme == "scaled" and args.number_format not in ONNX_FLOAT8:
         return (
             f"--data with --number-format {args.number_format}: ONNX QDQ models take "
-            f"{' or '.join(ONNX_FLOAT8)} (or int)"
+            f"{' or '.join(ONNX_FLOAT8)}, the MX and NVFP4 block formats (weights) or int"
         )
-    if args.activation_method not in ("auto", *formats.FLOAT_METHODS):
+    if scheme != "scaled":
+        if args.activation_method != "auto":
+            return (
+                f"--activation-method with --number-format {args.number_format}: its "
+                "activations stay in floating point (quantized block by block at run time)"
+            )
+        if args.per_tensor_weights:
+            return f"--per-tensor-weights: {args.number_format} weights are in blocks"
+    elif args.activation_method not in ("auto", *formats.FLOAT_METHODS):
         return f"--activation-method {args.activation_method} has no {args.number_format} version"
     if args.per_channel is not None:
-        return "--per-channel with --number-format: FP8 activations are per tensor"
+        return "--per-channel with --number-format: no float format has per-channel activations"
     if args.weight_grid != "symmetric" or args.symmetric:
-        return "FP8 grids are symmetric: drop --weight-grid/--symmetric"
+        return "float grids are symmetric: drop --weight-grid/--symmetric"
     return None
 
 
 def calibrate_model_float(args) -> int:
     """Run the model job in FP8: weights and activations, the activations' method by the output.
 
+    Block formats (MX, NVFP4) go to :func:`encanalyze._block_job.calibrate_model_blocks`.
+
     Weights keep their best-SQNR method (``--method``: one for all); activations are scored by
     the FP8 QDQ model's output SQNR on the held-out batches (``--activation-method``: one).
     """
+    if NUMBER_FORMATS[args.number_format][0] != "scaled":
+        from ._block_job import calibrate_model_blocks
+
+        return calibrate_model_blocks(args)
     from . import _model_command, cli
     from ._calibration import Progress
     from .onnx._calibrate import quantizable_weights

@@ -155,7 +155,9 @@ def test_model_job_in_fp8(tmp_path, data, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--number-format", "mxfp4"], "ONNX QDQ models take"),
+        (["--number-format", "float4_e2m1"], "ONNX QDQ models take"),
+        (["--number-format", "mxfp4", "--activation-method", "mse"], "stay in floating point"),
+        (["--number-format", "nvfp4", "--per-tensor-weights"], "in blocks"),
         (["--number-format", "float8_e4m3fn", "--activation-method", "entropy"], "no float8"),
         (["--number-format", "float8_e4m3fn", "--weight-grid", "asymmetric"], "symmetric"),
     ],
@@ -242,3 +244,22 @@ def test_fp8_sensitivity_runs_the_qdq_model(data):
         q = formats.quantize_scaled(x.astype(np.float32), formats.E4M3FN, scale=s)
         want = 10 * np.log10(np.sum(x**2) / np.sum((x - q) ** 2))
         assert own["x"][m] == pytest.approx(want, rel=1e-9)
+
+
+def test_fp8_report_in_the_browser(tmp_path, data, browser):
+    """The FP8 job's page shows its sensitivity ranking, with no console error."""
+    from selenium.webdriver.common.by import By
+
+    from tests.test_report import _errors, _open
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(om.cnn(), path)
+    np.savez(tmp_path / "data.npz", x=np.concatenate(data))
+    report = tmp_path / "r.html"
+    args = ["calibrate", path, "--data", tmp_path / "data.npz", "--number-format",
+            "float8_e4m3fn", "--report", report]  # fmt: skip
+    assert main(list(map(str, args))) == 0
+    _open(browser, report)
+    assert browser.find_element(By.ID, "sensitivity-section").is_displayed()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#sensitivity tr.sens")) == 2
+    assert _errors(browser) == []

@@ -3,7 +3,6 @@ calibrators, every method per quantizer) and the page itself, opened in headless
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -127,37 +126,6 @@ def test_model_report_sensitivity_is_the_emulation(cnn_job):
 
 
 # -- in a real browser ------------------------------------------------------------------------
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1600",
-    ):
-        options.add_argument(flag)  # fmt: skip
-    options.binary_location = CHROMIUM
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
-
-
 def _open(browser, path):
     browser.get(path.resolve().as_uri())
     browser.get_log("browser")  # what an earlier page left

@@ -3,11 +3,13 @@
 Needs onnx; onnxruntime for activations and QDQ models.
 
 See :func:`calibrate`, :func:`write_qdq_model` and the user guide's "Calibrating a model";
-:func:`calibrate_float8` and :func:`float8_qdq_model` for FP8 QDQ models.
+:func:`calibrate_float8` and :func:`float8_qdq_model` for FP8 QDQ models,
+:func:`calibrate_blocks` and :func:`block_qdq_model` for MX and NVFP4 weights.
 """
 
 from .._calibration import CalibrationResult, TensorEncoding
 from .._onnx_graph import ModelFileError, float_weights, load_model
+from ._blocks import BlockCalibration, BlockWeight, block_qdq_model, calibrate_blocks
 from ._calibrate import QUANTIZABLE_OPS, ModelRunError, calibrate, quantizable_weights
 from ._choose import Choice, Option, choose_encodings
 from ._float8 import (
@@ -21,6 +23,8 @@ from ._float8 import (
 from ._qdq import output_sqnr, write_qdq_model
 
 __all__ = [
+    "BlockCalibration",
+    "BlockWeight",
     "FLOAT8_SESSION",
     "QUANTIZABLE_OPS",
     "CalibrationResult",
@@ -31,7 +35,9 @@ __all__ = [
     "Float8Encoding",
     "Option",
     "TensorEncoding",
+    "block_qdq_model",
     "calibrate",
+    "calibrate_blocks",
     "calibrate_float8",
     "choose_float8_activations",
     "choose_encodings",

@@ -31,6 +31,7 @@ __all__ = [
     "Float8Calibration",
     "Float8Encoding",
     "Float8Switches",
+    "at_least_opset",
     "calibrate_float8",
     "choose_float8_activations",
     "float8_qdq_model",
@@ -209,21 +210,13 @@ def float8_qdq_model(
     tensor ``NAME`` also gets a boolean graph input ``NAME::on`` that selects, by ``Where``, its
     dequantized value or the float one (the float weights kept), for :class:`Float8Switches`.
     """
-    from onnx import TensorProto, helper, version_converter
+    from onnx import TensorProto, helper
 
-    from ._qdq import constants_to_initializers, opset_of
+    from ._qdq import constants_to_initializers
 
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)
-    if opset_of(proto) < FLOAT8_OPSET:
-        try:
-            proto = version_converter.convert_version(proto, FLOAT8_OPSET)
-        except Exception as err:  # noqa: BLE001 - the converter raises many kinds
-            why = " ".join(str(err).split())[:200]
-            raise ValueError(
-                f"opset {opset_of(proto)} has no FLOAT8 QuantizeLinear and the model could not "
-                f"be converted to opset {FLOAT8_OPSET} ({why})"
-            ) from None
+    proto = at_least_opset(proto, FLOAT8_OPSET, "no FLOAT8 QuantizeLinear")
     ftype = getattr(TensorProto, FLOAT8_FORMATS[result.fmt.name])
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
@@ -277,6 +270,27 @@ def float8_qdq_model(
     graph.initializer.extend(keep + new_inits)
     _insert_in_order(graph, new_nodes)
     return proto
+
+
+def at_least_opset(proto, opset: int, lacks: str):
+    """Return ``proto`` converted to ``opset`` where it is older (``ValueError`` where it fails).
+
+    ``lacks`` says what the older opset lacks, for the message.
+    """
+    from onnx import version_converter
+
+    from ._qdq import opset_of
+
+    if opset_of(proto) >= opset:
+        return proto
+    try:
+        return version_converter.convert_version(proto, opset)
+    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
+        why = " ".join(str(err).split())[:200]
+        raise ValueError(
+            f"opset {opset_of(proto)} has {lacks} and the model could not be converted to "
+            f"opset {opset} ({why})"
+        ) from None
 
 
 def _insert_in_order(graph, new_nodes: list) -> None:

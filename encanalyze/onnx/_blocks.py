@@ -1,0 +1,246 @@
+"""MX and NVFP4 weights of ONNX models, and their weight-only block QDQ models.
+
+Each weight of a quantized operator (Conv, ConvTranspose, Gemm, MatMul) is split into blocks
+along its reduction axis (blocks of 32 for MX, 16 for NVFP4; a Conv weight ``(O, I, kh, kw)``
+as the matrix ``(O, I * kh * kw)`` it multiplies by; the last block of an axis that does not
+split into whole blocks is shorter, as ONNX's blocked ``DequantizeLinear`` allows), quantized by
+:mod:`encanalyze.formats` with each method (``minmax``: the references' amax scales;
+``mse``: the least-error ones), and stored in the QDQ model behind a blocked
+``DequantizeLinear`` (opset 21). Activations stay in floating point: MX and NVFP4 activations
+are quantized block by block at run time, with no scale to calibrate ahead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from .. import formats
+from .._calibration import Progress
+from .._onnx_graph import float_weights, load_model, own_model
+from .._report import sqnr_db
+from ._calibrate import QUANTIZABLE_OPS, weights_of
+
+__all__ = [
+    "BLOCK_METHODS",
+    "BLOCK_OPSET",
+    "BlockCalibration",
+    "BlockWeight",
+    "block_qdq_model",
+    "calibrate_blocks",
+    "reduction_axis",
+]
+
+BLOCK_OPSET = 21
+"""The first opset whose ``DequantizeLinear`` takes a ``block_size``."""
+
+BLOCK_METHODS = ("minmax", "mse")
+"""The block formats' methods: the references' amax scales (MX: the floor exponent; NVFP4:
+``amax / 6`` in E4M3), or each block's least-error scale (``mode="mse"``)."""
+
+SCHEMES = ("mx", "nvfp4")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockWeight:
+    """One weight in blocks along :attr:`axis` of :attr:`view`, by method.
+
+    ``view``: the shape the blocks are laid on (the weight's own, or a Conv weight's
+    ``(O, I * kh * kw)``); ``elements[m]``: the element values (float32, of ``view``);
+    ``scales[m]``: each block's scale (float32, ``view`` with ``axis`` divided by the block
+    size, rounded up; MX: ``2**(e - 127)``, NVFP4: tensor scale times the E4M3 block scale);
+    ``sqnr_db[m]``: the weight's own quantize-dequantize; ``export[m]``:
+    :func:`encanalyze.formats.to_json`'s layout with ``view`` (the weight's shape, reshaped to
+    ``view``, holds the blocks).
+    """
+
+    name: str
+    axis: int
+    view: tuple
+    elements: dict
+    scales: dict
+    sqnr_db: dict
+    export: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCalibration:
+    """What :func:`calibrate_blocks` found: the weights by name and what it left out."""
+
+    scheme: str
+    fmt: formats.ElementFormat
+    block_size: int
+    weights: dict
+    unquantized: dict
+
+
+def reduction_axis(channel_axis: int, ndim: int) -> int:
+    """Return the axis a weight sums over, from its output-channel axis.
+
+    MatMul's and Gemm's ``(K, N)`` weights (channels last) reduce over the axis before the
+    last; Conv's ``(O, I, ...)`` over axis 1, ConvTranspose's ``(I, O, ...)`` and a transposed
+    Gemm's ``(N, K)`` over the other of the first two.
+    """
+    if channel_axis == ndim - 1:
+        return ndim - 2
+    return 1 if channel_axis == 0 else 0
+
+
+def calibrate_blocks(
+    model,
+    scheme: str,
+    fmt: formats.ElementFormat,
+    *,
+    methods=BLOCK_METHODS,
+    op_types=QUANTIZABLE_OPS,
+    tensors: Callable[[str], bool] | None = None,
+    progress: Progress | None = None,
+) -> BlockCalibration:
+    """Quantize an ONNX model's weights in MX (``scheme="mx"``) or NVFP4 blocks, by each method.
+
+    The weights of ``op_types`` nodes (``tensors``: a predicate on their names) with a
+    reduction axis that splits into blocks; the others are left in :attr:`unquantized` with
+    the reason. NVFP4 weights get two-level scaling (their own FP32 tensor scale).
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme == "nvfp4" and fmt is not formats.E2M1:
+        raise ValueError(f"NVFP4 elements are {formats.E2M1.name}, not {fmt.name}")
+    bad = [m for m in methods if m not in BLOCK_METHODS]
+    if bad or not methods:
+        raise ValueError(f"methods must be some of {BLOCK_METHODS}, got {list(methods)}")
+    size = formats.MX_BLOCK if scheme == "mx" else formats.NVFP4_BLOCK
+    proto, _ = load_model(model)
+    values = float_weights(proto)
+    chosen = {
+        n: a
+        for n, a in weights_of(proto, op_types, values).items()
+        if tensors is None or tensors(n)
+    }
+    bar = progress if progress is not None else Progress(len(chosen), False)
+    weights, unquantized = {}, {}
+    for name, channel in chosen.items():
+        bar.stage(f"weight {name}")
+        w = np.asarray(values[name], np.float32)
+        reason = None
+        if channel is None:
+            reason = "no reduction axis (not an operator's weight input)"
+        elif not np.isfinite(w).all():
+            reason = "it holds a value that is not finite"
+        if reason is not None:
+            unquantized[name] = reason
+            bar.advance()
+            continue
+        if channel == 0 and w.ndim > 2:  # Conv: the (O, I * kh * kw) matrix
+            view, axis = (w.shape[0], int(np.prod(w.shape[1:]))), 1
+        else:
+            view, axis = w.shape, reduction_axis(channel, w.ndim)
+        weights[name] = _weight(name, w.reshape(view), axis, scheme, fmt, methods, size)
+        bar.advance()
+    return BlockCalibration(scheme, fmt, size, weights, unquantized)
+
+
+def _weight(name: str, w: np.ndarray, axis: int, scheme: str, fmt, methods, size: int):
+    """Quantize ``w`` in blocks along ``axis`` by each method (a :class:`BlockWeight`).
+
+    A last partial block is padded with zeros, which change no scale and quantize to zero.
+    """
+    k = w.shape[axis]
+    moved = np.moveaxis(w, axis, -1)
+    if k % size:
+        moved = np.concatenate(
+            [moved, np.zeros((*moved.shape[:-1], -k % size), np.float32)], axis=-1
+        )
+    elements, scales, sqnr, export = {}, {}, {}, {}
+    for method in methods:
+        if scheme == "mx":
+            q, exps = formats.mx_quantize(moved, fmt, mode="floor" if method == "minmax" else "mse")
+            scale = np.ldexp(np.float32(1), exps.astype(np.int32) - formats.E8M0_BIAS)
+            export[method] = formats.to_json("mx", exps, fmt, block_axis=axis)
+            d = formats.mx_dequantize(q, exps)
+        else:
+            ts = formats.nvfp4_tensor_scale(moved)
+            mode = "amax" if method == "minmax" else "mse"
+            q, block = formats.nvfp4_quantize(moved, ts, mode=mode)
+            scale = np.float32(ts) * block  # the product nvfp4_dequantize multiplies by
+            export[method] = formats.to_json("nvfp4", block, tensor_scale=ts, block_axis=axis)
+            d = formats.nvfp4_dequantize(q, block, ts)
+        r, d = moved.astype(np.float64), np.asarray(d, np.float64)
+        sqnr[method] = sqnr_db(float(np.sum(r * r)), float(np.sum((r - d) ** 2)))
+        elements[method] = np.moveaxis(np.asarray(q, np.float32)[..., :k], -1, axis)
+        scales[method] = np.moveaxis(np.asarray(scale, np.float32), -1, axis)
+        export[method]["view"] = list(w.shape)
+    return BlockWeight(name, axis, tuple(w.shape), elements, scales, sqnr, export)
+
+
+_STORAGE = {"float8_e5m2": "FLOAT8E5M2", "int8": "INT8"}
+"""The ONNX type that holds each element format's values exactly (FLOAT8E4M3FN for the rest:
+every FP6 and FP4 value is an E4M3 value)."""
+
+
+def block_qdq_model(model, result: BlockCalibration, methods: str | Mapping[str, str] = "mse"):
+    """Return ``model`` with ``result``'s weights in blocks (a new ModelProto, opset 21+).
+
+    Each weight becomes an initializer of its element values (of its block view) behind a
+    ``DequantizeLinear`` with ``axis`` its reduction axis, ``block_size`` and one FP32 scale
+    per block (a ``Reshape`` back to its shape after a Conv weight's); its consumers read the
+    dequantized weight. ``methods``: one method for every weight, or one
+    per weight name. FP4 and FP6 values are held as ``FLOAT8E4M3FN`` (exactly: ONNX
+    Runtime 1.32's CPU provider has no ``FLOAT4E2M1`` kernel), E5M2 as ``FLOAT8E5M2``, MXINT8
+    as ``INT8`` with the scale divided by 64. ``ValueError`` where an older model cannot be
+    converted to opset 21.
+    """
+    from onnx import TensorProto, helper
+
+    from ._float8 import at_least_opset
+    from ._qdq import constants_to_initializers
+
+    proto = own_model(load_model(model)[0])
+    constants_to_initializers(proto)
+    proto = at_least_opset(proto, BLOCK_OPSET, "no blocked DequantizeLinear")
+    storage = _STORAGE.get(result.fmt.name, "FLOAT8E4M3FN")
+    etype = getattr(TensorProto, storage)
+    graph = proto.graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    renamed, new_nodes, new_inits = {}, [], []
+    for name, wt in result.weights.items():
+        if name not in shapes:
+            continue
+        method = methods if isinstance(methods, str) else methods.get(name, "mse")
+        q, scale = wt.elements[method], wt.scales[method]
+        if storage == "INT8":
+            q, scale = np.rint(q * 64).astype(np.int8), scale / np.float32(64)
+        q_name, s_name, dq = f"{name}_blocks", f"{name}_block_scale", f"{name}_block_dq"
+        new_inits.append(helper.make_tensor(q_name, etype, q.shape, q.ravel().tolist()))
+        new_inits.append(helper.make_tensor(s_name, TensorProto.FLOAT, scale.shape, scale.ravel()))
+        flat = f"{name}_block_view" if wt.view != shapes[name] else dq
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [q_name, s_name],
+                [flat],
+                axis=wt.axis,
+                block_size=result.block_size,
+            )
+        )
+        if flat != dq:
+            shape = np.asarray(shapes[name], np.int64)
+            new_inits.append(
+                helper.make_tensor(f"{name}_shape", TensorProto.INT64, [shape.size], shape)
+            )
+            new_nodes.append(helper.make_node("Reshape", [flat, f"{name}_shape"], [dq]))
+        renamed[name] = dq
+    for node in graph.node:
+        for i, inp in enumerate(node.input):
+            if inp in renamed:
+                node.input[i] = renamed[inp]
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes + nodes)
+    return proto
