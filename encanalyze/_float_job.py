@@ -81,8 +81,8 @@ def check_number_format(args) -> str | None:
         )
     if args.output_format == "aimet":
         return (
-            "--output-format aimet: AIMET's 1.0.0 encodings have no field for float or block "
-            "scales; use --output-format encanalyze (or onnx-qdq for FP8)"
+            "--output-format aimet: AIMET's encodings (1.0.0, 2.0.0) have no field for float or "
+            "block scales; use --output-format encanalyze (or onnx-qdq for FP8)"
         )
     if args.output_format == "onnx-qdq" and args.number_format not in ONNX_FLOAT8:
         return f"--output-format onnx-qdq: ONNX has no {args.number_format} QuantizeLinear"

@@ -169,16 +169,28 @@ def test_model_job_refuses_what_fp8_cannot_hold(tmp_path, capsys, extra, message
     assert message in capsys.readouterr().err
 
 
-def test_fp8_model_job_report(tmp_path, data, capsys):
+@pytest.fixture(scope="module")
+def fp8_report(tmp_path_factory, data):
+    """The FP8 model job's report of the CNN, and what the job printed."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("fp8_report")
+    path = folder / "cnn.onnx"
+    onnx.save(om.cnn(), path)
+    np.savez(folder / "data.npz", x=np.concatenate(data))
+    report = folder / "r.html"
+    args = ["calibrate", path, "--data", folder / "data.npz", "--number-format",
+            "float8_e4m3fn", "--report", report]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(list(map(str, args))) == 0
+    return report, printed.getvalue()
+
+
+def test_fp8_model_job_report(fp8_report):
     from tests.test_report import _data
 
-    path = tmp_path / "cnn.onnx"
-    onnx.save(om.cnn(), path)
-    np.savez(tmp_path / "data.npz", x=np.concatenate(data))
-    report = tmp_path / "r.html"
-    args = ["calibrate", path, "--data", tmp_path / "data.npz", "--number-format",
-            "float8_e4m3fn", "--report", report]  # fmt: skip
-    assert main(list(map(str, args))) == 0
+    report, printed = fp8_report
     page = _data(report.read_text())
     by = {q["name"]: q for q in page["quantizers"]}
     assert set(by["w1"]["methods"]) == set(formats.FLOAT_METHODS)
@@ -198,7 +210,7 @@ def test_fp8_model_job_report(tmp_path, data, capsys):
     for layer in layers.values():  # one layer quantized loses less than the whole model
         assert min(layer["weights_sqnr_db"], layer["activations_sqnr_db"]) > by_method[method]
     assert all(by[n]["gain_db"] is not None for n in ("w1", "w2", "x", "c1", "f", "y"))
-    assert "Collecting tensor data" not in capsys.readouterr().out  # ONNX Runtime's prints
+    assert "Collecting tensor data" not in printed  # ONNX Runtime's prints
 
 
 def test_switched_model_quantizes_what_is_switched_on(data):
@@ -246,20 +258,13 @@ def test_fp8_sensitivity_runs_the_qdq_model(data):
         assert own["x"][m] == pytest.approx(want, rel=1e-9)
 
 
-def test_fp8_report_in_the_browser(tmp_path, data, browser):
+def test_fp8_report_in_the_browser(fp8_report, browser):
     """The FP8 job's page shows its sensitivity ranking, with no console error."""
     from selenium.webdriver.common.by import By
 
     from tests.test_report import _errors, _open
 
-    path = tmp_path / "cnn.onnx"
-    onnx.save(om.cnn(), path)
-    np.savez(tmp_path / "data.npz", x=np.concatenate(data))
-    report = tmp_path / "r.html"
-    args = ["calibrate", path, "--data", tmp_path / "data.npz", "--number-format",
-            "float8_e4m3fn", "--report", report]  # fmt: skip
-    assert main(list(map(str, args))) == 0
-    _open(browser, report)
+    _open(browser, fp8_report[0])
     assert browser.find_element(By.ID, "sensitivity-section").is_displayed()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#sensitivity tr.sens")) == 2
     assert _errors(browser) == []

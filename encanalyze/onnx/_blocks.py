@@ -19,9 +19,9 @@ import numpy as np
 
 from .. import formats
 from .._calibration import Progress
-from .._onnx_graph import float_weights, load_model, own_model
+from .._onnx_graph import load_model, own_model
 from .._report import sqnr_db
-from ._calibrate import QUANTIZABLE_OPS, weights_of
+from ._calibrate import QUANTIZABLE_OPS, chosen_weights
 
 __all__ = [
     "BLOCK_METHODS",
@@ -113,12 +113,7 @@ def calibrate_blocks(
         raise ValueError(f"methods must be some of {BLOCK_METHODS}, got {list(methods)}")
     size = formats.MX_BLOCK if scheme == "mx" else formats.NVFP4_BLOCK
     proto, _ = load_model(model)
-    values = float_weights(proto)
-    chosen = {
-        n: a
-        for n, a in weights_of(proto, op_types, values).items()
-        if tensors is None or tensors(n)
-    }
+    values, chosen = chosen_weights(proto, op_types, tensors)
     bar = progress if progress is not None else Progress(len(chosen), False)
     weights, unquantized = {}, {}
     for name, channel in chosen.items():

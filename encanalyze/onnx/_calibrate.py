@@ -31,6 +31,7 @@ __all__ = [
     "QUANTIZABLE_OPS",
     "ModelRunError",
     "calibrate",
+    "chosen_weights",
     "default_providers",
     "feeds",
     "histograms",
@@ -111,6 +112,17 @@ def weights_of(model, op_types, weights: dict) -> dict[str, int | None]:
                     if weights[name].size >= 2:
                         out[name] = _weight_axis(node, i, weights[name].ndim)
     return out
+
+
+def chosen_weights(model, op_types, tensors=None) -> tuple[dict, dict[str, int | None]]:
+    """Return the model's float weights and those of ``op_types`` nodes ``tensors`` selects.
+
+    ``(weights, {name: channel axis})`` (:func:`weights_of`); ``tensors``: a predicate on
+    names (``None``: every one).
+    """
+    values = float_weights(model)
+    found = weights_of(model, op_types, values)
+    return values, {n: a for n, a in found.items() if tensors is None or tensors(n)}
 
 
 def _activations(model, op_types, typed: dict, weights: dict) -> list[str]:

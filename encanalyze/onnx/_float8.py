@@ -22,7 +22,7 @@ from .._report import layout_for
 from .._rules.percentile import PercentileEncodingAnalyzer
 from .._shapes import plan, to_rows
 from ._branches import inline_branches
-from ._calibrate import QUANTIZABLE_OPS, histograms, observe_activations, weights_of
+from ._calibrate import QUANTIZABLE_OPS, chosen_weights, histograms, observe_activations
 
 __all__ = [
     "FLOAT8_FORMATS",
@@ -133,12 +133,7 @@ def calibrate_float8(
         raise ValueError(f"ONNX has no QuantizeLinear to {fmt.name}: use {list(FLOAT8_FORMATS)}")
     methods = tuple(methods)
     proto, _ = load_model(model)
-    values = float_weights(proto)
-    chosen = {
-        n: a
-        for n, a in weights_of(proto, op_types, values).items()
-        if tensors is None or tensors(n)
-    }
+    values, chosen = chosen_weights(proto, op_types, tensors)
     bar = progress if progress is not None else Progress(len(chosen), False)
     encodings, unquantized = {}, {}
     for name, axis in chosen.items():
