@@ -1,10 +1,11 @@
-"""MX and NVFP4 quantize-dequantize of a 4096 x 4096 weight against torchao's, same run (CPU).
+"""MX and NVFP4 quantize-dequantize of a 4096 x 4096 weight against torchao's, same run.
 
-Each row: encanalyze's ``mx_quantize`` + ``mx_dequantize`` (NumPy input, and torch input)
-against torchao's ``to_mx`` + ``to_dtype``; NVFP4 the same with two-level scaling. Goals
-(issue 22): within 2x of torchao; the least-error MX exponents (``mode="mse"``) in under 1 s.
+Each row: encanalyze's ``mx_quantize`` + ``mx_dequantize`` (NumPy input, and torch input;
+with ``--device cuda``: CuPy input, and torch CUDA input) against torchao's ``to_mx`` +
+``to_dtype`` on the same device; NVFP4 the same with two-level scaling. Goals (issue 22):
+within 2x of torchao; the least-error MX exponents (``mode="mse"``) in under 1 s.
 
-    python benchmarks/bench_formats.py [--size 4096]
+    python benchmarks/bench_formats.py [--size 4096] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from encanalyze import formats  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     import torch
     from torchao.prototype.mx_formats import mx_tensor, nvfp4_tensor
@@ -31,8 +33,21 @@ def main() -> None:
 
     n = args.size
     w = (np.random.default_rng(0).standard_t(5, (n, n)) * 0.02).astype(np.float32)
-    t = torch.from_numpy(w)
+    t = torch.from_numpy(w).to(args.device)
+    sync = None
+    if args.device == "cuda":
+        import cupy
+
+        w = cupy.asarray(w)  # the first column: CuPy on the device
+
+        def sync():
+            torch.cuda.synchronize()
+            cupy.cuda.runtime.deviceSynchronize()
+
     e2m1 = torch.float4_e2m1fn_x2
+
+    def host(a):
+        return a.cpu().numpy() if hasattr(a, "cpu") else (a.get() if hasattr(a, "get") else a)
 
     def ours_mx(x=w):
         return formats.mx_dequantize(*formats.mx_quantize(x, formats.E2M1))
@@ -51,22 +66,21 @@ def main() -> None:
         q = f4_unpacked_to_f32(unpack_uint4(packed)).reshape(t.shape)
         return q * (ts * scales.float()).repeat_interleave(16, dim=1)
 
-    assert np.array_equal(ours_mx(), torchao_mx().numpy())
-    assert np.array_equal(ours_nv(), torchao_nv().numpy())
-    print(f"# {n} x {n} float32 weight; {machine()}, torch {torch.__version__}")
+    for mine, theirs in ((ours_mx, torchao_mx), (ours_nv, torchao_nv)):
+        assert np.array_equal(host(mine()), host(theirs()))
+        assert np.array_equal(host(mine(t)), host(theirs()))
+    where = torch.cuda.get_device_name() if args.device == "cuda" else machine()
+    print(f"# {n} x {n} float32 weight; {where}, torch {torch.__version__}")
     print(f"{'row':<22}{'ours':>10}{'torch in':>10}{'torchao':>10}{'ratio':>8}  goal")
-    import time
 
-    start = time.perf_counter()
-    formats.mx_exponents(w, formats.E2M1, mode="mse")
-    searched = time.perf_counter() - start
+    searched = compare([lambda: formats.mx_exponents(w, formats.E2M1, mode="mse")], 1, 1, sync)[0]
     flag = "met" if searched < 1 else "NOT met"
     print(f"{'MXFP4 mse exponents':<22}{searched:>9.2f}s{'':>20}{'':>8}  < 1 s {flag}")
     for name, mine, theirs in (
         ("MXFP4 qdq", ours_mx, torchao_mx),
         ("NVFP4 qdq", ours_nv, torchao_nv),
     ):
-        t_np, t_t, t_ao = compare([mine, lambda m=mine: m(t), theirs], repeat=3, warmup=1)
+        t_np, t_t, t_ao = compare([mine, lambda m=mine: m(t), theirs], 3, 1, sync)
         best = min(t_np, t_t)
         flag = "met" if best <= 2 * t_ao else "NOT met"
         print(f"{name:<22}{t_np:>9.2f}s{t_t:>9.2f}s{t_ao:>9.2f}s{best / t_ao:>7.2f}x  <= 2x {flag}")

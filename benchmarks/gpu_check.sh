@@ -3,7 +3,8 @@
 #   bash ../shared/gpu/prepare.sh            # here: puts array-api-compat/-strict wheels in .whl/
 #   device run, carry [".whl"]: bash benchmarks/gpu_check.sh
 # Runs the sync check of update_stats, the cupy and torch-cuda test selection, then the GPU
-# benchmarks; each step's output also goes to a file under $OUT.
+# benchmarks; each step's output also goes to a file under $OUT. bench_formats compares with
+# torchao on the device: give prepare.sh "torchao" too (its wheel in .whl/), or its row fails.
 set -u
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -15,6 +16,6 @@ python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy._
 timeout 60 python3 benchmarks/sync_check.py 2>&1 | tee "$OUT/sync.txt"
 ENCANALYZE_BACKENDS=cupy,torch-cuda timeout 240 python3 -m pytest -q -p no:cacheprovider \
     -rf --tb=short --durations=10 -k "cupy or cuda" tests 2>&1 | tee "$OUT/tests.txt" | tail -60
-for b in bench_minmax:45 bench_histogram:60 bench_sqnr:90; do
+for b in bench_minmax:45 bench_histogram:60 bench_sqnr:90 bench_formats:90; do
     timeout "${b#*:}" python3 "benchmarks/${b%:*}.py" --device cuda 2>&1 | tee "$OUT/${b%:*}.txt"
 done
