@@ -52,6 +52,7 @@ def calibrate_model_blocks(args) -> int:
         note(f"{name} left in floating point: {reason}")
     mean = {m: float(np.mean(list(v.values()))) if v else -np.inf for m, v in scores.items()}
     method = max(methods, key=lambda m: mean[m])  # the references' minmax first on ties
+    result = result.with_method(method)
     measured_on = "held-out" if len(held) else "calibration"
     rows = [
         {
@@ -93,7 +94,7 @@ def calibrate_model_blocks(args) -> int:
         write_json(args.output, content)
     if args.report is not None:
         seconds = time.perf_counter() - started
-        _report(args, model, result, method, mean, measured_on, (len(calib), len(judged)), seconds)
+        _report(args, model, result, mean, (calib, judged, measured_on), seconds)
     if args.qdq_model is not None:
         target = cli.check_output(args.qdq_model)
         with staging(target) as folder:
@@ -116,33 +117,16 @@ def _table(rows: list[dict], methods) -> str:
     return "\n".join(lines)
 
 
-def _report(args, model, result, method, mean, measured_on, counts, seconds) -> None:
-    """Write the report: every weight's blocks by method, the model's output by method."""
-    from ._files import printable
-    from ._html_report import histogram_of, write_report
-    from ._onnx_graph import float_weights
+def _report(args, model, result, mean, data, seconds) -> None:
+    """Write the report: every weight's blocks by method, the sensitivity, the output by method.
 
-    values = float_weights(model)
-    quantizers = []
-    for w in result.weights.values():
-        x = np.asarray(values[w.name], np.float32)
-        rows = {}
-        for m in mean:
-            amax = float(np.max(w.scales[m])) * result.fmt.max
-            rows[m] = {"min": -amax, "max": amax, "sqnr_db": w.sqnr_db[m]}
-        quantizers.append(
-            {
-                "name": w.name,
-                "kind": "weight",
-                "shape": list(x.shape),
-                "layout": f"blocks of {result.block_size} (axis {w.axis})"
-                + ("" if w.view == x.shape else f" of {'x'.join(map(str, w.view))}"),
-                "best": method,
-                "methods": rows,
-                "hist": histogram_of(x),
-                "own_sqnr_db": w.sqnr_db[method],
-            }
-        )
+    ``data``: the calibration batches, the judged ones and what they are.
+    """
+    from ._files import printable
+    from ._html_report import write_report
+    from .onnx._report import model_report
+
+    calib, judged, measured_on = data
     comparison = [
         {
             "label": f"encanalyze {args.number_format}, weights {m} (QDQ model)",
@@ -155,12 +139,15 @@ def _report(args, model, result, method, mean, measured_on, counts, seconds) -> 
         "job": f"ONNX model, {args.number_format} weights (activations in floating point)",
         "model": printable(str(args.files[0])),
         "data": printable(str(args.data)),
-        "batches": f"{counts[0]} calibration, {counts[1]} judged ({measured_on})",
+        "batches": f"{len(calib)} calibration, {len(judged)} judged ({measured_on})",
         "number format": args.number_format,
         "methods": ", ".join(mean),
-        "chosen": f"weights {method}, by the model's output",
+        "chosen": f"weights {result.method}, by the model's output",
         "calibration took": f"{seconds:.1f} s",
     }
-    data = {"title": "encanalyze calibration report", "summary": summary, "methods": list(mean)}
-    write_report(args.report, data | {"quantizers": quantizers, "comparison": comparison})
+    report = model_report(
+        model, result, list(calib), judged, summary=summary, comparison=comparison,
+        measured_on=measured_on, peers=False,
+    )  # fmt: skip
+    write_report(args.report, report)
     note(f"report: {args.report}")

@@ -22,6 +22,7 @@ __all__ = [
     "LayerSensitivity",
     "Sensitivity",
     "activation_histogram",
+    "block_quantizers",
     "float8_quantizers",
     "mean_db",
     "model_quantizers",
@@ -154,6 +155,39 @@ def float8_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> 
                 "batches": ranges.get(name, []),
                 "flags": _flags(values, None, 0),
                 "own_sqnr_db": rows[e.method]["sqnr_db"],
+            }
+        )
+    return out
+
+
+def block_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> list[dict]:
+    """Return the quantizer rows of a model's MX or NVFP4 weights, by every method.
+
+    ``result`` is a :class:`~encanalyze.onnx.BlockCalibration`; a method's range is ``+-`` its
+    largest block scale times the element format's largest value, its SQNR the weight's own
+    quantize-dequantize (``histograms`` and ``ranges``: unused, there are no activations).
+    """
+    del histograms, ranges
+    out = []
+    for name, w in result.weights.items():
+        values = np.asarray(weights[name])
+        rows = {}
+        for m, scale in w.scales.items():
+            amax = float(np.max(scale)) * result.fmt.max
+            rows[m] = {"min": -amax, "max": amax, "sqnr_db": w.sqnr_db[m]}
+        view = "" if tuple(w.view) == values.shape else f" of {'x'.join(map(str, w.view))}"
+        out.append(
+            {
+                "name": name,
+                "kind": "weight",
+                "shape": list(values.shape),
+                "layout": f"blocks of {result.block_size} (axis {w.axis}{view})",
+                "best": result.method,
+                "methods": rows,
+                "hist": histogram_of(values),
+                "batches": [],
+                "flags": _flags(values, None, 0),
+                "own_sqnr_db": w.sqnr_db[result.method],
             }
         )
     return out

@@ -224,10 +224,44 @@ def test_model_job_in_blocks_one_method_and_report(tmp_path, capsys):
     assert by["w3"]["methods"]["minmax"]["sqnr_db"] == pytest.approx(
         next(t for t in out["tensors"] if t["name"] == "w3")["sqnr_db"]["minmax"]
     )
-    (row,) = page["comparison"]
-    assert row["output_sqnr_db"] == pytest.approx(
-        np.mean(list(out["weights"]["output_sqnr_db"]["minmax"].values()))
-    )
+    score = np.mean(list(out["weights"]["output_sqnr_db"]["minmax"].values()))
+    rows = {r["label"]: r["output_sqnr_db"] for r in page["comparison"]}
+    assert rows["encanalyze mxfp4, weights minmax (QDQ model)"] == pytest.approx(score)
+    # the switched model, all on (see test_switched_block_model)
+    assert rows["encanalyze, as chosen (QDQ model)"] == pytest.approx(score, abs=0.05)
+    assert by["w0"]["layout"] == "blocks of 32 (axis 1 of 32x27)"
+    layers = {layer["layer"]: layer for layer in page["sensitivity"]}
+    assert set(layers) == {"c0", "c1", "g", "y"}  # each quantized node, by its output
+    for layer in layers.values():  # one layer's weights in blocks lose less than all of them
+        assert layer["activations_sqnr_db"] is None and layer["weights_sqnr_db"] > score - 0.05
+    assert all(isinstance(by[n]["gain_db"], float) for n in by)
+
+
+def test_switched_block_model():
+    """Every switch on: the block QDQ model; none: the float model; one: that weight alone."""
+    import dataclasses
+
+    from encanalyze.onnx._blocks import BlockSwitches
+
+    model = _model()
+    result = calibrate_blocks(model, "nvfp4", formats.E2M1).with_method("minmax")
+    x = _batches(1)[0]
+    run = {"CPUExecutionProvider"}
+
+    def plain(proto):
+        return session(proto, list(run)).run(None, {"x": x})[0]
+
+    only_w3 = dataclasses.replace(result, weights={"w3": result.weights["w3"]})
+    with BlockSwitches(model, result) as switched:
+        assert switched.tensors == ["w0", "w1", "w2", "w3"]
+        (every,) = switched.outputs(switched.feed(), [x])
+        np.testing.assert_allclose(every[0], plain(block_qdq_model(model, result)), atol=1e-5)
+        (none,) = switched.outputs(switched.feed(None, set()), [x])
+        np.testing.assert_allclose(none[0], plain(model), rtol=1e-5, atol=1e-6)
+        (one,) = switched.outputs(switched.feed(None, {"w3"}), [x])
+        np.testing.assert_allclose(one[0], plain(block_qdq_model(model, only_w3)), atol=1e-5)
+    with pytest.raises(ValueError, match="method"):
+        result.with_method("sqnr")
 
 
 def test_block_report_in_the_browser(tmp_path, capsys, browser):
@@ -240,7 +274,9 @@ def test_block_report_in_the_browser(tmp_path, capsys, browser):
     _job(tmp_path, capsys, "nvfp4", "--report", report)
     _open(browser, report)
     assert sorted(_names(browser)) == ["w0", "w1", "w2", "w3"]
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#comparison tr")) == 1 + 2
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#comparison tr")) == 1 + 3
+    assert browser.find_element(By.ID, "sensitivity-section").is_displayed()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#sensitivity tr.sens")) == 4
     row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#quantizers tbody tr")
                if r.find_elements(By.TAG_NAME, "td")[0].text == "w2")  # fmt: skip
     row.click()

@@ -22,11 +22,13 @@ from .._calibration import Progress
 from .._onnx_graph import load_model, own_model
 from .._report import sqnr_db
 from ._calibrate import QUANTIZABLE_OPS, chosen_weights
+from ._switches import SwitchedModel, switch
 
 __all__ = [
     "BLOCK_METHODS",
     "BLOCK_OPSET",
     "BlockCalibration",
+    "BlockSwitches",
     "BlockWeight",
     "block_qdq_model",
     "calibrate_blocks",
@@ -67,13 +69,33 @@ class BlockWeight:
 
 @dataclasses.dataclass(frozen=True)
 class BlockCalibration:
-    """What :func:`calibrate_blocks` found: the weights by name and what it left out."""
+    """What :func:`calibrate_blocks` found: the weights by name and what it left out.
+
+    ``method`` is the one in use (:meth:`with_method` switches it).
+    """
 
     scheme: str
     fmt: formats.ElementFormat
     block_size: int
     weights: dict
     unquantized: dict
+    method: str = "mse"
+
+    @property
+    def encodings(self) -> dict:
+        """The quantized tensors by name: :attr:`weights` (activations stay in float)."""
+        return self.weights
+
+    @property
+    def branches(self) -> dict:
+        """The ``If`` branches inlined: none (the QDQ model has the main graph's weights)."""
+        return {}
+
+    def with_method(self, method: str) -> BlockCalibration:
+        """Return a copy whose weights use ``method``."""
+        if method not in BLOCK_METHODS:
+            raise ValueError(f"method must be one of {BLOCK_METHODS}, got {method!r}")
+        return dataclasses.replace(self, method=method)
 
 
 def reduction_axis(channel_axis: int, ndim: int) -> int:
@@ -134,7 +156,8 @@ def calibrate_blocks(
             view, axis = w.shape, reduction_axis(channel, w.ndim)
         weights[name] = _weight(name, w.reshape(view), axis, scheme, fmt, methods, size)
         bar.advance()
-    return BlockCalibration(scheme, fmt, size, weights, unquantized)
+    method = "mse" if "mse" in methods else methods[0]
+    return BlockCalibration(scheme, fmt, size, weights, unquantized, method)
 
 
 def _weight(name: str, w: np.ndarray, axis: int, scheme: str, fmt, methods, size: int):
@@ -175,17 +198,25 @@ _STORAGE = {"float8_e5m2": "FLOAT8E5M2", "int8": "INT8"}
 every FP6 and FP4 value is an E4M3 value)."""
 
 
-def block_qdq_model(model, result: BlockCalibration, methods: str | Mapping[str, str] = "mse"):
+def block_qdq_model(
+    model,
+    result: BlockCalibration,
+    methods: str | Mapping[str, str] | None = None,
+    *,
+    switches: bool = False,
+):
     """Return ``model`` with ``result``'s weights in blocks (a new ModelProto, opset 21+).
 
     Each weight becomes an initializer of its element values (of its block view) behind a
     ``DequantizeLinear`` with ``axis`` its reduction axis, ``block_size`` and one FP32 scale
     per block (a ``Reshape`` back to its shape after a Conv weight's); its consumers read the
-    dequantized weight. ``methods``: one method for every weight, or one
-    per weight name. FP4 and FP6 values are held as ``FLOAT8E4M3FN`` (exactly: ONNX
-    Runtime 1.32's CPU provider has no ``FLOAT4E2M1`` kernel), E5M2 as ``FLOAT8E5M2``, MXINT8
-    as ``INT8`` with the scale divided by 64. ``ValueError`` where an older model cannot be
-    converted to opset 21.
+    dequantized weight. ``methods``: one method for every weight, or one per weight name
+    (others: ``result.method``; ``None``: ``result.method`` for all). ``switches``: each
+    weight ``NAME`` also gets a boolean input ``NAME::on`` selecting, by ``Where``, its blocks
+    or its float values (kept), for :class:`BlockSwitches`. FP4 and FP6 values are held as
+    ``FLOAT8E4M3FN`` (exactly: ONNX Runtime 1.32's CPU provider has no ``FLOAT4E2M1``
+    kernel), E5M2 as ``FLOAT8E5M2``, MXINT8 as ``INT8`` with the scale divided by 64.
+    ``ValueError`` where an older model cannot be converted to opset 21.
     """
     from onnx import TensorProto, helper
 
@@ -203,7 +234,8 @@ def block_qdq_model(model, result: BlockCalibration, methods: str | Mapping[str,
     for name, wt in result.weights.items():
         if name not in shapes:
             continue
-        method = methods if isinstance(methods, str) else methods.get(name, "mse")
+        by_name = {} if methods is None or isinstance(methods, str) else methods
+        method = methods if isinstance(methods, str) else by_name.get(name, result.method)
         q, scale = wt.elements[method], wt.scales[method]
         if storage == "INT8":
             q, scale = np.rint(q * 64).astype(np.int8), scale / np.float32(64)
@@ -226,12 +258,16 @@ def block_qdq_model(model, result: BlockCalibration, methods: str | Mapping[str,
                 helper.make_tensor(f"{name}_shape", TensorProto.INT64, [shape.size], shape)
             )
             new_nodes.append(helper.make_node("Reshape", [flat, f"{name}_shape"], [dq]))
+        if switches:
+            where, dq = switch(graph, name, dq)
+            new_nodes.append(where)
         renamed[name] = dq
     for node in graph.node:
         for i, inp in enumerate(node.input):
             if inp in renamed:
                 node.input[i] = renamed[inp]
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used |= {i for n in new_nodes for i in n.input}
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep + new_inits)
@@ -239,3 +275,16 @@ def block_qdq_model(model, result: BlockCalibration, methods: str | Mapping[str,
     del graph.node[:]
     graph.node.extend(new_nodes + nodes)
     return proto
+
+
+class BlockSwitches(SwitchedModel):
+    """One ONNX Runtime session of the block QDQ model with every weight switchable.
+
+    The model of :func:`block_qdq_model` with ``switches`` (``result.method``'s blocks), for
+    :func:`encanalyze.onnx._sensitivity.sensitivity`.
+    """
+
+    def __init__(self, model, result: BlockCalibration, *, op_types=None, providers=None):
+        del op_types  # the QDQ model quantizes every weight of ``result``
+        proto = block_qdq_model(model, result, switches=True)
+        super().__init__(proto, result.weights, providers)

@@ -11,7 +11,7 @@ with a ``QuantizeLinear``/``DequantizeLinear`` pair that every consumer reads.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from .._rules.percentile import PercentileEncodingAnalyzer
 from .._shapes import plan, to_rows
 from ._branches import inline_branches
 from ._calibrate import QUANTIZABLE_OPS, chosen_weights, histograms, observe_activations
+from ._switches import SwitchedModel, switch
 
 __all__ = [
     "FLOAT8_FORMATS",
@@ -249,10 +250,8 @@ def float8_qdq_model(
         else:
             continue
         if switches:
-            on, chosen = f"{name}::on", f"{name}_fp8_switched"
-            graph.input.append(helper.make_tensor_value_info(on, TensorProto.BOOL, []))
-            new_nodes[-1][1].append(helper.make_node("Where", [on, dq, name], [chosen]))
-            dq = chosen
+            where, dq = switch(graph, name, dq)
+            new_nodes[-1][1].append(where)
         renamed[name] = dq
     for node in graph.node:
         for i, inp in enumerate(node.input):
@@ -309,54 +308,18 @@ def _insert_in_order(graph, new_nodes: list) -> None:
     graph.node.extend(ordered)
 
 
-class Float8Switches:
+class Float8Switches(SwitchedModel):
     """One ONNX Runtime session of the FP8 QDQ model with every quantizer switchable.
 
-    The model of :func:`float8_qdq_model` with ``switches``, run with :data:`FLOAT8_SESSION`;
-    the interface of :class:`encanalyze.onnx._emulate.Emulator`, so that
-    :func:`encanalyze.onnx._sensitivity.sensitivity` measures FP8 models too: ``tensors`` are
-    the quantized tensors, :meth:`feed` the inputs that quantize some of them (the scales are
-    those of ``result``, built into the model), :meth:`outputs` runs batches with them.
+    The model of :func:`float8_qdq_model` with ``switches``, run with :data:`FLOAT8_SESSION`,
+    for :func:`encanalyze.onnx._sensitivity.sensitivity` (``op_types``: the QDQ model
+    quantizes every encoding of ``result``).
     """
 
     def __init__(self, model, result: Float8Calibration, *, op_types=None, providers=None):
-        import tempfile
-
-        from ._calibrate import model_inputs, session
-
-        del op_types  # the QDQ model quantizes every encoding of ``result``
+        del op_types
         proto = float8_qdq_model(model, result, switches=True)
-        switched = {i.name for i in proto.graph.input if i.name.endswith("::on")}
-        self.tensors = [n for n in result.encodings if f"{n}::on" in switched]
-        self.inputs = [i for i in model_inputs(proto) if i.name not in switched]
-        self.names = [o.name for o in proto.graph.output]
-        self._workdir = tempfile.TemporaryDirectory(prefix="encanalyze-")
-        self._run = session(proto, providers, self._workdir.name, FLOAT8_SESSION)
-
-    def close(self) -> None:
-        """Drop the session and its working folder."""
-        self._run = None
-        self._workdir.cleanup()
-
-    def __enter__(self) -> Float8Switches:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def feed(self, encodings=None, quantized: set[str] | None = None) -> dict:
-        """Return the inputs that quantize ``quantized`` only (``None``: every tensor).
-
-        ``encodings`` is not read: the model holds ``result``'s scales.
-        """
-        return {f"{n}::on": np.asarray(quantized is None or n in quantized) for n in self.tensors}
-
-    def outputs(self, settings: dict, batches: Iterable) -> Iterator[list]:
-        """Yield the model's outputs on each batch with the switches ``settings`` set."""
-        from ._calibrate import feeds, run_batch
-
-        for batch in batches:
-            yield run_batch(self._run, self.names, {**feeds(batch, self.inputs), **settings})
+        super().__init__(proto, result.encodings, providers, FLOAT8_SESSION)
 
 
 def choose_float8_activations(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .._calibration import CalibrationResult
 from .._onnx_graph import float_weights, load_model, own_model
-from .._report_data import float8_quantizers, model_quantizers
+from .._report_data import block_quantizers, float8_quantizers, model_quantizers
 from ._branches import inline_branches
 from ._calibrate import QUANTIZABLE_OPS, feeds, model_inputs
 from ._qdq import fit_opset, output_sqnr
@@ -290,8 +290,11 @@ def model_report(
     scored on ``judged``). ``result`` may be a :class:`~._float8.Float8Calibration` (of
     :func:`~._float8.calibrate_float8`): the sensitivity then runs its real FP8 QDQ model
     (:class:`~._float8.Float8Switches`) and the peer is ONNX Runtime's FP8 calibration
-    (:func:`ort_float8_sqnr`, E4M3FN only).
+    (:func:`ort_float8_sqnr`, E4M3FN only). A :class:`~._blocks.BlockCalibration` (MX or
+    NVFP4 weights) runs its real block QDQ model (:class:`~._blocks.BlockSwitches`), with no
+    peer.
     """
+    from ._blocks import BlockCalibration, BlockSwitches
     from ._emulate import Emulator
     from ._float8 import Float8Calibration, Float8Switches
 
@@ -300,21 +303,23 @@ def model_report(
     proto, _ = load_model(model)
     weights = float_weights(proto)
     fp8 = isinstance(result, Float8Calibration)
-    quantizers = (float8_quantizers if fp8 else model_quantizers)(
+    blocks = isinstance(result, BlockCalibration)
+    kind = "blocks" if blocks else "fp8" if fp8 else "int"
+    rows_of = {"blocks": block_quantizers, "fp8": float8_quantizers, "int": model_quantizers}
+    quantizers = rows_of[kind](
         result, weights, statistics.get("histograms", {}), statistics.get("ranges", {})
     )
     rows = list(comparison or [])
     sens = None
-    if judged and any(e.kind == "activation" for e in result.encodings.values()):
+    if judged and (blocks or any(e.kind == "activation" for e in result.encodings.values())):
+        emulator = {"blocks": BlockSwitches, "fp8": Float8Switches, "int": Emulator}[kind]
         sens = sensitivity(
-            model,
-            result,
-            judged,
-            op_types=op_types,
-            providers=providers,
-            emulator=Float8Switches if fp8 else Emulator,
+            model, result, judged, op_types=op_types, providers=providers, emulator=emulator
         )
-        own = (float8_activation_sqnr if fp8 else activation_sqnr)(model, result, judged, providers)
+        own = {}
+        if not blocks:
+            own_sqnr = float8_activation_sqnr if fp8 else activation_sqnr
+            own = own_sqnr(model, result, judged, providers)
         for q in quantizers:
             q["gain_db"] = sens.gain_db.get(q["name"])
             if q["kind"] == "activation" and q["name"] in own:
@@ -324,7 +329,7 @@ def model_report(
                 q["own_sqnr_db"] = own[q["name"]].get(q["best"])
         rows.append(
             {
-                "label": f"encanalyze, as chosen ({'QDQ model' if fp8 else 'emulated'})",
+                "label": f"encanalyze, as chosen ({'emulated' if kind == 'int' else 'QDQ model'})",
                 "output_sqnr_db": sens.output_sqnr_db,
                 "measured_on": measured_on,
             }
@@ -336,7 +341,7 @@ def model_report(
                 )
                 label = "ONNX Runtime FP8 E4M3FN, Distribution (quantize_static)"
                 rows.append({"label": label, "output_sqnr_db": db, "measured_on": measured_on})
-        elif peers:
+        elif peers and not blocks:  # no peer calibrates MX or NVFP4 weights in ONNX
             for method, db in ort_calibrators_sqnr(
                 model, result, calibration, judged, op_types=op_types, providers=providers
             ).items():
