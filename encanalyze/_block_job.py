@@ -39,7 +39,7 @@ def calibrate_model_blocks(args) -> int:
             progress=progress,
         )  # fmt: skip
         if not result.weights:
-            raise cli.JobError("no weight of the model splits into blocks: nothing to quantize")
+            raise cli.JobError("no weight of the model could be put in blocks: nothing to quantize")
         scores, models = {}, {}
         for method in methods:
             progress.stage(f"the {method} model's output")

@@ -283,3 +283,14 @@ def test_block_report_in_the_browser(tmp_path, capsys, browser):
     assert len(browser.find_elements(By.CSS_SELECTOR, "#histogram rect.bar")) > 10
     assert len(browser.find_elements(By.CSS_SELECTOR, "#histogram line.range")) == 2 * 2
     assert _errors(browser) == []
+
+
+def test_model_job_with_no_weight_in_blocks_fails_cleanly(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(), path)
+    out = tmp_path / "enc.json"
+    args = ["calibrate", path, "--data", "random", "--number-format", "mxfp4", "--exclude", "w*",
+            "--output", out]  # fmt: skip
+    assert main(list(map(str, args))) == 1
+    assert "no weight of the model could be put in blocks" in capsys.readouterr().err
+    assert not out.exists()

@@ -122,9 +122,12 @@ def calibrate_blocks(
 ) -> BlockCalibration:
     """Quantize an ONNX model's weights in MX (``scheme="mx"``) or NVFP4 blocks, by each method.
 
-    The weights of ``op_types`` nodes (``tensors``: a predicate on their names) with a
-    reduction axis that splits into blocks; the others are left in :attr:`unquantized` with
-    the reason. NVFP4 weights get two-level scaling (their own FP32 tensor scale).
+    The weights of ``op_types`` nodes (``tensors``: a predicate on their names), in blocks
+    along their reduction axis (a Conv weight as its ``(O, I * kh * kw)`` matrix; a last
+    partial block zero-padded); a weight that is no operator's weight input or that holds a
+    value that is not finite is left in :attr:`~BlockCalibration.unquantized` with the
+    reason. NVFP4 weights get two-level scaling (their own FP32 tensor scale). The method in
+    use is ``mse`` where ``methods`` has it.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
