@@ -294,3 +294,23 @@ def test_model_job_with_no_weight_in_blocks_fails_cleanly(tmp_path, capsys):
     assert main(list(map(str, args))) == 1
     assert "no weight of the model could be put in blocks" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_initializers_listed_as_inputs_are_not_left_to_feed():
+    """Older models list their initializers among the graph inputs too: a weight that the QDQ
+    model replaces leaves the inputs with it (FP8 and block models)."""
+    from encanalyze.onnx import calibrate_float8, float8_qdq_model
+
+    model = _model()
+    model.graph.input.extend(
+        helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims))
+        for t in model.graph.initializer
+    )
+    x = _batches(1)[0]
+    for proto in (
+        block_qdq_model(model, calibrate_blocks(model, "mx", formats.E2M1)),
+        float8_qdq_model(model, calibrate_float8(model, [x])),
+    ):
+        assert [i.name for i in proto.graph.input] == ["x"]
+        (y,) = session(proto, ["CPUExecutionProvider"]).run(None, {"x": x})
+        assert y.shape == (8, 32)

@@ -224,7 +224,7 @@ def block_qdq_model(
     from onnx import TensorProto, helper
 
     from ._float8 import at_least_opset
-    from ._qdq import constants_to_initializers
+    from ._qdq import constants_to_initializers, prune_initializers
 
     proto = own_model(load_model(model)[0])
     constants_to_initializers(proto)
@@ -269,11 +269,7 @@ def block_qdq_model(
         for i, inp in enumerate(node.input):
             if inp in renamed:
                 node.input[i] = renamed[inp]
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    used |= {i for n in new_nodes for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep + new_inits)
+    prune_initializers(graph, new_nodes, new_inits)
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(new_nodes + nodes)

@@ -208,7 +208,7 @@ def float8_qdq_model(
     """
     from onnx import TensorProto, helper
 
-    from ._qdq import constants_to_initializers
+    from ._qdq import constants_to_initializers, prune_initializers
 
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)
@@ -257,11 +257,7 @@ def float8_qdq_model(
         for i, inp in enumerate(node.input):
             if inp in renamed:
                 node.input[i] = renamed[inp]
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    used |= {i for _, nodes in new_nodes for n in nodes for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep + new_inits)
+    prune_initializers(graph, [n for _, nodes in new_nodes for n in nodes], new_inits)
     _insert_in_order(graph, new_nodes)
     return proto
 

@@ -41,6 +41,7 @@ __all__ = [
     "output_energies",
     "output_sqnr",
     "outputs_sqnr",
+    "prune_initializers",
     "publish",
     "stage_qdq_model",
     "staging",
@@ -79,6 +80,24 @@ def constants_to_initializers(model) -> None:
             keep.append(node)
     del model.graph.node[:]
     model.graph.node.extend(keep)
+
+
+def prune_initializers(graph, new_nodes: list, new_inits: list) -> None:
+    """Keep the initializers something reads, add ``new_inits``, drop inputs left without one.
+
+    ``new_nodes`` are nodes about to be added (their inputs count as read). A graph input that
+    named a dropped initializer (older models list initializers as inputs) goes too, or it
+    would become an input to feed.
+    """
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used |= {i for n in new_nodes for i in n.input}
+    dropped = {t.name for t in graph.initializer if t.name not in used}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    inputs = [i for i in graph.input if i.name not in dropped]
+    del graph.input[:]
+    graph.input.extend(inputs)
 
 
 def unencoded_nodes(proto, result: CalibrationResult, op_types) -> list[str]:
