@@ -314,3 +314,39 @@ def test_initializers_listed_as_inputs_are_not_left_to_feed():
         assert [i.name for i in proto.graph.input] == ["x"]
         (y,) = session(proto, ["CPUExecutionProvider"]).run(None, {"x": x})
         assert y.shape == (8, 32)
+
+
+def test_float16_models_quantize_in_float32_and_keep_their_type():
+    """A float16 model's weights are dequantized in float32 and cast to float16, its
+    activations cast to float32 around their FLOAT8 Q/DQ pair: the FP32 scales stay exact."""
+    from encanalyze.onnx import calibrate_float8, float8_qdq_model
+
+    w = (RNG.standard_normal((64, 32)) * 0.1).astype(np.float16)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [None, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [None, 32])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "half", [x], [y],
+                              [numpy_helper.from_array(w, "w")])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feed = RNG.standard_normal((4, 64)).astype(np.float16)
+    blocks = calibrate_blocks(model, "mx", formats.E2M1)
+    fp8 = calibrate_float8(model, [feed])
+    cases = (
+        (block_qdq_model(model, blocks), {"w_block_dq_cast": blocks.weights["w"]}),
+        (float8_qdq_model(model, fp8), {"w_fp8_dq_cast": None, "x_fp8_dq_cast": None}),
+    )
+    for proto, wanted in cases:
+        proto.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
+        got = session(proto, ["CPUExecutionProvider"]).run(["y", *wanted], {"x": feed})
+        assert all(a.dtype == np.float16 for a in got)
+        named = dict(zip(wanted, got[1:]))
+        if "w_block_dq_cast" in named:
+            bw = blocks.weights["w"]
+            want = bw.elements["mse"] * np.repeat(bw.scales["mse"], 32, axis=0)
+            np.testing.assert_array_equal(named["w_block_dq_cast"], want.astype(np.float16))
+        else:
+            for name in ("w", "x"):
+                e = fp8.encodings[name]
+                source = w if name == "w" else feed
+                scale = e.scale if e.axis is None else e.scale.reshape(1, -1)
+                q = formats.quantize_scaled(source.astype(np.float32), formats.E4M3FN, scale=scale)
+                np.testing.assert_array_equal(named[f"{name}_fp8_dq_cast"], q.astype(np.float16))

@@ -214,7 +214,8 @@ def block_qdq_model(
     ``DequantizeLinear`` with ``axis`` its reduction axis, ``block_size`` and one FP32 scale
     per block (a ``Reshape`` back to its shape after a Conv weight's); its consumers read the
     dequantized weight. ``methods``: one method for every weight, or one per weight name
-    (others: ``result.method``; ``None``: ``result.method`` for all). ``switches``: each
+    (others: ``result.method``; ``None``: ``result.method`` for all); a float16 or bfloat16
+    weight is dequantized in float32 and cast to its type. ``switches``: each
     weight ``NAME`` also gets a boolean input ``NAME::on`` selecting, by ``Where``, its blocks
     or its float values (kept), for :class:`BlockSwitches`. FP4 and FP6 values are held as
     ``FLOAT8E4M3FN`` (exactly: ONNX Runtime 1.32's CPU provider has no ``FLOAT4E2M1``
@@ -233,6 +234,7 @@ def block_qdq_model(
     etype = getattr(TensorProto, storage)
     graph = proto.graph
     shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    types = {t.name: t.data_type for t in graph.initializer}
     renamed, new_nodes, new_inits = {}, [], []
     for name, wt in result.weights.items():
         if name not in shapes:
@@ -261,6 +263,9 @@ def block_qdq_model(
                 helper.make_tensor(f"{name}_shape", TensorProto.INT64, [shape.size], shape)
             )
             new_nodes.append(helper.make_node("Reshape", [flat, f"{name}_shape"], [dq]))
+        if types[name] != TensorProto.FLOAT:  # a float16 / bfloat16 weight: its own type
+            new_nodes.append(helper.make_node("Cast", [dq], [f"{dq}_cast"], to=types[name]))
+            dq = f"{dq}_cast"
         if switches:
             where, dq = switch(graph, name, dq)
             new_nodes.append(where)

@@ -202,12 +202,15 @@ def float8_qdq_model(
     cannot). Each weight becomes a FLOAT8 initializer (its values quantized by its scales,
     per channel on its axis) read through ``DequantizeLinear``; each activation passes a
     ``QuantizeLinear``/``DequantizeLinear`` pair (per tensor) that all its consumers in the main
-    graph read. ``methods`` overrides the method of named tensors. ``switches``: each quantized
-    tensor ``NAME`` also gets a boolean graph input ``NAME::on`` that selects, by ``Where``, its
-    dequantized value or the float one (the float weights kept), for :class:`Float8Switches`.
+    graph read; in a float16 or bfloat16 model, quantization runs in float32 (``Cast`` nodes
+    around it), so that the FP32 scales stay exact. ``methods`` overrides the method of named
+    tensors. ``switches``: each quantized tensor ``NAME`` also gets a boolean graph input
+    ``NAME::on`` that selects, by ``Where``, its dequantized value or the float one (the float
+    weights kept), for :class:`Float8Switches`.
     """
     from onnx import TensorProto, helper
 
+    from ._calibrate import value_infos
     from ._qdq import constants_to_initializers, prune_initializers
 
     proto = inline_branches(own_model(model), result.branches)
@@ -217,6 +220,11 @@ def float8_qdq_model(
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
     values = float_weights(proto)
+    types = {n: t.data_type for n, t in inits.items()}
+    if any(t != TensorProto.FLOAT for t in types.values()) or any(
+        i.type.tensor_type.elem_type != TensorProto.FLOAT for i in graph.input
+    ):  # a float16 / bfloat16 model: its activations' types too
+        types |= {vi.name: vi.type.tensor_type.elem_type for vi in value_infos(proto)}
     renamed, new_nodes, new_inits = {}, [], []
     for name, e in result.encodings.items():
         scale = e.scales[(methods or {}).get(name, e.method)].astype(np.float32)
@@ -234,21 +242,25 @@ def float8_qdq_model(
             q = formats.quantize(w / scale.reshape(shape), result.fmt)
             q_name = f"{name}_fp8"
             new_inits.append(helper.make_tensor(q_name, ftype, w.shape, q.ravel()))
-            new_nodes.append(
-                (
-                    None,
-                    [helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq], **axis)],
-                )
-            )
+            pair = [helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq], **axis)]
+            new_nodes.append((None, pair))
         elif e.kind == "activation":
-            q_name = f"{name}_fp8"
-            pair = [
-                helper.make_node("QuantizeLinear", [name, s_name, z_name], [q_name], saturate=1),
+            q_name, x = f"{name}_fp8", name
+            pair = []
+            if types.get(name, TensorProto.FLOAT) != TensorProto.FLOAT:  # in float32, exactly
+                x = f"{name}_fp8_in"
+                pair.append(helper.make_node("Cast", [name], [x], to=TensorProto.FLOAT))
+            pair += [
+                helper.make_node("QuantizeLinear", [x, s_name, z_name], [q_name], saturate=1),
                 helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq]),
             ]
             new_nodes.append((name, pair))
         else:
             continue
+        kind = types.get(name, TensorProto.FLOAT)
+        if kind != TensorProto.FLOAT:  # back to the tensor's own type
+            new_nodes[-1][1].append(helper.make_node("Cast", [dq], [f"{dq}_cast"], to=kind))
+            dq = f"{dq}_cast"
         if switches:
             where, dq = switch(graph, name, dq)
             new_nodes[-1][1].append(where)
