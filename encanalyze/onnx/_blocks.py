@@ -169,7 +169,7 @@ def _weight(name: str, w: np.ndarray, axis: int, scheme: str, fmt, methods, size
     A last partial block is padded with zeros, which change no scale and quantize to zero.
     """
     k = w.shape[axis]
-    moved = np.moveaxis(w, axis, -1)
+    moved = np.ascontiguousarray(np.moveaxis(w, axis, -1))  # blocks in memory order
     if k % size:
         moved = np.concatenate(
             [moved, np.zeros((*moved.shape[:-1], -k % size), np.float32)], axis=-1
@@ -222,7 +222,7 @@ def block_qdq_model(
     kernel), E5M2 as ``FLOAT8E5M2``, MXINT8 as ``INT8`` with the scale divided by 64.
     ``ValueError`` where an older model cannot be converted to opset 21.
     """
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     from ._float8 import at_least_opset
     from ._qdq import constants_to_initializers, prune_initializers
@@ -231,7 +231,7 @@ def block_qdq_model(
     constants_to_initializers(proto)
     proto = at_least_opset(proto, BLOCK_OPSET, "no blocked DequantizeLinear")
     storage = _STORAGE.get(result.fmt.name, "FLOAT8E4M3FN")
-    etype = getattr(TensorProto, storage)
+    np_type = helper.tensor_dtype_to_np_dtype(getattr(TensorProto, storage))  # holds q exactly
     graph = proto.graph
     shapes = {t.name: tuple(t.dims) for t in graph.initializer}
     types = {t.name: t.data_type for t in graph.initializer}
@@ -245,8 +245,8 @@ def block_qdq_model(
         if storage == "INT8":
             q, scale = np.rint(q * 64).astype(np.int8), scale / np.float32(64)
         q_name, s_name, dq = f"{name}_blocks", f"{name}_block_scale", f"{name}_block_dq"
-        new_inits.append(helper.make_tensor(q_name, etype, q.shape, q.ravel().tolist()))
-        new_inits.append(helper.make_tensor(s_name, TensorProto.FLOAT, scale.shape, scale.ravel()))
+        new_inits.append(numpy_helper.from_array(q.astype(np_type), q_name))
+        new_inits.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))
         flat = f"{name}_block_view" if wt.view != shapes[name] else dq
         new_nodes.append(
             helper.make_node(

@@ -208,7 +208,7 @@ def float8_qdq_model(
     ``NAME::on`` that selects, by ``Where``, its dequantized value or the float one (the float
     weights kept), for :class:`Float8Switches`.
     """
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     from ._calibrate import value_infos
     from ._qdq import constants_to_initializers, prune_initializers
@@ -241,7 +241,8 @@ def float8_qdq_model(
                 shape[e.axis] = -1
             q = formats.quantize(w / scale.reshape(shape), result.fmt)
             q_name = f"{name}_fp8"
-            new_inits.append(helper.make_tensor(q_name, ftype, w.shape, q.ravel()))
+            fp8 = helper.tensor_dtype_to_np_dtype(ftype)  # q holds FLOAT8 values exactly
+            new_inits.append(numpy_helper.from_array(np.asarray(q).astype(fp8), q_name))
             pair = [helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq], **axis)]
             new_nodes.append((None, pair))
         elif e.kind == "activation":
