@@ -286,7 +286,7 @@ MX_BLOCK = 32
 E8M0_BIAS = 127
 E8M0_NAN = 255
 _F32_MIN_NORMAL = 2.0**-126
-MX_MODES = ("floor", "ceil", "mse")
+MX_MODES = ("floor", "ceil", "even", "rceil", "mse")
 """How a block's shared exponent is chosen: from its largest magnitude, ``floor`` (the OCP
 specification's and torchao's default, ``floor(log2(amax)) - emax``) or ``ceil`` (rounded up
 where ``amax`` is not a power of two); or ``mse``: of ``floor - 1``, ``floor`` and
@@ -345,22 +345,73 @@ def _float32_exponent(xp, a: Array, round_up: bool) -> Array:
     return xp.astype(xp.where(special, 128.0, e), xp.float64)
 
 
+def _rounded_up_to_mantissa(xp, a: Array, e: Array, mbits: int) -> Array:
+    """Return ``e`` (:func:`_float32_exponent`'s floor) of ``a`` rounded half up to ``mbits``.
+
+    torchao's EVEN mode adds half a unit of the element's last mantissa place to the float32
+    bits of ``a``: the exponent grows by one where that carries out of the mantissa, that is
+    where ``a >= (2 - 2**-(mbits + 1)) * 2**e`` (from the subnormals: ``(1 - ...) * 2**-126``).
+    """
+    dev = device_of(a)
+    a64 = xp.astype(a, xp.float64)
+    half = 2.0 ** -(mbits + 1)
+    two = xp.asarray(2.0, dtype=xp.float64, device=dev)
+    normal = (e > -127) & (e < 128)
+    carry = normal & (a64 >= (2 - half) * xp.pow(two, xp.where(normal, e, 0.0)))
+    carry = carry | ((e == -127) & (a64 > 0) & (a64 >= (1 - half) * _F32_MIN_NORMAL))
+    return xp.where(carry, e + 1, e)
+
+
+def _rceil_exponents(xp, amax: Array, fmt: ElementFormat) -> Array:
+    """Return RCEIL's biased exponents: ``ceil(log2(amax / max))`` in ``[-127, 127]`` + 127.
+
+    ``amax / max`` in float32 (as torchao divides), its exponent rounded up exactly; 254 where
+    it is infinite, 255 where NaN, 0 for zero. torchao's eager fallback takes ``log2`` in
+    float32, which can round a quotient just above a power of two down to it (NVIDIA's
+    hardware conversion, like this, does not).
+    """
+    dev = device_of(amax)
+    d = div(xp, amax, xp.asarray(fmt.max, dtype=xp.float32, device=dev))
+    d64 = xp.astype(d, xp.float64)
+    live = xp.isfinite(d64) & (d64 > 0)
+    safe = xp.where(live, d64, xp.ones_like(d64))
+    two = xp.asarray(2.0, dtype=xp.float64, device=dev)
+    k = xp.ceil(xp.log2(safe))
+    k = xp.where(xp.pow(two, k - 1) >= safe, k - 1, k)
+    k = xp.where(xp.pow(two, k) < safe, k + 1, k)
+    k = xp.where(live, xp.clip(k, -float(E8M0_BIAS), float(E8M0_BIAS)), -float(E8M0_BIAS))
+    biased = xp.where(xp.isinf(d64), 254.0, k + E8M0_BIAS)
+    return xp.where(xp.isnan(d64), float(E8M0_NAN), biased)
+
+
 def mx_exponents(
     x: Array, fmt: ElementFormat, block_size: int = MX_BLOCK, mode: str = "floor"
 ) -> Array:
     """Return the biased E8M0 shared exponents ``(..., K / block_size)`` of ``x``'s blocks.
 
-    Blocks run along the last axis. The exponent is ``floor(log2(amax)) - emax`` (``mode``
-    ``"ceil"``: rounded up), clamped to ``[-127, 127]`` and biased by 127; a block holding NaN
-    gets 255 (E8M0's NaN). The values are torchao's ``to_mx`` scales (int64 here).
+    Blocks run along the last axis. ``mode`` (:data:`MX_MODES`, torchao's
+    ``ScaleCalculationMode`` and the least-error search): ``"floor"``, the OCP rule
+    ``floor(log2(amax)) - emax``; ``"ceil"``, the exponent of ``amax`` rounded up;
+    ``"even"``, ``amax`` first rounded half up to the element's mantissa bits, then floor;
+    these are clamped to ``[-127, 128]`` and biased by 127. ``"rceil"``, NVIDIA's rule,
+    ``ceil(log2(amax / max))`` clamped to ``[-127, 127]`` (254 for an infinite amax);
+    ``"mse"``, each block's least-error exponent. A block holding NaN gets 255 (E8M0's NaN).
+    The values are torchao's ``to_mx`` scales (int64 here).
     """
     if mode not in MX_MODES:
         raise ValueError(f"mode must be one of {MX_MODES}, got {mode!r}")
+    if mode == "even" and not isinstance(fmt, FloatFormat):
+        raise ValueError(f"mode 'even' rounds to a float element's mantissa, not {fmt.name}'s")
     x = analyzer_input(x)
     xp = namespace_of(x)
     blocks = _blocks(xp, x, block_size)
     amax = _block_amax(xp, blocks)
-    unbiased = _float32_exponent(xp, amax, mode == "ceil") - fmt.max_exponent
+    if mode == "rceil":
+        return xp.astype(_rceil_exponents(xp, amax, fmt), xp.int64)
+    exponent = _float32_exponent(xp, amax, mode == "ceil")
+    if mode == "even":
+        exponent = _rounded_up_to_mantissa(xp, amax, exponent, fmt.mantissa_bits)
+    unbiased = exponent - fmt.max_exponent
     unbiased = xp.clip(unbiased, -float(E8M0_BIAS), float(E8M0_BIAS + 1))
     biased = xp.where(xp.isnan(amax), float(E8M0_NAN), unbiased + E8M0_BIAS)
     if mode == "mse":  # row by row: host backends in cache-sized pieces
@@ -372,15 +423,24 @@ def mx_exponents(
     return xp.astype(biased, xp.int64)
 
 
-def _mx_elements(xp, blocks: Array, biased: Array, fmt: ElementFormat) -> tuple[Array, Array]:
+def _mx_elements(
+    xp, blocks: Array, biased: Array, fmt: ElementFormat, rceil: bool = False
+) -> tuple[Array, Array]:
     """Return ``blocks``' elements and scales ``2**(e - 127)`` under biased exponents ``e``.
 
-    ``e`` is float64 ``(..., K/bs)``; the elements are divided by at least 2**-126, as torchao.
+    ``e`` is float64 ``(..., K/bs)``; the elements are divided by at least 2**-126, as torchao
+    does; with ``rceil``, multiplied by ``2**(127 - e)`` (by 1 where ``e`` is 0, NaN where
+    255), as torchao's RCEIL path does.
     """
     dev = device_of(blocks)
     scale = _pow2(xp, biased - E8M0_BIAS, dev)
-    tiny = xp.asarray(_F32_MIN_NORMAL, dtype=xp.float32, device=dev)
     with quiet(xp):
+        if rceil:
+            factor = _pow2(xp, E8M0_BIAS - xp.where(biased == E8M0_NAN, 0.0, biased), dev)
+            factor = xp.where(biased == 0, xp.ones_like(factor), factor)
+            factor = xp.where(biased == E8M0_NAN, xp.full_like(factor, xp.nan), factor)
+            return quantize(blocks * factor[..., None], fmt), scale
+        tiny = xp.asarray(_F32_MIN_NORMAL, dtype=xp.float32, device=dev)
         return quantize(div(xp, blocks, xp.maximum(scale, tiny)[..., None]), fmt), scale
 
 
@@ -442,11 +502,13 @@ def mx_quantize(
     """Return ``(elements, exponents)``: ``x`` in OCP MX blocks of ``fmt`` elements.
 
     ``elements`` (float32, ``x``'s shape) are values of ``fmt``: ``x`` divided by its block's
-    scale ``2**(exponent - 127)`` (at least 2**-126, as torchao divides), saturated and rounded
-    to nearest even; ``exponents`` are :func:`mx_exponents` (or the given ``exponents``, e.g.
-    read back with :func:`from_json`). Bit-exact with torchao's ``to_mx`` on the CPU (its
-    elements decoded to float32), NaN blocks aside (torchao's FP4 / FP6 codes of NaN are not
-    defined; here they are NaN).
+    scale ``2**(exponent - 127)`` (at least 2**-126, as torchao divides; ``mode="rceil"``: as
+    torchao's RCEIL path, a block of exponent 0 is not scaled), saturated and rounded to
+    nearest even; ``exponents`` are :func:`mx_exponents` of ``mode`` (or the given
+    ``exponents``, e.g. read back with :func:`from_json`, taken as ``"floor"`` takes its own).
+    Bit-exact with torchao's ``to_mx`` on the CPU for each of its modes (its elements decoded
+    to float32), NaN blocks aside (torchao's FP4 / FP6 codes of NaN are not defined; here
+    they are NaN).
     """
     x = analyzer_input(x)
     xp = namespace_of(x)
@@ -460,7 +522,8 @@ def mx_quantize(
                 f"exponents of shape {tuple(biased.shape)} do not match the blocks "
                 f"{tuple(blocks.shape[:-1])}"
             )
-    q, _ = _mx_elements(xp, blocks, xp.astype(biased, xp.float64), fmt)
+    rceil = exponents is None and mode == "rceil"
+    q, _ = _mx_elements(xp, blocks, xp.astype(biased, xp.float64), fmt, rceil)
     return xp.reshape(q, tuple(x.shape)), biased
 
 

@@ -127,8 +127,29 @@ def _mx_data(rng, rows=8, k=256):
     return x
 
 
+def _rounding_edges(fmt) -> np.ndarray:
+    """Blocks whose amax sits on the modes' edges: EVEN's carry threshold
+    ``(2 - 2**-(m + 1)) * 2**k`` and the float32 just below it (normal and subnormal), and
+    ``amax / max`` exactly a power of two and just above one (RCEIL)."""
+    m = fmt.mantissa_bits
+    threshold = np.float32((2 - 2.0 ** -(m + 1)) * 8)
+    sub = np.float32((1 - 2.0 ** -(m + 1)) * 2.0**-126)
+    amaxes = [
+        threshold,
+        np.nextafter(threshold, np.float32(0)),
+        sub,
+        np.nextafter(sub, np.float32(0)),
+        np.float32(fmt.max / 8),
+        np.float32(fmt.max / 8 * (1 + 2.0**-20)),
+    ]
+    x = np.repeat(np.float32(amaxes), 32)[None, :] * np.float32(0.25)  # below each amax
+    for i, a in enumerate(amaxes):
+        x[0, 32 * i + 3] = -a
+    return x
+
+
 @pytest.mark.parametrize("fmt", FP_ALL, ids=lambda f: f.name)
-@pytest.mark.parametrize("mode", ["floor", "ceil"])
+@pytest.mark.parametrize("mode", ["floor", "ceil", "even", "rceil"])
 def test_mx_equals_torchao(rng, fmt, mode):
     torch = pytest.importorskip("torch")
     mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
@@ -142,7 +163,7 @@ def test_mx_equals_torchao(rng, fmt, mode):
         E2M3: DTYPE_FP6_E2M3,
         E2M1: torch.float4_e2m1fn_x2,
     }[fmt]
-    x = _mx_data(rng)
+    x = np.concatenate([_mx_data(rng), np.resize(_rounding_edges(fmt), (1, 256))])
     t = torch.from_numpy(x)
     scale, data = mx.to_mx(t, elem, 32, getattr(ScaleCalculationMode, mode.upper()))
     want = mx.to_dtype(data, scale, elem, 32, torch.float32).numpy()
@@ -150,6 +171,30 @@ def test_mx_equals_torchao(rng, fmt, mode):
     np.testing.assert_array_equal(exponents, scale.view(torch.uint8).numpy().astype(np.int64))
     np.testing.assert_array_equal(formats.mx_dequantize(elements, exponents), want)
     assert np.all(np.isin(np.abs(elements), fmt.values()))
+
+
+@pytest.mark.parametrize("mode", ["even", "rceil"])
+def test_mx_rounding_modes_on_every_backend(backend, mode):
+    """EVEN carries exactly from its threshold on (not one float32 below), RCEIL rounds
+    ``amax / max`` up exactly (a power of two stays; just above it goes up), on every backend."""
+    x = _rounding_edges(E2M1)
+    elements, exponents = formats.mx_quantize(backend.asarray(x), E2M1, mode=mode)
+    e = backend.to_numpy(exponents)[0]
+    floor = formats.mx_exponents(x, E2M1)[0]
+    if mode == "even":
+        assert e[0] == floor[0] + 1 and e[1] == floor[1]  # the threshold, and just below
+        assert e[2] == e[3] == 0  # a subnormal carry still clamps to E8M0's least
+    else:
+        assert e[4] == 127 - 3 and e[5] == 127 - 2  # max / 8, and just above
+        # one float32 step above 2**5: exactly up to 2**6 (torchao's eager log2 in float32
+        # rounds it down to 5 and gives 132; NVIDIA's conversion rounds up, as here)
+        y = np.full((1, 32), 1.0, np.float32)
+        y[0, 0] = np.nextafter(np.float32(32), np.float32(64)) * np.float32(448)
+        assert formats.mx_exponents(backend.asarray(y), E4M3FN, mode="rceil")[0, 0] == 133
+    np.testing.assert_array_equal(e, formats.mx_exponents(x, E2M1, mode=mode)[0])
+    want = formats.mx_quantize(x, E2M1, mode=mode)[0]
+    if backend.name != "jax":
+        np.testing.assert_array_equal(backend.to_numpy(elements), want)
 
 
 def test_mx_nan_blocks_and_every_backend(backend, rng):
