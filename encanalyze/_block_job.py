@@ -92,6 +92,13 @@ def calibrate_model_blocks(args) -> int:
             "tensors": tensors,
         }
         write_json(args.output, content)
+    if args.plot is not None:
+        from ._float_job import plot_weights
+
+        plot_weights(args.plot, model, fmt, {
+            w.name: ({m: (w.scales[m], w.sqnr_db[m]) for m in methods}, method)
+            for w in result.weights.values()
+        })  # fmt: skip
     if args.report is not None:
         seconds = time.perf_counter() - started
         _report(args, model, result, mean, (calib, judged, measured_on), seconds)

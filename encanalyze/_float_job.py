@@ -30,6 +30,7 @@ __all__ = [
     "check_model_number_format",
     "check_number_format",
     "encodings_file",
+    "plot_weights",
     "scaled_json",
 ]
 
@@ -386,6 +387,11 @@ def calibrate_model_float(args) -> int:
             entries.append({"name": e.name, "_layout": layout, "best": e.method})
             entries[-1]["methods"] = {e.method: r}
         write_json(args.output, encodings_file(entries, args.number_format, args.output_format))
+    if args.plot is not None:
+        plot_weights(args.plot, model, result.fmt, {
+            e.name: ({m: (s, e.sqnr_db[m]) for m, s in e.scales.items()}, e.method)
+            for e in result.encodings.values() if e.kind == "param"
+        })  # fmt: skip
     if args.report is not None:
         seconds = time.perf_counter() - started
         data = (calib, judged, measured_on, statistics)
@@ -398,6 +404,27 @@ def calibrate_model_float(args) -> int:
             save_model(qdq, staged)
             publish(staged, target)
     return 0
+
+
+def plot_weights(directory, model, fmt, weights: dict) -> None:
+    """Draw each weight's histogram with every method's range (``--plot``) for a model job.
+
+    ``weights``: ``{name: ({method: (scales, SQNR dB)}, chosen method)}``; a method's range is
+    ``+-`` its scales times the format's largest value.
+    """
+    from . import cli
+    from ._onnx_graph import float_weights
+
+    values = float_weights(model)
+    entries = []
+    for name, (by_method, best) in weights.items():
+        methods = {}
+        for m, (scales, sqnr) in by_method.items():
+            amax = (np.asarray(scales, np.float64).reshape(-1) * fmt.max).tolist()
+            methods[m] = {"min": [-a for a in amax], "max": amax, "sqnr_db": sqnr}
+        shape = list(np.shape(values[name]))
+        entries.append({"name": name, "shape": shape, "methods": methods, "best": best})
+    cli._plot(entries, values, directory)
 
 
 def _float8_report(args, model, result, data, scores: dict, seconds: float) -> None:

@@ -213,7 +213,10 @@ def test_model_job_in_blocks_one_method_and_report(tmp_path, capsys):
     from tests.test_report import _data
 
     report = tmp_path / "r.html"
-    _, out = _job(tmp_path, capsys, "mxfp4", "--method", "minmax", "--report", report)
+    plots = tmp_path / "plots"
+    _, out = _job(tmp_path, capsys, "mxfp4", "--method", "minmax", "--report", report,
+                  "--plot", plots)  # fmt: skip
+    assert sorted(p.name for p in plots.iterdir()) == ["w0.png", "w1.png", "w2.png", "w3.png"]
     assert out["weights"]["method"] == "minmax" and set(out["weights"]["output_sqnr_db"]) == {
         "minmax"
     }

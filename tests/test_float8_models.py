@@ -181,7 +181,7 @@ def fp8_report(tmp_path_factory, data):
     np.savez(folder / "data.npz", x=np.concatenate(data))
     report = folder / "r.html"
     args = ["calibrate", path, "--data", folder / "data.npz", "--number-format",
-            "float8_e4m3fn", "--report", report]  # fmt: skip
+            "float8_e4m3fn", "--report", report, "--plot", folder / "plots"]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert main(list(map(str, args))) == 0
     return report, printed.getvalue()
@@ -191,6 +191,8 @@ def test_fp8_model_job_report(fp8_report):
     from tests.test_report import _data
 
     report, printed = fp8_report
+    plots = report.parent / "plots"
+    assert sorted(p.name for p in plots.iterdir()) == ["w1.png", "w2.png"]  # every weight
     page = _data(report.read_text())
     by = {q["name"]: q for q in page["quantizers"]}
     assert set(by["w1"]["methods"]) == set(formats.FLOAT_METHODS)
