@@ -18,6 +18,7 @@ import numpy as np
 from . import formats
 from ._backends import to_numpy
 from ._command_io import cell, config_of, db, note, number, selected, strict_json, write_json
+from ._registry import ACTIVATION_PERCENTILE
 from ._report import Layout, layout_for, sqnr_db, sqnr_rank
 from ._rules.percentile import PercentileEncodingAnalyzer
 from ._shapes import plan, to_rows
@@ -69,6 +70,18 @@ def check_number_format(args) -> str | None:
     if spec is None:
         return None
     scheme, _ = spec
+    if args.bits != 8:
+        return (
+            f"--bits sets the integer grids; --number-format {args.number_format} has its own "
+            "element format"
+        )
+    if scheme != "scaled":
+        tuned = (args.num_bins, args.percentile, args.gamma) != (2048, ACTIVATION_PERCENTILE, 3.0)
+        if tuned:
+            return (
+                f"--num-bins/--percentile/--gamma: the {args.number_format} methods (minmax, mse) "
+                "work on each block's own values, with no histogram"
+            )
     if args.method not in ("all", "auto", *SCHEME_METHODS[scheme]):
         return (
             f"--method {args.method} has no {args.number_format} version (its methods: "
@@ -289,6 +302,8 @@ def check_model_number_format(args) -> str | None:
             )
         if args.per_tensor_weights:
             return f"--per-tensor-weights: {args.number_format} weights are in blocks"
+        if args.block_axis != 1:
+            return "--block-axis with --data: each weight's blocks run along its reduction axis"
     elif args.activation_method not in ("auto", *formats.FLOAT_METHODS):
         return f"--activation-method {args.activation_method} has no {args.number_format} version"
     if args.per_channel is not None:

@@ -147,6 +147,9 @@ def test_fp8_onnx_qdq_and_block_layouts(capsys, weights, tmp_path):
         (["--number-format", "mxfp4", "--output-format", "onnx-qdq"], "no mxfp4 QuantizeLinear"),
         (["--output-format", "encanalyze"], "for float and block number formats"),
         (["--number-format", "fp9"], "invalid choice"),
+        (["--number-format", "float8_e4m3fn", "--bits", "4"], "--bits sets the integer grids"),
+        (["--number-format", "nvfp4", "--num-bins", "512"], "no histogram"),
+        (["--number-format", "mxfp4", "--gamma", "2"], "no histogram"),
     ],
 )
 def test_options_that_do_not_fit(capsys, args, message):

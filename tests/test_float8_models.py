@@ -158,6 +158,7 @@ def test_model_job_in_fp8(tmp_path, data, capsys):
         (["--number-format", "float4_e2m1"], "ONNX QDQ models take"),
         (["--number-format", "mxfp4", "--activation-method", "mse"], "stay in floating point"),
         (["--number-format", "nvfp4", "--per-tensor-weights"], "in blocks"),
+        (["--number-format", "mxfp4", "--block-axis", "0"], "its reduction axis"),
         (["--number-format", "float8_e4m3fn", "--activation-method", "entropy"], "no float8"),
         (["--number-format", "float8_e4m3fn", "--weight-grid", "asymmetric"], "symmetric"),
     ],
