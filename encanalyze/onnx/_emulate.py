@@ -15,9 +15,6 @@ QDQ model itself stays the judge of what is reported.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterable, Iterator
-
 import numpy as np
 
 from .._calibration import CalibrationResult, TensorEncoding
@@ -25,21 +22,19 @@ from .._onnx_graph import FLOAT_TYPES, own_model
 from ._branches import inline_branches
 from ._calibrate import (
     QUANTIZABLE_OPS,
-    feeds,
     is_bias,
     model_inputs,
-    run_batch,
-    session,
     value_infos,
 )
 from ._qdq import constants_to_initializers, opset_of, unencoded_nodes
+from ._switches import QuantizerSession
 
 __all__ = ["Emulator"]
 
 _ROUND_OPSET = 11  # Round, and Clip with min and max as inputs
 
 
-class Emulator:
+class Emulator(QuantizerSession):
     """One ONNX Runtime session of ``model`` with each of ``result``'s tensors fake-quantized.
 
     The tensors are those the QDQ model of ``result`` quantizes: inputs (biases left out) and
@@ -81,19 +76,7 @@ class Emulator:
                 if name in result.encodings and name in elem and name not in self.tensors:
                     self.tensors[name] = elem[name]
         _insert_fake_quant(proto, self.tensors, fed, 2**result.bits - 1, self._ndim)
-        self._workdir = tempfile.TemporaryDirectory(prefix="encanalyze-")
-        self._run = session(proto, providers, self._workdir.name)
-
-    def close(self) -> None:
-        """Drop the session and its working folder."""
-        self._run = None
-        self._workdir.cleanup()
-
-    def __enter__(self) -> Emulator:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._open(proto, providers)
 
     def feed(
         self, encodings: dict[str, TensorEncoding], quantized: set[str] | None = None
@@ -120,11 +103,6 @@ class Emulator:
             out[f"{name}::scale"] = scale.astype(dtype).reshape(shape)
             out[f"{name}::offset"] = offset.astype(dtype).reshape(shape)
         return out
-
-    def outputs(self, settings: dict[str, np.ndarray], batches: Iterable) -> Iterator[list]:
-        """Yield the model's outputs on each batch with the encodings ``settings`` set."""
-        for batch in batches:
-            yield run_batch(self._run, self.names, {**feeds(batch, self.inputs), **settings})
 
 
 def _types_and_ranks(proto, typed: dict) -> tuple[dict[str, int], dict[str, int]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["SUFFIX", "SwitchedModel", "switch"]
+__all__ = ["SUFFIX", "QuantizerSession", "SwitchedModel", "switch"]
 
 SUFFIX = "::on"
 """The suffix of a quantizer's switch input."""
@@ -28,22 +28,22 @@ def switch(graph, name: str, dq: str) -> tuple[object, str]:
     return helper.make_node("Where", [on, dq, name], [chosen]), chosen
 
 
-class SwitchedModel:
-    """One ONNX Runtime session of ``proto`` (a QDQ model built with switches).
+class QuantizerSession:
+    """An ONNX Runtime session whose quantizers each run's inputs set (what sensitivity drives).
 
-    ``tensors`` are the quantized tensors of ``names`` that have a switch; :meth:`feed` gives
-    the inputs that quantize some of them, :meth:`outputs` runs batches with them.
+    Subclasses set ``inputs`` (the model's own inputs), ``names`` (the outputs to return) and
+    ``tensors``, open the session with :meth:`_open` and give :meth:`feed`.
     """
 
-    def __init__(self, proto, names: Iterable[str], providers=None, config: dict | None = None):
+    inputs: list
+    names: list
+
+    def _open(self, proto, providers=None, config: dict | None = None) -> None:
+        """Start the session of ``proto`` in a working folder of its own."""
         import tempfile
 
-        from ._calibrate import model_inputs, session
+        from ._calibrate import session
 
-        switched = {i.name for i in proto.graph.input if i.name.endswith(SUFFIX)}
-        self.tensors = [n for n in names if f"{n}{SUFFIX}" in switched]
-        self.inputs = [i for i in model_inputs(proto) if i.name not in switched]
-        self.names = [o.name for o in proto.graph.output]
         self._workdir = tempfile.TemporaryDirectory(prefix="encanalyze-")
         self._run = session(proto, providers, self._workdir.name, config)
 
@@ -52,11 +52,35 @@ class SwitchedModel:
         self._run = None
         self._workdir.cleanup()
 
-    def __enter__(self) -> SwitchedModel:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def outputs(self, settings: dict, batches: Iterable) -> Iterator[list]:
+        """Yield the outputs on each batch with the quantizer inputs ``settings`` set."""
+        from ._calibrate import feeds, run_batch
+
+        for batch in batches:
+            yield run_batch(self._run, self.names, {**feeds(batch, self.inputs), **settings})
+
+
+class SwitchedModel(QuantizerSession):
+    """One ONNX Runtime session of ``proto`` (a QDQ model built with switches).
+
+    ``tensors`` are the quantized tensors of ``names`` that have a switch; :meth:`feed` gives
+    the inputs that quantize some of them, :meth:`outputs` runs batches with them.
+    """
+
+    def __init__(self, proto, names: Iterable[str], providers=None, config: dict | None = None):
+        from ._calibrate import model_inputs
+
+        switched = {i.name for i in proto.graph.input if i.name.endswith(SUFFIX)}
+        self.tensors = [n for n in names if f"{n}{SUFFIX}" in switched]
+        self.inputs = [i for i in model_inputs(proto) if i.name not in switched]
+        self.names = [o.name for o in proto.graph.output]
+        self._open(proto, providers, config)
 
     def feed(self, encodings=None, quantized: set[str] | None = None) -> dict:
         """Return the inputs that quantize ``quantized`` only (``None``: every tensor).
@@ -65,10 +89,3 @@ class SwitchedModel:
         """
         on = {n: quantized is None or n in quantized for n in self.tensors}
         return {f"{n}{SUFFIX}": np.asarray(v) for n, v in on.items()}
-
-    def outputs(self, settings: dict, batches: Iterable) -> Iterator[list]:
-        """Yield the model's outputs on each batch with the switches ``settings`` set."""
-        from ._calibrate import feeds, run_batch
-
-        for batch in batches:
-            yield run_batch(self._run, self.names, {**feeds(batch, self.inputs), **settings})
