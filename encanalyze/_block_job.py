@@ -64,10 +64,8 @@ def calibrate_model_blocks(args) -> int:
         }
         for w in result.weights.values()
     ]
-    on_calib = None
-    if len(held):
-        on_calib = output_sqnr(model, models[method], list(calib))
     if args.format == "json":
+        on_calib = output_sqnr(model, models[method], list(calib)) if len(held) else None
         report = {
             "config": config_of(args),
             "number_format": args.number_format,

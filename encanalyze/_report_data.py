@@ -126,6 +126,12 @@ def model_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> l
     return out
 
 
+def _scaled_range(scales, fmt, sqnr_db: float | None) -> dict:
+    """Return a method's report row: ``+-`` its largest scale times the format's largest value."""
+    amax = float(np.max(scales)) * fmt.max
+    return {"min": -amax, "max": amax, "sqnr_db": sqnr_db}
+
+
 def float8_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> list[dict]:
     """Return the quantizer rows of an FP8 model: each tensor's range by every method.
 
@@ -137,11 +143,10 @@ def float8_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> 
     for name, e in result.encodings.items():
         param = e.kind == "param"
         values = np.asarray(weights[name]) if param and name in weights else None
-        rows = {}
-        for m, scale in e.scales.items():
-            amax = float(np.max(scale)) * result.fmt.max
-            sqnr = None if e.sqnr_db is None else e.sqnr_db[m]
-            rows[m] = {"min": -amax, "max": amax, "sqnr_db": sqnr}
+        rows = {
+            m: _scaled_range(scale, result.fmt, None if e.sqnr_db is None else e.sqnr_db[m])
+            for m, scale in e.scales.items()
+        }
         n = int(np.size(e.scale))
         out.append(
             {
@@ -171,10 +176,7 @@ def block_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> l
     out = []
     for name, w in result.weights.items():
         values = np.asarray(weights[name])
-        rows = {}
-        for m, scale in w.scales.items():
-            amax = float(np.max(scale)) * result.fmt.max
-            rows[m] = {"min": -amax, "max": amax, "sqnr_db": w.sqnr_db[m]}
+        rows = {m: _scaled_range(s, result.fmt, w.sqnr_db[m]) for m, s in w.scales.items()}
         view = "" if tuple(w.view) == values.shape else f" of {'x'.join(map(str, w.view))}"
         out.append(
             {

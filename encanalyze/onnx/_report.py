@@ -318,8 +318,8 @@ def model_report(
         )
         own = {}
         if not blocks:
-            own_sqnr = float8_activation_sqnr if fp8 else activation_sqnr
-            own = own_sqnr(model, result, judged, providers)
+            measure = float8_activation_sqnr if fp8 else activation_sqnr
+            own = measure(model, result, judged, providers)
         for q in quantizers:
             q["gain_db"] = sens.gain_db.get(q["name"])
             if q["kind"] == "activation" and q["name"] in own:
