@@ -316,15 +316,9 @@ def check_model_number_format(args) -> str | None:
 def calibrate_model_float(args) -> int:
     """Run the model job in FP8: weights and activations, the activations' method by the output.
 
-    Block formats (MX, NVFP4) go to :func:`encanalyze._block_job.calibrate_model_blocks`.
-
     Weights keep their best-SQNR method (``--method``: one for all); activations are scored by
     the FP8 QDQ model's output SQNR on the held-out batches (``--activation-method``: one).
     """
-    if NUMBER_FORMATS[args.number_format][0] != "scaled":
-        from ._block_job import calibrate_model_blocks
-
-        return calibrate_model_blocks(args)
     from . import _model_command, cli
     from ._calibration import Progress
     from .onnx._calibrate import quantizable_weights

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import __version__, _model_command
 from ._backends import to_numpy
+from ._block_job import calibrate_model_blocks
 from ._calibration import Progress, encodings_by_rows, progress_bar
 from ._command_io import cell as _cell
 from ._command_io import config_of as _config
@@ -857,8 +858,9 @@ def calibrate(args) -> int:
     """
     _check_options(args)
     if args.data is not None and args.number_format != "int":
+        blocks = NUMBER_FORMATS[args.number_format][0] != "scaled"  # MX, NVFP4: weights only
         try:
-            return calibrate_model_float(args)
+            return (calibrate_model_blocks if blocks else calibrate_model_float)(args)
         except (UsageError, KeyboardInterrupt, MemoryError, _model_command.DataError, JobError):
             raise
         except (ModelFileError, TensorFileError, OSError) as err:
