@@ -35,7 +35,7 @@ def main() -> None:
     import onnx
 
     from encanalyze import formats
-    from encanalyze._float_job import NUMBER_FORMATS
+    from encanalyze.cli._parser import NUMBER_FORMATS
     from encanalyze.onnx import block_qdq_model, calibrate_blocks, output_sqnr
     from encanalyze.onnx._float8 import FLOAT8_SESSION, calibrate_float8, float8_qdq_model
     from tests.real_models import OCR, fetch, rendered_text

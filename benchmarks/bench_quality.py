@@ -90,9 +90,9 @@ def ort_quantize(model: Path, batches: list, method: str, out: Path) -> float:
 
 
 def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
-    from encanalyze._model_command import AUTO_ACTIVATIONS, AUTO_WEIGHTS
+    from encanalyze._io import Outputs
+    from encanalyze.cli._data import AUTO_ACTIVATIONS, AUTO_WEIGHTS
     from encanalyze.onnx import calibrate, choose_encodings
-    from encanalyze.onnx._qdq import publish, staging
 
     weights = dict.fromkeys(AUTO_WEIGHTS)  # --method auto
     start = time.perf_counter()
@@ -101,9 +101,10 @@ def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
         str(model), batches[:-held], activations=AUTO_ACTIVATIONS, weights=weights,
         weight_symmetric=True, progress=False,
     )  # fmt: skip
-    with staging(out) as folder:  # the chosen QDQ model is built while choosing, as the command
-        result, choice = choose_encodings(str(model), result, batches[-held:], stage=folder / "q")
-        publish(choice.qdq_model, out)
+    with Outputs([model]) as outputs:  # the chosen QDQ model is built while choosing, as the
+        stage = outputs.file(out, "QDQ model", sidecar=True)  # command builds it
+        result, choice = choose_encodings(str(model), result, batches[-held:], stage=stage)
+        outputs.commit()
     CHOICES.append(choice.chosen.label)
     return time.perf_counter() - start
 

@@ -14,7 +14,7 @@ import numpy as np
 from ._backends import to_numpy
 from ._encoding import to_scale_offset
 from ._errors import StatisticsNotFoundError
-from ._files import printable
+from ._io import printable
 from ._registry import METHODS
 from ._report import (
     Layout,

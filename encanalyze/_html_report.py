@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from ._files import write_atomic
+from ._io import write_atomic
 
 __all__ = ["HISTOGRAM_BINS", "histogram_of", "render", "write_report"]
 

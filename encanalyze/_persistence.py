@@ -13,8 +13,7 @@ import numpy as np
 
 from ._analyzer import STATE_FORMAT_VERSION, EncodingAnalyzer
 from ._backends import from_numpy, to_numpy
-from ._files import write_atomic
-from ._npz import NpzError, read_member
+from ._io import NpzError, read_member, write_atomic
 from ._registry import ANALYZERS
 
 __all__ = ["StatsFileError", "load", "save"]

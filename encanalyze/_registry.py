@@ -8,8 +8,8 @@ its analyzer class) plus one entry here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from ._analyzer import EncodingAnalyzer
 from ._rules.ema import EmaMinMaxEncodingAnalyzer
@@ -38,8 +38,9 @@ class Method:
         The public analyzer class (its ``rule`` and ``rule_params`` are the rule).
     observer
         The kind of statistics it gathers (``minmax``, ``histogram``, ``ema``).
-    options
-        Analyzer keyword -> the command's option (its ``argparse`` dest) that sets it.
+    tuned
+        The analyzer keywords a caller's common settings (``num_bins``, ``percentile``,
+        ``gamma``) pass to it; the others keep their defaults.
     in_command
         Whether the command offers it (and runs it with ``--method all``).
     """
@@ -47,12 +48,12 @@ class Method:
     name: str
     analyzer: type[EncodingAnalyzer]
     observer: str
-    options: dict[str, str] = field(default_factory=dict)
+    tuned: tuple[str, ...] = ()
     in_command: bool = True
 
-    def command_options(self, args) -> dict:
-        """Return the analyzer keyword arguments that the command's parsed ``args`` set."""
-        return {k: getattr(args, dest) for k, dest in self.options.items()}
+    def options(self, settings: Mapping[str, object]) -> dict:
+        """Return the analyzer keyword arguments of ``settings`` that this method takes."""
+        return {k: settings[k] for k in self.tuned}
 
     @property
     def rule(self) -> Callable:
@@ -68,13 +69,11 @@ METHODS: dict[str, Method] = {
             "percentile",
             PercentileEncodingAnalyzer,
             "histogram",
-            {"num_bins": "num_bins", "percentile": "percentile"},
+            ("num_bins", "percentile"),
         ),
-        Method(
-            "sqnr", SqnrEncodingAnalyzer, "histogram", {"num_bins": "num_bins", "gamma": "gamma"}
-        ),
+        Method("sqnr", SqnrEncodingAnalyzer, "histogram", ("num_bins", "gamma")),
         Method("tf_enhanced", TfEnhancedEncodingAnalyzer, "histogram", in_command=False),
-        Method("mse", MseEncodingAnalyzer, "histogram", {"num_bins": "num_bins"}),
+        Method("mse", MseEncodingAnalyzer, "histogram", ("num_bins",)),
         Method("entropy", EntropyEncodingAnalyzer, "histogram"),
         Method("ema", EmaMinMaxEncodingAnalyzer, "ema"),
     )

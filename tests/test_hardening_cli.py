@@ -290,7 +290,7 @@ def test_npz_members_are_size_checked_before_inflating(tmp_path):
     import io
     import zipfile
 
-    from encanalyze._npz import NpzError, read_member
+    from encanalyze._io import NpzError, read_member
 
     buf = io.BytesIO()
     np.save(buf, np.zeros(2_000_000, np.float32))

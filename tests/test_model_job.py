@@ -431,7 +431,9 @@ def test_qdq_model_is_moved_into_place_only_after_everything_succeeded(
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(cli, "_write_json", fail)
+    from encanalyze.cli import _model_job
+
+    monkeypatch.setattr(_model_job, "write_json", fail)
     status, _, err = _run(capsys, path, "--data", data, "--qdq-model", qdq, "--output", out)
     assert status == 1 and "disk full" in err
     assert qdq.read_bytes() == b"previous model" and not out.exists()
@@ -441,8 +443,13 @@ def test_qdq_model_is_moved_into_place_only_after_everything_succeeded(
     assert status == 0, err
     onnx.checker.check_model(str(qdq))
     assert os.stat(qdq).st_mode & 0o777 == 0o640  # the replaced file's mode
-    # the library writes through the same staging: a failure leaves the old file
-    monkeypatch.setattr(_qdq, "publish", fail)
+    # the library writes through the same transaction: a failure leaves the old file
+
+    def half_written(model, result, path, **kwargs):
+        path.write_bytes(b"half a model")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(_qdq, "stage_qdq_model", half_written)
     result = calibrate(str(path), [np.ones((2, 4), "f4")])
     before = qdq.read_bytes()
     with pytest.raises(RuntimeError):

@@ -181,7 +181,7 @@ def test_large_models_reach_onnx_runtime_through_external_data(tmp_path, monkeyp
 
 @needs_ort
 def test_constant_weights_count_toward_the_external_data_limit(tmp_path, monkeypatch):
-    from encanalyze._onnx_graph import model_bytes
+    from encanalyze._io import model_bytes
     from encanalyze.onnx import _calibrate
 
     model = om.cnn(weights_as="constants")  # no initializer holds the weights

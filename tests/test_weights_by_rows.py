@@ -33,7 +33,7 @@ def test_blocks_of_rows_give_the_whole_analyzers_encodings(
                 ea.METHODS,
                 m,
                 type(spec)(
-                    spec.name, _spy(real[m], made), spec.observer, spec.options, spec.in_command
+                    spec.name, _spy(real[m], made), spec.observer, spec.tuned, spec.in_command
                 ),
             )
     got = encodings_by_rows(xb, encoding, block, METHODS, 255, False)

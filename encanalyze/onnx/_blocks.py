@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import formats
 from .._calibration import Progress
-from .._onnx_graph import load_model, own_model
+from .._io import load_model, own_model
 from .._report import sqnr_db
 from ._calibrate import QUANTIZABLE_OPS, chosen_weights
 from ._switches import SwitchedModel, switch

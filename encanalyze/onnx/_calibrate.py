@@ -21,7 +21,7 @@ from .._calibration import (
     weight_or_reason,
 )
 from .._encoding import validate_num_steps
-from .._onnx_graph import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
+from .._io import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
 from .._registry import METHODS, activation_defaults
 from .._report import layout_for
 from .._warnings import warn

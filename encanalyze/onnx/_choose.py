@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .._calibration import CalibrationResult
-from .._onnx_graph import own_model
+from .._io import own_model
 from .._report import sqnr_rank
 from ._calibrate import QUANTIZABLE_OPS
 from ._emulate import Emulator

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._calibration import CalibrationResult, TensorEncoding
-from .._onnx_graph import FLOAT_TYPES, own_model
+from .._io import FLOAT_TYPES, own_model
 from ._branches import inline_branches
 from ._calibrate import (
     QUANTIZABLE_OPS,

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import formats
 from .._calibration import Progress
-from .._onnx_graph import float_weights, load_model, own_model
+from .._io import float_weights, load_model, own_model
 from .._report import layout_for
 from .._rules.percentile import PercentileEncodingAnalyzer
 from .._shapes import plan, to_rows
@@ -360,7 +360,7 @@ def save_model(proto, path) -> None:
     """Save ``proto`` at ``path`` (with a ``.data`` sidecar for models over 1 GiB)."""
     import onnx
 
-    from .._onnx_graph import model_bytes
+    from .._io import model_bytes
     from ._calibrate import INLINE_LIMIT
 
     large = model_bytes(proto) > INLINE_LIMIT

@@ -7,18 +7,15 @@ import inspect
 import itertools
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .._calibration import CalibrationResult
 from .._encoding import to_scale_offset
-from .._files import check_output, file_mode
-from .._onnx_graph import all_graphs, model_bytes, own_model
+from .._io import Outputs, all_graphs, external_files, model_bytes, own_model
 from .._report import sqnr_db
 from .._warnings import warn
 from ._branches import inline_branches
@@ -42,9 +39,7 @@ __all__ = [
     "output_sqnr",
     "outputs_sqnr",
     "prune_initializers",
-    "publish",
     "stage_qdq_model",
-    "staging",
     "unencoded_nodes",
     "write_qdq_model",
 ]
@@ -210,31 +205,6 @@ def fit_opset(proto, result: CalibrationResult) -> tuple[object, CalibrationResu
     return converted, result, note
 
 
-@contextmanager
-def staging(target: Path) -> Iterator[Path]:
-    """Yield a new temporary folder beside ``target`` (same file system); removed on exit."""
-    folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def publish(staged: Path, target: Path) -> None:
-    """Move a staged model (and its ``.data`` sidecar) onto ``target``, each file atomically.
-
-    The sidecar goes first, so the model never names data that is not there yet; each file keeps
-    the permission bits of the file it replaces (new files: ``0o666`` less the umask).
-    """
-    sidecar = staged.with_name(staged.name + ".data")
-    if sidecar.exists():
-        final = target.with_name(target.name + ".data")
-        os.chmod(sidecar, file_mode(final))
-        os.replace(sidecar, final)
-    os.chmod(staged, file_mode(target))
-    os.replace(staged, target)
-
-
 def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZABLE_OPS) -> Path:
     """Write a QDQ model that quantizes ``model`` with ``result``'s encodings; return its path.
 
@@ -253,10 +223,11 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
     failure leaves the previous file as it was. Needs onnxruntime with
     ``calibration_cache_path`` (1.32 or newer).
     """
-    target = check_output(path)
-    with staging(target) as folder:  # stage_qdq_model checks the result first
-        staged, _ = stage_qdq_model(model, result, folder / target.name, op_types=op_types)
-        publish(staged, target)
+    inputs = [model, *external_files(model)] if isinstance(model, (str, os.PathLike)) else []
+    with Outputs(inputs) as out:  # stage_qdq_model checks the result first
+        staged = out.file(path, "QDQ model", sidecar=True)
+        stage_qdq_model(model, result, staged, op_types=op_types)
+        out.commit()
     return Path(path)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._calibration import CalibrationResult
-from .._onnx_graph import float_weights, load_model, own_model
+from .._io import float_weights, load_model, own_model
 from .._report_data import block_quantizers, float8_quantizers, model_quantizers
 from ._branches import inline_branches
 from ._calibrate import QUANTIZABLE_OPS, feeds, model_inputs

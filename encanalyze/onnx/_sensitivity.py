@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .._calibration import CalibrationResult
-from .._onnx_graph import own_model
+from .._io import own_model
 from .._report_data import LayerSensitivity, Sensitivity, mean_db
 from ._branches import inline_branches
 from ._calibrate import QUANTIZABLE_OPS, is_bias

@@ -19,6 +19,7 @@ __all__ = [
     "FLOAT_TYPES",
     "ModelFileError",
     "all_graphs",
+    "external_files",
     "external_locations",
     "float_weights",
     "load_model",
@@ -128,6 +129,20 @@ def external_locations(model) -> list[str]:
                 if location and location not in out:
                     out.append(location)
     return out
+
+
+def external_files(path: str | os.PathLike) -> list[Path]:
+    """Return the external data files that the ONNX model at ``path`` names (its inputs too).
+
+    Read before any output is declared, so that no output overwrites them; a file that is not
+    a readable model names none (it is reported when it is loaded).
+    """
+    try:
+        proto = _onnx().load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported when it is loaded
+        return []
+    folder = Path(path).parent
+    return [folder / loc for loc in external_locations(proto) if "\x00" not in loc]
 
 
 def _tensors(graph) -> Iterator:

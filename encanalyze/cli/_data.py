@@ -1,4 +1,4 @@
-"""The command's model job: ``encanalyze calibrate model.onnx --data ...``.
+"""The model job's data: ``encanalyze calibrate model.onnx --data SOURCE``.
 
 Calibration data comes from a ``.npz`` file or a folder of ``.npy`` files (one array per model
 input, by input name), or ``random`` (normal values of each input's shape, with a note). Each
@@ -21,21 +21,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ._calibration import CalibrationResult
-from ._onnx_graph import load_model
-from ._registry import METHODS as REGISTRY
-from ._report import encoding_lists
-from ._tensor_io import read_tensors
+from .._calibration import CalibrationResult
+from .._io import load_model, read_tensors
+from .._registry import METHODS as REGISTRY
+from .._report import encoding_lists
+from ..onnx._calibrate import model_inputs
+from ._parser import method_options
 
 __all__ = [
     "DataError",
     "InputSpec",
+    "JobData",
     "AUTO_ACTIVATIONS",
     "AUTO_WEIGHTS",
     "RANDOM_BATCH_BYTES",
     "batches_for",
+    "data_files",
     "input_specs",
     "iter_rows",
+    "job_data",
     "parse_sample_axes",
     "split",
     "weight_methods",
@@ -93,9 +97,7 @@ def parse_sample_axes(items: list[str]) -> dict[str, int | None]:
 
 def input_specs(model, sample_axes: dict[str, int | None] | None = None) -> list[InputSpec]:
     """Return the model's inputs as :class:`InputSpec`, checking that they can be fed."""
-    import onnx
-
-    from .onnx._calibrate import model_inputs
+    import onnx  # optional: the options check asks for it before any work
 
     sample_axes = dict(sample_axes or {})
     inputs = model_inputs(model)
@@ -360,12 +362,30 @@ def split(batches: Batches, holdout: float) -> tuple[Batches, Batches, list[str]
     return batches[: n - k], batches[n - k :], notes
 
 
-def job_data(args) -> tuple:
-    """Return the model job's ``(model, calibration, held_out, judged, more, notes)``.
+@dataclass(frozen=True)
+class JobData:
+    """The model job's model and batches.
 
-    The one ``.onnx`` file of ``args`` loaded, its batches from ``--data`` split by
-    ``--holdout``; ``judged`` is what the output SQNR is measured on (the held-out batches, or
-    the calibration ones where none is held out), ``more`` the split's notes.
+    ``judged``: what the output SQNR is measured on (the held-out batches, or the calibration
+    ones where none is held out); ``notes``: what the data's reading and split had to say.
+    """
+
+    model: object
+    calib: Batches
+    held: Batches
+    judged: Batches
+    notes: list[str]
+
+    @property
+    def measured_on(self) -> str:
+        """``held-out`` or ``calibration``: the batches the output is judged on."""
+        return "held-out" if len(self.held) else "calibration"
+
+
+def job_data(args) -> JobData:
+    """Return the model job's data: the one ``.onnx`` file of ``args`` and its ``--data``.
+
+    The batches are split by ``--holdout``.
     """
     model = load(Path(args.files[0]))
     axes = parse_sample_axes(args.sample_axis)
@@ -375,8 +395,7 @@ def job_data(args) -> tuple:
             "calibrating on random data: the activation ranges say nothing about real inputs"
         )
     calib, held, more = split(batches, args.holdout)
-    judged = held if len(held) else calib
-    return model, calib, held, judged, more, notes
+    return JobData(model, calib, held, held if len(held) else calib, notes + more)
 
 
 AUTO_WEIGHTS = ("minmax",)
@@ -400,7 +419,7 @@ def weight_methods(args) -> dict[str, dict]:
         names = list(AUTO_WEIGHTS) if args.activation_method == "auto" else names
     elif args.method != "all":
         names = [args.method]
-    return {m: REGISTRY[m].command_options(args) for m in names}
+    return {m: method_options(args, m) for m in names}
 
 
 def load(path: Path):

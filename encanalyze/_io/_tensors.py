@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ._npz import NpzError, read_member
-from ._onnx_graph import ModelFileError, float_weights, load_model
+from ._onnx_files import ModelFileError, float_weights, load_model
 
 __all__ = ["FORMATS", "TensorFileError", "read_tensors"]
 

@@ -1,0 +1,54 @@
+"""Files in and out: tensor files, ONNX model files, statistics archives, the output transaction.
+
+Everything a job writes goes through :class:`Outputs` (or :func:`write_atomic` for one file).
+"""
+
+from ._npz import NpzError, read_member
+from ._onnx_files import (
+    FLOAT_TYPES,
+    ModelFileError,
+    all_graphs,
+    external_files,
+    external_locations,
+    float_weights,
+    load_model,
+    model_bytes,
+    own_model,
+)
+from ._outputs import (
+    SIDECAR,
+    OutputPathError,
+    Outputs,
+    Terminated,
+    file_mode,
+    stopping_signals,
+    write_atomic,
+)
+from ._samples import sample_tensors
+from ._tensors import TensorFileError, read_tensors
+from ._text import printable
+
+__all__ = [
+    "SIDECAR",
+    "FLOAT_TYPES",
+    "ModelFileError",
+    "NpzError",
+    "OutputPathError",
+    "Outputs",
+    "TensorFileError",
+    "Terminated",
+    "all_graphs",
+    "external_files",
+    "external_locations",
+    "file_mode",
+    "float_weights",
+    "load_model",
+    "model_bytes",
+    "own_model",
+    "printable",
+    "read_member",
+    "read_tensors",
+    "sample_tensors",
+    "stopping_signals",
+    "write_atomic",
+]

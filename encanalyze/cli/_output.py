@@ -1,0 +1,136 @@
+"""What the command prints and writes: tensor selection, table cells, notes, strict JSON, plots."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .._io import printable, write_atomic
+from .._registry import METHODS
+
+__all__ = [
+    "cell",
+    "config_of",
+    "db",
+    "note",
+    "number",
+    "plot",
+    "one_line",
+    "selected",
+    "strict_json",
+    "write_json",
+]
+
+
+def selected(name: str, args) -> bool:
+    """Return whether ``--include``/``--exclude`` keep the tensor ``name``."""
+    if args.include and not any(fnmatch.fnmatchcase(name, p) for p in args.include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, p) for p in args.exclude)
+
+
+def number(v: float, width: int = 11) -> str:
+    """Return ``v`` as a table cell of four significant digits."""
+    return f"{v:>{width}.4g}"
+
+
+def cell(text: str, width: int) -> str:
+    """Return ``text`` escaped, elided in the middle (``…``) when longer than ``width``."""
+    text = printable(text)
+    if len(text) > width:
+        keep = width - 1
+        text = text[: (keep + 1) // 2] + "\u2026" + text[len(text) - keep // 2 :]
+    return f"{text:<{width}}"
+
+
+def db(value: float | None) -> str:
+    """Return an SQNR cell (``n/a`` for ``None``)."""
+    return f"{'n/a':>9}" if value is None else f"{value:>9.2f}"
+
+
+def strict_json(obj) -> str:
+    """Return strict JSON: non-finite floats become the strings "inf", "-inf" and "nan"."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
+
+
+def config_of(args) -> dict:
+    """Return the command's options as a JSON-compatible dict."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def note(message: str) -> None:
+    """Print one note line to stderr."""
+    print(f"encanalyze: note: {printable(message)}", file=sys.stderr)
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as strict JSON to ``path``, atomically."""
+    text = strict_json(obj).encode()
+    write_atomic(path, lambda f: f.write(text))
+
+
+def one_line(err: BaseException) -> str:
+    """Return one line for ``err``: its message (with its type where it is no ``ValueError``)."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    return text if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {text}"
+
+
+def plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) -> list[Path]:
+    """Draw one histogram PNG per entry in ``directory`` (each method's range; ``--plot``).
+
+    ``entries``: ``{name, shape, methods: {method: {min, max, sqnr_db}}, best}`` each; a name
+    becomes a file name with its other characters as ``_`` (``a/b`` and ``a_b``: ``a_b.png``
+    and ``a_b-2.png``).
+    """
+    import matplotlib  # optional: the options check asks for it before any work
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written, stems = [], set()
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+    offered = [name for name, spec in METHODS.items() if spec.in_command]
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(offered)}
+    for e in entries:
+        values = tensors[e["name"]].astype(np.float64).ravel()
+        values = values[np.isfinite(values)]
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+        ax.hist(values, bins=256, color="0.6", log=True)
+        for method, r in e["methods"].items():
+            lo, hi = min(r["min"]), max(r["max"])
+            label = f"{method}: [{lo:.4g}, {hi:.4g}], SQNR {r['sqnr_db']:.2f} dB"
+            if method == e["best"]:
+                label += " (best)"
+            ax.axvline(lo, color=colors[method], linestyle="--", label=label)
+            ax.axvline(hi, color=colors[method], linestyle="--")
+        ax.set_title(f"{printable(e['name'])} {tuple(e['shape'])}")
+        ax.set_xlabel("value")
+        ax.set_ylabel("count (log)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        stem = base = re.sub(r"[^A-Za-z0-9._-]+", "_", e["name"])
+        n = 2
+        while stem in stems:
+            stem, n = f"{base}-{n}", n + 1
+        stems.add(stem)
+        path = directory / f"{stem}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
