@@ -7,12 +7,11 @@ from ._persistence import StatsFileError, load, save
 from ._registry import ANALYZERS as _ANALYZERS
 from ._registry import METHODS
 from ._stats import Histogram, MinMaxRange, merge_stats
+from ._version import __version__ as __version__
 
 # every registered analyzer class (MinMaxEncodingAnalyzer, SqnrEncodingAnalyzer, ...): a new
 # method is exported by its registry entry (see _registry.py)
 globals().update(_ANALYZERS)
-
-__version__ = "0.1.0"
 
 __all__ = [
     "METHODS",

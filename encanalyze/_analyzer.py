@@ -131,7 +131,8 @@ class EncodingAnalyzer(ABC, Generic[S]):
         """Return :meth:`_update_in` compiled for ``xp`` (kept per analyzer), or None."""
         cached = self.__dict__.get("_program")
         if cached is None or cached[0] is not xp:
-            cached = self._program = (xp, compiled_update(xp, self._update_in))
+            kinds = (self.observer.stats_type,)  # the min-max state is its statistics type
+            cached = self._program = (xp, compiled_update(xp, self._update_in, kinds))
         return cached[1]
 
     def reset_stats(self) -> None:

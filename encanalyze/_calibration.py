@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +15,8 @@ import numpy as np
 from ._backends import to_numpy
 from ._encoding import to_scale_offset
 from ._errors import StatisticsNotFoundError
-from ._io import printable
+from ._html_report import write_report
+from ._io import external_files, printable
 from ._registry import METHODS
 from ._report import (
     Layout,
@@ -24,6 +26,7 @@ from ._report import (
     quantization_quality,
     sqnr_rank,
 )
+from ._report_data import model_quantizers
 from ._shapes import plan, to_rows
 from ._xp import Array, namespace_of
 
@@ -33,6 +36,7 @@ __all__ = [
     "encode_activation",
     "encode_weight",
     "file_under",
+    "measure_models",
     "Progress",
     "progress_bar",
     "statistics_key",
@@ -384,24 +388,18 @@ class CalibrationResult:
         >>> result.report(path, model, data[3:], statistics=stats).stat().st_size > 10_000
         True
         """
-        from ._html_report import write_report
-        from ._report_data import model_quantizers
-
         summary = {"tensors": f"{len(self.encodings)} quantized, {len(self.unquantized)} not"}
         summary["grids"] = self.grids()
-        if model is not None and _is_torch_module(model):
-            from .torch._report import torch_report
-
-            data = torch_report(
-                model, self, list(batches or []), statistics=statistics, summary=summary
-            )
-        elif model is not None:
-            from .onnx._report import model_report
-
-            data = model_report(
-                model, self, list(calibration or []), list(batches or []),
-                statistics=statistics, summary=summary, peers=calibration is not None,
-            )  # fmt: skip
+        inputs = external_files(model) if isinstance(model, (str, os.PathLike)) else []
+        inputs += [model] if isinstance(model, (str, os.PathLike)) else []
+        if model is not None:
+            measure = next((m for takes, m in _MEASURES if takes(model)), None)
+            if measure is None:
+                raise TypeError(
+                    f"report: no frontend measures a {type(model).__name__} (a torch.nn.Module "
+                    "with encanalyze.torch, an ONNX model or its path with encanalyze.onnx)"
+                )
+            data = measure(model, self, calibration, batches, statistics, summary)
         else:
             stats = statistics or {}
             quantizers = model_quantizers(
@@ -410,7 +408,7 @@ class CalibrationResult:
             methods = list(dict.fromkeys(m for q in quantizers for m in q["methods"]))
             data = {"summary": summary, "methods": methods, "quantizers": quantizers}
         data["title"] = title or data.get("title", "encanalyze calibration report")
-        return write_report(path, data)
+        return write_report(path, data, inputs)
 
     def table(self) -> str:
         """Return a table: tensor, kind, method, range, first scale, and SQNR (weights)."""
@@ -430,9 +428,17 @@ class CalibrationResult:
         return "\n".join(lines)
 
 
-def _is_torch_module(model) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(model, torch.nn.Module)
+_MEASURES: list[tuple[Callable[[object], bool], Callable]] = []
+
+
+def measure_models(takes: Callable[[object], bool], measure: Callable) -> None:
+    """Let a frontend measure its models for :meth:`CalibrationResult.report`.
+
+    ``takes(model)`` says whether the frontend measures ``model``; ``measure(model, result,
+    calibration, batches, statistics, summary)`` returns the report's data. The frontends
+    (``encanalyze.onnx``, ``encanalyze.torch``) call this when they are imported.
+    """
+    _MEASURES.append((takes, measure))
 
 
 def _db(value: float) -> str:

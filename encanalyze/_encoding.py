@@ -9,7 +9,7 @@ import math
 import numbers
 
 from ._backends import clip, primitives
-from ._warnings import warn
+from ._grid import EPS_FLOAT32, minimum_scale, symmetric_steps, warn_clamped
 from ._xp import Array, Namespace, device_of, div, index_dtype, namespace_of, work_dtype
 
 __all__ = [
@@ -21,10 +21,6 @@ __all__ = [
     "to_scale_offset",
     "validate_num_steps",
 ]
-
-EPS_FLOAT32 = 2.0**-23
-"""Machine epsilon of float32."""
-
 
 MAX_NUM_STEPS = 2**32 - 1
 """The largest grid: 32-bit integers."""
@@ -58,16 +54,6 @@ def validate_num_steps(num_steps: object, is_symmetric: bool = False) -> int:
     if is_symmetric and steps < 2:
         raise ValueError(f"symmetric encodings need num_steps >= 2, got {num_steps!r}")
     return steps
-
-
-def minimum_scale(num_steps: int) -> float:
-    """Return the smallest scale an encoding may have: ``min(eps_float32, 0.01 / num_steps)``."""
-    return min(EPS_FLOAT32, 0.01 / num_steps)
-
-
-def symmetric_steps(num_steps: int) -> tuple[int, int]:
-    """Return ``(negative, positive)`` steps of a symmetric grid: ``(ceil(n/2), floor(n/2))``."""
-    return (num_steps + 1) // 2, num_steps // 2
 
 
 def minmax_encoding(
@@ -136,14 +122,6 @@ def clamp_to_finite(xp: Namespace, lo: Array, hi: Array, dtype) -> tuple[Array, 
     if bool(xp.any((lo_c != lo) | (hi_c != hi))):
         warn_clamped(dtype, big)
     return xp.astype(lo_c, dtype), xp.astype(hi_c, dtype)
-
-
-def warn_clamped(dtype, big: float) -> None:
-    """Warn that encodings were clamped to ``dtype``'s finite extremes ``+-big``."""
-    warn(
-        f"encodings were infinite or beyond {dtype}'s range and were clamped to its finite "
-        f"extremes (+-{big:.6g})"
-    )
 
 
 def to_scale_offset(

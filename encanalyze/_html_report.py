@@ -73,10 +73,14 @@ def render(data: dict) -> str:
     return _PAGE.replace("@TITLE@", title).replace("@DATA@", payload)
 
 
-def write_report(path, data: dict) -> Path:
-    """Write the report page for ``data`` at ``path`` atomically; return the path."""
+def write_report(path, data: dict, inputs=()) -> Path:
+    """Write the report page for ``data`` at ``path`` atomically; return the path.
+
+    ``inputs``: files the report was made from (a model and its external data), which the page
+    may not overwrite.
+    """
     text = render(data).encode("utf-8")
-    write_atomic(Path(path), lambda f: f.write(text))
+    write_atomic(Path(path), lambda f: f.write(text), inputs, "report")
     return Path(path)
 
 

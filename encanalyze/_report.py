@@ -54,7 +54,7 @@ def layout_for(
     ndim = len(tensor_shape)
     if per_channel is None:
         if block_size is not None:
-            raise ValueError("--block-size needs --per-channel")
+            raise ValueError("blocks need a channel axis: block_size needs per_channel")
         return Layout((1,), None, "PER_TENSOR")
     if not -ndim <= per_channel < ndim:
         raise ValueError(f"has no axis {per_channel} (shape {tuple(tensor_shape)})")

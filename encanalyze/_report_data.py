@@ -16,6 +16,7 @@ import numpy as np
 
 from ._backends import to_numpy
 from ._html_report import histogram_of, rebin
+from ._report import sqnr_db
 
 __all__ = [
     "CLIPPED_FLAG",
@@ -251,7 +252,5 @@ class Sensitivity:
 
 def mean_db(signal: np.ndarray, noise: np.ndarray) -> float:
     """Return the mean over outputs of each output's SQNR (``(outputs, samples)`` energies)."""
-    from ._report import sqnr_db
-
     values = [sqnr_db(float(s.sum()), float(n.sum())) for s, n in zip(signal, noise, strict=True)]
     return float(np.mean(values)) if values else float("nan")

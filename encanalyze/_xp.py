@@ -187,9 +187,13 @@ def div(xp: Namespace, a: Array, b: Array | float) -> Array:
         return a / xp.full((), b, dtype=a.dtype, device=a.device)
     if not array_api_compat.is_jax_namespace(xp):
         return a / b
-    from ._backends import _jax  # under jax.jit a broadcast divisor needs a barrier too
+    import jax  # the namespace is JAX's: jax is installed
 
-    return _jax.div(a, b)
+    b = xp.asarray(b, dtype=a.dtype) if not hasattr(b, "shape") else b
+    shape = jax.numpy.broadcast_shapes(a.shape, b.shape)
+    if tuple(b.shape) != tuple(shape):  # under jax.jit too: the barrier keeps it materialised
+        b = jax.lax.optimization_barrier(jax.numpy.broadcast_to(b, shape))
+    return a / b
 
 
 def work_dtype(xp: Namespace, dtype: Any) -> Any:

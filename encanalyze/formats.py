@@ -31,7 +31,12 @@ from functools import partial
 
 import numpy as np
 
-from ._backends import analyzer_input, quiet
+from ._backends import analyzer_input, quiet, to_numpy
+from ._errors import StatisticsNotFoundError
+from ._rules.minmax import MinMaxEncodingAnalyzer
+from ._rules.percentile import PercentileEncodingAnalyzer, percentile_range, validate_percentile
+from ._rules.sqnr import midpoints, occupied_first, occupied_width
+from ._stats import Histogram, MinMaxRange
 from ._xp import Array, device_of, div, in_row_blocks, namespace_of, on_host, take_rows
 
 __all__ = [
@@ -665,8 +670,6 @@ def search_scale(stats, fmt: ElementFormat, *, num_candidates: int = SEARCH_CAND
     noise than amax scaling on the histogram). Encodings that saw only zeros get scale 1.
     Returns an array of the encoding shape, float32, in the statistics' namespace and device.
     """
-    from ._rules.sqnr import midpoints, occupied_first, occupied_width  # its bin model
-
     xp = namespace_of(stats.histogram)
     shape, num_bins = tuple(stats.shape), stats.histogram.shape[-1]
     rows = math.prod(shape)
@@ -747,9 +750,6 @@ def compute_scale(
     default). Encodings that saw only zeros (or nothing) get scale 1. Returns float32 scales of
     the encoding shape in the statistics' namespace and device.
     """
-    from ._rules.percentile import percentile_range, validate_percentile
-    from ._stats import Histogram, MinMaxRange
-
     if method not in FLOAT_METHODS:
         raise ValueError(f"method must be one of {FLOAT_METHODS}, got {method!r}")
     if not isinstance(stats, (Histogram, MinMaxRange)):
@@ -816,9 +816,6 @@ class FloatEncodingAnalyzer:
         percentile: float = 99.99,
         gamma: float = 3.0,
     ) -> None:
-        from ._rules.minmax import MinMaxEncodingAnalyzer
-        from ._rules.percentile import PercentileEncodingAnalyzer, validate_percentile
-
         if not isinstance(fmt, (FloatFormat, FixedFormat)):
             raise TypeError(f"fmt must be a FloatFormat or FixedFormat, got {type(fmt).__name__}")
         if method not in FLOAT_METHODS:
@@ -854,8 +851,6 @@ class FloatEncodingAnalyzer:
 
     def compute_scale(self) -> Array:
         """Return the FP32 scales of the statistics (``StatisticsNotFoundError`` before any)."""
-        from ._errors import StatisticsNotFoundError
-
         stats = self.analyzer.get_stats()
         if stats is None:
             raise StatisticsNotFoundError("no statistics: call update_stats first")
@@ -889,10 +884,6 @@ def to_json(
     the block grid ``(..., K / block_size)`` of the tensor with that axis moved last (as the
     quantize functions take it). See ``docs/formats.rst``.
     """
-    import numpy as np
-
-    from ._backends import to_numpy
-
     values = to_numpy(scales)
     if scheme == "mx":
         out = {"scheme": "mx", "element_format": fmt.name, "block_size": MX_BLOCK}

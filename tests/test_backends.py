@@ -271,7 +271,7 @@ def test_compiled_minmax_update_equals_the_eager_one(rng, monkeypatch, shape):
     results = []
     for compiled in (True, False):
         if not compiled:
-            monkeypatch.setattr(_analyzer, "compiled_update", lambda xp, update: None)
+            monkeypatch.setattr(_analyzer, "compiled_update", lambda xp, update, kinds=(): None)
         analyzer = ea.MinMaxEncodingAnalyzer(shape)
         batches = [analyzer.update_stats(jax.numpy.asarray(x)) for x in xs]
         analyzer.observe(jax.numpy.asarray(xs[0] * 3))

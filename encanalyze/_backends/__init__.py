@@ -28,7 +28,7 @@ from array_api_compat import (
 )
 
 from .._xp import Array, Namespace
-from . import _portable
+from . import _numpy_like, _portable
 
 __all__ = [
     "Primitives",
@@ -93,13 +93,9 @@ def analyzer_input(x):
 def _native(xp: Namespace) -> dict[str, Callable]:
     """Return the native primitives of ``xp`` (imported lazily: torch and CuPy are optional)."""
     if is_numpy_namespace(xp):
-        from . import _numpy_like
-
         return _numpy_like.primitives(np, host=True)
     if is_cupy_namespace(xp):
         import cupy
-
-        from . import _numpy_like
 
         return _numpy_like.primitives(cupy, host=False)
     if is_torch_namespace(xp):
@@ -170,7 +166,9 @@ def histogram_rows(
     return primitives(xp).histogram_rows(rows, lo, hi, num_bins, may_have_nan)
 
 
-def compiled_update(xp: Namespace, update: Callable) -> Callable | None:
+def compiled_update(
+    xp: Namespace, update: Callable, state_types: tuple[type, ...] = ()
+) -> Callable | None:
     """Return pure ``update(xp, x, state, want_batch)`` compiled for ``xp``, or None.
 
     JAX: one exact ``jax.jit`` program (see ``_jax.compiled_update``), bit-identical to the
@@ -180,7 +178,7 @@ def compiled_update(xp: Namespace, update: Callable) -> Callable | None:
         return None
     from . import _jax
 
-    return _jax.compiled_update(update)
+    return _jax.compiled_update(update, state_types)
 
 
 def quiet(xp: Namespace):

@@ -3,7 +3,7 @@
 The per-value passes of an update (the NaN-ignoring range; bin index, clamp and count) run as
 one ``jax.jit`` program each instead of a dozen eagerly dispatched operations. Compilation
 must not change a bit, and XLA changes two things by default: its simplifier folds a division
-by a broadcast array into a multiplication by the reciprocal (:func:`div` puts the broadcast
+by a broadcast array into a multiplication by the reciprocal (``_xp.div`` puts the broadcast
 behind an optimisation barrier), and LLVM's optimiser contracts ``a * b + c`` into a fused
 multiply-add (one rounding instead of two; openxla/xla#41579), which :data:`EXACT` turns off.
 The tests hold every compiled entry equal to the eager, portable one. A whole update is
@@ -13,13 +13,13 @@ histogram updates were seen to round differently as one fused program.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import wraps
 
 import jax
 import jax.numpy as jnp
 
-from .._stats import MinMaxRange
-from .._xp import index_dtype, wide_dtype
+from .._xp import div, index_dtype, wide_dtype
 from . import _portable
 
 __all__ = [
@@ -27,12 +27,10 @@ __all__ = [
     "PRIMITIVES",
     "bincount_rows",
     "compiled_update",
-    "div",
     "histogram_rows",
     "minmax",
 ]
 
-jax.tree_util.register_dataclass(MinMaxRange, data_fields=["min", "max", "num_nan"], meta_fields=[])
 
 EXACT = {"xla_backend_optimization_level": 0}
 """Compiler options under which a program computes what its operations compute one by one
@@ -55,14 +53,28 @@ def _compiled(fn, static_argnums: tuple[int, ...], options: dict | None = EXACT)
     return call
 
 
-def compiled_update(update):
+def _as_pytree(kind: type) -> None:
+    """Let ``jax.jit`` take and return the dataclass ``kind`` (its fields are arrays)."""
+    if kind not in _PYTREES:
+        fields = [f.name for f in dataclasses.fields(kind)]
+        jax.tree_util.register_dataclass(kind, data_fields=fields, meta_fields=[])
+        _PYTREES.add(kind)
+
+
+_PYTREES: set[type] = set()
+
+
+def compiled_update(update, state_types: tuple[type, ...] = ()):
     """Return ``update(xp, x, state, want_batch)`` as one program, ``fn(x, state, want_batch)``.
 
     For observers whose update only compares, selects and counts (min-max): no rounding, so
     no optimisation can change its result, and the program is compiled with XLA's defaults
     (vectorised; :data:`EXACT` code runs several times slower). It retraces for each new input
-    shape, dtype and state structure; the caller keeps it.
+    shape, dtype and state structure; the caller keeps it. ``state_types``: the dataclasses
+    its state and statistics are made of.
     """
+    for kind in state_types:
+        _as_pytree(kind)
     import array_api_compat
 
     xp = array_api_compat.array_namespace(jnp.empty(0))
@@ -71,15 +83,6 @@ def compiled_update(update):
         return update(xp, x, state, want_batch)
 
     return _compiled(run, (2,), options=None)
-
-
-def div(a, b):
-    """Return ``a / b`` correctly rounded: the divisor materialised at the result's shape."""
-    b = jnp.asarray(b, dtype=a.dtype) if not hasattr(b, "shape") else b
-    shape = jnp.broadcast_shapes(a.shape, b.shape)
-    if tuple(b.shape) != tuple(shape):
-        b = jax.lax.optimization_barrier(jnp.broadcast_to(b, shape))
-    return a / b
 
 
 def bincount_rows(idx, num_bins: int, weights=None):
@@ -99,7 +102,7 @@ def bincount_rows(idx, num_bins: int, weights=None):
 
 
 def _histogram_rows(rows, lo, hi, num_bins: int, may_have_nan: bool):
-    t = div(rows - lo[:, None], (hi - lo)[:, None]) * num_bins
+    t = div(jnp, rows - lo[:, None], (hi - lo)[:, None]) * num_bins
     t = jnp.clip(jnp.floor(t), 0, num_bins - 1)
     nbins = num_bins + 1 if may_have_nan else num_bins
     if may_have_nan:

@@ -8,7 +8,7 @@ import array_api_compat
 import array_api_compat.numpy as np_xp
 import numpy as np
 
-from .._encoding import minimum_scale, symmetric_steps, warn_clamped
+from .._grid import minimum_scale, symmetric_steps, warn_clamped
 from . import _portable
 
 __all__ = ["bincount_rows", "clip", "histogram_rows", "minmax", "primitives"]

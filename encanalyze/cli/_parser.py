@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import __version__, formats
+from .. import formats
 from .._registry import ACTIVATION_PERCENTILE
 from .._registry import METHODS as REGISTRY
+from .._version import __version__
 
 __all__ = [
     "METHODS",

@@ -9,6 +9,7 @@ See :func:`calibrate`, :func:`write_qdq_model` and the user guide's "Calibrating
 
 from .._calibration import CalibrationResult, TensorEncoding
 from .._io import ModelFileError, float_weights, load_model
+from . import _report as _report  # registers its measurements for CalibrationResult.report
 from ._blocks import BlockCalibration, BlockWeight, block_qdq_model, calibrate_blocks
 from ._calibrate import QUANTIZABLE_OPS, ModelRunError, calibrate, quantizable_weights
 from ._choose import Choice, Option, choose_encodings

@@ -22,6 +22,8 @@ from .._calibration import Progress
 from .._io import load_model, own_model
 from .._report import sqnr_db
 from ._calibrate import QUANTIZABLE_OPS, chosen_weights
+from ._float8 import at_least_opset
+from ._qdq import constants_to_initializers, prune_initializers
 from ._switches import SwitchedModel, switch
 
 __all__ = [
@@ -223,9 +225,6 @@ def block_qdq_model(
     ``ValueError`` where an older model cannot be converted to opset 21.
     """
     from onnx import TensorProto, helper, numpy_helper
-
-    from ._float8 import at_least_opset
-    from ._qdq import constants_to_initializers, prune_initializers
 
     proto = own_model(load_model(model)[0])
     constants_to_initializers(proto)

@@ -24,6 +24,8 @@ from .._encoding import validate_num_steps
 from .._io import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
 from .._registry import METHODS, activation_defaults
 from .._report import layout_for
+from .._report_data import activation_histogram
+from .._stats import Histogram
 from .._warnings import warn
 from ._branches import BRANCHES, branch_ifs, conditions, inline_branches
 
@@ -427,9 +429,6 @@ def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
 
 def histograms(analyzers: dict) -> dict:
     """Each activation's report histogram from the first of its analyzers that has one."""
-    from .._report_data import activation_histogram
-    from .._stats import Histogram
-
     out = {}
     for name, (made, _) in analyzers.items():
         for a in made.values():

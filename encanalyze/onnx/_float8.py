@@ -17,12 +17,20 @@ import numpy as np
 
 from .. import formats
 from .._calibration import Progress
-from .._io import float_weights, load_model, own_model
-from .._report import layout_for
+from .._io import float_weights, load_model, model_bytes, own_model
+from .._report import layout_for, sqnr_db
 from .._rules.percentile import PercentileEncodingAnalyzer
 from .._shapes import plan, to_rows
 from ._branches import inline_branches
-from ._calibrate import QUANTIZABLE_OPS, chosen_weights, histograms, observe_activations
+from ._calibrate import (
+    INLINE_LIMIT,
+    QUANTIZABLE_OPS,
+    chosen_weights,
+    histograms,
+    observe_activations,
+    value_infos,
+)
+from ._qdq import constants_to_initializers, opset_of, output_sqnr, prune_initializers
 from ._switches import SwitchedModel, switch
 
 __all__ = [
@@ -182,7 +190,6 @@ def calibrate_float8(
 
 
 def _sqnr(rows: np.ndarray, q: np.ndarray) -> float:
-    from .._report import sqnr_db
 
     r = np.where(np.isfinite(rows), rows, 0).astype(np.float64)
     d = np.where(np.isfinite(rows), q, 0).astype(np.float64)
@@ -209,9 +216,6 @@ def float8_qdq_model(
     weights kept), for :class:`Float8Switches`.
     """
     from onnx import TensorProto, helper, numpy_helper
-
-    from ._calibrate import value_infos
-    from ._qdq import constants_to_initializers, prune_initializers
 
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)
@@ -282,8 +286,6 @@ def at_least_opset(proto, opset: int, lacks: str):
     """
     from onnx import version_converter
 
-    from ._qdq import opset_of
-
     if opset_of(proto) >= opset:
         return proto
     try:
@@ -340,8 +342,6 @@ def choose_float8_activations(
     (with :data:`FLOAT8_SESSION`) on ``batches`` (a list: held-out data), scored by the mean
     of its outputs' SQNR; returns ``(method, {method: {output: dB}}, its model)``.
     """
-    from ._qdq import output_sqnr
-
     scores, models = {}, {}
     for method in methods:
         proto = float8_qdq_model(model, result.with_activations(method))
@@ -359,9 +359,6 @@ def choose_float8_activations(
 def save_model(proto, path) -> None:
     """Save ``proto`` at ``path`` (with a ``.data`` sidecar for models over 1 GiB)."""
     import onnx
-
-    from .._io import model_bytes
-    from ._calibrate import INLINE_LIMIT
 
     large = model_bytes(proto) > INLINE_LIMIT
     location = f"{path.name}.data"

@@ -5,16 +5,22 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._calibration import CalibrationResult
+from .. import formats
+from .._calibration import CalibrationResult, measure_models
 from .._io import float_weights, load_model, own_model
+from .._report import sqnr_db
 from .._report_data import block_quantizers, float8_quantizers, model_quantizers
+from ._blocks import BlockCalibration, BlockSwitches
 from ._branches import inline_branches
-from ._calibrate import QUANTIZABLE_OPS, feeds, model_inputs
+from ._calibrate import QUANTIZABLE_OPS, feeds, model_inputs, run_batch, session, value_infos
+from ._emulate import Emulator
+from ._float8 import FLOAT8_SESSION, Float8Calibration, Float8Switches
 from ._qdq import fit_opset, output_sqnr
 from ._sensitivity import sensitivity
 
@@ -68,8 +74,6 @@ def float8_activation_sqnr(model, result, batches: Sequence, providers=None) -> 
     """
     import numpy as np
 
-    from .. import formats
-
     def qdq(scale):
         s = np.float32(np.ravel(scale)[0])
         return lambda x: formats.quantize_scaled(x.astype(np.float32), result.fmt, scale=s)
@@ -91,9 +95,6 @@ def own_sqnr(model, branches: dict, qdq: dict, batches: Sequence, providers=None
     no batch reached are left out.
     """
     import numpy as np
-
-    from .._report import sqnr_db
-    from ._calibrate import run_batch, session, value_infos
 
     proto = inline_branches(own_model(model), branches)
     typed = {vi.name: vi for vi in value_infos(proto)}
@@ -177,8 +178,6 @@ def ort_float8_sqnr(
     (a :class:`~._float8.Float8Calibration`) are, run with :data:`~._float8.FLOAT8_SESSION`.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantType
-
-    from ._float8 import FLOAT8_SESSION
 
     proto, _ = load_model(model)
     fp8 = QuantType.QFLOAT8E4M3FN
@@ -294,10 +293,6 @@ def model_report(
     NVFP4 weights) runs its real block QDQ model (:class:`~._blocks.BlockSwitches`), with no
     peer.
     """
-    from ._blocks import BlockCalibration, BlockSwitches
-    from ._emulate import Emulator
-    from ._float8 import Float8Calibration, Float8Switches
-
     start = time.perf_counter()
     statistics = statistics or {}
     proto, _ = load_model(model)
@@ -358,3 +353,19 @@ def model_report(
         "sensitivity": [] if sens is None else [layer.as_dict() for layer in sens.layers],
         "comparison": rows,
     }
+
+
+def _takes(model) -> bool:
+    """Whether ``model`` is an ONNX model: a path or a ``ModelProto``."""
+    return isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto"
+
+
+def _measure(model, result, calibration, batches, statistics, summary) -> dict:
+    """:meth:`CalibrationResult.report`'s measurements of an ONNX model."""
+    return model_report(
+        model, result, list(calibration or []), list(batches or []),
+        statistics=statistics, summary=summary, peers=calibration is not None,
+    )  # fmt: skip
+
+
+measure_models(_takes, _measure)

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from ._calibrate import feeds, model_inputs, run_batch, session
+
 __all__ = ["SUFFIX", "QuantizerSession", "SwitchedModel", "switch"]
 
 SUFFIX = "::on"
@@ -42,8 +44,6 @@ class QuantizerSession:
         """Start the session of ``proto`` in a working folder of its own."""
         import tempfile
 
-        from ._calibrate import session
-
         self._workdir = tempfile.TemporaryDirectory(prefix="encanalyze-")
         self._run = session(proto, providers, self._workdir.name, config)
 
@@ -60,8 +60,6 @@ class QuantizerSession:
 
     def outputs(self, settings: dict, batches: Iterable) -> Iterator[list]:
         """Yield the outputs on each batch with the quantizer inputs ``settings`` set."""
-        from ._calibrate import feeds, run_batch
-
         for batch in batches:
             yield run_batch(self._run, self.names, {**feeds(batch, self.inputs), **settings})
 
@@ -74,7 +72,6 @@ class SwitchedModel(QuantizerSession):
     """
 
     def __init__(self, proto, names: Iterable[str], providers=None, config: dict | None = None):
-        from ._calibrate import model_inputs
 
         switched = {i.name for i in proto.graph.input if i.name.endswith(SUFFIX)}
         self.tensors = [n for n in names if f"{n}{SUFFIX}" in switched]

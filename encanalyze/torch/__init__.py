@@ -3,6 +3,7 @@
 See :func:`calibrate` and the user guide's "Calibrating a model".
 """
 
+from . import _report as _report  # registers its measurements for CalibrationResult.report
 from ._calibrate import CalibrationResult, TensorEncoding, calibrate, quantizable_modules
 from ._torchao import to_mx_tensor, to_nvfp4_tensor
 

@@ -18,6 +18,8 @@ from .._calibration import (
 from .._encoding import validate_num_steps
 from .._registry import METHODS, activation_defaults
 from .._report import layout_for
+from .._report_data import activation_histogram
+from .._stats import Histogram
 
 __all__ = ["CalibrationResult", "TensorEncoding", "calibrate", "quantizable_modules"]
 
@@ -231,9 +233,6 @@ def calibrate(
                 e = encode_activation(key, analyzer, num_steps, symmetric, axis, activations)
                 file_under(key, e, encodings, unquantized)
     if statistics is not None:
-        from .._report_data import activation_histogram
-        from .._stats import Histogram
-
         found = {n: a.get_stats() for n, a in hooks.analyzers.items()}
         statistics["histograms"] = {
             n: activation_histogram(st)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .._calibration import CalibrationResult
+from .._calibration import CalibrationResult, measure_models
+from .._report import sqnr_db
 from .._report_data import LayerSensitivity, Sensitivity, mean_db, model_quantizers
 from ._calibrate import Untouched, forward_batch
 
@@ -202,8 +203,6 @@ def torch_report(
 
 def _activation_sqnr(model, result: CalibrationResult, batches) -> dict[str, float]:
     """Each activation encoding's own SQNR on ``batches`` (the float model's activations)."""
-    from .._report import sqnr_db
-
     n = 2**result.bits - 1
     energy: dict[str, list[float]] = {}
     modules = dict(model.named_modules())
@@ -238,3 +237,11 @@ def _activation_sqnr(model, result: CalibrationResult, batches) -> dict[str, flo
         for handle in handles:
             handle.remove()
     return {k: sqnr_db(*v) for k, v in energy.items()}
+
+
+def _measure(model, result, calibration, batches, statistics, summary) -> dict:
+    """:meth:`CalibrationResult.report`'s measurements of a torch module."""
+    return torch_report(model, result, list(batches or []), statistics=statistics, summary=summary)
+
+
+measure_models(lambda model: isinstance(model, torch.nn.Module), _measure)
