@@ -17,7 +17,10 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
+
+import numpy as np
 
 from ._io import write_atomic
 
@@ -29,8 +32,6 @@ HISTOGRAM_BINS = 128
 
 def histogram_of(values, bins: int = HISTOGRAM_BINS) -> dict | None:
     """Return ``{"lo", "hi", "counts"}`` of the finite ``values`` (NumPy), ``None`` if none."""
-    import numpy as np
-
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -38,14 +39,16 @@ def histogram_of(values, bins: int = HISTOGRAM_BINS) -> dict | None:
     lo, hi = float(v.min()), float(v.max())
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
-    counts, _ = np.histogram(v, bins=bins, range=(lo, hi))
+    # edges by halves: hi - lo may overflow (+-1e308), and NumPy's range= refuses a range
+    # narrower than its bins (two neighbouring doubles); equal edges make empty bins
+    edges = 2 * np.linspace(lo / 2, hi / 2, bins + 1)
+    edges[0], edges[-1] = lo, hi
+    counts, _ = np.histogram(v, bins=np.maximum.accumulate(edges))
     return {"lo": lo, "hi": hi, "counts": counts.astype(int).tolist()}
 
 
 def rebin(counts, lo: float, hi: float, bins: int = HISTOGRAM_BINS) -> dict:
     """Return an equal-width histogram ``(counts over [lo, hi])`` with ``bins`` bins at most."""
-    import numpy as np
-
     c = np.asarray(counts, dtype=np.float64).ravel()
     if c.size > bins and c.size % bins == 0:
         c = c.reshape(bins, -1).sum(axis=1)
@@ -65,12 +68,62 @@ def _clean(v):
     return v
 
 
+MAX_BATCHES = 1024
+"""The most per-batch ranges a quantizer's chart holds (more are merged, min of mins and max
+of maxes, so the envelope stays)."""
+
+
+def _bounded_histogram(h: dict | None, bins: int = HISTOGRAM_BINS) -> dict | None:
+    """Return ``h`` with at most ``bins`` equal-width bins (counts kept; the top may widen)."""
+    if not h or len(h["counts"]) <= bins:
+        return h
+    c = np.asarray(h["counts"], dtype=np.int64)
+    k = -(-c.size // bins)  # original bins per new bin
+    groups = -(-c.size // k)
+    padded = np.zeros(groups * k, dtype=np.int64)
+    padded[: c.size] = c
+    width = (h["hi"] - h["lo"]) / c.size
+    hi = h["hi"] if groups * k == c.size else h["lo"] + width * groups * k
+    return {**h, "hi": hi, "counts": padded.reshape(groups, k).sum(axis=1).tolist()}
+
+
+def _bounded_batches(ranges: list | None) -> list | None:
+    """Return at most :data:`MAX_BATCHES` per-batch ranges (each merged group's envelope)."""
+    if not ranges or len(ranges) <= MAX_BATCHES:
+        return ranges
+    r = np.asarray(ranges, dtype=np.float64)
+    cuts = np.linspace(0, len(r), MAX_BATCHES + 1).astype(int)
+    lo = np.minimum.reduceat(r[:, 0], cuts[:-1])
+    hi = np.maximum.reduceat(r[:, 1], cuts[:-1])
+    return np.stack([lo, hi], axis=1).tolist()
+
+
+def _bounded(data: dict) -> dict:
+    """Return ``data`` with every chart's data bounded (bins, batches): pages stay quick."""
+    quantizers = [
+        {
+            **q,
+            "hist": _bounded_histogram(q.get("hist")),
+            "batches": _bounded_batches(q.get("batches")),
+        }
+        for q in data.get("quantizers", [])
+    ]
+    return {**data, "quantizers": quantizers} if "quantizers" in data else data
+
+
 def render(data: dict) -> str:
-    """Return the report page for ``data`` (the module's docstring lists its keys)."""
-    payload = json.dumps(_clean(data), allow_nan=False, separators=(",", ":"))
-    payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
-    title = html.escape(str(data.get("title", "encanalyze report")))
-    return _PAGE.replace("@TITLE@", title).replace("@DATA@", payload)
+    r"""Return the report page for ``data`` (the module's docstring lists its keys).
+
+    The data sits in the page as JSON with every ``<`` escaped (``\u003c``: no name can close
+    the script or open a comment); the title and the data are substituted in one pass.
+    """
+    payload = json.dumps(_clean(_bounded(data)), allow_nan=False, separators=(",", ":"))
+    payload = payload.replace("<", "\\u003c")
+    fill = {
+        "@TITLE@": html.escape(str(data.get("title", "encanalyze report"))),
+        "@DATA@": payload,
+    }
+    return re.sub("@TITLE@|@DATA@", lambda m: fill[m.group()], _PAGE)
 
 
 def write_report(path, data: dict, inputs=()) -> Path:
@@ -183,7 +236,7 @@ function comparison() {
   const head = el("tr");
   for (const h of ["what", "output SQNR dB", "measured on"]) head.append(el("th", {}, h));
   t.append(head);
-  const best = Math.max(...rows.map(r => r.output_sqnr_db ?? -Infinity));
+  const best = rows.reduce((m, r) => Math.max(m, r.output_sqnr_db ?? -Infinity), -Infinity);
   for (const r of rows) {
     const tr = el("tr");
     const name = el("td", {}, r.label);
@@ -341,7 +394,7 @@ function draw() {
   const pad = (hi - lo) * 0.02 || 1; lo -= pad; hi += pad;
   const x = v => L + (v - lo) / (hi - lo) * (W - L - R);
   const log = document.getElementById("log").checked;
-  const top = Math.max(1, ...h.counts);
+  const top = h.counts.reduce((m, c) => Math.max(m, c), 1);
   const y = c => {
     const f = log ? Math.log10(1 + c) / Math.log10(1 + top) : c / top;
     return H - B - f * (H - T - B);
@@ -378,7 +431,7 @@ function draw() {
 function batches(q) {
   const W = 760, H = 180, L = 50, R = 10, T = 10, B = 30;
   const n = q.batches.length;
-  const lo = Math.min(...q.batches.map(b => b[0])), hi = Math.max(...q.batches.map(b => b[1]));
+  const lo = q.batches.reduce((m, b) => Math.min(m, b[0]), Infinity), hi = q.batches.reduce((m, b) => Math.max(m, b[1]), -Infinity);
   const span = (hi - lo) || 1;
   const x = k => L + k / Math.max(1, n - 1) * (W - L - R);
   const y = v => H - B - (v - lo) / span * (H - T - B);
