@@ -56,6 +56,8 @@ __all__ = [
     "FloatEncodingAnalyzer",
     "FloatFormat",
     "amax_scale",
+    "SCALE_KINDS",
+    "check_scales",
     "compute_scale",
     "from_json",
     "mx_dequantize",
@@ -212,6 +214,7 @@ def quantize(x: Array, fmt: ElementFormat) -> Array:
     inputs: float32); arithmetic is in float32 (float64 for float64 inputs), where every step
     but the one rounding is exact, so the result is the format's value nearest to ``x`` itself.
     """
+    fmt = _check_format(fmt)
     x = analyzer_input(x)
     xp = namespace_of(x)
     _check_real(xp, x, f"quantize to {fmt.name}")
@@ -225,13 +228,14 @@ def quantize(x: Array, fmt: ElementFormat) -> Array:
 def amax_scale(x: Array, fmt: ElementFormat, axis: int | tuple[int, ...] | None = None) -> Array:
     """Return the FP32 scale ``amax / fmt.max`` of ``x`` over ``axis`` (kept as size-1 axes).
 
-    ``amax`` is the largest magnitude (NaN-ignoring), the scaling of Model Optimizer's and
+    ``amax`` is the largest finite magnitude (NaN and infinities are left out, as the integer
+    grids leave them out of a range: they saturate), the scaling of Model Optimizer's and
     torchao's FP8 (``amax / 448``); an all-zero slice gets scale 1 (any scale maps it to zero).
     """
     x = analyzer_input(x)
     xp = namespace_of(x)
-    a = xp.abs(xp.astype(x, xp.float32))
-    a = xp.where(xp.isnan(a), xp.zeros_like(a), a)
+    fmt = _check_format(fmt)
+    a = _finite_magnitudes(xp, xp.astype(x, xp.float32))
     amax = xp.max(a, axis=axis, keepdims=True)
     scale = div(xp, amax, xp.asarray(fmt.max, dtype=xp.float32, device=device_of(a)))
     return xp.where(amax > 0, scale, xp.ones_like(scale))
@@ -246,6 +250,7 @@ def quantize_scaled(
     one scale per row of a 2-D weight; ...). The result has ``x``'s namespace, device and
     floating dtype.
     """
+    fmt = _check_format(fmt)
     x = analyzer_input(x)
     xp = namespace_of(x)
     if scale is None:
@@ -299,10 +304,77 @@ where ``amax`` is not a power of two); or ``mse``: of ``floor - 1``, ``floor`` a
 squared error (``floor`` on ties), so never worse than ``floor`` or ``ceil``."""
 
 
+def _check_format(fmt) -> ElementFormat:
+    """Return ``fmt``; ``TypeError`` unless it is an element format (``E4M3FN``, ``E2M1``, ...)."""
+    if not isinstance(fmt, (FloatFormat, FixedFormat)):
+        raise TypeError(
+            f"fmt must be an element format such as encanalyze.formats.E2M1 (FloatFormat or "
+            f"FixedFormat), got {fmt!r}"
+        )
+    return fmt
+
+
+def _finite_magnitudes(xp, x: Array) -> Array:
+    """``|x|`` with NaN and infinities as 0: what an amax is taken over."""
+    a = xp.abs(x)
+    return xp.where(xp.isfinite(a), a, xp.zeros_like(a))
+
+
 def _check_real(xp, x: Array, what: str) -> None:
     """Raise ``TypeError`` unless ``x`` is real (floating, integer or bool)."""
     if not xp.isdtype(x.dtype, ("real floating", "integral", "bool")):
         raise TypeError(f"cannot {what} an array of dtype {x.dtype}")
+
+
+SCALE_KINDS = ("exponents", "block_scales", "tensor_scale")
+"""What :func:`check_scales` checks: MX's E8M0 exponents, NVFP4's E4M3 block scales and its FP32
+tensor scale."""
+
+
+def check_scales(kind: str, values, blocks: tuple[int, ...] | None = None):
+    """Return given scales checked: ``ValueError`` (``TypeError`` for a dtype) naming ``kind``.
+
+    ``exponents``: integers in ``[0, 255]`` (biased E8M0; 255 is NaN), returned as int64;
+    ``block_scales``: E4M3 values in ``[0, 448]``, returned as float32; both of exactly the
+    ``blocks`` shape (the block grid, ``(..., K / block_size)``; no broadcasting) where given.
+    ``tensor_scale``: one finite number > 0, returned as a 0-d float32 array. ``values`` stay in
+    their namespace and device (a list or a number: NumPy).
+    """
+    if kind not in SCALE_KINDS:
+        raise ValueError(f"kind must be one of {SCALE_KINDS}, got {kind!r}")
+    if kind == "tensor_scale" and isinstance(values, (bool, np.bool_)):
+        raise TypeError(f"tensor_scale must be a number, got {values!r}")
+    if isinstance(values, (int, float, list, tuple, np.generic)):
+        try:
+            values = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{kind} must be numbers, got {values!r}") from None
+    v = analyzer_input(values)
+    xp = namespace_of(v)
+    if not xp.isdtype(v.dtype, ("real floating", "integral")):
+        raise TypeError(f"{kind} must be real numbers, got dtype {v.dtype}")
+    w = xp.astype(v, xp.float64)
+    if kind == "tensor_scale":
+        if w.ndim > 1 or (w.ndim == 1 and w.shape[0] != 1):
+            raise ValueError(f"tensor_scale must be one number, got shape {tuple(w.shape)}")
+        w = xp.reshape(w, ())
+        if not bool(xp.isfinite(w) & (w > 0)):
+            raise ValueError(f"tensor_scale must be a finite number > 0, got {float(w)!r}")
+        return xp.astype(w, xp.float32)
+    if blocks is not None and tuple(w.shape) != tuple(blocks):
+        raise ValueError(
+            f"{kind} of shape {tuple(w.shape)} do not match the blocks {tuple(blocks)}"
+        )
+    if kind == "exponents":
+        ok = (w >= 0) & (w <= E8M0_NAN) & (xp.round(w) == w)  # NaN fails every comparison
+        if not bool(xp.all(ok)):
+            raise ValueError(f"exponents must be integers in [0, {E8M0_NAN}] (biased E8M0)")
+        return xp.astype(w, xp.int64)
+    f = xp.astype(w, xp.float32)
+    exact = (xp.astype(f, xp.float64) == w) & (quantize(f, E4M3FN) == f)
+    if not bool(xp.all((w >= 0) & (w <= E4M3FN.max) & exact)):
+        raise ValueError(f"block_scales must be E4M3 values in [0, {E4M3FN.max:g}]")
+    return f
 
 
 def _blocks(xp, x: Array, block_size: int) -> Array:
@@ -407,6 +479,7 @@ def mx_exponents(
         raise ValueError(f"mode must be one of {MX_MODES}, got {mode!r}")
     if mode == "even" and not isinstance(fmt, FloatFormat):
         raise ValueError(f"mode 'even' rounds to a float element's mantissa, not {fmt.name}'s")
+    fmt = _check_format(fmt)
     x = analyzer_input(x)
     xp = namespace_of(x)
     blocks = _blocks(xp, x, block_size)
@@ -517,16 +590,13 @@ def mx_quantize(
     """
     x = analyzer_input(x)
     xp = namespace_of(x)
+    fmt = _check_format(fmt)
     blocks = _blocks(xp, x, block_size)
     if exponents is None:
         biased = mx_exponents(x, fmt, block_size, mode)
     else:
-        biased = xp.astype(xp.asarray(exponents, device=device_of(blocks)), xp.int64)
-        if tuple(biased.shape) != tuple(blocks.shape[:-1]):
-            raise ValueError(
-                f"exponents of shape {tuple(biased.shape)} do not match the blocks "
-                f"{tuple(blocks.shape[:-1])}"
-            )
+        biased = check_scales("exponents", exponents, tuple(blocks.shape[:-1]))
+        biased = xp.asarray(biased, device=device_of(blocks))
     rceil = exponents is None and mode == "rceil"
     q, _ = _mx_elements(xp, blocks, xp.astype(biased, xp.float64), fmt, rceil)
     return xp.reshape(q, tuple(x.shape)), biased
@@ -541,6 +611,7 @@ def mx_dequantize(elements: Array, exponents: Array, block_size: int = MX_BLOCK)
     """
     xp = namespace_of(elements)
     blocks = _blocks(xp, elements, block_size)
+    exponents = check_scales("exponents", exponents, tuple(blocks.shape[:-1]))
     e = xp.astype(exponents, xp.float64) - E8M0_BIAS
     scale = _pow2(xp, e, device_of(blocks))
     scale = xp.where(exponents == E8M0_NAN, xp.full_like(scale, xp.nan), scale)
@@ -557,7 +628,7 @@ def nvfp4_tensor_scale(x: Array) -> Array:
     """Return the per-tensor FP32 scale ``amax / (448 * 6)`` (torchao, Model Optimizer)."""
     x = analyzer_input(x)
     xp = namespace_of(x)
-    amax = xp.max(xp.abs(xp.astype(x, xp.float32)))
+    amax = xp.max(_finite_magnitudes(xp, xp.astype(x, xp.float32)))  # NaN, inf: left out
     big = xp.asarray(E4M3FN.max * E2M1.max, dtype=xp.float32, device=device_of(amax))
     return div(xp, amax, big)
 
@@ -594,18 +665,14 @@ def nvfp4_quantize(
     blocks = _blocks(xp, x, NVFP4_BLOCK)
     dev = device_of(blocks)
     six = xp.asarray(E2M1.max, dtype=xp.float32, device=dev)
-    block_scale = div(xp, xp.max(xp.abs(blocks), axis=-1), six)
+    block_scale = div(xp, xp.max(_finite_magnitudes(xp, blocks), axis=-1), six)
     eps = float(2.0**E4M3FN.min_exponent)  # E4M3's smallest normal value
     ts = None
     if tensor_scale is not None:
-        ts = xp.astype(xp.asarray(tensor_scale, device=dev), xp.float32)
+        ts = xp.asarray(check_scales("tensor_scale", tensor_scale), device=dev)
     if block_scales is not None:
-        fp8 = xp.astype(xp.asarray(block_scales, device=dev), xp.float32)
-        if tuple(fp8.shape) != tuple(block_scale.shape):
-            raise ValueError(
-                f"block_scales of shape {tuple(fp8.shape)} do not match the blocks "
-                f"{tuple(block_scale.shape)}"
-            )
+        fp8 = check_scales("block_scales", block_scales, tuple(block_scale.shape))
+        fp8 = xp.asarray(fp8, device=dev)
     else:
         wanted = block_scale if ts is None else div(xp, block_scale, ts)
         fp8 = quantize(xp.clip(wanted, eps, E4M3FN.max), E4M3FN)
@@ -647,9 +714,11 @@ def nvfp4_dequantize(
     """Return ``elements * (tensor_scale * block_scale)`` block by block (float32)."""
     xp = namespace_of(elements)
     blocks = _blocks(xp, elements, NVFP4_BLOCK)
-    scale = xp.astype(block_scales, xp.float32)
+    scale = check_scales("block_scales", block_scales, tuple(blocks.shape[:-1]))
+    scale = xp.asarray(scale, device=device_of(blocks))
     if tensor_scale is not None:
-        scale = xp.astype(xp.asarray(tensor_scale, device=device_of(scale)), xp.float32) * scale
+        ts = check_scales("tensor_scale", tensor_scale)
+        scale = xp.asarray(ts, device=device_of(scale)) * scale
     return xp.reshape(blocks * scale[..., None], tuple(elements.shape))
 
 
@@ -922,13 +991,11 @@ def from_json(data: dict) -> dict:
         raise ValueError(f"unknown scheme {scheme!r} or element format {name!r}")
     if (scheme, block_size) not in (("mx", MX_BLOCK), ("nvfp4", NVFP4_BLOCK)):
         raise ValueError(f"{scheme} blocks are not {block_size!r} values long")
-    dtype = np.int64 if scheme == "mx" else np.float32
     try:
-        array = np.asarray(scales, dtype=dtype)
-    except (TypeError, ValueError):
+        array = np.asarray(scales, dtype=np.float64)  # 127.9 is no exponent: not truncated
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("block-encodings scales must be a nested list of numbers") from None
-    if scheme == "mx" and ((array < 0) | (array > E8M0_NAN)).any():
-        raise ValueError("E8M0 scales must lie in [0, 255]")
+    array = check_scales("exponents" if scheme == "mx" else "block_scales", array)
     axis = data.get("block_axis", -1)
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise ValueError(f"block_axis must be an integer, got {axis!r}")
@@ -936,5 +1003,7 @@ def from_json(data: dict) -> dict:
     out["block_axis"] = axis
     if scheme == "nvfp4":
         ts = data.get("tensor_scale")
-        out["tensor_scale"] = None if ts is None else np.float32(ts)
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
+            raise ValueError(f"tensor_scale must be a number, got {ts!r}")
+        out["tensor_scale"] = None if ts is None else np.float32(check_scales("tensor_scale", ts))
     return out

@@ -575,3 +575,82 @@ def test_model_optimizer_fp8_and_nvfp4_scaling(rng):
     np.testing.assert_array_equal(ours_s[normal], scales.numpy()[normal])
     rows = np.repeat(normal, 16, axis=1)
     np.testing.assert_array_equal(ours_e[rows], elements.numpy()[rows])
+
+
+# -- given scales are checked (issue 32) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [300, -5, float("nan"), 127.5])
+def test_given_mx_exponents_are_checked(bad):
+    x = np.ones((2, 64), np.float32)
+    exps = np.full((2, 2), 127.0)
+    exps[0, 0] = bad
+    with pytest.raises(ValueError, match="exponents must be integers"):
+        formats.mx_quantize(x, formats.E2M1, exponents=exps)
+    with pytest.raises(ValueError, match="exponents must be integers"):
+        formats.mx_dequantize(x, exps)
+
+
+def test_given_scales_of_the_wrong_shape_never_broadcast():
+    x = np.ones((2, 64), np.float32)
+    with pytest.raises(ValueError, match="do not match the blocks"):
+        formats.mx_quantize(x, formats.E2M1, exponents=np.full((1, 2), 127))
+    with pytest.raises(ValueError, match="do not match the blocks"):
+        formats.nvfp4_quantize(x, block_scales=np.ones((1, 4), np.float32))
+    with pytest.raises(ValueError, match="do not match the blocks"):
+        formats.nvfp4_dequantize(x, np.ones((4,), np.float32))
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), 449.0, 0.3])
+def test_given_nvfp4_block_scales_are_e4m3_values(bad):
+    x = np.ones((1, 32), np.float32)
+    scales = np.ones((1, 2), np.float32)
+    scales[0, 1] = bad
+    with pytest.raises(ValueError, match="block_scales must be E4M3 values"):
+        formats.nvfp4_quantize(x, block_scales=scales)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), [1.0, 2.0]])
+def test_given_tensor_scales_are_one_finite_positive_number(bad):
+    with pytest.raises(ValueError, match="tensor_scale"):
+        formats.nvfp4_quantize(np.ones((1, 16), np.float32), tensor_scale=bad)
+
+
+def test_from_json_refuses_what_the_quantizers_would_refuse():
+    x = np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32)
+    _, exps = formats.mx_quantize(x, formats.E2M1)
+    good = formats.to_json("mx", exps, formats.E2M1)
+    assert formats.from_json(good)["scales"].dtype == np.int64
+    for scales in ([[127.9, 127]], [[300, 127]], [["a", 1]], [[10**400, 1]]):
+        with pytest.raises(ValueError):
+            formats.from_json({**good, "scales": scales})
+    ts = formats.nvfp4_tensor_scale(x)
+    _, block_scales = formats.nvfp4_quantize(x, ts)
+    nv = formats.to_json("nvfp4", block_scales, tensor_scale=ts)
+    assert formats.from_json(nv)["tensor_scale"] == np.float32(ts)
+    for change in ({"tensor_scale": [1.0]}, {"tensor_scale": float("nan")}, {"tensor_scale": -2}):
+        with pytest.raises(ValueError, match="tensor_scale"):
+            formats.from_json({**nv, **change})
+    for scales in ([[-1.0] * 4] * 2, [[float("nan")] * 4] * 2, [[500.0] * 4] * 2):
+        with pytest.raises(ValueError, match="block_scales"):
+            formats.from_json({**nv, "scales": scales})
+
+
+def test_a_format_name_is_no_format():
+    with pytest.raises(TypeError, match="element format"):
+        formats.mx_quantize(np.ones((1, 32), np.float32), "mxfp4")
+    with pytest.raises(TypeError, match="element format"):
+        formats.quantize(np.ones(3), "e4m3")
+
+
+def test_non_finite_weights_never_poison_a_scale():
+    x = np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
+    x[0, 3], x[1, 5] = np.nan, np.inf
+    ts = formats.nvfp4_tensor_scale(x)
+    assert np.isfinite(ts) and ts > 0
+    _, block_scales = formats.nvfp4_quantize(x, ts)
+    assert np.isfinite(block_scales).all() and (block_scales > 0).all()
+    scale = formats.amax_scale(x, formats.E4M3FN, axis=1)
+    assert np.isfinite(scale).all()
+    q = formats.quantize_scaled(x, formats.E4M3FN, axis=1)
+    assert np.isfinite(q[1]).all() and np.isnan(q[0, 3]) and np.isfinite(np.delete(q[0], 3)).all()

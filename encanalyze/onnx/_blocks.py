@@ -23,7 +23,7 @@ from .._io import load_model, own_model
 from .._report import sqnr_db
 from ._calibrate import QUANTIZABLE_OPS, chosen_weights
 from ._float8 import at_least_opset
-from ._qdq import constants_to_initializers, prune_initializers
+from ._qdq import calibrated_on, constants_to_initializers, prune_initializers
 from ._switches import SwitchedModel, switch
 
 __all__ = [
@@ -226,8 +226,13 @@ def block_qdq_model(
     """
     from onnx import TensorProto, helper, numpy_helper
 
+    named = [methods] if isinstance(methods, str) else list(dict(methods or {}).values())
+    for method in named:
+        if method not in BLOCK_METHODS:
+            raise ValueError(f"unknown block method {method!r}; choose from {BLOCK_METHODS}")
     proto = own_model(load_model(model)[0])
     constants_to_initializers(proto)
+    calibrated_on(proto, result.weights)
     proto = at_least_opset(proto, BLOCK_OPSET, "no blocked DequantizeLinear")
     storage = _STORAGE.get(result.fmt.name, "FLOAT8E4M3FN")
     np_type = helper.tensor_dtype_to_np_dtype(getattr(TensorProto, storage))  # holds q exactly

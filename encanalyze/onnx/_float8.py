@@ -30,7 +30,13 @@ from ._calibrate import (
     observe_activations,
     value_infos,
 )
-from ._qdq import constants_to_initializers, opset_of, output_sqnr, prune_initializers
+from ._qdq import (
+    calibrated_on,
+    constants_to_initializers,
+    opset_of,
+    output_sqnr,
+    prune_initializers,
+)
 from ._switches import SwitchedModel, switch
 
 __all__ = [
@@ -219,6 +225,7 @@ def float8_qdq_model(
 
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)
+    calibrated_on(proto, result.encodings)
     proto = at_least_opset(proto, FLOAT8_OPSET, "no FLOAT8 QuantizeLinear")
     ftype = getattr(TensorProto, FLOAT8_FORMATS[result.fmt.name])
     graph = proto.graph

@@ -31,6 +31,7 @@ from ._calibrate import (
 
 __all__ = [
     "QDQ_OPSET",
+    "calibrated_on",
     "check_qdq",
     "constants_to_initializers",
     "model_outputs",
@@ -160,6 +161,23 @@ def check_qdq(result: CalibrationResult) -> None:
         )
 
 
+def calibrated_on(proto, names) -> set[str]:
+    """Return the model's tensor names; ``ValueError`` where ``names`` hold none of them.
+
+    Initializers, node outputs and graph inputs (of subgraphs too): a result whose encodings
+    name none of them was calibrated on another model, and would quantize nothing.
+    """
+    present = {t.name for g in all_graphs(proto.graph) for t in g.initializer}
+    present |= {o for g in all_graphs(proto.graph) for n in g.node for o in n.output}
+    present |= {i.name for i in proto.graph.input}
+    if names and not present & set(names):
+        raise ValueError(
+            "the result's encodings name none of the model's tensors: it was calibrated on "
+            "another model"
+        )
+    return present
+
+
 def opset_of(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
@@ -249,9 +267,7 @@ def stage_qdq_model(
     constants_to_initializers(proto)
     excluded = unencoded_nodes(proto, result, op_types)
     proto, result, opset_note = fit_opset(proto, result)
-    present = {t.name for g in all_graphs(proto.graph) for t in g.initializer}
-    present |= {o for g in all_graphs(proto.graph) for n in g.node for o in n.output}
-    present |= {i.name for i in proto.graph.input}
+    present = calibrated_on(proto, result.encodings)
     overrides, ranges = _overrides(result, present)
     large = model_bytes(proto) > INLINE_LIMIT
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:

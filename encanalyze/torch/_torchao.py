@@ -10,6 +10,10 @@ from .._backends import to_torch
 __all__ = ["to_mx_tensor", "to_nvfp4_tensor"]
 
 
+TORCHAO_ELEMENTS = (formats.E4M3FN, formats.E5M2, formats.E3M2, formats.E2M3, formats.E2M1)
+"""The element formats torchao's ``MXTensor`` holds (MXINT8 has none)."""
+
+
 def _elem_dtype(fmt: formats.FloatFormat):
     from torchao.prototype.mx_formats.constants import DTYPE_FP6_E2M3, DTYPE_FP6_E3M2
 
@@ -46,8 +50,13 @@ def to_mx_tensor(elements, exponents, fmt: formats.FloatFormat, block_size: int 
     from torchao.prototype.mx_formats.mx_tensor import MXTensor
     from torchao.quantization.quantize_.common import KernelPreference
 
+    if fmt not in TORCHAO_ELEMENTS:
+        names = ", ".join(f.name for f in TORCHAO_ELEMENTS)
+        raise ValueError(f"torchao's MXTensor holds {names} elements, not {fmt!r}")
     values = to_torch(elements).to(torch.float32).contiguous()
-    scale = to_torch(exponents).to(torch.uint8).view(torch.float8_e8m0fnu).contiguous()
+    blocks = (*values.shape[:-1], values.shape[-1] // block_size) if values.ndim else ()
+    exponents = to_torch(formats.check_scales("exponents", exponents, blocks))
+    scale = exponents.to(torch.uint8).view(torch.float8_e8m0fnu).contiguous()
     return MXTensor(
         _codes(values, fmt),
         scale,
