@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from abc import ABC, abstractmethod
 from typing import Any, Generic, TypeVar
 
@@ -63,6 +64,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         state = dict(self.__dict__)
         state["_home"] = None
         state.pop("_program", None)  # a compiled update is built again where it is used
+        state.pop("_lock", None)  # a new lock where it is used
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -101,7 +103,16 @@ class EncodingAnalyzer(ABC, Generic[S]):
         self._update(namespace_of(x), x, want_batch=False)
 
     def _update(self, xp: Namespace, x: Array, want_batch: bool):
-        """Update the running statistics; return ``x``'s own public statistics (or None)."""
+        """Update the running statistics; return ``x``'s own public statistics (or None).
+
+        One thread at a time per analyzer (torch's ``DataParallel`` calls forward hooks from
+        several threads): an update reads the state and swaps in the next one, and two at once
+        would lose one of them.
+        """
+        with self.__dict__.setdefault("_lock", threading.Lock()):  # setdefault: one lock
+            return self._locked_update(xp, x, want_batch)
+
+    def _locked_update(self, xp: Namespace, x: Array, want_batch: bool):
         if self._home is not None:
             check_same_home(self._home, xp, device_of(x))
         twin = numpy_twin(xp, self._state, batch=x)
