@@ -75,3 +75,16 @@ def test_a_failed_model_job_is_one_line_without_a_type_prefix(tmp_path, capsys):
     assert status == 1 and err.strip().splitlines()[-1] == (
         "encanalyze: error: no tensor of the model could be calibrated"
     ), err
+
+
+def test_an_empty_batch_list_is_an_error_not_a_perfect_score(tmp_path):
+    from encanalyze.onnx import choose_encodings, output_sqnr
+
+    path, _ = _files(tmp_path)
+    result = calibrate(
+        str(path), [{"x": np.ones((2, 4), np.float32)}], activations=["minmax", "percentile"]
+    )
+    with pytest.raises(ValueError, match="no batch"):
+        output_sqnr(str(path), str(path), [])
+    with pytest.raises(ValueError, match="no batch"):
+        choose_encodings(str(path), result, [])

@@ -360,6 +360,6 @@ def output_energies(
         noise.append(
             [np.sum(np.reshape((y - q) ** 2, (n, -1)), axis=1) for y, q in zip(ys, qs, strict=True)]
         )
-    if not signal:  # no batch: no energy
-        return np.zeros((len(names), 0)), np.zeros((len(names), 0))
+    if not signal:  # an empty batch list would score +inf dB and choose from nothing
+        raise ValueError("no batch to judge the model's output on: give at least one batch")
     return np.concatenate(signal, axis=1), np.concatenate(noise, axis=1)
