@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "torch-cuda", "cupy")
-SAMPLED = {"jax": 16}
+SAMPLED = {"jax": 24}
 """Backends whose cases the fast run samples: one in K of all their cases."""
 
 
