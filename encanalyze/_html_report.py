@@ -100,15 +100,13 @@ def _bounded_batches(ranges: list | None) -> list | None:
 
 def _bounded(data: dict) -> dict:
     """Return ``data`` with every chart's data bounded (bins, batches): pages stay quick."""
+    if "quantizers" not in data:
+        return data
+    bound = {"hist": _bounded_histogram, "batches": _bounded_batches}
     quantizers = [
-        {
-            **q,
-            "hist": _bounded_histogram(q.get("hist")),
-            "batches": _bounded_batches(q.get("batches")),
-        }
-        for q in data.get("quantizers", [])
+        {k: bound[k](v) if k in bound else v for k, v in q.items()} for q in data["quantizers"]
     ]
-    return {**data, "quantizers": quantizers} if "quantizers" in data else data
+    return {**data, "quantizers": quantizers}
 
 
 def render(data: dict) -> str:
