@@ -432,18 +432,7 @@ class Float8Job(ModelJob):
         if self.args.qdq_model is not None and len(data.held):
             calib = list(data.calib)
             on_calib = output_sqnr(data.model, self.qdq, calib, None, FLOAT8_SESSION)
-        result = self.result
-        return {
-            "number_format": self.args.number_format,
-            "activations": {
-                "method": self.method,
-                "measured_on": data.measured_on,
-                "output_sqnr_db": self.scores,
-            },
-            "tensors": self._rows(),
-            "unquantized": [{"name": n, "reason": r} for n, r in result.unquantized.items()],
-            "calibration_output_sqnr_db": on_calib,
-        }
+        return _scored_json(self, data, "activations", on_calib)
 
     def table(self, data: JobData) -> str:
         """Every encoding's median scale, and the activations' choice."""
@@ -520,6 +509,21 @@ class Float8Job(ModelJob):
         save_model(self.qdq, path)
 
 
+def _scored_json(job, data: JobData, chosen: str, on_calib: dict | None) -> dict:
+    """Return a float or block job's JSON: what was ``chosen`` by the output, the rows."""
+    return {
+        "number_format": job.args.number_format,
+        chosen: {
+            "method": job.method,
+            "measured_on": data.measured_on,
+            "output_sqnr_db": job.scores,
+        },
+        "tensors": job._rows(),
+        "unquantized": [{"name": n, "reason": r} for n, r in job.result.unquantized.items()],
+        "calibration_output_sqnr_db": on_calib,
+    }
+
+
 def _weights_by(result, methods):
     """Return ``result`` with each weight on its best-SQNR method among ``methods``."""
     encodings = {}
@@ -583,18 +587,7 @@ class BlockJob(ModelJob):
         on_calib = None
         if len(data.held):
             on_calib = output_sqnr(data.model, self.models[self.method], list(data.calib))
-        result = self.result
-        return {
-            "number_format": self.args.number_format,
-            "weights": {
-                "method": self.method,
-                "measured_on": data.measured_on,
-                "output_sqnr_db": self.scores,
-            },
-            "tensors": self._rows(),
-            "unquantized": [{"name": n, "reason": r} for n, r in result.unquantized.items()],
-            "calibration_output_sqnr_db": on_calib,
-        }
+        return _scored_json(self, data, "weights", on_calib)
 
     def table(self, data: JobData) -> str:
         """Every weight's blocks and SQNR by method, and the choice."""
