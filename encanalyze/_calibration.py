@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from ._backends import to_numpy
 from ._encoding import to_scale_offset
 from ._errors import StatisticsNotFoundError
 from ._html_report import write_report
-from ._io import external_files, printable
+from ._io import model_files, printable
 from ._registry import METHODS
 from ._report import (
     Layout,
@@ -390,8 +389,6 @@ class CalibrationResult:
         """
         summary = {"tensors": f"{len(self.encodings)} quantized, {len(self.unquantized)} not"}
         summary["grids"] = self.grids()
-        inputs = external_files(model) if isinstance(model, (str, os.PathLike)) else []
-        inputs += [model] if isinstance(model, (str, os.PathLike)) else []
         if model is not None:
             measure = next((m for takes, m in _MEASURES if takes(model)), None)
             if measure is None:
@@ -408,7 +405,7 @@ class CalibrationResult:
             methods = list(dict.fromkeys(m for q in quantizers for m in q["methods"]))
             data = {"summary": summary, "methods": methods, "quantizers": quantizers}
         data["title"] = title or data.get("title", "encanalyze calibration report")
-        return write_report(path, data, inputs)
+        return write_report(path, data, model_files(model))
 
     def table(self) -> str:
         """Return a table: tensor, kind, method, range, first scale, and SQNR (weights)."""

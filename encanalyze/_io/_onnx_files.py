@@ -19,10 +19,10 @@ __all__ = [
     "FLOAT_TYPES",
     "ModelFileError",
     "all_graphs",
-    "external_files",
     "external_locations",
     "float_weights",
     "load_model",
+    "model_files",
     "model_bytes",
     "own_model",
 ]
@@ -131,18 +131,21 @@ def external_locations(model) -> list[str]:
     return out
 
 
-def external_files(path: str | os.PathLike) -> list[Path]:
-    """Return the external data files that the ONNX model at ``path`` names (its inputs too).
+def model_files(model) -> list[Path]:
+    """Return the files an ONNX model is read from: its path and its external data files.
 
-    Read before any output is declared, so that no output overwrites them; a file that is not
-    a readable model names none (it is reported when it is loaded).
+    A ``ModelProto`` reads none. Read before any output is declared, so that no output
+    overwrites them; a file that is not a readable model names no external data (it is
+    reported when it is loaded).
     """
-    try:
-        proto = _onnx().load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - an unreadable model is reported when it is loaded
+    if not isinstance(model, (str, os.PathLike)):
         return []
-    folder = Path(path).parent
-    return [folder / loc for loc in external_locations(proto) if "\x00" not in loc]
+    try:
+        proto = _onnx().load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported when it is loaded
+        return [Path(model)]
+    folder = Path(model).parent
+    return [Path(model), *(folder / loc for loc in external_locations(proto) if "\x00" not in loc)]
 
 
 def _tensors(graph) -> Iterator:

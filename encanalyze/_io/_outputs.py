@@ -63,11 +63,11 @@ def _raise_terminated(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def stopping_signals() -> Iterator[bool]:
+def stopping_signals() -> Iterator[None]:
     """While inside, SIGTERM and SIGHUP raise :class:`Terminated` where no handler was set.
 
-    Yields whether the handlers were installed (only the main thread can, and only over the
-    default action); they are restored on exit.
+    Only the main thread can install handlers, and only over the default action; they are
+    restored on exit.
     """
     installed = {}
     if threading.current_thread() is threading.main_thread():
@@ -75,7 +75,7 @@ def stopping_signals() -> Iterator[bool]:
             if signal.getsignal(signum) is signal.SIG_DFL:
                 installed[signum] = signal.signal(signum, _raise_terminated)
     try:
-        yield bool(installed)
+        yield
     finally:
         for signum, previous in installed.items():
             signal.signal(signum, previous)
@@ -122,7 +122,6 @@ class Outputs:
         self._stages: dict[Path, Path] = {}
         self._open = False
         self._signals = contextlib.ExitStack()
-        self._stopped: int | None = None
         for path in inputs:
             self.add_input(path)
 

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from .. import formats
-from .._io import OutputPathError, Outputs, external_files
+from .._io import OutputPathError, Outputs, model_files
 from .._observers.histogram import validate_num_bins
 from .._registry import ACTIVATION_PERCENTILE
 from .._rules.percentile import validate_percentile
@@ -191,10 +191,8 @@ def declare_io(args, outputs: Outputs) -> dict[str, Path]:
     """
     try:
         for f in args.files:
-            outputs.add_input(f)
-            if Path(f).suffix.lower() == ".onnx":
-                for extra in external_files(f):
-                    outputs.add_input(extra)
+            for source in model_files(f) if Path(f).suffix.lower() == ".onnx" else [f]:
+                outputs.add_input(source)
         if args.data is not None:
             for f in data_files(args.data):
                 outputs.add_input(f, "--data")

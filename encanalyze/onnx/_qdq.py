@@ -6,7 +6,6 @@ import dataclasses
 import inspect
 import itertools
 import logging
-import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 
 from .._calibration import CalibrationResult
 from .._encoding import to_scale_offset
-from .._io import Outputs, all_graphs, external_files, model_bytes, own_model
+from .._io import Outputs, all_graphs, model_bytes, model_files, own_model
 from .._report import sqnr_db
 from .._warnings import warn
 from ._branches import inline_branches
@@ -241,8 +240,7 @@ def write_qdq_model(model, result: CalibrationResult, path, *, op_types=QUANTIZA
     failure leaves the previous file as it was. Needs onnxruntime with
     ``calibration_cache_path`` (1.32 or newer).
     """
-    inputs = [model, *external_files(model)] if isinstance(model, (str, os.PathLike)) else []
-    with Outputs(inputs) as out:  # stage_qdq_model checks the result first
+    with Outputs(model_files(model)) as out:  # stage_qdq_model checks the result first
         staged = out.file(path, "QDQ model", sidecar=True)
         stage_qdq_model(model, result, staged, op_types=op_types)
         out.commit()
