@@ -164,10 +164,10 @@ tr.row { cursor: pointer; } tr.row:hover { background: #eef4ff; } tr.selected { 
 <body>
 <h1 id="title"></h1>
 <table id="summary"></table>
-<section id="comparison-section" hidden><h2>The model's output SQNR by method</h2>
+<section id="comparison-section" hidden><h2 id="comparison-title">The model's output SQNR by method</h2>
 <table id="comparison"></table></section>
 <section id="sensitivity-section" hidden><h2>Layer sensitivity</h2>
-<p class="muted">The model's output SQNR when only this layer's weights, or only its activations,
+<p class="muted" id="sensitivity-text">The model's output SQNR when only this layer's weights, or only its activations,
 are quantized, everything else in floating point; most sensitive first.</p>
 <div id="hint"></div><div class="scroll"><table id="sensitivity"></table></div></section>
 <h2>Quantizers</h2>
@@ -214,6 +214,9 @@ function fmt(v, digits) {
   return (a >= 1e4 || a < 1e-3) ? v.toExponential(digits || 3) : v.toPrecision(digits || 4);
 }
 function db(v) { return (v === null || v === undefined) ? "n/a" : v.toFixed(2); }
+// a model with no float output is scored by its outputs' agreement in %, not by SQNR
+const AGREE = DATA.output_unit === "%";
+const OUT = AGREE ? {name: "output agreement", unit: "%", gain: "points"} : {name: "output SQNR", unit: "dB", gain: "dB"};
 function color(m) { const i = METHODS.indexOf(m); return COLORS[(i < 0 ? 6 : i) % COLORS.length]; }
 
 function summary() {
@@ -232,7 +235,7 @@ function comparison() {
   document.getElementById("comparison-section").hidden = false;
   const t = document.getElementById("comparison");
   const head = el("tr");
-  for (const h of ["what", "output SQNR dB", "measured on"]) head.append(el("th", {}, h));
+  for (const h of ["what", `${OUT.name} ${OUT.unit}`, "measured on"]) head.append(el("th", {}, h));
   t.append(head);
   const best = rows.reduce((m, r) => Math.max(m, r.output_sqnr_db ?? -Infinity), -Infinity);
   for (const r of rows) {
@@ -257,19 +260,19 @@ function sensitivity() {
   for (const r of top) {
     const part = (r.weights_sqnr_db ?? Infinity) < (r.activations_sqnr_db ?? Infinity)
       ? "weights" : "activations";
-    ol.append(el("li", {}, `${r.layer} (${r.op}): its ${part}, ${db(worst(r))} dB alone`));
+    ol.append(el("li", {}, `${r.layer} (${r.op}): its ${part}, ${db(worst(r))} ${OUT.unit} alone`));
   }
   hint.append(ol);
   const gains = Q.filter(q => (q.gain_db ?? 0) > 0).sort((a, b) => b.gain_db - a.gain_db).slice(0, 3);
   if (gains.length) {
     hint.append(el("p", {}, "Largest output gains from keeping one quantizer in floating point:"));
     const ul = el("ol", {id: "gain-list"});
-    for (const q of gains) ul.append(el("li", {}, `${q.name} (${q.kind}): +${db(q.gain_db)} dB`));
+    for (const q of gains) ul.append(el("li", {}, `${q.name} (${q.kind}): +${db(q.gain_db)} ${OUT.gain}`));
     hint.append(ul);
   }
   const t = document.getElementById("sensitivity");
   const head = el("tr");
-  for (const h of ["rank", "layer", "op", "weights only dB", "activations only dB"])
+  for (const h of ["rank", "layer", "op", `weights only ${OUT.unit}`, `activations only ${OUT.unit}`])
     head.append(el("th", {}, h));
   t.append(head);
   rows.forEach((r, i) => {
@@ -290,7 +293,7 @@ const COLUMNS = [
 if (Q.some(q => q.own_sqnr_db !== undefined && q.own_sqnr_db !== null))
   COLUMNS.push({key: "own", label: "own dB", num: true, get: q => db(q.own_sqnr_db), sort: q => q.own_sqnr_db});
 if (Q.some(q => q.gain_db !== undefined && q.gain_db !== null))
-  COLUMNS.push({key: "gain", label: "output gain in float dB", num: true, get: q => db(q.gain_db), sort: q => q.gain_db});
+  COLUMNS.push({key: "gain", label: `output gain in float ${OUT.gain}`, num: true, get: q => db(q.gain_db), sort: q => q.gain_db});
 COLUMNS.push({key: "flags", label: "flags", get: q => (q.flags || []).join(", ")});
 for (const m of METHODS) {
   COLUMNS.push({key: m, label: m + " dB [range]", num: true, get: q => {
@@ -445,6 +448,12 @@ function batches(q) {
   box.append(el("h3", {}, "Range per calibration batch"), s);
 }
 
+if (AGREE) {
+  document.getElementById("comparison-title").textContent = "The model's output agreement by method";
+  document.getElementById("sensitivity-text").textContent = "The percentage of the model's " +
+    "outputs equal to the float model's when only this layer's weights, or only its " +
+    "activations, are quantized, everything else in floating point; most sensitive first.";
+}
 summary(); comparison(); sensitivity(); header(); table();
 document.getElementById("filter").addEventListener("input", () => { page = 0; table(); });
 document.getElementById("kind").addEventListener("change", () => { page = 0; table(); });

@@ -16,7 +16,6 @@ import numpy as np
 
 from ._backends import to_numpy
 from ._html_report import histogram_of, rebin
-from ._report import sqnr_db
 
 __all__ = [
     "CLIPPED_FLAG",
@@ -25,7 +24,6 @@ __all__ = [
     "activation_histogram",
     "block_quantizers",
     "float8_quantizers",
-    "mean_db",
     "model_quantizers",
     "tensor_report",
 ]
@@ -242,15 +240,12 @@ class Sensitivity:
     """What :func:`sensitivity` measured: everything quantized, each layer, each quantizer.
 
     ``gain_db`` maps each quantizer to what the output gains (dB) when only it stays in floating
-    point; ``layers`` are most sensitive first (the lower of their two SQNRs).
+    point; ``layers`` are most sensitive first (the lower of their two SQNRs). ``unit`` is
+    ``"%"`` for a model with no float output: every score is then its outputs' agreement in %
+    (the gains in percentage points), despite the fields' names.
     """
 
     output_sqnr_db: float
     layers: list[LayerSensitivity]
     gain_db: dict[str, float]
-
-
-def mean_db(signal: np.ndarray, noise: np.ndarray) -> float:
-    """Return the mean over outputs of each output's SQNR (``(outputs, samples)`` energies)."""
-    values = [sqnr_db(float(s.sum()), float(n.sum())) for s, n in zip(signal, noise, strict=True)]
-    return float(np.mean(values)) if values else float("nan")
+    unit: str = "dB"

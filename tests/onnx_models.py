@@ -130,3 +130,16 @@ def save_external(model, folder, name="model.onnx", location="weights.bin"):
         model, str(path), save_as_external_data=True, location=location, size_threshold=0
     )
     return path
+
+
+def classifier(logits=True):
+    """The CNN with the class id (``ArgMax``, int64) as an output; ``logits``: the float one too."""
+    model = cnn()
+    graph = model.graph
+    graph.node.append(helper.make_node("ArgMax", ["y"], ["ids"], axis=1, keepdims=0))
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])
+    if not logits:
+        graph.output.pop()
+    graph.output.append(ids)
+    onnx.checker.check_model(model)
+    return model

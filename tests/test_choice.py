@@ -8,7 +8,9 @@ pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from encanalyze._output_errors import OutputErrors  # noqa: E402
 from encanalyze.onnx import calibrate, choose_encodings, output_sqnr, write_qdq_model  # noqa: E402
+from encanalyze.onnx._choose import _gain  # noqa: E402
 from encanalyze.onnx._emulate import Emulator  # noqa: E402
 from tests import onnx_models as om  # noqa: E402
 
@@ -103,20 +105,29 @@ def test_choose_encodings_keeps_the_default_unless_significantly_beaten(tmp_path
     assert best.chosen.activations in (decided, "minmax")
 
 
-def test_the_gain_and_its_standard_error():
-    from encanalyze.onnx._choose import _gain
+def _errors(signal, noise, exact=False):
+    return OutputErrors(("y",), signal, noise, np.array([exact]))
 
+
+def test_the_gain_and_its_standard_error():
     rng = np.random.default_rng(0)
     signal = rng.uniform(1, 2, (1, 16))
     noise = rng.uniform(0.01, 0.02, (1, 16))
-    assert _gain((signal, noise), (signal, noise)) == (0.0, 0.0)
-    gain, se = _gain((signal, noise / 2), (signal, noise))  # half the noise on every sample
+    assert _gain(_errors(signal, noise), _errors(signal, noise)) == (0.0, 0.0)
+    gain, se = _gain(_errors(signal, noise / 2), _errors(signal, noise))  # half the noise
     assert gain == pytest.approx(10 * np.log10(2)) and se < 1e-9
     spike = noise.copy()
     spike[0, 3] = 50.0  # one sample far off: the gain is large and so is its error
-    gain, se = _gain((signal, noise), (signal, spike))
+    gain, se = _gain(_errors(signal, noise), _errors(signal, spike))
     assert gain > 10 and se > gain / 2
-    assert _gain((signal[:, :2], noise[:, :2]), (signal[:, :2], spike[:, :2]))[1] == np.inf
+    two = _errors(signal[:, :2], noise[:, :2]), _errors(signal[:, :2], spike[:, :2])
+    assert _gain(*two)[1] == np.inf
+    # class ids: elements and mismatches per sample, the gain in percentage points
+    elements = np.full((1, 4), 10.0)
+    gain, se = _gain(
+        _errors(elements, np.zeros((1, 4)), True), _errors(elements, elements / 10, True)
+    )
+    assert gain == pytest.approx(10.0) and se == pytest.approx(0.0)
 
 
 def test_choose_encodings_of_one_kind_and_without_candidates():

@@ -107,7 +107,7 @@ def test_activations_chosen_by_the_output(data):
     model = om.cnn()
     result = calibrate_float8(model, data[:4])
     method, scores, qdq = choose_float8_activations(model, result, data[4:])
-    means = {m: np.mean(list(v.values())) for m, v in scores.items()}
+    means = {m: np.mean(list(v.sqnr_db().values())) for m, v in scores.items()}
     assert set(scores) == set(formats.FLOAT_METHODS)
     assert method == max(means, key=means.get)
     assert means[method] > 20  # FP8 weights and activations: about 28 dB here
@@ -247,7 +247,7 @@ def test_fp8_sensitivity_runs_the_qdq_model(data):
     sens = sensitivity(model, result, data[4:], emulator=Float8Switches)
     # the same model but for the switches: ONNX Runtime prepacks constant weights only, so a
     # convolution may sum in another order and an activation on a rounding tie flip one step
-    assert sens.output_sqnr_db == pytest.approx(np.mean(list(scores[method].values())), abs=0.05)
+    assert sens.output_sqnr_db == pytest.approx(scores[method].score(), abs=0.05)
     layers = {layer.layer or layer.op: layer for layer in sens.layers}
     assert {layer.op for layer in sens.layers} == {"Conv", "MatMul"}
     for layer in layers.values():  # one layer quantized loses less than all of them

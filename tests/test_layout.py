@@ -52,7 +52,7 @@ LAYERS = [
     ),
     # number formats, quality measurements and exporters, the report's rendering
     ("encanalyze.formats", "encanalyze._report", "encanalyze._html_report"),
-    ("encanalyze._report_data",),
+    ("encanalyze._report_data", "encanalyze._output_errors"),
     # the framework-free calibration result
     ("encanalyze._calibration",),
     # the frontends

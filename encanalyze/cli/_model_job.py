@@ -24,7 +24,7 @@ from .._html_report import write_report
 from .._io import SIDECAR, float_weights, printable
 from .._report import layout_for
 from ..onnx import calibrate as calibrate_onnx
-from ..onnx import choose_encodings, output_sqnr
+from ..onnx import choose_encodings, compare_outputs
 from ..onnx._blocks import BLOCK_METHODS, block_qdq_model, calibrate_blocks
 from ..onnx._calibrate import quantizable_weights
 from ..onnx._choose import candidates_of
@@ -38,7 +38,20 @@ from ..onnx._qdq import stage_qdq_model
 from ..onnx._report import model_report
 from ._data import AUTO_ACTIVATIONS, JobData, iter_rows, job_data, weight_methods
 from ._float import encodings_file, scaled_json
-from ._output import cell, config_of, db, note, number, plot, selected, strict_json, write_json
+from ._output import (
+    cell,
+    config_of,
+    db,
+    judged_by,
+    note,
+    number,
+    plot,
+    score,
+    scores,
+    selected,
+    strict_json,
+    write_json,
+)
 from ._parser import NUMBER_FORMATS, ONNX_BITS, method_options
 
 __all__ = ["BlockJob", "Float8Job", "IntJob", "JobError", "ModelJob", "model_job"]
@@ -243,25 +256,26 @@ class IntJob(ModelJob):
                 self.staged_model = stage
             progress.advance()
             self.choice = {"measured_on": data.measured_on, **chosen.as_dict()}
+            self.chosen = chosen
         if stage is None:
             return
         progress.stage("writing the QDQ model")
         if self.staged_model is None:
             self.staged_model, self.opset = stage_qdq_model(data.model, self.result, stage)
         progress.advance()
-        sqnr = output_sqnr(
+        self.errors = compare_outputs(
             data.model, self.staged_model, progress_bar(data.judged, progress, "SQNR batch")
         )
-        on_calib = sqnr
+        self.calib_errors = self.errors
         if len(data.held):
             batches = progress_bar(data.calib, progress, "SQNR batch")
-            on_calib = output_sqnr(data.model, self.staged_model, batches)
+            self.calib_errors = compare_outputs(data.model, self.staged_model, batches)
         self.qdq = {
             "path": str(self.args.qdq_model),
             "opset": self.opset,
             "measured_on": data.measured_on,
-            "output_sqnr_db": sqnr,
-            "calibration_output_sqnr_db": on_calib,
+            **self.errors.as_json(),
+            **self.calib_errors.as_json("calibration_"),
         }
 
     def json(self, data: JobData) -> dict:
@@ -281,33 +295,31 @@ class IntJob(ModelJob):
         lines = [self.result.table(), f"grids: {self.result.grids()}"]
         choice, qdq = self.choice, self.qdq
         if choice is not None:
-            checked = ", ".join(f"{m} {v:.2f} dB" for m, v in choice["qdq_output_sqnr_db"].items())
-            emulated = choice["emulated_output_sqnr_db"]
+            unit, emulated = self.chosen.unit, self.chosen.emulated
+            checked = ", ".join(f"{m} {score(v, unit)}" for m, v in self.chosen.checked.items())
             lines.append(
                 f"chosen by the output on the {choice['measured_on']} data: activations "
                 f"{choice['activations']}, weights {choice['weights'] or 'as calibrated'} "
                 f"(default {choice['default']}; {len(emulated)} options emulated; QDQ models: "
                 f"{checked})"
             )
-            for label, g in choice["gain_db"].items():
+            points = " dB" if unit == "dB" else " points"
+            for label, (gain, se) in self.chosen.gains.items():
                 lines.append(
-                    f"   {label}: {emulated[label]:.2f} dB emulated, {g['gain']:+.2f} "
-                    f"+- {g['standard_error']:.2f} dB"
+                    f"   {label}: {score(emulated[label], unit)} emulated, {gain:+.2f} "
+                    f"+- {se:.2f}{points}"
                 )
             if choice["note"]:
                 lines.append(f"   {choice['note']}")
         if qdq is not None:
             where = printable(qdq["path"])
-            sqnr = ", ".join(f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items())
+            exact = "" if self.errors.exact.any() else " SQNR"
             lines.append(
-                f"QDQ model: {where} ({qdq['opset']}); output SQNR on the {qdq['measured_on']} "
-                f"data: " + printable(sqnr)
+                f"QDQ model: {where} ({qdq['opset']}); output{exact} on the "
+                f"{qdq['measured_on']} data: {scores(self.errors)}"
             )
             if qdq["measured_on"] == "held-out":
-                calib = ", ".join(
-                    f"{k} {v:.2f} dB" for k, v in qdq["calibration_output_sqnr_db"].items()
-                )
-                lines.append(f"   on the calibration data: {printable(calib)}")
+                lines.append(f"   on the calibration data: {scores(self.calib_errors)}")
         return "\n".join(lines)
 
     def plot_entries(self, weights: dict[str, np.ndarray]) -> list[dict]:
@@ -339,22 +351,20 @@ class IntJob(ModelJob):
         if choice is not None:
             out["chosen"] = f"activations {choice['activations']}, weights {choice['weights']}"
         if qdq is not None:
-            out["QDQ model's output SQNR"] = ", ".join(
-                f"{k} {v:.2f} dB" for k, v in qdq["output_sqnr_db"].items()
-            )
+            out["QDQ model's output"] = scores(self.errors)
         return out
 
     def comparison(self, data: JobData) -> list[dict]:
         """Each activation method's QDQ model, and the written one."""
         measured_on = data.measured_on
         rows = []
-        for method, value in ((self.choice or {}).get("qdq_output_sqnr_db") or {}).items():
-            label = f"encanalyze, activations {method} (QDQ model)"
-            rows.append({"label": label, "output_sqnr_db": value, "measured_on": measured_on})
+        if self.choice is not None:
+            for method, value in self.chosen.checked.items():
+                label = f"encanalyze, activations {method} (QDQ model)"
+                rows.append({"label": label, "output_sqnr_db": value, "measured_on": measured_on})
         if self.qdq is not None:
-            values = list(self.qdq["output_sqnr_db"].values())
-            value = sum(values) / len(values) if values else None
             label = f"encanalyze, the written QDQ model ({printable(self.qdq['path'])})"
+            value = self.errors.score()
             rows.append({"label": label, "output_sqnr_db": value, "measured_on": measured_on})
         return rows
 
@@ -431,7 +441,7 @@ class Float8Job(ModelJob):
         on_calib = None
         if self.args.qdq_model is not None and len(data.held):
             calib = list(data.calib)
-            on_calib = output_sqnr(data.model, self.qdq, calib, None, FLOAT8_SESSION)
+            on_calib = compare_outputs(data.model, self.qdq, calib, None, FLOAT8_SESSION)
         return _scored_json(self, data, "activations", on_calib)
 
     def table(self, data: JobData) -> str:
@@ -451,9 +461,10 @@ class Float8Job(ModelJob):
         lines.append(
             "scale: the median of a tensor's scales; SQNR: a weight's own quantize-dequantize"
         )
-        shown = ", ".join(f"{m} {np.mean(list(v.values())):.2f} dB" for m, v in self.scores.items())
+        unit = self.scores[self.method].unit
+        shown = ", ".join(f"{m} {score(v.score(), unit)}" for m, v in self.scores.items())
         lines.append(
-            f"activations: {self.method}, by the FP8 QDQ model's output SQNR on the "
+            f"activations: {self.method}, by the FP8 QDQ model's {judged_by(unit)} on the "
             f"{data.measured_on} data ({shown})"
         )
         return "\n".join(lines)
@@ -494,7 +505,7 @@ class Float8Job(ModelJob):
         return [
             {
                 "label": f"encanalyze {self.args.number_format}, activations {m} (QDQ model)",
-                "output_sqnr_db": float(np.mean(list(v.values()))) if v else None,
+                "output_sqnr_db": v.score(),
                 "measured_on": data.measured_on,
             }
             for m, v in self.scores.items()
@@ -509,18 +520,27 @@ class Float8Job(ModelJob):
         save_model(self.qdq, path)
 
 
-def _scored_json(job, data: JobData, chosen: str, on_calib: dict | None) -> dict:
-    """Return a float or block job's JSON: what was ``chosen`` by the output, the rows."""
+def _scored_json(job, data: JobData, chosen: str, on_calib) -> dict:
+    """Return a float or block job's JSON: what was ``chosen`` by the output, the rows.
+
+    ``job.scores`` holds each method's ``OutputErrors``; ``on_calib`` the chosen one's on the
+    calibration data (``None``: not measured).
+    """
+    by_method = {m: e.as_json() for m, e in job.scores.items()}
+    keys = dict.fromkeys(k for e in by_method.values() for k in e)
+    calibration = {"calibration_output_sqnr_db": None}
+    if on_calib is not None:
+        calibration = on_calib.as_json("calibration_")
     return {
         "number_format": job.args.number_format,
         chosen: {
             "method": job.method,
             "measured_on": data.measured_on,
-            "output_sqnr_db": job.scores,
+            **{k: {m: e[k] for m, e in by_method.items()} for k in keys},
         },
         "tensors": job._rows(),
         "unquantized": [{"name": n, "reason": r} for n, r in job.result.unquantized.items()],
-        "calibration_output_sqnr_db": on_calib,
+        **calibration,
     }
 
 
@@ -562,12 +582,11 @@ class BlockJob(ModelJob):
         for method in self.methods:
             progress.stage(f"the {method} model's output")
             self.models[method] = block_qdq_model(data.model, self.result, method)
-            self.scores[method] = output_sqnr(data.model, self.models[method], judged)
+            self.scores[method] = compare_outputs(data.model, self.models[method], judged)
             progress.advance()
-        self.mean = {
-            m: float(np.mean(list(v.values()))) if v else -np.inf for m, v in self.scores.items()
-        }
-        self.method = max(self.methods, key=lambda m: self.mean[m])  # minmax first on ties
+        self.mean = {m: v.score() for m, v in self.scores.items()}
+        rank = {m: -np.inf if np.isnan(v) else v for m, v in self.mean.items()}
+        self.method = max(self.methods, key=rank.__getitem__)  # minmax first on ties
         self.result = self.result.with_method(self.method)
 
     def _rows(self) -> list[dict]:
@@ -586,7 +605,7 @@ class BlockJob(ModelJob):
         """Return the choice, every weight's blocks and the model on the calibration data."""
         on_calib = None
         if len(data.held):
-            on_calib = output_sqnr(data.model, self.models[self.method], list(data.calib))
+            on_calib = compare_outputs(data.model, self.models[self.method], list(data.calib))
         return _scored_json(self, data, "weights", on_calib)
 
     def table(self, data: JobData) -> str:
@@ -601,10 +620,11 @@ class BlockJob(ModelJob):
             line = f"{cell(r['name'], width)} {shape:<20}{r['block_axis']:>5}{r['blocks']:>9}"
             lines.append(line + "".join(f"{db(r['sqnr_db'][m]):>11}" for m in methods))
         lines.append("dB: the SQNR of each weight's own quantize-dequantize, by method")
-        shown = ", ".join(f"{m} {self.mean[m]:.2f} dB" for m in methods)
+        unit = self.scores[self.method].unit
+        shown = ", ".join(f"{m} {score(self.mean[m], unit)}" for m in methods)
         lines.append(
-            f"weights: {self.method}, by the {self.args.number_format} model's output SQNR on "
-            f"the {data.measured_on} data ({shown}); activations stay in floating point"
+            f"weights: {self.method}, by the {self.args.number_format} model's {judged_by(unit)} "
+            f"on the {data.measured_on} data ({shown}); activations stay in floating point"
         )
         return "\n".join(lines)
 

@@ -54,6 +54,23 @@ def db(value: float | None) -> str:
     return f"{'n/a':>9}" if value is None else f"{value:>9.2f}"
 
 
+def score(value: float, unit: str) -> str:
+    """Return a model's score: ``31.49 dB`` (output SQNR) or ``98.44% agree``."""
+    return f"{value:.2f} dB" if unit == "dB" else f"{value:.2f}% agree"
+
+
+def scores(errors) -> str:
+    """Return each output's score, ``y 31.49 dB, ids 98.44% agree`` (of an ``OutputErrors``)."""
+    parts = [f"{k} {score(v, 'dB')}" for k, v in errors.sqnr_db().items()]
+    parts += [f"{k} {score(v, '%')}" for k, v in errors.agreement_percent().items()]
+    return printable(", ".join(parts))
+
+
+def judged_by(unit: str) -> str:
+    """Return what a model's score is: ``output SQNR`` or ``outputs' agreement``."""
+    return "output SQNR" if unit == "dB" else "outputs' agreement"
+
+
 def strict_json(obj) -> str:
     """Return strict JSON: non-finite floats become the strings "inf", "-inf" and "nan"."""
 

@@ -9,6 +9,7 @@ See :func:`calibrate`, :func:`write_qdq_model` and the user guide's "Calibrating
 
 from .._calibration import CalibrationResult, TensorEncoding
 from .._io import ModelFileError, float_weights, load_model
+from .._output_errors import OutputErrors
 from . import _report as _report  # registers its measurements for CalibrationResult.report
 from ._blocks import BlockCalibration, BlockWeight, block_qdq_model, calibrate_blocks
 from ._calibrate import QUANTIZABLE_OPS, ModelRunError, calibrate, quantizable_weights
@@ -21,7 +22,7 @@ from ._float8 import (
     choose_float8_activations,
     float8_qdq_model,
 )
-from ._qdq import output_sqnr, write_qdq_model
+from ._qdq import compare_outputs, output_sqnr, write_qdq_model
 
 __all__ = [
     "BlockCalibration",
@@ -35,6 +36,7 @@ __all__ = [
     "Float8Calibration",
     "Float8Encoding",
     "Option",
+    "OutputErrors",
     "TensorEncoding",
     "block_qdq_model",
     "calibrate",
@@ -42,6 +44,7 @@ __all__ = [
     "calibrate_float8",
     "choose_float8_activations",
     "choose_encodings",
+    "compare_outputs",
     "float8_qdq_model",
     "float_weights",
     "load_model",

@@ -21,10 +21,11 @@ import numpy as np
 
 from .._calibration import CalibrationResult
 from .._io import own_model
+from .._output_errors import OutputErrors
 from .._report import sqnr_rank
 from ._calibrate import QUANTIZABLE_OPS
 from ._emulate import Emulator
-from ._qdq import check_qdq, model_outputs, output_energies, stage_qdq_model
+from ._qdq import check_qdq, model_outputs, stage_qdq_model
 
 __all__ = [
     "BEST_TENSOR_SQNR",
@@ -74,13 +75,15 @@ class Option:
 class Choice:
     """What :func:`choose_encodings` kept and why.
 
-    ``emulated``: each option's output SQNR in dB (the mean over the model's outputs) in the
-    emulation, by label; ``gains``: each option's gain in dB over the option it was compared
-    with (``default``, then the activations kept with the default weights) and its standard
-    error; ``checked``: the QDQ models' output SQNR of the options that were built (the
-    decision and ``simple``); ``note`` says when the simple option was kept against the
-    decision; ``qdq_model`` is the chosen option's QDQ model
-    where the caller asked to keep it, and ``opset`` what its opset got.
+    ``emulated``: each option's output SQNR in dB (the mean over the model's float outputs)
+    in the emulation, by label; ``gains``: each option's gain in dB over the option it was
+    compared with (``default``, then the activations kept with the default weights) and its
+    standard error; ``checked``: the QDQ models' output SQNR of the options that were built
+    (the decision and ``simple``); ``note`` says when the simple option was kept against the
+    decision; ``qdq_model`` is the chosen option's QDQ model where the caller asked to keep
+    it, and ``opset`` what its opset got. ``unit`` is ``"%"`` where the model has no float
+    output: every score is then its integer or bool outputs' mean agreement in % (and the
+    gains in percentage points).
     """
 
     chosen: Option
@@ -92,16 +95,23 @@ class Choice:
     note: str | None = None
     qdq_model: Path | None = None
     opset: str | None = None
+    unit: str = "dB"
+
+    @property
+    def measure(self) -> str:
+        """What the scores are: ``output_sqnr_db`` or ``output_agreement_percent``."""
+        return "output_sqnr_db" if self.unit == "dB" else "output_agreement_percent"
 
     def as_dict(self) -> dict:
-        """Return the choice as JSON-ready values."""
+        """Return the choice as JSON-ready values (the scores' keys name :attr:`measure`)."""
+        gain = "gain_db" if self.unit == "dB" else "gain_percent_points"
         return {
             "activations": self.chosen.activations,
             "weights": self.chosen.weights,
             "default": self.default.label,
-            "emulated_output_sqnr_db": dict(self.emulated),
-            "gain_db": {k: {"gain": g, "standard_error": e} for k, (g, e) in self.gains.items()},
-            "qdq_output_sqnr_db": dict(self.checked),
+            f"emulated_{self.measure}": dict(self.emulated),
+            gain: {k: {"gain": g, "standard_error": e} for k, (g, e) in self.gains.items()},
+            f"qdq_{self.measure}": dict(self.checked),
             "simple": self.simple.label,
             "note": self.note,
         }
@@ -145,7 +155,9 @@ def choose_encodings(
     methods and, for ``weights``, several weight methods (its ``candidates``). An option is
     one method for every activation (``activations``) and one for every weight or each
     weight's best SQNR on itself (``"best-tensor-sqnr"``; ``weights``), scored by the output
-    SQNR (the mean over the model's outputs) of one emulated model on ``batches``, which should
+    SQNR (the mean over the model's float outputs; integer and bool outputs, compared exactly,
+    judge only a model with no float output, by their agreement) of one emulated model on
+    ``batches``, which should
     be held-out samples, not the calibration ones (options with the same encodings run once).
     First each activation method is scored with the default weights, then each weight option
     with the activations kept. The default (:data:`DEFAULT`: percentile activations, min-max
@@ -183,8 +195,9 @@ def choose_encodings(
             feed = emulator.feed(option.apply(result).encodings)
             key = b"".join(k.encode() + v.tobytes() for k, v in sorted(feed.items()))
             if key not in seen:  # options with the same encodings run once
-                seen[key] = output_energies(names, reference, emulator.outputs(feed, batches))
-            emulated[option.label] = _score(*seen[key])
+                got = emulator.outputs(feed, batches)
+                seen[key] = OutputErrors.measure(names, reference, got)
+            emulated[option.label] = seen[key].score()
             return seen[key]
 
         def keep_or_switch(base: Option, options: list[Option]) -> Option:
@@ -213,8 +226,8 @@ def choose_encodings(
                 model, option.apply(result), folder / name, op_types=op_types
             )
             outputs = model_outputs(own_model(built[option.label][0]), batches, names, providers)
-            measured[option.label] = output_energies(names, reference, outputs)
-            checked[option.label] = _score(*measured[option.label])
+            measured[option.label] = OutputErrors.measure(names, reference, outputs)
+            checked[option.label] = measured[option.label].score()
         # min-max everywhere replaces the decision where it is the better one by the same gate
         gain, se = _gain(measured[simple.label], measured[decision.label])
         below = decision != simple and (
@@ -224,45 +237,40 @@ def choose_encodings(
         for label, (path, _) in built.items():
             if stage is None or label != chosen.label:
                 shutil.rmtree(path.parent, ignore_errors=True)
+    unit = measured[simple.label].unit
+    points = " dB" if unit == "dB" else " percentage points"
     note = None
     if below:
         note = (
             f"{decision.label}'s QDQ model was further from the float model than "
-            f"{simple.label}'s on these batches ({gain:+.2f} +- {se:.2f} dB): {simple.label} kept"
+            f"{simple.label}'s on these batches ({gain:+.2f} +- {se:.2f}{points}): "
+            f"{simple.label} kept"
         )
     elif gain > 0 and decision != simple:
         note = (
-            f"{simple.label}'s QDQ model scored {gain:.2f} dB above {decision.label}'s on these "
-            f"batches, within their noise ({se:.2f} dB standard error): {decision.label} kept"
+            f"{simple.label}'s QDQ model scored {gain:.2f}{points} above {decision.label}'s on "
+            f"these batches, within their noise ({se:.2f}{points} standard error): "
+            f"{decision.label} kept"
         )
+    if unit == "%":
+        judged = "the model has no float output: options scored by the agreement of its outputs"
+        note = judged if note is None else f"{judged}; {note}"
     kept = built[chosen.label] if stage is not None else (None, None)
-    choice = Choice(chosen, simple, default, emulated, gains, checked, note, *kept)
+    choice = Choice(chosen, simple, default, emulated, gains, checked, note, *kept, unit)
     return chosen.apply(result), choice
 
 
-def _db(signal: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Return the mean over outputs (axis 0) of ``10 log10(signal / noise)`` in dB."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        db = 10 * np.log10(signal / noise)
-    db = np.where(noise == 0, np.inf, np.where(signal == 0, -np.inf, db))
-    return np.mean(db, axis=0)
-
-
-def _score(signal: np.ndarray, noise: np.ndarray) -> float:
-    return float(_db(signal.sum(axis=1), noise.sum(axis=1)))
-
-
-def _gain(option: tuple, base: tuple) -> tuple[float, float]:
-    """Return the option's score minus the base's in dB, and its jackknife standard error."""
-    (s_o, n_o), (s_b, n_b) = option, base
-    gain = _score(s_o, n_o) - _score(s_b, n_b)
-    count = s_o.shape[1]
+def _gain(option: OutputErrors, base: OutputErrors) -> tuple[float, float]:
+    """Return the option's score minus the base's, and its jackknife standard error."""
+    gain = option.score() - base.score()
+    count = option.signal.shape[1]
     if count < 3 or not np.isfinite(gain):
         return gain, math.inf
-    loo = [  # the gain with each sample left out
-        _db(s.sum(axis=1, keepdims=True) - s, n.sum(axis=1, keepdims=True) - n)
-        for s, n in ((s_o, n_o), (s_b, n_b))
-    ]
+    loo = [  # the score with each sample left out
+        e.statistic(e.signal.sum(axis=1, keepdims=True) - e.signal,
+                    e.noise.sum(axis=1, keepdims=True) - e.noise)
+        for e in (option, base)
+    ]  # fmt: skip
     diff = loo[0] - loo[1]
     if not np.all(np.isfinite(diff)):
         return gain, math.inf

@@ -18,7 +18,7 @@ import numpy as np
 from .. import formats
 from .._calibration import Progress
 from .._io import float_weights, load_model, model_bytes, own_model
-from .._report import layout_for, sqnr_db
+from .._report import layout_for, sqnr_db, sqnr_rank
 from .._rules.percentile import PercentileEncodingAnalyzer
 from .._shapes import plan, to_rows
 from ._branches import inline_branches
@@ -32,9 +32,9 @@ from ._calibrate import (
 )
 from ._qdq import (
     calibrated_on,
+    compare_outputs,
     constants_to_initializers,
     opset_of,
-    output_sqnr,
     prune_initializers,
 )
 from ._switches import SwitchedModel, switch
@@ -347,19 +347,16 @@ def choose_float8_activations(
 
     Each of ``methods`` builds the QDQ model (:func:`float8_qdq_model`), run by ONNX Runtime
     (with :data:`FLOAT8_SESSION`) on ``batches`` (a list: held-out data), scored by the mean
-    of its outputs' SQNR; returns ``(method, {method: {output: dB}}, its model)``.
+    of its float outputs' SQNR (integer and bool outputs only where none is float, by their
+    agreement: :class:`~encanalyze._output_errors.OutputErrors`); returns
+    ``(method, {method: OutputErrors}, its model)``. The first of the best wins a tie.
     """
     scores, models = {}, {}
     for method in methods:
         proto = float8_qdq_model(model, result.with_activations(method))
-        scores[method] = output_sqnr(model, proto, batches, providers, FLOAT8_SESSION)
+        scores[method] = compare_outputs(model, proto, batches, providers, FLOAT8_SESSION)
         models[method] = proto
-
-    def mean(method: str) -> float:
-        values = list(scores[method].values())
-        return float(np.mean(values)) if values else -np.inf
-
-    best = max(methods, key=mean)
+    best = max(methods, key=lambda m: sqnr_rank(scores[m].score()))
     return best, scores, models[best]
 
 

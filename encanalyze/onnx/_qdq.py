@@ -15,7 +15,7 @@ import numpy as np
 from .._calibration import CalibrationResult
 from .._encoding import to_scale_offset
 from .._io import Outputs, all_graphs, model_bytes, model_files, own_model
-from .._report import sqnr_db
+from .._output_errors import OutputErrors
 from .._warnings import warn
 from ._branches import inline_branches
 from ._calibrate import (
@@ -35,9 +35,8 @@ __all__ = [
     "constants_to_initializers",
     "model_outputs",
     "opset_of",
-    "output_energies",
+    "compare_outputs",
     "output_sqnr",
-    "outputs_sqnr",
     "prune_initializers",
     "stage_qdq_model",
     "unencoded_nodes",
@@ -305,11 +304,24 @@ def stage_qdq_model(
 def output_sqnr(
     float_model, quantized_model, batches: Iterable, providers=None, config: dict | None = None
 ) -> dict:
-    """Return the SQNR in dB of each output of ``quantized_model`` against ``float_model``.
+    """Return the SQNR in dB of each float output of ``quantized_model`` against ``float_model``.
 
     Both run with ONNX Runtime on the same batches; ``10 log10(sum(y**2) / sum((y - q)**2))``
     over all batches, in float64 (``inf`` where the outputs agree exactly). ``config``: the
-    quantized model's session config entries.
+    quantized model's session config entries. Integer and bool outputs have no SQNR: see
+    :func:`compare_outputs`.
+    """
+    return compare_outputs(float_model, quantized_model, batches, providers, config).sqnr_db()
+
+
+def compare_outputs(
+    float_model, quantized_model, batches: Iterable, providers=None, config: dict | None = None
+) -> OutputErrors:
+    """Return how far each output of ``quantized_model`` is from ``float_model``'s, by sample.
+
+    Both run with ONNX Runtime on the same batches (``config``: the quantized model's session
+    config entries). Float outputs are judged by their SQNR, integer and bool ones by their
+    agreement (:class:`~encanalyze._output_errors.OutputErrors`).
     """
     reference = own_model(float_model)  # session() may convert the models it runs
     names = [o.name for o in reference.graph.output]
@@ -317,7 +329,7 @@ def output_sqnr(
     want = model_outputs(reference, first, names, providers)
     del reference  # held by the generator until its session exists, then dropped
     got = model_outputs(own_model(quantized_model), second, names, providers, config)
-    return outputs_sqnr(names, want, got)
+    return OutputErrors.measure(names, want, got)
 
 
 def model_outputs(
@@ -330,34 +342,3 @@ def model_outputs(
         del proto
         for batch in batches:
             yield run_batch(run, names, feeds(batch, inputs))
-
-
-def outputs_sqnr(names: list[str], want: Iterable[list], got: Iterable[list]) -> dict:
-    """Return each output's SQNR in dB over every batch of reference and quantized outputs."""
-    signal, noise = output_energies(names, want, got)
-    return {n: sqnr_db(float(signal[k].sum()), float(noise[k].sum())) for k, n in enumerate(names)}
-
-
-def output_energies(
-    names: list[str], want: Iterable[list], got: Iterable[list]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the signal and noise energy ``(outputs, samples)`` of each output on each sample.
-
-    ``want`` and ``got`` are the reference and the quantized outputs ``names``, batch by batch
-    (one batch in memory at a time). A sample is a row of the outputs' first axis where every
-    output of a batch has the same non-zero first dimension, else the whole batch.
-    """
-    signal, noise = [], []
-    for ys, qs in zip(want, got, strict=True):
-        ys = [np.asarray(y, np.float64) for y in ys]
-        qs = [np.asarray(q, np.float64) for q in qs]
-        rows = {y.shape[0] if y.ndim else 1 for y in ys}
-        n = rows.pop() if len(rows) == 1 else 1
-        n = n or 1  # an empty first axis: one (empty) sample
-        signal.append([np.sum(np.reshape(y * y, (n, -1)), axis=1) for y in ys])
-        noise.append(
-            [np.sum(np.reshape((y - q) ** 2, (n, -1)), axis=1) for y, q in zip(ys, qs, strict=True)]
-        )
-    if not signal:  # an empty batch list would score +inf dB and choose from nothing
-        raise ValueError("no batch to judge the model's output on: give at least one batch")
-    return np.concatenate(signal, axis=1), np.concatenate(noise, axis=1)

@@ -21,7 +21,7 @@ from ._branches import inline_branches
 from ._calibrate import QUANTIZABLE_OPS, feeds, model_inputs, run_batch, session, value_infos
 from ._emulate import Emulator
 from ._float8 import FLOAT8_SESSION, Float8Calibration, Float8Switches
-from ._qdq import fit_opset, output_sqnr
+from ._qdq import compare_outputs, fit_opset
 from ._sensitivity import sensitivity
 
 __all__ = [
@@ -38,11 +38,6 @@ ORT_CALIBRATORS = ("MinMax", "Entropy", "Percentile")
 """ONNX Runtime's static calibrators the report compares against."""
 
 _ORT_TYPES = {4: ("QInt4", "QUInt4"), 8: ("QInt8", "QUInt8"), 16: ("QInt16", "QUInt16")}
-
-
-def _mean(sqnr: dict) -> float:
-    values = list(sqnr.values())
-    return float(sum(values) / len(values)) if values else float("nan")
 
 
 def activation_sqnr(model, result: CalibrationResult, batches: Sequence, providers=None) -> dict:
@@ -257,8 +252,8 @@ def _ort_sqnr(
                         per_channel=per_channel,
                         **config,
                     )
-                scores = output_sqnr(proto, str(target), judged, providers, session_config)
-                out[label] = _mean(scores)
+                errors = compare_outputs(proto, str(target), judged, providers, session_config)
+                out[label] = errors.score()
             except Exception:  # noqa: BLE001 - a peer's failure is a row, not the report's
                 out[label] = float("nan")
             finally:
@@ -345,7 +340,7 @@ def model_report(
     methods = list(dict.fromkeys(m for q in quantizers for m in q["methods"]))
     summary = dict(summary or {})
     summary["report built in"] = f"{time.perf_counter() - start:.1f} s"
-    return {
+    page = {
         "title": "encanalyze calibration report",
         "summary": summary,
         "methods": methods,
@@ -353,6 +348,9 @@ def model_report(
         "sensitivity": [] if sens is None else [layer.as_dict() for layer in sens.layers],
         "comparison": rows,
     }
+    if sens is not None and sens.unit != "dB":  # no float output: scored by agreement
+        page["output_unit"] = sens.unit
+    return page
 
 
 def _takes(model) -> bool:

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 
 from .._calibration import CalibrationResult
 from .._io import own_model
-from .._report_data import LayerSensitivity, Sensitivity, mean_db
+from .._output_errors import OutputErrors
+from .._report_data import LayerSensitivity, Sensitivity
 from ._branches import inline_branches
 from ._calibrate import QUANTIZABLE_OPS, is_bias
 from ._emulate import Emulator
-from ._qdq import constants_to_initializers, model_outputs, output_energies
+from ._qdq import constants_to_initializers, model_outputs
 
 __all__ = ["LayerSensitivity", "Sensitivity", "sensitivity"]
 
@@ -37,22 +38,25 @@ def sensitivity(
     ``batches`` (a list: held-out data) run through the emulation of ``result``'s QDQ model:
     once with every quantizer on, once per ``op_types`` node with only its weights and once with
     only its activations on, and (``gains``) once per quantizer with all but it on. The score is
-    the output SQNR against the float model, the mean over its outputs. ``emulator`` makes
-    the session that quantizes a subset (:class:`~._emulate.Emulator` for integer encodings,
-    :class:`~._float8.Float8Switches` for FP8 ones: their real QDQ model).
+    the output SQNR against the float model, the mean over its float outputs (a model with
+    only integer or bool outputs: their agreement in %, :attr:`Sensitivity.unit`).
+    ``emulator`` makes the session that quantizes a subset (:class:`~._emulate.Emulator` for
+    integer encodings, :class:`~._float8.Float8Switches` for FP8 ones: their real QDQ model).
     """
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)  # weights as initializers, as the emulation has them
     names = [o.name for o in proto.graph.output]
     reference = list(model_outputs(own_model(proto), batches, names, providers))
     initializers = {t.name for t in proto.graph.initializer}
+    units = set()
     with emulator(model, result, op_types=op_types, providers=providers) as run:
         on = set(run.tensors)
 
         def score(quantized: set[str]) -> float:
             settings = run.feed(result.encodings, quantized)
-            got = run.outputs(settings, batches)
-            return mean_db(*output_energies(names, iter(reference), got))
+            errors = OutputErrors.measure(names, reference, run.outputs(settings, batches))
+            units.add(errors.unit)
+            return errors.score()
 
         base = score(on)
         layers = []
@@ -77,4 +81,4 @@ def sensitivity(
                 if progress is not None:
                     progress.advance()
 
-    return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain)
+    return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain, units.pop())

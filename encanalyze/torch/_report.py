@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from .._calibration import CalibrationResult, measure_models
+from .._output_errors import OutputErrors
 from .._report import sqnr_db
-from .._report_data import LayerSensitivity, Sensitivity, mean_db, model_quantizers
+from .._report_data import LayerSensitivity, Sensitivity, model_quantizers
 from ._calibrate import Untouched, forward_batch
 
 __all__ = ["sensitivity", "torch_report"]
@@ -87,16 +88,10 @@ def _quantized(model, result: CalibrationResult, names: set[str]):
                 module.weight.copy_(weight)
 
 
-def _energies(model, batches, reference) -> tuple[np.ndarray, np.ndarray]:
-    """Signal and noise ``(outputs, 1)`` of the model's outputs against ``reference``."""
-    signal = noise = None
-    for batch, want in zip(batches, reference, strict=True):
-        got = [t.detach().double() for t in _outputs(_run(model, batch))]
-        s = np.array([[float((w * w).sum())] for w in want])
-        d = np.array([[float(((w - g) ** 2).sum())] for w, g in zip(want, got, strict=True)])
-        signal = s if signal is None else signal + s
-        noise = d if noise is None else noise + d
-    return signal, noise
+def _numpy_outputs(model, batch) -> list[np.ndarray]:
+    """Return the model's outputs on ``batch`` as NumPy arrays (floats in float64)."""
+    out = [t.detach().cpu() for t in _outputs(_run(model, batch))]
+    return [(t.double() if t.is_floating_point() else t).numpy() for t in out]
 
 
 def _run(model, batch):
@@ -120,15 +115,20 @@ def sensitivity(
 
     As :func:`encanalyze.onnx._sensitivity.sensitivity`: everything quantized, each module with
     only its weight and with only its activations quantized, and (``gains``) every quantizer
-    left in floating point alone; the score is the mean over outputs of the output SQNR
-    against the float model.
+    left in floating point alone; the score is the mean over float outputs of the output SQNR
+    against the float model (:class:`~encanalyze._output_errors.OutputErrors`).
     """
+    units = set()
     with Untouched(model, True), torch.no_grad():
-        reference = [[t.detach().double() for t in _outputs(_run(model, b))] for b in batches]
+        reference = [_numpy_outputs(model, b) for b in batches]
+        names = [str(k) for k in range(len(reference[0]) if reference else 0)]
 
-        def score(names: set[str]) -> float:
-            with _quantized(model, result, names):
-                return mean_db(*_energies(model, batches, reference))
+        def score(quantized: set[str]) -> float:
+            with _quantized(model, result, quantized):
+                got = (_numpy_outputs(model, b) for b in batches)
+                errors = OutputErrors.measure(names, reference, got)
+            units.add(errors.unit)
+            return errors.score()
 
         every = set(result.encodings)
         base = score(every)
@@ -149,7 +149,7 @@ def sensitivity(
                 )
             )
         gain = {name: score(every - {name}) - base for name in every} if gains else {}
-    return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain)
+    return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain, units.pop())
 
 
 def torch_report(
@@ -185,13 +185,14 @@ def torch_report(
                 q["own_sqnr_db"] = own[q["name"]]
                 q["methods"][q["best"]]["sqnr_db"] = own[q["name"]]
     summary = dict(summary or {"job": "torch model"})
-    if sens is not None:
-        summary["output SQNR, everything quantized (emulated)"] = f"{sens.output_sqnr_db:.2f} dB"
     rows = []
     if sens is not None:
+        measure = "output SQNR" if sens.unit == "dB" else "output agreement"
+        value = f"{sens.output_sqnr_db:.2f} {sens.unit}"
+        summary[f"{measure}, everything quantized (emulated)"] = value
         label = "encanalyze, as calibrated (emulated in the model)"
         rows.append({"label": label, "output_sqnr_db": sens.output_sqnr_db, "measured_on": "given"})
-    return {
+    page = {
         "title": "encanalyze calibration report",
         "summary": summary,
         "methods": list(dict.fromkeys(m for q in quantizers for m in q["methods"])),
@@ -199,6 +200,9 @@ def torch_report(
         "sensitivity": [] if sens is None else [layer.as_dict() for layer in sens.layers],
         "comparison": rows,
     }
+    if sens is not None and sens.unit != "dB":  # no float output: scored by agreement
+        page["output_unit"] = sens.unit
+    return page
 
 
 def _activation_sqnr(model, result: CalibrationResult, batches) -> dict[str, float]:
