@@ -97,9 +97,13 @@ class OutputErrors:
         return np.mean(value, axis=0)
 
     def score(self) -> float:
-        """Return the model's score over every sample (:meth:`statistic`)."""
-        total = (self.signal.sum(axis=1, keepdims=True), self.noise.sum(axis=1, keepdims=True))
-        return float(self.statistic(*total)[0])
+        """Return the model's score over every sample.
+
+        The mean of its float outputs' SQNR in dB; without a float output, the mean of its
+        outputs' agreement in %.
+        """
+        by_output = self.agreement_percent() if self.by_agreement else self.sqnr_db()
+        return float(np.mean(list(by_output.values()))) if by_output else float("nan")
 
     def sqnr_db(self) -> dict[str, float]:
         """Return each float output's SQNR in dB over every sample."""

@@ -231,14 +231,19 @@ def amax_scale(x: Array, fmt: ElementFormat, axis: int | tuple[int, ...] | None 
     ``amax`` is the largest finite magnitude (NaN and infinities are left out, as the integer
     grids leave them out of a range: they saturate), the scaling of Model Optimizer's and
     torchao's FP8 (``amax / 448``); an all-zero slice gets scale 1 (any scale maps it to zero).
+    float64 data has its amax and quotient in float64: a scale below float32's smallest
+    subnormal becomes that subnormal (such a slice quantizes to zero), one beyond float32's
+    range is a ``ValueError``.
     """
     x = analyzer_input(x)
     xp = namespace_of(x)
     fmt = _check_format(fmt)
-    a = _finite_magnitudes(xp, xp.astype(x, xp.float32))
+    a = _finite_magnitudes(xp, _work(xp, x))  # float64 data: its amax in float64
     amax = xp.max(a, axis=axis, keepdims=True)
-    scale = div(xp, amax, xp.asarray(fmt.max, dtype=xp.float32, device=device_of(a)))
-    return xp.where(amax > 0, scale, xp.ones_like(scale))
+    scale = div(xp, amax, xp.asarray(fmt.max, dtype=amax.dtype, device=device_of(a)))
+    return xp.where(
+        amax > 0, _fp32_scale(xp, scale, amax > 0), xp.ones_like(scale, dtype=xp.float32)
+    )
 
 
 def quantize_scaled(
@@ -255,7 +260,7 @@ def quantize_scaled(
     xp = namespace_of(x)
     if scale is None:
         scale = amax_scale(x, fmt, axis)
-    w = xp.astype(x, xp.float32)
+    w = _work(xp, x)  # float64 data stays float64
     with quiet(xp):
         q = quantize(div(xp, w, scale), fmt) * scale
     out = x.dtype if xp.isdtype(x.dtype, "real floating") else xp.float32
@@ -296,6 +301,7 @@ MX_BLOCK = 32
 E8M0_BIAS = 127
 E8M0_NAN = 255
 _F32_MIN_NORMAL = 2.0**-126
+_F32_TINY = 2.0**-149  # float32's smallest subnormal
 MX_MODES = ("floor", "ceil", "even", "rceil", "mse")
 """How a block's shared exponent is chosen: from its largest magnitude, ``floor`` (the OCP
 specification's and torchao's default, ``floor(log2(amax)) - emax``) or ``ceil`` (rounded up
@@ -318,6 +324,25 @@ def _finite_magnitudes(xp, x: Array) -> Array:
     """``|x|`` with NaN and infinities as 0: what an amax is taken over."""
     a = xp.abs(x)
     return xp.where(xp.isfinite(a), a, xp.zeros_like(a))
+
+
+def _fp32_scale(xp, scale: Array, positive: Array) -> Array:
+    """Return ``scale`` (float32 or float64) as float32 scales.
+
+    float64 ones beyond float32's range are a ``ValueError`` (the check syncs: float64 only);
+    a ``positive`` scale below float32's smallest subnormal becomes that subnormal.
+    """
+    with quiet(xp):  # an overflow is the error below
+        out = xp.astype(scale, xp.float32)
+    if scale.dtype == xp.float64:
+        if bool(xp.any(xp.isinf(out) & xp.isfinite(scale))):
+            raise ValueError(
+                "the data's largest magnitude needs a scale beyond float32's range: FP32 "
+                "scales cannot reach it"
+            )
+        tiny = xp.asarray(_F32_TINY, dtype=xp.float32, device=device_of(out))
+        out = xp.where(positive & (out == 0), tiny, out)
+    return out
 
 
 def _check_real(xp, x: Array, what: str) -> None:
@@ -628,9 +653,9 @@ def nvfp4_tensor_scale(x: Array) -> Array:
     """Return the per-tensor FP32 scale ``amax / (448 * 6)`` (torchao, Model Optimizer)."""
     x = analyzer_input(x)
     xp = namespace_of(x)
-    amax = xp.max(_finite_magnitudes(xp, xp.astype(x, xp.float32)))  # NaN, inf: left out
-    big = xp.asarray(E4M3FN.max * E2M1.max, dtype=xp.float32, device=device_of(amax))
-    return div(xp, amax, big)
+    amax = xp.max(_finite_magnitudes(xp, _work(xp, x)))  # NaN, inf: left out; float64 stays
+    big = xp.asarray(E4M3FN.max * E2M1.max, dtype=amax.dtype, device=device_of(amax))
+    return _fp32_scale(xp, div(xp, amax, big), amax > 0)
 
 
 NVFP4_MODES = ("amax", "mse")

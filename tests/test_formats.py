@@ -654,3 +654,21 @@ def test_non_finite_weights_never_poison_a_scale():
     assert np.isfinite(scale).all()
     q = formats.quantize_scaled(x, formats.E4M3FN, axis=1)
     assert np.isfinite(q[1]).all() and np.isnan(q[0, 3]) and np.isfinite(np.delete(q[0], 3)).all()
+
+
+def test_float64_data_has_its_amax_in_float64():
+    big = np.array([1e39, -2e39, 3.0])  # beyond float32: its amax was inf, left out
+    assert formats.amax_scale(big, formats.E4M3FN)[0] == np.float32(2e39 / 448)
+    assert formats.nvfp4_tensor_scale(big) == np.float32(2e39 / (448 * 6))
+    q = formats.quantize_scaled(big, formats.E4M3FN)
+    assert q.dtype == np.float64 and q[1] == pytest.approx(-2e39, rel=1e-6)
+    tiny = np.array([1e-50, -3e-51, 0.0])  # below float32: its amax was 0, scale 1
+    scale = formats.amax_scale(tiny, formats.E4M3FN)
+    assert scale.dtype == np.float32 and scale[0] == np.float32(2.0**-149)
+    assert np.array_equal(formats.quantize_scaled(tiny, formats.E4M3FN), [0.0, -0.0, 0.0])
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        formats.amax_scale(np.array([1e300, 1.0]), formats.E4M3FN)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        formats.nvfp4_tensor_scale(np.array([1e300, 1.0]))
+    x32 = np.array([1e38, 2.0], np.float32)  # float32 data: float32 arithmetic, as before
+    assert formats.amax_scale(x32, formats.E4M3FN)[0] == np.float32(1e38) / np.float32(448)

@@ -88,3 +88,34 @@ def test_an_empty_batch_list_is_an_error_not_a_perfect_score(tmp_path):
         output_sqnr(str(path), str(path), [])
     with pytest.raises(ValueError, match="no batch"):
         choose_encodings(str(path), result, [])
+
+
+def test_an_activation_never_finite_stays_in_float_in_the_fp8_job_as_in_the_integer_job():
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Mul", ["x", "zero"], ["z"]),
+        helper.make_node("Sub", ["z", "one"], ["neg"]),
+        helper.make_node("Log", ["neg"], ["nan"]),  # log(-1): NaN on every batch
+        helper.make_node("MatMul", ["nan", "w"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.ones((4, 3), "f4"), "w"),
+        numpy_helper.from_array(np.float32(0), "zero"),
+        numpy_helper.from_array(np.float32(1), "one"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    batches = [np.ones((2, 4), "f4")]
+    want = calibrate(model, batches).unquantized
+    assert set(want) == {"nan", "y"}
+    result = calibrate_float8(model, batches, formats.E4M3FN)
+    assert result.unquantized == want and set(result.encodings) == {"w"}
+    qdq = float8_qdq_model(model, result)
+    assert [n.op_type for n in qdq.graph.node].count("QuantizeLinear") == 0

@@ -249,9 +249,9 @@ def test_terminated_is_no_exception_that_code_swallows():
 def test_a_qdq_model_with_external_data_reruns_over_itself(
     tmp_path, capsys, monkeypatch, number_format
 ):
-    from encanalyze.onnx import _calibrate, _float8, _qdq
+    from encanalyze.onnx import _calibrate, _qdq, _qdq_graph
 
-    for module in (_calibrate, _qdq, _float8):
+    for module in (_calibrate, _qdq, _qdq_graph):
         if hasattr(module, "INLINE_LIMIT"):
             monkeypatch.setattr(module, "INLINE_LIMIT", 0)
     weight = np.random.default_rng(0).normal(size=(64, 32)).astype("f4")

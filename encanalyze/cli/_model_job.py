@@ -32,9 +32,9 @@ from ..onnx._float8 import (
     FLOAT8_SESSION,
     calibrate_float8,
     choose_float8_activations,
-    save_model,
 )
 from ..onnx._qdq import stage_qdq_model
+from ..onnx._qdq_graph import save_model
 from ..onnx._report import model_report
 from ._data import AUTO_ACTIVATIONS, JobData, iter_rows, job_data, weight_methods
 from ._float import encodings_file, scaled_json
@@ -351,7 +351,8 @@ class IntJob(ModelJob):
         if choice is not None:
             out["chosen"] = f"activations {choice['activations']}, weights {choice['weights']}"
         if qdq is not None:
-            out["QDQ model's output"] = scores(self.errors)
+            label = "QDQ model's output" + ("" if self.errors.exact.any() else " SQNR")
+            out[label] = scores(self.errors)
         return out
 
     def comparison(self, data: JobData) -> list[dict]:

@@ -22,8 +22,8 @@ from .._calibration import Progress
 from .._io import load_model, own_model
 from .._report import sqnr_db
 from ._calibrate import QUANTIZABLE_OPS, chosen_weights
-from ._float8 import at_least_opset
-from ._qdq import calibrated_on, constants_to_initializers, prune_initializers
+from ._qdq import calibrated_on, constants_to_initializers
+from ._qdq_graph import at_least_opset, prune_initializers
 from ._switches import SwitchedModel, switch
 
 __all__ = [

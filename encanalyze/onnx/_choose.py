@@ -197,7 +197,7 @@ def choose_encodings(
             if key not in seen:  # options with the same encodings run once
                 got = emulator.outputs(feed, batches)
                 seen[key] = OutputErrors.measure(names, reference, got)
-            emulated[option.label] = seen[key].score()
+            emulated[option.label] = _score(seen[key])
             return seen[key]
 
         def keep_or_switch(base: Option, options: list[Option]) -> Option:
@@ -227,7 +227,7 @@ def choose_encodings(
             )
             outputs = model_outputs(own_model(built[option.label][0]), batches, names, providers)
             measured[option.label] = OutputErrors.measure(names, reference, outputs)
-            checked[option.label] = measured[option.label].score()
+            checked[option.label] = _score(measured[option.label])
         # min-max everywhere replaces the decision where it is the better one by the same gate
         gain, se = _gain(measured[simple.label], measured[decision.label])
         below = decision != simple and (
@@ -260,9 +260,14 @@ def choose_encodings(
     return chosen.apply(result), choice
 
 
+def _score(errors: OutputErrors) -> float:
+    """Return the score of every sample together (:meth:`OutputErrors.statistic`)."""
+    return float(errors.statistic(errors.signal.sum(axis=1), errors.noise.sum(axis=1)))
+
+
 def _gain(option: OutputErrors, base: OutputErrors) -> tuple[float, float]:
     """Return the option's score minus the base's, and its jackknife standard error."""
-    gain = option.score() - base.score()
+    gain = _score(option) - _score(base)
     count = option.signal.shape[1]
     if count < 3 or not np.isfinite(gain):
         return gain, math.inf

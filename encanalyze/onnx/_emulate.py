@@ -22,16 +22,17 @@ from .._io import FLOAT_TYPES, own_model
 from ._branches import inline_branches
 from ._calibrate import (
     QUANTIZABLE_OPS,
-    is_bias,
     model_inputs,
     value_infos,
 )
-from ._qdq import constants_to_initializers, opset_of, unencoded_nodes
+from ._qdq import constants_to_initializers, quantized_tensors
+from ._qdq_graph import opset_of
 from ._switches import QuantizerSession
 
 __all__ = ["Emulator"]
 
 _ROUND_OPSET = 11  # Round, and Clip with min and max as inputs
+_HALF = {10: 1, 16: 1}  # onnx.TensorProto FLOAT16, BFLOAT16: computed in FLOAT
 
 
 class Emulator(QuantizerSession):
@@ -59,23 +60,19 @@ class Emulator(QuantizerSession):
         constants_to_initializers(proto)
         if opset_of(proto) < _ROUND_OPSET:
             proto = version_converter.convert_version(proto, _ROUND_OPSET)
-        excluded = set(unencoded_nodes(proto, result, op_types))
+        quantized = quantized_tensors(proto, result, op_types)
         self.inputs = model_inputs(proto)
         self.names = [o.name for o in proto.graph.output] if outputs is None else list(outputs)
         typed = {vi.name: vi for vi in value_infos(proto)}
         have = {o.name for o in proto.graph.output}
         proto.graph.output.extend(typed[n] for n in self.names if n not in have)
         elem, self._ndim = _types_and_ranks(proto, typed)
-        self.tensors: dict[str, int] = {}  # name -> the element type of its scale and offset
+        elem = {n: elem[n] for n in quantized if n in elem}
+        # name -> the element type of its scale and offset: float32 for float16 / bfloat16
+        # tensors, quantized in float32 between Casts as their QDQ model does
+        self.tensors = {n: _HALF.get(t, t) for n, t in elem.items()}
         fed = {i.name for i in self.inputs}
-        for node in proto.graph.node:
-            if node.name in excluded or (op_types is not None and node.op_type not in op_types):
-                continue
-            ins = [n for i, n in enumerate(node.input) if n and not is_bias(node, i)]
-            for name in (*ins, *node.output):
-                if name in result.encodings and name in elem and name not in self.tensors:
-                    self.tensors[name] = elem[name]
-        _insert_fake_quant(proto, self.tensors, fed, 2**result.bits - 1, self._ndim)
+        _insert_fake_quant(proto, elem, fed, 2**result.bits - 1, self._ndim)
         self._open(proto, providers)
 
     def feed(
@@ -133,7 +130,8 @@ def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int
     nodes = []
     renamed_inputs = {}
     for name, elem in tensors.items():
-        dtype = helper.tensor_dtype_to_np_dtype(elem)
+        compute = _HALF.get(elem, elem)
+        dtype = helper.tensor_dtype_to_np_dtype(compute)
         source, end = f"{name}::float", name
         if name in fed:
             source, end = name, f"{name}::fq"
@@ -141,7 +139,7 @@ def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int
         s, o, on = f"{name}::scale", f"{name}::offset", f"{name}::on"
         rank = ranks.get(name, 0)
         for input_name in (s, o):
-            graph.input.append(helper.make_tensor_value_info(input_name, elem, [None] * rank))
+            graph.input.append(helper.make_tensor_value_info(input_name, compute, [None] * rank))
         graph.input.append(helper.make_tensor_value_info(on, TensorProto.BOOL, []))
         zero, top = f"{name}::zero", f"{name}::steps"
         graph.initializer.extend(
@@ -151,20 +149,23 @@ def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int
             ]
         )
         t = [f"{name}::fq{i}" for i in range(6)]
-        nodes.append(
-            (
-                name,
-                [
-                    helper.make_node("Div", [source, s], [t[0]]),
-                    helper.make_node("Round", [t[0]], [t[1]]),
-                    helper.make_node("Sub", [t[1], o], [t[2]]),
-                    helper.make_node("Clip", [t[2], zero, top], [t[3]]),
-                    helper.make_node("Add", [t[3], o], [t[4]]),
-                    helper.make_node("Mul", [t[4], s], [t[5]]),
-                    helper.make_node("Where", [on, t[5], source], [end]),
-                ],
-            )
-        )
+        x, chain = source, []
+        if compute != elem:  # in float32 between Casts, as the QDQ model
+            x, back = f"{name}::fq_in", f"{name}::fq_out"
+            chain.append(helper.make_node("Cast", [source], [x], to=compute))
+        chain += [
+            helper.make_node("Div", [x, s], [t[0]]),
+            helper.make_node("Round", [t[0]], [t[1]]),
+            helper.make_node("Sub", [t[1], o], [t[2]]),
+            helper.make_node("Clip", [t[2], zero, top], [t[3]]),
+            helper.make_node("Add", [t[3], o], [t[4]]),
+            helper.make_node("Mul", [t[4], s], [t[5]]),
+        ]
+        if compute != elem:
+            chain.append(helper.make_node("Cast", [t[5]], [back], to=elem))
+            t[5] = back
+        chain.append(helper.make_node("Where", [on, t[5], source], [end]))
+        nodes.append((name, chain))
     sources = {name for name in tensors if name not in fed}
     for init in graph.initializer:
         if init.name in sources:

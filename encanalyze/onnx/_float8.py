@@ -16,28 +16,21 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from .. import formats
-from .._calibration import Progress
-from .._io import float_weights, load_model, model_bytes, own_model
+from .._calibration import Progress, encode_activation
+from .._io import float_weights, load_model, own_model
 from .._report import layout_for, sqnr_db, sqnr_rank
 from .._rules.percentile import PercentileEncodingAnalyzer
 from .._shapes import plan, to_rows
 from ._branches import inline_branches
 from ._calibrate import (
-    INLINE_LIMIT,
     QUANTIZABLE_OPS,
     chosen_weights,
     histograms,
     observe_activations,
-    value_infos,
 )
-from ._qdq import (
-    calibrated_on,
-    compare_outputs,
-    constants_to_initializers,
-    opset_of,
-    prune_initializers,
-)
-from ._switches import SwitchedModel, switch
+from ._qdq import calibrated_on, compare_outputs, constants_to_initializers
+from ._qdq_graph import Quantizer, at_least_opset, insert_qdq
+from ._switches import SwitchedModel
 
 __all__ = [
     "FLOAT8_FORMATS",
@@ -46,11 +39,9 @@ __all__ = [
     "Float8Calibration",
     "Float8Encoding",
     "Float8Switches",
-    "at_least_opset",
     "calibrate_float8",
     "choose_float8_activations",
     "float8_qdq_model",
-    "save_model",
 ]
 
 FLOAT8_OPSET = 19
@@ -183,13 +174,13 @@ def calibrate_float8(
         if statistics is not None:
             statistics["histograms"] = histograms(analyzers)
         for name, (made, _) in analyzers.items():
+            # the integer job's rule: no batch, never a finite value or an infinite range
+            # leave the tensor in floating point, with the reason
+            found = encode_activation(name, made["percentile"], 255, False, None, "percentile")
+            if isinstance(found, str):
+                unquantized[name] = found
+                continue
             stats = made["percentile"].get_stats()
-            if stats is None:
-                unquantized[name] = "no calibration batch reached it"
-                continue
-            if not bool(np.all(np.isfinite(np.asarray(stats.bin_edges)))):
-                unquantized[name] = "its range is not finite"
-                continue
             scales = _scales(fmt, stats, methods, percentile, gamma)
             encodings[name] = Float8Encoding(name, "activation", None, scales, methods[0])
     return Float8Calibration(fmt, encodings, unquantized, branches, count)
@@ -221,109 +212,34 @@ def float8_qdq_model(
     ``NAME::on`` that selects, by ``Where``, its dequantized value or the float one (the float
     weights kept), for :class:`Float8Switches`.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)
     calibrated_on(proto, result.encodings)
     proto = at_least_opset(proto, FLOAT8_OPSET, "no FLOAT8 QuantizeLinear")
     ftype = getattr(TensorProto, FLOAT8_FORMATS[result.fmt.name])
-    graph = proto.graph
-    inits = {t.name: t for t in graph.initializer}
+    fp8 = helper.tensor_dtype_to_np_dtype(ftype)  # holds the quantized values exactly
+    inits = {t.name for t in proto.graph.initializer}
     values = float_weights(proto)
-    types = {n: t.data_type for n, t in inits.items()}
-    if any(t != TensorProto.FLOAT for t in types.values()) or any(
-        i.type.tensor_type.elem_type != TensorProto.FLOAT for i in graph.input
-    ):  # a float16 / bfloat16 model: its activations' types too
-        types |= {vi.name: vi.type.tensor_type.elem_type for vi in value_infos(proto)}
-    renamed, new_nodes, new_inits = {}, [], []
+    quantizers = {}
     for name, e in result.encodings.items():
         scale = e.scales[(methods or {}).get(name, e.method)].astype(np.float32)
         if e.axis is None:
             scale = scale.reshape(())
-        s_name, z_name, dq = f"{name}_fp8_scale", f"{name}_fp8_zero_point", f"{name}_fp8_dq"
-        new_inits.append(helper.make_tensor(s_name, TensorProto.FLOAT, scale.shape, scale.ravel()))
-        new_inits.append(helper.make_tensor(z_name, ftype, scale.shape, np.zeros(scale.size)))
-        axis = {} if e.axis is None else {"axis": e.axis}
+        q = None
         if e.kind == "param" and name in inits:
             w = np.asarray(values[name], np.float32)
             shape = [1] * w.ndim
             if e.axis is not None:
                 shape[e.axis] = -1
-            q = formats.quantize(w / scale.reshape(shape), result.fmt)
-            q_name = f"{name}_fp8"
-            fp8 = helper.tensor_dtype_to_np_dtype(ftype)  # q holds FLOAT8 values exactly
-            new_inits.append(numpy_helper.from_array(np.asarray(q).astype(fp8), q_name))
-            pair = [helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq], **axis)]
-            new_nodes.append((None, pair))
-        elif e.kind == "activation":
-            q_name, x = f"{name}_fp8", name
-            pair = []
-            if types.get(name, TensorProto.FLOAT) != TensorProto.FLOAT:  # in float32, exactly
-                x = f"{name}_fp8_in"
-                pair.append(helper.make_node("Cast", [name], [x], to=TensorProto.FLOAT))
-            pair += [
-                helper.make_node("QuantizeLinear", [x, s_name, z_name], [q_name], saturate=1),
-                helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq]),
-            ]
-            new_nodes.append((name, pair))
-        else:
+            q = np.asarray(formats.quantize(w / scale.reshape(shape), result.fmt)).astype(fp8)
+        elif e.kind != "activation":
             continue
-        kind = types.get(name, TensorProto.FLOAT)
-        if kind != TensorProto.FLOAT:  # back to the tensor's own type
-            new_nodes[-1][1].append(helper.make_node("Cast", [dq], [f"{dq}_cast"], to=kind))
-            dq = f"{dq}_cast"
-        if switches:
-            where, dq = switch(graph, name, dq)
-            new_nodes[-1][1].append(where)
-        renamed[name] = dq
-    for node in graph.node:
-        for i, inp in enumerate(node.input):
-            if inp in renamed:
-                node.input[i] = renamed[inp]
-    prune_initializers(graph, [n for _, nodes in new_nodes for n in nodes], new_inits)
-    _insert_in_order(graph, new_nodes)
+        zero = np.zeros(scale.shape)
+        quantizers[name] = Quantizer(scale, zero, e.axis if q is not None else None, q, ftype)
+    insert_qdq(proto, quantizers, "fp8", saturate=True, switches=switches)
     return proto
-
-
-def at_least_opset(proto, opset: int, lacks: str):
-    """Return ``proto`` converted to ``opset`` where it is older (``ValueError`` where it fails).
-
-    ``lacks`` says what the older opset lacks, for the message.
-    """
-    from onnx import version_converter
-
-    if opset_of(proto) >= opset:
-        return proto
-    try:
-        return version_converter.convert_version(proto, opset)
-    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
-        why = " ".join(str(err).split())[:200]
-        raise ValueError(
-            f"opset {opset_of(proto)} has {lacks} and the model could not be converted to "
-            f"opset {opset} ({why})"
-        ) from None
-
-
-def _insert_in_order(graph, new_nodes: list) -> None:
-    """Add ``(source, nodes)`` pairs so that the graph stays topologically sorted.
-
-    Nodes without a source (the weights' ``DequantizeLinear``) and those of graph inputs go
-    first; an activation's pair right after the node producing it.
-    """
-    produced_by = {o: k for k, node in enumerate(graph.node) for o in node.output}
-    first, after = [], {}
-    for source, nodes in new_nodes:
-        if source in produced_by:
-            after.setdefault(produced_by[source], []).extend(nodes)
-        else:
-            first.extend(nodes)
-    ordered = list(first)
-    for k, node in enumerate(graph.node):
-        ordered.append(node)
-        ordered.extend(after.get(k, []))
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 class Float8Switches(SwitchedModel):
@@ -358,12 +274,3 @@ def choose_float8_activations(
         models[method] = proto
     best = max(methods, key=lambda m: sqnr_rank(scores[m].score()))
     return best, scores, models[best]
-
-
-def save_model(proto, path) -> None:
-    """Save ``proto`` at ``path`` (with a ``.data`` sidecar for models over 1 GiB)."""
-    import onnx
-
-    large = model_bytes(proto) > INLINE_LIMIT
-    location = f"{path.name}.data"
-    onnx.save_model(proto, str(path), save_as_external_data=large, location=location)

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._calibration import CalibrationResult
 from .._encoding import to_scale_offset
-from .._io import Outputs, all_graphs, model_bytes, model_files, own_model
+from .._io import Outputs, all_graphs, float_weights, model_bytes, model_files, own_model
 from .._output_errors import OutputErrors
 from .._warnings import warn
 from ._branches import inline_branches
@@ -27,6 +27,7 @@ from ._calibrate import (
     run_batch,
     session,
 )
+from ._qdq_graph import Quantizer, at_least_opset, insert_qdq, opset_of, save_model, tensor_types
 
 __all__ = [
     "QDQ_OPSET",
@@ -34,10 +35,9 @@ __all__ = [
     "check_qdq",
     "constants_to_initializers",
     "model_outputs",
-    "opset_of",
+    "quantized_tensors",
     "compare_outputs",
     "output_sqnr",
-    "prune_initializers",
     "stage_qdq_model",
     "unencoded_nodes",
     "write_qdq_model",
@@ -47,6 +47,7 @@ QDQ_OPSET = 13
 """The first ONNX opset whose ``QuantizeLinear``/``DequantizeLinear`` take an ``axis``: models
 of older opsets are converted to it for per-channel weights."""
 
+_FLOAT = 1  # onnx.TensorProto.FLOAT
 _CONSTANT_VALUES = {"value", "value_float", "value_floats"}
 _QUANT_TYPES = {4: ("QInt4", "QUInt4"), 8: ("QInt8", "QUInt8"), 16: ("QInt16", "QUInt16")}
 
@@ -76,24 +77,6 @@ def constants_to_initializers(model) -> None:
     model.graph.node.extend(keep)
 
 
-def prune_initializers(graph, new_nodes: list, new_inits: list) -> None:
-    """Keep the initializers something reads, add ``new_inits``, drop inputs left without one.
-
-    ``new_nodes`` are nodes about to be added (their inputs count as read). A graph input that
-    named a dropped initializer (older models list initializers as inputs) goes too, or it
-    would become an input to feed.
-    """
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    used |= {i for n in new_nodes for i in n.input}
-    dropped = {t.name for t in graph.initializer if t.name not in used}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep + new_inits)
-    inputs = [i for i in graph.input if i.name not in dropped]
-    del graph.input[:]
-    graph.input.extend(inputs)
-
-
 def unencoded_nodes(proto, result: CalibrationResult, op_types) -> list[str]:
     """Name the main graph's ``op_types`` nodes that touch a tensor without an encoding.
 
@@ -117,6 +100,22 @@ def unencoded_nodes(proto, result: CalibrationResult, op_types) -> list[str]:
         if any(n not in result.encodings for n in (*inputs, *node.output) if n):
             out.append(node.name)
     return out
+
+
+def quantized_tensors(proto, result: CalibrationResult, op_types) -> list[str]:
+    """Name the tensors a QDQ model of ``result`` quantizes, in graph order.
+
+    The inputs (biases left out) and outputs of the main graph's ``op_types`` nodes that have
+    an encoding, of nodes all of whose tensors have one (:func:`unencoded_nodes`).
+    """
+    excluded = set(unencoded_nodes(proto, result, op_types))
+    names: dict[str, None] = {}
+    for node in proto.graph.node:
+        if node.name in excluded or (op_types is not None and node.op_type not in op_types):
+            continue
+        ins = [n for i, n in enumerate(node.input) if n and not is_bias(node, i)]
+        names |= {n: None for n in (*ins, *node.output) if n in result.encodings}
+    return list(names)
 
 
 def _overrides(result: CalibrationResult, present: set[str]) -> tuple[dict, dict]:
@@ -174,10 +173,6 @@ def calibrated_on(proto, names) -> set[str]:
             "another model"
         )
     return present
-
-
-def opset_of(proto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def _per_tensor_weights(result: CalibrationResult) -> CalibrationResult:
@@ -262,6 +257,12 @@ def stage_qdq_model(
     weight_type = signed if result.weights_symmetric else unsigned
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)
+    names, types = quantized_tensors(proto, result, op_types), tensor_types(proto)
+    if any(types.get(n, _FLOAT) != _FLOAT for n in names):  # float16 / bfloat16 tensors
+        calibrated_on(proto, result.encodings)
+        proto, opset_note = _own_qdq_model(proto, result, names)
+        save_model(proto, path)
+        return path, opset_note
     excluded = unencoded_nodes(proto, result, op_types)
     proto, result, opset_note = fit_opset(proto, result)
     present = calibrated_on(proto, result.encodings)
@@ -342,3 +343,44 @@ def model_outputs(
         del proto
         for batch in batches:
             yield run_batch(run, names, feeds(batch, inputs))
+
+
+def _own_qdq_model(proto, result: CalibrationResult, names: list[str]) -> tuple[object, str]:
+    """Return the integer QDQ model of ``proto`` (a float16 / bfloat16 model of the caller's).
+
+    ONNX Runtime's ``quantize_static`` would store such a model's scales in half precision,
+    in ``DequantizeLinear`` nodes its opset does not allow. Here each of ``names`` is quantized
+    in float32 with encanalyze's exact FP32 scales and zero points, between ``Cast`` nodes
+    (:func:`~._qdq_graph.insert_qdq`); biases stay in floating point. 8 bits need opset 13,
+    4 and 16 bits opset 21 (older models are converted: ``ValueError`` where they cannot be).
+    Returns the model and what its opset got.
+    """
+    from onnx import TensorProto, helper
+
+    before = opset_of(proto)
+    opset = QDQ_OPSET if result.bits == 8 else 21
+    proto = at_least_opset(proto, opset, f"no {result.bits}-bit QuantizeLinear")
+    note = f"opset {before}" if before >= opset else f"opset {before} converted to {opset}"
+    tensors = result.onnx_qdq()["tensors"]
+    weights = float_weights(proto)
+    quantizers = {}
+    for name in names:
+        e = result.encodings[name]
+        onnx_type = getattr(TensorProto, f"{'' if e.symmetric else 'U'}INT{result.bits}")
+        low = -(2 ** (result.bits - 1)) if e.symmetric else 0
+        scale = np.asarray(tensors[name]["scale"], np.float32)
+        zero = np.asarray(tensors[name]["zero_point"], np.int64)
+        if e.axis is None:
+            scale, zero = scale.reshape(()), zero.reshape(())
+        values = None
+        if e.kind == "param" and name in weights:
+            w = np.asarray(weights[name], np.float32)
+            shape = [1] * w.ndim
+            if e.axis is not None:
+                shape[e.axis] = -1
+            q = np.rint(w / scale.reshape(shape)) + zero.reshape(shape)  # QuantizeLinear's
+            q = np.clip(q, low, low + 2**result.bits - 1)
+            values = q.astype(helper.tensor_dtype_to_np_dtype(onnx_type))
+        quantizers[name] = Quantizer(scale, zero, e.axis, values, onnx_type)
+    insert_qdq(proto, quantizers, "int", outputs=True)
+    return proto, note
