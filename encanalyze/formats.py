@@ -45,16 +45,19 @@ __all__ = [
     "E3M2",
     "E4M3FN",
     "E5M2",
+    "BLOCK_METHODS",
     "FLOAT_METHODS",
     "FORMATS",
     "INT8",
     "MX_BLOCK",
     "NVFP4_BLOCK",
+    "NUMBER_FORMATS",
     "NVFP4_MODES",
     "SEARCH_METHODS",
     "FixedFormat",
     "FloatEncodingAnalyzer",
     "FloatFormat",
+    "NumberFormat",
     "amax_scale",
     "SCALE_KINDS",
     "check_scales",
@@ -1032,3 +1035,50 @@ def from_json(data: dict) -> dict:
             raise ValueError(f"tensor_scale must be a number, got {ts!r}")
         out["tensor_scale"] = None if ts is None else np.float32(check_scales("tensor_scale", ts))
     return out
+
+
+# -- the number formats: one registry ----------------------------------------------------------
+BLOCK_METHODS = ("minmax", "mse")
+"""The block formats' methods: the references' amax scales (MX: the floor exponent; NVFP4:
+``amax / 6`` in E4M3), or each block's least-error scale (``mode="mse"``)."""
+
+
+@dataclass(frozen=True)
+class NumberFormat:
+    """A number format a tensor is quantized to, by name (``--number-format``).
+
+    ``scheme``: ``"int"`` (the integer grids of a bit width), ``"scaled"`` (an element format
+    with one FP32 scale per tensor or channel: FP8, FP6, FP4), ``"mx"`` (OCP MX blocks of
+    :data:`MX_BLOCK` with E8M0 scales) or ``"nvfp4"`` (blocks of :data:`NVFP4_BLOCK` with E4M3
+    scales and an FP32 tensor scale); ``element``: the element format (``None`` for ``int``);
+    ``methods``: the range methods it has; ``onnx_type``: the ``TensorProto`` type an ONNX
+    ``QuantizeLinear`` produces for it (``None``: ONNX has none); ``block_size``: its block
+    (``None``: not a block format).
+    """
+
+    name: str
+    scheme: str
+    element: ElementFormat | None
+    methods: tuple[str, ...]
+    onnx_type: str | None = None
+    block_size: int | None = None
+
+
+def _number_formats() -> dict[str, NumberFormat]:
+    out = {"int": NumberFormat("int", "int", None, ())}
+    for element, onnx_type in (
+        (E4M3FN, "FLOAT8E4M3FN"), (E5M2, "FLOAT8E5M2"), (E3M2, None), (E2M3, None), (E2M1, None)
+    ):  # fmt: skip
+        out[element.name] = NumberFormat(element.name, "scaled", element, FLOAT_METHODS, onnx_type)
+    for name, element in (
+        ("mxfp8_e4m3", E4M3FN), ("mxfp8_e5m2", E5M2), ("mxfp6_e3m2", E3M2),
+        ("mxfp6_e2m3", E2M3), ("mxfp4", E2M1), ("mxint8", INT8),
+    ):  # fmt: skip
+        out[name] = NumberFormat(name, "mx", element, BLOCK_METHODS, None, MX_BLOCK)
+    out["nvfp4"] = NumberFormat("nvfp4", "nvfp4", E2M1, BLOCK_METHODS, None, NVFP4_BLOCK)
+    return out
+
+
+NUMBER_FORMATS = _number_formats()
+"""Every number format by name: :class:`NumberFormat` (``int``, the FP8 / FP6 / FP4 element
+formats with FP32 scales, the MX formats, NVFP4)."""

@@ -672,3 +672,26 @@ def test_float64_data_has_its_amax_in_float64():
         formats.nvfp4_tensor_scale(np.array([1e300, 1.0]))
     x32 = np.array([1e38, 2.0], np.float32)  # float32 data: float32 arithmetic, as before
     assert formats.amax_scale(x32, formats.E4M3FN)[0] == np.float32(1e38) / np.float32(448)
+
+
+def test_one_registry_of_number_formats_serves_the_command_and_the_onnx_frontend():
+    from encanalyze.cli._parser import UsageError, build_parser
+
+    pytest.importorskip("onnx")
+    from encanalyze.onnx._float8 import FLOAT8_FORMATS
+
+    registry = formats.NUMBER_FORMATS
+    for name in registry:  # every name the command takes, and no other
+        assert build_parser().parse_args(["calibrate", "--number-format", name]).number_format
+    with pytest.raises(UsageError, match="invalid choice"):
+        build_parser().parse_args(["calibrate", "--number-format", "float8_e4m3"])
+    assert registry["int"].element is None and registry["mxint8"].element is formats.INT8
+    assert registry["nvfp4"].block_size == formats.NVFP4_BLOCK == 16
+    assert {n for n, f in registry.items() if f.scheme == "mx"} == {
+        "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"
+    }  # fmt: skip
+    for name, spec in registry.items():
+        assert spec.name == name
+        if spec.scheme == "scaled":
+            assert spec.element is formats.FORMATS[name] and spec.methods == formats.FLOAT_METHODS
+    assert FLOAT8_FORMATS == {"float8_e4m3fn": "FLOAT8E4M3FN", "float8_e5m2": "FLOAT8E5M2"}

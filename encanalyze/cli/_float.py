@@ -18,7 +18,6 @@ from .._report import Layout, layout_for, sqnr_db, sqnr_rank
 from .._rules.percentile import PercentileEncodingAnalyzer
 from .._shapes import plan, to_rows
 from .._xp import namespace_of
-from ._parser import NUMBER_FORMATS, ONNX_FLOAT8, SCHEME_METHODS
 
 __all__ = ["calibrate_float", "encodings_file", "scaled_json"]
 
@@ -30,8 +29,8 @@ def calibrate_float(name: str, array: np.ndarray, args, convert) -> dict:
     range the grid spans, ``scale``, ``offset`` 0, ``clipped_fraction``, ``sqnr_db``) plus
     ``number_format``; ``_export`` holds what the encodings file needs.
     """
-    scheme, fmt = NUMBER_FORMATS[args.number_format]
-    methods = SCHEME_METHODS[scheme]
+    spec = formats.NUMBER_FORMATS[args.number_format]
+    scheme, fmt, methods = spec.scheme, spec.element, spec.methods
     if args.method not in ("all", "auto"):
         methods = (args.method,)
     x = convert(array)
@@ -194,7 +193,7 @@ def encodings_file(entries: list[dict], number_format: str, output_format: str) 
             out[e["name"]] = {
                 "scale": r["scale"],
                 "zero_point": [0.0] * len(r["scale"]),
-                "zero_point_dtype": ONNX_FLOAT8[number_format],
+                "zero_point_dtype": formats.NUMBER_FORMATS[number_format].onnx_type,
                 "axis": layout.axis,
             }
         return {"version": 1, "tensors": out}

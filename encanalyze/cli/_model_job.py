@@ -52,7 +52,7 @@ from ._output import (
     strict_json,
     write_json,
 )
-from ._parser import NUMBER_FORMATS, ONNX_BITS, method_options
+from ._parser import ONNX_BITS, method_options
 
 __all__ = ["BlockJob", "Float8Job", "IntJob", "JobError", "ModelJob", "model_job"]
 
@@ -386,7 +386,7 @@ class Float8Job(ModelJob):
     def steps(self, data: JobData) -> int:
         """Weights, calibration batches, one QDQ model per activation method."""
         args = self.args
-        self.fmt = NUMBER_FORMATS[args.number_format][1]
+        self.fmt = formats.NUMBER_FORMATS[args.number_format].element
         every = formats.FLOAT_METHODS
         self.weight_methods = every if args.method in ("all", "auto") else (args.method,)
         auto = args.activation_method == "auto"
@@ -562,7 +562,8 @@ class BlockJob(ModelJob):
     def steps(self, data: JobData) -> int:
         """Weights, one weight-only model per block method."""
         args = self.args
-        self.scheme, self.fmt = NUMBER_FORMATS[args.number_format]
+        spec = formats.NUMBER_FORMATS[args.number_format]
+        self.scheme, self.fmt = spec.scheme, spec.element
         self.methods = BLOCK_METHODS if args.method in ("all", "auto") else (args.method,)
         self.job = f"ONNX model, {args.number_format} weights (activations in floating point)"
         return len(quantizable_weights(data.model)) + len(self.methods)
@@ -676,6 +677,6 @@ class BlockJob(ModelJob):
 
 def model_job(args, staged: dict[str, Path]) -> int:
     """Run the model job of ``args.number_format``; return the exit status."""
-    scheme = (NUMBER_FORMATS[args.number_format] or ("int",))[0]
+    scheme = formats.NUMBER_FORMATS[args.number_format].scheme
     strategy = {"int": IntJob, "scaled": Float8Job}.get(scheme, BlockJob)
     return strategy(args, staged).run()

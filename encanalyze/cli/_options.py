@@ -18,10 +18,7 @@ from .._rules.percentile import validate_percentile
 from ._data import DataError, data_files, parse_sample_axes
 from ._parser import (
     MIN_BINS,
-    NUMBER_FORMATS,
     ONNX_BITS,
-    ONNX_FLOAT8,
-    SCHEME_METHODS,
     UsageError,
 )
 
@@ -117,10 +114,10 @@ def _check_model_options(args) -> None:
 
 def _check_number_format(args) -> str | None:
     """Return the reason ``args`` do not fit ``--number-format`` (``None`` when they do)."""
-    spec = NUMBER_FORMATS[args.number_format]
-    if spec is None:
+    spec = formats.NUMBER_FORMATS[args.number_format]
+    if spec.scheme == "int":
         return None
-    scheme, _ = spec
+    scheme = spec.scheme
     if args.bits != 8:
         return (
             f"--bits sets the integer grids; --number-format {args.number_format} has its own "
@@ -133,15 +130,15 @@ def _check_number_format(args) -> str | None:
                 f"--num-bins/--percentile/--gamma: the {args.number_format} methods (minmax, mse) "
                 "work on each block's own values, with no histogram"
             )
-    if args.method not in ("all", "auto", *SCHEME_METHODS[scheme]):
+    if args.method not in ("all", "auto", *spec.methods):
         return (
             f"--method {args.method} has no {args.number_format} version (its methods: "
-            f"{', '.join(SCHEME_METHODS[scheme])}, all)"
+            f"{', '.join(spec.methods)}, all)"
         )
     if scheme != "scaled" and (args.per_channel is not None or args.block_size is not None):
-        size = formats.MX_BLOCK if scheme == "mx" else formats.NVFP4_BLOCK
         return (
-            f"--number-format {args.number_format} has its own layout (blocks of {size} along "
+            f"--number-format {args.number_format} has its own layout (blocks of "
+            f"{spec.block_size} along "
             "--block-axis); drop --per-channel/--block-size"
         )
     if args.output_format == "aimet":
@@ -149,18 +146,20 @@ def _check_number_format(args) -> str | None:
             "--output-format aimet: AIMET's encodings (1.0.0, 2.0.0) have no field for float or "
             "block scales; use --output-format encanalyze (or onnx-qdq for FP8)"
         )
-    if args.output_format == "onnx-qdq" and args.number_format not in ONNX_FLOAT8:
+    if args.output_format == "onnx-qdq" and spec.onnx_type is None:
         return f"--output-format onnx-qdq: ONNX has no {args.number_format} QuantizeLinear"
     return None
 
 
 def _check_model_number_format(args) -> str | None:
     """Return the reason ``args`` do not fit the FP8 or block model job (``None`` when they do)."""
-    scheme = NUMBER_FORMATS[args.number_format][0]
-    if scheme == "scaled" and args.number_format not in ONNX_FLOAT8:
+    spec = formats.NUMBER_FORMATS[args.number_format]
+    scheme = spec.scheme
+    if scheme == "scaled" and spec.onnx_type is None:
+        onnx_float8 = [n for n, f in formats.NUMBER_FORMATS.items() if f.onnx_type]
         return (
             f"--data with --number-format {args.number_format}: ONNX QDQ models take "
-            f"{' or '.join(ONNX_FLOAT8)}, the MX and NVFP4 block formats (weights) or int"
+            f"{' or '.join(onnx_float8)}, the MX and NVFP4 block formats (weights) or int"
         )
     if scheme != "scaled":
         if args.activation_method != "auto":

@@ -13,10 +13,7 @@ from .._version import __version__
 __all__ = [
     "METHODS",
     "MIN_BINS",
-    "NUMBER_FORMATS",
     "ONNX_BITS",
-    "ONNX_FLOAT8",
-    "SCHEME_METHODS",
     "UsageError",
     "build_parser",
     "method_options",
@@ -27,34 +24,6 @@ METHODS = tuple(name for name, m in REGISTRY.items() if m.in_command)
 ONNX_BITS = (4, 8, 16)
 """Bit widths with an ONNX integer type (int4/uint4, int8/uint8, int16/uint16)."""
 MIN_BINS = 8
-
-NUMBER_FORMATS = {
-    "int": None,
-    "float8_e4m3fn": ("scaled", formats.E4M3FN),
-    "float8_e5m2": ("scaled", formats.E5M2),
-    "float6_e3m2": ("scaled", formats.E3M2),
-    "float6_e2m3": ("scaled", formats.E2M3),
-    "float4_e2m1": ("scaled", formats.E2M1),
-    "mxfp8_e4m3": ("mx", formats.E4M3FN),
-    "mxfp8_e5m2": ("mx", formats.E5M2),
-    "mxfp6_e3m2": ("mx", formats.E3M2),
-    "mxfp6_e2m3": ("mx", formats.E2M3),
-    "mxfp4": ("mx", formats.E2M1),
-    "mxint8": ("mx", formats.INT8),
-    "nvfp4": ("nvfp4", formats.E2M1),
-}
-"""``--number-format`` choices: ``(scheme, element format)``; ``int`` is the integer grids."""
-
-SCHEME_METHODS = {
-    "scaled": formats.FLOAT_METHODS,
-    "mx": ("minmax", "mse"),
-    "nvfp4": ("minmax", "mse"),
-}
-"""The methods each scheme has (MX: the floor exponent or the least-error one; NVFP4: the amax
-block scale or the least-error E4M3 neighbour)."""
-
-ONNX_FLOAT8 = {"float8_e4m3fn": "FLOAT8E4M3FN", "float8_e5m2": "FLOAT8E5M2"}
-"""Number formats ONNX's QuantizeLinear has as an output type (opset 19)."""
 
 
 def method_options(args, method: str) -> dict:
@@ -103,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--bits", type=int, default=8, help="bit width (2..16, default 8)")
     cal.add_argument(
         "--number-format",
-        choices=tuple(NUMBER_FORMATS),
+        choices=tuple(formats.NUMBER_FORMATS),
         default="int",
         metavar="NAME",
         help="int (default: integer grids of --bits), or a float / block format: "
-        + ", ".join(n for n in NUMBER_FORMATS if n != "int"),
+        + ", ".join(n for n in formats.NUMBER_FORMATS if n != "int"),
     )
     cal.add_argument("--symmetric", action="store_true", help="symmetric grids")
     cal.add_argument(

@@ -40,9 +40,8 @@ __all__ = [
 BLOCK_OPSET = 21
 """The first opset whose ``DequantizeLinear`` takes a ``block_size``."""
 
-BLOCK_METHODS = ("minmax", "mse")
-"""The block formats' methods: the references' amax scales (MX: the floor exponent; NVFP4:
-``amax / 6`` in E4M3), or each block's least-error scale (``mode="mse"``)."""
+BLOCK_METHODS = formats.BLOCK_METHODS
+"""The block formats' methods (:data:`encanalyze.formats.BLOCK_METHODS`)."""
 
 SCHEMES = ("mx", "nvfp4")
 

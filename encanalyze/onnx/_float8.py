@@ -55,7 +55,7 @@ does for uint8 with zero point 0, not for FLOAT8, which is signed), and fuse FLO
 patterns into integer kernels; either changes the model's output. Basic optimizations agree
 with ONNX's reference evaluator."""
 
-FLOAT8_FORMATS = {"float8_e4m3fn": "FLOAT8E4M3FN", "float8_e5m2": "FLOAT8E5M2"}
+FLOAT8_FORMATS = {n: f.onnx_type for n, f in formats.NUMBER_FORMATS.items() if f.onnx_type}
 """The float formats ONNX has as QuantizeLinear outputs, and their TensorProto type names."""
 
 
