@@ -29,7 +29,7 @@ from ._calibrate import (
     observe_activations,
 )
 from ._qdq import calibrated_on, compare_outputs, constants_to_initializers
-from ._qdq_graph import Quantizer, at_least_opset, insert_qdq
+from ._qdq_graph import Quantizer, at_least_opset, insert_qdq, on_axis
 from ._switches import SwitchedModel
 
 __all__ = [
@@ -230,10 +230,8 @@ def float8_qdq_model(
         q = None
         if e.kind == "param" and name in inits:
             w = np.asarray(values[name], np.float32)
-            shape = [1] * w.ndim
-            if e.axis is not None:
-                shape[e.axis] = -1
-            q = np.asarray(formats.quantize(w / scale.reshape(shape), result.fmt)).astype(fp8)
+            q = formats.quantize(w / on_axis(scale, w.ndim, e.axis), result.fmt)
+            q = np.asarray(q).astype(fp8)
         elif e.kind != "activation":
             continue
         zero = np.zeros(scale.shape)

@@ -27,7 +27,15 @@ from ._calibrate import (
     run_batch,
     session,
 )
-from ._qdq_graph import Quantizer, at_least_opset, insert_qdq, opset_of, save_model, tensor_types
+from ._qdq_graph import (
+    Quantizer,
+    at_least_opset,
+    insert_qdq,
+    on_axis,
+    opset_of,
+    save_model,
+    tensor_types,
+)
 
 __all__ = [
     "QDQ_OPSET",
@@ -375,10 +383,8 @@ def _own_qdq_model(proto, result: CalibrationResult, names: list[str]) -> tuple[
         values = None
         if e.kind == "param" and name in weights:
             w = np.asarray(weights[name], np.float32)
-            shape = [1] * w.ndim
-            if e.axis is not None:
-                shape[e.axis] = -1
-            q = np.rint(w / scale.reshape(shape)) + zero.reshape(shape)  # QuantizeLinear's
+            s, z = (on_axis(a, w.ndim, e.axis) for a in (scale, zero))
+            q = np.rint(w / s) + z  # QuantizeLinear's
             q = np.clip(q, low, low + 2**result.bits - 1)
             values = q.astype(helper.tensor_dtype_to_np_dtype(onnx_type))
         quantizers[name] = Quantizer(scale, zero, e.axis, values, onnx_type)

@@ -22,6 +22,7 @@ __all__ = [
     "Quantizer",
     "at_least_opset",
     "insert_qdq",
+    "on_axis",
     "opset_of",
     "prune_initializers",
     "save_model",
@@ -44,6 +45,17 @@ class Quantizer:
     axis: int | None = None
     values: np.ndarray | None = None
     zero_type: int | None = None
+
+
+def on_axis(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    """Return per-channel ``values`` shaped to broadcast along ``axis`` of an ``ndim``-D array.
+
+    ``axis`` ``None``: one value, shaped to broadcast over all of it.
+    """
+    shape = [1] * ndim
+    if axis is not None:
+        shape[axis] = -1
+    return np.reshape(values, shape)
 
 
 def opset_of(proto) -> int:
