@@ -25,7 +25,7 @@ from ._report import (
     quantization_quality,
     sqnr_rank,
 )
-from ._report_data import model_quantizers
+from ._report_data import QuantizerView, model_quantizers, per_axis
 from ._shapes import plan, to_rows
 from ._xp import Array, namespace_of
 
@@ -320,6 +320,18 @@ class CalibrationResult:
             return f"{'' if symmetric else 'u'}int{self.bits} {kind}"
 
         return f"activations {grid(self.symmetric)}, weights {grid(self.weights_symmetric)}"
+
+    def quantizer_views(self) -> list[QuantizerView]:
+        """Return each encoding as the report shows it: its range and SQNR by every candidate."""
+        out = []
+        for name, e in self.encodings.items():
+            rows = {}
+            for m, c in (self.candidates.get(name) or {e.method: e}).items():
+                lo, hi = to_numpy(c.min).astype(np.float64), to_numpy(c.max).astype(np.float64)
+                rows[m] = {"min": float(lo.min()), "max": float(hi.max()), "sqnr_db": c.sqnr_db}
+            layout = per_axis(e.axis, int(np.prod(np.shape(e.scale))))
+            out.append(QuantizerView(name, e.kind, layout, e.method, rows))
+        return out
 
     def __getitem__(self, name: str) -> TensorEncoding:
         return self.encodings[name]

@@ -22,9 +22,10 @@ __all__ = [
     "LayerSensitivity",
     "Sensitivity",
     "activation_histogram",
-    "block_quantizers",
-    "float8_quantizers",
+    "QuantizerView",
     "model_quantizers",
+    "per_axis",
+    "scaled_range",
     "tensor_report",
 ]
 
@@ -87,108 +88,56 @@ def tensor_report(entries: list[dict], tensors: dict, summary: dict, methods) ->
     }
 
 
-def model_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> list[dict]:
-    """Return the quantizer rows of a model: each tensor's range and SQNR by every method.
+@dataclass(frozen=True)
+class QuantizerView:
+    """What the report shows of one quantizer, whatever its number format.
 
-    ``result`` is a :class:`~encanalyze.onnx.CalibrationResult` (its ``candidates`` hold every
-    method's encoding where several were asked for), ``weights`` the float weights by name,
-    ``histograms`` each activation's report histogram and ``ranges`` its per-batch
-    ``[min, max]``.
+    ``kind``: ``"param"`` or ``"activation"``; ``layout``: its layout in words; ``best``: the
+    method chosen; ``methods``: each method's ``{"min", "max", "sqnr_db"}`` (a weight's own
+    quantize-dequantize SQNR, ``None`` for an activation).
     """
-    out = []
-    for name, e in result.encodings.items():
-        every = result.candidates.get(name) or {e.method: e}
-        values = np.asarray(weights[name]) if e.kind == "param" and name in weights else None
-        rows = {}
-        for m, c in every.items():
-            lo, hi = to_numpy(c.min).astype(np.float64), to_numpy(c.max).astype(np.float64)
-            rows[m] = {"min": float(lo.min()), "max": float(hi.max()), "sqnr_db": c.sqnr_db}
-        best = e.method
-        hist = histogram_of(values) if values is not None else histograms.get(name)
-        shape = list(values.shape) if values is not None else []
-        n = int(np.prod(np.shape(e.scale)))
-        layout = "per tensor" if e.axis is None else f"per channel ({n}, axis {e.axis})"
-        out.append(
-            {
-                "name": name,
-                "kind": "weight" if e.kind == "param" else "activation",
-                "shape": shape,
-                "layout": layout,
-                "best": best,
-                "methods": rows,
-                "hist": hist,
-                "batches": ranges.get(name, []),
-                "flags": _flags(values, None, 0),
-                "own_sqnr_db": rows[best]["sqnr_db"] if e.kind == "param" else None,
-            }
-        )
-    return out
+
+    name: str
+    kind: str
+    layout: str
+    best: str
+    methods: dict[str, dict]
 
 
-def _scaled_range(scales, fmt, sqnr_db: float | None) -> dict:
+def scaled_range(scales, fmt, sqnr_db: float | None) -> dict:
     """Return a method's report row: ``+-`` its largest scale times the format's largest value."""
     amax = float(np.max(scales)) * fmt.max
     return {"min": -amax, "max": amax, "sqnr_db": sqnr_db}
 
 
-def float8_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> list[dict]:
-    """Return the quantizer rows of an FP8 model: each tensor's range by every method.
+def per_axis(axis: int | None, count: int) -> str:
+    """Return a per-tensor or per-channel layout in words."""
+    return "per tensor" if axis is None else f"per channel ({count}, axis {axis})"
 
-    ``result`` is a :class:`~encanalyze.onnx.Float8Calibration` (every method's scales per
-    tensor; a method's range is ``+-`` its largest scale times the format's largest value, its
-    SQNR a weight's own quantize-dequantize), the rest as :func:`model_quantizers`.
+
+def model_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> list[dict]:
+    """Return the quantizer rows of a calibrated model: each tensor's range and SQNR by method.
+
+    ``result`` is any calibration result with ``quantizer_views()`` (integer, FP8 or block
+    encodings: :class:`QuantizerView`), ``weights`` the float weights by name, ``histograms``
+    each activation's report histogram and ``ranges`` its per-batch ``[min, max]``.
     """
     out = []
-    for name, e in result.encodings.items():
-        param = e.kind == "param"
-        values = np.asarray(weights[name]) if param and name in weights else None
-        rows = {
-            m: _scaled_range(scale, result.fmt, None if e.sqnr_db is None else e.sqnr_db[m])
-            for m, scale in e.scales.items()
-        }
-        n = int(np.size(e.scale))
+    for q in result.quantizer_views():
+        param = q.kind == "param"
+        values = np.asarray(weights[q.name]) if param and q.name in weights else None
         out.append(
             {
-                "name": name,
+                "name": q.name,
                 "kind": "weight" if param else "activation",
                 "shape": list(values.shape) if values is not None else [],
-                "layout": "per tensor" if e.axis is None else f"per channel ({n}, axis {e.axis})",
-                "best": e.method,
-                "methods": rows,
-                "hist": histogram_of(values) if values is not None else histograms.get(name),
-                "batches": ranges.get(name, []),
+                "layout": q.layout,
+                "best": q.best,
+                "methods": q.methods,
+                "hist": histogram_of(values) if values is not None else histograms.get(q.name),
+                "batches": ranges.get(q.name, []),
                 "flags": _flags(values, None, 0),
-                "own_sqnr_db": rows[e.method]["sqnr_db"],
-            }
-        )
-    return out
-
-
-def block_quantizers(result, weights: dict, histograms: dict, ranges: dict) -> list[dict]:
-    """Return the quantizer rows of a model's MX or NVFP4 weights, by every method.
-
-    ``result`` is a :class:`~encanalyze.onnx.BlockCalibration`; a method's range is ``+-`` its
-    largest block scale times the element format's largest value, its SQNR the weight's own
-    quantize-dequantize (``histograms`` and ``ranges``: unused, there are no activations).
-    """
-    del histograms, ranges
-    out = []
-    for name, w in result.weights.items():
-        values = np.asarray(weights[name])
-        rows = {m: _scaled_range(s, result.fmt, w.sqnr_db[m]) for m, s in w.scales.items()}
-        view = "" if tuple(w.view) == values.shape else f" of {'x'.join(map(str, w.view))}"
-        out.append(
-            {
-                "name": name,
-                "kind": "weight",
-                "shape": list(values.shape),
-                "layout": f"blocks of {result.block_size} (axis {w.axis}{view})",
-                "best": result.method,
-                "methods": rows,
-                "hist": histogram_of(values),
-                "batches": [],
-                "flags": _flags(values, None, 0),
-                "own_sqnr_db": w.sqnr_db[result.method],
+                "own_sqnr_db": q.methods[q.best]["sqnr_db"] if param else None,
             }
         )
     return out

@@ -21,6 +21,7 @@ from .. import formats
 from .._calibration import Progress
 from .._io import load_model, own_model
 from .._report import sqnr_db
+from .._report_data import QuantizerView, scaled_range
 from ._calibrate import QUANTIZABLE_OPS, chosen_weights
 from ._qdq import calibrated_on, constants_to_initializers
 from ._qdq_graph import at_least_opset, prune_initializers
@@ -56,7 +57,7 @@ class BlockWeight:
     size, rounded up; MX: ``2**(e - 127)``, NVFP4: tensor scale times the E4M3 block scale);
     ``sqnr_db[m]``: the weight's own quantize-dequantize; ``export[m]``:
     :func:`encanalyze.formats.to_json`'s layout with ``view`` (the weight's shape, reshaped to
-    ``view``, holds the blocks).
+    ``view``, holds the blocks); ``shape``: the weight's own shape.
     """
 
     name: str
@@ -66,6 +67,7 @@ class BlockWeight:
     scales: dict
     sqnr_db: dict
     export: dict
+    shape: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +93,20 @@ class BlockCalibration:
     def branches(self) -> dict:
         """The ``If`` branches inlined: none (the QDQ model has the main graph's weights)."""
         return {}
+
+    def quantizer_views(self) -> list[QuantizerView]:
+        """Return each weight as the report shows it (:class:`QuantizerView`).
+
+        A method's range is ``+-`` its largest block scale times the element format's largest
+        value; its SQNR the weight's own quantize-dequantize.
+        """
+        out = []
+        for name, w in self.weights.items():
+            rows = {m: scaled_range(s, self.fmt, w.sqnr_db[m]) for m, s in w.scales.items()}
+            view = "" if tuple(w.view) == tuple(w.shape) else f" of {'x'.join(map(str, w.view))}"
+            layout = f"blocks of {self.block_size} (axis {w.axis}{view})"
+            out.append(QuantizerView(name, "param", layout, self.method, rows))
+        return out
 
     def with_method(self, method: str) -> BlockCalibration:
         """Return a copy whose weights use ``method``."""
@@ -158,7 +174,8 @@ def calibrate_blocks(
             view, axis = (w.shape[0], int(np.prod(w.shape[1:]))), 1
         else:
             view, axis = w.shape, reduction_axis(channel, w.ndim)
-        weights[name] = _weight(name, w.reshape(view), axis, scheme, fmt, methods, size)
+        blocks = _weight(name, w.reshape(view), axis, scheme, fmt, methods, size)
+        weights[name] = dataclasses.replace(blocks, shape=tuple(w.shape))
         bar.advance()
     method = "mse" if "mse" in methods else methods[0]
     return BlockCalibration(scheme, fmt, size, weights, unquantized, method)

@@ -19,6 +19,7 @@ from .. import formats
 from .._calibration import Progress, encode_activation
 from .._io import float_weights, load_model, own_model
 from .._report import layout_for, sqnr_db, sqnr_rank
+from .._report_data import QuantizerView, per_axis, scaled_range
 from .._rules.percentile import PercentileEncodingAnalyzer
 from .._shapes import plan, to_rows
 from ._branches import inline_branches
@@ -89,6 +90,22 @@ class Float8Calibration:
     unquantized: dict
     branches: dict
     num_batches: int
+
+    def quantizer_views(self) -> list[QuantizerView]:
+        """Return each tensor as the report shows it (:class:`QuantizerView`).
+
+        A method's range is ``+-`` its largest scale times the format's largest value; a
+        weight's SQNR its own quantize-dequantize.
+        """
+        out = []
+        for name, e in self.encodings.items():
+            rows = {
+                m: scaled_range(scale, self.fmt, None if e.sqnr_db is None else e.sqnr_db[m])
+                for m, scale in e.scales.items()
+            }
+            layout = per_axis(e.axis, int(np.size(e.scale)))
+            out.append(QuantizerView(name, e.kind, layout, e.method, rows))
+        return out
 
     def with_activations(self, method: str) -> Float8Calibration:
         """Return a copy whose activations use ``method``."""

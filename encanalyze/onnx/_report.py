@@ -15,7 +15,7 @@ from .. import formats
 from .._calibration import CalibrationResult, measure_models
 from .._io import float_weights, load_model, own_model
 from .._report import sqnr_db
-from .._report_data import block_quantizers, float8_quantizers, model_quantizers
+from .._report_data import model_quantizers
 from ._blocks import BlockCalibration, BlockSwitches
 from ._branches import inline_branches
 from ._calibrate import QUANTIZABLE_OPS, feeds, model_inputs, run_batch, session, value_infos
@@ -295,8 +295,7 @@ def model_report(
     fp8 = isinstance(result, Float8Calibration)
     blocks = isinstance(result, BlockCalibration)
     kind = "blocks" if blocks else "fp8" if fp8 else "int"
-    rows_of = {"blocks": block_quantizers, "fp8": float8_quantizers, "int": model_quantizers}
-    quantizers = rows_of[kind](
+    quantizers = model_quantizers(
         result, weights, statistics.get("histograms", {}), statistics.get("ranges", {})
     )
     rows = list(comparison or [])
