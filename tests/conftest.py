@@ -15,6 +15,7 @@ taken round robin in collection order (so every module is sampled), and tests ma
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from encanalyze import cli
 
 ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "torch-cuda", "cupy")
 SAMPLED = {"jax": 24}
@@ -225,3 +228,32 @@ def browser():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What one ``encanalyze calibrate`` run gave: its exit status, stdout and stderr."""
+
+    status: int
+    out: str
+    err: str
+
+    def __iter__(self):
+        return iter((self.status, self.out, self.err))
+
+    def json(self) -> dict:
+        """Return its ``--format json`` output (the run must have succeeded)."""
+        assert self.status == 0, self.err
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def command(capsys):
+    """Run ``encanalyze calibrate ARGS`` in this process: ``command(*args)`` is a :class:`Ran`."""
+
+    def run(*args) -> Ran:
+        status = cli.main(["calibrate", *map(str, args)])
+        captured = capsys.readouterr()
+        return Ran(status, captured.out, captured.err)
+
+    return run

@@ -13,12 +13,41 @@ C1 = (RNG.normal(size=(10,)) * 0.1).astype("f4")
 M2 = (RNG.normal(size=(10, 3)) * 0.3).astype("f4")  # MatMul: (in, out)
 
 
+def graph_model(
+    nodes, inputs, outputs, initializers=(), *, name="g", opset=17, domains=(), ir_version=8
+):
+    """The one ONNX model factory of the tests: a graph of ``nodes`` at ``opset`` (``domains``
+    at version 1 too), unchecked (the tests build broken models on purpose)."""
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
+    ops = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, 1) for d in domains)]
+    model = helper.make_model(graph, opset_imports=ops)
+    model.ir_version = ir_version
+    return model
+
+
 def _model(nodes, inputs, outputs, initializers, name):
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = graph_model(nodes, inputs, outputs, initializers, name=name)
     onnx.checker.check_model(model)
     return model
+
+
+def matmul(
+    name="w",
+    weight=None,
+    *,
+    opset=17,
+    batch="n",
+    extra_inputs=(),
+    nodes_before=(),
+    x_type=TensorProto.FLOAT,
+):
+    """x (batch, K) -> MatMul(``name``) -> y (batch, N); ``weight`` (K, N): ``M2[:4]``."""
+    weight = M2[:4] if weight is None else weight
+    w = numpy_helper.from_array(weight.copy(), name)
+    nodes = [*nodes_before, helper.make_node("MatMul", ["x", name], ["y"])]
+    x = helper.make_tensor_value_info("x", x_type, [batch, weight.shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, weight.shape[1]])
+    return graph_model(nodes, [x, *extra_inputs], [y], [w], name="mlp", opset=opset, ir_version=7)
 
 
 def _constant(name, array):

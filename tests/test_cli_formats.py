@@ -10,11 +10,6 @@ from encanalyze import formats
 from encanalyze.cli import main
 
 
-def calibrate(capsys, *args) -> dict:
-    assert main(["calibrate", *map(str, args), "--format", "json"]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
 def sqnr(w, q) -> float:
     w, q = w.astype(np.float64), np.asarray(q, dtype=np.float64)
     return float(10 * np.log10(np.sum(w * w) / np.sum((w - q) ** 2)))
@@ -28,9 +23,11 @@ def weights(tmp_path, rng):
     return tmp_path / "t.npz", {"w": w, "a": a}
 
 
-def test_fp8_every_method_per_channel(capsys, weights, tmp_path):
+def test_fp8_every_method_per_channel(command, weights, tmp_path):
     path, tensors = weights
-    out = calibrate(capsys, path, "--number-format", "float8_e4m3fn", "--per-channel", "0")
+    out = command(
+        path, "--number-format", "float8_e4m3fn", "--per-channel", "0", "--format", "json"
+    ).json()
     for entry in out["tensors"]:
         x = tensors[entry["name"]]
         assert entry["number_format"] == "float8_e4m3fn"
@@ -58,11 +55,11 @@ def test_fp8_every_method_per_channel(capsys, weights, tmp_path):
     assert w["mse"]["sqnr_db"] > w["minmax"]["sqnr_db"]
 
 
-def test_mx_and_nvfp4_files_read_back(capsys, weights, tmp_path):
+def test_mx_and_nvfp4_files_read_back(command, weights, tmp_path):
     path, tensors = weights
     for name, scheme, fmt in (("mxfp4", "mx", formats.E2M1), ("mxint8", "mx", formats.INT8)):
         target = tmp_path / f"{name}.json"
-        out = calibrate(capsys, path, "--number-format", name, "--output", target)
+        out = command(path, "--number-format", name, "--output", target, "--format", "json").json()
         saved = json.loads(target.read_text())
         assert saved["number_format"] == name
         for entry in out["tensors"]:
@@ -76,7 +73,7 @@ def test_mx_and_nvfp4_files_read_back(capsys, weights, tmp_path):
             floor = formats.mx_dequantize(*formats.mx_quantize(x, fmt))
             assert sqnr(x, floor) == pytest.approx(r["minmax"]["sqnr_db"], abs=1e-9)
     target = tmp_path / "nvfp4.json"
-    out = calibrate(capsys, path, "--number-format", "nvfp4", "--output", target)
+    out = command(path, "--number-format", "nvfp4", "--output", target, "--format", "json").json()
     saved = json.loads(target.read_text())["tensors"]
     for entry in out["tensors"]:
         x = tensors[entry["name"]]
@@ -91,11 +88,10 @@ def test_mx_and_nvfp4_files_read_back(capsys, weights, tmp_path):
         assert sqnr(x, amax) == pytest.approx(r["minmax"]["sqnr_db"], abs=1e-9)
 
 
-def test_fp8_onnx_qdq_and_block_layouts(capsys, weights, tmp_path):
+def test_fp8_onnx_qdq_and_block_layouts(command, weights, tmp_path):
     path, tensors = weights
     target = tmp_path / "qdq.json"
-    calibrate(
-        capsys,
+    command(
         path,
         "--number-format",
         "float8_e5m2",
@@ -107,13 +103,14 @@ def test_fp8_onnx_qdq_and_block_layouts(capsys, weights, tmp_path):
         "onnx-qdq",
         "--output",
         target,
-    )
+        "--format",
+        "json",
+    ).json()
     saved = json.loads(target.read_text())["tensors"]["w"]
     assert saved["zero_point_dtype"] == "FLOAT8E5M2" and saved["axis"] == 0
     assert len(saved["scale"]) == 48 and saved["zero_point"] == [0.0] * 48
     target = tmp_path / "blocks.json"
-    out = calibrate(
-        capsys,
+    out = command(
         path,
         "--number-format",
         "float4_e2m1",
@@ -125,7 +122,9 @@ def test_fp8_onnx_qdq_and_block_layouts(capsys, weights, tmp_path):
         target,
         "--include",
         "w",
-    )
+        "--format",
+        "json",
+    ).json()
     entry = out["tensors"][0]
     assert entry["encoding_shape"] == [48, 8] and entry["enc_type"] == "PER_BLOCK"
     saved = json.loads(target.read_text())["tensors"]["w"]
@@ -157,39 +156,39 @@ def test_options_that_do_not_fit(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_tensors_the_blocks_do_not_fit_are_skipped(capsys, tmp_path, rng):
+def test_tensors_the_blocks_do_not_fit_are_skipped(command, tmp_path, rng):
     np.savez(
         tmp_path / "t.npz",
         odd=rng.normal(size=(4, 40)).astype(np.float32),
         fine=rng.normal(size=(4, 64)).astype(np.float32),
     )
-    out = calibrate(capsys, tmp_path / "t.npz", "--number-format", "mxfp8_e4m3")
+    out = command(tmp_path / "t.npz", "--number-format", "mxfp8_e4m3", "--format", "json").json()
     assert [e["name"] for e in out["tensors"]] == ["fine"]
     assert out["skipped"][0]["name"] == "odd"
     assert "does not split into blocks of 32" in out["skipped"][0]["reason"]
 
 
 @pytest.mark.parametrize("number_format", ["float8_e4m3fn", "mxfp4", "nvfp4"])
-def test_torch_backend_gives_the_same_encodings(capsys, weights, number_format):
+def test_torch_backend_gives_the_same_encodings(command, weights, number_format):
     pytest.importorskip("torch")
     path, _ = weights
     args = [path, "--number-format", number_format]
     if number_format.startswith("float8"):
         args += ["--per-channel", "0"]
-    ours = calibrate(capsys, *args)["tensors"]
-    theirs = calibrate(capsys, *args, "--backend", "torch")["tensors"]
+    ours = command(*args, "--format", "json").json()["tensors"]
+    theirs = command(*args, "--backend", "torch", "--format", "json").json()["tensors"]
     for a, b in zip(ours, theirs, strict=True):
         for method, r in a["methods"].items():
             assert r["scale"] == b["methods"][method]["scale"], (a["name"], method)
             assert r["sqnr_db"] == pytest.approx(b["methods"][method]["sqnr_db"], abs=1e-9)
 
 
-def test_float_tensor_report(capsys, weights, tmp_path):
+def test_float_tensor_report(command, weights, tmp_path):
     from tests.test_report import _data
 
     path, _ = weights
     report = tmp_path / "r.html"
-    out = calibrate(capsys, path, "--number-format", "mxfp4", "--report", report)
+    out = command(path, "--number-format", "mxfp4", "--report", report, "--format", "json").json()
     page = _data(report.read_text())
     assert page["summary"]["grid"] == "mxfp4"
     for entry, q in zip(out["tensors"], page["quantizers"], strict=True):

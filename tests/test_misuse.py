@@ -15,7 +15,8 @@ from encanalyze.onnx import (  # noqa: E402
     float8_qdq_model,
     write_qdq_model,
 )
-from tests.test_outputs import _files, _mlp  # noqa: E402
+from tests.onnx_models import graph_model, matmul  # noqa: E402
+from tests.test_outputs import _files  # noqa: E402
 
 
 def test_an_unknown_block_method_is_named(tmp_path):
@@ -28,7 +29,7 @@ def test_an_unknown_block_method_is_named(tmp_path):
 def test_a_result_of_another_model_quantizes_nothing_and_says_so(tmp_path):
     path, _ = _files(tmp_path, weight=np.ones((32, 4), np.float32))
     other = tmp_path / "other.onnx"
-    model = _mlp(name="v", weight=np.ones((32, 4), np.float32))
+    model = matmul(name="v", weight=np.ones((32, 4), np.float32))
     for value in (*model.graph.input, *model.graph.output):
         value.name = value.name.upper()  # X, Y: no tensor of the calibrated model
     model.graph.node[0].input[0], model.graph.node[0].output[0] = "X", "Y"
@@ -68,10 +69,9 @@ def test_block_axis_with_data_is_refused_in_every_model_job(tmp_path, capsys):
         assert status == 2 and "--block-axis" in err, err
 
 
-def test_a_failed_model_job_is_one_line_without_a_type_prefix(tmp_path, capsys):
+def test_a_failed_model_job_is_one_line_without_a_type_prefix(command, tmp_path):
     path, data = _files(tmp_path)
-    status = cli.main(["calibrate", str(path), "--data", str(data), "--include", "nothing*"])
-    err = capsys.readouterr().err
+    status, _, err = command(path, "--data", data, "--include", "nothing*")
     assert status == 1 and err.strip().splitlines()[-1] == (
         "encanalyze: error: no tensor of the model could be calibrated"
     ), err
@@ -104,14 +104,9 @@ def test_an_activation_never_finite_stays_in_float_in_the_fp8_job_as_in_the_inte
         numpy_helper.from_array(np.float32(0), "zero"),
         numpy_helper.from_array(np.float32(1), "one"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "nan",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
+    model = graph_model(nodes, [x], [y], inits)
     batches = [np.ones((2, 4), "f4")]
     want = calibrate(model, batches).unquantized
     assert set(want) == {"nan", "y"}

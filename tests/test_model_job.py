@@ -13,28 +13,10 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import encanalyze as ea  # noqa: E402
-from encanalyze import cli  # noqa: E402
 from encanalyze.onnx import calibrate, write_qdq_model  # noqa: E402
 from tests import onnx_models as om  # noqa: E402
 
-
-def _mlp(
-    opset=17,
-    batch="n",
-    extra_inputs=(),
-    nodes_before=(),
-    x_type=TensorProto.FLOAT,
-    weight=om.M2[:4],
-):
-    """x (batch, 4) -> MatMul(w) -> y (batch, 3), w per output channel."""
-    w = numpy_helper.from_array(weight.copy(), "w")
-    nodes = [*nodes_before, helper.make_node("MatMul", ["x", "w"], ["y"])]
-    x = helper.make_tensor_value_info("x", x_type, [batch, weight.shape[0]])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, weight.shape[1]])
-    graph = helper.make_graph(nodes, "mlp", [x, *extra_inputs], [y], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 7
-    return model
+_mlp = om.matmul
 
 
 def _save(tmp_path, model, name="m.onnx"):
@@ -49,22 +31,16 @@ def _data(tmp_path, name="d.npz", n=10, **arrays):
     return tmp_path / name
 
 
-def _run(capsys, *args):
-    status = cli.main(["calibrate", *map(str, args)])
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
 # --- models the job used to break on ------------------------------------------------------------
 
 
-def test_old_opset_per_channel_qdq_model_is_converted_to_opset_13_and_runs(tmp_path, capsys):
+def test_old_opset_per_channel_qdq_model_is_converted_to_opset_13_and_runs(command, tmp_path):
     import onnxruntime as ort
 
     path = _save(tmp_path, _mlp(opset=11))
     qdq = tmp_path / "q.onnx"
-    status, out, err = _run(
-        capsys, path, "--data", _data(tmp_path), "--qdq-model", qdq, "--method", "minmax"
+    status, out, err = command(
+        path, "--data", _data(tmp_path), "--qdq-model", qdq, "--method", "minmax"
     )
     assert status == 0, err
     assert "opset 11 converted to 13" in out and "opset 11 converted to 13" in err
@@ -95,13 +71,12 @@ def test_a_model_that_cannot_be_converted_gets_per_tensor_weights(tmp_path, monk
 
 
 @pytest.mark.parametrize("batch", [-1, "n"])
-def test_batch_dimension_minus_one_or_symbolic_is_any_size(tmp_path, capsys, batch):
+def test_batch_dimension_minus_one_or_symbolic_is_any_size(command, tmp_path, batch):
     model = _mlp(batch=batch)
     if isinstance(batch, int):
         model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
     path = _save(tmp_path, model)
-    status, out, err = _run(
-        capsys,
+    status, out, err = command(
         path,
         "--data",
         _data(tmp_path, n=10),
@@ -129,7 +104,7 @@ def test_no_batches_give_weights_and_say_why_activations_have_none():
     "cond, branch, weight", [(True, "then_branch", "then_w"), (False, "else_branch", "else_w")]
 )
 def test_an_if_fixed_by_the_data_is_inlined_and_its_activations_calibrated(
-    tmp_path, capsys, cond, branch, weight
+    command, tmp_path, cond, branch, weight
 ):
     import onnxruntime as ort
 
@@ -153,11 +128,11 @@ def test_an_if_fixed_by_the_data_is_inlined_and_its_activations_calibrated(
         calibrate(model, mixed)
     path = _save(tmp_path, model)
     data = _data(tmp_path, cond=np.array(cond), x=x)
-    status, out, err = _run(capsys, path, "--data", data, "--method", "minmax")
+    status, out, err = command(path, "--data", data, "--method", "minmax")
     assert status == 0 and weight in out and "z " in out
 
 
-def test_loop_bodies_stay_unobserved_with_a_note(tmp_path, capsys):
+def test_loop_bodies_stay_unobserved_with_a_note(tmp_path):
     body_w = numpy_helper.from_array(om.M2[:4].copy(), "bw")
     body = helper.make_graph(
         [
@@ -178,26 +153,26 @@ def test_loop_bodies_stay_unobserved_with_a_note(tmp_path, capsys):
     trip = numpy_helper.from_array(np.array(2, "i8"), "trip")
     cond = numpy_helper.from_array(np.array(True), "c0")
     loop = helper.make_node("Loop", ["trip", "c0"], ["ys"], body=body)
-    model = _graph_model([loop], [_vi("x")], [_vi("ys", shape=(2, "n", 3))], [trip, cond])
+    model = om.graph_model([loop], [_vi("x")], [_vi("ys", shape=(2, "n", 3))], [trip, cond])
     with pytest.warns(UserWarning, match="1 quantizable nodes lie inside If/Loop/Scan"):
         result = calibrate(model, [np.ones((2, 4), "f4")])
     assert "bw" in result.encodings
 
 
-def test_fixed_batch_size_leaves_the_remainder_out_with_a_note(tmp_path, capsys):
+def test_fixed_batch_size_leaves_the_remainder_out_with_a_note(command, tmp_path):
     path = _save(tmp_path, _mlp(batch=4))
-    status, out, err = _run(
-        capsys, path, "--data", _data(tmp_path, n=10), "--method", "minmax", "--format", "json"
+    status, out, err = command(
+        path, "--data", _data(tmp_path, n=10), "--method", "minmax", "--format", "json"
     )
     assert status == 0, err
     assert "2 of 10 samples left out: the model takes batches of exactly 4" in err
-    status, _, err = _run(capsys, path, "--data", _data(tmp_path, n=3))
+    status, _, err = command(path, "--data", _data(tmp_path, n=3))
     assert status == 1 and "fewer than the model's fixed batch size 4" in err
-    status, _, err = _run(capsys, path, "--data", _data(tmp_path, n=8), "--batch-size", "2")
+    status, _, err = command(path, "--data", _data(tmp_path, n=8), "--batch-size", "2")
     assert status == 1 and "batches of exactly 4" in err
 
 
-def test_sample_axis_and_constant_inputs(tmp_path, capsys):
+def test_sample_axis_and_constant_inputs(command, tmp_path):
     """A state input with its samples on axis 1 and a scalar input fed whole (a VAD's sr)."""
     state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "n", 4])
     sr = helper.make_tensor_value_info("sr", TensorProto.INT64, [])
@@ -220,10 +195,9 @@ def test_sample_axis_and_constant_inputs(tmp_path, capsys):
         state=rng.normal(size=(2, 6, 4)).astype("f4"),
         sr=np.array(2),
     )
-    status, _, err = _run(capsys, path, "--data", data, "--method", "minmax")
+    status, _, err = command(path, "--data", data, "--method", "minmax")
     assert status == 1 and "different numbers of samples" in err and "--sample-axis" in err
-    status, out, err = _run(
-        capsys,
+    status, out, err = command(
         path,
         "--data",
         data,
@@ -239,19 +213,11 @@ def test_sample_axis_and_constant_inputs(tmp_path, capsys):
     assert status == 0, err
     names = {t["name"] for t in json.loads(out)["tensors"]}
     assert {"w", "x", "y"} <= names
-    status, _, err = _run(capsys, path, "--data", data, "--sample-axis", "nope=1")
+    status, _, err = command(path, "--data", data, "--sample-axis", "nope=1")
     assert status == 1 and "names no input" in err
 
 
 # --- one line, exit 1, for every failure of the run ---------------------------------------------
-
-
-def _graph_model(nodes, inputs, outputs, inits=(), opset=17, domains=()):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    ops = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, 1) for d in domains)]
-    model = helper.make_model(graph, opset_imports=ops)
-    model.ir_version = 8
-    return model
 
 
 def _vi(name, kind=TensorProto.FLOAT, shape=("n", 4)):
@@ -278,7 +244,7 @@ def _vi(name, kind=TensorProto.FLOAT, shape=("n", 4)):
         ("random_huge", "GiB a batch (limit 256 MiB)"),
     ],
 )
-def test_run_failures_are_one_line_and_write_nothing(tmp_path, capsys, case, message):
+def test_run_failures_are_one_line_and_write_nothing(command, tmp_path, case, message):
     x = np.random.default_rng(0).normal(size=(4, 4)).astype("f4")
     model, data = _mlp(), {"x": x}
     if case == "wrong_dim":
@@ -300,7 +266,7 @@ def test_run_failures_are_one_line_and_write_nothing(tmp_path, capsys, case, mes
             helper.make_node("MatMul", ["x", "w"], ["y"]),
         ]
         w = numpy_helper.from_array(om.M2[:4].copy(), "w")
-        model = _graph_model(
+        model = om.graph_model(
             nodes, [_vi("ids", TensorProto.INT64, ("n",))], [_vi("y", shape=("n", 3))], [table, w]
         )
         ids = np.array([0, 1, 2, 99]) if case == "out_of_range_ids" else np.zeros(4, "f4")
@@ -321,11 +287,11 @@ def test_run_failures_are_one_line_and_write_nothing(tmp_path, capsys, case, mes
             helper.make_node("MatMul", ["a", "w"], ["y"]),
         ]
         w = numpy_helper.from_array(om.M2[:4].copy(), "w")
-        model = _graph_model(nodes, [_vi("x")], [_vi("y", shape=("n", 3))], [w])
+        model = om.graph_model(nodes, [_vi("x")], [_vi("y", shape=("n", 3))], [w])
     elif case == "no_inputs":
         w = numpy_helper.from_array(om.M2[:4].copy(), "w")
         c = helper.make_node("Constant", [], ["x"], value=numpy_helper.from_array(x, "c"))
-        model = _graph_model(
+        model = om.graph_model(
             [c, helper.make_node("MatMul", ["x", "w"], ["y"])], [], [_vi("y", shape=(4, 3))], [w]
         )
     elif case == "sequence_input":
@@ -339,8 +305,7 @@ def test_run_failures_are_one_line_and_write_nothing(tmp_path, capsys, case, mes
     path = _save(tmp_path, model)
     source = "random" if case == "random_huge" else str(_data(tmp_path, **data))
     out_file = tmp_path / "out.json"
-    status, out, err = _run(
-        capsys,
+    status, out, err = command(
         path,
         "--data",
         source,
@@ -357,32 +322,32 @@ def test_run_failures_are_one_line_and_write_nothing(tmp_path, capsys, case, mes
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_input_names_never_leave_the_data_folder(tmp_path, capsys):
+def test_input_names_never_leave_the_data_folder(command, tmp_path):
     model = _mlp()
     model.graph.input[0].name = "../x"
     model.graph.node[0].input[0] = "../x"
     path = _save(tmp_path, model)
     (tmp_path / "data").mkdir()
     np.save(tmp_path / "x.npy", np.ones((2, 4), "f4"))  # what ../x.npy would open
-    status, _, err = _run(capsys, path, "--data", tmp_path / "data")
+    status, _, err = command(path, "--data", tmp_path / "data")
     assert status == 1 and "cannot name a file in a folder" in err
 
 
-def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
+def test_bad_options_are_refused_before_any_work(command, tmp_path):
     path = _save(tmp_path, _mlp())
     data = _data(tmp_path)
-    status, _, err = _run(
-        capsys, path, "--data", data, "--bits", "6", "--qdq-model", tmp_path / "q.onnx"
+    status, _, err = command(
+        path, "--data", data, "--bits", "6", "--qdq-model", tmp_path / "q.onnx"
     )
     assert status == 2 and "QDQ models take 4, 8, 16 bits" in err
-    status, _, err = _run(capsys, path, "--data", data, "--sample-axis", "x")
+    status, _, err = command(path, "--data", data, "--sample-axis", "x")
     assert status == 2 and "NAME=AXIS" in err
 
 
 # --- data loss ----------------------------------------------------------------------------------
 
 
-def test_outputs_never_overwrite_data_model_or_each_other(tmp_path, capsys):
+def test_outputs_never_overwrite_data_model_or_each_other(command, tmp_path):
     model = _mlp()
     path = om.save_external(model, tmp_path, location="weights.bin")
     data = _data(tmp_path)
@@ -413,13 +378,13 @@ def test_outputs_never_overwrite_data_model_or_each_other(tmp_path, capsys):
         ),
     ]
     for extra, message in cases:
-        status, _, err = _run(capsys, path, *extra)
+        status, _, err = command(path, *extra)
         assert status == 2 and message in err, (extra, err)
     assert {p: p.read_bytes() for p in before} == before
 
 
 def test_qdq_model_is_moved_into_place_only_after_everything_succeeded(
-    tmp_path, capsys, monkeypatch
+    command, tmp_path, monkeypatch
 ):
     from encanalyze.onnx import _qdq
 
@@ -434,12 +399,12 @@ def test_qdq_model_is_moved_into_place_only_after_everything_succeeded(
     from encanalyze.cli import _model_job
 
     monkeypatch.setattr(_model_job, "write_json", fail)
-    status, _, err = _run(capsys, path, "--data", data, "--qdq-model", qdq, "--output", out)
+    status, _, err = command(path, "--data", data, "--qdq-model", qdq, "--output", out)
     assert status == 1 and "disk full" in err
     assert qdq.read_bytes() == b"previous model" and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx", "q.onnx"]
     monkeypatch.undo()
-    status, _, err = _run(capsys, path, "--data", data, "--qdq-model", qdq, "--output", out)
+    status, _, err = command(path, "--data", data, "--qdq-model", qdq, "--output", out)
     assert status == 0, err
     onnx.checker.check_model(str(qdq))
     assert os.stat(qdq).st_mode & 0o777 == 0o640  # the replaced file's mode
@@ -457,7 +422,7 @@ def test_qdq_model_is_moved_into_place_only_after_everything_succeeded(
     assert qdq.read_bytes() == before
 
 
-def test_large_qdq_models_rerun_and_keep_the_umask_on_the_sidecar(tmp_path, capsys, monkeypatch):
+def test_large_qdq_models_rerun_and_keep_the_umask_on_the_sidecar(command, tmp_path, monkeypatch):
     from encanalyze.onnx import _calibrate, _qdq
 
     monkeypatch.setattr(_calibrate, "INLINE_LIMIT", 0)
@@ -468,7 +433,7 @@ def test_large_qdq_models_rerun_and_keep_the_umask_on_the_sidecar(tmp_path, caps
     old = os.umask(0o022)
     try:
         for _ in range(2):  # the same command twice: the sidecar exists the second time
-            status, _, err = _run(capsys, path, "--data", data, "--qdq-model", qdq)
+            status, _, err = command(path, "--data", data, "--qdq-model", qdq)
             assert status == 0, err
     finally:
         os.umask(old)
@@ -479,7 +444,7 @@ def test_large_qdq_models_rerun_and_keep_the_umask_on_the_sidecar(tmp_path, caps
 # --- dead activations, selection, plots ----------------------------------------------------------
 
 
-def test_an_activation_without_finite_values_is_left_in_float_and_said(tmp_path, capsys):
+def test_an_activation_without_finite_values_is_left_in_float_and_said(command, tmp_path):
     """Log of zeros is -inf everywhere: that tensor stays float, the rest is calibrated."""
     w = numpy_helper.from_array(om.M2[:4].copy(), "w")
     nodes = [
@@ -487,14 +452,13 @@ def test_an_activation_without_finite_values_is_left_in_float_and_said(tmp_path,
         helper.make_node("MatMul", ["l", "w"], ["y"]),
         helper.make_node("MatMul", ["x", "w"], ["y2"]),
     ]
-    model = _graph_model(
+    model = om.graph_model(
         nodes, [_vi("x")], [_vi("y", shape=("n", 3)), _vi("y2", shape=("n", 3))], [w]
     )
     path = _save(tmp_path, model)
     data = _data(tmp_path, x=np.zeros((4, 4), "f4"))
     out, qdq = tmp_path / "e.json", tmp_path / "q.onnx"
-    status, stdout, err = _run(
-        capsys,
+    status, stdout, err = command(
         path,
         "--data",
         data,
@@ -520,8 +484,7 @@ def test_an_activation_without_finite_values_is_left_in_float_and_said(tmp_path,
     assert "l" in written["unquantized"]
     assert "l" not in {e["name"] for e in written["activation_encodings"]}
     # choosing among methods: no method encodes it, the others are chosen as usual
-    status, stdout, err = _run(
-        capsys,
+    status, stdout, err = command(
         path,
         "--data",
         data,
@@ -540,11 +503,10 @@ def test_an_activation_without_finite_values_is_left_in_float_and_said(tmp_path,
     assert report["choice"]["measured_on"] == "calibration"
 
 
-def test_include_exclude_and_plot_work_for_the_model_job(tmp_path, capsys):
+def test_include_exclude_and_plot_work_for_the_model_job(command, tmp_path):
     pytest.importorskip("matplotlib")
     path, data = _save(tmp_path, _mlp()), _data(tmp_path)
-    status, out, err = _run(
-        capsys,
+    status, out, err = command(
         path,
         "--data",
         data,
@@ -560,14 +522,13 @@ def test_include_exclude_and_plot_work_for_the_model_job(tmp_path, capsys):
     assert status == 0, err
     assert {t["name"] for t in json.loads(out)["tensors"]} == {"w", "x"}
     assert [p.name for p in (tmp_path / "plots").iterdir()] == ["w.png"]
-    status, out, _ = _run(capsys, path, "--data", data, "--include", "w", "--format", "json")
+    status, out, _ = command(path, "--data", data, "--include", "w", "--format", "json")
     assert {t["name"] for t in json.loads(out)["tensors"]} == {"w"}
 
 
-def test_api_and_command_share_the_percentile_default(tmp_path, capsys):
+def test_api_and_command_share_the_percentile_default(command, tmp_path):
     path, data = _save(tmp_path, _mlp()), _data(tmp_path, n=64)
-    status, out, _ = _run(
-        capsys,
+    status, out, _ = command(
         path,
         "--data",
         data,
@@ -624,32 +585,29 @@ def test_one_progress_bar_covers_the_whole_model_job(tmp_path):
         assert stage in terminal, stage
 
 
-def test_tensor_job_on_an_onnx_model_takes_operator_weights_and_says_so(tmp_path, capsys):
+def test_tensor_job_on_an_onnx_model_takes_operator_weights_and_says_so(command, tmp_path):
     bn = [numpy_helper.from_array(np.ones(3, "f4") * v, n) for v, n in ((1, "s"), (0, "b"))]
     model = _mlp()
     model.graph.initializer.extend(bn)
     model.graph.initializer.append(numpy_helper.from_array(np.array([2.0], "f4"), "k"))
     path = _save(tmp_path, model)
-    status, out, err = _run(capsys, path, "--method", "minmax", "--format", "json")
+    status, out, err = command(path, "--method", "minmax", "--format", "json")
     assert status == 0, err
     assert [t["name"] for t in json.loads(out)["tensors"]] == ["w"]
     assert "3 other float initializers" in err and err.count("note") == 1  # no "too small" notes
-    status, out, err = _run(
-        capsys, path, "--method", "minmax", "--format", "json", "--include", "s"
-    )
+    status, out, err = command(path, "--method", "minmax", "--format", "json", "--include", "s")
     assert [t["name"] for t in json.loads(out)["tensors"]] == ["s"]
 
 
-def test_the_first_command_says_it_used_the_built_in_samples(capsys):
-    status, out, err = _run(capsys, "--method", "minmax")
+def test_the_first_command_says_it_used_the_built_in_samples(command):
+    status, out, err = command("--method", "minmax")
     assert status == 0 and "built-in sample tensors" in err
 
 
-def test_per_channel_activations_with_data(tmp_path, capsys):
+def test_per_channel_activations_with_data(command, tmp_path):
     path, data = _save(tmp_path, _mlp()), _data(tmp_path)
     out = tmp_path / "e.json"
-    status, stdout, err = _run(
-        capsys,
+    status, stdout, err = command(
         path,
         "--data",
         data,
@@ -673,8 +631,8 @@ def test_per_channel_activations_with_data(tmp_path, capsys):
     np.testing.assert_allclose(rows["x"]["scale"], scale.reshape(-1), rtol=1e-6)
     written = {e["name"]: e for e in json.loads(out.read_text())["activation_encodings"]}
     assert written["x"]["enc_type"] == "PER_CHANNEL"
-    status, _, err = _run(
-        capsys, path, "--data", data, "--per-channel", "1", "--qdq-model", tmp_path / "q.onnx"
+    status, _, err = command(
+        path, "--data", data, "--per-channel", "1", "--qdq-model", tmp_path / "q.onnx"
     )
     assert status == 2 and "per channel" in err
     result = calibrate(str(path), [x], activations="minmax", activation_axis=1)
@@ -682,11 +640,11 @@ def test_per_channel_activations_with_data(tmp_path, capsys):
         write_qdq_model(str(path), result, tmp_path / "q.onnx")
 
 
-def test_the_model_job_defaults_to_asymmetric_activations_and_symmetric_weights(tmp_path, capsys):
+def test_the_model_job_defaults_to_asymmetric_activations_and_symmetric_weights(command, tmp_path):
     path, data = _save(tmp_path, _mlp()), _data(tmp_path)
     out, qdq = tmp_path / "e.json", tmp_path / "q.onnx"
-    status, stdout, err = _run(
-        capsys, path, "--data", data, "--output", out, "--qdq-model", qdq, "--method", "minmax"
+    status, stdout, err = command(
+        path, "--data", data, "--output", out, "--qdq-model", qdq, "--method", "minmax"
     )
     assert status == 0, err
     assert "grids: activations uint8 asymmetric, weights int8 symmetric" in stdout
@@ -702,8 +660,7 @@ def test_the_model_job_defaults_to_asymmetric_activations_and_symmetric_weights(
     x_zp = [v for k, v in zero_points.items() if k.startswith("x")]
     assert w_zp and all(v.dtype == np.int8 and not v.any() for v in w_zp)
     assert x_zp and all(v.dtype == np.uint8 for v in x_zp)
-    status, stdout, _ = _run(
-        capsys,
+    status, stdout, _ = command(
         path,
         "--data",
         data,
@@ -715,7 +672,7 @@ def test_the_model_job_defaults_to_asymmetric_activations_and_symmetric_weights(
         "minmax",
     )
     assert json.loads(stdout)["grids"] == "activations uint8 asymmetric, weights uint8 asymmetric"
-    status, _, err = _run(capsys, path, "--weight-grid", "asymmetric")
+    status, _, err = command(path, "--weight-grid", "asymmetric")
     assert status == 2 and "--weight-grid needs --data" in err
 
 
@@ -734,12 +691,11 @@ def test_weight_grid_of_the_python_calibrators():
     assert result["0.weight"].symmetric and not result["0:input"].symmetric
 
 
-def test_holdout_is_checked_and_split(tmp_path, capsys):
+def test_holdout_is_checked_and_split(command, tmp_path):
     path, data = _save(tmp_path, _mlp()), _data(tmp_path, n=16)
-    status, _, err = _run(capsys, path, "--data", data, "--holdout", "1")
+    status, _, err = command(path, "--data", data, "--holdout", "1")
     assert status == 2 and "--holdout must be in [0, 1)" in err
-    status, out, err = _run(
-        capsys,
+    status, out, err = command(
         path,
         "--data",
         data,
@@ -770,8 +726,8 @@ def test_holdout_is_checked_and_split(tmp_path, capsys):
     }
     assert {t["method"] for t in report["tensors"] if t["kind"] == "param"} == {"minmax"}
     # --method all: every weight option too, with the activations kept
-    status, out, err = _run(
-        capsys, path, "--data", data, "--batch-size", "4", "--format", "json", "--method", "all"
+    status, out, err = command(
+        path, "--data", data, "--batch-size", "4", "--format", "json", "--method", "all"
     )
     assert status == 0, err
     choice = json.loads(out)["choice"]
@@ -784,14 +740,14 @@ def test_holdout_is_checked_and_split(tmp_path, capsys):
     checked = choice["qdq_output_sqnr_db"]
     below = checked[label] < checked["minmax+minmax"]
     assert not below or "within their noise" in choice["note"]
-    status, out, err = _run(capsys, path, "--data", data, "--batch-size", "16", "--format", "json")
+    status, out, err = command(path, "--data", data, "--batch-size", "16", "--format", "json")
     assert status == 0 and "nothing held out" in err
     assert json.loads(out)["choice"]["measured_on"] == "calibration"
 
 
-def test_auto_without_a_qdq_grid_says_it_used_percentile(tmp_path, capsys):
+def test_auto_without_a_qdq_grid_says_it_used_percentile(command, tmp_path):
     path, data = _save(tmp_path, _mlp()), _data(tmp_path)
-    status, out, err = _run(capsys, path, "--data", data, "--bits", "6", "--format", "json")
+    status, out, err = command(path, "--data", data, "--bits", "6", "--format", "json")
     assert status == 0, err
     assert "auto needs a QDQ model" in err
     assert {t["method"] for t in json.loads(out)["tensors"] if t["kind"] == "activation"} == {

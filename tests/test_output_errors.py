@@ -1,7 +1,5 @@
 """Scores mean something: integer and bool outputs are compared exactly, not by SQNR (issue 32)."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -10,7 +8,6 @@ from encanalyze._output_errors import OutputErrors
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from encanalyze import cli  # noqa: E402
 from encanalyze.onnx import calibrate, choose_encodings, compare_outputs  # noqa: E402
 from encanalyze.onnx._report import model_report  # noqa: E402
 from tests import onnx_models as om  # noqa: E402
@@ -47,14 +44,11 @@ def _classifier(tmp_path, logits):
     return path, data
 
 
-def _json(capsys, *args):
-    assert cli.main(["calibrate", *map(str, args), "--format", "json"]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def test_the_choice_is_judged_by_the_logits_not_by_the_class_ids(tmp_path, capsys):
+def test_the_choice_is_judged_by_the_logits_not_by_the_class_ids(command, tmp_path):
     path, data = _classifier(tmp_path, logits=True)
-    out = _json(capsys, path, "--data", data, "--qdq-model", tmp_path / "q.onnx")
+    out = command(
+        path, "--data", data, "--qdq-model", tmp_path / "q.onnx", "--format", "json"
+    ).json()
     emulated = out["choice"]["emulated_output_sqnr_db"]
     assert all(np.isfinite(v) and 15 < v < 60 for v in emulated.values())  # y's, not inf
     gains = out["choice"]["gain_db"].values()
@@ -65,23 +59,27 @@ def test_the_choice_is_judged_by_the_logits_not_by_the_class_ids(tmp_path, capsy
     assert 50 <= qdq["output_agreement_percent"]["ids"] <= 100
 
 
-def test_a_model_of_class_ids_only_is_chosen_by_agreement_and_says_so(tmp_path, capsys):
+def test_a_model_of_class_ids_only_is_chosen_by_agreement_and_says_so(command, tmp_path):
     path, data = _classifier(tmp_path, logits=False)
-    out = _json(capsys, path, "--data", data, "--qdq-model", tmp_path / "q.onnx")
+    out = command(
+        path, "--data", data, "--qdq-model", tmp_path / "q.onnx", "--format", "json"
+    ).json()
     choice = out["choice"]
     assert "no float output" in choice["note"]
     assert "emulated_output_sqnr_db" not in choice
     assert all(0 <= v <= 100 for v in choice["emulated_output_agreement_percent"].values())
     assert out["qdq_model"]["output_sqnr_db"] == {}
     for fmt, key in (("float8_e4m3fn", "activations"), ("mxfp4", "weights")):
-        out = _json(capsys, path, "--data", data, "--number-format", fmt, "--method", "all")
+        out = command(
+            path, "--data", data, "--number-format", fmt, "--method", "all", "--format", "json"
+        ).json()
         scored = out[key]
         assert scored["output_sqnr_db"] == {m: {} for m in scored["output_sqnr_db"]}
         agree = [v["ids"] for v in scored["output_agreement_percent"].values()]
         assert len(agree) >= 2 and all(0 <= a <= 100 for a in agree)
 
 
-def test_the_report_of_a_model_of_class_ids_is_in_agreement(tmp_path, capsys):
+def test_the_report_of_a_model_of_class_ids_is_in_agreement(tmp_path):
     path, _ = _classifier(tmp_path, logits=False)
     rng = np.random.default_rng(1)
     batches = [rng.normal(size=(8, 3, 8, 8)).astype("f4") for _ in range(3)]

@@ -17,38 +17,19 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import encanalyze as ea  # noqa: E402
-from encanalyze import cli  # noqa: E402
 from encanalyze._io import OutputPathError, Outputs, Terminated  # noqa: E402
 from encanalyze.cli import _model_job, _tensor_job  # noqa: E402
 from tests import onnx_models as om  # noqa: E402
 
 
-def _mlp(name="w", weight=None):
-    weight = om.M2[:4] if weight is None else weight
-    w = numpy_helper.from_array(weight.copy(), name)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", weight.shape[0]])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", weight.shape[1]])
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", name], ["y"])], "g", [x], [y], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 7
-    return model
-
-
 def _files(tmp_path, **extra):
     path = tmp_path / "m.onnx"
-    onnx.save(_mlp(**extra), str(path))
+    onnx.save(om.matmul(**extra), str(path))
     x = np.random.default_rng(0).normal(size=(12, 4)).astype("f4")
     np.savez(tmp_path / "d.npz", x=x)
     return path, tmp_path / "d.npz"
-
-
-def _run(capsys, *args):
-    status = cli.main(["calibrate", *map(str, args)])
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 def _snapshot(folder):
@@ -64,10 +45,10 @@ def _no_leftovers(folder):
 
 
 @pytest.mark.parametrize("option", ["--output", "--report"])
-def test_tensor_job_never_writes_over_the_models_external_data(tmp_path, capsys, option):
-    path = om.save_external(_mlp(), tmp_path, name="m.onnx", location="weights.bin")
+def test_tensor_job_never_writes_over_the_models_external_data(command, tmp_path, option):
+    path = om.save_external(om.matmul(), tmp_path, name="m.onnx", location="weights.bin")
     before = _snapshot(tmp_path)
-    status, _, err = _run(capsys, path, option, tmp_path / "weights.bin")
+    status, _, err = command(path, option, tmp_path / "weights.bin")
     assert status == 2 and "is the input file" in err and "weights.bin" in err
     assert _snapshot(tmp_path) == before
     _no_leftovers(tmp_path)
@@ -138,30 +119,30 @@ def _interrupt(*args, **kwargs):
     ],
 )
 def test_ctrl_c_at_any_phase_of_the_model_job_keeps_every_old_output(
-    tmp_path, capsys, monkeypatch, number_format, phase
+    command, tmp_path, monkeypatch, number_format, phase
 ):
     path, data = _files(tmp_path)
     outputs = ["--output", "e.json", "--qdq-model", "q.onnx", "--report", "r.html"]
     outputs = [tmp_path / o if not o.startswith("--") else o for o in outputs]
     common = [path, "--data", data, "--number-format", number_format, *outputs]
-    status, _, err = _run(capsys, *common, "--plot", tmp_path / "plots")
+    status, _, err = command(*common, "--plot", tmp_path / "plots")
     assert status == 0, err
     before = _snapshot(tmp_path)
     plots = _snapshot(tmp_path / "plots")
     monkeypatch.setattr(_model_job, phase, _interrupt)
-    status, _, err = _run(capsys, *common, "--plot", tmp_path / "plots")
+    status, _, err = command(*common, "--plot", tmp_path / "plots")
     assert status == 130 and "interrupted" in err
     assert _snapshot(tmp_path) == before and _snapshot(tmp_path / "plots") == plots
     _no_leftovers(tmp_path)
 
 
-def test_ctrl_c_in_the_tensor_job_keeps_every_old_output(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_in_the_tensor_job_keeps_every_old_output(command, tmp_path, monkeypatch):
     np.save(tmp_path / "w.npy", np.random.default_rng(0).normal(size=(8, 16)).astype("f4"))
     args = [tmp_path / "w.npy", "--output", tmp_path / "e.json", "--report", tmp_path / "r.html"]
-    assert _run(capsys, *args)[0] == 0
+    assert command(*args).status == 0
     before = _snapshot(tmp_path)
     monkeypatch.setattr(_tensor_job, "tensor_report", _interrupt)
-    assert _run(capsys, *args)[0] == 130
+    assert command(*args).status == 130
     assert _snapshot(tmp_path) == before
     _no_leftovers(tmp_path)
 
@@ -185,12 +166,12 @@ SLOW_REPORT = textwrap.dedent(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_while_the_report_is_built_leaves_the_old_outputs_and_nothing_else(
-    tmp_path, capsys, signum
+    command, tmp_path, signum
 ):
     path, data = _files(tmp_path)
     args = [path, "--data", data, "--qdq-model", tmp_path / "q.onnx", "--output"]
     args += [tmp_path / "e.json", "--report", tmp_path / "r.html"]
-    assert _run(capsys, *args)[0] == 0
+    assert command(*args).status == 0
     before = _snapshot(tmp_path)
     script = tmp_path.parent / f"slow_{signum}.py"
     script.write_text(SLOW_REPORT)
@@ -247,7 +228,7 @@ def test_terminated_is_no_exception_that_code_swallows():
 
 @pytest.mark.parametrize("number_format", ["int", "float8_e4m3fn", "mxfp4"])
 def test_a_qdq_model_with_external_data_reruns_over_itself(
-    tmp_path, capsys, monkeypatch, number_format
+    command, tmp_path, monkeypatch, number_format
 ):
     from encanalyze.onnx import _calibrate, _qdq, _qdq_graph
 
@@ -260,7 +241,7 @@ def test_a_qdq_model_with_external_data_reruns_over_itself(
     qdq = tmp_path / "q.onnx"
     args = [path, "--data", data, "--number-format", number_format, "--qdq-model", qdq]
     for _ in range(2):
-        status, _, err = _run(capsys, *args)
+        status, _, err = command(*args)
         assert status == 0, err
         assert (tmp_path / "q.onnx.data").is_file()
         onnx.checker.check_model(str(qdq))
@@ -313,10 +294,10 @@ def test_report_page_survives_hostile_names_titles_and_sizes(tmp_path):
         np.array([5e-324, 1e-323, 0.0] * 4),
     ],
 )
-def test_report_of_extreme_float64_tensors(tmp_path, capsys, values):
+def test_report_of_extreme_float64_tensors(command, tmp_path, values):
     np.save(tmp_path / "t.npy", values.reshape(4, -1))
-    status, _, err = _run(
-        capsys, tmp_path / "t.npy", "--report", tmp_path / "r.html", "--output", tmp_path / "e.json"
+    status, _, err = command(
+        tmp_path / "t.npy", "--report", tmp_path / "r.html", "--output", tmp_path / "e.json"
     )
     assert "Traceback" not in err and status in (0, 1), err
     if status == 0:
