@@ -1,15 +1,15 @@
 """The reference itself (AIMET's torch encoding analyzers) against encanalyze, where installed.
 
-Same workloads as ``bench_speed.py``'s reference rows, both timed in this run on the same torch
-tensors (ours also on NumPy), with the encodings compared. Without ``aimet_torch`` it says so
-and exits 0: the reference is not a dependency.
+Same workloads as ``bench_speed.py``'s reference rows, both timed in this run (the reference on
+torch tensors, ours on NumPy arrays of the same values), with the encodings compared. The
+reference is installed by ``bash ../shared/reference/install.sh``; without it this says so and
+exits 0: the reference is not a dependency.
 
     python benchmarks/bench_reference.py
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import _weights  # noqa: E402
-from common import compare, machine  # noqa: E402
+from common import compare, machine, reference  # noqa: E402
 
 import encanalyze as ea  # noqa: E402
 
@@ -30,11 +30,11 @@ WORKLOADS = [  # name, analyzer name, weight shape, symmetric
 
 
 def main() -> None:
-    if importlib.util.find_spec("aimet_torch") is None:
-        print("aimet_torch is not installed: nothing to compare (see bench_speed.py)")
+    ref = reference()
+    if ref is None:
+        print("the reference is not installed (bash ../shared/reference/install.sh): nothing run")
         return
     import torch
-    from aimet_torch.v2.quantization import encoding_analyzer as ref
 
     print(f"# the reference against encanalyze, float32, 8-bit; {machine()}")
     print(f"{'workload':<26}{'reference':>11}{'ours':>10}{'speed-up':>10}  same")

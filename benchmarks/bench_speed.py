@@ -1,11 +1,11 @@
 """Issue 13's table: each row one workload, its baseline measured in the same run, and its goal.
 
-The reference (AIMET) is not a dependency: rows whose goal is a speed-up over it divide the
-reference's time recorded on this kind of machine (the lower end of the issue's range, the
-conservative choice) by ours, and print the exact brute-force search timed here beside it;
-``bench_reference.py`` times the reference itself where it is installed. Native baselines
-(``amin`` + ``amax``, one ``torch.histc`` pass, NumPy's ``min`` + ``max``) run interleaved with
-ours (best of several runs). The goal column says what each ratio must reach.
+Every baseline is timed in this run, interleaved with ours, after a warm-up, best of N: the
+reference itself (AIMET's released analyzers on the same data as torch tensors, installed by
+``bash ../shared/reference/install.sh``; without it the row says "not measured", never a
+recorded figure) and the native passes (``amin`` + ``amax``, one ``torch.histc`` pass, NumPy's
+``min`` + ``max``). The header gives the machine and its load. The goal column says what each
+ratio must reach.
 
     python benchmarks/bench_speed.py [--rows sqnr-asym,minmax-torch,...]
 """
@@ -22,16 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import calibration, compare, goal_row, run_rows  # noqa: E402
+from common import calibration, compare, goal_row, run_rows, versus_reference, with_reference  # noqa: E402
 
 import encanalyze as ea  # noqa: E402
-
-REFERENCE_S = {  # the reference's times recorded in issue 13 (lower end), seconds
-    "sqnr-asym": 10.8,
-    "sqnr-sym": 3.2,
-    "percentile-weights": 0.57,
-    "sqnr-64x64": 0.62,
-}
 
 
 def _weights(shape, seed=0):
@@ -47,27 +40,9 @@ def _best(fn, repeat=3):
 def row_sqnr(sym: bool) -> None:
     name = "sqnr-sym" if sym else "sqnr-asym"
     w = _weights((1024, 512))
-    t = _best(calibration(ea.SqnrEncodingAnalyzer, w, (1024, 1), sym=sym))
-    ref = REFERENCE_S[name]
-    import array_api_compat.numpy as xp
-
-    from encanalyze._rules import sqnr
-
-    a = ea.SqnrEncodingAnalyzer((1024, 1))
-    a.update_stats(w)
-    st = a.get_stats()
-    counts, edges = st.histogram.reshape(1024, -1), st.bin_edges.reshape(1024, -1)
-    lo, hi = st.min.reshape(-1), st.max.reshape(-1)
-    brute = _best(lambda: sqnr.sqnr_search(xp, counts, edges, lo, hi, 255, sym, method="brute"), 1)
-    goal_row(
-        name,
-        f"{t * 1e3:.0f} ms",
-        f"{ref:.1f} s",
-        f"reference (brute {brute:.1f} s)",
-        f"{ref / t:.1f}x",
-        ">= 20x",
-        ref / t >= 20,
-    )
+    ours = calibration(ea.SqnrEncodingAnalyzer, w, (1024, 1), sym=sym)
+    t, ref = with_reference("SqnrEncodingAnalyzer", w, (1024, 1), ours, sym=sym, repeat=2)
+    versus_reference(name, t, ref)
 
 
 def row_percentile_weights() -> None:
@@ -77,16 +52,8 @@ def row_percentile_weights() -> None:
     wt = torch.from_numpy(w)
     ours = calibration(ea.PercentileEncodingAnalyzer, w, (1024, 1))
     t_ours, t_histc = compare([ours, lambda: torch.histc(wt, 2048)], repeat=5, warmup=1)
-    ref = REFERENCE_S["percentile-weights"]
-    goal_row(
-        "percentile-weights",
-        f"{t_ours * 1e3:.1f} ms",
-        f"{ref * 1e3:.0f} ms",
-        "reference",
-        f"{ref / t_ours:.1f}x",
-        ">= 20x",
-        ref / t_ours >= 20,
-    )
+    _, ref = with_reference("PercentileEncodingAnalyzer", w, (1024, 1), ours)
+    versus_reference("percentile-weights", t_ours, ref)
     goal_row(
         "",
         "",
@@ -129,16 +96,9 @@ def row_sqnr_small() -> None:
         repeat=5,
         warmup=1,
     )
-    ref = REFERENCE_S["sqnr-64x64"]
-    goal_row(
-        "sqnr-64x64",
-        f"{t_np * 1e3:.1f} ms",
-        f"{ref * 1e3:.0f} ms",
-        "reference",
-        f"{ref / t_np:.1f}x",
-        ">= 20x",
-        ref / t_np >= 20,
-    )
+    ours = calibration(ea.SqnrEncodingAnalyzer, w, (64, 1))
+    _, ref = with_reference("SqnrEncodingAnalyzer", w, (64, 1), ours)
+    versus_reference("sqnr-64x64", t_np, ref)
     goal_row(
         "  torch",
         f"{t_torch * 1e3:.1f} ms",
