@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.machinery
 import os
@@ -66,6 +67,7 @@ class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
+@functools.cache
 def reference():
     """Return the reference's analyzers (``aimet_reference``), or ``None`` where not installed.
 
@@ -140,9 +142,6 @@ def run_rows(rows: dict, doc: str, title: str, base_width: int = 24) -> None:
         rows[name]()
 
 
-_REFERENCE: list = []
-
-
 def with_reference(name, w, enc, ours, *, sym=False, repeat=3):
     """Time ``ours`` and the reference's ``name`` analyzer on ``w`` (as a torch tensor) together.
 
@@ -152,9 +151,7 @@ def with_reference(name, w, enc, ours, *, sym=False, repeat=3):
     """
     import torch
 
-    if not _REFERENCE:
-        _REFERENCE.append(reference())
-    module = _REFERENCE[0]
+    module = reference()
     if module is None:
         return compare([ours], repeat=repeat, warmup=1)[0], None
     theirs = calibration(getattr(module, name), torch.from_numpy(w), enc, sym=sym)

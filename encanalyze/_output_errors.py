@@ -100,7 +100,9 @@ class OutputErrors:
         """Return the model's score over every sample.
 
         The mean of its float outputs' SQNR in dB; without a float output, the mean of its
-        outputs' agreement in %.
+        outputs' agreement in %. Each output's value comes from :meth:`sqnr_db` /
+        :meth:`agreement_percent` (the reported figures, to the last bit); :meth:`statistic`
+        is the same score vectorised over many sums, for the choice's jackknife.
         """
         by_output = self.agreement_percent() if self.by_agreement else self.sqnr_db()
         return float(np.mean(list(by_output.values()))) if by_output else float("nan")

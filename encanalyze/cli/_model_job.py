@@ -240,7 +240,7 @@ class IntJob(ModelJob):
 
     def choose(self, data: JobData, progress: Progress) -> None:
         """Activations and weights together by the output (auto), then the QDQ model's SQNR."""
-        self.choice = self.qdq = self.staged_model = None
+        self.chosen = self.qdq = self.staged_model = None
         stage = self.staged.get("--qdq-model")
         result = self.result
         if len(self.methods) > 1 and any(e.kind == "activation" for e in result.encodings.values()):
@@ -255,7 +255,6 @@ class IntJob(ModelJob):
                         os.replace(built, stage.with_name(stage.name + suffix))
                 self.staged_model = stage
             progress.advance()
-            self.choice = {"measured_on": data.measured_on, **chosen.as_dict()}
             self.chosen = chosen
         if stage is None:
             return
@@ -280,10 +279,12 @@ class IntJob(ModelJob):
 
     def json(self, data: JobData) -> dict:
         """Grids, the choice, every encoding, the tensors left in float, the QDQ model."""
-        result = self.result
+        result, choice = self.result, None
+        if self.chosen is not None:
+            choice = {"measured_on": data.measured_on, **self.chosen.as_dict()}
         return {
             "grids": result.grids(),
-            "choice": self.choice,
+            "choice": choice,
             "tensors": list(iter_rows(result)),
             "unquantized": [{"name": n, "reason": r} for n, r in result.unquantized.items()],
             "branches": result.branches,
@@ -293,24 +294,24 @@ class IntJob(ModelJob):
     def table(self, data: JobData) -> str:
         """Return the result's table, its grids, the choice and the QDQ model's output SQNR."""
         lines = [self.result.table(), f"grids: {self.result.grids()}"]
-        choice, qdq = self.choice, self.qdq
+        choice, qdq = self.chosen, self.qdq
         if choice is not None:
-            unit, emulated = self.chosen.unit, self.chosen.emulated
-            checked = ", ".join(f"{m} {score(v, unit)}" for m, v in self.chosen.checked.items())
+            unit, emulated = choice.unit, choice.emulated
+            checked = ", ".join(f"{m} {score(v, unit)}" for m, v in choice.checked.items())
             lines.append(
-                f"chosen by the output on the {choice['measured_on']} data: activations "
-                f"{choice['activations']}, weights {choice['weights'] or 'as calibrated'} "
-                f"(default {choice['default']}; {len(emulated)} options emulated; QDQ models: "
+                f"chosen by the output on the {data.measured_on} data: activations "
+                f"{choice.chosen.activations}, weights {choice.chosen.weights or 'as calibrated'} "
+                f"(default {choice.default.label}; {len(emulated)} options emulated; QDQ models: "
                 f"{checked})"
             )
             points = " dB" if unit == "dB" else " points"
-            for label, (gain, se) in self.chosen.gains.items():
+            for label, (gain, se) in choice.gains.items():
                 lines.append(
                     f"   {label}: {score(emulated[label], unit)} emulated, {gain:+.2f} "
                     f"+- {se:.2f}{points}"
                 )
-            if choice["note"]:
-                lines.append(f"   {choice['note']}")
+            if choice.note:
+                lines.append(f"   {choice.note}")
         if qdq is not None:
             where = printable(qdq["path"])
             exact = "" if self.errors.exact.any() else " SQNR"
@@ -342,14 +343,15 @@ class IntJob(ModelJob):
 
     def summary(self) -> dict:
         """Grids, methods, the choice and the QDQ model's output SQNR."""
-        args, choice, qdq = self.args, self.choice, self.qdq
+        args, choice, qdq = self.args, self.chosen, self.qdq
         out = {
             "grids": self.result.grids(),
             "weights' methods": args.method,
             "activations' methods": args.activation_method,
         }
         if choice is not None:
-            out["chosen"] = f"activations {choice['activations']}, weights {choice['weights']}"
+            chosen = choice.chosen
+            out["chosen"] = f"activations {chosen.activations}, weights {chosen.weights}"
         if qdq is not None:
             label = "QDQ model's output" + ("" if self.errors.exact.any() else " SQNR")
             out[label] = scores(self.errors)
@@ -359,7 +361,7 @@ class IntJob(ModelJob):
         """Each activation method's QDQ model, and the written one."""
         measured_on = data.measured_on
         rows = []
-        if self.choice is not None:
+        if self.chosen is not None:
             for method, value in self.chosen.checked.items():
                 label = f"encanalyze, activations {method} (QDQ model)"
                 rows.append({"label": label, "output_sqnr_db": value, "measured_on": measured_on})

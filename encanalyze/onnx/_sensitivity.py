@@ -48,17 +48,18 @@ def sensitivity(
     names = [o.name for o in proto.graph.output]
     reference = list(model_outputs(own_model(proto), batches, names, providers))
     initializers = {t.name for t in proto.graph.initializer}
-    units = set()
     with emulator(model, result, op_types=op_types, providers=providers) as run:
         on = set(run.tensors)
 
-        def score(quantized: set[str]) -> float:
+        def errors(quantized: set[str]) -> OutputErrors:
             settings = run.feed(result.encodings, quantized)
-            errors = OutputErrors.measure(names, reference, run.outputs(settings, batches))
-            units.add(errors.unit)
-            return errors.score()
+            return OutputErrors.measure(names, reference, run.outputs(settings, batches))
 
-        base = score(on)
+        def score(quantized: set[str]) -> float:
+            return errors(quantized).score()
+
+        everything = errors(on)
+        base = everything.score()
         layers = []
         for node in proto.graph.node:
             if op_types is not None and node.op_type not in op_types:
@@ -81,4 +82,4 @@ def sensitivity(
                 if progress is not None:
                     progress.advance()
 
-    return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain, units.pop())
+    return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain, everything.unit)

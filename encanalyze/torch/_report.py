@@ -118,20 +118,21 @@ def sensitivity(
     left in floating point alone; the score is the mean over float outputs of the output SQNR
     against the float model (:class:`~encanalyze._output_errors.OutputErrors`).
     """
-    units = set()
     with Untouched(model, True), torch.no_grad():
         reference = [_numpy_outputs(model, b) for b in batches]
         names = [str(k) for k in range(len(reference[0]) if reference else 0)]
 
-        def score(quantized: set[str]) -> float:
+        def errors(quantized: set[str]) -> OutputErrors:
             with _quantized(model, result, quantized):
-                got = (_numpy_outputs(model, b) for b in batches)
-                errors = OutputErrors.measure(names, reference, got)
-            units.add(errors.unit)
-            return errors.score()
+                got = (_numpy_outputs(model, b) for b in batches)  # one batch at a time
+                return OutputErrors.measure(names, reference, got)
+
+        def score(quantized: set[str]) -> float:
+            return errors(quantized).score()
 
         every = set(result.encodings)
-        base = score(every)
+        everything = errors(every)
+        base = everything.score()
         by_module: dict[str, dict[str, list[str]]] = {}
         for name, e in result.encodings.items():
             module = name.rpartition(":")[0] if e.kind == "activation" else name[: -len(".weight")]
@@ -149,7 +150,7 @@ def sensitivity(
                 )
             )
         gain = {name: score(every - {name}) - base for name in every} if gains else {}
-    return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain, units.pop())
+    return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain, everything.unit)
 
 
 def torch_report(
