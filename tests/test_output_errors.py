@@ -8,9 +8,11 @@ from encanalyze._output_errors import OutputErrors
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from encanalyze._html_report import write_report  # noqa: E402
 from encanalyze.onnx import calibrate, choose_encodings, compare_outputs  # noqa: E402
 from encanalyze.onnx._report import model_report  # noqa: E402
 from tests import onnx_models as om  # noqa: E402
+from tests.test_report import _errors, _open  # noqa: E402
 
 
 def test_float_outputs_by_sqnr_ids_by_agreement_and_ids_judge_only_without_floats():
@@ -91,3 +93,24 @@ def test_the_report_of_a_model_of_class_ids_is_in_agreement(tmp_path):
     assert errors.agreement_percent() == {"ids": 100.0} and errors.unit == "%"
     _, choice = choose_encodings(str(path), result, batches)
     assert choice.unit == "%" and choice.measure == "output_agreement_percent"
+
+
+def test_the_agreement_page_in_a_browser_says_percent_not_db(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    path, _ = _classifier(tmp_path, logits=False)
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(size=(8, 3, 8, 8)).astype("f4") for _ in range(3)]
+    result = calibrate(str(path), batches, activations=["minmax", "percentile"])
+    page = model_report(str(path), result, batches, batches, peers=False)
+    _open(browser, write_report(tmp_path / "r.html", page))
+    title = browser.find_element(By.ID, "comparison-title").text
+    assert title == "The model's output agreement by method"
+    heads = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#comparison th")]
+    assert heads[1] == "output agreement %"
+    sens = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#sensitivity th")]
+    assert "weights only %" in sens and not any("dB" in h for h in sens)
+    assert (
+        "percentage of the model's outputs" in browser.find_element(By.ID, "sensitivity-text").text
+    )
+    assert _errors(browser) == []
