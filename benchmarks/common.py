@@ -142,11 +142,11 @@ def run_rows(rows: dict, doc: str, title: str, base_width: int = 24) -> None:
         rows[name]()
 
 
-def with_reference(name, w, enc, ours, *, sym=False, repeat=3):
+def with_reference(name, w, enc, ours, *, sym=False, repeat=3, **kw):
     """Time ``ours`` and the reference's ``name`` analyzer on ``w`` (as a torch tensor) together.
 
     Both are updated with the same values and encode 8-bit grids, interleaved after a warm-up,
-    best of ``repeat``. Returns ``(ours, reference)`` in seconds; the reference's is ``None``
+    best of ``repeat``; ``kw`` goes to the reference's constructor. Returns ``(ours, reference)`` in seconds; the reference's is ``None``
     where it is not installed.
     """
     import torch
@@ -154,7 +154,7 @@ def with_reference(name, w, enc, ours, *, sym=False, repeat=3):
     module = reference()
     if module is None:
         return compare([ours], repeat=repeat, warmup=1)[0], None
-    theirs = calibration(getattr(module, name), torch.from_numpy(w), enc, sym=sym)
+    theirs = calibration(getattr(module, name), torch.from_numpy(w), enc, sym=sym, **kw)
     t_ours, t_ref = compare([ours, theirs], repeat=repeat, warmup=1)
     return t_ours, t_ref
 

@@ -98,6 +98,43 @@ class Histogram(_Stats):
         """Number of bins of every histogram."""
         return int(self.histogram.shape[-1])
 
+    @classmethod
+    def _uniform(cls, histogram, lo, hi, obs_min, obs_max, num_nan=None) -> Histogram:
+        """Return the statistics of uniform edges over ``[lo, hi]`` ``(E,)``, built when read.
+
+        ``bin_edges`` is an ``(E, B + 1)`` table as large as the counts; an update returns
+        statistics whose edges most callers never read, so they are computed on first access
+        (the same arithmetic, so the same numbers, as building them at once).
+        """
+        out = object.__new__(cls)
+        for name, value in (("histogram", histogram), ("min", obs_min), ("max", obs_max)):
+            object.__setattr__(out, name, value)
+        object.__setattr__(out, "num_nan", num_nan)
+        object.__setattr__(out, "_edge_range", (lo, hi))
+        return out
+
+    def __getattr__(self, name: str):
+        # reached only for attributes not set: the edges of a :meth:`_uniform` histogram
+        edge_range = self.__dict__.get("_edge_range") if name == "bin_edges" else None
+        if edge_range is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        xp = namespace_of(edge_range[0])
+        edges = bin_edges(xp, *edge_range, self.num_bins)
+        edges = xp.reshape(edges, (*self.shape, self.num_bins + 1))
+        object.__setattr__(self, "bin_edges", edges)
+        return edges
+
+    def _map_arrays(self, fn) -> Histogram:
+        """Return these statistics with ``fn`` applied to each array (edges not built)."""
+        num_nan = None if self.num_nan is None else fn(self.num_nan)
+        if "bin_edges" in self.__dict__:
+            return Histogram(fn(self.histogram), fn(self.bin_edges), fn(self.min),
+                             fn(self.max), num_nan)  # fmt: skip
+        lo, hi = self._edge_range
+        return Histogram._uniform(
+            fn(self.histogram), fn(lo), fn(hi), fn(self.min), fn(self.max), num_nan
+        )
+
     def num_empty(self) -> int:
         """Return how many histograms have no range or no count (syncs with the device)."""
         xp = namespace_of(self.histogram)
@@ -174,9 +211,10 @@ def histogram_of(xp: Namespace, h: RowHistogram, shape: tuple[int, ...]) -> Hist
     """Return row histograms ``h`` as the public type, shaped like the encodings ``shape``."""
     num_bins = h.counts.shape[1]
     lo, hi = h.observed_range()
-    return Histogram(
+    return Histogram._uniform(
         xp.reshape(h.counts, (*shape, num_bins)),
-        xp.reshape(bin_edges(xp, h.lo, h.hi, num_bins), (*shape, num_bins + 1)),
+        h.lo,
+        h.hi,
         xp.reshape(lo, shape),
         xp.reshape(hi, shape),
         None if h.num_nan is None else xp.reshape(h.num_nan, shape),

@@ -95,6 +95,35 @@ def test_bin_edges(backend):
     np.testing.assert_array_equal(backend.to_numpy(edges), [[-1, -0.5, 0, 0.5, 1], [2, 3, 4, 5, 6]])
 
 
+def test_returned_edges_are_built_when_read_and_equal_the_table(backend, rng):
+    """update_stats returns statistics whose edges are built on first read, as the table was."""
+    x = (rng.standard_normal((6, 300)) * [[1], [2], [0], [5], [1], [3]]).astype("float32")
+    analyzer = PercentileEncodingAnalyzer((6, 1), num_bins=32)
+    batch = analyzer.update_stats(backend.asarray(x))
+    assert "bin_edges" not in batch.__dict__  # nothing built until read
+    lo, hi = batch.min, batch.max
+    wd = backend.xp.float32
+    want = bin_edges(backend.xp, backend.asarray(x.min(1), "float32"),
+                     backend.asarray(x.max(1), "float32"), 32)  # fmt: skip
+    edges = batch.bin_edges
+    backend.check(edges, (6, 1, 33), "float32")
+    constant = backend.to_numpy(lo)[2, 0] == backend.to_numpy(hi)[2, 0] == 0
+    assert constant  # the constant row's edges are [-0.5, 0.5]; the others the rows' range
+    got, want = backend.to_numpy(edges)[:, 0], backend.to_numpy(want)
+    np.testing.assert_array_equal(np.delete(got, 2, 0), np.delete(want, 2, 0))
+    np.testing.assert_array_equal(got[2, [0, -1]], [-0.5, 0.5])
+    assert batch.bin_edges is edges and edges.dtype == wd  # built once
+    again = analyzer.get_stats()
+    np.testing.assert_array_equal(backend.to_numpy(again.bin_edges), backend.to_numpy(edges))
+    import copy
+    import pickle
+
+    for twin in (copy.deepcopy(batch), pickle.loads(pickle.dumps(analyzer.get_stats()))):
+        np.testing.assert_array_equal(backend.to_numpy(twin.bin_edges), backend.to_numpy(edges))
+    with pytest.raises(AttributeError, match="no attribute 'edges'"):
+        batch.edges  # noqa: B018
+
+
 # -- the running histogram ------------------------------------------------------------------
 def _run(backend, shape, batches, num_bins, growth_limit=None):
     analyzer = Observer(shape, num_bins=num_bins, growth_limit=growth_limit)

@@ -107,18 +107,26 @@ def histogram_rows(
     truncation is then the formula's ``floor``; NaN goes to an extra bin that is cut off.
     """
     wide = torch.float32 if rows.device.type == "mps" else torch.float64  # MPS lacks float64
-    return _count_rows(rows, lo, hi, num_bins, may_have_nan).to(wide)
+    counts = _count_rows(rows, lo, hi, num_bins, may_have_nan)
+    return counts if counts.dtype == wide else counts.to(wide)
 
 
 def _count_rows(rows, lo, hi, num_bins: int, may_have_nan: bool) -> torch.Tensor:
+    """Bin and count; int64 counts, or float64 ones where the CPU counts several rows.
+
+    Several rows on the CPU are counted by ``scatter_add_`` of float64 ones straight into the
+    float64 table (exact below 2**53): an int64 table and its conversion would each cost as
+    much again (an (E, B) table is megabytes).
+    """
     shape = tuple(rows.shape)
     cpu = rows.device.type == "cpu"
     step = max(1, SCRATCH_LIMIT // max(shape[0], 1))
     if cpu and shape[0] * shape[1] > SCRATCH_LIMIT and step < shape[1]:  # bounded temporaries
-        return sum(
+        parts = [
             _count_rows(rows[:, c : c + step], lo, hi, num_bins, may_have_nan)
             for c in range(0, shape[1], step)
-        )
+        ]
+        return sum(parts[1:], parts[0])
     dtype = torch.promote_types(rows.dtype, lo.dtype)
     t = _SCRATCH.get(shape, dtype) if cpu else None
     t = torch.sub(rows, lo[:, None]) if t is None else torch.sub(rows, lo[:, None], out=t)
@@ -128,6 +136,10 @@ def _count_rows(rows, lo, hi, num_bins: int, may_have_nan: bool) -> torch.Tensor
         t = torch.nan_to_num_(t, nan=float(num_bins))
     idx = _SCRATCH.get(shape, torch.int64) if cpu else None
     idx = t.long() if idx is None else idx.copy_(t)
+    if cpu and shape[0] > 1:
+        out = torch.zeros((shape[0], nbins), dtype=torch.float64)
+        ones = torch.ones((), dtype=torch.float64).expand(shape)
+        return out.scatter_add_(1, idx, ones)[:, :num_bins]
     return bincount_rows(idx, nbins)[:, :num_bins]
 
 
@@ -188,7 +200,10 @@ _LEAVES = (torch.Tensor, np.ndarray, np.generic)
 
 
 def _map(fn, tree):
-    """Apply ``fn`` to each leaf of nested tuples, NamedTuples and dataclasses (None stays)."""
+    """Apply ``fn`` to each leaf of nested tuples, NamedTuples and dataclasses (None stays).
+
+    A node with a ``_map_arrays(fn)`` method maps itself.
+    """
     if tree is None:
         return None
     kind = type(tree)
@@ -209,6 +224,8 @@ def _rebuilder(kind: type):
         return lambda fn, t: tuple([_map(fn, v) for v in t])
     if issubclass(kind, tuple) and hasattr(kind, "_fields"):
         return lambda fn, t: kind(*[_map(fn, v) for v in t])
+    if hasattr(kind, "_map_arrays"):  # builds what it holds lazily: mapped as it is held
+        return lambda fn, t: t._map_arrays(lambda v: _map(fn, v))
     if dataclasses.is_dataclass(kind):
         names = tuple(f.name for f in dataclasses.fields(kind) if f.init)
         return lambda fn, t: kind(*[_map(fn, getattr(t, n)) for n in names])
