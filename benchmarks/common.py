@@ -146,8 +146,8 @@ def with_reference(name, w, enc, ours, *, sym=False, repeat=3, **kw):
     """Time ``ours`` and the reference's ``name`` analyzer on ``w`` (as a torch tensor) together.
 
     Both are updated with the same values and encode 8-bit grids, interleaved after a warm-up,
-    best of ``repeat``; ``kw`` goes to the reference's constructor. Returns ``(ours, reference)`` in seconds; the reference's is ``None``
-    where it is not installed.
+    best of ``repeat``; ``kw`` goes to the reference's constructor. Returns ``(ours, reference)``
+    in seconds; the reference's is ``None`` where it is not installed.
     """
     import torch
 
