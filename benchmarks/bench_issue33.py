@@ -93,7 +93,7 @@ def row_percentile_weights() -> None:
         calibration(ea.PercentileEncodingAnalyzer, wt, (1024, 1), percentile=99.99),
         lambda: native_torch(wt),
     ]
-    t_np, n_np, t_torch, n_torch = compare(fns, repeat=15, warmup=2)
+    t_np, n_np, t_torch, n_torch = compare(fns, repeat=8, warmup=2, inner=3)
     _, ref = with_reference(
         "PercentileEncodingAnalyzer", w, (1024, 1), fns[0], repeat=5, percentile=99.99
     )
@@ -124,7 +124,7 @@ def row_percentile_activations() -> None:
         ours(xts),
         lambda: [native_torch(x) for x in xts],
     ]
-    t_np, n_np, t_torch, n_torch = compare(fns, repeat=15, warmup=2)
+    t_np, n_np, t_torch, n_torch = compare(fns, repeat=8, warmup=2, inner=3)
     _versus_native("percentile-activations", t_np, n_np)
     _versus_native("  torch", t_torch, n_torch)
 

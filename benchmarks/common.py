@@ -20,20 +20,26 @@ def timeit(fn, repeat: int = 30, warmup: int = 2, sync=None) -> float:
     return compare([fn], repeat, warmup, sync)[0]
 
 
-def compare(fns, repeat: int = 30, warmup: int = 2, sync=None) -> list[float]:
-    """Best wall time of each of ``fns``, their runs interleaved so that noise hits all alike."""
+def compare(fns, repeat: int = 30, warmup: int = 2, sync=None, inner: int = 1) -> list[float]:
+    """Best wall time of each of ``fns``, their runs interleaved so that noise hits all alike.
+
+    ``inner``: each round runs each function that many times in a row (its steady state, as
+    when a user calibrates tensor after tensor: the allocator's state left by another
+    function's large arrays is not what it meets), keeping the best.
+    """
     for fn in fns * warmup:
         fn()
     best = [float("inf")] * len(fns)
     for _ in range(repeat):
         for i, fn in enumerate(fns):
-            if sync:
-                sync()
-            t0 = time.perf_counter()
-            fn()
-            if sync:
-                sync()
-            best[i] = min(best[i], time.perf_counter() - t0)
+            for _ in range(inner):
+                if sync:
+                    sync()
+                t0 = time.perf_counter()
+                fn()
+                if sync:
+                    sync()
+                best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 

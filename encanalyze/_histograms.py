@@ -45,7 +45,9 @@ __all__ = [
 class RowHistogram(NamedTuple):
     """Histograms of ``E`` rows: counts ``(E, B)``, edge range ``lo``/``hi`` ``(E,)``.
 
-    Counts are float64 (float32 where the device lacks it): exact to 2**53 per bin. ``lo``
+    Counts are float64 (float32 where the device lacks it): exact to 2**53 per bin, whole
+    and non-negative where ``edges`` is None (an observer's own, binned, re-binned, merged or
+    loaded by ``from_arrays``, which checks them). ``lo``
     and ``hi`` are the first and last edge. ``num_nan`` counts dropped NaN values per row
     (``None``: none); ``limits`` holds the growth limits ``(lo, hi)`` ``(E,)`` each, or ``None``
     without a growth limit. ``observed`` is the range the statistics report as ``min``/``max``
@@ -134,7 +136,13 @@ def bin_counts(
 
 
 def rebin(
-    xp: Namespace, counts: Array, lo: Array, hi: Array, new_lo: Array, new_hi: Array
+    xp: Namespace,
+    counts: Array,
+    lo: Array,
+    hi: Array,
+    new_lo: Array,
+    new_hi: Array,
+    whole: bool = False,
 ) -> Array:
     """Move ``(E, B)`` counts over ``[lo, hi]`` onto ``B`` bins over ``[new_lo, new_hi]``.
 
@@ -146,8 +154,13 @@ def rebin(
     conserved exactly. Rows with ``lo > hi`` (no range; counts in the end bins only) are not
     meaningful here: :func:`rebin_onto` keeps their counts where they are.
 
-    Host backends work through blocks of rows small enough to stay in cache.
+    Host backends work through blocks of rows small enough to stay in cache (and, where the
+    counts are known to be ``whole`` and non-negative, skip what cannot change them).
     """
+    fused = primitives(xp).rebin
+    done = None if fused is None else fused(counts, lo, hi, new_lo, new_hi, whole)
+    if done is not None:
+        return done
     num_rows, num_bins = counts.shape
     step = 2**16 // num_bins if on_host(counts) else num_rows
     return in_row_blocks(xp, partial(_rebin, xp), (counts, lo, hi, new_lo, new_hi), step)
@@ -387,9 +400,14 @@ def rebin_onto(xp: Namespace, h: RowHistogram, lo: Array, hi: Array) -> Array:
     the end bins of any range), keep their counts.
     """
     changed = (h.lo <= h.hi) & ((lo != h.lo) | (hi != h.hi))
-    if on_host(h.counts) and not bool(xp.any(changed)):  # host backends skip a no-op rebin
-        return h.counts
-    return xp.where(changed[:, None], rebin(xp, h.counts, h.lo, h.hi, lo, hi), h.counts)
+    if on_host(h.counts):  # host backends skip a no-op rebin, and the selection where all change
+        if not bool(xp.any(changed)):
+            return h.counts
+        if bool(xp.all(changed)):
+            return rebin(xp, h.counts, h.lo, h.hi, lo, hi, h.edges is None)
+    return xp.where(
+        changed[:, None], rebin(xp, h.counts, h.lo, h.hi, lo, hi, h.edges is None), h.counts
+    )
 
 
 def merge_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:

@@ -16,7 +16,7 @@ from encanalyze import (
 from encanalyze import _backends as backends
 from encanalyze._backends import _portable
 from encanalyze._histograms import bin_counts, bin_edges
-from encanalyze._rules.percentile import percentile_range
+from encanalyze._rules.percentile import percentile_bins, percentile_range
 from encanalyze._xp import wide_dtype
 from tests import reference
 
@@ -443,6 +443,37 @@ def test_histogram_rows_native_equals_portable(backend, rng, may_have_nan, dtype
     np.testing.assert_array_equal(backend.to_numpy(got).sum(axis=1), finite_or_inf.sum(axis=1))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows", [3, 40])
+def test_rebin_native_equals_portable(backend, rng, dtype, rows):
+    """The host re-binning (in place, by blocks, one bincount) gives the portable counts."""
+    from encanalyze._histograms import _rebin, rebin
+
+    num_bins = 512
+    counts = rng.integers(0, 50, (rows, num_bins)) * (rng.random((rows, num_bins)) < 0.6)
+    counts = counts.astype(np.float64)
+    counts[0, 7] = 2.0**24 + 3  # past float32's integers: the wide split
+    lo = rng.uniform(-3, 0, rows).astype(dtype)
+    hi = (lo + rng.uniform(1e-3, 4, rows)).astype(dtype)
+    new_lo = (lo - rng.uniform(0, 2, rows) * (rng.random(rows) < 0.7)).astype(dtype)
+    new_hi = (hi + rng.uniform(0, 3, rows)).astype(dtype)
+    new_lo[1], new_hi[1] = lo[1], hi[1]  # unchanged
+    lo[2], hi[2] = np.inf, -np.inf  # no range
+    if rows > 3:  # a row whose bins are narrower than the smallest subnormal: width 0
+        lo[3], hi[3] = 0.0, np.finfo(dtype).smallest_subnormal
+        new_lo[3], new_hi[3] = -0.5, 2.0
+    wide = wide_dtype(backend.xp, backend.device)
+    args = [backend.asarray(counts, "float64" if wide == backend.xp.float64 else "float32")]
+    args += [backend.asarray(a) for a in (lo, hi, new_lo, new_hi)]
+    want = _rebin(backend.xp, *args)
+    for whole in (False, True):
+        got = rebin(backend.xp, *args, whole)
+        backend.check(got, (rows, num_bins), wide)
+        np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
+    keep = np.isfinite(lo)
+    np.testing.assert_array_equal(backend.to_numpy(got).sum(axis=1)[keep], counts.sum(1)[keep])
+
+
 def test_percentile_with_counts_past_float32_integers(backend, rng):
     counts = rng.integers(0, 50, (3, 32)).astype(np.float64)
     counts[:, 5] = 2.0**25 + 1  # totals past 2**24: running sums need the wide dtype
@@ -462,6 +493,42 @@ def test_percentile_with_counts_past_float32_integers(backend, rng):
         )
         np.testing.assert_allclose(backend.to_numpy(lo)[r], want[0], rtol=2e-7)
         np.testing.assert_allclose(backend.to_numpy(hi)[r], want[1], rtol=2e-7)
+
+
+@pytest.mark.parametrize("num_bins", [128, 2048])
+@pytest.mark.parametrize("p", [50, 99, 99.9, 99.99])
+def test_percentile_bins_by_blocks_equal_every_running_sum(backend, rng, num_bins, p):
+    """Whole counts: the blocks' running sums find the bins that every bin's running sum finds."""
+    counts = np.zeros((9, num_bins))
+    counts[0] = rng.integers(0, 3, num_bins)  # dense
+    counts[1, [0, num_bins - 1]] = 5  # the ends only
+    counts[2, 64:128] = 1  # one whole block
+    counts[3, rng.integers(0, num_bins, 40)] = 1  # sparse
+    counts[4, 63] = counts[4, 64] = 10**6  # a block boundary
+    counts[5] = rng.integers(0, 100, num_bins) * (rng.random(num_bins) < 0.1)
+    counts[6, :] = 1  # thresholds hit exactly (p = 50: half the bins)
+    counts[7, num_bins // 2] = 1  # one value
+    counts[8] = rng.integers(0, 2**20, num_bins)  # totals past 2**24: the wide path
+    c = backend.asarray(counts)
+    xp = backend.xp
+    got = percentile_bins(xp, c, p, whole=True)
+    want = percentile_bins(xp, c, p, whole=False)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
+
+
+def test_loaded_counts_must_be_whole(backend):
+    a = PercentileEncodingAnalyzer((2, 1), num_bins=8)
+    a.update_stats(backend.asarray([[1.0, 2.0, 3.0], [0.0, 5.0, 6.0]], "float32"))
+    sd = a.state_dict()
+    for bad in (0.5, -1.0):
+        counts = backend.to_numpy(sd["state"]["counts"]).copy()
+        counts[0, 3] = bad
+        broken = dict(sd, state=dict(sd["state"], counts=backend.asarray(counts)))
+        b = PercentileEncodingAnalyzer((2, 1), num_bins=8)
+        with pytest.raises(ValueError, match="whole numbers"):
+            b.load_state_dict(broken)
+        assert b.get_stats() is None
 
 
 @pytest.mark.parametrize("method", ["percentile", "sqnr"])

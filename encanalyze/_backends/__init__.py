@@ -55,7 +55,8 @@ class Primitives(NamedTuple):
     core, which stays their specification and fallback: ``minmax_encoding`` is
     :func:`encanalyze._encoding.minmax_encoding` less ``xp``; ``minmax_rows(x, view_shape,
     axes, num_rows)`` is ``_observers.minmax.batch_minmax`` for NaN-free floating input (it
-    returns ``(min, max)`` rows, or None to send the input down the portable path).
+    returns ``(min, max)`` rows, or None to send the input down the portable path); ``rebin``
+    is :func:`encanalyze._histograms.rebin` less ``xp`` (or None: the portable path).
     """
 
     minmax: Callable
@@ -64,6 +65,7 @@ class Primitives(NamedTuple):
     clip: Callable
     minmax_encoding: Callable | None = None
     minmax_rows: Callable | None = None
+    rebin: Callable | None = None
 
 
 _TABLE: dict[Namespace, Primitives] = {}

@@ -11,7 +11,7 @@ import numpy as np
 from .._grid import minimum_scale, symmetric_steps, warn_clamped
 from . import _portable
 
-__all__ = ["bincount_rows", "clip", "histogram_rows", "minmax", "primitives"]
+__all__ = ["bincount_rows", "clip", "histogram_rows", "minmax", "primitives", "rebin_rows"]
 
 
 def primitives(m, host: bool) -> dict:
@@ -26,6 +26,7 @@ def primitives(m, host: bool) -> dict:
         "histogram_rows": partial(histogram_rows, m, host),
     }
     if host:
+        out["rebin"] = rebin_rows
         out["minmax"] = partial(minmax, m)
         out["minmax_encoding"] = minmax_encoding
         out["minmax_rows"] = partial(minmax_rows, m)
@@ -196,7 +197,7 @@ def histogram_rows(m, host: bool, rows, lo, hi, num_bins: int, may_have_nan: boo
     cols = max(1, VALUE_CHUNK // step) if host else max(num_values, 1)  # bounded temporaries
     for a in range(0, num_rows, step):
         b = min(a + step, num_rows)
-        counts = 0
+        counts = None
         for c in range(0, max(num_values, 1), cols):
             t = m.subtract(rows[a:b, c : c + cols], lo[a:b, None])
             t /= width[a:b]
@@ -207,6 +208,81 @@ def histogram_rows(m, host: bool, rows, lo, hi, num_bins: int, may_have_nan: boo
                 t = m.where(m.isnan(t), num_bins, t)
             if b - a > 1:
                 t += offsets[: b - a]
-            counts = counts + _count(m, host, t.astype(m.int64).ravel(), (b - a) * nbins)
+            counted = _count(m, host, t.astype(m.int64).ravel(), (b - a) * nbins)
+            counts = counted if counts is None else counts + counted
         out[a:b] = counts.reshape(b - a, nbins)[:, :num_bins]
+    return out
+
+
+REBIN_BLOCK = 2**14
+"""Host re-binning works through blocks of rows of about this many bins (cache-sized)."""
+
+
+def rebin_rows(counts, lo, hi, new_lo, new_hi, whole: bool = False):
+    """Re-bin like ``_histograms.rebin`` on the host: the same operations, dtypes and counts.
+
+    They run in place on cache-sized blocks of rows, with one ``bincount`` per block. Where no
+    count reaches 2**24 the wide split (which then equals the narrow one) is skipped; where
+    every old bin is wider than 0 and the counts are ``whole`` (non-negative integers), the
+    fraction ``before / w_old`` clipped to [0, 1] and the split without ``minimum`` are the
+    rule's (the division is monotonic, and ``round(f c) <= c`` for ``f <= 1``).
+    """
+    num_rows, num_bins = counts.shape
+    wd = np.float64 if lo.dtype == np.float64 else np.float32
+    valid = lo <= hi
+    lo_w = np.where(valid, lo.astype(wd), wd(0))
+    hi_w = np.where(valid, hi.astype(wd), wd(1))
+    nlo = np.where(valid, new_lo.astype(wd), wd(0))[:, None]
+    nhi = np.where(valid, new_hi.astype(wd), wd(1))[:, None]
+    w_old = ((hi_w - lo_w) / wd(num_bins))[:, None]
+    w_new = (nhi - nlo) / wd(num_bins)
+    k = np.arange(num_bins, dtype=wd)
+    big = bool((counts >= 2**24).any()) and wd != np.float64
+    # every old bin wider than 0 and whole counts (an observer's): the short formulas below
+    positive = bool((w_old > 0).all()) and whole
+    out = np.empty((num_rows, num_bins), dtype=np.float64)
+    step = max(1, REBIN_BLOCK // num_bins)
+    offsets = (np.arange(step) * num_bins)[:, None]
+    for a in range(0, num_rows, step):
+        b = min(a + step, num_rows)
+        sl = slice(a, b)
+        start = np.multiply(w_old[sl], k)
+        start += lo_w[sl, None]
+        j = np.subtract(start, nlo[sl])
+        j /= w_new[sl]
+        np.floor(j, out=j)
+        np.clip(j, 0, num_bins - 1, out=j)
+        before = np.add(j, 1)
+        before *= w_new[sl]
+        before += nlo[sl]
+        before -= start
+        if positive:  # before / w_old is then the fraction wherever it lies in [0, 1]
+            fraction = np.divide(before, w_old[sl])
+            np.clip(fraction, 0, 1, out=fraction)
+        else:
+            inside = (before > 0) & (before < w_old[sl])
+            ratio = np.divide(np.where(inside, before, 0), np.where(inside, w_old[sl], 1))
+            fraction = np.where(inside, ratio, (before >= w_old[sl]).astype(wd))
+        rows, size = b - a, (b - a) * num_bins
+        c_wide = counts[sl].astype(np.float64, copy=False)
+        part = np.multiply(fraction, counts[sl], dtype=wd, casting="same_kind")  # c in wd
+        np.round(part, out=part)
+        if not positive:  # else fraction <= 1 and whole counts: part <= c already
+            np.minimum(part, c_wide.astype(wd), out=part)
+        if big:
+            high = c_wide >= 2**24
+            part_wide = np.minimum(np.round(fraction.astype(np.float64) * c_wide), c_wide)
+            part = np.where(high, part_wide, part)
+        # one bincount: each part at its bin j, the rest at min(j + 1, B - 1), rows apart
+        keys = np.empty(2 * size, dtype=np.intp)
+        idx, following = keys[:size].reshape(rows, num_bins), keys[size:].reshape(rows, num_bins)
+        np.copyto(idx, j, casting="unsafe")  # j is whole and in [0, B - 1]
+        idx += offsets[:rows]
+        np.add(idx, 1, out=following)
+        np.minimum(following, offsets[:rows] + (num_bins - 1), out=following)
+        weights = np.empty(2 * size, dtype=np.float64)
+        np.copyto(weights[:size].reshape(rows, num_bins), part)
+        np.subtract(c_wide.reshape(-1), weights[:size], out=weights[size:])
+        counted = np.bincount(keys, weights, minlength=size)
+        out[sl] = counted.reshape(rows, num_bins)
     return out

@@ -10,7 +10,7 @@ import array_api_compat.torch as xp
 import numpy as np
 import torch
 
-from . import _portable
+from . import _numpy_like, _portable
 
 __all__ = [
     "PRIMITIVES",
@@ -169,7 +169,16 @@ def clip(x: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
     return torch.clamp(x, lo, hi)
 
 
+def rebin(counts, lo, hi, new_lo, new_hi, whole: bool = False) -> torch.Tensor | None:
+    """Re-bin CPU tensors on their NumPy views (None elsewhere: the portable path)."""
+    arrays = (counts, lo, hi, new_lo, new_hi)
+    if any(a.device.type != "cpu" or a.dtype not in _NUMPY_DTYPES for a in arrays):
+        return None
+    return torch.from_numpy(_numpy_like.rebin_rows(*(a.numpy() for a in arrays), whole))
+
+
 PRIMITIVES = {
+    "rebin": rebin,
     "minmax": minmax,
     "bincount_rows": bincount_rows,
     "histogram_rows": histogram_rows,
@@ -202,34 +211,46 @@ _LEAVES = (torch.Tensor, np.ndarray, np.generic)
 def _map(fn, tree):
     """Apply ``fn`` to each leaf of nested tuples, NamedTuples and dataclasses (None stays).
 
-    A node with a ``_map_arrays(fn)`` method maps itself.
+    A node with a ``_map_arrays(fn)`` method maps itself. A leaf held in several places is
+    mapped once, and its results stay one object.
     """
-    if tree is None:
-        return None
-    kind = type(tree)
-    rebuild = _REBUILD.get(kind)
-    if rebuild is None:
-        rebuild = _REBUILD[kind] = _rebuilder(kind)
-    return rebuild(fn, tree)
+    done: dict[int, object] = {}
+
+    def go(node):
+        if node is None:
+            return None
+        kind = type(node)
+        rebuild = _REBUILD.get(kind)
+        if rebuild is None:
+            rebuild = _REBUILD[kind] = _rebuilder(kind)
+        if rebuild is not _LEAF:
+            return rebuild(go, node)
+        out = done.get(id(node))
+        if out is None:
+            out = done[id(node)] = fn(node)
+        return out
+
+    return go(tree)
 
 
+_LEAF = object()
 _REBUILD: dict[type, object] = {}
 
 
 def _rebuilder(kind: type):
     """Return how to map over a node of type ``kind``: leaf, tuple, NamedTuple or dataclass."""
     if issubclass(kind, _LEAVES):
-        return lambda fn, leaf: fn(leaf)
+        return _LEAF
     if kind is tuple:
-        return lambda fn, t: tuple([_map(fn, v) for v in t])
+        return lambda go, t: tuple([go(v) for v in t])
     if issubclass(kind, tuple) and hasattr(kind, "_fields"):
-        return lambda fn, t: kind(*[_map(fn, v) for v in t])
+        return lambda go, t: kind(*[go(v) for v in t])
     if hasattr(kind, "_map_arrays"):  # builds what it holds lazily: mapped as it is held
-        return lambda fn, t: t._map_arrays(lambda v: _map(fn, v))
+        return lambda go, t: t._map_arrays(go)
     if dataclasses.is_dataclass(kind):
         names = tuple(f.name for f in dataclasses.fields(kind) if f.init)
-        return lambda fn, t: kind(*[_map(fn, getattr(t, n)) for n in names])
-    return lambda fn, leaf: fn(leaf)  # anything else is a leaf
+        return lambda go, t: kind(*[go(getattr(t, n)) for n in names])
+    return _LEAF  # anything else is a leaf
 
 
 def _view(t):
