@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from typing import Any, Generic, TypeVar
 
 from ._backends import analyzer_input, compiled_update, numpy_twin, quiet
@@ -65,6 +66,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         state["_home"] = None
         state.pop("_program", None)  # a compiled update is built again where it is used
         state.pop("_lock", None)  # a new lock where it is used
+        state.pop("_views", None)  # NumPy views of the state are taken again
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -115,7 +117,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
     def _locked_update(self, xp: Namespace, x: Array, want_batch: bool):
         if self._home is not None:
             check_same_home(self._home, xp, device_of(x))
-        twin = numpy_twin(xp, self._state, batch=x)
+        twin = numpy_twin(xp, self._state, batch=x, known=self.__dict__.get("_views"))
         compiled = self._compiled(xp) if twin is None and self.observer.exact_ops else None
         if compiled is not None:
             batch, state = compiled(x, self._state, want_batch)  # pure, one program
@@ -126,8 +128,10 @@ class EncodingAnalyzer(ABC, Generic[S]):
                 batch, state = self._update_in(xp, x, self._state, want_batch)  # pure
         else:  # host torch: NumPy views of the same memory, results back as tensors
             np_xp, (x_np, state_np), back = twin
-            with quiet(np_xp):
-                batch, state = back(self._update_in(np_xp, x_np, state_np, want_batch))
+            with nullcontext() if self.observer.exact_ops else quiet(np_xp):
+                batch_np, state_np = self._update_in(np_xp, x_np, state_np, want_batch)
+            batch, state = back((batch_np, state_np))
+            self._views = (state, state_np)  # the next update and encoding reuse the views
         self._state = state
         if self._home is None:
             self._home = (xp, device_of(x))
@@ -301,11 +305,11 @@ class EncodingAnalyzer(ABC, Generic[S]):
         return self._encode(xp, state, num_steps, is_symmetric)
 
     def _encode(self, xp: Namespace, state, num_steps: int, is_symmetric: bool):
-        twin = numpy_twin(xp, state)  # host torch: the rules on NumPy views of the same memory
+        # host torch: the rules on NumPy views of the same memory
+        twin = numpy_twin(xp, state, known=self.__dict__.get("_views"))
         if twin is not None:
             np_xp, views, back = twin
-            lo, hi = self._encode_in(np_xp, views, num_steps, is_symmetric)
-            return back(lo), back(hi)
+            return back(self._encode_in(np_xp, views, num_steps, is_symmetric))
         return self._encode_in(xp, state, num_steps, is_symmetric)
 
     def _encode_in(self, xp: Namespace, state, num_steps: int, is_symmetric: bool):

@@ -60,8 +60,23 @@ _BY_TYPE: dict[type, Namespace] = {}
 
 
 def device_of(x: Array) -> Any:
-    """Return the device ``x`` lives on."""
-    return array_api_compat.device(x)
+    """Return the device ``x`` lives on (``array_api_compat.device``)."""
+    get = _DEVICE_OF.get(type(x))
+    if get is None:
+        get = _DEVICE_OF[type(x)] = _device_getter(x)
+    return get(x)
+
+
+_DEVICE_OF: dict[type, Any] = {}
+
+
+def _device_getter(x: Array):
+    """Return how to read the device of arrays of ``x``'s type: NumPy and torch directly."""
+    if array_api_compat.is_numpy_array(x) and array_api_compat.device(x) == "cpu":
+        return lambda _: "cpu"
+    if array_api_compat.is_torch_array(x):
+        return lambda t: t.device
+    return array_api_compat.device
 
 
 def on_host(x: Array) -> bool:

@@ -18,6 +18,7 @@ from functools import partial
 from typing import NamedTuple
 
 import array_api_compat
+import array_api_compat.numpy as np_xp
 import numpy as np
 from array_api_compat import (
     is_array_api_strict_namespace,
@@ -204,11 +205,12 @@ HOST_TWIN_UPDATE = 1 << 16
 ones run torch's own (multi-threaded) kernels, where dispatch costs nothing in comparison."""
 
 
-def numpy_twin(xp: Namespace, state, batch: Array | None = None):
+def numpy_twin(xp: Namespace, state, batch: Array | None = None, known=None):
     """Return ``(numpy namespace, state as NumPy views, back)`` for host torch state, else None.
 
     With ``batch`` (an update), the views are ``(batch, state)``, for floating batches of at
     most :data:`HOST_TWIN_UPDATE` values (integer batches keep torch's float32 ranges).
+    ``known``: ``(state, its views)`` from an earlier call, used where ``state`` is that state.
 
     Encoding rules, and the updates of small batches, are many small array operations; torch
     pays several microseconds of dispatch (and, on a busy machine, a parallel region) per call
@@ -219,18 +221,34 @@ def numpy_twin(xp: Namespace, state, batch: Array | None = None):
     """
     if not HOST_TWIN or not is_torch_namespace(xp):
         return None
-    if batch is not None:
-        if batch.numel() > HOST_TWIN_UPDATE or not batch.is_floating_point():
-            return None
-        state = (batch, state)
-    from . import _torch
+    if batch is not None and (batch.numel() > HOST_TWIN_UPDATE or not batch.is_floating_point()):
+        return None
+    _torch = _torch_module()
 
-    views, ok = _torch.numpy_views(state)
+    if state is None:
+        views, ok = None, True
+    elif known is not None and known[0] is state:
+        views, ok = known[1], True
+    else:
+        views, ok = _torch.numpy_views(state)
+    if ok and batch is not None:
+        batch_view, ok = _torch.numpy_views(batch)
+        views = (batch_view, views)
     if not ok:
         return None
-    import array_api_compat.numpy as np_xp
-
     return np_xp, views, _torch.from_numpy_result
+
+
+_TORCH = []
+
+
+def _torch_module():
+    """Return the torch backend module (imported on first use: torch is optional)."""
+    if not _TORCH:
+        from . import _torch
+
+        _TORCH.append(_torch)
+    return _TORCH[0]
 
 
 def to_numpy(x: Array) -> np.ndarray:

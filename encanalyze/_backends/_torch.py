@@ -211,29 +211,30 @@ _LEAVES = (torch.Tensor, np.ndarray, np.generic)
 def _map(fn, tree):
     """Apply ``fn`` to each leaf of nested tuples, NamedTuples and dataclasses (None stays).
 
-    A node with a ``_map_arrays(fn)`` method maps itself. A leaf held in several places is
+    A node with a ``_map_arrays(fn)`` method maps itself. A node held in several places is
     mapped once, and its results stay one object.
     """
+    if type(tree) in _ARRAYS:
+        return fn(tree)
     done: dict[int, object] = {}
 
     def go(node):
         if node is None:
             return None
-        kind = type(node)
-        rebuild = _REBUILD.get(kind)
-        if rebuild is None:
-            rebuild = _REBUILD[kind] = _rebuilder(kind)
-        if rebuild is not _LEAF:
-            return rebuild(go, node)
         out = done.get(id(node))
         if out is None:
-            out = done[id(node)] = fn(node)
+            kind = type(node)
+            rebuild = _REBUILD.get(kind)
+            if rebuild is None:
+                rebuild = _REBUILD[kind] = _rebuilder(kind)
+            out = done[id(node)] = fn(node) if rebuild is _LEAF else rebuild(go, node)
         return out
 
     return go(tree)
 
 
 _LEAF = object()
+_ARRAYS = (np.ndarray, torch.Tensor)
 _REBUILD: dict[type, object] = {}
 
 
@@ -276,7 +277,8 @@ def _tensor(a):
     if not isinstance(a, (np.ndarray, np.generic)):
         return a
     a = np.asarray(a)
-    if not a.flags.writeable or (a.ndim and min(a.strides) < 0):
+    # views may be read-only or run backwards (torch takes neither); fresh arrays never are
+    if a.base is not None and (not a.flags.writeable or (a.ndim and min(a.strides) < 0)):
         a = a.copy()
     return torch.from_numpy(a)
 
