@@ -182,20 +182,11 @@ def row_jax() -> None:
 
 
 def row_torch_model() -> None:
-    import torch
-    from bench_model import model
+    from bench_model import workload
 
     from encanalyze.torch import calibrate
 
-    torch.manual_seed(0)
-    net = model()
-    batches = [torch.randn(16, 3, 32, 32) for _ in range(20)]
-
-    def forward():
-        with torch.no_grad():
-            for b in batches:
-                net(b)
-
+    net, batches, forward = workload()
     methods = ("percentile", "sqnr")
     runs = [lambda m=m: calibrate(net, batches, activations=m, progress=False) for m in methods]
     t_fwd, *times = compare([forward, *runs], repeat=5, warmup=1)

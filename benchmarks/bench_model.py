@@ -35,7 +35,8 @@ def model() -> torch.nn.Module:
     ).eval()
 
 
-def main() -> None:
+def workload():
+    """Return the small CNN, its 20 batches of (16, 3, 32, 32), and its forward passes over them."""
     torch.manual_seed(0)
     net = model()
     batches = [torch.randn(16, 3, 32, 32) for _ in range(20)]
@@ -45,6 +46,11 @@ def main() -> None:
             for b in batches:
                 net(b)
 
+    return net, batches, forward
+
+
+def main() -> None:
+    net, batches, forward = workload()
     activations = captured(net, batches)
 
     def floor():  # forward + one native min/max and one bincount pass per activation
