@@ -400,14 +400,12 @@ def rebin_onto(xp: Namespace, h: RowHistogram, lo: Array, hi: Array) -> Array:
     the end bins of any range), keep their counts.
     """
     changed = (h.lo <= h.hi) & ((lo != h.lo) | (hi != h.hi))
-    if on_host(h.counts):  # host backends skip a no-op rebin, and the selection where all change
-        if not bool(xp.any(changed)):
-            return h.counts
-        if bool(xp.all(changed)):
-            return rebin(xp, h.counts, h.lo, h.hi, lo, hi, h.edges is None)
-    return xp.where(
-        changed[:, None], rebin(xp, h.counts, h.lo, h.hi, lo, hi, h.edges is None), h.counts
-    )
+    if on_host(h.counts) and not bool(xp.any(changed)):  # host backends skip a no-op rebin
+        return h.counts
+    moved = rebin(xp, h.counts, h.lo, h.hi, lo, hi, whole=h.edges is None)
+    if on_host(h.counts) and bool(xp.all(changed)):  # and the selection where all change
+        return moved
+    return xp.where(changed[:, None], moved, h.counts)
 
 
 def merge_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:

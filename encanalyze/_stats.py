@@ -107,10 +107,9 @@ class Histogram(_Stats):
         (the same arithmetic, so the same numbers, as building them at once).
         """
         out = object.__new__(cls)
-        for name, value in (("histogram", histogram), ("min", obs_min), ("max", obs_max)):
+        fields = {"histogram": histogram, "min": obs_min, "max": obs_max, "num_nan": num_nan}
+        for name, value in (*fields.items(), ("_edge_range", (lo, hi))):
             object.__setattr__(out, name, value)
-        object.__setattr__(out, "num_nan", num_nan)
-        object.__setattr__(out, "_edge_range", (lo, hi))
         return out
 
     def __getattr__(self, name: str):

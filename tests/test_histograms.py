@@ -1,4 +1,6 @@
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from encanalyze import (
 )
 from encanalyze import _backends as backends
 from encanalyze._backends import _portable
-from encanalyze._histograms import bin_counts, bin_edges
+from encanalyze._histograms import _rebin, bin_counts, bin_edges, rebin
 from encanalyze._rules.percentile import percentile_bins, percentile_range
 from encanalyze._xp import wide_dtype
 from tests import reference
@@ -115,9 +117,6 @@ def test_returned_edges_are_built_when_read_and_equal_the_table(backend, rng):
     assert batch.bin_edges is edges and edges.dtype == wd  # built once
     again = analyzer.get_stats()
     np.testing.assert_array_equal(backend.to_numpy(again.bin_edges), backend.to_numpy(edges))
-    import copy
-    import pickle
-
     for twin in (copy.deepcopy(batch), pickle.loads(pickle.dumps(analyzer.get_stats()))):
         np.testing.assert_array_equal(backend.to_numpy(twin.bin_edges), backend.to_numpy(edges))
     with pytest.raises(AttributeError, match="no attribute 'edges'"):
@@ -447,8 +446,6 @@ def test_histogram_rows_native_equals_portable(backend, rng, may_have_nan, dtype
 @pytest.mark.parametrize("rows", [3, 40])
 def test_rebin_native_equals_portable(backend, rng, dtype, rows):
     """The host re-binning (in place, by blocks, one bincount) gives the portable counts."""
-    from encanalyze._histograms import _rebin, rebin
-
     num_bins = 512
     counts = rng.integers(0, 50, (rows, num_bins)) * (rng.random((rows, num_bins)) < 0.6)
     counts = counts.astype(np.float64)

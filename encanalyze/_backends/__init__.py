@@ -13,8 +13,9 @@ The conversions between namespaces (``to_numpy``, ``from_numpy``, ``to_torch``,
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from typing import NamedTuple
 
 import array_api_compat
@@ -87,9 +88,7 @@ def analyzer_input(x):
             "of the statistics) or x.compressed()"
         )
     if array_api_compat.is_torch_array(x):
-        from . import _torch
-
-        return _torch.analyzer_input(x)
+        return _optional("_torch").analyzer_input(x)
     return x
 
 
@@ -102,13 +101,9 @@ def _native(xp: Namespace) -> dict[str, Callable]:
 
         return _numpy_like.primitives(cupy, host=False)
     if is_torch_namespace(xp):
-        from . import _torch
-
-        return _torch.PRIMITIVES
+        return _optional("_torch").PRIMITIVES
     if is_jax_namespace(xp):
-        from . import _jax
-
-        return _jax.PRIMITIVES
+        return _optional("_jax").PRIMITIVES
     return {}
 
 
@@ -179,9 +174,7 @@ def compiled_update(
     """
     if not is_jax_namespace(xp):
         return None
-    from . import _jax
-
-    return _jax.compiled_update(update, state_types)
+    return _optional("_jax").compiled_update(update, state_types)
 
 
 def quiet(xp: Namespace):
@@ -223,8 +216,7 @@ def numpy_twin(xp: Namespace, state, batch: Array | None = None, known=None):
         return None
     if batch is not None and (batch.numel() > HOST_TWIN_UPDATE or not batch.is_floating_point()):
         return None
-    _torch = _torch_module()
-
+    _torch = _optional("_torch")
     if state is None:
         views, ok = None, True
     elif known is not None and known[0] is state:
@@ -239,16 +231,14 @@ def numpy_twin(xp: Namespace, state, batch: Array | None = None, known=None):
     return np_xp, views, _torch.from_numpy_result
 
 
-_TORCH = []
+@cache
+def _optional(name: str):
+    """Return the backend module ``name`` (``"_torch"``, ``"_jax"``), imported on first use.
 
-
-def _torch_module():
-    """Return the torch backend module (imported on first use: torch is optional)."""
-    if not _TORCH:
-        from . import _torch
-
-        _TORCH.append(_torch)
-    return _TORCH[0]
+    torch and JAX are optional: their modules are imported only when an array of theirs
+    arrives, and then once (the cached module costs no import machinery per call).
+    """
+    return importlib.import_module(f".{name}", __package__)
 
 
 def to_numpy(x: Array) -> np.ndarray:
@@ -256,9 +246,7 @@ def to_numpy(x: Array) -> np.ndarray:
     if array_api_compat.is_numpy_array(x):
         return np.asarray(x)
     if array_api_compat.is_torch_array(x):
-        from . import _torch
-
-        return _torch.to_numpy(x)
+        return _optional("_torch").to_numpy(x)
     if array_api_compat.is_cupy_array(x):
         return x.get()
     return np.from_dlpack(x)
@@ -267,21 +255,15 @@ def to_numpy(x: Array) -> np.ndarray:
 def from_numpy(xp: Namespace, a: np.ndarray, device=None, dtype_name: str | None = None) -> Array:
     """Return host array ``a`` in namespace ``xp`` on ``device`` (restoring torch bfloat16)."""
     if is_torch_namespace(xp):
-        from . import _torch
-
-        return _torch.from_numpy(a, device, dtype_name)
+        return _optional("_torch").from_numpy(a, device, dtype_name)
     return xp.asarray(a) if device is None else xp.asarray(a, device=device)
 
 
 def to_torch(x: Array, device=None):
     """Return ``x`` as a torch tensor on ``device`` (zero-copy through DLPack where possible)."""
-    from . import _torch
-
-    return _torch.to_torch(x, device)
+    return _optional("_torch").to_torch(x, device)
 
 
 def from_torch(xp: Namespace, t, device) -> Array:
     """Return torch tensor ``t`` as an array of ``xp`` on ``device`` (zero-copy where possible)."""
-    from . import _torch
-
-    return _torch.from_torch(xp, t, device)
+    return _optional("_torch").from_torch(xp, t, device)
