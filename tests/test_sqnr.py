@@ -235,3 +235,135 @@ def _no_warning():
             yield
 
     return check()
+
+
+compiled = pytest.mark.skipif(
+    __import__("os").environ.get("ENCANALYZE_NATIVE") == "0",
+    reason="ENCANALYZE_NATIVE=0: the compiled kernels are switched off",
+)
+
+
+def _portable_cells(xp, counts, edges, d, o, n, gamma, scale=None):
+    """The portable cells search (the compiled one's specification)."""
+    from functools import partial
+
+    from encanalyze._rules.sqnr import _noise_by_cells
+    from encanalyze._xp import in_row_blocks
+
+    edges = xp.astype(edges, counts.dtype)
+    if scale is not None:
+        edges = edges * scale
+    return in_row_blocks(xp, partial(_noise_by_cells, xp), (counts, edges, d, o), 7, n, gamma)
+
+
+@compiled
+def test_compiled_cells_search_is_built():
+    """``pip install`` compiled the C search (CI installs with a compiler; the portable path
+    would still give the same encodings, only slower)."""
+    from encanalyze._backends import _compiled, primitives
+
+    assert _compiled.LIBRARY is not None, "encanalyze/_backends/_cells was not compiled"
+    import array_api_compat.numpy as xp
+
+    assert primitives(xp).noise_by_cells is _compiled.noise_by_cells
+
+
+@compiled
+@pytest.mark.parametrize("n", [0, 1, 15, 254, 255])
+@pytest.mark.parametrize("gamma", [1.0, 3.0])
+@pytest.mark.parametrize("edge_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sym", [False, True])
+def test_compiled_cells_equal_portable_bit_for_bit(rng, n, gamma, edge_dtype, sym):
+    """The C search (SSE2 two lanes, and the scalar tail) gives the portable noise exactly:
+    rows split between threads, positive-only and huge rows (power-of-two scales), edges of
+    either float width, a row of one occupied bin."""
+    import array_api_compat.numpy as xp
+
+    from encanalyze._backends import _compiled
+    from encanalyze._rules.sqnr import (
+        _power_of_two_scale,
+        asymmetric_candidates,
+        noise_by_cells,
+        symmetric_candidates,
+    )
+
+    counts, edges = _random_histograms(rng, 40, 300)
+    pos_counts, pos_edges = _random_histograms(rng, 8, 300, kind="positive")
+    counts = np.concatenate([counts, pos_counts]).astype(np.float64)
+    edges = np.concatenate([edges, pos_edges]).astype(np.float64)
+    edges[3] *= 2.0**600 if edge_dtype == np.float64 else 2.0**100  # huge (float64: scaled)
+    counts[5] = 0.0
+    counts[5, 17] = 3.0  # one occupied bin
+    edges = edges.astype(edge_dtype)
+    lo = np.minimum(edges[:, 0].astype(np.float64), 0)
+    hi = np.maximum(edges[:, -1].astype(np.float64), 0)
+    steps = max(n, 1)
+    if sym:
+        d, o = symmetric_candidates(xp, lo, hi, steps, 101)
+    else:
+        d, o = asymmetric_candidates(xp, lo, hi, steps, 17, 21)
+    scale = _power_of_two_scale(xp, edges[:, :: edges.shape[1] - 1].astype(np.float64))
+    d = d * scale
+    want = _portable_cells(xp, counts, edges, d, o, n, gamma, scale)
+    got = noise_by_cells(xp, counts, edges, d, o, n, gamma, scale)
+    assert _compiled.LIBRARY is not None
+    np.testing.assert_array_equal(got, want)
+    assert np.isfinite(got).all()
+
+
+@compiled
+def test_compiled_cells_on_torch_cpu_tensors(rng):
+    """torch CPU float64 tensors take the compiled search through NumPy views: same noise."""
+    torch = pytest.importorskip("torch")
+    import array_api_compat.numpy as np_xp
+    import array_api_compat.torch as t_xp
+
+    from encanalyze._rules.sqnr import asymmetric_candidates, noise_by_cells
+
+    counts, edges = _random_histograms(rng, 20, 256)
+    counts = counts.astype(np.float64)
+    lo, hi = np.minimum(edges[:, 0], 0).astype(np.float64), np.maximum(edges[:, -1], 0)
+    d, o = asymmetric_candidates(np_xp, lo, hi.astype(np.float64), 255, 17, 21)
+    want = _portable_cells(np_xp, counts, edges, d, o, 255, 3.0)
+    got = noise_by_cells(t_xp, *(torch.from_numpy(a) for a in (counts, edges, d, o)), 255, 3.0)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_cells_search_takes_the_portable_path_for_other_dtypes(rng):
+    """float32 work arrays are not the compiled search's: the portable one answers them."""
+    import array_api_compat.numpy as xp
+
+    from encanalyze._backends import _compiled
+
+    counts, edges = _random_histograms(rng, 4, 64)
+    d = np.full((4, 3), 0.05, dtype=np.float32)
+    o = np.full((4, 3), -7.0, dtype=np.float32)
+    assert _compiled.noise_by_cells(counts, edges, d, o, 15, 3.0) is None
+    got = __import__("encanalyze._rules.sqnr", fromlist=["x"]).noise_by_cells(
+        xp, counts, edges, d, o, 15, 3.0
+    )
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, _portable_cells(xp, counts, edges, d, o, 15, 3.0))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_compiled_cells_search_after_fork(rng):
+    """A forked child (DataLoader workers, multiprocessing) runs the threaded search itself:
+    the parent's worker threads do not survive the fork, and the child must not wait on them."""
+    import multiprocessing
+
+    counts, edges = _random_histograms(rng, 64, 512)
+    analyzer = SqnrEncodingAnalyzer((64,), 512)
+    stats = Histogram(counts, edges, edges[:, 0], edges[:, -1])
+    want = analyzer.compute_encodings_from_stats(stats, 255, False)  # the pool starts here
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_sqnr_in_child, (counts, edges)).get(timeout=60)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def _sqnr_in_child(counts, edges):
+    stats = Histogram(counts, edges, edges[:, 0], edges[:, -1])
+    return SqnrEncodingAnalyzer((64,), 512).compute_encodings_from_stats(stats, 255, False)

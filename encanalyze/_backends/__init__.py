@@ -58,7 +58,9 @@ class Primitives(NamedTuple):
     :func:`encanalyze._encoding.minmax_encoding` less ``xp``; ``minmax_rows(x, view_shape,
     axes, num_rows)`` is ``_observers.minmax.batch_minmax`` for NaN-free floating input (it
     returns ``(min, max)`` rows, or None to send the input down the portable path); ``rebin``
-    is :func:`encanalyze._histograms.rebin` less ``xp`` (or None: the portable path).
+    is :func:`encanalyze._histograms.rebin` less ``xp`` (or None: the portable path);
+    ``noise_by_cells`` is :func:`encanalyze._rules.sqnr.noise_by_cells` less ``xp`` for float64
+    host arrays (compiled, ``_compiled.py``; None where not built).
     """
 
     minmax: Callable
@@ -68,6 +70,7 @@ class Primitives(NamedTuple):
     minmax_encoding: Callable | None = None
     minmax_rows: Callable | None = None
     rebin: Callable | None = None
+    noise_by_cells: Callable | None = None
 
 
 _TABLE: dict[Namespace, Primitives] = {}

@@ -9,7 +9,7 @@ import array_api_compat.numpy as np_xp
 import numpy as np
 
 from .._grid import minimum_scale, symmetric_steps, warn_clamped
-from . import _portable
+from . import _compiled, _portable
 
 __all__ = ["bincount_rows", "clip", "histogram_rows", "minmax", "primitives", "rebin_rows"]
 
@@ -30,6 +30,8 @@ def primitives(m, host: bool) -> dict:
         out["minmax"] = partial(minmax, m)
         out["minmax_encoding"] = minmax_encoding
         out["minmax_rows"] = partial(minmax_rows, m)
+        if _compiled.LIBRARY is not None:
+            out["noise_by_cells"] = _compiled.noise_by_cells
     return out
 
 

@@ -10,7 +10,7 @@ import array_api_compat.torch as xp
 import numpy as np
 import torch
 
-from . import _numpy_like, _portable
+from . import _compiled, _numpy_like, _portable
 
 __all__ = [
     "PRIMITIVES",
@@ -177,7 +177,20 @@ def rebin(counts, lo, hi, new_lo, new_hi, whole: bool = False) -> torch.Tensor |
     return torch.from_numpy(_numpy_like.rebin_rows(*(a.numpy() for a in arrays), whole))
 
 
+def noise_by_cells(counts, edges, deltas, offsets, n: int, gamma: float, scale=None):
+    """Run the compiled SQNR cells search on CPU tensors' NumPy views (None elsewhere)."""
+    arrays = [a for a in (counts, edges, deltas, offsets, scale) if a is not None]
+    if _compiled.LIBRARY is None or any(
+        a.device.type != "cpu" or a.dtype not in _NUMPY_DTYPES for a in arrays
+    ):
+        return None
+    views = (a.numpy() for a in (counts, edges, deltas, offsets))
+    found = _compiled.noise_by_cells(*views, n, gamma, None if scale is None else scale.numpy())
+    return None if found is None else torch.from_numpy(found)
+
+
 PRIMITIVES = {
+    "noise_by_cells": noise_by_cells,
     "rebin": rebin,
     "minmax": minmax,
     "bincount_rows": bincount_rows,

@@ -26,7 +26,7 @@ import numbers
 from functools import partial
 
 from .._analyzer import HistogramAnalyzer
-from .._backends import clip
+from .._backends import clip, primitives
 from .._checks import int_at_least
 from .._encoding import clamp_to_finite, minimum_scale
 from .._histograms import RowHistogram, wide_dtype
@@ -190,13 +190,31 @@ HOST_BLOCK = 2**18
 
 
 def noise_by_cells(
-    xp: Namespace, counts: Array, edges: Array, deltas: Array, offsets: Array, n: int, gamma: float
+    xp: Namespace,
+    counts: Array,
+    edges: Array,
+    deltas: Array,
+    offsets: Array,
+    n: int,
+    gamma: float,
+    scale: Array | None = None,
 ) -> Array:
-    """Return each candidate's expected noise from prefix sums, ``O(n)`` per candidate (float64).
+    """Return each candidate's expected noise from prefix sums, ``O(n)`` per candidate.
 
-    Temporaries are ``E x C x n`` elements (host backends work through the rows in pieces of
-    about 2**18 such elements, which keeps them in cache). See the module docstring.
+    The work is in ``counts``' dtype (float64); ``edges`` are widened to it and multiplied by
+    ``scale`` ``(E, 1)`` where given. Temporaries are ``E x C x n`` elements (host backends
+    work through the rows in pieces of about 2**18 such elements, which keeps them in cache;
+    host float64 counts take the compiled search where it was built: the same arithmetic, row
+    by row). See the module docstring.
     """
+    fused = primitives(xp).noise_by_cells
+    if fused is not None:
+        found = fused(counts, edges, deltas, offsets, n, gamma, scale)
+        if found is not None:
+            return found
+    edges = xp.astype(edges, counts.dtype)
+    if scale is not None:
+        edges = edges * scale
     step = counts.shape[0]
     if on_host(counts):
         step = HOST_BLOCK // max(1, deltas.shape[1] * n)
@@ -343,15 +361,14 @@ def sqnr_search(
     best = []
     for start in range(0, num_rows, rows):  # bounded memory, not a loop per channel
         sl = slice(start, min(start + rows, num_rows))
-        e = xp.astype(edges[sl, :], nd)
-        s = _power_of_two_scale(xp, e)
-        args = (
-            xp.astype(counts[sl, :], nd),
-            e * s if points is None else xp.astype(points[sl, :], nd) * s,
-            xp.astype(deltas[sl, :], nd) * s,
-            xp.astype(offsets[sl, :], nd),
-        )
-        noise = (noise_by_cells if points is None else noise_at)(xp, *args, n, gamma)
+        counts_sl, edges_sl = xp.astype(counts[sl, :], nd, copy=False), edges[sl, :]
+        s = _power_of_two_scale(xp, xp.astype(edges_sl[:, ::num_bins], nd))
+        d_sl, o_sl = xp.astype(deltas[sl, :], nd) * s, xp.astype(offsets[sl, :], nd)
+        if points is None:
+            noise = noise_by_cells(xp, counts_sl, edges_sl, d_sl, o_sl, n, gamma, s)
+        else:
+            p_sl = xp.astype(points[sl, :], nd) * s
+            noise = noise_at(xp, counts_sl, p_sl, d_sl, o_sl, n, gamma)
         best.append(first_least(xp, noise))
     choice = xp.concat(best) if len(best) > 1 else best[0]
     d, o = take_rows(xp, deltas, choice), take_rows(xp, offsets, choice)
@@ -363,6 +380,8 @@ def sqnr_search(
 
 def _power_of_two_scale(xp: Namespace, edges: Array) -> Array:
     """Return ``(E, 1)`` factors ``2**-k`` that bring huge rows near 1, else exactly 1.
+
+    ``edges`` ``(E, 2+)``: only the first and last columns are read.
 
     Squared errors of values near 1e154 overflow float64 (near 1e19 float32, the noise dtype
     where the device lacks float64); rows reaching beyond the fourth root of the dtype's largest
