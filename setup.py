@@ -17,6 +17,7 @@ setup(
             "encanalyze._backends._cells",
             sources=[
                 "encanalyze/_backends/native/cells.c",
+                "encanalyze/_backends/native/histograms.c",
                 "encanalyze/_backends/native/module.c",
             ],
             extra_compile_args=FLAGS,

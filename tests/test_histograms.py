@@ -16,7 +16,7 @@ from encanalyze import (
     StatisticsNotFoundError,
 )
 from encanalyze import _backends as backends
-from encanalyze._backends import _portable
+from encanalyze._backends import _compiled, _portable
 from encanalyze._histograms import _rebin, bin_counts, bin_edges, rebin
 from encanalyze._rules.percentile import percentile_bins, percentile_range
 from encanalyze._xp import wide_dtype
@@ -538,3 +538,43 @@ def test_counts_past_2_24_in_one_bin_lose_no_value(method):
     assert float(analyzer.get_stats().histogram.sum()) == 16_780_217
     analyzer.update_stats(np.array([7.0], np.float32))  # re-binned onto a wider range
     assert float(analyzer.get_stats().histogram.sum()) == 16_780_218
+
+
+@pytest.mark.skipif(_compiled.LIBRARY is None, reason="the compiled kernels were not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape", [(1, 300_000), (3, 70_000), (64, 100), (7, 1)], ids=["long", "few", "many", "one"]
+)
+def test_compiled_count_equals_portable(rng, dtype, shape):
+    """The C count (threads over rows, or over the values of a few long rows) gives the
+    portable counts: NaN left out, infinities and values past the range in the end bins, rows
+    read through a stride."""
+    import array_api_compat.numpy as xp
+
+    wide = rng.standard_normal((shape[0], 2 * shape[1])).astype(dtype)
+    x = wide[:, ::2]  # strided
+    x[0, 0] = np.nan
+    x[-1, -1] = np.inf
+    if shape[1] > 1:
+        x[0, 1] = -np.inf
+    lo = (np.nanmin(np.where(np.isinf(x), 0, x), axis=1) * 0.9).astype(dtype)  # values outside
+    hi = (np.nanmax(np.where(np.isinf(x), 0, x), axis=1) * 0.9).astype(dtype)
+    hi = np.maximum(hi, lo + 1).astype(dtype)
+    want = _portable.histogram_rows(xp, x, lo, hi, 512, True)
+    got = _compiled.count_rows(x, lo, hi, 512)
+    assert got.dtype == np.float64 and got.shape == (shape[0], 512)
+    np.testing.assert_array_equal(got, want)
+    assert got.sum() == np.isfinite(x).sum() + np.isinf(x).sum()
+
+
+@pytest.mark.skipif(_compiled.LIBRARY is None, reason="the compiled kernels were not built")
+def test_compiled_kernels_refuse_other_dtypes(rng):
+    """Integer rows and mixed dtypes are not the C kernels': None (the caller's ufunc path)."""
+    x = rng.integers(0, 9, (4, 50))
+    assert _compiled.count_rows(x, x.min(1), x.max(1), 16) is None
+    f = x.astype(np.float32)
+    assert _compiled.count_rows(f, f.min(1).astype(np.float64), f.max(1), 16) is None
+    counts = np.ones((4, 16))
+    lo, hi = np.zeros(4, np.float32), np.ones(4, np.float32)
+    assert _compiled.rebin_rows(counts.astype(np.float32), lo, hi, lo - 1, hi) is None
+    assert _compiled.rebin_rows(counts, lo, hi, (lo - 1).astype(np.float64), hi) is None

@@ -1,8 +1,10 @@
 """Compiled host kernels: C loaded with ctypes, absent (``LIBRARY is None``) where not built.
 
-``pip install`` compiles ``native/cells.c`` into ``_cells`` (an optional extension: without a C
-compiler the install goes on and every caller takes the portable path). ctypes releases the GIL
-for each call, so the rows are split between threads, one per available core.
+``pip install`` compiles ``native/*.c`` into ``_cells`` (an optional extension: without a C
+compiler the install goes on and every caller takes the portable path): the SQNR cells search,
+per-row histogram counting and re-binning. ctypes releases the GIL for each call, so the rows
+(or, for few rows, the values) are split between threads, one per available core. Each entry
+returns None for inputs it does not take (other dtypes): the caller's portable path answers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ try:
 except ImportError:  # not compiled (no C compiler at install time): the portable paths
     _cells = None
 
-__all__ = ["LIBRARY", "noise_by_cells"]
+__all__ = ["LIBRARY", "count_rows", "noise_by_cells", "rebin_rows"]
+
+_P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_SIGNATURES = {
+    "encanalyze_noise_by_cells": [_I] * 4 + [_D] + [_P] * 2 + [_I] + [_P] * 4,
+    "encanalyze_count_rows_f64": [_I] * 3 + [_P] * 3 + [_I, _P],
+    "encanalyze_count_rows_f32": [_I] * 3 + [_P] * 3 + [_I, _P],
+    "encanalyze_rebin_rows_f64": [_I] * 2 + [_P] * 7,
+    "encanalyze_rebin_rows_f32": [_I] * 2 + [_P] * 7,
+}
 
 
 def _load() -> ctypes.CDLL | None:
@@ -26,10 +37,9 @@ def _load() -> ctypes.CDLL | None:
     if _cells is None or os.environ.get("ENCANALYZE_NATIVE", "1") == "0":
         return None
     lib = ctypes.CDLL(_cells.__file__)
-    fn = lib.encanalyze_noise_by_cells
-    fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_double] + [ctypes.c_void_p] * 2
-    fn.argtypes += [ctypes.c_int64] + [ctypes.c_void_p] * 4
-    fn.restype = ctypes.c_int
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
     return lib
 
 
@@ -54,18 +64,121 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL[pid]
 
 
-def _in_threads(run, num_rows: int) -> None:
-    """Call ``run(start, stop)`` on contiguous row ranges, one per worker, and wait for all."""
-    parts = max(1, min(_WORKERS or 1, num_rows // MIN_ROWS_PER_THREAD))
+def _in_threads(run, num_rows: int, min_rows: int = MIN_ROWS_PER_THREAD) -> None:
+    """Call ``run(start, stop)`` on contiguous row ranges, one per worker, and wait for all.
+
+    Ranges hold at least ``min_rows`` rows (fewer parts where there are not enough).
+    """
+    parts = max(1, min(_WORKERS or 1, num_rows // max(1, min_rows)))
     if parts == 1:
         run(0, num_rows)
         return
     step = -(-num_rows // parts)
     ranges = [(s, min(s + step, num_rows)) for s in range(0, num_rows, step)]
     futures = [_pool().submit(run, *r) for r in ranges[1:]]
-    run(*ranges[0])
-    for f in futures:
-        f.result()
+    try:
+        run(*ranges[0])
+    finally:  # never leave a worker writing into arrays the caller drops
+        for f in futures:
+            f.result()
+
+
+def _check(status: int) -> None:
+    if status == -1:
+        raise MemoryError("a compiled kernel could not allocate its scratch memory")
+    if status != 0:
+        raise RuntimeError(f"a compiled kernel failed (status {status})")
+
+
+_FLOATS = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
+MIN_VALUES_PER_THREAD = 1 << 16
+"""Host counting splits a few long rows' values between threads from this many per thread."""
+
+
+def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int):
+    """Count like ``_portable.histogram_rows``: float host rows, ``(E, B)`` float64 counts.
+
+    ``rows (E, N)`` and ``lo``/``hi (E,)`` in one float dtype (the work dtype); NaN values are
+    left out. None for other dtypes (or a float32 rule this compiler cannot round as float32).
+    """
+    kind = _FLOATS.get(rows.dtype)
+    if kind is None or lo.dtype != rows.dtype or hi.dtype != rows.dtype:
+        return None
+    fn = getattr(LIBRARY, f"encanalyze_count_rows_{kind}")
+    num_rows, num_values = rows.shape
+    if num_rows and rows.strides[1] != rows.itemsize or rows.strides[0] < 0:
+        rows = np.ascontiguousarray(rows)
+    lo, hi = np.ascontiguousarray(lo), np.ascontiguousarray(hi)
+    stride = rows.strides[0] // rows.itemsize if num_rows > 1 else num_values
+    out = np.zeros((num_rows, num_bins), dtype=np.float64)
+    if num_rows == 0 or num_values == 0:
+        return out
+    size = rows.itemsize
+    base, lo_at, hi_at, out_at = rows.ctypes.data, lo.ctypes.data, hi.ctypes.data, out.ctypes.data
+
+    def by_rows(start: int, stop: int) -> None:
+        _check(
+            fn(stop - start, num_values, stride, base + start * stride * size,
+               lo_at + start * size, hi_at + start * size, num_bins, out_at + start * num_bins * 8)
+        )  # fmt: skip
+
+    if num_rows >= (_WORKERS or 1) or num_values < 2 * MIN_VALUES_PER_THREAD:
+        _in_threads(by_rows, num_rows, max(1, MIN_VALUES_PER_THREAD // num_values))
+        return out
+    # few long rows: each thread counts a range of columns into its own table (whole numbers:
+    # the tables add exactly)
+    parts = max(1, min(_WORKERS or 1, num_values // MIN_VALUES_PER_THREAD))
+    step = -(-num_values // parts)
+    tables = [out] + [np.zeros_like(out) for _ in range(parts - 1)]
+
+    def by_columns(part: int, _: int) -> None:
+        a = part * step
+        cols = min(step, num_values - a)
+        _check(fn(num_rows, cols, stride, base + a * size, lo_at, hi_at, num_bins,
+                  tables[part].ctypes.data))  # fmt: skip
+
+    futures = [_pool().submit(by_columns, p, 0) for p in range(1, parts)]
+    try:
+        by_columns(0, 0)
+    finally:
+        for f in futures:
+            f.result()
+    for t in tables[1:]:
+        out += t
+    return out
+
+
+def rebin_rows(counts, lo, hi, new_lo, new_hi) -> np.ndarray | None:
+    """:func:`encanalyze._histograms._rebin` of host arrays: ``(E, B)`` float64 counts.
+
+    ``counts`` float64; ``lo``, ``hi``, ``new_lo``, ``new_hi`` ``(E,)`` in one float dtype
+    (float64 rules, else float32's). None for other dtypes.
+    """
+    kind = _FLOATS.get(lo.dtype)
+    ranges = (lo, hi, new_lo, new_hi)
+    if kind is None or counts.dtype != np.float64 or any(a.dtype != lo.dtype for a in ranges):
+        return None
+    num_rows, num_bins = counts.shape
+    if num_bins >= 2**31:
+        return None
+    fn = getattr(LIBRARY, f"encanalyze_rebin_rows_{kind}")
+    counts = np.ascontiguousarray(counts)
+    ranges = [np.ascontiguousarray(a) for a in ranges]
+    out = np.empty((num_rows, num_bins), dtype=np.float64)
+    if num_rows == 0:
+        return out
+    size = lo.itemsize
+
+    def run(start: int, stop: int) -> None:
+        scratch = np.empty(3 * num_bins)
+        _check(
+            fn(stop - start, num_bins, counts[start:].ctypes.data,
+               *(a.ctypes.data + start * size for a in ranges), scratch.ctypes.data,
+               out[start:].ctypes.data)
+        )  # fmt: skip
+
+    _in_threads(run, num_rows, max(1, (1 << 15) // max(num_bins, 1)))
+    return out
 
 
 def noise_by_cells(
@@ -112,8 +225,7 @@ def noise_by_cells(
             o[start:stop].ctypes.data,
             out[start:stop].ctypes.data,
         )
-        if status != 0:
-            raise MemoryError(f"the SQNR search could not allocate {5 * (bins + 1)} float64")
+        _check(status)
 
     _in_threads(run, rows)
     return out

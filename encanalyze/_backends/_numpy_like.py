@@ -32,7 +32,25 @@ def primitives(m, host: bool) -> dict:
         out["minmax_rows"] = partial(minmax_rows, m)
         if _compiled.LIBRARY is not None:
             out["noise_by_cells"] = _compiled.noise_by_cells
+            out["histogram_rows"] = _compiled_histogram_rows
+            out["rebin"] = _compiled_rebin
     return out
+
+
+def _compiled_histogram_rows(rows, lo, hi, num_bins: int, may_have_nan: bool):
+    """Count float rows by the compiled kernel (threads), others by the ufunc path."""
+    found = _compiled.count_rows(rows, lo, hi, num_bins)
+    if found is None:
+        return histogram_rows(np, True, rows, lo, hi, num_bins, may_have_nan)
+    return found
+
+
+def _compiled_rebin(counts, lo, hi, new_lo, new_hi, whole: bool = False):
+    """Re-bin by the compiled kernel (threads over rows), else by the ufunc path."""
+    found = _compiled.rebin_rows(counts, lo, hi, new_lo, new_hi)
+    if found is None:
+        return rebin_rows(counts, lo, hi, new_lo, new_hi, whole)
+    return found
 
 
 def _clean_minmax(m, x, axis, finite: bool):

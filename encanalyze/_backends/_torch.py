@@ -103,9 +103,16 @@ def histogram_rows(
 ) -> torch.Tensor:
     """Apply the portable formula in place, then count with :func:`bincount_rows` (float64).
 
-    The position is clamped to ``[0, B - 1]`` before the conversion to integers, whose
+    Float CPU tensors are counted by the compiled host kernel on their NumPy views, where it
+    was built. The position is clamped to ``[0, B - 1]`` before the conversion to integers, whose
     truncation is then the formula's ``floor``; NaN goes to an extra bin that is cut off.
     """
+    if rows.device.type == "cpu" and _compiled.LIBRARY is not None:  # on the NumPy views
+        arrays = (rows, lo, hi)
+        if all(a.dtype in (torch.float32, torch.float64) for a in arrays):
+            found = _compiled.count_rows(*(a.numpy() for a in arrays), num_bins)
+            if found is not None:
+                return torch.from_numpy(found)
     wide = torch.float32 if rows.device.type == "mps" else torch.float64  # MPS lacks float64
     counts = _count_rows(rows, lo, hi, num_bins, may_have_nan)
     return counts if counts.dtype == wide else counts.to(wide)
@@ -174,7 +181,9 @@ def rebin(counts, lo, hi, new_lo, new_hi, whole: bool = False) -> torch.Tensor |
     arrays = (counts, lo, hi, new_lo, new_hi)
     if any(a.device.type != "cpu" or a.dtype not in _NUMPY_DTYPES for a in arrays):
         return None
-    return torch.from_numpy(_numpy_like.rebin_rows(*(a.numpy() for a in arrays), whole))
+    views = [a.numpy() for a in arrays]
+    found = None if _compiled.LIBRARY is None else _compiled.rebin_rows(*views)
+    return torch.from_numpy(_numpy_like.rebin_rows(*views, whole) if found is None else found)
 
 
 def noise_by_cells(counts, edges, deltas, offsets, n: int, gamma: float, scale=None):

@@ -1,0 +1,121 @@
+/* Per-row histograms on the host: counting (encanalyze._backends._portable.histogram_rows) and
+   re-binning (encanalyze._histograms._rebin), the portable rules' operations in the same order
+   and in the same dtype (float or double, as the caller's work dtype), compiled without
+   floating-point contraction. Counts are float64, exact below 2**53. */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+#define WIDE_EVALUATION 1 /* float arithmetic is not done in float: refuse the float32 rules */
+#endif
+
+/* counts[r, :] += the bins of rows[r, :cols] (row stride `stride` values) over [lo[r], hi[r]]:
+   bin = clip(floor((x - lo) / (hi - lo) * B), 0, B - 1); NaN values are left out. */
+/* floor(t) kept within [0, top], as an index: clamping first gives the same whole number
+   (floor is monotone, the bounds whole), then truncation is floor (t >= 0) */
+#define FLOOR_INDEX(t, top) ((int64_t)((t) > 0 ? ((t) < (top) ? (t) : (top)) : 0))
+
+#define COUNT_ROWS(NAME, T)                                                             \
+  int NAME(int64_t rows, int64_t cols, int64_t stride, const T *x, const T *lo, const T *hi,     \
+           int64_t bins, double *counts) {                                                      \
+    const T top = (T)(bins - 1), scale = (T)bins;                                               \
+    for (int64_t r = 0; r < rows; r++) {                                                        \
+      const T low = lo[r], width = hi[r] - lo[r];                                               \
+      const T *v = x + r * stride;                                                              \
+      double *c = counts + r * bins;                                                            \
+      for (int64_t i = 0; i < cols; i++) {                                                      \
+        T t = (v[i] - low) / width;                                                             \
+        t = t * scale;                                                                          \
+        if (t != t) continue;                                                                   \
+        c[FLOOR_INDEX(t, top)] += 1.0;                                                          \
+      }                                                                                         \
+    }                                                                                           \
+    return 0;                                                                                   \
+  }
+
+COUNT_ROWS(encanalyze_count_rows_f64, double)
+#ifndef WIDE_EVALUATION
+COUNT_ROWS(encanalyze_count_rows_f32, float)
+#else
+int encanalyze_count_rows_f32(int64_t rows, int64_t cols, int64_t stride, const float *x,
+                              const float *lo, const float *hi, int64_t bins, double *counts) {
+  return -2;
+}
+#endif
+
+/* out[r, :] = rows' counts (B bins over [lo, hi]) moved onto B bins over [new_lo, new_hi],
+   exactly as encanalyze._histograms._rebin: for old bin k starting at a = lo + w_old k,
+   j = clip(floor((a - new_lo) / w_new), 0, B - 1); the fraction before the target's upper edge,
+   before = new_lo + (j + 1) w_new - a, divided by w_old only strictly inside (0, w_old);
+   part = min(round(fraction c), c) in T (float64 for counts past 2**24 where T is float) goes
+   to j, c - part to min(j + 1, B - 1); out = moved + rest. Rows with lo > hi are re-binned
+   over [0, 1] onto [0, 1], as the rule does. `scratch` holds 3 B doubles; B < 2**31.
+   The first loop (no scattered stores, no branches) vectorises; the second one scatters. */
+#define REBIN_ROWS(NAME, T, ABS, SIGN, BIG)                                                    \
+  int NAME(int64_t rows, int64_t bins, const double *counts, const T *lo, const T *hi,          \
+           const T *new_lo, const T *new_hi, double *scratch, double *out) {                    \
+    const T nb = (T)bins, last = (T)(bins - 1);                                                 \
+    const int narrow = sizeof(T) < sizeof(double);                                              \
+    double *moved = scratch, *parts = scratch + bins;                                           \
+    int32_t *at = (int32_t *)(scratch + 2 * bins);                                              \
+    for (int64_t r = 0; r < rows; r++) {                                                        \
+      const int valid = lo[r] <= hi[r];                                                         \
+      const T lo_w = valid ? lo[r] : (T)0, hi_w = valid ? hi[r] : (T)1;                         \
+      const T nlo = valid ? new_lo[r] : (T)0, nhi = valid ? new_hi[r] : (T)1;                   \
+      const T w_old = (hi_w - lo_w) / nb, w_new = (nhi - nlo) / nb;                             \
+      const double *c = counts + r * bins;                                                      \
+      double *rest = out + r * bins;                                                            \
+      for (int64_t k = 0; k < bins; k++) {                                                      \
+        T start = lo_w + w_old * (T)k;                                                          \
+        T q = (start - nlo) / w_new;                                                            \
+        q = q > 0 ? (q < last ? q : last) : (T)0; /* NaN: 0 */                                  \
+        T j = (T)(int32_t)q;                                                                    \
+        T before = nlo + (j + 1) * w_new - start;                                               \
+        int inside = before > 0 && before < w_old;                                              \
+        T ratio = (inside ? before : (T)0) / (inside ? w_old : (T)1);                           \
+        T fraction = inside ? ratio : (before >= w_old ? (T)1 : (T)0);                          \
+        T cw = (T)c[k];                                                                         \
+        T v = fraction * cw, a = ABS(v);                                                        \
+        T part = SIGN(a < BIG ? (a + BIG) - BIG : a, v); /* round half to even, as rint */      \
+        part = part < cw ? part : cw;                                                           \
+        at[k] = (int32_t)j;                                                                     \
+        parts[k] = (double)part;                                                                \
+      }                                                                                         \
+      if (narrow) /* counts past 2**24: their split in float64 */                               \
+        for (int64_t k = 0; k < bins; k++)                                                      \
+          if (c[k] >= 16777216.0) {                                                             \
+            T start = lo_w + w_old * (T)k;                                                      \
+            T j = (T)at[k];                                                                     \
+            T before = nlo + (j + 1) * w_new - start;                                           \
+            int inside = before > 0 && before < w_old;                                          \
+            T ratio = (inside ? before : (T)0) / (inside ? w_old : (T)1);                       \
+            T fraction = inside ? ratio : (before >= w_old ? (T)1 : (T)0);                      \
+            double vw = (double)fraction * c[k], aw = fabs(vw);                                 \
+            double big = 4503599627370496.0;                                                    \
+            double pw = copysign(aw < big ? (aw + big) - big : aw, vw);                         \
+            parts[k] = pw < c[k] ? pw : c[k];                                                   \
+          }                                                                                     \
+      memset(moved, 0, sizeof(double) * (size_t)bins);                                          \
+      memset(rest, 0, sizeof(double) * (size_t)bins);                                           \
+      for (int64_t k = 0; k < bins; k++) moved[at[k]] += parts[k];                              \
+      for (int64_t k = 0; k < bins; k++) {                                                      \
+        int64_t next = at[k] + 1 < bins ? at[k] + 1 : bins - 1;                                 \
+        rest[next] += c[k] - parts[k];                                                          \
+      }                                                                                         \
+      for (int64_t k = 0; k < bins; k++) rest[k] = moved[k] + rest[k];                          \
+    }                                                                                           \
+    return 0;                                                                                   \
+  }
+
+REBIN_ROWS(encanalyze_rebin_rows_f64, double, fabs, copysign, 4503599627370496.0)
+#ifndef WIDE_EVALUATION
+REBIN_ROWS(encanalyze_rebin_rows_f32, float, fabsf, copysignf, 8388608.0f)
+#else
+int encanalyze_rebin_rows_f32(int64_t rows, int64_t bins, const double *counts, const float *lo,
+                              const float *hi, const float *new_lo, const float *new_hi,
+                              double *scratch, double *out) {
+  return -2;
+}
+#endif
