@@ -347,23 +347,37 @@ def test_cells_search_takes_the_portable_path_for_other_dtypes(rng):
     np.testing.assert_array_equal(got, _portable_cells(xp, counts, edges, d, o, 15, 3.0))
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
-def test_compiled_cells_search_after_fork(rng):
-    """A forked child (DataLoader workers, multiprocessing) runs the threaded search itself:
-    the parent's worker threads do not survive the fork, and the child must not wait on them."""
-    import multiprocessing
+FORKED_CHILD = """
+import multiprocessing, numpy as np
+from encanalyze import Histogram, SqnrEncodingAnalyzer
 
-    counts, edges = _random_histograms(rng, 64, 512)
-    analyzer = SqnrEncodingAnalyzer((64,), 512)
-    stats = Histogram(counts, edges, edges[:, 0], edges[:, -1])
-    want = analyzer.compute_encodings_from_stats(stats, 255, False)  # the pool starts here
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(1) as pool:
-        got = pool.apply_async(_sqnr_in_child, (counts, edges)).get(timeout=60)
-    np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(got[1], want[1])
-
-
-def _sqnr_in_child(counts, edges):
+def encode(counts, edges):
     stats = Histogram(counts, edges, edges[:, 0], edges[:, -1])
     return SqnrEncodingAnalyzer((64,), 512).compute_encodings_from_stats(stats, 255, False)
+
+if __name__ == "__main__":
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 40, (64, 512)).astype(np.float64)
+    edges = -3 + np.arange(513) * (6 / 512) * np.ones((64, 1))
+    want = encode(counts, edges)  # the worker threads start here
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(encode, (counts, edges)).get(timeout=60)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_compiled_cells_search_after_fork(tmp_path):
+    """A forked child (DataLoader workers, multiprocessing) runs the threaded search itself:
+    the parent's worker threads do not survive the fork, and the child must not wait on them.
+    (In a fresh interpreter: this one has JAX's threads, which a fork must not copy.)"""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_child.py"
+    script.write_text(FORKED_CHILD)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
