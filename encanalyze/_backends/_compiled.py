@@ -64,12 +64,13 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL[pid]
 
 
-def _in_threads(run, num_rows: int, min_rows: int = MIN_ROWS_PER_THREAD) -> None:
+def _in_threads(run, num_rows: int, min_rows: int = MIN_ROWS_PER_THREAD, threads=True) -> None:
     """Call ``run(start, stop)`` on contiguous row ranges, one per worker, and wait for all.
 
-    Ranges hold at least ``min_rows`` rows (fewer parts where there are not enough).
+    Ranges hold at least ``min_rows`` rows (fewer parts where there are not enough); one range
+    on the calling thread where ``threads`` is False.
     """
-    parts = max(1, min(_WORKERS or 1, num_rows // max(1, min_rows)))
+    parts = max(1, min(_WORKERS or 1, num_rows // max(1, min_rows))) if threads else 1
     if parts == 1:
         run(0, num_rows)
         return
@@ -91,15 +92,18 @@ def _check(status: int) -> None:
 
 
 _FLOATS = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
-MIN_VALUES_PER_THREAD = 1 << 16
-"""Host counting splits a few long rows' values between threads from this many per thread."""
+MIN_VALUES_PER_THREAD = 1 << 18
+"""Host counting splits its values between threads from this many per thread (a thread's
+hand-off costs tens of microseconds)."""
 
 
-def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int):
+def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int, threads=True):
     """Count like ``_portable.histogram_rows``: float host rows, ``(E, B)`` float64 counts.
 
     ``rows (E, N)`` and ``lo``/``hi (E,)`` in one float dtype (the work dtype); NaN values are
     left out. None for other dtypes (or a float32 rule this compiler cannot round as float32).
+    ``threads=False`` counts on the calling thread only (torch's own threads are busy around
+    it: two pools on the same cores slow each other down).
     """
     kind = _FLOATS.get(rows.dtype)
     if kind is None or lo.dtype != rows.dtype or hi.dtype != rows.dtype:
@@ -122,8 +126,8 @@ def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int):
                lo_at + start * size, hi_at + start * size, num_bins, out_at + start * num_bins * 8)
         )  # fmt: skip
 
-    if num_rows >= (_WORKERS or 1) or num_values < 2 * MIN_VALUES_PER_THREAD:
-        _in_threads(by_rows, num_rows, max(1, MIN_VALUES_PER_THREAD // num_values))
+    if not threads or num_rows >= (_WORKERS or 1) or num_values < 2 * MIN_VALUES_PER_THREAD:
+        _in_threads(by_rows, num_rows, max(1, MIN_VALUES_PER_THREAD // num_values), threads)
         return out
     # few long rows: each thread counts a range of columns into its own table (whole numbers:
     # the tables add exactly)
@@ -148,11 +152,12 @@ def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int):
     return out
 
 
-def rebin_rows(counts, lo, hi, new_lo, new_hi) -> np.ndarray | None:
+def rebin_rows(counts, lo, hi, new_lo, new_hi, threads=True) -> np.ndarray | None:
     """:func:`encanalyze._histograms._rebin` of host arrays: ``(E, B)`` float64 counts.
 
     ``counts`` float64; ``lo``, ``hi``, ``new_lo``, ``new_hi`` ``(E,)`` in one float dtype
-    (float64 rules, else float32's). None for other dtypes.
+    (float64 rules, else float32's). None for other dtypes. ``threads``: as for
+    :func:`count_rows`.
     """
     kind = _FLOATS.get(lo.dtype)
     ranges = (lo, hi, new_lo, new_hi)
@@ -177,7 +182,7 @@ def rebin_rows(counts, lo, hi, new_lo, new_hi) -> np.ndarray | None:
                out[start:].ctypes.data)
         )  # fmt: skip
 
-    _in_threads(run, num_rows, max(1, (1 << 15) // max(num_bins, 1)))
+    _in_threads(run, num_rows, max(1, (1 << 18) // max(num_bins, 1)), threads)
     return out
 
 

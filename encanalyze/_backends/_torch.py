@@ -110,7 +110,7 @@ def histogram_rows(
     if rows.device.type == "cpu" and _compiled.LIBRARY is not None:  # on the NumPy views
         arrays = (rows, lo, hi)
         if all(a.dtype in (torch.float32, torch.float64) for a in arrays):
-            found = _compiled.count_rows(*(a.numpy() for a in arrays), num_bins)
+            found = _compiled.count_rows(*(a.numpy() for a in arrays), num_bins, threads=False)
             if found is not None:
                 return torch.from_numpy(found)
     wide = torch.float32 if rows.device.type == "mps" else torch.float64  # MPS lacks float64
@@ -182,7 +182,7 @@ def rebin(counts, lo, hi, new_lo, new_hi, whole: bool = False) -> torch.Tensor |
     if any(a.device.type != "cpu" or a.dtype not in _NUMPY_DTYPES for a in arrays):
         return None
     views = [a.numpy() for a in arrays]
-    found = None if _compiled.LIBRARY is None else _compiled.rebin_rows(*views)
+    found = None if _compiled.LIBRARY is None else _compiled.rebin_rows(*views, threads=False)
     return torch.from_numpy(_numpy_like.rebin_rows(*views, whole) if found is None else found)
 
 

@@ -4,6 +4,7 @@
    floating-point contraction. Counts are float64, exact below 2**53. */
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -11,27 +12,75 @@
 #define WIDE_EVALUATION 1 /* float arithmetic is not done in float: refuse the float32 rules */
 #endif
 
-/* counts[r, :] += the bins of rows[r, :cols] (row stride `stride` values) over [lo[r], hi[r]]:
-   bin = clip(floor((x - lo) / (hi - lo) * B), 0, B - 1); NaN values are left out. */
 /* floor(t) kept within [0, top], as an index: clamping first gives the same whole number
-   (floor is monotone, the bounds whole), then truncation is floor (t >= 0) */
-#define FLOOR_INDEX(t, top) ((int64_t)((t) > 0 ? ((t) < (top) ? (t) : (top)) : 0))
+   (floor is monotone, the bounds whole), then truncation is floor (t >= 0); NaN gives 0.
+   The two selects are maxss/minss (maxsd/minsd) where SSE2 is there: branches on data-dependent
+   sides (a ReLU's zeros at the range's low end) cost more than the whole count. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static inline int64_t index_f(float t, float top) {
+  __m128 m = _mm_min_ss(_mm_max_ss(_mm_set_ss(t), _mm_setzero_ps()), _mm_set_ss(top));
+  return (int64_t)_mm_cvtss_f32(m);
+}
+static inline int64_t index_d(double t, double top) {
+  __m128d m = _mm_min_sd(_mm_max_sd(_mm_set_sd(t), _mm_setzero_pd()), _mm_set_sd(top));
+  return (int64_t)_mm_cvtsd_f64(m);
+}
+#else
+static inline int64_t index_f(float t, float top) {
+  t = t > 0.0f ? t : 0.0f;
+  return (int64_t)(t < top ? t : top);
+}
+static inline int64_t index_d(double t, double top) {
+  t = t > 0.0 ? t : 0.0;
+  return (int64_t)(t < top ? t : top);
+}
+#endif
+#define FLOOR_INDEX(t, top) \
+  (sizeof(t) == sizeof(float) ? index_f((float)(t), (float)(top)) : index_d((double)(t), (double)(top)))
 
-#define COUNT_ROWS(NAME, T)                                                             \
+/* counts[r, :] += the bins of rows[r, :cols] (row stride `stride` values) over [lo[r], hi[r]]:
+   bin = clip(floor((x - lo) / (hi - lo) * B), 0, B - 1); NaN values are left out. Long rows
+   count into four interleaved tables (runs of equal values, such as a ReLU's zeros, would
+   otherwise wait on each other's increments), added at the end: whole numbers, exact.
+   Returns 0, or -1 where the tables could not be allocated. */
+#define COUNT_ROWS(NAME, T)                                                                    \
   int NAME(int64_t rows, int64_t cols, int64_t stride, const T *x, const T *lo, const T *hi,     \
            int64_t bins, double *counts) {                                                      \
     const T top = (T)(bins - 1), scale = (T)bins;                                               \
+    const int split = cols >= 8 * bins;                                                         \
+    double *tables = split ? calloc((size_t)(4 * bins), sizeof(double)) : NULL;                 \
+    if (split && tables == NULL) return -1;                                                     \
     for (int64_t r = 0; r < rows; r++) {                                                        \
       const T low = lo[r], width = hi[r] - lo[r];                                               \
       const T *v = x + r * stride;                                                              \
       double *c = counts + r * bins;                                                            \
-      for (int64_t i = 0; i < cols; i++) {                                                      \
+      if (!split) {                                                                             \
+        for (int64_t i = 0; i < cols; i++) {                                                    \
+          T t = (v[i] - low) / width;                                                           \
+          t = t * scale;                                                                        \
+          c[FLOOR_INDEX(t, top)] += t == t ? 1.0 : 0.0; /* NaN: adds 0 */                      \
+        }                                                                                       \
+        continue;                                                                               \
+      }                                                                                         \
+      int64_t i = 0;                                                                            \
+      for (; i + 4 <= cols; i += 4)                                                             \
+        for (int64_t u = 0; u < 4; u++) {                                                       \
+          T t = (v[i + u] - low) / width;                                                       \
+          t = t * scale;                                                                        \
+          tables[u * bins + FLOOR_INDEX(t, top)] += t == t ? 1.0 : 0.0;                         \
+        }                                                                                       \
+      for (; i < cols; i++) {                                                                   \
         T t = (v[i] - low) / width;                                                             \
         t = t * scale;                                                                          \
-        if (t != t) continue;                                                                   \
-        c[FLOOR_INDEX(t, top)] += 1.0;                                                          \
+        tables[FLOOR_INDEX(t, top)] += t == t ? 1.0 : 0.0;                                      \
+      }                                                                                         \
+      for (int64_t b = 0; b < bins; b++) {                                                      \
+        c[b] += (tables[b] + tables[bins + b]) + (tables[2 * bins + b] + tables[3 * bins + b]); \
+        tables[b] = tables[bins + b] = tables[2 * bins + b] = tables[3 * bins + b] = 0.0;       \
       }                                                                                         \
     }                                                                                           \
+    free(tables);                                                                               \
     return 0;                                                                                   \
   }
 
@@ -70,8 +119,7 @@ int encanalyze_count_rows_f32(int64_t rows, int64_t cols, int64_t stride, const 
       for (int64_t k = 0; k < bins; k++) {                                                      \
         T start = lo_w + w_old * (T)k;                                                          \
         T q = (start - nlo) / w_new;                                                            \
-        q = q > 0 ? (q < last ? q : last) : (T)0; /* NaN: 0 */                                  \
-        T j = (T)(int32_t)q;                                                                    \
+        T j = (T)FLOOR_INDEX(q, last); /* NaN: 0 */                                             \
         T before = nlo + (j + 1) * w_new - start;                                               \
         int inside = before > 0 && before < w_old;                                              \
         T ratio = (inside ? before : (T)0) / (inside ? w_old : (T)1);                           \
