@@ -71,11 +71,8 @@ def _in_threads(run, num_rows: int, min_rows: int = MIN_ROWS_PER_THREAD, threads
     on the calling thread where ``threads`` is False.
     """
     parts = max(1, min(_WORKERS or 1, num_rows // max(1, min_rows))) if threads else 1
-    if parts == 1:
-        run(0, num_rows)
-        return
     step = -(-num_rows // parts)
-    ranges = [(s, min(s + step, num_rows)) for s in range(0, num_rows, step)]
+    ranges = [(s, min(s + step, num_rows)) for s in range(0, num_rows, step)] or [(0, 0)]
     futures = [_pool().submit(run, *r) for r in ranges[1:]]
     try:
         run(*ranges[0])
@@ -131,22 +128,15 @@ def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int, 
         return out
     # few long rows: each thread counts a range of columns into its own table (whole numbers:
     # the tables add exactly)
-    parts = max(1, min(_WORKERS or 1, num_values // MIN_VALUES_PER_THREAD))
-    step = -(-num_values // parts)
-    tables = [out] + [np.zeros_like(out) for _ in range(parts - 1)]
+    step = -(-num_values // max(1, min(_WORKERS or 1, num_values // MIN_VALUES_PER_THREAD)))
+    tables = [out] + [np.zeros_like(out) for _ in range(1, -(-num_values // step))]
 
-    def by_columns(part: int, _: int) -> None:
-        a = part * step
-        cols = min(step, num_values - a)
-        _check(fn(num_rows, cols, stride, base + a * size, lo_at, hi_at, num_bins,
-                  tables[part].ctypes.data))  # fmt: skip
+    def by_columns(start: int, stop: int) -> None:
+        table = tables[start // step].ctypes.data
+        _check(fn(num_rows, stop - start, stride, base + start * size, lo_at, hi_at, num_bins,
+                  table))  # fmt: skip
 
-    futures = [_pool().submit(by_columns, p, 0) for p in range(1, parts)]
-    try:
-        by_columns(0, 0)
-    finally:
-        for f in futures:
-            f.result()
+    _in_threads(by_columns, num_values, MIN_VALUES_PER_THREAD)
     for t in tables[1:]:
         out += t
     return out
