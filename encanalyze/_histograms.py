@@ -339,8 +339,12 @@ def histogram_update(
         xp.where(later, new_lo, xp.where(seen, lo, run_lo)),
         xp.where(later, new_hi, xp.where(seen, hi, run_hi)),
     )
+    if old is running.counts:  # kept as it was: the running state's own table
+        old = old + new
+    else:  # a fresh re-binned table: the batch is added into it
+        old += new
     merged = RowHistogram(
-        old + new,
+        old,
         new_lo,
         last_edge(xp, new_lo, new_hi, num_bins),
         add_counts(running.num_nan, num_nan),
@@ -375,8 +379,9 @@ def _add_inside(
     """
     num_bins = running.counts.shape[1]
     new = bin_counts(xp, rows, running.lo, running.hi, num_bins, num_nan is not None)
+    new += running.counts  # into the fresh batch counts: no third (E, B) table
     return RowHistogram(
-        running.counts + new,
+        new,
         running.lo,
         last_edge(xp, running.lo, running.hi, num_bins),
         add_counts(running.num_nan, num_nan),
