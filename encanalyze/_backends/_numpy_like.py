@@ -11,7 +11,15 @@ import numpy as np
 from .._grid import minimum_scale, symmetric_steps, warn_clamped
 from . import _compiled, _portable
 
-__all__ = ["bincount_rows", "clip", "histogram_rows", "minmax", "primitives", "rebin_rows"]
+__all__ = [
+    "bincount_rows",
+    "clean_minmax",
+    "clip",
+    "histogram_rows",
+    "minmax",
+    "primitives",
+    "rebin_rows",
+]
 
 
 def primitives(m, host: bool) -> dict:
@@ -53,7 +61,7 @@ def _compiled_rebin(counts, lo, hi, new_lo, new_hi, whole: bool = False):
     return found
 
 
-def _clean_minmax(m, x, axis, finite: bool):
+def clean_minmax(m, x, axis, finite: bool = False):
     """Return one ``min`` and one ``max`` pass over ``axis``, or None where not clean.
 
     Not clean: a NaN, or with ``finite`` an infinity (those need the masking path).
@@ -72,13 +80,13 @@ def minmax_rows(m, x, view_shape: tuple, axes: tuple, num_rows: int):
     ``None`` where a row holds NaN (the caller then takes the NaN-counting path): the
     observers' ``batch_minmax`` in one host call (methods, not the array API's wrappers).
     """
-    found = _clean_minmax(m, x.reshape(view_shape), axes, False)
+    found = clean_minmax(m, x.reshape(view_shape), axes, False)
     return None if found is None else (found[0].reshape(num_rows), found[1].reshape(num_rows))
 
 
 def minmax(m, x, axes: tuple[int, ...], finite: bool = False) -> tuple:
     """One ``min`` and one ``max`` pass; the masking path only when the result is not clean."""
-    found = _clean_minmax(m, x, None if len(axes) == x.ndim else axes, finite)
+    found = clean_minmax(m, x, None if len(axes) == x.ndim else axes, finite)
     if found is None:
         return _portable.minmax(np_xp, x, axes, finite)
     return (*found, None)

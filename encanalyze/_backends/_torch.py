@@ -32,6 +32,11 @@ def _aminmax(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torc
     return torch.amin(x, dim=axes), torch.amax(x, dim=axes)
 
 
+NUMPY_MINMAX = 1 << 22
+"""Float CPU tensors up to this many values take their range on the NumPy views: one
+single-threaded pass costs less than waking torch's threads between the compiled counts."""
+
+
 def minmax(x: torch.Tensor, axes: tuple[int, ...], finite: bool = False) -> tuple:
     """``aminmax`` for full reductions, ``amin`` + ``amax`` along dims.
 
@@ -41,6 +46,12 @@ def minmax(x: torch.Tensor, axes: tuple[int, ...], finite: bool = False) -> tupl
     """
     if x.is_floating_point() and x.device.type != "cpu":
         return _portable.minmax(xp, x, axes, finite)
+    if x.is_floating_point() and x.dtype in _NUMPY_DTYPES and x.numel() <= NUMPY_MINMAX:
+        axis = None if len(axes) == x.ndim else axes
+        found = _numpy_like.clean_minmax(np, x.numpy(), axis, finite)
+        if found is None:
+            return _portable.minmax(xp, x, axes, finite)
+        return torch.from_numpy(found[0]), torch.from_numpy(found[1]), None
     lo, hi = _aminmax(x, axes)
     if x.is_floating_point():
         clean = (
