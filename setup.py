@@ -9,7 +9,11 @@ import sys
 
 from setuptools import Extension, setup
 
-FLAGS = [] if sys.platform == "win32" else ["-O3", "-ffp-contract=off", "-fno-fast-math"]
+FLAGS = (
+    []
+    if sys.platform == "win32"
+    else ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math"]
+)
 
 setup(
     ext_modules=[

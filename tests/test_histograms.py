@@ -459,6 +459,8 @@ def test_rebin_native_equals_portable(backend, rng, dtype, rows):
     if rows > 3:  # a row whose bins are narrower than the smallest subnormal: width 0
         lo[3], hi[3] = 0.0, np.finfo(dtype).smallest_subnormal
         new_lo[3], new_hi[3] = -0.5, 2.0
+        lo[4], hi[4], new_lo[4], new_hi[4] = -1.0, 1.0, -1e30, 1e30  # every old bin in one
+        lo[5], hi[5], new_lo[5], new_hi[5] = 1.0, 1.0 + 2e-6, 1.0, 1.0 + 4e-6  # near one ulp
     wide = wide_dtype(backend.xp, backend.device)
     args = [backend.asarray(counts, "float64" if wide == backend.xp.float64 else "float32")]
     args += [backend.asarray(a) for a in (lo, hi, new_lo, new_hi)]

@@ -14,6 +14,7 @@ The conversions between namespaces (``to_numpy``, ``from_numpy``, ``to_torch``,
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from functools import cache, partial
 from typing import NamedTuple
@@ -30,7 +31,7 @@ from array_api_compat import (
 )
 
 from .._xp import Array, Namespace
-from . import _numpy_like, _portable
+from . import _compiled, _numpy_like, _portable
 
 __all__ = [
     "Primitives",
@@ -196,9 +197,11 @@ def quiet(xp: Namespace):
 HOST_TWIN = True
 """Whether host torch work runs on zero-copy NumPy views (see :func:`numpy_twin`)."""
 
-HOST_TWIN_UPDATE = 1 << 16
-"""Host torch batches of at most this many values are gathered on their NumPy views; larger
-ones run torch's own (multi-threaded) kernels, where dispatch costs nothing in comparison."""
+HOST_TWIN_UPDATE = 1 << 16 if _compiled.LIBRARY is None else math.inf
+"""Host torch batches of at most this many values are gathered on their NumPy views. With the
+compiled kernels every batch is (they count and re-bin on threads of their own, and torch's
+threads, spinning after each of its parallel kernels, would take their cores: 1.6-2x slower in
+the update). Without them, larger batches run torch's own multi-threaded kernels."""
 
 
 def numpy_twin(xp: Namespace, state, batch: Array | None = None, known=None):

@@ -36,6 +36,14 @@ static inline int64_t index_d(double t, double top) {
   return (int64_t)(t < top ? t : top);
 }
 #endif
+/* Loops that vectorise get an AVX2 twin where the compiler can dispatch between them at load
+   time (the same IEEE operations lane by lane, contraction off: the same numbers). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 #define FLOOR_INDEX(t, top) \
   (sizeof(t) == sizeof(float) ? index_f((float)(t), (float)(top)) : index_d((double)(t), (double)(top)))
 
@@ -101,12 +109,17 @@ int encanalyze_count_rows_f32(int64_t rows, int64_t cols, int64_t stride, const 
    part = min(round(fraction c), c) in T (float64 for counts past 2**24 where T is float) goes
    to j, c - part to min(j + 1, B - 1); out = moved + rest. Rows with lo > hi are re-binned
    over [0, 1] onto [0, 1], as the rule does. `scratch` holds 3 B doubles; B < 2**31.
-   The first loop (no scattered stores, no branches) vectorises; the second one scatters. */
+   The first loop has no scattered stores and no branches: it vectorises (selects written as
+   comparisons, the index through int32, which holds it). The targets j grow with k, so the
+   scatter of the rule's bincount is a running sum per target, added in k order from 0.0 as
+   bincount adds: the same sums (where they did not grow, += keeps any order exact for whole
+   counts). */
 #define REBIN_ROWS(NAME, T, ABS, SIGN, BIG)                                                    \
-  int NAME(int64_t rows, int64_t bins, const double *counts, const T *lo, const T *hi,          \
+  VECTOR_CLONES int NAME(int64_t rows, int64_t bins, const double *counts, const T *lo, const T *hi,          \
            const T *new_lo, const T *new_hi, double *scratch, double *out) {                    \
     const T nb = (T)bins, last = (T)(bins - 1);                                                 \
     const int narrow = sizeof(T) < sizeof(double);                                              \
+    const int32_t nbins = (int32_t)bins;                                                        \
     double *moved = scratch, *parts = scratch + bins;                                           \
     int32_t *at = (int32_t *)(scratch + 2 * bins);                                              \
     for (int64_t r = 0; r < rows; r++) {                                                        \
@@ -116,19 +129,22 @@ int encanalyze_count_rows_f32(int64_t rows, int64_t cols, int64_t stride, const 
       const T w_old = (hi_w - lo_w) / nb, w_new = (nhi - nlo) / nb;                             \
       const double *c = counts + r * bins;                                                      \
       double *rest = out + r * bins;                                                            \
-      for (int64_t k = 0; k < bins; k++) {                                                      \
+      for (int32_t k = 0; k < nbins; k++) {                                                     \
         T start = lo_w + w_old * (T)k;                                                          \
         T q = (start - nlo) / w_new;                                                            \
-        T j = (T)FLOOR_INDEX(q, last); /* NaN: 0 */                                             \
+        q = q > (T)0 ? q : (T)0; /* NaN: 0 */                                                   \
+        q = q < last ? q : last;                                                                \
+        int32_t jk = (int32_t)q; /* q >= 0: truncation is floor */                              \
+        T j = (T)jk;                                                                            \
         T before = nlo + (j + 1) * w_new - start;                                               \
-        int inside = before > 0 && before < w_old;                                              \
+        int inside = (before > (T)0) & (before < w_old);                                        \
         T ratio = (inside ? before : (T)0) / (inside ? w_old : (T)1);                           \
         T fraction = inside ? ratio : (before >= w_old ? (T)1 : (T)0);                          \
         T cw = (T)c[k];                                                                         \
-        T v = fraction * cw, a = ABS(v);                                                        \
-        T part = SIGN(a < BIG ? (a + BIG) - BIG : a, v); /* round half to even, as rint */      \
+        T v = fraction * cw, a = ABS(v), rounded = (a + BIG) - BIG; /* half to even: rint */   \
+        T part = SIGN(a < BIG ? rounded : a, v);                                                \
         part = part < cw ? part : cw;                                                           \
-        at[k] = (int32_t)j;                                                                     \
+        at[k] = jk;                                                                             \
         parts[k] = (double)part;                                                                \
       }                                                                                         \
       if (narrow) /* counts past 2**24: their split in float64 */                               \
@@ -147,9 +163,9 @@ int encanalyze_count_rows_f32(int64_t rows, int64_t cols, int64_t stride, const 
           }                                                                                     \
       memset(moved, 0, sizeof(double) * (size_t)bins);                                          \
       memset(rest, 0, sizeof(double) * (size_t)bins);                                           \
-      for (int64_t k = 0; k < bins; k++) moved[at[k]] += parts[k];                              \
       for (int64_t k = 0; k < bins; k++) {                                                      \
-        int64_t next = at[k] + 1 < bins ? at[k] + 1 : bins - 1;                                 \
+        const int32_t next = at[k] + 1 < nbins ? at[k] + 1 : nbins - 1;                         \
+        moved[at[k]] += parts[k];                                                               \
         rest[next] += c[k] - parts[k];                                                          \
       }                                                                                         \
       for (int64_t k = 0; k < bins; k++) rest[k] = moved[k] + rest[k];                          \
