@@ -545,17 +545,20 @@ def test_counts_past_2_24_in_one_bin_lose_no_value(method):
 @pytest.mark.skipif(_compiled.LIBRARY is None, reason="the compiled kernels were not built")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
-    "shape", [(1, 300_000), (3, 70_000), (64, 100), (7, 1)], ids=["long", "few", "many", "one"]
+    "shape",
+    [(1, 300_000), (3, 70_000), (5, 3000), (64, 100), (7, 1)],
+    ids=["long", "few", "chunks", "many", "one"],
 )
 def test_compiled_count_equals_portable(rng, dtype, shape):
-    """The C count (threads over rows, or over the values of a few long rows) gives the
-    portable counts: NaN left out, infinities and values past the range in the end bins, rows
-    read through a stride."""
+    """The C count (threads over rows, or over the values of a few long rows; values binned by
+    chunks) gives the portable counts: NaN left out, infinities and values past the range in the
+    end bins, rows read through a stride."""
     import array_api_compat.numpy as xp
 
     wide = rng.standard_normal((shape[0], 2 * shape[1])).astype(dtype)
     x = wide[:, ::2]  # strided
     x[0, 0] = np.nan
+    x[:, 3::509] = np.nan  # in several chunks of the vectorised binning, and in every row
     x[-1, -1] = np.inf
     if shape[1] > 1:
         x[0, 1] = -np.inf

@@ -64,13 +64,12 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL[pid]
 
 
-def _in_threads(run, num_rows: int, min_rows: int = MIN_ROWS_PER_THREAD, threads=True) -> None:
+def _in_threads(run, num_rows: int, min_rows: int = MIN_ROWS_PER_THREAD) -> None:
     """Call ``run(start, stop)`` on contiguous row ranges, one per worker, and wait for all.
 
-    Ranges hold at least ``min_rows`` rows (fewer parts where there are not enough); one range
-    on the calling thread where ``threads`` is False.
+    Ranges hold at least ``min_rows`` rows (fewer parts where there are not enough).
     """
-    parts = max(1, min(_WORKERS or 1, num_rows // max(1, min_rows))) if threads else 1
+    parts = max(1, min(_WORKERS or 1, num_rows // max(1, min_rows)))
     step = -(-num_rows // parts)
     ranges = [(s, min(s + step, num_rows)) for s in range(0, num_rows, step)] or [(0, 0)]
     futures = [_pool().submit(run, *r) for r in ranges[1:]]
@@ -94,16 +93,14 @@ MIN_VALUES_PER_THREAD = 1 << 18
 hand-off costs tens of microseconds)."""
 
 
-def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int, threads=True):
+def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int):
     """Count like ``_portable.histogram_rows``: float host rows, ``(E, B)`` float64 counts.
 
     ``rows (E, N)`` and ``lo``/``hi (E,)`` in one float dtype (the work dtype); NaN values are
     left out. None for other dtypes (or a float32 rule this compiler cannot round as float32).
-    ``threads=False`` counts on the calling thread only (torch's own threads are busy around
-    it: two pools on the same cores slow each other down).
     """
     kind = _FLOATS.get(rows.dtype)
-    if kind is None or lo.dtype != rows.dtype or hi.dtype != rows.dtype:
+    if kind is None or lo.dtype != rows.dtype or hi.dtype != rows.dtype or num_bins >= 2**31:
         return None
     fn = getattr(LIBRARY, f"encanalyze_count_rows_{kind}")
     num_rows, num_values = rows.shape
@@ -123,8 +120,8 @@ def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int, 
                lo_at + start * size, hi_at + start * size, num_bins, out_at + start * num_bins * 8)
         )  # fmt: skip
 
-    if not threads or num_rows >= (_WORKERS or 1) or num_values < 2 * MIN_VALUES_PER_THREAD:
-        _in_threads(by_rows, num_rows, max(1, MIN_VALUES_PER_THREAD // num_values), threads)
+    if num_rows >= (_WORKERS or 1) or num_values < 2 * MIN_VALUES_PER_THREAD:
+        _in_threads(by_rows, num_rows, max(1, MIN_VALUES_PER_THREAD // num_values))
         return out
     # few long rows: each thread counts a range of columns into its own table (whole numbers:
     # the tables add exactly)
@@ -142,12 +139,11 @@ def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int, 
     return out
 
 
-def rebin_rows(counts, lo, hi, new_lo, new_hi, threads=True) -> np.ndarray | None:
+def rebin_rows(counts, lo, hi, new_lo, new_hi) -> np.ndarray | None:
     """:func:`encanalyze._histograms._rebin` of host arrays: ``(E, B)`` float64 counts.
 
     ``counts`` float64; ``lo``, ``hi``, ``new_lo``, ``new_hi`` ``(E,)`` in one float dtype
-    (float64 rules, else float32's). None for other dtypes. ``threads``: as for
-    :func:`count_rows`.
+    (float64 rules, else float32's). None for other dtypes.
     """
     kind = _FLOATS.get(lo.dtype)
     ranges = (lo, hi, new_lo, new_hi)
@@ -172,7 +168,7 @@ def rebin_rows(counts, lo, hi, new_lo, new_hi, threads=True) -> np.ndarray | Non
                out[start:].ctypes.data)
         )  # fmt: skip
 
-    _in_threads(run, num_rows, max(1, (1 << 18) // max(num_bins, 1)), threads)
+    _in_threads(run, num_rows, max(1, (1 << 18) // max(num_bins, 1)))
     return out
 
 

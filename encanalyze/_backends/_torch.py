@@ -32,7 +32,6 @@ def _aminmax(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torc
     return torch.amin(x, dim=axes), torch.amax(x, dim=axes)
 
 
-THREADS = True
 NUMPY_MINMAX = 1 << 22
 """Float CPU tensors up to this many values take their range on the NumPy views: one
 single-threaded pass costs less than waking torch's threads between the compiled counts."""
@@ -122,7 +121,7 @@ def histogram_rows(
     if rows.device.type == "cpu" and _compiled.LIBRARY is not None:  # on the NumPy views
         arrays = (rows, lo, hi)
         if all(a.dtype in (torch.float32, torch.float64) for a in arrays):
-            found = _compiled.count_rows(*(a.numpy() for a in arrays), num_bins, threads=THREADS)
+            found = _compiled.count_rows(*(a.numpy() for a in arrays), num_bins)
             if found is not None:
                 return torch.from_numpy(found)
     wide = torch.float32 if rows.device.type == "mps" else torch.float64  # MPS lacks float64
@@ -194,7 +193,7 @@ def rebin(counts, lo, hi, new_lo, new_hi, whole: bool = False) -> torch.Tensor |
     if any(a.device.type != "cpu" or a.dtype not in _NUMPY_DTYPES for a in arrays):
         return None
     views = [a.numpy() for a in arrays]
-    found = None if _compiled.LIBRARY is None else _compiled.rebin_rows(*views, threads=THREADS)
+    found = None if _compiled.LIBRARY is None else _compiled.rebin_rows(*views)
     return torch.from_numpy(_numpy_like.rebin_rows(*views, whole) if found is None else found)
 
 

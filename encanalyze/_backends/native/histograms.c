@@ -12,30 +12,6 @@
 #define WIDE_EVALUATION 1 /* float arithmetic is not done in float: refuse the float32 rules */
 #endif
 
-/* floor(t) kept within [0, top], as an index: clamping first gives the same whole number
-   (floor is monotone, the bounds whole), then truncation is floor (t >= 0); NaN gives 0.
-   The two selects are maxss/minss (maxsd/minsd) where SSE2 is there: branches on data-dependent
-   sides (a ReLU's zeros at the range's low end) cost more than the whole count. */
-#if defined(__SSE2__)
-#include <emmintrin.h>
-static inline int64_t index_f(float t, float top) {
-  __m128 m = _mm_min_ss(_mm_max_ss(_mm_set_ss(t), _mm_setzero_ps()), _mm_set_ss(top));
-  return (int64_t)_mm_cvtss_f32(m);
-}
-static inline int64_t index_d(double t, double top) {
-  __m128d m = _mm_min_sd(_mm_max_sd(_mm_set_sd(t), _mm_setzero_pd()), _mm_set_sd(top));
-  return (int64_t)_mm_cvtsd_f64(m);
-}
-#else
-static inline int64_t index_f(float t, float top) {
-  t = t > 0.0f ? t : 0.0f;
-  return (int64_t)(t < top ? t : top);
-}
-static inline int64_t index_d(double t, double top) {
-  t = t > 0.0 ? t : 0.0;
-  return (int64_t)(t < top ? t : top);
-}
-#endif
 /* Loops that vectorise get an AVX2 twin where the compiler can dispatch between them at load
    time (the same IEEE operations lane by lane, contraction off: the same numbers). */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
@@ -44,49 +20,58 @@ static inline int64_t index_d(double t, double top) {
 #define VECTOR_CLONES
 #endif
 
-#define FLOOR_INDEX(t, top) \
-  (sizeof(t) == sizeof(float) ? index_f((float)(t), (float)(top)) : index_d((double)(t), (double)(top)))
-
 /* counts[r, :] += the bins of rows[r, :cols] (row stride `stride` values) over [lo[r], hi[r]]:
-   bin = clip(floor((x - lo) / (hi - lo) * B), 0, B - 1); NaN values are left out. Long rows
-   count into four interleaved tables (runs of equal values, such as a ReLU's zeros, would
-   otherwise wait on each other's increments), added at the end: whole numbers, exact.
-   Returns 0, or -1 where the tables could not be allocated. */
+   bin = clip(floor((x - lo) / (hi - lo) * B), 0, B - 1); NaN values are left out. Values go
+   by chunks: their bins first, in a loop that vectorises (NaN takes bin 0 and is counted, then
+   taken off bin 0), then the increments. Long rows count into four interleaved tables (runs of
+   equal values, such as a ReLU's zeros, would otherwise wait on each other's increments), added
+   at the end. Counts are whole numbers: exact in any order. B < 2**31. Returns 0, or -1 where
+   the scratch could not be allocated. */
+#define COUNT_CHUNK 512
 #define COUNT_ROWS(NAME, T)                                                                    \
-  int NAME(int64_t rows, int64_t cols, int64_t stride, const T *x, const T *lo, const T *hi,     \
-           int64_t bins, double *counts) {                                                      \
+  VECTOR_CLONES int NAME(int64_t rows, int64_t cols, int64_t stride, const T *x, const T *lo,   \
+                         const T *hi, int64_t bins, double *counts) {                           \
     const T top = (T)(bins - 1), scale = (T)bins;                                               \
     const int split = cols >= 8 * bins;                                                         \
     double *tables = split ? calloc((size_t)(4 * bins), sizeof(double)) : NULL;                 \
+    int32_t at[COUNT_CHUNK];                                                                    \
     if (split && tables == NULL) return -1;                                                     \
     for (int64_t r = 0; r < rows; r++) {                                                        \
       const T low = lo[r], width = hi[r] - lo[r];                                               \
       const T *v = x + r * stride;                                                              \
       double *c = counts + r * bins;                                                            \
-      if (!split) {                                                                             \
-        for (int64_t i = 0; i < cols; i++) {                                                    \
-          T t = (v[i] - low) / width;                                                           \
+      for (int64_t start = 0; start < cols; start += COUNT_CHUNK) {                             \
+        const int n = (int)(cols - start < COUNT_CHUNK ? cols - start : COUNT_CHUNK);           \
+        const T *chunk = v + start;                                                             \
+        int nan = 0;                                                                            \
+        for (int i = 0; i < n; i++) {                                                           \
+          T t = (chunk[i] - low) / width;                                                       \
           t = t * scale;                                                                        \
-          c[FLOOR_INDEX(t, top)] += t == t ? 1.0 : 0.0; /* NaN: adds 0 */                      \
+          nan += t != t;                                                                        \
+          t = t > (T)0 ? t : (T)0; /* NaN: 0 */                                                 \
+          t = t < top ? t : top;                                                                \
+          at[i] = (int32_t)t; /* t >= 0: truncation is floor */                                 \
         }                                                                                       \
-        continue;                                                                               \
-      }                                                                                         \
-      int64_t i = 0;                                                                            \
-      for (; i + 4 <= cols; i += 4)                                                             \
-        for (int64_t u = 0; u < 4; u++) {                                                       \
-          T t = (v[i + u] - low) / width;                                                       \
-          t = t * scale;                                                                        \
-          tables[u * bins + FLOOR_INDEX(t, top)] += t == t ? 1.0 : 0.0;                         \
+        if (split) {                                                                            \
+          int i = 0;                                                                            \
+          for (; i + 4 <= n; i += 4) {                                                          \
+            tables[at[i]] += 1.0;                                                               \
+            tables[bins + at[i + 1]] += 1.0;                                                    \
+            tables[2 * bins + at[i + 2]] += 1.0;                                                \
+            tables[3 * bins + at[i + 3]] += 1.0;                                                \
+          }                                                                                     \
+          for (; i < n; i++) tables[at[i]] += 1.0;                                              \
+          tables[0] -= (double)nan;                                                             \
+        } else {                                                                                \
+          for (int i = 0; i < n; i++) c[at[i]] += 1.0;                                          \
+          c[0] -= (double)nan;                                                                  \
         }                                                                                       \
-      for (; i < cols; i++) {                                                                   \
-        T t = (v[i] - low) / width;                                                             \
-        t = t * scale;                                                                          \
-        tables[FLOOR_INDEX(t, top)] += t == t ? 1.0 : 0.0;                                      \
       }                                                                                         \
-      for (int64_t b = 0; b < bins; b++) {                                                      \
-        c[b] += (tables[b] + tables[bins + b]) + (tables[2 * bins + b] + tables[3 * bins + b]); \
-        tables[b] = tables[bins + b] = tables[2 * bins + b] = tables[3 * bins + b] = 0.0;       \
-      }                                                                                         \
+      if (split)                                                                                \
+        for (int64_t b = 0; b < bins; b++) {                                                    \
+          c[b] += (tables[b] + tables[bins + b]) + (tables[2 * bins + b] + tables[3 * bins + b]); \
+          tables[b] = tables[bins + b] = tables[2 * bins + b] = tables[3 * bins + b] = 0.0;     \
+        }                                                                                       \
     }                                                                                           \
     free(tables);                                                                               \
     return 0;                                                                                   \
