@@ -126,7 +126,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         elif twin is None:
             with quiet(xp):
                 batch, state = self._update_in(xp, x, self._state, want_batch)  # pure
-        else:  # host torch: NumPy views of the same memory, results back as tensors
+        else:  # host torch and JAX: NumPy views of the same memory, results back as theirs
             np_xp, (x_np, state_np), back = twin
             with nullcontext() if self.observer.exact_ops else quiet(np_xp):
                 batch_np, state_np = self._update_in(np_xp, x_np, state_np, want_batch)
@@ -305,7 +305,7 @@ class EncodingAnalyzer(ABC, Generic[S]):
         return self._encode(xp, state, num_steps, is_symmetric)
 
     def _encode(self, xp: Namespace, state, num_steps: int, is_symmetric: bool):
-        # host torch: the rules on NumPy views of the same memory
+        # host torch and JAX: the rules on NumPy views of the same memory
         twin = numpy_twin(xp, state, known=self.__dict__.get("_views"))
         if twin is not None:
             np_xp, views, back = twin

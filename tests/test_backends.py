@@ -107,36 +107,62 @@ def test_clip_native_equals_portable(backend, rng, bounds):
     np.testing.assert_array_equal(backend.to_numpy(got), expect)  # NaN stays NaN
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize(
-    "method", ["minmax", "ema", "percentile", "sqnr", "tf_enhanced", "mse", "entropy"]
-)
+_TWIN_METHODS = ("minmax", "ema", "percentile", "sqnr", "tf_enhanced", "mse", "entropy")
+_TWIN_CASES = [
+    pytest.param(
+        method,
+        symmetric,
+        library,
+        # JAX's own eager path takes seconds a case: the fast run keeps two of them
+        marks=[pytest.mark.slow]
+        if library == "jax" and (symmetric or method not in ("minmax", "percentile"))
+        else [],
+    )
+    for library in ("torch", "jax")
+    for method in _TWIN_METHODS
+    for symmetric in (False, True)
+]
+
+
+@pytest.mark.parametrize(("method", "symmetric", "library"), _TWIN_CASES)
 @pytest.mark.filterwarnings("ignore:3 NaN values were ignored")
-def test_host_torch_on_numpy_views_equals_torch(rng, monkeypatch, method, symmetric):
-    """Small host torch batches are gathered, and host statistics encoded, on NumPy views of
-    the same memory: the statistics and encodings equal torch's own, bit for bit."""
-    torch = pytest.importorskip("torch")
+def test_host_arrays_on_numpy_views_equal_their_own(rng, monkeypatch, method, symmetric, library):
+    """Host torch batches and CPU JAX arrays are gathered, and host statistics encoded, on
+    NumPy views of the same memory: the statistics and encodings equal the library's own (its
+    kernels, its dispatch), bit for bit, in its own array type."""
     import encanalyze as ea
 
+    if library == "torch":
+        torch = pytest.importorskip("torch")
+        kind, asarray = torch.Tensor, torch.from_numpy
+    else:
+        jax = pytest.importorskip("jax")
+        jax.config.update("jax_enable_x64", True)
+        kind, asarray = jax.Array, jax.numpy.asarray
     x = rng.standard_t(5, (300, 8)).astype(np.float32)
     x[3, 2] = np.nan
-    batches = [torch.from_numpy(b) for b in (x, x * 1.5, x * 0.25)]
+    batches = [asarray(b) for b in (x, x * 1.5, x * 0.25)]
     results = []
     for twin in (True, False):
         monkeypatch.setattr(backends, "HOST_TWIN", twin)
         analyzer = ea.METHODS[method].analyzer((1, 8))
-        for b in batches:
-            analyzer.update_stats(b)
+        stats = [analyzer.update_stats(b) for b in batches]
         state = {k: v for k, v in analyzer.state_dict()["state"].items()}
-        results.append((state, analyzer.compute_encodings(15, symmetric)))
-    (state, enc), (want_state, want_enc) = results
+        results.append((stats, state, analyzer.compute_encodings(15, symmetric)))
+    (stats, state, enc), (want_stats, want_state, want_enc) = results
     assert state.keys() == want_state.keys()
     for key, value in state.items():
-        assert isinstance(value, torch.Tensor) and value.dtype == want_state[key].dtype, key
-        np.testing.assert_array_equal(value.numpy(), want_state[key].numpy(), err_msg=key)
+        assert isinstance(value, kind) and value.dtype == want_state[key].dtype, key
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(want_state[key]), err_msg=key)
     for a, b in zip(enc, want_enc):
-        assert isinstance(a, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        assert isinstance(a, kind) and a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for got, want in zip(stats, want_stats):  # each batch's own statistics
+        for name in ("min", "max", "histogram"):
+            if hasattr(want, name):
+                a, b = getattr(got, name), getattr(want, name)
+                assert isinstance(a, kind) and a.dtype == b.dtype, name
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
 
 
 def _ranges(rng, kind):

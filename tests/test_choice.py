@@ -89,6 +89,13 @@ def test_choose_encodings_keeps_the_default_unless_significantly_beaten(tmp_path
     path = write_qdq_model(model, chosen, tmp_path / "q.onnx")
     (measured,) = output_sqnr(model, path, held).values()
     assert measured == pytest.approx(checked[choice.chosen.label], abs=1e-9)
+    # with a staged name, the chosen QDQ model is left there, and nothing else
+    staged = tmp_path / "stage" / "chosen.onnx"
+    staged.parent.mkdir()
+    _, kept = choose_encodings(model, result, held, stage=staged)
+    assert kept.chosen == choice.chosen and kept.qdq_model == staged
+    assert [p.name for p in staged.parent.iterdir()] == ["chosen.onnx"]
+    assert output_sqnr(model, staged, held) == output_sqnr(model, path, held)
     # the emulation scores as the QDQ models do, up to their integer arithmetic
     for label, db in checked.items():
         assert abs(choice.emulated[label] - db) < 1.0, (label, choice.emulated[label], db)

@@ -205,36 +205,47 @@ the update). Without them, larger batches run torch's own multi-threaded kernels
 
 
 def numpy_twin(xp: Namespace, state, batch: Array | None = None, known=None):
-    """Return ``(numpy namespace, state as NumPy views, back)`` for host torch state, else None.
+    """Return ``(numpy namespace, state as NumPy views, back)`` for host state, else None.
 
-    With ``batch`` (an update), the views are ``(batch, state)``, for floating batches of at
-    most :data:`HOST_TWIN_UPDATE` values (integer batches keep torch's float32 ranges).
-    ``known``: ``(state, its views)`` from an earlier call, used where ``state`` is that state.
+    Host torch tensors and JAX arrays on the CPU (with 64-bit types on) have zero-copy NumPy
+    views. With ``batch`` (an update), the views are ``(batch, state)``, for floating batches
+    (torch: of at most :data:`HOST_TWIN_UPDATE` values; integer batches keep torch's float32
+    ranges). ``known``: ``(state, its views)`` from an earlier call, used where ``state`` is
+    that state.
 
     Encoding rules, and the updates of small batches, are many small array operations; torch
-    pays several microseconds of dispatch (and, on a busy machine, a parallel region) per call
-    where NumPy pays one. On the CPU the same code runs on NumPy views of the same memory;
-    ``back`` turns a result (or nested tuples of results) into tensors.
+    pays several microseconds of dispatch (and, on a busy machine, a parallel region) per call,
+    JAX tens, where NumPy pays one. On the CPU the same code runs on NumPy views of the same
+    memory; ``back`` turns a result (or nested tuples of results) into the namespace's arrays.
     The results are the ones the rules compute on NumPy arrays, which the tests hold to the
-    ones they compute on torch (``HOST_TWIN = False`` runs them on torch).
+    ones they compute on torch and JAX (``HOST_TWIN = False`` runs them there).
     """
-    if not HOST_TWIN or not is_torch_namespace(xp):
+    if not HOST_TWIN:
         return None
-    if batch is not None and (batch.numel() > HOST_TWIN_UPDATE or not batch.is_floating_point()):
+    if is_torch_namespace(xp):
+        module = _optional("_torch")
+        if batch is not None and (
+            batch.numel() > HOST_TWIN_UPDATE or not batch.is_floating_point()
+        ):
+            return None
+    elif is_jax_namespace(xp):
+        module = _optional("_jax")
+        if not module.twin_takes(batch):
+            return None
+    else:
         return None
-    _torch = _optional("_torch")
     if state is None:
         views, ok = None, True
     elif known is not None and known[0] is state:
         views, ok = known[1], True
     else:
-        views, ok = _torch.numpy_views(state)
+        views, ok = module.numpy_views(state)
     if ok and batch is not None:
-        batch_view, ok = _torch.numpy_views(batch)
+        batch_view, ok = module.numpy_views(batch)
         views = (batch_view, views)
     if not ok:
         return None
-    return np_xp, views, _torch.from_numpy_result
+    return np_xp, views, module.from_numpy_result
 
 
 @cache

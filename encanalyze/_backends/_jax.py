@@ -18,17 +18,22 @@ from functools import wraps
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._xp import div, index_dtype, wide_dtype
 from . import _portable
+from ._trees import map_leaves
 
 __all__ = [
     "EXACT",
     "PRIMITIVES",
     "bincount_rows",
     "compiled_update",
+    "from_numpy_result",
     "histogram_rows",
     "minmax",
+    "numpy_views",
+    "twin_takes",
 ]
 
 
@@ -140,3 +145,54 @@ compares and selects, so it is compiled with XLA's defaults."""
 
 
 PRIMITIVES = {"bincount_rows": bincount_rows, "histogram_rows": histogram_rows, "minmax": minmax}
+
+
+class _NoView(Exception):
+    """A leaf without a NumPy view: an accelerator's array, or a dtype NumPy lacks."""
+
+
+def twin_takes(batch) -> bool:
+    """Return whether host work on ``batch`` (None: encodings) may run on NumPy views.
+
+    With 64-bit types on (``jax_enable_x64``), where JAX's statistics have NumPy's dtypes;
+    floating batches only.
+    """
+    if not jax.config.read("jax_enable_x64"):
+        return False
+    return batch is None or jnp.issubdtype(batch.dtype, jnp.floating)
+
+
+def numpy_views(tree):
+    """Return ``(tree as NumPy views, True)``, or ``(None, False)`` where a leaf has none.
+
+    Arrays on the first CPU device, of dtypes NumPy has (not bfloat16), have zero-copy
+    read-only views; :func:`from_numpy_result` puts results back there.
+    """
+    cpu = jax.devices("cpu")[0]
+
+    def view(a):
+        if not isinstance(a, jax.Array):
+            return a  # not an array (a flag, a count kept on the host)
+        if a.dtype == jnp.bfloat16 or a.devices() != {cpu}:
+            raise _NoView
+        return np.asarray(a)
+
+    try:
+        return map_leaves(view, tree), True
+    except _NoView:
+        return None, False
+
+
+def from_numpy_result(tree):
+    """Return NumPy results (nested as :func:`numpy_views` takes them) as JAX arrays.
+
+    They go to the first CPU device, where their inputs were.
+    """
+    cpu = jax.devices("cpu")[0]
+
+    def array(a):
+        if not isinstance(a, (np.ndarray, np.generic)):
+            return a
+        return jax.device_put(np.asarray(a), cpu)
+
+    return map_leaves(array, tree)

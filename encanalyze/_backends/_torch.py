@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import array_api_compat
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from . import _compiled, _numpy_like, _portable
+from ._trees import map_leaves
 
 __all__ = [
     "PRIMITIVES",
@@ -238,55 +238,6 @@ class _NoView(Exception):
     pass
 
 
-_LEAVES = (torch.Tensor, np.ndarray, np.generic)
-
-
-def _map(fn, tree):
-    """Apply ``fn`` to each leaf of nested tuples, NamedTuples and dataclasses (None stays).
-
-    A node with a ``_map_arrays(fn)`` method maps itself. A node held in several places is
-    mapped once, and its results stay one object.
-    """
-    if type(tree) in _ARRAYS:
-        return fn(tree)
-    done: dict[int, object] = {}
-
-    def go(node):
-        if node is None:
-            return None
-        out = done.get(id(node))
-        if out is None:
-            kind = type(node)
-            rebuild = _REBUILD.get(kind)
-            if rebuild is None:
-                rebuild = _REBUILD[kind] = _rebuilder(kind)
-            out = done[id(node)] = fn(node) if rebuild is _LEAF else rebuild(go, node)
-        return out
-
-    return go(tree)
-
-
-_LEAF = object()
-_ARRAYS = (np.ndarray, torch.Tensor)
-_REBUILD: dict[type, object] = {}
-
-
-def _rebuilder(kind: type):
-    """Return how to map over a node of type ``kind``: leaf, tuple, NamedTuple or dataclass."""
-    if issubclass(kind, _LEAVES):
-        return _LEAF
-    if kind is tuple:
-        return lambda go, t: tuple([go(v) for v in t])
-    if issubclass(kind, tuple) and hasattr(kind, "_fields"):
-        return lambda go, t: kind(*[go(v) for v in t])
-    if hasattr(kind, "_map_arrays"):  # builds what it holds lazily: mapped as it is held
-        return lambda go, t: t._map_arrays(go)
-    if dataclasses.is_dataclass(kind):
-        names = tuple(f.name for f in dataclasses.fields(kind) if f.init)
-        return lambda go, t: kind(*[go(getattr(t, n)) for n in names])
-    return _LEAF  # anything else is a leaf
-
-
 def _view(t):
     if not isinstance(t, torch.Tensor):
         return t  # not an array (a flag, a count kept on the host)
@@ -301,7 +252,7 @@ def numpy_views(tree):
     Only CPU tensors of dtypes NumPy shares (not bfloat16) have a zero-copy NumPy view.
     """
     try:
-        return _map(_view, tree), True
+        return map_leaves(_view, tree), True
     except _NoView:
         return None, False
 
@@ -318,7 +269,7 @@ def _tensor(a):
 
 def from_numpy_result(tree):
     """Return NumPy results (nested as :func:`numpy_views` takes them) as CPU tensors."""
-    return _map(_tensor, tree)
+    return map_leaves(_tensor, tree)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

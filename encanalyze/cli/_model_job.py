@@ -11,7 +11,6 @@ The caller publishes the staged outputs together (the output transaction).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .. import formats
 from .._backends import to_numpy
 from .._calibration import Progress, progress_bar
 from .._html_report import write_report
-from .._io import SIDECAR, float_weights, printable
+from .._io import float_weights, printable
 from .._report import layout_for
 from ..onnx import calibrate as calibrate_onnx
 from ..onnx import choose_encodings, compare_outputs
@@ -248,12 +247,6 @@ class IntJob(ModelJob):
             progress.stage(f"choosing the encodings ({len(acts) + len(params) - 1} options)")
             self.result, chosen = choose_encodings(data.model, result, data.judged, stage=stage)
             self.staged_model, self.opset = chosen.qdq_model, chosen.opset  # built while choosing
-            if stage is not None:  # built in a folder of its own beside the staged path
-                for suffix in (SIDECAR, ""):
-                    built = self.staged_model.with_name(self.staged_model.name + suffix)
-                    if built.exists():
-                        os.replace(built, stage.with_name(stage.name + suffix))
-                self.staged_model = stage
             progress.advance()
             self.chosen = chosen
         if stage is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .._calibration import CalibrationResult
-from .._io import own_model
+from .._io import SIDECAR, own_model
 from .._output_errors import OutputErrors
 from .._report import sqnr_rank
 from ._calibrate import QUANTIZABLE_OPS
@@ -173,9 +174,9 @@ def choose_encodings(
     kind kept min-max for a classifier whose 64 other samples gave it 17.9 dB against the
     decision's 23.6). Returns the result with the chosen encodings and the
     :class:`Choice`. With ``stage`` (a file name in a folder of the caller's), the QDQ models
-    are built there, each in a folder of its own, and the chosen one is kept
-    (``Choice.qdq_model``, with what its opset got in ``Choice.opset``) for the caller to
-    publish instead of building it again.
+    are built there, each in a folder of its own, and the chosen one is left at ``stage``
+    itself (``Choice.qdq_model``, with what its opset got in ``Choice.opset``; external data
+    beside it) for the caller to publish instead of building it again.
     """
     check_qdq(result)
     acts, params = candidates_of(result, activations, weights)
@@ -234,9 +235,14 @@ def choose_encodings(
             _beats(gain, se, z) or not sqnr_rank(checked[decision.label]) > -math.inf
         )
         chosen = simple if below else decision
-        for label, (path, _) in built.items():
-            if stage is None or label != chosen.label:
-                shutil.rmtree(path.parent, ignore_errors=True)
+        if stage is not None:  # the chosen model (and its external data) to the staged name
+            path = built[chosen.label][0]
+            for suffix in (SIDECAR, ""):
+                made = path.with_name(path.name + suffix)
+                if made.exists():
+                    os.replace(made, stage.with_name(stage.name + suffix))
+        for path, _ in built.values():
+            shutil.rmtree(path.parent, ignore_errors=True)
     unit = measured[simple.label].unit
     points = " dB" if unit == "dB" else " percentage points"
     note = None
@@ -255,7 +261,7 @@ def choose_encodings(
     if unit == "%":
         judged = "the model has no float output: options scored by the agreement of its outputs"
         note = judged if note is None else f"{judged}; {note}"
-    kept = built[chosen.label] if stage is not None else (None, None)
+    kept = (stage, built[chosen.label][1]) if stage is not None else (None, None)
     choice = Choice(chosen, simple, default, emulated, gains, checked, note, *kept, unit)
     return chosen.apply(result), choice
 
