@@ -14,6 +14,7 @@ histogram updates were seen to round differently as one fused program.
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import wraps
 
 import jax
@@ -186,13 +187,65 @@ def numpy_views(tree):
 def from_numpy_result(tree):
     """Return NumPy results (nested as :func:`numpy_views` takes them) as JAX arrays.
 
-    They go to the first CPU device, where their inputs were.
+    They go to the first CPU device, where their inputs were. Putting an array on a device
+    costs tens of microseconds whatever its size, so the small ones go together: one buffer
+    of each dtype, cut into the arrays by one compiled program (kept per layout).
     """
     cpu = jax.devices("cpu")[0]
+    found: dict[int, np.ndarray] = {}
 
-    def array(a):
-        if not isinstance(a, (np.ndarray, np.generic)):
-            return a
-        return jax.device_put(np.asarray(a), cpu)
+    def collect(a):
+        if isinstance(a, (np.ndarray, np.generic)):
+            found.setdefault(id(a), a)
+        return a
 
-    return map_leaves(array, tree)
+    map_leaves(collect, tree)
+    if not found:
+        return tree
+    keys = list(found)
+    found = [np.asarray(a) for a in found.values()]
+    arrays: list = list(found)
+    small: dict[np.dtype, list[int]] = {}
+    for i, a in enumerate(found):
+        if a.size <= SMALL:
+            small.setdefault(a.dtype, []).append(i)
+    groups = [g for g in small.values() if len(g) > 1]
+    if groups:  # one put per dtype, one program cutting them
+        buffers = [np.concatenate([found[i].reshape(-1) for i in g]) for g in groups]
+        layout = tuple(tuple(found[i].shape for i in g) for g in groups)
+        cut = _unpacker(layout)(*jax.device_put(buffers, cpu))
+        for g, parts in zip(groups, cut, strict=True):
+            for i, part in zip(g, parts, strict=True):
+                arrays[i] = part
+    rest = [i for i, a in enumerate(arrays) if isinstance(a, np.ndarray)]
+    for i, a in zip(rest, jax.device_put([arrays[i] for i in rest], cpu), strict=True):
+        arrays[i] = a
+    done = dict(zip(keys, arrays, strict=True))
+    return map_leaves(lambda a: done.get(id(a), a), tree)
+
+
+SMALL = 1 << 12
+"""Arrays of at most this many values are put on the device packed together."""
+
+
+_UNPACKERS: dict[tuple, object] = {}
+
+
+def _unpacker(layout: tuple):
+    """Return the compiled program cutting packed buffers into arrays of ``layout``'s shapes."""
+    program = _UNPACKERS.get(layout)
+    if program is None:
+
+        def unpack(*buffers):
+            out = []
+            for buffer, shapes in zip(buffers, layout, strict=True):
+                parts, start = [], 0
+                for shape in shapes:
+                    size = math.prod(shape)
+                    parts.append(jnp.reshape(buffer[start : start + size], shape))
+                    start += size
+                out.append(tuple(parts))
+            return tuple(out)
+
+        program = _UNPACKERS[layout] = jax.jit(unpack)
+    return program
