@@ -273,6 +273,11 @@ def histogram_update(
         without ``want_batch``) and the merged running histograms (the batch's values counted
         on the new edges and added to the re-binned old counts), with their growth limits.
     """
+    fused = primitives(xp).count_checked
+    if fused is not None and not want_batch and running is not None and not absolute:
+        merged = _count_inside(xp, rows, running, fused)
+        if merged is not None:
+            return None, merged
     num_negative = None
     if absolute:
         num_negative = xp.astype(xp.count_nonzero(rows < 0, axis=1), index_dtype(xp))
@@ -388,6 +393,40 @@ def _add_inside(
         running.limits,
         (running.lo, running.hi),
         add_counts(running.num_negative, num_negative),
+    )
+
+
+def _count_inside(xp: Namespace, rows: Array, running: RowHistogram, fused) -> RowHistogram | None:
+    """Return :func:`_add_inside`'s merge, whether the batch is inside checked in the same pass.
+
+    ``fused`` is the primitive ``count_checked``. None where the batch is not inside the running
+    range (as :func:`_inside` decides it: every row seen before, and now, and each finite value
+    within the row's range, itself within its growth limits) or its dtype is not the fused
+    pass's: the general path takes it from the start.
+    """
+    wd = work_dtype(xp, rows.dtype) if xp.isdtype(rows.dtype, "real floating") else None
+    if wd != rows.dtype or running.lo.dtype != rows.dtype:
+        return None
+    _, lo_w, hi_w = _work_range(xp, running.lo, running.hi, wd)
+    found = fused(rows, lo_w, hi_w, running.counts)
+    if found is None:
+        return None
+    counts, nans, odd, outside = found
+    inside = (running.lo <= running.hi) & (odd < rows.shape[1]) & (outside == 0)
+    if running.limits is not None:
+        inside = inside & (running.lo >= running.limits[0]) & (running.hi <= running.limits[1])
+    if not bool(xp.all(inside)):
+        return None
+    num_nan = nans if bool(xp.any(odd > 0)) else None  # minmax's: None where all are finite
+    num_bins = running.counts.shape[1]
+    return RowHistogram(
+        counts,
+        running.lo,
+        last_edge(xp, running.lo, running.hi, num_bins),
+        add_counts(running.num_nan, num_nan),
+        running.limits,
+        (running.lo, running.hi),
+        running.num_negative,
     )
 
 

@@ -573,6 +573,41 @@ def test_compiled_count_equals_portable(rng, dtype, shape):
 
 
 @pytest.mark.skipif(_compiled.LIBRARY is None, reason="the compiled kernels were not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 300_000), (3, 70_000), (5, 3000), (64, 100)],
+    ids=["long", "few", "chunks", "many"],
+)
+def test_compiled_count_checked_equals_portable(rng, dtype, shape):
+    """The steady state's one pass: the counts added onto a table, and per row its NaN values,
+    its values that are not finite and its finite values outside the range, as the portable
+    count and masks give them (threads over rows or over a few long rows' values)."""
+    import array_api_compat.numpy as xp
+
+    x = rng.standard_normal(shape).astype(dtype)
+    x[:, 3::509] = np.nan
+    x[0, 5], x[-1, 7] = np.inf, -np.inf
+    lo = np.full(shape[0], -2.5, dtype)
+    hi = np.full(shape[0], 2.5, dtype)
+    if shape[0] > 2:
+        x[1, :] = np.where(np.isnan(x[1]), np.nan, -np.inf)  # no finite value
+        lo[-1] = np.nanmin(np.where(np.isfinite(x[-1]), x[-1], np.nan))  # inside its range
+        hi[-1] = np.nanmax(np.where(np.isfinite(x[-1]), x[-1], np.nan))
+    onto = rng.integers(0, 9, (shape[0], 512)).astype(np.float64)
+    counts, nans, odd, outside = _compiled.count_checked(x, lo, hi, onto)
+    want = _portable.histogram_rows(xp, x, lo, hi, 512, True) + onto
+    np.testing.assert_array_equal(counts, want)
+    finite = np.isfinite(x)
+    np.testing.assert_array_equal(nans, np.isnan(x).sum(axis=1))
+    np.testing.assert_array_equal(odd, (~finite).sum(axis=1))
+    beyond = finite & ((x < lo[:, None]) | (x > hi[:, None]))
+    np.testing.assert_array_equal(outside, beyond.sum(axis=1))
+    assert (shape[0] < 3 or outside[-1] == 0) and (shape[1] < 1000 or outside[0] > 0)
+    assert onto.max() < 9  # the table it added onto is left as it was
+
+
+@pytest.mark.skipif(_compiled.LIBRARY is None, reason="the compiled kernels were not built")
 def test_compiled_kernels_refuse_other_dtypes(rng):
     """Integer rows and mixed dtypes are not the C kernels': None (the caller's ufunc path)."""
     x = rng.integers(0, 9, (4, 50))

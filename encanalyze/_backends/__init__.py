@@ -61,7 +61,11 @@ class Primitives(NamedTuple):
     returns ``(min, max)`` rows, or None to send the input down the portable path); ``rebin``
     is :func:`encanalyze._histograms.rebin` less ``xp`` (or None: the portable path);
     ``noise_by_cells`` is :func:`encanalyze._rules.sqnr.noise_by_cells` less ``xp`` for float64
-    host arrays (compiled, ``_compiled.py``; None where not built).
+    host arrays (compiled, ``_compiled.py``; None where not built); ``count_checked(rows, lo, hi,
+    onto)`` is ``onto + histogram_rows(rows, lo, hi, B, True)`` for float host rows in the work
+    dtype, with each row's count of NaN values, of values that are not finite and of finite
+    values outside ``[lo, hi]`` from the same pass (compiled; None where not built, or, from
+    the call, for other dtypes).
     """
 
     minmax: Callable
@@ -72,6 +76,7 @@ class Primitives(NamedTuple):
     minmax_rows: Callable | None = None
     rebin: Callable | None = None
     noise_by_cells: Callable | None = None
+    count_checked: Callable | None = None
 
 
 _TABLE: dict[Namespace, Primitives] = {}

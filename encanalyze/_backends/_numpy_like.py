@@ -42,6 +42,7 @@ def primitives(m, host: bool) -> dict:
             out["noise_by_cells"] = _compiled.noise_by_cells
             out["histogram_rows"] = _compiled_histogram_rows
             out["rebin"] = _compiled_rebin
+            out["count_checked"] = _compiled.count_checked
     return out
 
 

@@ -25,33 +25,50 @@
    by chunks: their bins first, in a loop that vectorises (NaN takes bin 0 and is counted, then
    taken off bin 0), then the increments. Long rows count into four interleaved tables (runs of
    equal values, such as a ReLU's zeros, would otherwise wait on each other's increments), added
-   at the end. Counts are whole numbers: exact in any order. B < 2**31. Returns 0, or -1 where
-   the scratch could not be allocated. */
+   at the end. Counts are whole numbers: exact in any order. B < 2**31.
+   Where `nans` is given, the same pass counts per row its NaN values (nans[r]), its values that
+   are not finite (odd[r]) and its finite values outside [lo[r], hi[r]] (outside[r]).
+   Returns 0, or -1 where the scratch could not be allocated. */
 #define COUNT_CHUNK 512
-#define COUNT_ROWS(NAME, T)                                                                    \
+#define BIN_CHUNK(T, CHECK)                                                                     \
+  for (int i = 0; i < n; i++) {                                                                 \
+    const T value = chunk[i];                                                                   \
+    T t = (value - low_r) / width;                                                              \
+    t = t * scale;                                                                              \
+    nan += t != t;                                                                              \
+    if (CHECK) {                                                                                \
+      const int finite = value - value == (T)0;                                                 \
+      odd += !finite;                                                                           \
+      out += finite & ((value < low_r) | (value > high_r));                                     \
+    }                                                                                           \
+    t = t > (T)0 ? t : (T)0; /* NaN: 0 */                                                       \
+    t = t < top ? t : top;                                                                      \
+    at[i] = (int32_t)t; /* t >= 0: truncation is floor */                                       \
+  }
+#define COUNT_ROWS(NAME, T)                                                                     \
   VECTOR_CLONES int NAME(int64_t rows, int64_t cols, int64_t stride, const T *x, const T *lo,   \
-                         const T *hi, int64_t bins, double *counts) {                           \
+                         const T *hi, int64_t bins, double *counts, int64_t *nans,              \
+                         int64_t *odd_out, int64_t *outside) {                                  \
     const T top = (T)(bins - 1), scale = (T)bins;                                               \
     const int split = cols >= 8 * bins;                                                         \
     double *tables = split ? calloc((size_t)(4 * bins), sizeof(double)) : NULL;                 \
     int32_t at[COUNT_CHUNK];                                                                    \
     if (split && tables == NULL) return -1;                                                     \
     for (int64_t r = 0; r < rows; r++) {                                                        \
-      const T low = lo[r], width = hi[r] - lo[r];                                               \
+      const T low_r = lo[r], high_r = hi[r], width = hi[r] - lo[r];                             \
       const T *v = x + r * stride;                                                              \
       double *c = counts + r * bins;                                                            \
+      int64_t row_nan = 0, row_odd = 0, row_out = 0;                                            \
       for (int64_t start = 0; start < cols; start += COUNT_CHUNK) {                             \
         const int n = (int)(cols - start < COUNT_CHUNK ? cols - start : COUNT_CHUNK);           \
         const T *chunk = v + start;                                                             \
-        int nan = 0;                                                                            \
-        for (int i = 0; i < n; i++) {                                                           \
-          T t = (chunk[i] - low) / width;                                                       \
-          t = t * scale;                                                                        \
-          nan += t != t;                                                                        \
-          t = t > (T)0 ? t : (T)0; /* NaN: 0 */                                                 \
-          t = t < top ? t : top;                                                                \
-          at[i] = (int32_t)t; /* t >= 0: truncation is floor */                                 \
+        int nan = 0, odd = 0, out = 0;                                                          \
+        if (nans != NULL) {                                                                     \
+          BIN_CHUNK(T, 1)                                                                       \
+        } else {                                                                                \
+          BIN_CHUNK(T, 0)                                                                       \
         }                                                                                       \
+        row_nan += nan, row_odd += odd, row_out += out;                                         \
         if (split) {                                                                            \
           int i = 0;                                                                            \
           for (; i + 4 <= n; i += 4) {                                                          \
@@ -67,6 +84,7 @@
           c[0] -= (double)nan;                                                                  \
         }                                                                                       \
       }                                                                                         \
+      if (nans != NULL) nans[r] = row_nan, odd_out[r] = row_odd, outside[r] = row_out;          \
       if (split)                                                                                \
         for (int64_t b = 0; b < bins; b++) {                                                    \
           c[b] += (tables[b] + tables[bins + b]) + (tables[2 * bins + b] + tables[3 * bins + b]); \
@@ -82,7 +100,8 @@ COUNT_ROWS(encanalyze_count_rows_f64, double)
 COUNT_ROWS(encanalyze_count_rows_f32, float)
 #else
 int encanalyze_count_rows_f32(int64_t rows, int64_t cols, int64_t stride, const float *x,
-                              const float *lo, const float *hi, int64_t bins, double *counts) {
+                              const float *lo, const float *hi, int64_t bins, double *counts,
+                              int64_t *nans, int64_t *odd_out, int64_t *outside) {
   return -2;
 }
 #endif
