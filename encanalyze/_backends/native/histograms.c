@@ -30,6 +30,16 @@
    are not finite (odd[r]) and its finite values outside [lo[r], hi[r]] (outside[r]).
    Returns 0, or -1 where the scratch could not be allocated. */
 #define COUNT_CHUNK 512
+#define SPLIT_FLUSH (1 << 30) /* values counted into the int32 tables between flushes */
+
+/* c[b] += the four tables' counts of bin b (whole numbers: exact), which start again at 0 */
+static void flush_tables(int32_t *tables, int64_t bins, double *c) {
+  for (int64_t b = 0; b < bins; b++) {
+    c[b] += (double)((int64_t)tables[b] + tables[bins + b] + tables[2 * bins + b] +
+                     tables[3 * bins + b]);
+    tables[b] = tables[bins + b] = tables[2 * bins + b] = tables[3 * bins + b] = 0;
+  }
+}
 #define BIN_CHUNK(T, CHECK)                                                                     \
   for (int i = 0; i < n; i++) {                                                                 \
     const T value = chunk[i];                                                                   \
@@ -51,14 +61,14 @@
                          int64_t *odd_out, int64_t *outside) {                                  \
     const T top = (T)(bins - 1), scale = (T)bins;                                               \
     const int split = cols >= 8 * bins;                                                         \
-    double *tables = split ? calloc((size_t)(4 * bins), sizeof(double)) : NULL;                 \
+    int32_t *tables = split ? calloc((size_t)(4 * bins), sizeof(int32_t)) : NULL;               \
     int32_t at[COUNT_CHUNK];                                                                    \
     if (split && tables == NULL) return -1;                                                     \
     for (int64_t r = 0; r < rows; r++) {                                                        \
       const T low_r = lo[r], high_r = hi[r], width = hi[r] - lo[r];                             \
       const T *v = x + r * stride;                                                              \
       double *c = counts + r * bins;                                                            \
-      int64_t row_nan = 0, row_odd = 0, row_out = 0;                                            \
+      int64_t row_nan = 0, row_odd = 0, row_out = 0, flushed = 0;                               \
       for (int64_t start = 0; start < cols; start += COUNT_CHUNK) {                             \
         const int n = (int)(cols - start < COUNT_CHUNK ? cols - start : COUNT_CHUNK);           \
         const T *chunk = v + start;                                                             \
@@ -72,24 +82,24 @@
         if (split) {                                                                            \
           int i = 0;                                                                            \
           for (; i + 4 <= n; i += 4) {                                                          \
-            tables[at[i]] += 1.0;                                                               \
-            tables[bins + at[i + 1]] += 1.0;                                                    \
-            tables[2 * bins + at[i + 2]] += 1.0;                                                \
-            tables[3 * bins + at[i + 3]] += 1.0;                                                \
+            tables[at[i]] += 1;                                                                 \
+            tables[bins + at[i + 1]] += 1;                                                      \
+            tables[2 * bins + at[i + 2]] += 1;                                                  \
+            tables[3 * bins + at[i + 3]] += 1;                                                  \
           }                                                                                     \
-          for (; i < n; i++) tables[at[i]] += 1.0;                                              \
-          tables[0] -= (double)nan;                                                             \
+          for (; i < n; i++) tables[at[i]] += 1;                                                \
+          tables[0] -= nan;                                                                     \
+          if (start - flushed >= SPLIT_FLUSH) {                                                 \
+            flush_tables(tables, bins, c);                                                      \
+            flushed = start;                                                                    \
+          }                                                                                     \
         } else {                                                                                \
           for (int i = 0; i < n; i++) c[at[i]] += 1.0;                                          \
           c[0] -= (double)nan;                                                                  \
         }                                                                                       \
       }                                                                                         \
       if (nans != NULL) nans[r] = row_nan, odd_out[r] = row_odd, outside[r] = row_out;          \
-      if (split)                                                                                \
-        for (int64_t b = 0; b < bins; b++) {                                                    \
-          c[b] += (tables[b] + tables[bins + b]) + (tables[2 * bins + b] + tables[3 * bins + b]); \
-          tables[b] = tables[bins + b] = tables[2 * bins + b] = tables[3 * bins + b] = 0.0;     \
-        }                                                                                       \
+      if (split) flush_tables(tables, bins, c);                                                 \
     }                                                                                           \
     free(tables);                                                                               \
     return 0;                                                                                   \
