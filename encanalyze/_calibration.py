@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._analyzer import compute_encodings_together
 from ._backends import to_numpy
 from ._encoding import to_scale_offset
 from ._errors import StatisticsNotFoundError
@@ -33,6 +34,7 @@ __all__ = [
     "CalibrationResult",
     "TensorEncoding",
     "encode_activation",
+    "encode_activations",
     "encode_weight",
     "file_under",
     "measure_models",
@@ -82,16 +84,35 @@ def encode_activation(
     infinite values) gets no encoding: the reason is returned instead, and the model's other
     tensors are calibrated as usual.
     """
-    if analyzer.get_stats() is None:
-        return "no calibration batch reached it"
-    try:
-        lo, hi = analyzer.compute_encodings(num_steps, symmetric)
-    except StatisticsNotFoundError as err:
+    (found,) = encode_activations([(name, analyzer, axis, method)], num_steps, symmetric)
+    return found
+
+
+def encode_activations(items: list, num_steps: int, symmetric: bool) -> list:
+    """:func:`encode_activation` of each ``(name, analyzer, axis, method)`` of ``items``.
+
+    The analyzers' encodings are computed together
+    (:func:`~encanalyze._analyzer.compute_encodings_together`: the histogram methods' rules
+    once for all the tensors of each method).
+    """
+    reached = [i for i, (_, a, _, _) in enumerate(items) if a.get_stats() is not None]
+    ranges = compute_encodings_together([items[i][1] for i in reached], num_steps, symmetric)
+    out: list = ["no calibration batch reached it"] * len(items)
+    for i, found in zip(reached, ranges, strict=True):
+        name, analyzer, axis, method = items[i]
+        out[i] = _encoding_or_reason(name, analyzer, found, num_steps, symmetric, axis, method)
+    return out
+
+
+def _encoding_or_reason(name, analyzer, found, num_steps, symmetric, axis, method):
+    """Return the activation's encoding from its ``(lo, hi)``, or the reason it has none."""
+    if isinstance(found, StatisticsNotFoundError):
         total = math.prod(analyzer.shape)
         if total == 1:
             return "it never held a finite value in the calibration data"
-        empty = str(err).split(" of ")[0]
+        empty = str(found).split(" of ")[0]
         return f"{empty} of its {total} channels never held a finite value"
+    lo, hi = found
     scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
     steps = to_numpy(scale)
     ends = np.abs(np.concatenate([to_numpy(lo).ravel(), to_numpy(hi).ravel()]))

@@ -38,6 +38,7 @@ __all__ = [
     "merge_rows",
     "rebin",
     "rebin_onto",
+    "stack_rows",
     "wide_dtype",
 ]
 
@@ -427,6 +428,32 @@ def _count_inside(xp: Namespace, rows: Array, running: RowHistogram, fused) -> R
         running.limits,
         (running.lo, running.hi),
         running.num_negative,
+    )
+
+
+def stack_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:
+    """Return the row histograms of ``parts`` one after the other, as one ``RowHistogram``.
+
+    The parts hold the same fields (each None in all or in none of them), bins and dtypes.
+    """
+
+    def cat(values: list):
+        return None if values[0] is None else xp.concat(values, axis=0)
+
+    def cat_pairs(pairs: list):
+        return (
+            None if pairs[0] is None else (cat([p[0] for p in pairs]), cat([p[1] for p in pairs]))
+        )
+
+    return RowHistogram(
+        cat([p.counts for p in parts]),
+        cat([p.lo for p in parts]),
+        cat([p.hi for p in parts]),
+        cat([p.num_nan for p in parts]),
+        cat_pairs([p.limits for p in parts]),
+        cat_pairs([p.observed for p in parts]),
+        cat([p.num_negative for p in parts]),
+        cat([p.edges for p in parts]),
     )
 
 

@@ -314,3 +314,48 @@ def test_mse_walk_over_occupied_bins_equals_the_walk_over_every_bin(backend, rng
         monkeypatch.undo()
         for g, w in zip(got, want):
             np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
+
+
+# -- encodings of many analyzers at once ----------------------------------------------------
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.filterwarnings("ignore:.*NaN values were ignored")
+def test_encodings_together_equal_each_alone(backend, rng, symmetric):
+    """Host histogram analyzers of one method and parameters are encoded by one call of their
+    rule over all their histograms: each gets the encodings it computes alone, bit for bit, in
+    its own namespace; empty ones get their error; other methods and devices go one by one."""
+    from encanalyze._analyzer import compute_encodings_together
+    from encanalyze._errors import StatisticsNotFoundError
+
+    made = []
+    for method, options in (
+        ("percentile", {"percentile": 99.9}),
+        ("percentile", {"percentile": 99.99}),
+        ("sqnr", {}),
+        ("mse", {}),
+        ("entropy", {}),
+        ("tf_enhanced", {}),
+        ("minmax", {}),
+    ):
+        for k, shape in enumerate([(1,), (1,), (3, 1), (1,), (2, 1)]):
+            kind = ("normal", "heavy", "positive", "bimodal")[k % 4]
+            a = ea.METHODS[method].analyzer(shape, **options)
+            if k == 3 and method != "minmax":  # one never updated: its error, in its place
+                made.append(a)
+                continue
+            rows = shape[0]
+            for scale in (1.0, rng.uniform(0.5, 3)):
+                x = (_samples(rng, kind, rows * 600).reshape(rows, 600) * scale).astype("f4")
+                x[0, ::97] = np.nan if k == 1 else x[0, ::97]
+                a.update_stats(backend.asarray(x if rows > 1 else x.reshape(-1)))
+            made.append(a)
+    got = compute_encodings_together(made, 255, symmetric)
+    assert len(got) == len(made)
+    for a, found in zip(made, got):
+        try:
+            want = a.compute_encodings(255, symmetric)
+        except StatisticsNotFoundError as err:
+            assert isinstance(found, StatisticsNotFoundError) and str(found) == str(err)
+            continue
+        for g, w in zip(found, want):
+            backend.check(g, tuple(a.shape), w.dtype)
+            np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))

@@ -13,7 +13,7 @@ import numpy as np
 from .._calibration import (
     CalibrationResult,
     Progress,
-    encode_activation,
+    encode_activations,
     file_under,
     progress_bar,
     statistics_key,
@@ -392,14 +392,22 @@ def calibrate(
             )
             if statistics is not None:
                 statistics["histograms"] = histograms(analyzers)
-            for name, (made, axis) in analyzers.items():
-                found = {
-                    m: encode_activation(name, a, num_steps, symmetric, axis, m)
-                    for m, a in made.items()
-                }
-                file_under(name, found[act_methods[0]], encodings, unquantized)
+            items = [
+                (name, a, axis, m)
+                for name, (made, axis) in analyzers.items()
+                for m, a in made.items()
+            ]
+            found: dict = {}
+            for (name, _, _, m), e in zip(
+                items, encode_activations(items, num_steps, symmetric), strict=True
+            ):
+                found.setdefault(name, {})[m] = e
+            for name, by_method in found.items():
+                file_under(name, by_method[act_methods[0]], encodings, unquantized)
                 if len(act_methods) > 1:
-                    candidates[name] = {m: e for m, e in found.items() if not isinstance(e, str)}
+                    candidates[name] = {
+                        m: e for m, e in by_method.items() if not isinstance(e, str)
+                    }
     finally:
         if bar is not progress:
             bar.close()

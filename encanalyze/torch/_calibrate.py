@@ -9,7 +9,7 @@ import torch
 from .._calibration import (
     CalibrationResult,
     TensorEncoding,
-    encode_activation,
+    encode_activations,
     file_under,
     progress_bar,
     weight_methods,
@@ -219,6 +219,8 @@ def calibrate(
             count += 1
     encodings: dict[str, TensorEncoding] = {}
     unquantized: dict[str, str] = {}
+    items = [(k, a, hooks.axes[k], activations) for k, a in hooks.analyzers.items()]
+    acts = dict(zip(hooks.analyzers, encode_activations(items, num_steps, symmetric), strict=True))
     for name, module in chosen.items():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
@@ -227,11 +229,8 @@ def calibrate(
             found = weight_or_reason(key, weight.detach(), axis, methods, num_steps, wsym)
             file_under(key, found, encodings, unquantized)
         for suffix in (":input", ":output"):
-            analyzer = hooks.analyzers.get(name + suffix)
-            if analyzer is not None:
-                axis, key = hooks.axes[name + suffix], name + suffix
-                e = encode_activation(key, analyzer, num_steps, symmetric, axis, activations)
-                file_under(key, e, encodings, unquantized)
+            if name + suffix in acts:
+                file_under(name + suffix, acts[name + suffix], encodings, unquantized)
     if statistics is not None:
         found = {n: a.get_stats() for n, a in hooks.analyzers.items()}
         statistics["histograms"] = {
