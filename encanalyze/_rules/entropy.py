@@ -18,6 +18,7 @@ once.
 
 from __future__ import annotations
 
+import bisect
 from functools import lru_cache
 
 import numpy as np
@@ -189,6 +190,11 @@ def kl_amax(xp: Namespace, counts: Array, edges: Array, levels: int, start_bin: 
     winners, a = [], 0
     while a < num_rows:  # bounded memory, not a loop per channel
         b = min(a + max(1, budget // width(widths[a])), num_rows)
+        # rows scored at the block's widest: at most twice as wide as its first
+        b = min(
+            b,
+            bisect.bisect_right(widths, 2 * widths[a] if width(widths[a]) < num_t else num_t, a, b),
+        )
         b = min(a + max(1, budget // width(widths[b - 1])), b)  # the block's widest row
         block, k = bins[a:b, :], width(widths[b - 1])
         if k == num_t:
@@ -220,12 +226,20 @@ def entropy_rule(
         if state.num_negative is None
         else state.num_negative > 0
     )
-    amax = None
-    for is_signed in (True, False):
-        if not bool(xp.any(signed == is_signed)):
+    parts, at = [], []
+    for is_signed in (True, False):  # each kind's rows searched alone (a row's search is its own)
+        rows = xp.nonzero(signed == is_signed)[0]
+        if rows.shape[0] == signed.shape[0]:
+            counts, row_edges = state.counts, edges
+        elif rows.shape[0]:
+            counts, row_edges = (xp.take(a, rows, axis=0) for a in (state.counts, edges))
+        else:
             continue
-        part = kl_amax(xp, state.counts, edges, quantized_levels(num_steps, is_signed), start_bin)
-        amax = part if amax is None else xp.where(signed, amax, part)
+        parts.append(
+            kl_amax(xp, counts, row_edges, quantized_levels(num_steps, is_signed), start_bin)
+        )
+        at.append(rows)
+    amax = parts[0] if len(parts) == 1 else xp.take(xp.concat(parts), xp.argsort(xp.concat(at)))
     amax = xp.astype(amax, state.lo.dtype)
     lo = xp.where(signed, -amax, xp.zeros_like(amax))
     return minmax_encoding(
