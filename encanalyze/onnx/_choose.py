@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,42 +191,50 @@ def choose_encodings(
     emulated: dict[str, float] = {}
     gains: dict[str, tuple[float, float]] = {}
     seen: dict[bytes, tuple] = {}
-    with Emulator(model, result, op_types=op_types, providers=providers) as emulator:
-
-        def per_sample(option: Option) -> tuple:
-            feed = emulator.feed(option.apply(result).encodings)
-            key = b"".join(k.encode() + v.tobytes() for k, v in sorted(feed.items()))
-            if key not in seen:  # options with the same encodings run once
-                got = emulator.outputs(feed, batches)
-                seen[key] = OutputErrors.measure(names, reference, got)
-            emulated[option.label] = _score(seen[key])
-            return seen[key]
-
-        def keep_or_switch(base: Option, options: list[Option]) -> Option:
-            """Return ``base``, or the best-scoring option significantly better than it."""
-            ref = per_sample(base)
-            significant = []
-            for option in options:
-                gain, se = _gain(per_sample(option), ref)
-                if option != base:
-                    gains[option.label] = (gain, se)
-                    if _beats(gain, se, z):
-                        significant.append(option)
-            return max(significant, key=lambda o: emulated[o.label], default=base)
-
-        base = keep_or_switch(default, [Option(a, default.weights) for a in acts])
-        decision = keep_or_switch(base, [Option(base.activations, w) for w in params])
     checked: dict[str, float] = {}
     measured: dict[str, tuple] = {}
     built: dict[str, tuple[Path, str]] = {}
     with contextlib.ExitStack() as stack:
         parent = stage.parent if stage is not None else Path(stack.enter_context(_temporary()))
         name = stage.name if stage is not None else "model.onnx"
-        for option in dict.fromkeys([simple, decision]):
+
+        def build(option: Option) -> tuple[Path, str]:
             folder = Path(tempfile.mkdtemp(dir=parent, prefix=".option-"))
-            built[option.label] = stage_qdq_model(
-                model, option.apply(result), folder / name, op_types=op_types
-            )
+            return stage_qdq_model(model, option.apply(result), folder / name, op_types=op_types)
+
+        # min-max everywhere is built by ONNX Runtime's (Python) quantizer on a worker thread
+        # while the emulated options run (ONNX Runtime's sessions release the GIL); the pool
+        # is waited for before the folder goes, also when the emulation raises
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="encanalyze-qdq"))
+        pending = {simple.label: pool.submit(build, simple)}
+        with Emulator(model, result, op_types=op_types, providers=providers) as emulator:
+
+            def per_sample(option: Option) -> tuple:
+                feed = emulator.feed(option.apply(result).encodings)
+                key = b"".join(k.encode() + v.tobytes() for k, v in sorted(feed.items()))
+                if key not in seen:  # options with the same encodings run once
+                    got = emulator.outputs(feed, batches)
+                    seen[key] = OutputErrors.measure(names, reference, got)
+                emulated[option.label] = _score(seen[key])
+                return seen[key]
+
+            def keep_or_switch(base: Option, options: list[Option]) -> Option:
+                """Return ``base``, or the best-scoring option significantly better than it."""
+                ref = per_sample(base)
+                significant = []
+                for option in options:
+                    gain, se = _gain(per_sample(option), ref)
+                    if option != base:
+                        gains[option.label] = (gain, se)
+                        if _beats(gain, se, z):
+                            significant.append(option)
+                return max(significant, key=lambda o: emulated[o.label], default=base)
+
+            base = keep_or_switch(default, [Option(a, default.weights) for a in acts])
+            decision = keep_or_switch(base, [Option(base.activations, w) for w in params])
+        for option in dict.fromkeys([simple, decision]):
+            found = pending.get(option.label)
+            built[option.label] = build(option) if found is None else found.result()
             outputs = model_outputs(own_model(built[option.label][0]), batches, names, providers)
             measured[option.label] = OutputErrors.measure(names, reference, outputs)
             checked[option.label] = _score(measured[option.label])
