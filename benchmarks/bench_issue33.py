@@ -17,10 +17,14 @@ Rows (``--rows``, comma-separated; default: all):
   Goal: <= 2x.
 - ``torch-model``: ``encanalyze.torch.calibrate`` with a histogram method on a small CNN against
   its forward pass over the same batches. Goal: <= 2x.
+- ``model-job``: the default model job (``bench_quality.py``'s: the ``auto`` candidates on 6
+  batches, the choice by the output on 2, the chosen QDQ model written) against ONNX Runtime's
+  ``quantize_static`` with its Percentile and MinMax calibrators on the same prepared model and
+  8 batches, for each real model of the test suite (fetched with pip; skipped without the
+  registry). Goals: <= 1.5x Percentile, <= 3x MinMax.
 
 The reference is AIMET's released analyzers (``bash ../shared/reference/install.sh``); without
-it its rows say "not measured". ``benchmarks/bench_quality.py`` times the model job against
-ONNX Runtime's ``quantize_static``.
+it its rows say "not measured".
 
     python benchmarks/bench_issue33.py [--rows percentile-weights,sqnr-sym,...]
 """
@@ -195,6 +199,54 @@ def row_torch_model() -> None:
                "the forward passes", f"{t / t_fwd:.2f}x", "<= 2x", t <= 2 * t_fwd)  # fmt: skip
 
 
+def row_model_job() -> None:
+    import logging
+    import tempfile
+    import warnings
+
+    import bench_quality as bq
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.real_models import OCR, fetch, rendered_text
+
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    for name, (member, (h, w)) in bq.MODELS.items():
+        try:
+            source = fetch(OCR, f"rapidocr_onnxruntime/models/{member}")
+        except BaseException as err:  # pytest's Skipped outside pytest: no registry
+            _print(f"model-job {name}", "-", "not measured", f"skipped: {err}", "-", "-", False)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            model = bq.prepare(source, folder)
+            calib = [rendered_text(bq.BATCH, h, w, seed=s) for s in range(bq.BATCHES)]
+            best = _model_job_times(bq, model, calib, folder)
+        for tool, goal in (("Percentile", 1.5), ("MinMax", 3)):
+            ratio = best["ours"] / best[tool]
+            ours, base = f"{best['ours']:.2f} s", f"{best[tool]:.2f} s"
+            _print(f"model-job {name}", ours, base, f"ONNX Runtime {tool}", f"{ratio:.2f}x",
+                   f"<= {goal}x", ratio <= goal)  # fmt: skip
+
+
+def _model_job_times(bq, model: Path, calib: list, folder: Path) -> dict[str, float]:
+    """Best wall time of each tool on ``model`` over 3 interleaved rounds."""
+    import contextlib
+    import io
+
+    runs = {
+        "ours": lambda: bq.encanalyze_quantize(model, calib, folder / "ours.onnx"),
+        "Percentile": lambda: bq.ort_quantize(model, calib, "Percentile", folder / "p.onnx"),
+        "MinMax": lambda: bq.ort_quantize(model, calib, "MinMax", folder / "m.onnx"),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    with contextlib.redirect_stdout(io.StringIO()):  # ONNX Runtime's progress prints
+        for _ in range(3):
+            for tool, run in runs.items():
+                best[tool] = min(best[tool], run())
+    return best
+
+
 ROWS = {
     "percentile-weights": row_percentile_weights,
     "percentile-activations": row_percentile_activations,
@@ -203,6 +255,7 @@ ROWS = {
     "minmax-small": row_minmax_small,
     "jax": row_jax,
     "torch-model": row_torch_model,
+    "model-job": row_model_job,
 }
 
 

@@ -425,3 +425,24 @@ def test_bad_external_data_fields_are_model_file_errors(tmp_path, capsys, key, v
     assert cli.main(["calibrate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_batches_run_ahead_give_the_same_statistics(monkeypatch):
+    """The next batch runs on a worker while this one is observed: the same encodings as
+    running them one after the other (outputs too large to hold two batches of)."""
+    from encanalyze.onnx import _calibrate as calibration
+    from encanalyze.onnx import calibrate
+
+    model = om.cnn()
+    rng = np.random.default_rng(5)
+    batches = [rng.standard_t(3, (4, 3, 8, 8)).astype("f4") for _ in range(5)]
+    results = []
+    for ahead in (calibration.AHEAD_BYTES, 0):
+        monkeypatch.setattr(calibration, "AHEAD_BYTES", ahead)
+        results.append(calibrate(model, iter(batches), activations=("percentile", "sqnr")))
+    got, want = results
+    assert got.num_batches == want.num_batches == 5
+    assert got.encodings.keys() == want.encodings.keys()
+    for name, e in want.encodings.items():
+        np.testing.assert_array_equal(np.asarray(got[name].scale), np.asarray(e.scale))
+        np.testing.assert_array_equal(np.asarray(got[name].offset), np.asarray(e.offset))

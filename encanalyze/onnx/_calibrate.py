@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -435,6 +436,48 @@ def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
     return {out: BRANCHES[bool(np.asarray(values[c]).reshape(-1)[0])] for out, c in conds.items()}
 
 
+AHEAD_BYTES = 1 << 28
+"""The model runs the next batch while this one's activations are observed where one batch's
+activations take at most this many bytes (two batches' are then held at once)."""
+
+
+def _run_ahead(run, wanted: list[str], fed: Iterator[dict]) -> Iterator[tuple[dict, dict]]:
+    """Yield each feed of ``fed`` with the ``wanted`` outputs ``run`` computes from it.
+
+    After a first batch whose outputs are small enough (:data:`AHEAD_BYTES`), each batch is
+    run on a worker thread while the caller observes the one before (ONNX Runtime releases the
+    GIL; so do the compiled counts): the model's time and the statistics' overlap.
+    """
+    if run is None:  # run([]) would compute every output
+        for feed in fed:
+            yield feed, {}
+        return
+
+    def outputs(feed: dict) -> dict:
+        return dict(zip(wanted, run_batch(run, wanted, feed), strict=True))
+
+    feed = next(fed, None)
+    if feed is None:
+        return
+    produced = outputs(feed)
+    size = sum(np.asarray(v).nbytes for v in produced.values())
+    if size > AHEAD_BYTES:
+        yield feed, produced
+        for feed in fed:
+            yield feed, outputs(feed)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="encanalyze-run") as pool:
+        following = next(fed, None)
+        pending = None if following is None else (following, pool.submit(outputs, following))
+        yield feed, produced
+        while pending is not None:
+            feed, future = pending
+            produced = future.result()
+            following = next(fed, None)
+            pending = None if following is None else (following, pool.submit(outputs, following))
+            yield feed, produced
+
+
 def histograms(analyzers: dict) -> dict:
     """Each activation's report histogram from the first of its analyzers that has one."""
     out = {}
@@ -539,11 +582,8 @@ def observe_activations(
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
         run = session(augmented, providers, workdir) if wanted else None
         del augmented
-        for batch in progress_bar(batches, progress):
-            feed = feeds(batch, inputs)
-            produced = {}
-            if run is not None:  # run([]) would compute every output
-                produced = dict(zip(wanted, run_batch(run, wanted, feed), strict=True))
+        fed = (feeds(batch, inputs) for batch in progress_bar(batches, progress))
+        for feed, produced in _run_ahead(run, wanted, fed):
             for cond, branch in conds.items():
                 value = produced[cond] if cond in produced else feed[cond]
                 if BRANCHES[bool(np.asarray(value).reshape(-1)[0])] != branch:
