@@ -202,11 +202,15 @@ def choose_encodings(
             folder = Path(tempfile.mkdtemp(dir=parent, prefix=".option-"))
             return stage_qdq_model(model, option.apply(result), folder / name, op_types=op_types)
 
-        # min-max everywhere is built by ONNX Runtime's (Python) quantizer on a worker thread
-        # while the emulated options run (ONNX Runtime's sessions release the GIL); the pool
-        # is waited for before the folder goes, also when the emulation raises
+        # min-max everywhere, then the default (the usual decision), are built by ONNX
+        # Runtime's (Python) quantizer on a worker thread while the emulated options run (its
+        # sessions release the GIL); the pool is waited for before the folder goes, also when
+        # the emulation raises
+        pending: dict = {}
+        stack.callback(_remove_unused, built, pending)
         pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="encanalyze-qdq"))
-        pending = {simple.label: pool.submit(build, simple)}
+        for option in dict.fromkeys([simple, default]):
+            pending[option.label] = pool.submit(build, option)
         with Emulator(model, result, op_types=op_types, providers=providers) as emulator:
 
             def per_sample(option: Option) -> tuple:
@@ -233,7 +237,7 @@ def choose_encodings(
             base = keep_or_switch(default, [Option(a, default.weights) for a in acts])
             decision = keep_or_switch(base, [Option(base.activations, w) for w in params])
         for option in dict.fromkeys([simple, decision]):
-            found = pending.get(option.label)
+            found = pending.pop(option.label, None)
             built[option.label] = build(option) if found is None else found.result()
             outputs = model_outputs(own_model(built[option.label][0]), batches, names, providers)
             measured[option.label] = OutputErrors.measure(names, reference, outputs)
@@ -305,6 +309,18 @@ def _beats(gain: float, se: float, z: float) -> bool:
     if not math.isfinite(se):  # too few samples to tell: only z <= 0 lets a gain through
         return z <= 0 and gain > (0.0 if z == 0 else -math.inf)
     return gain > z * se
+
+
+def _remove_unused(built: dict, pending: dict) -> None:
+    """Remove the folders of QDQ models built ahead for options not chosen in the end.
+
+    They were built speculatively: a build that failed there stops nothing.
+    """
+    for future in pending.values():
+        if future.exception() is None:
+            path = future.result()[0]
+            if all(path != b[0] for b in built.values()):
+                shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def _temporary():
