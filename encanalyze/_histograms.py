@@ -274,15 +274,15 @@ def histogram_update(
         without ``want_batch``) and the merged running histograms (the batch's values counted
         on the new edges and added to the re-binned old counts), with their growth limits.
     """
+    fused = primitives(xp).count_checked
+    if fused is not None and not want_batch and running is not None:
+        merged = _count_inside(xp, rows, running, fused, absolute)
+        if merged is not None:
+            return None, merged
     num_negative = None
     if absolute:
         num_negative = xp.astype(xp.count_nonzero(rows < 0, axis=1), index_dtype(xp))
         rows = xp.abs(rows)
-    fused = primitives(xp).count_checked
-    if fused is not None and not want_batch and running is not None:
-        merged = _count_inside(xp, rows, running, fused, num_negative)
-        if merged is not None:
-            return None, merged
     lo, hi, num_nan = primitives(xp).minmax(rows, (1,), finite=True)
     lo, hi = xp.astype(lo, dtype, copy=False), xp.astype(hi, dtype, copy=False)
     seen = lo <= hi  # rows with at least one finite value
@@ -398,12 +398,12 @@ def _add_inside(
 
 
 def _count_inside(
-    xp: Namespace, rows: Array, running: RowHistogram, fused, num_negative: Array | None
+    xp: Namespace, rows: Array, running: RowHistogram, fused, absolute: bool
 ) -> RowHistogram | None:
     """Return :func:`_add_inside`'s merge, whether the batch is inside checked in the same pass.
 
-    ``fused`` is the primitive ``count_checked``; ``num_negative``: the batch's negative values
-    per row (histograms of ``|x|``, whose ``rows`` are then ``|x|``). None where the batch is
+    ``fused`` is the primitive ``count_checked``; ``absolute``: a histogram of ``|x|`` (the
+    pass bins ``|rows|`` and counts the negative values). None where the batch is
     not inside the running range (as :func:`_inside` decides it: every row seen before, and
     now, and each finite value within the row's range, itself within its growth limits) or its
     dtype is not the fused pass's: the general path takes it from the start.
@@ -412,10 +412,10 @@ def _count_inside(
     if wd != rows.dtype or running.lo.dtype != rows.dtype:
         return None
     _, lo_w, hi_w = _work_range(xp, running.lo, running.hi, wd)
-    found = fused(rows, lo_w, hi_w, running.counts)
+    found = fused(rows, lo_w, hi_w, running.counts, absolute)
     if found is None:
         return None
-    counts, nans, odd, outside = found
+    counts, nans, odd, outside, *negative = found
     inside = (running.lo <= running.hi) & (odd < rows.shape[1]) & (outside == 0)
     if running.limits is not None:
         inside = inside & (running.lo >= running.limits[0]) & (running.hi <= running.limits[1])
@@ -430,7 +430,7 @@ def _count_inside(
         add_counts(running.num_nan, num_nan),
         running.limits,
         (running.lo, running.hi),
-        add_counts(running.num_negative, num_negative),
+        add_counts(running.num_negative, negative[0] if absolute else None),
     )
 
 

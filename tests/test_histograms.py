@@ -579,10 +579,12 @@ def test_compiled_count_equals_portable(rng, dtype, shape):
     [(1, 300_000), (3, 70_000), (5, 3000), (64, 100)],
     ids=["long", "few", "chunks", "many"],
 )
-def test_compiled_count_checked_equals_portable(rng, dtype, shape):
+@pytest.mark.parametrize("absolute", [False, True], ids=["x", "abs"])
+def test_compiled_count_checked_equals_portable(rng, dtype, shape, absolute):
     """The steady state's one pass: the counts added onto a table, and per row its NaN values,
     its values that are not finite and its finite values outside the range, as the portable
-    count and masks give them (threads over rows or over a few long rows' values)."""
+    count and masks give them (threads over rows or over a few long rows' values); for
+    histograms of ``|x|``, those of ``|x|`` and the negative values."""
     import array_api_compat.numpy as xp
 
     x = rng.standard_normal(shape).astype(dtype)
@@ -590,12 +592,17 @@ def test_compiled_count_checked_equals_portable(rng, dtype, shape):
     x[0, 5], x[-1, 7] = np.inf, -np.inf
     lo = np.full(shape[0], -2.5, dtype)
     hi = np.full(shape[0], 2.5, dtype)
+    x[:, 11::257] = -0.0  # not negative
     if shape[0] > 2:
         x[1, :] = np.where(np.isnan(x[1]), np.nan, -np.inf)  # no finite value
-        lo[-1] = np.nanmin(np.where(np.isfinite(x[-1]), x[-1], np.nan))  # inside its range
-        hi[-1] = np.nanmax(np.where(np.isfinite(x[-1]), x[-1], np.nan))
+        last = np.abs(x[-1]) if absolute else x[-1]
+        lo[-1] = np.nanmin(np.where(np.isfinite(last), last, np.nan))  # inside its range
+        hi[-1] = np.nanmax(np.where(np.isfinite(last), last, np.nan))
     onto = rng.integers(0, 9, (shape[0], 512)).astype(np.float64)
-    counts, nans, odd, outside = _compiled.count_checked(x, lo, hi, onto)
+    counts, nans, odd, outside, *negative = _compiled.count_checked(x, lo, hi, onto, absolute)
+    if absolute:
+        np.testing.assert_array_equal(negative[0], (x < 0).sum(axis=1))
+        x = np.abs(x)
     want = _portable.histogram_rows(xp, x, lo, hi, 512, True) + onto
     np.testing.assert_array_equal(counts, want)
     finite = np.isfinite(x)

@@ -25,8 +25,8 @@ __all__ = ["LIBRARY", "count_rows", "count_checked", "noise_by_cells", "rebin_ro
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
     "encanalyze_noise_by_cells": [_I] * 4 + [_D] + [_P] * 2 + [_I] + [_P] * 4,
-    "encanalyze_count_rows_f64": [_I] * 3 + [_P] * 3 + [_I] + [_P] * 4,
-    "encanalyze_count_rows_f32": [_I] * 3 + [_P] * 3 + [_I] + [_P] * 4,
+    "encanalyze_count_rows_f64": [_I] * 3 + [_P] * 3 + [_I] + [_P] * 5,
+    "encanalyze_count_rows_f32": [_I] * 3 + [_P] * 3 + [_I] + [_P] * 5,
     "encanalyze_rebin_rows_f64": [_I] * 2 + [_P] * 7,
     "encanalyze_rebin_rows_f32": [_I] * 2 + [_P] * 7,
 }
@@ -99,21 +99,24 @@ def count_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, num_bins: int):
     ``rows (E, N)`` and ``lo``/``hi (E,)`` in one float dtype (the work dtype); NaN values are
     left out. None for other dtypes (or a float32 rule this compiler cannot round as float32).
     """
-    found = _count(rows, lo, hi, num_bins, None, False)
+    found = _count(rows, lo, hi, num_bins, None, 0)
     return None if found is None else found[0]
 
 
-def count_checked(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, onto: np.ndarray):
+def count_checked(
+    rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, onto: np.ndarray, absolute: bool = False
+):
     """``onto`` plus the counts of ``rows`` over ``[lo, hi]``, checked in the same pass.
 
     Returns ``(counts, nans, odd, outside)``: the ``(E, B)`` sum (whole counts: exact in any
     order) and, per row, its NaN values, its values that are not finite and its finite values
-    outside ``[lo, hi]`` (int64); None as :func:`count_rows`.
+    outside ``[lo, hi]`` (int64); with ``absolute``, of ``|rows|``, and a fifth: each row's
+    values below 0. None as :func:`count_rows`.
     """
-    return _count(rows, lo, hi, onto.shape[1], onto, True)
+    return _count(rows, lo, hi, onto.shape[1], onto, 4 if absolute else 3)
 
 
-def _count(rows, lo, hi, num_bins: int, onto, checked: bool):
+def _count(rows, lo, hi, num_bins: int, onto, checks: int):
     kind = _FLOATS.get(rows.dtype)
     if kind is None or lo.dtype != rows.dtype or hi.dtype != rows.dtype or num_bins >= 2**31:
         return None
@@ -127,31 +130,32 @@ def _count(rows, lo, hi, num_bins: int, onto, checked: bool):
         out = np.zeros((num_rows, num_bins), dtype=np.float64)
     else:
         out = np.array(onto, dtype=np.float64, order="C")
-    checks = _checks(num_rows) if checked else None
+    outputs = _checks(num_rows, checks)
     if num_rows == 0 or num_values == 0:
-        return out, *(checks or ())
+        return out, *outputs
     size = rows.itemsize
     base, lo_at, hi_at, out_at = rows.ctypes.data, lo.ctypes.data, hi.ctypes.data, out.ctypes.data
 
     def addresses(parts, start: int) -> list[int]:  # the checks' outputs from row ``start``
-        return [0] * 3 if parts is None else [a.ctypes.data + start * a.itemsize for a in parts]
+        found = [a.ctypes.data + start * a.itemsize for a in parts]
+        return found + [0] * (4 - len(found))
 
     def by_rows(start: int, stop: int) -> None:
         _check(
             fn(stop - start, num_values, stride, base + start * stride * size,
                lo_at + start * size, hi_at + start * size, num_bins, out_at + start * num_bins * 8,
-               *addresses(checks, start))
+               *addresses(outputs, start))
         )  # fmt: skip
 
     if num_rows >= (_WORKERS or 1) or num_values < 2 * MIN_VALUES_PER_THREAD:
         _in_threads(by_rows, num_rows, max(1, MIN_VALUES_PER_THREAD // num_values))
-        return out, *(checks or ())
+        return out, *outputs
     # few long rows: each thread counts a range of columns into its own table (whole numbers:
     # the tables add exactly), and checks them
     step = -(-num_values // max(1, min(_WORKERS or 1, num_values // MIN_VALUES_PER_THREAD)))
     parts = -(-num_values // step)
     tables = [out] + [np.zeros_like(out) for _ in range(1, parts)]
-    part_checks = [_checks(num_rows) if checked else None for _ in range(parts)]
+    part_checks = [_checks(num_rows, checks) for _ in range(parts)]
 
     def by_columns(start: int, stop: int) -> None:
         table = tables[start // step].ctypes.data
@@ -161,14 +165,12 @@ def _count(rows, lo, hi, num_bins: int, onto, checked: bool):
     _in_threads(by_columns, num_values, MIN_VALUES_PER_THREAD)
     for t in tables[1:]:
         out += t
-    if not checked:
-        return (out,)
     return out, *(sum(c) for c in zip(*part_checks, strict=True))
 
 
-def _checks(num_rows: int) -> tuple[np.ndarray, ...]:
-    """Return the checks' outputs (NaN, not finite, outside), as for rows without values."""
-    return tuple(np.zeros(num_rows, np.int64) for _ in range(3))
+def _checks(num_rows: int, checks: int) -> tuple[np.ndarray, ...]:
+    """Return ``checks`` of the outputs (NaN, not finite, outside, negative), zero."""
+    return tuple(np.zeros(num_rows, np.int64) for _ in range(checks))
 
 
 def rebin_rows(counts, lo, hi, new_lo, new_hi) -> np.ndarray | None:

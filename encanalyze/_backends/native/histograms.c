@@ -27,7 +27,9 @@
    equal values, such as a ReLU's zeros, would otherwise wait on each other's increments), added
    at the end. Counts are whole numbers: exact in any order. B < 2**31.
    Where `nans` is given, the same pass counts per row its NaN values (nans[r]), its values that
-   are not finite (odd[r]) and its finite values outside [lo[r], hi[r]] (outside[r]).
+   are not finite (odd[r]) and its finite values outside [lo[r], hi[r]] (outside[r]); where
+   `negatives` is given too, it bins and checks |x| instead, and counts the values below 0
+   (negatives[r]).
    Returns 0, or -1 where the scratch could not be allocated. */
 #define COUNT_CHUNK 512
 #define SPLIT_FLUSH (1 << 30) /* values counted into the int32 tables between flushes */
@@ -40,9 +42,10 @@ static void flush_tables(int32_t *tables, int64_t bins, double *c) {
     tables[b] = tables[bins + b] = tables[2 * bins + b] = tables[3 * bins + b] = 0;
   }
 }
-#define BIN_CHUNK(T, CHECK)                                                                     \
+#define BIN_CHUNK(T, CHECK, ABS)                                                                \
   for (int i = 0; i < n; i++) {                                                                 \
-    const T value = chunk[i];                                                                   \
+    const T value = ABS ? (chunk[i] < (T)0 ? -chunk[i] : chunk[i]) : chunk[i];                  \
+    if (ABS) negative += chunk[i] < (T)0;                                                       \
     T t = (value - low_r) / width;                                                              \
     t = t * scale;                                                                              \
     nan += t != t;                                                                              \
@@ -58,7 +61,7 @@ static void flush_tables(int32_t *tables, int64_t bins, double *c) {
 #define COUNT_ROWS(NAME, T)                                                                     \
   VECTOR_CLONES int NAME(int64_t rows, int64_t cols, int64_t stride, const T *x, const T *lo,   \
                          const T *hi, int64_t bins, double *counts, int64_t *nans,              \
-                         int64_t *odd_out, int64_t *outside) {                                  \
+                         int64_t *odd_out, int64_t *outside, int64_t *negatives) {              \
     const T top = (T)(bins - 1), scale = (T)bins;                                               \
     const int split = cols >= 8 * bins;                                                         \
     int32_t *tables = split ? calloc((size_t)(4 * bins), sizeof(int32_t)) : NULL;               \
@@ -68,17 +71,19 @@ static void flush_tables(int32_t *tables, int64_t bins, double *c) {
       const T low_r = lo[r], high_r = hi[r], width = hi[r] - lo[r];                             \
       const T *v = x + r * stride;                                                              \
       double *c = counts + r * bins;                                                            \
-      int64_t row_nan = 0, row_odd = 0, row_out = 0, flushed = 0;                               \
+      int64_t row_nan = 0, row_odd = 0, row_out = 0, row_negative = 0, flushed = 0;             \
       for (int64_t start = 0; start < cols; start += COUNT_CHUNK) {                             \
         const int n = (int)(cols - start < COUNT_CHUNK ? cols - start : COUNT_CHUNK);           \
         const T *chunk = v + start;                                                             \
-        int nan = 0, odd = 0, out = 0;                                                          \
-        if (nans != NULL) {                                                                     \
-          BIN_CHUNK(T, 1)                                                                       \
+        int nan = 0, odd = 0, out = 0, negative = 0;                                            \
+        if (negatives != NULL) {                                                                \
+          BIN_CHUNK(T, 1, 1)                                                                    \
+        } else if (nans != NULL) {                                                              \
+          BIN_CHUNK(T, 1, 0)                                                                    \
         } else {                                                                                \
-          BIN_CHUNK(T, 0)                                                                       \
+          BIN_CHUNK(T, 0, 0)                                                                    \
         }                                                                                       \
-        row_nan += nan, row_odd += odd, row_out += out;                                         \
+        row_nan += nan, row_odd += odd, row_out += out, row_negative += negative;               \
         if (split) {                                                                            \
           int i = 0;                                                                            \
           for (; i + 4 <= n; i += 4) {                                                          \
@@ -99,6 +104,7 @@ static void flush_tables(int32_t *tables, int64_t bins, double *c) {
         }                                                                                       \
       }                                                                                         \
       if (nans != NULL) nans[r] = row_nan, odd_out[r] = row_odd, outside[r] = row_out;          \
+      if (negatives != NULL) negatives[r] = row_negative;                                       \
       if (split) flush_tables(tables, bins, c);                                                 \
     }                                                                                           \
     free(tables);                                                                               \
@@ -111,7 +117,8 @@ COUNT_ROWS(encanalyze_count_rows_f32, float)
 #else
 int encanalyze_count_rows_f32(int64_t rows, int64_t cols, int64_t stride, const float *x,
                               const float *lo, const float *hi, int64_t bins, double *counts,
-                              int64_t *nans, int64_t *odd_out, int64_t *outside) {
+                              int64_t *nans, int64_t *odd_out, int64_t *outside,
+                              int64_t *negatives) {
   return -2;
 }
 #endif
