@@ -370,9 +370,17 @@ def _inside(xp: Namespace, rows: Array, lo: Array, hi: Array, running: RowHistog
     if not on_host(rows):
         return False
     inside = (running.lo <= running.hi) & (lo <= hi) & (lo >= running.lo) & (hi <= running.hi)
-    if running.limits is not None:  # the general path would clamp a range beyond its limits
-        inside = inside & (running.lo >= running.limits[0]) & (running.hi <= running.limits[1])
-    return bool(xp.all(inside))
+    return bool(xp.all(_within_limits(running, inside)))
+
+
+def _within_limits(running: RowHistogram, inside: Array) -> Array:
+    """Return ``inside`` where the running range is within its growth limits, else False.
+
+    The general path would clamp a range beyond its limits.
+    """
+    if running.limits is None:
+        return inside
+    return inside & (running.lo >= running.limits[0]) & (running.hi <= running.limits[1])
 
 
 def _add_inside(
@@ -386,10 +394,18 @@ def _add_inside(
     num_bins = running.counts.shape[1]
     new = bin_counts(xp, rows, running.lo, running.hi, num_bins, num_nan is not None)
     new += running.counts  # into the fresh batch counts: no third (E, B) table
+    return _kept_edges(xp, running, new, num_nan, num_negative)
+
+
+def _kept_edges(xp: Namespace, running: RowHistogram, counts: Array, num_nan, num_negative):
+    """Return the merge of a batch inside the running range, its ``counts`` already added.
+
+    The edges stay, and the observed range becomes the edge range, as after any later batch.
+    """
     return RowHistogram(
-        new,
+        counts,
         running.lo,
-        last_edge(xp, running.lo, running.hi, num_bins),
+        last_edge(xp, running.lo, running.hi, running.counts.shape[1]),
         add_counts(running.num_nan, num_nan),
         running.limits,
         (running.lo, running.hi),
@@ -417,21 +433,10 @@ def _count_inside(
         return None
     counts, nans, odd, outside, *negative = found
     inside = (running.lo <= running.hi) & (odd < rows.shape[1]) & (outside == 0)
-    if running.limits is not None:
-        inside = inside & (running.lo >= running.limits[0]) & (running.hi <= running.limits[1])
-    if not bool(xp.all(inside)):
+    if not bool(xp.all(_within_limits(running, inside))):
         return None
     num_nan = nans if bool(xp.any(odd > 0)) else None  # minmax's: None where all are finite
-    num_bins = running.counts.shape[1]
-    return RowHistogram(
-        counts,
-        running.lo,
-        last_edge(xp, running.lo, running.hi, num_bins),
-        add_counts(running.num_nan, num_nan),
-        running.limits,
-        (running.lo, running.hi),
-        add_counts(running.num_negative, negative[0] if absolute else None),
-    )
+    return _kept_edges(xp, running, counts, num_nan, negative[0] if absolute else None)
 
 
 def stack_rows(xp: Namespace, parts: list[RowHistogram]) -> RowHistogram:

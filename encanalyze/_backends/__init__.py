@@ -62,10 +62,11 @@ class Primitives(NamedTuple):
     is :func:`encanalyze._histograms.rebin` less ``xp`` (or None: the portable path);
     ``noise_by_cells`` is :func:`encanalyze._rules.sqnr.noise_by_cells` less ``xp`` for float64
     host arrays (compiled, ``_compiled.py``; None where not built); ``count_checked(rows, lo, hi,
-    onto)`` is ``onto + histogram_rows(rows, lo, hi, B, True)`` for float host rows in the work
-    dtype, with each row's count of NaN values, of values that are not finite and of finite
-    values outside ``[lo, hi]`` from the same pass (compiled; None where not built, or, from
-    the call, for other dtypes).
+    onto, absolute)`` is ``onto + histogram_rows(rows, lo, hi, B, True)`` for float host rows
+    in the work dtype, with each row's count of NaN values, of values that are not finite and
+    of finite values outside ``[lo, hi]`` from the same pass (with ``absolute``, of ``|rows|``,
+    and each row's count of negative values; compiled; None where not built, or, from the call,
+    for other dtypes).
     """
 
     minmax: Callable
