@@ -187,9 +187,10 @@ def weight_methods(weights, options: dict | None) -> dict[str, dict]:
         raise TypeError(f"weights must be a method name or a dict of methods, got {weights!r}")
     if not methods:
         raise ValueError("weights names no method")
-    for name in methods:
+    for name, method_options in methods.items():
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+        METHODS[name].analyzer((1, 1), **method_options)  # bad options raise here, at the call
     return methods
 
 

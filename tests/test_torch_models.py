@@ -141,11 +141,45 @@ def test_several_weight_methods_keep_each_weights_best_sqnr():
         ({"minmax": None, "l2": None}, None, ValueError, "unknown method 'l2'"),
         ({"sqnr": None}, {"num_bins": 64}, ValueError, "weight_options goes with one method"),
         (["minmax"], None, TypeError, "a method name or a dict"),
+        # options the weights' method refuses raise at the call, as the activations' do
+        ("percentile", {"percentile": 101}, ValueError, "percentile must be in"),
+        ("percentile", {"num_bins": 0}, ValueError, "num_bins must be"),
+        ("sqnr", {"gamma": -1}, ValueError, "gamma must be"),
+        ({"minmax": None, "sqnr": {"num_bins": 0}}, None, ValueError, "num_bins must be"),
+        ("mse", {"percentile": 99}, TypeError, "percentile"),
     ],
 )
 def test_bad_weight_methods(weights, options, error, match):
     with pytest.raises(error, match=match):
-        calibrate(TwoInputs(), [], weights=weights, weight_options=options)
+        calibrate(TwoInputs(), [torch.randn(2, 4)], weights=weights, weight_options=options)
+
+
+class WithHead(torch.nn.Module):
+    """A model whose second head no batch reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(4, 8)
+        self.head = torch.nn.Linear(8, 3)
+        self.unused = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_activations_no_batch_reached_are_reported():
+    """Activations of modules no batch ran through are listed in ``unquantized`` with the
+    reason; their weights are calibrated all the same."""
+    model = WithHead().eval()
+    result = calibrate(model, [torch.randn(5, 4) for _ in range(2)])
+    reason = "no calibration batch reached it"
+    assert result.unquantized == {"unused:input": reason, "unused:output": reason}
+    assert {"unused.weight", "head:input", "head:output", "body:output"} <= set(result.encodings)
+    nothing = calibrate(model, [])
+    assert set(nothing.unquantized) == {f"{m}:{t}" for m in ("body", "head", "unused")
+                                        for t in ("input", "output")}  # fmt: skip
+    assert set(nothing.unquantized.values()) == {reason}
+    assert set(nothing.encodings) == {"body.weight", "head.weight", "unused.weight"}
 
 
 def test_bad_options():

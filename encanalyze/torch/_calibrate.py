@@ -71,6 +71,7 @@ class _Hooks:
         self.ranges = ranges  # name -> [[min, max] per batch] (the report's; syncs)
         self.analyzers: dict[str, object] = {}
         self.axes: dict[str, int | None] = {}  # each analyzer's channel axis (None: per tensor)
+        self.reached: set[str] = set()  # the modules a batch ran through
         self.handles = []
 
     def _analyzer(self, name: str, t: torch.Tensor, module: torch.nn.Module):
@@ -96,6 +97,7 @@ class _Hooks:
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
+            self.reached.add(name)
             first = next((i for i in inputs if isinstance(i, torch.Tensor)), None)
             for suffix, t in ((":input", first), (":output", output)):
                 if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -231,6 +233,8 @@ def calibrate(
         for suffix in (":input", ":output"):
             if name + suffix in acts:
                 file_under(name + suffix, acts[name + suffix], encodings, unquantized)
+            elif name not in hooks.reached:  # (a module that ran has no float tensor there)
+                unquantized[name + suffix] = "no calibration batch reached it"
     if statistics is not None:
         found = {n: a.get_stats() for n, a in hooks.analyzers.items()}
         statistics["histograms"] = {
