@@ -253,3 +253,30 @@ def test_a_dead_channel_leaves_that_tensor_in_float_and_keeps_the_others():
     assert "0.weight" in result.encodings
     assert result.unquantized["0:input"] == "1 of its 4 channels never held a finite value"
     assert "0:input" in result.onnx_qdq()["unquantized"]
+
+
+def test_exported_compiled_and_meta_models():
+    """An exported program's module points to encanalyze.pt2e in one line (eval mode or not); a
+    torch.compile'd model is calibrated through its original module, with its names and the
+    same encodings; a model on the meta device says so."""
+    import numpy as np
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(72, 4)
+    ).eval()
+    batches = [torch.randn(4, 3, 5, 5) for _ in range(2)]
+    exported = torch.export.export(model, (batches[0],)).module()
+    for eval_mode in (True, False):
+        with pytest.raises(TypeError, match="exported graph.*encanalyze.pt2e"):
+            calibrate(exported, batches, eval_mode=eval_mode)
+    want = calibrate(model, batches)
+    got = calibrate(torch.compile(model), batches)
+    assert got.encodings.keys() == want.encodings.keys() and "0:input" in got.encodings
+    for name, e in want.encodings.items():
+        np.testing.assert_array_equal(np.asarray(got[name].scale), np.asarray(e.scale))
+    traced = calibrate(torch.fx.symbolic_trace(model), batches)  # modules kept: hooks work
+    assert traced.encodings.keys() == want.encodings.keys()
+    with torch.device("meta"):
+        empty = torch.nn.Linear(3, 4)
+    with pytest.raises(ValueError, match="meta device.*'weight' and 1 more"):
+        calibrate(empty, [torch.randn(2, 3)])

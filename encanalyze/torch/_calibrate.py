@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import sys
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -21,7 +23,13 @@ from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
 
-__all__ = ["CalibrationResult", "TensorEncoding", "calibrate", "quantizable_modules"]
+__all__ = [
+    "CalibrationResult",
+    "TensorEncoding",
+    "calibratable",
+    "calibrate",
+    "quantizable_modules",
+]
 
 _CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 _TRANSPOSED = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
@@ -49,6 +57,40 @@ def quantizable_modules(model: torch.nn.Module, modules=None) -> dict[str, torch
         else:
             raise TypeError(f"modules must hold module names or types, got {item!r}")
     return chosen
+
+
+_GRAPH_OPS = ("conv", "linear", "matmul", "addmm", "bmm")
+
+
+def calibratable(model: torch.nn.Module) -> torch.nn.Module:
+    """Return the module whose forward hooks see ``model``'s tensors, or raise why none does.
+
+    A ``torch.compile``'d model is calibrated through its original module (its names without
+    ``_orig_mod.``; the compiled forward would trace the hooks). An exported program's module
+    (``torch.export``) has no layer modules to hook: ``TypeError`` points to
+    :mod:`encanalyze.pt2e`. A model on the ``meta`` device has no values: ``ValueError``.
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
+        model = model._orig_mod
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.fx.GraphModule) and not quantizable_modules(model):
+        ops = {str(n.target) for n in model.graph.nodes if n.op == "call_function"}
+        if any(op in target for target in ops for op in _GRAPH_OPS):
+            raise TypeError(
+                "the model is an exported graph (torch.export): its layers are graph operations, "
+                "not modules to hook; calibrate the eager model, or this graph with "
+                "encanalyze.pt2e (its observers in prepare_pt2e)"
+            )
+    meta = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers())
+            if t.is_meta]  # fmt: skip
+    if meta:
+        raise ValueError(
+            f"the model's tensors are on the meta device (no values): {meta[0]!r}"
+            f"{f' and {len(meta) - 1} more' if len(meta) > 1 else ''}; load its weights first"
+        )
+    return model
 
 
 def _channel_axis(module: torch.nn.Module) -> int:
@@ -180,9 +222,10 @@ def calibrate(
     hooks. ``progress``: a progress bar (tqdm) on a terminal (``None``), always (``True``) or
     never (``False``). The percentile method defaults to the command's ``99.99``
     (``activation_options`` overrides it). A tensor that cannot be encoded (an activation that
-    never held a finite value, in any channel) is left in floating point and listed with the
-    reason in the result's ``unquantized``. ``statistics``, a dict, receives what the analysis
-    report shows (:meth:`~encanalyze.onnx.CalibrationResult.report`): ``"histograms"`` (each
+    never held a finite value, in any channel, or that no batch reached) is left in floating
+    point and listed with the reason in the result's ``unquantized``. A ``torch.compile``'d
+    model is calibrated through its original module (:func:`calibratable`). ``statistics``, a
+    dict, receives what the analysis report shows (:meth:`~encanalyze.onnx.CalibrationResult.report`): ``"histograms"`` (each
     activation's, from a histogram method) and ``"ranges"`` (its ``[min, max]`` per batch,
     which syncs with the device once per batch).
 
@@ -206,6 +249,7 @@ def calibrate(
     """
     if activations not in METHODS:
         raise ValueError(f"unknown method {activations!r}; choose from {sorted(METHODS)}")
+    model = calibratable(model)
     methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
     wsym = symmetric if weight_symmetric is None else bool(weight_symmetric)
