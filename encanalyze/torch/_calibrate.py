@@ -225,7 +225,8 @@ def calibrate(
     never held a finite value, in any channel, or that no batch reached) is left in floating
     point and listed with the reason in the result's ``unquantized``. A ``torch.compile``'d
     model is calibrated through its original module (:func:`calibratable`). ``statistics``, a
-    dict, receives what the analysis report shows (:meth:`~encanalyze.onnx.CalibrationResult.report`): ``"histograms"`` (each
+    dict, receives what the analysis report shows
+    (:meth:`~encanalyze.onnx.CalibrationResult.report`): ``"histograms"`` (each
     activation's, from a histogram method) and ``"ranges"`` (its ``[min, max]`` per batch,
     which syncs with the device once per batch).
 
