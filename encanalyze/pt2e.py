@@ -18,7 +18,7 @@ from torchao.quantization.pt2e.quantizer.utils import QuantizationConfig
 
 from ._analyzer import STATE_FORMAT_VERSION
 from ._encoding import to_scale_offset
-from ._registry import METHODS
+from ._registry import METHODS, activation_defaults
 
 __all__ = ["EncodingObserver", "quantization_config"]
 
@@ -35,11 +35,13 @@ class EncodingObserver(UniformQuantizationObserverBase):
     keyword arguments that the method's analyzer takes (``percentile=99.9``, ``num_bins=512``)
     go to it. ``dtype``, ``qscheme``, ``quant_min``/``quant_max`` and ``ch_axis`` are torch's:
     the grid has ``quant_max - quant_min`` steps, symmetric for the ``*_symmetric`` schemes,
-    one encoding per index of ``ch_axis`` for the ``per_channel_*`` ones. Statistics stay on
-    the observed tensors' device and travel in the module's ``state_dict`` (a prepared model
-    saved and loaded converts to the same model), and the observer can be deep-copied and
-    pickled; ``calculate_qparams`` returns torch's ``(scale, zero_point)`` with ``zero_point =
-    quant_min - offset``.
+    one encoding per index of ``ch_axis`` for the ``per_channel_*`` ones; scales below ``eps``
+    become ``eps`` (the zero point then that scale's), as torch's observers do. The percentile
+    method keeps ``99.99`` unless ``percentile`` is given, as every entry point does.
+    Statistics stay on the observed tensors' device and travel in the module's ``state_dict`` (a
+    prepared model saved and loaded converts to the same model), and the observer can be
+    deep-copied and pickled; ``calculate_qparams`` returns torch's ``(scale, zero_point)``
+    with ``zero_point = quant_min - offset``.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class EncodingObserver(UniformQuantizationObserverBase):
             eps=eps,
             is_dynamic=is_dynamic,
         )
+        options = activation_defaults(method, options)  # percentile: 99.99, as everywhere
         METHODS[method].analyzer((1,), **options)  # bad options fail here, not mid-calibration
         self.method, self.ch_axis, self.options = method, ch_axis, options
         self.analyzer = None
@@ -100,8 +103,17 @@ class EncodingObserver(UniformQuantizationObserverBase):
         symmetric = self.qscheme in _SYMMETRIC
         lo, hi = self.analyzer.compute_encodings(num_steps, symmetric)
         scale, offset = to_scale_offset(lo, hi, num_steps, symmetric)
-        zero_point = self.quant_min - offset
-        return scale.reshape(-1).to(torch.float32), zero_point.reshape(-1).to(torch.int32)
+        scale, lo = scale.reshape(-1).to(torch.float32), lo.reshape(-1)
+        zero_point = (self.quant_min - offset).reshape(-1)
+        small = scale < self.eps  # torch's observers: scale at least eps, and the zero point
+        if bool(torch.any(small)):  # of that scale (a symmetric grid keeps its midpoint)
+            eps = self.eps.to(device=scale.device, dtype=scale.dtype)
+            scale = torch.where(small, eps, scale)
+            if not symmetric:
+                moved = self.quant_min - torch.round(lo.to(scale.dtype) / scale)
+                moved = torch.clamp(moved, self.quant_min, self.quant_max).to(zero_point.dtype)
+                zero_point = torch.where(small, moved, zero_point)
+        return scale, zero_point.to(torch.int32)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         """Save the statistics too: a saved and reloaded prepared model converts the same."""

@@ -32,8 +32,8 @@ def _batches(n=4):
     return [torch.randn(4, 3, 8, 8, generator=g) for _ in range(n)]
 
 
-def _library(method, x, shape=(1,), num_steps=255, symmetric=False):
-    analyzer = ea.METHODS[method].analyzer(shape)
+def _library(method, x, shape=(1,), num_steps=255, symmetric=False, **options):
+    analyzer = ea.METHODS[method].analyzer(shape, **options)
     for t in x:
         analyzer.update_stats(t)
     lo, hi = analyzer.compute_encodings(num_steps, symmetric)
@@ -73,7 +73,7 @@ def test_input_scale_and_weight_scales_are_the_librarys():
     first = next(
         n for n in converted.graph.nodes if n.target == quantize and n.args[0].op == "placeholder"
     )
-    scale, offset = _library("percentile", batches)
+    scale, offset = _library("percentile", batches, percentile=99.99)  # every entry's default
     assert first.args[1] == pytest.approx(float(scale[0]), rel=1e-6)
     assert first.args[2] == -int(offset[0])  # uint8: zero point = 0 - offset
     w = model.conv.weight.detach()
@@ -155,3 +155,29 @@ def test_statistics_travel_in_state_dict_deepcopy_and_pickle(activations, tmp_pa
         assert len(got) == len(want)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_scales_below_eps_are_eps_as_torchs_observers_make_them():
+    """Scales below ``eps`` become ``eps``, the zero point that scale's (a symmetric grid keeps
+    its midpoint): torch's own min-max observers' qparams, per channel and per tensor; the
+    percentile method keeps 99.99 unless told otherwise."""
+    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+
+    x = torch.randn(4, 8) * torch.tensor([1.0, 3.0, 1e-6, 0.0])[:, None]
+    ours = EncodingObserver("minmax", qscheme=torch.per_channel_symmetric, dtype=torch.qint8,
+                            eps=2**-12)  # fmt: skip
+    theirs = PerChannelMinMaxObserver(qscheme=torch.per_channel_symmetric, dtype=torch.qint8,
+                                      eps=2**-12)  # fmt: skip
+    ours(x), theirs(x)
+    (s, z), (ts, tz) = ours.calculate_qparams(), theirs.calculate_qparams()
+    assert float(s[2]) == float(s[3]) == 2**-12 and float(s[0]) > 2**-12
+    torch.testing.assert_close(s, ts, rtol=1e-2, atol=0)  # the unclamped rows: the methods'
+    assert s[2:].tolist() == ts[2:].tolist() and z.tolist() == tz.tolist()
+    y = torch.rand(16) * 1e-6 + 5e-4  # a range far narrower than eps, away from zero
+    ours = EncodingObserver("minmax", eps=2**-12)
+    theirs = MinMaxObserver(eps=2**-12)
+    ours(y), theirs(y)
+    (s, z), (ts, tz) = ours.calculate_qparams(), theirs.calculate_qparams()
+    assert s.tolist() == ts.tolist() == [2**-12] and z.tolist() == tz.tolist()
+    assert EncodingObserver("percentile").options == {"percentile": 99.99}
+    assert EncodingObserver("percentile", percentile=99.0).options == {"percentile": 99.0}
