@@ -19,7 +19,7 @@ from ._encoding import validate_num_steps
 from ._errors import StatisticsNotFoundError
 from ._histograms import stack_rows
 from ._observers import HistogramObserver, Observer
-from ._warnings import warn
+from ._warnings import labelled, warn
 from ._xp import Array, Namespace, check_same_home, device_of, namespace_of
 
 __all__ = [
@@ -405,11 +405,15 @@ def _as_they_are(results):
 
 
 def compute_encodings_together(
-    analyzers: Sequence[EncodingAnalyzer], num_steps: int | float, is_symmetric: bool
+    analyzers: Sequence[EncodingAnalyzer],
+    num_steps: int | float,
+    is_symmetric: bool,
+    labels: Sequence[str] | None = None,
 ) -> list:
     """Return each analyzer's ``compute_encodings(num_steps, is_symmetric)``.
 
-    Where one raises :class:`StatisticsNotFoundError`, its place holds the error. Host
+    Where one raises :class:`StatisticsNotFoundError`, its place holds the error; ``labels``
+    (one per analyzer) go before the messages of the warnings each gives. Host
     histogram analyzers of one method, parameters and statistics layout (whatever their
     encoding shapes) have their rule applied once to all their histograms stacked: a rule
     treats each histogram on its own, so these are the encodings each computes alone (the tests
@@ -423,15 +427,13 @@ def compute_encodings_together(
         host = None
         if isinstance(analyzer, HistogramAnalyzer) and analyzer._state is not None:
             host = analyzer._host_state()
-        if host is None:
-            try:
-                results[i] = analyzer.compute_encodings(num_steps, is_symmetric)
-            except StatisticsNotFoundError as err:
-                results[i] = err
-            continue
-        np_xp, state, back = host
         try:
-            analyzer._check_state(np_xp, state)
+            with labelled(None if labels is None else labels[i]):
+                if host is None:
+                    results[i] = analyzer.compute_encodings(num_steps, is_symmetric)
+                    continue
+                np_xp, state, back = host
+                analyzer._check_state(np_xp, state)
         except StatisticsNotFoundError as err:
             results[i] = err
             continue

@@ -28,6 +28,7 @@ from ._report import (
 )
 from ._report_data import QuantizerView, model_quantizers, per_axis
 from ._shapes import plan, to_rows
+from ._warnings import labelled
 from ._xp import Array, namespace_of
 
 __all__ = [
@@ -96,7 +97,9 @@ def encode_activations(items: list, num_steps: int, symmetric: bool) -> list:
     once for all the tensors of each method).
     """
     reached = [i for i, (_, a, _, _) in enumerate(items) if a.get_stats() is not None]
-    ranges = compute_encodings_together([items[i][1] for i in reached], num_steps, symmetric)
+    ranges = compute_encodings_together(
+        [items[i][1] for i in reached], num_steps, symmetric, [items[i][0] for i in reached]
+    )
     out: list = ["no calibration batch reached it"] * len(items)
     for i, found in zip(reached, ranges, strict=True):
         name, analyzer, axis, method = items[i]
@@ -131,9 +134,13 @@ def weight_or_reason(
     symmetric: bool,
     every: dict | None = None,
 ) -> TensorEncoding | str:
-    """:func:`encode_weight`, or the reason the weight stays in floating point."""
+    """:func:`encode_weight`, or the reason the weight stays in floating point.
+
+    Its warnings name the weight.
+    """
     try:
-        return encode_weight(name, tensor, axis, methods, num_steps, symmetric, every)
+        with labelled(name):
+            return encode_weight(name, tensor, axis, methods, num_steps, symmetric, every)
     except StatisticsNotFoundError:
         return "the weight holds no finite value"
     except ValueError as err:  # a range its dtype cannot hold

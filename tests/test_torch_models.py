@@ -280,3 +280,21 @@ def test_exported_compiled_and_meta_models():
         empty = torch.nn.Linear(3, 4)
     with pytest.raises(ValueError, match="meta device.*'weight' and 1 more"):
         calibrate(empty, [torch.randn(2, 3)])
+
+
+def test_warnings_name_their_tensor():
+    """A model's NaN warnings name the tensor (activations and weights) and point at the
+    caller's line."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    x = torch.randn(6, 4)
+    x[0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning) as caught:
+        calibrate(model, [x, torch.randn(6, 4)])
+    messages = sorted(str(w.message) for w in caught)
+    assert messages[0] == "0:input: 1 NaN values were ignored while gathering statistics"
+    assert {m.split(":")[0] + ":" + m.split(":")[1] for m in messages} == {
+        "0:input", "0:output", "2:input", "2:output"}  # fmt: skip
+    assert {w.filename for w in caught} == {__file__}
+    model[0].weight.data[1, 2] = float("nan")
+    with pytest.warns(RuntimeWarning, match=r"^0\.weight: .*NaN") as caught:
+        calibrate(model, [torch.randn(6, 4)])
