@@ -298,3 +298,22 @@ def test_warnings_name_their_tensor():
     model[0].weight.data[1, 2] = float("nan")
     with pytest.warns(RuntimeWarning, match=r"^0\.weight: .*NaN") as caught:
         calibrate(model, [torch.randn(6, 4)])
+
+
+def test_a_torch_result_does_not_write_a_silent_float_qdq_model(tmp_path):
+    """A torch result's activations are keyed by module (``0:input``): written onto the
+    exported ONNX model they would quantize no activation, and the call says so and how."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from encanalyze.onnx import calibrate as calibrate_onnx
+    from encanalyze.onnx import write_qdq_model
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    batches = [torch.randn(6, 4) for _ in range(2)]
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model.eval(), (batches[0],), str(path), dynamo=False)
+    with pytest.raises(ValueError, match="'0:input' names a torch module's input.*onnx.calibrate"):
+        write_qdq_model(path, calibrate(model, batches), tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+    result = calibrate_onnx(path, [b.numpy() for b in batches])  # the route it names
+    assert write_qdq_model(path, result, tmp_path / "q.onnx").exists()

@@ -170,7 +170,9 @@ def calibrated_on(proto, names) -> set[str]:
     """Return the model's tensor names; ``ValueError`` where ``names`` hold none of them.
 
     Initializers, node outputs and graph inputs (of subgraphs too): a result whose encodings
-    name none of them was calibrated on another model, and would quantize nothing.
+    name none of them was calibrated on another model, and would quantize nothing. ``names``
+    may be a result's encodings: where its activations name none of them (a torch result, keyed
+    by module), ``ValueError`` too.
     """
     present = {t.name for g in all_graphs(proto.graph) for t in g.initializer}
     present |= {o for g in all_graphs(proto.graph) for n in g.node for o in n.output}
@@ -179,6 +181,19 @@ def calibrated_on(proto, names) -> set[str]:
         raise ValueError(
             "the result's encodings name none of the model's tensors: it was calibrated on "
             "another model"
+        )
+    acts = [n for n, e in getattr(names, "items", dict)() if getattr(e, "kind", "") == "activation"]
+    if acts and not present & set(acts):  # weights alone would match: a model without them
+        hooks = [n for n in acts if n.endswith((":input", ":output"))]
+        where = (
+            f" ({hooks[0]!r} names a torch module's input or output, not an ONNX tensor: export "
+            "the model to ONNX and calibrate that with encanalyze.onnx.calibrate)"
+            if hooks
+            else ""
+        )
+        raise ValueError(
+            f"the result's activation encodings name none of the model's tensors{where}; its "
+            "QDQ model would quantize no activation"
         )
     return present
 
