@@ -317,3 +317,34 @@ def test_a_torch_result_does_not_write_a_silent_float_qdq_model(tmp_path):
     assert not (tmp_path / "q.onnx").exists()
     result = calibrate_onnx(path, [b.numpy() for b in batches])  # the route it names
     assert write_qdq_model(path, result, tmp_path / "q.onnx").exists()
+
+
+def test_forward_loops_and_batches_of_inputs_and_targets():
+    """A forward_loop(model) (Model Optimizer's and AIMET's shape) and a DataLoader's
+    ``(inputs, target)`` batches with ``batch_to_inputs`` give the encodings of the plain
+    batches; the batches counted are the model's forward calls."""
+    import numpy as np
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    xs = [torch.randn(6, 4) for _ in range(3)]
+    want = calibrate(model, xs)
+
+    def forward_loop(m):
+        for x in xs:
+            m(x)
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.cat(xs), torch.zeros(18)), batch_size=6
+    )
+    looped = calibrate(model, forward_loop)
+    loaded = calibrate(model, loader, batch_to_inputs=lambda b: b[0])
+    for got in (looped, loaded):
+        assert got.num_batches == 3 and got.encodings.keys() == want.encodings.keys()
+        for name, e in want.encodings.items():
+            np.testing.assert_array_equal(np.asarray(got[name].scale), np.asarray(e.scale))
+    with pytest.raises(TypeError):  # (inputs, target) as two arguments: the model's own error
+        calibrate(model, loader)
+    with pytest.raises(ValueError, match="batch_to_inputs goes with batches"):
+        calibrate(model, forward_loop, batch_to_inputs=lambda b: b[0])
+    with pytest.raises(TypeError, match="got one dict"):
+        calibrate(model, {"x": xs[0]})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
@@ -179,6 +179,37 @@ class Untouched:
                 buffer.copy_(saved)
 
 
+def run_batches(model: torch.nn.Module, batches, batch_to_inputs, progress) -> int:
+    """Run ``batches`` (or the ``forward_loop(model)`` that ``batches`` is) through ``model``.
+
+    Returns how many batches ran: the loop's, or the model's forward calls in a forward loop.
+    """
+    if callable(batches) and not isinstance(batches, torch.nn.Module):
+        if batch_to_inputs is not None:
+            raise ValueError("batch_to_inputs goes with batches: a forward loop runs the model")
+        calls = [0]
+
+        def counted(module, inputs, output) -> None:
+            calls[0] += 1
+
+        handle = model.register_forward_hook(counted)
+        try:
+            batches(model)
+        finally:
+            handle.remove()
+        return calls[0]
+    if isinstance(batches, Mapping):
+        raise TypeError(
+            "batches must be an iterable of batches or a forward_loop(model), got one dict "
+            "(wrap a single batch in a list)"
+        )
+    count = 0
+    for batch in progress_bar(batches, progress):
+        forward_batch(model, batch if batch_to_inputs is None else batch_to_inputs(batch))
+        count += 1
+    return count
+
+
 def forward_batch(model: torch.nn.Module, batch) -> None:
     if isinstance(batch, Mapping):
         model(**batch)
@@ -190,7 +221,7 @@ def forward_batch(model: torch.nn.Module, batch) -> None:
 
 def calibrate(
     model: torch.nn.Module,
-    batches: Iterable,
+    batches: Iterable | Callable[[torch.nn.Module], object],
     *,
     activations: str = "percentile",
     weights: str | Mapping[str, dict | None] = "minmax",
@@ -205,6 +236,7 @@ def calibrate(
     progress: bool | None = None,
     eval_mode: bool = True,
     statistics: dict | None = None,
+    batch_to_inputs: Callable | None = None,
 ) -> CalibrationResult:
     """Run ``batches`` through ``model`` and return the encodings of its quantizable tensors.
 
@@ -216,7 +248,11 @@ def calibrate(
     ``per_channel_weights`` is False (a dict of several methods with their options: each weight
     keeps the one with the best SQNR on it). The hooks are removed afterwards, also when the forward
     raises. A batch is passed as ``model(batch)``, ``model(*batch)`` for a tuple or list, and
-    ``model(**batch)`` for a dict; the loop runs under ``torch.no_grad()``, in eval mode (as
+    ``model(**batch)`` for a dict, after ``batch_to_inputs(batch)`` where given (a DataLoader's
+    ``(inputs, target)``: ``batch_to_inputs=lambda b: b[0]``). ``batches`` may instead be a
+    ``forward_loop(model)`` that runs the model itself (Model Optimizer's and AIMET's shape; the
+    batches counted are the model's forward calls). The loop runs under ``torch.no_grad()``, in
+    eval mode (as
     the model is deployed: BatchNorm uses its running statistics, dropout is off) unless
     ``eval_mode`` is False. The model is left exactly as it was: training flags, buffers and
     hooks. ``progress``: a progress bar (tqdm) on a terminal (``None``), always (``True``) or
@@ -259,11 +295,8 @@ def calibrate(
     options = activation_defaults(activations, activation_options)
     ranges = None if statistics is None else statistics.setdefault("ranges", {})
     hooks = _Hooks(chosen, activations, per_channel_activations, options, ranges)
-    count = 0
     with Untouched(model, eval_mode), hooks, torch.no_grad():
-        for batch in progress_bar(batches, progress):
-            forward_batch(model, batch)
-            count += 1
+        count = run_batches(model, batches, batch_to_inputs, progress)
     encodings: dict[str, TensorEncoding] = {}
     unquantized: dict[str, str] = {}
     items = [(k, a, hooks.axes[k], activations) for k, a in hooks.analyzers.items()]
