@@ -348,3 +348,72 @@ def test_forward_loops_and_batches_of_inputs_and_targets():
         calibrate(model, forward_loop, batch_to_inputs=lambda b: b[0])
     with pytest.raises(TypeError, match="got one dict"):
         calibrate(model, {"x": xs[0]})
+
+
+class ConvBN(torch.nn.Module):
+    """Conv + BatchNorm pairs (one of them in a residual the BatchNorm does not end), a
+    Linear + BatchNorm1d pair, and a BatchNorm after a ReLU (not foldable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = torch.nn.BatchNorm2d(8)
+        self.bn3 = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 4)
+        self.bn4 = torch.nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        y = self.conv2(x)
+        x = self.bn3(torch.relu(self.bn2(y) + y))  # conv2's output is used twice: not folded
+        return self.bn4(self.fc(x.mean((2, 3))))
+
+
+def _trained_statistics(model):
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
+def test_batchnorm_folds_and_an_unfolded_pair_is_warned_of():
+    """fold_batchnorm folds each BatchNorm that directly and alone follows a conv or linear
+    layer into it (a copy: the model is untouched; the same outputs up to float rounding); the
+    calibration of an unfolded model says which BatchNorm follows which layer."""
+    from encanalyze.torch import fold_batchnorm
+
+    model = _trained_statistics(ConvBN())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    names = {n for n, _ in folded.named_modules()}
+    assert {"conv1", "conv2", "fc", "bn2", "bn3"} <= names and not {"bn1", "bn4"} & names
+    x = torch.randn(5, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    batches = [torch.randn(5, 3, 6, 6) for _ in range(2)]
+    with pytest.warns(UserWarning, match=r"BatchNorm 'bn1' follows 'conv1' \(and 1 more pairs\)"):
+        calibrate(model, batches)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = calibrate(folded, batches)  # folded: nothing to warn of
+    assert {"conv1.weight", "conv1:output", "fc:output"} <= set(result.encodings)
+    with pytest.raises(TypeError, match="torch.fx can trace"):
+        fold_batchnorm(Branchy())
+
+
+class Branchy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else x

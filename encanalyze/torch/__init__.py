@@ -4,6 +4,7 @@ See :func:`calibrate` and the user guide's "Calibrating a model".
 """
 
 from . import _report as _report  # registers its measurements for CalibrationResult.report
+from ._batchnorm import fold_batchnorm
 from ._calibrate import CalibrationResult, TensorEncoding, calibrate, quantizable_modules
 from ._torchao import to_mx_tensor, to_nvfp4_tensor
 
@@ -11,6 +12,7 @@ __all__ = [
     "CalibrationResult",
     "TensorEncoding",
     "calibrate",
+    "fold_batchnorm",
     "quantizable_modules",
     "to_mx_tensor",
     "to_nvfp4_tensor",

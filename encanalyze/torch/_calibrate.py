@@ -22,6 +22,8 @@ from .._registry import METHODS, activation_defaults
 from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
+from .._warnings import warn
+from ._batchnorm import Followers, foldable
 
 __all__ = [
     "CalibrationResult",
@@ -295,8 +297,22 @@ def calibrate(
     options = activation_defaults(activations, activation_options)
     ranges = None if statistics is None else statistics.setdefault("ranges", {})
     hooks = _Hooks(chosen, activations, per_channel_activations, options, ranges)
-    with Untouched(model, eval_mode), hooks, torch.no_grad():
+    followers = Followers(model, chosen)
+    with Untouched(model, eval_mode), hooks, followers, torch.no_grad():
         count = run_batches(model, batches, batch_to_inputs, progress)
+    pairs = followers.found if followers.found and eval_mode else {}
+    if pairs:  # only the pairs that fold, where torch.fx can tell
+        folds = foldable(model)
+        pairs = pairs if folds is None else {n: lay for n, lay in pairs.items() if n in folds}
+    if pairs:
+        norm, layer = next(iter(pairs.items()))
+        more = len(pairs) - 1
+        warn(
+            f"BatchNorm {norm!r} follows {layer!r}{f' (and {more} more pairs)' if more else ''}, "
+            "whose output was calibrated before it: deployments fold it into the layer; "
+            "calibrate encanalyze.torch.fold_batchnorm(model) instead",
+            UserWarning,
+        )
     encodings: dict[str, TensorEncoding] = {}
     unquantized: dict[str, str] = {}
     items = [(k, a, hooks.axes[k], activations) for k, a in hooks.analyzers.items()]
