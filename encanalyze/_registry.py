@@ -19,11 +19,33 @@ from ._rules.mse import MseEncodingAnalyzer
 from ._rules.percentile import PercentileEncodingAnalyzer
 from ._rules.sqnr import SqnrEncodingAnalyzer, TfEnhancedEncodingAnalyzer
 
-__all__ = ["ACTIVATION_PERCENTILE", "ANALYZERS", "METHODS", "Method", "activation_defaults"]
+__all__ = [
+    "ACTIVATION_PERCENTILE",
+    "ANALYZERS",
+    "DEFAULTS",
+    "METHODS",
+    "Method",
+    "activation_defaults",
+]
 
 ACTIVATION_PERCENTILE = 99.99
 """The percentile that the command (``--percentile``) and the model calibrators use by default
 (the :class:`PercentileEncodingAnalyzer` class keeps the reference's 100)."""
+
+DEFAULTS = {
+    "activations": "percentile",
+    "weights": "minmax",
+    "bits": 8,
+    "symmetric": False,
+    "weight_symmetric": True,
+    "per_channel_weights": True,
+    "percentile": ACTIVATION_PERCENTILE,
+}
+"""The deployment default every entry point shares (the model calibrators of ONNX and torch
+models, :func:`encanalyze.pt2e.quantization_config` and its observer, the command): uint8
+asymmetric activations with the percentile method at 99.99, int8 symmetric weights per output
+channel with min-max (ONNX Runtime's, TensorRT's and QNN's layout). The command's model job
+chooses its methods by the model's output (``auto``) on these grids."""
 
 
 @dataclass(frozen=True)

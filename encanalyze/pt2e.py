@@ -18,7 +18,7 @@ from torchao.quantization.pt2e.quantizer.utils import QuantizationConfig
 
 from ._analyzer import STATE_FORMAT_VERSION
 from ._encoding import to_scale_offset
-from ._registry import METHODS, activation_defaults
+from ._registry import DEFAULTS, METHODS, activation_defaults
 
 __all__ = ["EncodingObserver", "quantization_config"]
 
@@ -46,7 +46,7 @@ class EncodingObserver(UniformQuantizationObserverBase):
 
     def __init__(
         self,
-        method: str = "sqnr",
+        method: str = DEFAULTS["activations"],
         dtype=torch.quint8,
         qscheme=torch.per_tensor_affine,
         reduce_range: bool = False,
@@ -155,10 +155,10 @@ class EncodingObserver(UniformQuantizationObserverBase):
 
 
 def quantization_config(
-    activations: str = "sqnr",
-    weights: str = "minmax",
+    activations: str = DEFAULTS["activations"],
+    weights: str = DEFAULTS["weights"],
     *,
-    per_channel_weights: bool = True,
+    per_channel_weights: bool = DEFAULTS["per_channel_weights"],
     activation_options: dict | None = None,
     weight_options: dict | None = None,
 ) -> QuantizationConfig:

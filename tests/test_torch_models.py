@@ -1,5 +1,7 @@
 """Calibrating torch models (``encanalyze.torch``): small real models built here."""
 
+import importlib.util
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -417,3 +419,39 @@ class Branchy(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(x) if x.sum() > 0 else x
+
+
+def test_one_defaults_table_for_every_entry_point():
+    """The model calibrators of torch and ONNX models, PT2E's config and observer and the
+    command share one default: uint8 asymmetric percentile (99.99) activations, int8 symmetric
+    min-max weights per output channel."""
+    import inspect
+
+    from encanalyze import cli
+    from encanalyze._registry import DEFAULTS
+
+    calibrators = [calibrate]
+    if importlib.util.find_spec("onnx") is not None:
+        from encanalyze.onnx import calibrate as calibrate_onnx
+
+        calibrators.append(calibrate_onnx)
+    for fn in calibrators:
+        params = inspect.signature(fn).parameters
+        for key, value in DEFAULTS.items():
+            if key in params:
+                assert params[key].default == value, (fn.__module__, key)
+        assert {"activations", "weights", "weight_symmetric", "symmetric"} <= set(params)
+    assert DEFAULTS["weight_symmetric"] and not DEFAULTS["symmetric"]
+    args = cli.build_parser().parse_args(["calibrate", "model.onnx", "--data", "random"])
+    assert args.percentile == DEFAULTS["percentile"] and args.weight_grid == "symmetric"
+    if importlib.util.find_spec("torchao") is not None:
+        from encanalyze.pt2e import EncodingObserver, quantization_config
+
+        params = inspect.signature(quantization_config).parameters
+        assert params["activations"].default == DEFAULTS["activations"]
+        assert params["weights"].default == DEFAULTS["weights"]
+        observer = EncodingObserver()
+        assert observer.method == "percentile" and observer.options == {"percentile": 99.99}
+        config = quantization_config()
+        assert config.input_activation.qscheme == torch.per_tensor_affine
+        assert config.weight.qscheme == torch.per_channel_symmetric

@@ -23,7 +23,7 @@ from .._calibration import (
 )
 from .._encoding import validate_num_steps
 from .._io import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
-from .._registry import METHODS, activation_defaults
+from .._registry import DEFAULTS, METHODS, activation_defaults
 from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
@@ -264,12 +264,12 @@ def calibrate(
     model,
     batches: Iterable | None = None,
     *,
-    activations: str | Sequence[str] = "percentile",
-    weights: str | Mapping[str, dict | None] = "minmax",
-    bits: int = 8,
-    symmetric: bool = False,
-    weight_symmetric: bool | None = None,
-    per_channel_weights: bool = True,
+    activations: str | Sequence[str] = DEFAULTS["activations"],
+    weights: str | Mapping[str, dict | None] = DEFAULTS["weights"],
+    bits: int = DEFAULTS["bits"],
+    symmetric: bool = DEFAULTS["symmetric"],
+    weight_symmetric: bool | None = DEFAULTS["weight_symmetric"],
+    per_channel_weights: bool = DEFAULTS["per_channel_weights"],
     op_types=QUANTIZABLE_OPS,
     providers=None,
     activation_options: dict | None = None,
@@ -314,9 +314,9 @@ def calibrate(
     ``"ranges"`` (each activation's finite ``[min, max]`` per batch).
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
-    the same); the deployment default of ONNX Runtime, TensorRT and QNN is asymmetric
-    activations with symmetric weights (``weight_symmetric=True``), the command's model job's
-    default.
+    the same); the default is the deployment default of ONNX Runtime, TensorRT and QNN,
+    asymmetric activations with symmetric weights, which every entry point shares
+    (:data:`encanalyze._registry.DEFAULTS`).
 
     Examples
     --------

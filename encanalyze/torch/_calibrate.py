@@ -18,7 +18,7 @@ from .._calibration import (
     weight_or_reason,
 )
 from .._encoding import validate_num_steps
-from .._registry import METHODS, activation_defaults
+from .._registry import DEFAULTS, METHODS, activation_defaults
 from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
@@ -225,12 +225,12 @@ def calibrate(
     model: torch.nn.Module,
     batches: Iterable | Callable[[torch.nn.Module], object],
     *,
-    activations: str = "percentile",
-    weights: str | Mapping[str, dict | None] = "minmax",
-    bits: int = 8,
-    symmetric: bool = False,
-    weight_symmetric: bool | None = None,
-    per_channel_weights: bool = True,
+    activations: str = DEFAULTS["activations"],
+    weights: str | Mapping[str, dict | None] = DEFAULTS["weights"],
+    bits: int = DEFAULTS["bits"],
+    symmetric: bool = DEFAULTS["symmetric"],
+    weight_symmetric: bool | None = DEFAULTS["weight_symmetric"],
+    per_channel_weights: bool = DEFAULTS["per_channel_weights"],
     per_channel_activations: bool = False,
     modules=None,
     activation_options: dict | None = None,
@@ -269,9 +269,9 @@ def calibrate(
     which syncs with the device once per batch).
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
-    the same); the deployment default of ONNX Runtime, TensorRT and QNN is asymmetric
-    activations with symmetric weights (``weight_symmetric=True``), the command's model job's
-    default.
+    the same); the default is the deployment default of ONNX Runtime, TensorRT and QNN,
+    asymmetric activations with symmetric weights, which every entry point shares
+    (:data:`encanalyze._registry.DEFAULTS`).
 
     Examples
     --------
