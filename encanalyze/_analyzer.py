@@ -404,6 +404,10 @@ def _as_they_are(results):
     return results
 
 
+_HOST_XP = array_api_compat.numpy
+"""The namespace every host state is encoded in (NumPy's, or NumPy views of torch and JAX)."""
+
+
 def compute_encodings_together(
     analyzers: Sequence[EncodingAnalyzer],
     num_steps: int | float,
@@ -432,8 +436,8 @@ def compute_encodings_together(
                 if host is None:
                     results[i] = analyzer.compute_encodings(num_steps, is_symmetric)
                     continue
-                np_xp, state, back = host
-                analyzer._check_state(np_xp, state)
+                _, state, back = host
+                analyzer._check_state(_HOST_XP, state)
         except StatisticsNotFoundError as err:
             results[i] = err
             continue
@@ -441,10 +445,9 @@ def compute_encodings_together(
         layout = (tuple(f is None for f in state), state.counts.shape[1], state.lo.dtype)
         groups.setdefault((type(analyzer), params, layout), []).append((i, state, back))
     for (kind, params, _), members in groups.items():
-        np_xp = array_api_compat.numpy
-        stacked = stack_rows(np_xp, [state for _, state, _ in members])
-        with quiet(np_xp):
-            lo, hi = kind.rule(np_xp, stacked, num_steps, is_symmetric, **json.loads(params))
+        stacked = stack_rows(_HOST_XP, [state for _, state, _ in members])
+        with quiet(_HOST_XP):
+            lo, hi = kind.rule(_HOST_XP, stacked, num_steps, is_symmetric, **json.loads(params))
         start = 0
         for i, state, back in members:
             stop = start + state.counts.shape[0]

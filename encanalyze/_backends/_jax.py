@@ -23,7 +23,7 @@ import numpy as np
 
 from .._xp import div, index_dtype, wide_dtype
 from . import _portable
-from ._trees import map_leaves
+from ._trees import NoView, map_leaves, views_or_none
 
 __all__ = [
     "EXACT",
@@ -148,10 +148,6 @@ compares and selects, so it is compiled with XLA's defaults."""
 PRIMITIVES = {"bincount_rows": bincount_rows, "histogram_rows": histogram_rows, "minmax": minmax}
 
 
-class _NoView(Exception):
-    """A leaf without a NumPy view: an accelerator's array, or a dtype NumPy lacks."""
-
-
 def twin_takes(batch) -> bool:
     """Return whether host work on ``batch`` (None: encodings) may run on NumPy views.
 
@@ -175,13 +171,10 @@ def numpy_views(tree):
         if not isinstance(a, jax.Array):
             return a  # not an array (a flag, a count kept on the host)
         if a.dtype == jnp.bfloat16 or a.devices() != {cpu}:
-            raise _NoView
+            raise NoView
         return np.asarray(a)
 
-    try:
-        return map_leaves(view, tree), True
-    except _NoView:
-        return None, False
+    return views_or_none(view, tree)
 
 
 def from_numpy_result(tree):
@@ -192,19 +185,18 @@ def from_numpy_result(tree):
     of each dtype, cut into the arrays by one compiled program (kept per layout).
     """
     cpu = jax.devices("cpu")[0]
-    found: dict[int, np.ndarray] = {}
+    leaves: dict[int, np.ndarray] = {}  # by the id of the result's own leaf
 
     def collect(a):
         if isinstance(a, (np.ndarray, np.generic)):
-            found.setdefault(id(a), a)
+            leaves.setdefault(id(a), np.asarray(a))
         return a
 
     map_leaves(collect, tree)
-    if not found:
+    if not leaves:
         return tree
-    keys = list(found)
-    found = [np.asarray(a) for a in found.values()]
-    arrays: list = list(found)
+    keys, found = list(leaves), list(leaves.values())
+    arrays: list = list(found)  # each replaced by its JAX array
     small: dict[np.dtype, list[int]] = {}
     for i, a in enumerate(found):
         if a.size <= SMALL:

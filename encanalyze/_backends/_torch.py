@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import _compiled, _numpy_like, _portable
-from ._trees import map_leaves
+from ._trees import NoView, map_leaves, views_or_none
 
 __all__ = [
     "PRIMITIVES",
@@ -234,15 +234,11 @@ _NUMPY_DTYPES = frozenset(
 )
 
 
-class _NoView(Exception):
-    pass
-
-
 def _view(t):
     if not isinstance(t, torch.Tensor):
         return t  # not an array (a flag, a count kept on the host)
     if not t.is_cpu or t.dtype not in _NUMPY_DTYPES or t.requires_grad:
-        raise _NoView
+        raise NoView
     return t.numpy()
 
 
@@ -251,10 +247,7 @@ def numpy_views(tree):
 
     Only CPU tensors of dtypes NumPy shares (not bfloat16) have a zero-copy NumPy view.
     """
-    try:
-        return map_leaves(_view, tree), True
-    except _NoView:
-        return None, False
+    return views_or_none(_view, tree)
 
 
 def _tensor(a):

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["map_leaves"]
+__all__ = ["NoView", "map_leaves", "views_or_none"]
 
 
 def map_leaves(fn, tree):
@@ -50,3 +50,21 @@ def _rebuilder(kind: type):
         names = tuple(f.name for f in dataclasses.fields(kind) if f.init)
         return lambda go, t: kind(*[go(getattr(t, n)) for n in names])
     return _LEAF  # anything else is a leaf (arrays of every library among them)
+
+
+class NoView(Exception):
+    """A leaf without a zero-copy NumPy view, raised by a view function.
+
+    An accelerator's array, a dtype NumPy lacks, a tensor that tracks gradients.
+    """
+
+
+def views_or_none(view, tree) -> tuple[object, bool]:
+    """Return ``(map_leaves(view, tree), True)``, or ``(None, False)``.
+
+    The latter where ``view`` raised :class:`NoView` for a leaf.
+    """
+    try:
+        return map_leaves(view, tree), True
+    except NoView:
+        return None, False

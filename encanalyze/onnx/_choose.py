@@ -207,7 +207,7 @@ def choose_encodings(
         # sessions release the GIL); the pool is waited for before the folder goes, also when
         # the emulation raises
         pending: dict = {}
-        stack.callback(_remove_unused, built, pending)
+        stack.callback(_remove_unused, pending)  # those taken up leave it
         pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="encanalyze-qdq"))
         for option in dict.fromkeys([simple, default]):
             pending[option.label] = pool.submit(build, option)
@@ -311,16 +311,14 @@ def _beats(gain: float, se: float, z: float) -> bool:
     return gain > z * se
 
 
-def _remove_unused(built: dict, pending: dict) -> None:
-    """Remove the folders of QDQ models built ahead for options not chosen in the end.
+def _remove_unused(pending: dict) -> None:
+    """Remove the folders of QDQ models built ahead and still pending: never taken up.
 
     They were built speculatively: a build that failed there stops nothing.
     """
     for future in pending.values():
         if future.exception() is None:
-            path = future.result()[0]
-            if all(path != b[0] for b in built.values()):
-                shutil.rmtree(path.parent, ignore_errors=True)
+            shutil.rmtree(future.result()[0].parent, ignore_errors=True)
 
 
 def _temporary():

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import copy
-import weakref
 
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-__all__ = ["Followers", "fold_batchnorm", "foldable"]
+__all__ = ["batchnorms", "fold_batchnorm", "foldable", "folds"]
 
 _CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 _BATCHNORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
 
-def _folds(layer: torch.nn.Module, norm: torch.nn.Module) -> bool:
+def folds(layer: torch.nn.Module, norm: torch.nn.Module) -> bool:
     """Return whether ``norm`` folds into ``layer`` (its running statistics, eval mode)."""
     if not isinstance(norm, _BATCHNORM) or norm.running_mean is None:
         return False
@@ -81,52 +80,12 @@ def _pairs(graph: torch.fx.GraphModule, modules: dict) -> list[tuple]:
             isinstance(source, torch.fx.Node)
             and source.op == "call_module"
             and len(source.users) == 1
-            and _folds(modules[source.target], modules[node.target])
+            and folds(modules[source.target], modules[node.target])
         ):
             found.append((node, source))
     return found
 
 
-class Followers:
-    """Forward hooks that find each BatchNorm whose input is a watched layer's output.
-
-    Enter around forward passes; ``found`` then maps each such BatchNorm's name to the layer's
-    (the pairs :func:`fold_batchnorm` would fold, where nothing else uses the layer's output).
-    """
-
-    def __init__(self, model: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> None:
-        self.layers = layers
-        self.norms = {n: m for n, m in model.named_modules() if isinstance(m, _BATCHNORM)}
-        self.outputs: dict[int, tuple[str, weakref.ref]] = {}
-        self.found: dict[str, str] = {}
-        self.handles: list = []
-
-    def __enter__(self) -> Followers:
-        if self.norms:  # no hooks at all in a model without BatchNorm
-            for name, module in self.layers.items():
-                self.handles.append(module.register_forward_hook(self._layer(name)))
-            for name, module in self.norms.items():
-                self.handles.append(module.register_forward_pre_hook(self._norm(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-        self.outputs.clear()
-
-    def _layer(self, name: str):
-        def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor):
-                self.outputs[id(output)] = (name, weakref.ref(output))
-
-        return hook
-
-    def _norm(self, name: str):
-        def hook(module, inputs):
-            first = inputs[0] if inputs else None
-            seen = self.outputs.get(id(first)) if isinstance(first, torch.Tensor) else None
-            if seen is not None and seen[1]() is first and _folds(self.layers[seen[0]], module):
-                self.found.setdefault(name, seen[0])
-
-        return hook
+def batchnorms(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Return ``model``'s BatchNorm modules by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, _BATCHNORM)}

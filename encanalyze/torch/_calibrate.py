@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -23,7 +24,7 @@ from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
 from .._warnings import warn
-from ._batchnorm import Followers, foldable
+from ._batchnorm import batchnorms, foldable, folds
 
 __all__ = [
     "CalibrationResult",
@@ -101,10 +102,20 @@ def _channel_axis(module: torch.nn.Module) -> int:
 
 
 class _Hooks:
-    """Forward hooks that feed each module's input and output into analyzers."""
+    """Forward hooks that feed each module's input and output into analyzers.
+
+    With ``norms`` (BatchNorm modules by name), ``followers`` then maps each BatchNorm whose
+    input was a calibrated module's output to that module's name (the pairs deployments fold).
+    """
 
     def __init__(
-        self, modules: dict, method: str, per_channel: bool, options: dict, ranges=None
+        self,
+        modules: dict,
+        method: str,
+        per_channel: bool,
+        options: dict,
+        ranges=None,
+        norms: dict | None = None,
     ) -> None:
         self.modules, self.method, self.per_channel, self.options = (
             modules,
@@ -116,6 +127,9 @@ class _Hooks:
         self.analyzers: dict[str, object] = {}
         self.axes: dict[str, int | None] = {}  # each analyzer's channel axis (None: per tensor)
         self.reached: set[str] = set()  # the modules a batch ran through
+        self.norms = norms or {}
+        self.outputs: dict[str, tuple[int, weakref.ref]] = {}  # each module's last output
+        self.followers: dict[str, str] = {}
         self.handles = []
 
     def _analyzer(self, name: str, t: torch.Tensor, module: torch.nn.Module):
@@ -132,16 +146,32 @@ class _Hooks:
     def __enter__(self):
         for name, module in self.modules.items():
             self.handles.append(module.register_forward_hook(self._hook(name)))
+        for name, module in self.norms.items():
+            self.handles.append(module.register_forward_pre_hook(self._norm(name)))
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        self.outputs.clear()
+
+    def _norm(self, name: str):
+        def hook(module, inputs):
+            first = inputs[0] if inputs else None
+            for layer, (at, ref) in self.outputs.items():
+                if at == id(first) and ref() is first:
+                    if folds(self.modules[layer], module):
+                        self.followers.setdefault(name, layer)
+                    return
+
+        return hook
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
             self.reached.add(name)
+            if self.norms and isinstance(output, torch.Tensor):
+                self.outputs[name] = (id(output), weakref.ref(output))
             first = next((i for i in inputs if isinstance(i, torch.Tensor)), None)
             for suffix, t in ((":input", first), (":output", output)):
                 if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -296,14 +326,14 @@ def calibrate(
     chosen = quantizable_modules(model, modules)
     options = activation_defaults(activations, activation_options)
     ranges = None if statistics is None else statistics.setdefault("ranges", {})
-    hooks = _Hooks(chosen, activations, per_channel_activations, options, ranges)
-    followers = Followers(model, chosen)
-    with Untouched(model, eval_mode), hooks, followers, torch.no_grad():
+    norms = batchnorms(model) if eval_mode else {}
+    hooks = _Hooks(chosen, activations, per_channel_activations, options, ranges, norms)
+    with Untouched(model, eval_mode), hooks, torch.no_grad():
         count = run_batches(model, batches, batch_to_inputs, progress)
-    pairs = followers.found if followers.found and eval_mode else {}
+    pairs = hooks.followers
     if pairs:  # only the pairs that fold, where torch.fx can tell
-        folds = foldable(model)
-        pairs = pairs if folds is None else {n: lay for n, lay in pairs.items() if n in folds}
+        known = foldable(model)
+        pairs = pairs if known is None else {n: lay for n, lay in pairs.items() if n in known}
     if pairs:
         norm, layer = next(iter(pairs.items()))
         more = len(pairs) - 1
