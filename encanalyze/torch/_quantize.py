@@ -1,0 +1,219 @@
+"""One call from a torch model to a quantized one: :func:`quantize` and :class:`QuantizedModel`."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+from .._calibration import CalibrationResult, TensorEncoding
+from .._io import Outputs, strict_json
+from ..onnx._qdq import own_qdq_model
+from ..onnx._qdq_graph import save_model
+from ._batchnorm import batchnorms
+from ._batchnorm import fold_batchnorm as folded_copy
+from ._calibrate import calibratable, calibrate
+from ._export import export_float, onnx_result
+from ._fake_quant import attach
+
+__all__ = ["CONFIG_KEYS", "QuantizedModel", "quantize"]
+
+CONFIG_KEYS = (
+    "activations",
+    "weights",
+    "bits",
+    "symmetric",
+    "weight_symmetric",
+    "per_channel_weights",
+    "per_channel_activations",
+    "modules",
+    "activation_options",
+    "weight_options",
+    "outputs",
+)
+"""What ``quantize``'s ``config`` may set: :func:`~encanalyze.torch.calibrate`'s options (the
+defaults are :data:`encanalyze._registry.DEFAULTS`, shared by every entry point)."""
+
+ENCODING_FORMATS = ("aimet", "onnx_qdq")
+
+
+class QuantizedModel(torch.nn.Module):
+    """A calibrated copy of a torch model that runs quantize-dequantize on every encoded tensor.
+
+    Calling it runs the copy: weights hold their quantize-dequantized values, and each
+    calibrated layer input and output passes its :class:`~encanalyze.torch.Quantizer`
+    (the grids of ONNX Runtime's ``QuantizeLinear`` / ``DequantizeLinear``). ``result`` is the
+    calibration (:class:`~encanalyze.torch.CalibrationResult`), ``encodings`` its encodings by
+    tensor name, ``float_model`` the float model they were calibrated on (BatchNorm folded where
+    :func:`quantize` folded it). The model given to :func:`quantize` is never changed.
+    """
+
+    def __init__(
+        self,
+        quantized: torch.nn.Module,
+        float_model: torch.nn.Module,
+        result: CalibrationResult,
+        statistics: dict,
+    ) -> None:
+        super().__init__()
+        self.model = quantized
+        self.__dict__["float_model"] = float_model  # not a submodule: not in the state dict
+        self.__dict__["result"] = result
+        self.__dict__["_statistics"] = statistics
+        self.__dict__["onnx_names"] = {}
+
+    @property
+    def encodings(self) -> dict[str, TensorEncoding]:
+        """The encodings by tensor name (``conv1.weight``, ``conv1:input``, ...)."""
+        return self.result.encodings
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def report(self, path, batches=None, *, title: str | None = None) -> Path:
+        """Write the analysis report of the float model's calibration (``batches``: held out).
+
+        :meth:`encanalyze.torch.CalibrationResult.report` with the float model and the
+        statistics of the calibration.
+        """
+        return self.result.report(
+            path, self.float_model, batches, statistics=self._statistics, title=title
+        )
+
+    def export_onnx(
+        self,
+        path,
+        example_inputs,
+        *,
+        qdq: bool = True,
+        encodings=None,
+        format: str = "aimet",
+        **export_options,
+    ) -> Path:
+        """Write the QDQ model: the float model's ONNX export with these encodings; return it.
+
+        ``torch.onnx.export`` exports the float model on ``example_inputs`` (one tensor, a
+        tuple of inputs, or a dict of keyword inputs; ``export_options`` go to the exporter,
+        ``dynamo`` False by default); each encoding is placed on the exported tensor that
+        holds its values (:mod:`encanalyze.torch._export`), and gets a ``QuantizeLinear`` /
+        ``DequantizeLinear`` pair there (weights: their integer values behind
+        ``DequantizeLinear``; biases stay in float, as here). Its outputs equal this model's to
+        within rounding (one step of the last grid). ``qdq`` False writes the float export
+        itself, as AIMET's ``export`` does, for tools that take a float model and its
+        encodings (QNN's converters). ``encodings``: also write the encodings keyed by the
+        exported float model's names (``format``: ``"aimet"`` or ``"onnx_qdq"``). The files
+        are staged and published together; a failure leaves the old ones. :attr:`onnx_names`
+        then maps each encoding to its exported tensor.
+        """
+        _check_format(format)
+        with Outputs() as out, tempfile.TemporaryDirectory(prefix="encanalyze-") as work:
+            staged = out.file(path, "QDQ model", sidecar=True)
+            staged_json = None if encodings is None else out.file(encodings, "encodings")
+            source = Path(work) / "float.onnx"
+            export_float(self.float_model, example_inputs, source, export_options)
+            import onnx
+
+            proto = onnx.load(str(source))
+            result, names = onnx_result(self.float_model, proto, example_inputs, self.result)
+            if qdq:
+                proto, _ = own_qdq_model(proto, result, list(result.encodings))
+            save_model(proto, staged)
+            if staged_json is not None:
+                staged_json.write_text(strict_json(_encodings_file(result, format)))
+            out.commit()
+        self.__dict__["onnx_names"] = names
+        self.__dict__["_onnx_result"] = result
+        return Path(path)
+
+    def export_encodings(self, path, format: str = "aimet") -> Path:
+        """Write the encodings keyed by the exported ONNX model's tensor names; return the path.
+
+        ``format``: ``"aimet"`` (AIMET 1.0.0, what QNN and AIMET's ONNX flow read) or
+        ``"onnx_qdq"`` (``QuantizeLinear``'s scale and zero point). Needs :meth:`export_onnx`
+        first (the names are the exported model's).
+        """
+        _check_format(format)
+        result = self.__dict__.get("_onnx_result")
+        if result is None:
+            raise ValueError(
+                "export_encodings writes the exported ONNX model's tensor names: call "
+                "export_onnx(path, example_inputs) first"
+            )
+        with Outputs() as out:
+            staged = out.file(path, "encodings")
+            staged.write_text(strict_json(_encodings_file(result, format)))
+            out.commit()
+        return Path(path)
+
+
+def _check_format(format: str) -> None:
+    if format not in ENCODING_FORMATS:
+        raise ValueError(f"format must be one of {ENCODING_FORMATS}, got {format!r}")
+
+
+def _encodings_file(result: CalibrationResult, format: str) -> dict:
+    return result.aimet() if format == "aimet" else result.onnx_qdq()
+
+
+def quantize(
+    model: torch.nn.Module,
+    batches: Iterable | Callable[[torch.nn.Module], object],
+    config: Mapping | None = None,
+    *,
+    fold_batchnorm: bool = True,
+    batch_to_inputs: Callable | None = None,
+    progress: bool | None = None,
+) -> QuantizedModel:
+    """Calibrate ``model`` on ``batches`` and return it quantized (:class:`QuantizedModel`).
+
+    ``batches``: model inputs, or a ``forward_loop(model)``, as :func:`calibrate` takes them
+    (``batch_to_inputs`` turns a DataLoader's ``(inputs, target)`` into inputs). ``config``:
+    :func:`calibrate`'s options by name (:data:`CONFIG_KEYS`; the deployment default:
+    asymmetric uint8 activations by percentile 99.99, symmetric int8 weights per channel),
+    with ``outputs`` False: the layers' inputs and weights are quantized, not their outputs, as
+    PT2E's ``X86InductorQuantizer`` and TensorRT place them (True: outputs too, as ONNX
+    Runtime's QDQ models do).
+    ``fold_batchnorm``: each eval-mode BatchNorm after a convolution or linear layer is
+    folded into it first (:func:`~encanalyze.torch.fold_batchnorm`, on a copy), as deployments
+    run it; with False the model is calibrated as it is (and a ``UserWarning`` names a
+    BatchNorm that follows a calibrated layer). ``model`` itself is left exactly as it was.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from encanalyze.torch import quantize
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+    ...                             torch.nn.ReLU(), torch.nn.Flatten(),
+    ...                             torch.nn.Linear(8 * 6 * 6, 10)).eval()
+    >>> batches = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    >>> quantized = quantize(model, batches)
+    >>> sorted(quantized.encodings)
+    ['0.weight', '0:input', '4.weight', '4:input']
+    >>> quantized(batches[0]).shape
+    torch.Size([4, 10])
+    """
+    config = {"outputs": False, **(config or {})}
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"config has no option {unknown[0]!r}; it takes {list(CONFIG_KEYS)}")
+    source = calibratable(model)
+    float_model = source
+    if fold_batchnorm and batchnorms(source):
+        try:
+            float_model = folded_copy(source)
+        except TypeError:  # not traceable: calibrate warns of a BatchNorm after a layer
+            pass
+    statistics: dict = {"ranges": None}  # the report's histograms; no per-batch ranges (syncs)
+    result = calibrate(
+        float_model,
+        batches,
+        progress=progress,
+        batch_to_inputs=batch_to_inputs,
+        statistics=statistics,
+        **config,
+    )
+    quantized = attach(copy.deepcopy(float_model).eval(), result)
+    return QuantizedModel(quantized, float_model, result, statistics)

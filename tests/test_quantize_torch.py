@@ -1,0 +1,214 @@
+"""encanalyze.torch.quantize: a runnable quantized model, BatchNorm folded, exported to ONNX QDQ."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+
+from encanalyze.torch import QuantizedModel, calibrate, fold_batchnorm, quantize  # noqa: E402
+from encanalyze.torch._fake_quant import fake_quant  # noqa: E402
+from encanalyze.torch._quantize import CONFIG_KEYS  # noqa: E402
+
+
+def _model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 4 * 4, 10),
+    )
+    with torch.no_grad():  # statistics as training leaves them
+        model[1].running_mean.normal_(0, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _batches(n=4, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, 3, 8, 8, generator=g) for _ in range(n)]
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _run_onnx(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})
+
+
+def test_quantize_runs_the_encodings_and_leaves_the_model_as_it_was():
+    model = _model()
+    model.train()  # restored after
+    before, hooks = _state(model), len(model[0]._forward_hooks)
+    quantized = quantize(model, _batches())
+    assert isinstance(quantized, QuantizedModel)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(model[0]._forward_hooks) == hooks
+    # inputs and weights of each layer, the BatchNorm folded into the first convolution
+    assert sorted(quantized.encodings) == ["0.weight", "0:input", "3.weight", "3:input",
+                                           "6.weight", "6:input"]  # fmt: skip
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in quantized.float_model.modules())
+    # the quantized model is the float model with its encodings' quantize-dequantize
+    x = _batches(1, 8, seed=5)[0]
+    float_model, e = quantized.float_model, quantized.encodings
+    n = 255
+
+    def qdq(t, enc):
+        shape = [1] * t.ndim
+        if enc.axis is not None:
+            shape[enc.axis] = -1
+        s = torch.as_tensor(enc.scale, dtype=torch.float32).reshape(shape)
+        o = torch.as_tensor(enc.offset, dtype=torch.float32).reshape(shape)
+        return fake_quant(t, s, o, n)
+
+    layer = dict(float_model.named_modules())
+    conv, linear = torch.nn.functional.conv2d, torch.nn.functional.linear
+    with torch.no_grad():
+        h = conv(qdq(x, e["0:input"]), qdq(layer["0"].weight, e["0.weight"]), layer["0"].bias)
+        h = h.relu()
+        h = conv(qdq(h, e["3:input"]), qdq(layer["3"].weight, e["3.weight"]), layer["3"].bias)
+        h = qdq(h.relu().flatten(1), e["6:input"])
+        want = linear(h, qdq(layer["6"].weight, e["6.weight"]), layer["6"].bias)
+        got = quantized(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert not torch.equal(got, model.eval()(x))  # it does quantize
+
+
+def test_batchnorm_folds_by_default_and_unfolded_is_warned_of():
+    model, batches = _model(), _batches()
+    folded = quantize(model, batches)
+    with pytest.warns(UserWarning, match="BatchNorm '1' follows '0'"):
+        unfolded = quantize(model, batches, fold_batchnorm=False)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.float_model.modules())
+    w = folded.float_model.get_submodule("0").weight.detach()
+    assert not torch.equal(w, model[0].weight)  # the folded weight is what was calibrated
+    alone = calibrate(fold_batchnorm(model), batches, outputs=False)
+    for name, e in alone.encodings.items():
+        np.testing.assert_array_equal(np.asarray(folded.encodings[name].scale), e.scale)
+    x = _batches(1, 64, seed=9)[0]
+    with torch.no_grad():
+        y = model(x)
+        errors = [float(((y - q(x)) ** 2).sum()) for q in (folded, unfolded)]
+    assert errors[0] < errors[1]
+
+
+def test_outputs_are_quantized_on_request_and_every_quantizer_once():
+    quantized = quantize(_model(), _batches(), {"outputs": True})
+    assert {"0:output", "3:output", "6:output"} <= set(quantized.encodings)
+    calls = []
+    model = quantized.model
+    for m in (model.get_submodule(k) for k in "036"):
+        m.output_quantizer.register_forward_hook(lambda *a: calls.append("out"))
+        m.input_quantizer.register_forward_hook(lambda *a: calls.append("in"))
+    quantized(_batches(1)[0])
+    assert calls == ["in", "out", "in", "out", "in", "out"]
+
+
+def test_forward_loops_batch_to_inputs_and_bad_configs():
+    model, batches = _model(), _batches()
+    pairs = [(x, torch.zeros(len(x))) for x in batches]
+    by_pairs = quantize(model, pairs, batch_to_inputs=lambda b: b[0])
+
+    def forward_loop(m):
+        for x in batches:
+            m(x)
+
+    by_loop = quantize(model, forward_loop)
+    for name, e in quantize(model, batches).encodings.items():
+        for other in (by_pairs, by_loop):
+            np.testing.assert_array_equal(np.asarray(other.encodings[name].scale), e.scale)
+    with pytest.raises(ValueError, match="config has no option 'percentile'"):
+        quantize(model, batches, {"percentile": 99.9})
+    with pytest.raises(ValueError, match="percentile"):
+        quantize(model, batches, {"weights": "percentile", "weight_options": {"percentile": 101}})
+    assert set(CONFIG_KEYS) < set(__import__("inspect").signature(calibrate).parameters)
+
+
+def test_export_onnx_runs_as_the_torch_model_does(tmp_path):
+    model, batches = _model(), _batches()
+    quantized = quantize(model, batches)
+    path, names = tmp_path / "q.onnx", tmp_path / "q.json"
+    assert quantized.export_onnx(path, batches[0], encodings=names) == path
+    proto = onnx.load(str(path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == 3 and ops.count("DequantizeLinear") == 6
+    x = _batches(1, 32, seed=3)[0]  # another batch size: the batch axis is dynamic
+    (got,) = _run_onnx(path, x)
+    with torch.no_grad():
+        want = quantized(x).numpy()
+    # within one step of the last quantizer's grid, carried through the last layer
+    step = float(np.asarray(quantized.encodings["6:input"].scale).max())
+    bound = step * float(quantized.float_model.get_submodule("6").weight.abs().sum(1).max())
+    assert np.abs(got - want).max() <= bound
+    # the encodings, keyed by the tensors of the float export that goes with them
+    plain = tmp_path / "float.onnx"
+    quantized.export_onnx(plain, batches[0], qdq=False, encodings=tmp_path / "f.json")
+    assert (tmp_path / "f.json").read_text() == names.read_text()
+    float_proto = onnx.load(str(plain))
+    assert not any(n.op_type == "QuantizeLinear" for n in float_proto.graph.node)
+    tensors = {t.name for t in float_proto.graph.initializer}
+    tensors |= {i.name for i in float_proto.graph.input}
+    tensors |= {o for n in float_proto.graph.node for o in n.output}
+    exported = json.loads(names.read_text())
+    keys = [e["name"] for kind in ("activation_encodings", "param_encodings")
+            for e in exported[kind]]  # fmt: skip
+    assert len(keys) == 6 and all(k in tensors for k in keys)
+    assert set(quantized.onnx_names) == set(quantized.encodings)
+    assert quantized.export_encodings(tmp_path / "q.qdq.json", format="onnx_qdq").is_file()
+    assert sorted(json.loads((tmp_path / "q.qdq.json").read_text())["tensors"]) == sorted(keys)
+
+
+def test_export_failures_leave_the_old_files_and_no_leftovers(tmp_path):
+    quantized = quantize(_model(), _batches())
+    with pytest.raises(ValueError, match="export_onnx"):
+        quantized.export_encodings(tmp_path / "e.json")
+    with pytest.raises(ValueError, match="format must be one of"):
+        quantized.export_onnx(tmp_path / "q.onnx", _batches(1)[0], format="qnn")
+    path = tmp_path / "q.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError):  # the exporter cannot run the model on these inputs
+        quantized.export_onnx(path, torch.randn(2, 5, 8, 8), encodings=tmp_path / "e.json")
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]
+
+
+def test_an_encoding_the_export_lost_is_named(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unfolded = quantize(_model(), _batches(), {"outputs": True}, fold_batchnorm=False)
+    with pytest.warns(UserWarning, match="no tensor of the exported ONNX model holds it"):
+        unfolded.export_onnx(tmp_path / "q.onnx", _batches(1)[0])  # the exporter folds it
+    assert "0.weight" not in unfolded.onnx_names
+
+
+def test_report_and_compiled_models(tmp_path):
+    model, batches = _model(), _batches()
+    quantized = quantize(torch.compile(model), batches)
+    assert "0.weight" in quantized.encodings  # the compiled model's own names
+    page = quantized.report(tmp_path / "r.html", _batches(1, seed=7))
+    assert "0:input" in page.read_text()
+
+
+def test_a_calibration_that_clips_most_of_a_tensor_warns_with_its_method():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8)).eval()
+    batches = [torch.randn(256, 4) for _ in range(3)]
+    with pytest.warns(UserWarning, match=r"0:input \(percentile: [78]\d\.\d%\)"):
+        calibrate(model, batches, activation_options={"percentile": 60})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibrate(model, batches)  # 99.99 clips 0.01%
+        zeros = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval()
+        calibrate(zeros, [-b.abs() for b in batches])  # a constant tensor: nothing clipped
