@@ -91,7 +91,8 @@ def ort_quantize(model: Path, batches: list, method: str, out: Path) -> float:
 
 def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
     from encanalyze._io import Outputs
-    from encanalyze.cli._data import AUTO_ACTIVATIONS, AUTO_WEIGHTS
+    from encanalyze._registry import AUTO_ACTIVATIONS
+    from encanalyze.cli._data import AUTO_WEIGHTS
     from encanalyze.onnx import calibrate, choose_encodings
 
     weights = dict.fromkeys(AUTO_WEIGHTS)  # --method auto

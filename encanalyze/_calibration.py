@@ -17,7 +17,7 @@ from ._encoding import to_scale_offset
 from ._errors import StatisticsNotFoundError
 from ._html_report import write_report
 from ._io import model_files, printable
-from ._registry import METHODS
+from ._registry import METHODS, activation_defaults
 from ._report import (
     Layout,
     aimet_encodings,
@@ -176,17 +176,18 @@ def clipped_fraction(stats, encoding: TensorEncoding) -> float | None:
     return float(rows[outside].sum() / total) if total else None
 
 
-def warn_clipping(encodings: dict, analyzers: dict) -> None:
+def warn_clipping(encodings: dict, stats: dict) -> None:
     """Warn of each activation whose encoding clips more than :data:`CLIPPED_WARNING` of it.
 
-    One ``UserWarning`` names the tensors, their method and the fraction clipped.
+    ``stats``: each activation's statistics by name. One ``UserWarning`` names the tensors,
+    their method and the fraction clipped.
     """
     found = []
-    for name, analyzer in analyzers.items():
+    for name, st in stats.items():
         e = encodings.get(name)
         if not isinstance(e, TensorEncoding):  # (no encoding: the reason it has none)
             continue
-        fraction = clipped_fraction(analyzer.get_stats(), e)
+        fraction = clipped_fraction(st, e)
         if fraction is not None and fraction > CLIPPED_WARNING:
             found.append(f"{name} ({e.method}: {100 * fraction:.1f}%)")
     if found:
@@ -224,6 +225,34 @@ def update_shared(analyzer, x: Array, gathered: dict) -> None:
     else:
         analyzer.update_stats(x)
         gathered[key] = analyzer
+
+
+def activation_methods(activations, given: dict | None) -> dict[str, dict]:
+    """Return the model calibrators' ``activations`` argument as ``{method: analyzer options}``.
+
+    ``activations`` is a method name or a list of them (the first is the result's encodings,
+    the others its candidates); with several, ``given`` (options) maps each method to its options.
+    Percentile gets the command's default (:func:`~encanalyze._registry.activation_defaults`);
+    bad options raise here, at the call.
+    """
+    names = [activations] if isinstance(activations, str) else list(activations)
+    if not names:
+        raise ValueError("activations names no method")
+    for m in names:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+    if len(names) > 1 and given is not None:
+        if not set(given) <= set(names):
+            raise ValueError(
+                "with several activation methods, activation_options maps each "
+                "method to its options"
+            )
+        methods = {m: activation_defaults(m, given.get(m)) for m in names}
+    else:
+        methods = {m: activation_defaults(m, given) for m in names}
+    for m, method_options in methods.items():
+        METHODS[m].analyzer((1,), **method_options)
+    return methods
 
 
 def weight_methods(weights, options: dict | None) -> dict[str, dict]:

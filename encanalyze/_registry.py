@@ -20,6 +20,7 @@ from ._rules.percentile import PercentileEncodingAnalyzer
 from ._rules.sqnr import SqnrEncodingAnalyzer, TfEnhancedEncodingAnalyzer
 
 __all__ = [
+    "AUTO_ACTIVATIONS",
     "ACTIVATION_PERCENTILE",
     "ANALYZERS",
     "DEFAULTS",
@@ -31,6 +32,11 @@ __all__ = [
 ACTIVATION_PERCENTILE = 99.99
 """The percentile that the command (``--percentile``) and the model calibrators use by default
 (the :class:`PercentileEncodingAnalyzer` class keeps the reference's 100)."""
+
+AUTO_ACTIVATIONS = ("minmax", "percentile", "sqnr", "mse", "entropy")
+"""The activation methods that ``auto`` chooses among by the model's output (the command's
+``--activation-method auto``, :func:`encanalyze.torch.quantize`'s default), min-max first (ties
+go to it)."""
 
 DEFAULTS = {
     "activations": "percentile",

@@ -12,6 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
+from encanalyze._registry import AUTO_ACTIVATIONS  # noqa: E402
 from encanalyze.torch import QuantizedModel, calibrate, fold_batchnorm, quantize  # noqa: E402
 from encanalyze.torch._fake_quant import fake_quant  # noqa: E402
 from encanalyze.torch._quantize import CONFIG_KEYS  # noqa: E402
@@ -96,7 +97,8 @@ def test_batchnorm_folds_by_default_and_unfolded_is_warned_of():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.float_model.modules())
     w = folded.float_model.get_submodule("0").weight.detach()
     assert not torch.equal(w, model[0].weight)  # the folded weight is what was calibrated
-    alone = calibrate(fold_batchnorm(model), batches, outputs=False)
+    method = folded.encodings["0:input"].method  # the one auto chose
+    alone = calibrate(fold_batchnorm(model), batches, activations=method, outputs=False)
     for name, e in alone.encodings.items():
         np.testing.assert_array_equal(np.asarray(folded.encodings[name].scale), e.scale)
     x = _batches(1, 64, seed=9)[0]
@@ -104,6 +106,25 @@ def test_batchnorm_folds_by_default_and_unfolded_is_warned_of():
         y = model(x)
         errors = [float(((y - q(x)) ** 2).sum()) for q in (folded, unfolded)]
     assert errors[0] < errors[1]
+
+
+def test_auto_keeps_the_method_whose_outputs_are_nearest_the_float_models():
+    model, batches = _model(), _batches()
+    quantized = quantize(model, batches)
+    assert list(quantized.scores) == list(AUTO_ACTIVATIONS)
+    best = max(quantized.scores, key=quantized.scores.get)
+    assert {e.method for e in quantized.encodings.values() if e.kind == "activation"} == {best}
+    with torch.no_grad():  # the score: the output SQNR on the calibration batches
+        y = torch.cat([model(b) for b in batches]).double()
+        q = torch.cat([quantized(b) for b in batches]).double()
+    sqnr = 10 * torch.log10((y**2).sum() / ((y - q) ** 2).sum())
+    assert float(sqnr) == pytest.approx(quantized.scores[best], abs=1e-3)
+    one = quantize(model, batches, {"activations": best})
+    assert one.scores == {}
+    for name, e in one.encodings.items():
+        np.testing.assert_array_equal(np.asarray(quantized.encodings[name].scale), e.scale)
+    generator = quantize(model, iter(batches))  # one pass only: kept to judge
+    assert generator.scores == quantized.scores
 
 
 def test_outputs_are_quantized_on_request_and_every_quantizer_once():

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import encanalyze as ea  # noqa: E402
-from encanalyze.torch import calibrate  # noqa: E402
+from encanalyze.torch import calibrate, quantize  # noqa: E402
 
 
 class CNN(torch.nn.Module):
@@ -444,6 +444,15 @@ def test_one_defaults_table_for_every_entry_point():
     assert DEFAULTS["weight_symmetric"] and not DEFAULTS["symmetric"]
     args = cli.build_parser().parse_args(["calibrate", "model.onnx", "--data", "random"])
     assert args.percentile == DEFAULTS["percentile"] and args.weight_grid == "symmetric"
+    # quantize: the command's methods (activations chosen by the output) on the same grids
+    from encanalyze.torch._quantize import AUTO
+
+    assert args.activation_method == AUTO and args.method == AUTO
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    quantized = quantize(model, [torch.randn(8, 4) for _ in range(2)])
+    assert not quantized.result.symmetric and quantized.result.weights_symmetric
+    assert quantized.result["0.weight"].method == DEFAULTS["weights"]
+    assert quantized.result["0.weight"].axis == 0  # per output channel
     if importlib.util.find_spec("torchao") is not None:
         from encanalyze.pt2e import EncodingObserver, quantization_config
 

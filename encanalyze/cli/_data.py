@@ -32,7 +32,6 @@ __all__ = [
     "DataError",
     "InputSpec",
     "JobData",
-    "AUTO_ACTIVATIONS",
     "AUTO_WEIGHTS",
     "RANDOM_BATCH_BYTES",
     "batches_for",
@@ -339,10 +338,6 @@ def batches_for(
         return batch
 
     return Batches(-(-total // size), make), False, notes
-
-
-AUTO_ACTIVATIONS = ("minmax", "percentile", "sqnr", "mse", "entropy")
-"""``--activation-method auto``'s candidates, min-max first (ties go to it)."""
 
 
 def split(batches: Batches, holdout: float) -> tuple[Batches, Batches, list[str]]:

@@ -21,6 +21,7 @@ from .._backends import to_numpy
 from .._calibration import Progress, progress_bar
 from .._html_report import write_report
 from .._io import float_weights, printable
+from .._registry import AUTO_ACTIVATIONS
 from .._report import layout_for
 from ..onnx import calibrate as calibrate_onnx
 from ..onnx import choose_encodings, compare_outputs
@@ -35,7 +36,7 @@ from ..onnx._float8 import (
 from ..onnx._qdq import stage_qdq_model
 from ..onnx._qdq_graph import save_model
 from ..onnx._report import model_report
-from ._data import AUTO_ACTIVATIONS, JobData, iter_rows, job_data, weight_methods
+from ._data import JobData, iter_rows, job_data, weight_methods
 from ._float import encodings_file, scaled_json
 from ._output import (
     cell,

@@ -14,6 +14,7 @@ import numpy as np
 from .._calibration import (
     CalibrationResult,
     Progress,
+    activation_methods,
     encode_activations,
     file_under,
     progress_bar,
@@ -23,7 +24,7 @@ from .._calibration import (
 )
 from .._encoding import validate_num_steps
 from .._io import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
-from .._registry import DEFAULTS, METHODS, activation_defaults
+from .._registry import DEFAULTS, METHODS
 from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
@@ -336,21 +337,8 @@ def calibrate(
     >>> float(result["x"].min[0]), float(result["x"].max[0])
     (-1.0, 1.0)
     """
-    act_methods = [activations] if isinstance(activations, str) else list(activations)
-    if not act_methods:
-        raise ValueError("activations names no method")
-    for m in act_methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
-    if len(act_methods) > 1 and activation_options is not None:
-        if not set(activation_options) <= set(act_methods):
-            raise ValueError(
-                "with several activation methods, activation_options maps each "
-                "method to its options"
-            )
-        act_options = {m: activation_defaults(m, activation_options.get(m)) for m in act_methods}
-    else:
-        act_options = {m: activation_defaults(m, activation_options) for m in act_methods}
+    act_options = activation_methods(activations, activation_options)
+    act_methods = list(act_options)
     methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
     wsym = symmetric if weight_symmetric is None else bool(weight_symmetric)

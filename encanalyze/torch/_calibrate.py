@@ -7,20 +7,23 @@ import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 
 from .._calibration import (
     CalibrationResult,
     TensorEncoding,
+    activation_methods,
     encode_activations,
     file_under,
     progress_bar,
+    update_shared,
     warn_clipping,
     weight_methods,
     weight_or_reason,
 )
 from .._encoding import validate_num_steps
-from .._registry import DEFAULTS, METHODS, activation_defaults
+from .._registry import DEFAULTS, METHODS
 from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
@@ -112,22 +115,16 @@ class _Hooks:
     def __init__(
         self,
         modules: dict,
-        method: str,
+        methods: dict[str, dict],
         per_channel: bool,
-        options: dict,
         ranges=None,
         norms: dict | None = None,
         outputs: bool = True,
     ) -> None:
-        self.modules, self.method, self.per_channel, self.options = (
-            modules,
-            method,
-            per_channel,
-            options,
-        )
+        self.modules, self.methods, self.per_channel = modules, methods, per_channel
         self.ranges = ranges  # name -> [[min, max] per batch] (the report's; syncs)
         self.places = (":input", ":output") if outputs else (":input",)
-        self.analyzers: dict[str, object] = {}
+        self.analyzers: dict[str, dict] = {}  # tensor -> {method: analyzer}
         self.axes: dict[str, int | None] = {}  # each analyzer's channel axis (None: per tensor)
         self.reached: set[str] = set()  # the modules a batch ran through
         self.norms = norms or {}
@@ -135,16 +132,19 @@ class _Hooks:
         self.followers: dict[str, str] = {}
         self.handles = []
 
-    def _analyzer(self, name: str, t: torch.Tensor, module: torch.nn.Module):
-        analyzer = self.analyzers.get(name)
-        if analyzer is None:
+    def _observe(self, name: str, t: torch.Tensor, module: torch.nn.Module) -> None:
+        """Feed ``t`` to the tensor's analyzers (the histogram methods share one histogram)."""
+        made = self.analyzers.get(name)
+        if made is None:
             axis = None
             if self.per_channel and t.ndim >= 2:  # channels: axis 1 for convolutions, else last
                 axis = 1 if isinstance(module, (*_CONV, *_TRANSPOSED)) else t.ndim - 1
             shape = layout_for(tuple(t.shape), axis).shape
-            analyzer = METHODS[self.method].analyzer(shape, **self.options)
-            self.analyzers[name], self.axes[name] = analyzer, axis
-        return analyzer
+            made = {m: METHODS[m].analyzer(shape, **o) for m, o in self.methods.items()}
+            self.analyzers[name], self.axes[name] = made, axis
+        gathered: dict = {}
+        for analyzer in made.values():
+            update_shared(analyzer, t, gathered)
 
     def __enter__(self):
         for name, module in self.modules.items():
@@ -179,7 +179,7 @@ class _Hooks:
             for suffix, t in ((":input", first), (":output", output)):
                 if suffix in self.places and isinstance(t, torch.Tensor) and t.is_floating_point():
                     key = name + suffix
-                    self._analyzer(key, t, module).observe(t.detach())
+                    self._observe(key, t.detach(), module)
                     if self.ranges is not None:
                         finite = t.detach()[torch.isfinite(t.detach())]
                         if finite.numel():
@@ -252,6 +252,17 @@ def forward_batch(model: torch.nn.Module, batch):
     if isinstance(batch, (tuple, list)):
         return model(*batch)
     return model(batch)
+
+
+def numpy_outputs(model: torch.nn.Module, batch) -> list[np.ndarray]:
+    """Return the model's outputs on ``batch`` as NumPy arrays (floats in float64)."""
+    return as_numpy(forward_batch(model, batch))
+
+
+def as_numpy(out) -> list[np.ndarray]:
+    """Return a model's output tensors (:func:`flat_outputs`) as NumPy arrays, floats in float64."""
+    tensors = [t.detach().cpu() for t in flat_outputs(out)]
+    return [(t.double() if t.is_floating_point() else t).numpy() for t in tensors]
 
 
 def flat_outputs(out) -> list[torch.Tensor]:
@@ -331,18 +342,16 @@ def calibrate(
     >>> tuple(result["0.weight"].min.shape)
     (8, 1, 1, 1)
     """
-    if activations not in METHODS:
-        raise ValueError(f"unknown method {activations!r}; choose from {sorted(METHODS)}")
+    act_methods = activation_methods(activations, activation_options)
     model = calibratable(model)
     methods = weight_methods(weights, weight_options)
     num_steps = validate_num_steps(2**bits - 1, symmetric)
     wsym = symmetric if weight_symmetric is None else bool(weight_symmetric)
     validate_num_steps(num_steps, wsym)
     chosen = quantizable_modules(model, modules)
-    options = activation_defaults(activations, activation_options)
     ranges = None if statistics is None else statistics.setdefault("ranges", {})
     norms = batchnorms(model) if eval_mode else {}
-    hooks = _Hooks(chosen, activations, per_channel_activations, options, ranges, norms, outputs)
+    hooks = _Hooks(chosen, act_methods, per_channel_activations, ranges, norms, outputs)
     with Untouched(model, eval_mode), hooks, torch.no_grad():
         count = run_batches(model, batches, batch_to_inputs, progress)
     pairs = hooks.followers
@@ -361,9 +370,24 @@ def calibrate(
         )
     encodings: dict[str, TensorEncoding] = {}
     unquantized: dict[str, str] = {}
-    items = [(k, a, hooks.axes[k], activations) for k, a in hooks.analyzers.items()]
-    acts = dict(zip(hooks.analyzers, encode_activations(items, num_steps, symmetric), strict=True))
-    warn_clipping(acts, hooks.analyzers)
+    items = [
+        (k, a, hooks.axes[k], m) for k, made in hooks.analyzers.items() for m, a in made.items()
+    ]
+    found_by: dict[str, dict] = {}
+    for (name, _, _, m), e in zip(
+        items, encode_activations(items, num_steps, symmetric), strict=True
+    ):
+        found_by.setdefault(name, {})[m] = e
+    first = next(iter(act_methods))
+    acts = {name: by[first] for name, by in found_by.items()}
+    stats = {name: made[first].get_stats() for name, made in hooks.analyzers.items()}
+    candidates = {}
+    if len(act_methods) > 1:
+        candidates = {
+            n: {m: e for m, e in by.items() if not isinstance(e, str)} for n, by in found_by.items()
+        }
+    else:  # (with several, whoever chooses among them warns of what it chose)
+        warn_clipping(acts, stats)
     for name, module in chosen.items():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
@@ -377,12 +401,18 @@ def calibrate(
             elif name not in hooks.reached:  # (a module that ran has no float tensor there)
                 unquantized[name + suffix] = "no calibration batch reached it"
     if statistics is not None:
-        found = {n: a.get_stats() for n, a in hooks.analyzers.items()}
         statistics["histograms"] = {
             n: activation_histogram(st)
-            for n, st in found.items()
+            for n, st in stats.items()
             if isinstance(st, Histogram) and st.histogram.shape[:-1] == (1,)
         }
+        statistics["stats"] = stats
     return CalibrationResult(
-        encodings, bits, symmetric, count, unquantized, weight_symmetric=weight_symmetric
+        encodings,
+        bits,
+        symmetric,
+        count,
+        unquantized,
+        weight_symmetric=weight_symmetric,
+        candidates={n: c for n, c in candidates.items() if n in encodings},
     )

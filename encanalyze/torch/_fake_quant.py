@@ -12,7 +12,7 @@ import torch
 from .._backends import to_numpy
 from .._calibration import CalibrationResult, TensorEncoding
 
-__all__ = ["Quantizer", "attach", "fake_quant", "module_of"]
+__all__ = ["Quantizer", "attach", "fake_quant", "module_of", "reencode"]
 
 _ON_GRID = "_encanalyze_on_grid"
 """Attribute set on a tensor an output quantizer returned: the next layer's input quantizer
@@ -40,6 +40,13 @@ class Quantizer(torch.nn.Module):
         self.tensor = encoding.name
         self.register_buffer("scale", scale)
         self.register_buffer("offset", offset)
+
+    def set_encoding(self, encoding: TensorEncoding) -> None:
+        """Take ``encoding``'s scale and offset (of the same layout) in place."""
+        with torch.no_grad():
+            self.scale.copy_(torch.as_tensor(to_numpy(encoding.scale)).reshape(-1))
+            self.offset.copy_(torch.as_tensor(to_numpy(encoding.offset)).reshape(-1))
+        self.tensor = encoding.name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = [1] * x.ndim
@@ -105,3 +112,12 @@ def attach(model: torch.nn.Module, result: CalibrationResult) -> torch.nn.Module
 def _device_of(module: torch.nn.Module) -> torch.device:
     first = next(iter(module.parameters()), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+def reencode(model: torch.nn.Module, result: CalibrationResult) -> None:
+    """Give ``model``'s activation quantizers (:func:`attach`'s) ``result``'s encodings."""
+    modules = dict(model.named_modules())
+    for name, e in result.encodings.items():
+        module_name, where = module_of(name, e)
+        if where != "weight":
+            getattr(modules[module_name], f"{where}_quantizer").set_encoding(e)

@@ -7,17 +7,21 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .._calibration import CalibrationResult, TensorEncoding
+from .._backends import to_numpy
+from .._calibration import CalibrationResult, TensorEncoding, warn_clipping
 from .._io import Outputs, strict_json
+from .._output_errors import OutputErrors
+from .._registry import AUTO_ACTIVATIONS
 from ..onnx._qdq import own_qdq_model
 from ..onnx._qdq_graph import save_model
 from ._batchnorm import batchnorms
 from ._batchnorm import fold_batchnorm as folded_copy
-from ._calibrate import calibratable, calibrate
+from ._calibrate import Untouched, as_numpy, calibratable, calibrate, numpy_outputs
 from ._export import export_float, onnx_result
-from ._fake_quant import attach
+from ._fake_quant import attach, reencode
 
 __all__ = ["CONFIG_KEYS", "QuantizedModel", "quantize"]
 
@@ -39,6 +43,11 @@ defaults are :data:`encanalyze._registry.DEFAULTS`, shared by every entry point)
 
 ENCODING_FORMATS = ("aimet", "onnx_qdq")
 
+AUTO = "auto"
+"""``quantize``'s default activation method: each of :data:`~encanalyze._registry.AUTO_ACTIVATIONS`
+is calibrated (one histogram per tensor) and the one whose quantized model's outputs are
+nearest the float model's on the calibration data is kept, as the command's model job does."""
+
 
 class QuantizedModel(torch.nn.Module):
     """A calibrated copy of a torch model that runs quantize-dequantize on every encoded tensor.
@@ -47,8 +56,9 @@ class QuantizedModel(torch.nn.Module):
     calibrated layer input and output passes its :class:`~encanalyze.torch.Quantizer`
     (the grids of ONNX Runtime's ``QuantizeLinear`` / ``DequantizeLinear``). ``result`` is the
     calibration (:class:`~encanalyze.torch.CalibrationResult`), ``encodings`` its encodings by
-    tensor name, ``float_model`` the float model they were calibrated on (BatchNorm folded where
-    :func:`quantize` folded it). The model given to :func:`quantize` is never changed.
+    tensor name, ``scores`` each activation method's output score where :func:`quantize` chose
+    among them (``auto``), ``float_model`` the float model they were calibrated on (BatchNorm
+    folded where :func:`quantize` folded it). The model given to :func:`quantize` is never changed.
     """
 
     def __init__(
@@ -57,6 +67,7 @@ class QuantizedModel(torch.nn.Module):
         float_model: torch.nn.Module,
         result: CalibrationResult,
         statistics: dict,
+        scores: dict | None = None,
     ) -> None:
         super().__init__()
         self.model = quantized
@@ -64,6 +75,7 @@ class QuantizedModel(torch.nn.Module):
         self.__dict__["result"] = result
         self.__dict__["_statistics"] = statistics
         self.__dict__["onnx_names"] = {}
+        self.__dict__["scores"] = dict(scores or {})
 
     @property
     def encodings(self) -> dict[str, TensorEncoding]:
@@ -172,10 +184,12 @@ def quantize(
     ``batches``: model inputs, or a ``forward_loop(model)``, as :func:`calibrate` takes them
     (``batch_to_inputs`` turns a DataLoader's ``(inputs, target)`` into inputs). ``config``:
     :func:`calibrate`'s options by name (:data:`CONFIG_KEYS`; the deployment default:
-    asymmetric uint8 activations by percentile 99.99, symmetric int8 weights per channel),
-    with ``outputs`` False: the layers' inputs and weights are quantized, not their outputs, as
-    PT2E's ``X86InductorQuantizer`` and TensorRT place them (True: outputs too, as ONNX
-    Runtime's QDQ models do).
+    asymmetric uint8 activations, symmetric int8 weights per channel by min-max), with
+    ``activations`` ``"auto"`` (:data:`AUTO`: the method whose quantized model's outputs are
+    nearest the float model's on the calibration batches; a one-pass iterator of batches is
+    kept in memory to run them again) and ``outputs`` False: the layers' inputs and weights
+    are quantized, not their outputs, as PT2E's ``X86InductorQuantizer`` and TensorRT place
+    them (True: outputs too, as ONNX Runtime's QDQ models do).
     ``fold_batchnorm``: each eval-mode BatchNorm after a convolution or linear layer is
     folded into it first (:func:`~encanalyze.torch.fold_batchnorm`, on a copy), as deployments
     run it; with False the model is calibrated as it is (and a ``UserWarning`` names a
@@ -195,7 +209,7 @@ def quantize(
     >>> quantized(batches[0]).shape
     torch.Size([4, 10])
     """
-    config = {"outputs": False, **(config or {})}
+    config = {"outputs": False, "activations": AUTO, **(config or {})}
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
         raise ValueError(f"config has no option {unknown[0]!r}; it takes {list(CONFIG_KEYS)}")
@@ -206,14 +220,79 @@ def quantize(
             float_model = folded_copy(source)
         except TypeError:  # not traceable: calibrate warns of a BatchNorm after a layer
             pass
+    auto = config["activations"] == AUTO
+    if auto:
+        config["activations"] = list(AUTO_ACTIVATIONS)
+        if not callable(batches) and iter(batches) is batches:  # one pass only: kept to judge
+            batches = list(batches)
     statistics: dict = {"ranges": None}  # the report's histograms; no per-batch ranges (syncs)
-    result = calibrate(
-        float_model,
-        batches,
-        progress=progress,
-        batch_to_inputs=batch_to_inputs,
-        statistics=statistics,
-        **config,
-    )
+    reference: list = []  # the float model's outputs, to judge the methods by
+    handle = float_model.register_forward_hook(lambda m, a, out: reference.append(as_numpy(out)))
+    try:
+        result = calibrate(
+            float_model,
+            batches,
+            progress=progress,
+            batch_to_inputs=batch_to_inputs,
+            statistics=statistics,
+            **config,
+        )
+    finally:
+        handle.remove()
     quantized = attach(copy.deepcopy(float_model).eval(), result)
-    return QuantizedModel(quantized, float_model, result, statistics)
+    scores = {}
+    if auto and result.candidates:
+        scores = _scores(quantized, result, reference, batches, batch_to_inputs)
+        result = result.with_activations(max(scores, key=scores.get))  # ties: the first
+        reencode(quantized, result)
+        warn_clipping(result.encodings, statistics["stats"])
+    return QuantizedModel(quantized, float_model, result, statistics, scores)
+
+
+def _scores(quantized, result: CalibrationResult, reference: list, batches, batch_to_inputs):
+    """Each activation method's output score (:class:`~encanalyze.OutputErrors`) on ``batches``.
+
+    ``reference``: the float model's outputs on each batch (or forward call), captured while
+    it calibrated. ``quantized`` runs the batches once per method, its activation quantizers
+    re-encoded in place; methods whose encodings are all another's share its score.
+    """
+    methods: dict[str, str] = {}  # method -> the first method with the same encodings
+    for method in dict.fromkeys(m for c in result.candidates.values() for m in c):
+        same = next((o for o in methods if _same(result, o, method)), None)
+        methods[method] = same or method
+    names = [str(k) for k in range(len(reference[0]) if reference else 0)]
+    scores: dict[str, float] = {}
+    for method in [m for m, first in methods.items() if first == m]:
+        reencode(quantized, result.with_activations(method))
+        got = _outputs_of(quantized, batches, batch_to_inputs)
+        scores[method] = OutputErrors.measure(names, reference, got).score()
+    return {m: scores[first] for m, first in methods.items()}
+
+
+def _same(result: CalibrationResult, a: str, b: str) -> bool:
+    """Whether methods ``a`` and ``b`` gave every activation the same scale and offset."""
+    for by in result.candidates.values():
+        ea, eb = by.get(a), by.get(b)
+        if (ea is None) != (eb is None):
+            return False
+        if ea is not None and not (
+            np.array_equal(to_numpy(ea.scale), to_numpy(eb.scale))
+            and np.array_equal(to_numpy(ea.offset), to_numpy(eb.offset))
+        ):
+            return False
+    return True
+
+
+def _outputs_of(model, batches, batch_to_inputs) -> list[list]:
+    """Return the model's outputs (NumPy) on each batch, or each forward call of a loop."""
+    with Untouched(model, True), torch.no_grad():
+        if not callable(batches) or isinstance(batches, torch.nn.Module):
+            feed = batches if batch_to_inputs is None else map(batch_to_inputs, batches)
+            return [numpy_outputs(model, b) for b in feed]
+        calls: list = []
+        handle = model.register_forward_hook(lambda m, a, out: calls.append(as_numpy(out)))
+        try:
+            batches(model)
+        finally:
+            handle.remove()
+        return calls

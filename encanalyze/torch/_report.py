@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from .._calibration import CalibrationResult, measure_models
 from .._output_errors import OutputErrors
 from .._report import sqnr_db
 from .._report_data import LayerSensitivity, Sensitivity, model_quantizers
-from ._calibrate import Untouched, flat_outputs, forward_batch
+from ._calibrate import Untouched, forward_batch, numpy_outputs
 from ._fake_quant import fake_quant
 
 __all__ = ["sensitivity", "torch_report"]
@@ -77,26 +76,6 @@ def _quantized(model, result: CalibrationResult, names: set[str]):
                 module.weight.copy_(weight)
 
 
-def _numpyflat_outputs(model, batch) -> list[np.ndarray]:
-    """Return the model's outputs on ``batch`` as NumPy arrays (floats in float64)."""
-    out = [t.detach().cpu() for t in flat_outputs(_run(model, batch))]
-    return [(t.double() if t.is_floating_point() else t).numpy() for t in out]
-
-
-def _run(model, batch):
-    holder = {}
-
-    def grab(module, args, out):
-        holder["out"] = out
-
-    handle = model.register_forward_hook(grab)
-    try:
-        forward_batch(model, batch)
-    finally:
-        handle.remove()
-    return holder.get("out")
-
-
 def sensitivity(
     model: torch.nn.Module, result: CalibrationResult, batches: Sequence, gains: bool = True
 ) -> Sensitivity:
@@ -108,12 +87,12 @@ def sensitivity(
     against the float model (:class:`~encanalyze._output_errors.OutputErrors`).
     """
     with Untouched(model, True), torch.no_grad():
-        reference = [_numpyflat_outputs(model, b) for b in batches]
+        reference = [numpy_outputs(model, b) for b in batches]
         names = [str(k) for k in range(len(reference[0]) if reference else 0)]
 
         def errors(quantized: set[str]) -> OutputErrors:
             with _quantized(model, result, quantized):
-                got = (_numpyflat_outputs(model, b) for b in batches)  # one batch at a time
+                got = (numpy_outputs(model, b) for b in batches)  # one batch at a time
                 return OutputErrors.measure(names, reference, got)
 
         def score(quantized: set[str]) -> float:
