@@ -1,5 +1,6 @@
 """encanalyze.torch.quantize: a runnable quantized model, BatchNorm folded, exported to ONNX QDQ."""
 
+import inspect
 import json
 import warnings
 
@@ -156,7 +157,7 @@ def test_forward_loops_batch_to_inputs_and_bad_configs():
         quantize(model, batches, {"percentile": 99.9})
     with pytest.raises(ValueError, match="percentile"):
         quantize(model, batches, {"weights": "percentile", "weight_options": {"percentile": 101}})
-    assert set(CONFIG_KEYS) < set(__import__("inspect").signature(calibrate).parameters)
+    assert set(CONFIG_KEYS) - {"number_format"} < set(inspect.signature(calibrate).parameters)
 
 
 def test_export_onnx_runs_as_the_torch_model_does(tmp_path):
@@ -233,3 +234,80 @@ def test_a_calibration_that_clips_most_of_a_tensor_warns_with_its_method():
         calibrate(model, batches)  # 99.99 clips 0.01%
         zeros = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval()
         calibrate(zeros, [-b.abs() for b in batches])  # a constant tensor: nothing clipped
+
+
+FORMATS = ["float8_e4m3fn", "float8_e5m2", "mxfp4", "mxfp8_e4m3", "mxint8", "nvfp4"]
+
+
+def _wide_model():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 40, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(40 * 4 * 4, 10),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_float_and_block_formats_run_and_export_as_the_onnx_job_computes(name, tmp_path):
+    from encanalyze import formats
+    from encanalyze.onnx import FLOAT8_SESSION, calibrate_blocks, calibrate_float8
+
+    model, batches = _wide_model(), _batches()
+    quantized = quantize(model, batches, {"number_format": name})
+    fmt = formats.NUMBER_FORMATS[name]
+    blocks = fmt.scheme != "scaled"
+    assert sorted(quantized.encodings) == (
+        ["0.weight", "3.weight", "6.weight"] if blocks
+        else ["0.weight", "0:input", "3.weight", "3:input", "6.weight", "6:input"]
+    )  # fmt: skip
+    x = _batches(1, 32, seed=4)[0]
+    with torch.no_grad():
+        y, q = model(x), quantized(x)
+    assert 10 * torch.log10((y**2).sum() / ((y - q) ** 2).sum()) > 10
+    # the ONNX job's numbers on the float export, tensor by tensor
+    plain = tmp_path / "float.onnx"
+    quantized.export_onnx(plain, batches[0], qdq=False)
+    names = quantized.onnx_names
+    if blocks:
+        job = calibrate_blocks(str(plain), fmt.scheme, fmt.element)
+        for key, w in quantized.encodings.items():
+            np.testing.assert_array_equal(job.weights[names[key]].scales["mse"], w.scales["mse"])
+    else:
+        numpy_batches = [b.numpy() for b in batches]
+        job = calibrate_float8(str(plain), numpy_batches, fmt.element)
+        for key, e in quantized.encodings.items():  # (activations: ONNX Runtime's kernels
+            want = job.encodings[names[key]].scales[e.method]  # round a last bit apart)
+            np.testing.assert_allclose(e.scale, want, rtol=0 if e.kind == "param" else 1e-6)
+    # the QDQ model computes what the quantized model does
+    path = tmp_path / "q.onnx"
+    quantized.export_onnx(path, batches[0])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, FLOAT8_SESSION["graph_optimization_level"]
+    )
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    got = torch.from_numpy(got)  # the same model, up to a rounding tie's step here and there
+    noise, error = ((got - q) ** 2).sum(), ((y - q) ** 2).sum()
+    assert noise == 0 or 10 * torch.log10(error / noise) > 20
+    assert (quantized.report(tmp_path / "r.html", [x])).is_file()
+    with pytest.raises(ValueError, match="encodings files hold integer grids"):
+        quantized.export_encodings(tmp_path / "e.json")
+
+
+def test_format_options_are_checked_at_the_call(tmp_path):
+    model, batches = _wide_model(), _batches()
+    with pytest.raises(ValueError, match="unknown number_format 'fp8'"):
+        quantize(model, batches, {"number_format": "fp8"})
+    with pytest.raises(ValueError, match="'bits' sets an integer grid"):
+        quantize(model, batches, {"number_format": "float8_e4m3fn", "bits": 8})
+    with pytest.raises(ValueError, match="takes the activation methods"):
+        quantize(model, batches, {"number_format": "float8_e4m3fn", "activations": "entropy"})
+    with pytest.raises(ValueError, match="takes the methods"):
+        quantize(model, batches, {"number_format": "mxfp4", "weights": "sqnr"})
+    fp4 = quantize(model, batches, {"number_format": "float4_e2m1", "activations": "mse"})
+    assert {e.method for e in fp4.encodings.values() if e.kind == "activation"} == {"mse"}
+    with pytest.raises(ValueError, match="no QuantizeLinear to float4_e2m1"):
+        fp4.export_onnx(tmp_path / "q.onnx", batches[0])
+    assert not list(tmp_path.iterdir())

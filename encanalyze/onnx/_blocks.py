@@ -34,6 +34,8 @@ __all__ = [
     "BlockSwitches",
     "BlockWeight",
     "block_qdq_model",
+    "block_weight",
+    "dequantized",
     "calibrate_blocks",
     "reduction_axis",
 ]
@@ -170,15 +172,39 @@ def calibrate_blocks(
             unquantized[name] = reason
             bar.advance()
             continue
-        if channel == 0 and w.ndim > 2:  # Conv: the (O, I * kh * kw) matrix
-            view, axis = (w.shape[0], int(np.prod(w.shape[1:]))), 1
-        else:
-            view, axis = w.shape, reduction_axis(channel, w.ndim)
-        blocks = _weight(name, w.reshape(view), axis, scheme, fmt, methods, size)
-        weights[name] = dataclasses.replace(blocks, shape=tuple(w.shape))
+        weights[name] = block_weight(name, w, channel, scheme, fmt, methods)
         bar.advance()
     method = "mse" if "mse" in methods else methods[0]
     return BlockCalibration(scheme, fmt, size, weights, unquantized, method)
+
+
+def block_weight(
+    name: str, w: np.ndarray, channel: int, scheme: str, fmt, methods=BLOCK_METHODS
+) -> BlockWeight:
+    """Return ``w`` (float32, finite) in blocks along the axis its ``channel`` axis sums over.
+
+    A convolution's ``(O, I, ...)`` weight (``channel`` 0, more than 2 axes) as its
+    ``(O, I * kh * kw)`` matrix; blocks of :data:`~encanalyze.formats.MX_BLOCK` (``"mx"``) or
+    :data:`~encanalyze.formats.NVFP4_BLOCK` (``"nvfp4"``), by each of ``methods``.
+    """
+    size = formats.MX_BLOCK if scheme == "mx" else formats.NVFP4_BLOCK
+    if channel == 0 and w.ndim > 2:  # Conv: the (O, I * kh * kw) matrix
+        view, axis = (w.shape[0], int(np.prod(w.shape[1:]))), 1
+    else:
+        view, axis = w.shape, reduction_axis(channel, w.ndim)
+    blocks = _weight(name, w.reshape(view), axis, scheme, fmt, methods, size)
+    return dataclasses.replace(blocks, shape=tuple(w.shape))
+
+
+def dequantized(weight: BlockWeight, method: str, block_size: int) -> np.ndarray:
+    """Return the weight's values in blocks by ``method`` (float32, of its own shape).
+
+    Each element times its block's scale: what the blocked ``DequantizeLinear`` computes.
+    """
+    q, scale = weight.elements[method], weight.scales[method]
+    scale = np.repeat(scale, block_size, axis=weight.axis)
+    scale = np.take(scale, np.arange(q.shape[weight.axis]), axis=weight.axis)
+    return (q * scale).astype(np.float32).reshape(weight.shape)
 
 
 def _weight(name: str, w: np.ndarray, axis: int, scheme: str, fmt, methods, size: int):

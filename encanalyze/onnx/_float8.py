@@ -40,7 +40,9 @@ __all__ = [
     "Float8Calibration",
     "Float8Encoding",
     "Float8Switches",
+    "activation_scales",
     "calibrate_float8",
+    "float8_weight",
     "choose_float8_activations",
     "float8_qdq_model",
 ]
@@ -116,8 +118,8 @@ class Float8Calibration:
         return dataclasses.replace(self, encodings=encodings)
 
 
-def _scales(fmt, stats, methods, percentile, gamma) -> dict:
-    """Each method's scales (float32, flat) from ``stats``."""
+def activation_scales(fmt, stats, methods, percentile=99.99, gamma=3.0) -> dict:
+    """Return each method's scales (float32, flat) from ``stats`` (a histogram)."""
     return {
         m: np.asarray(
             formats.compute_scale(stats, fmt, m, percentile=percentile, gamma=gamma), np.float32
@@ -163,23 +165,11 @@ def calibrate_float8(
         bar.stage(f"weight {name}")
         w = np.asarray(values[name], np.float32)
         axis = axis if per_channel_weights and w.ndim > 0 else None
-        layout = layout_for(w.shape, axis)
-        rows = to_rows(np, w, plan(w.shape, layout.shape))
-        if not np.isfinite(rows).any(axis=1).all():
-            unquantized[name] = "a channel without a finite value"
-            bar.advance()
-            continue
-        stats = PercentileEncodingAnalyzer(layout.shape, num_bins).update_stats(w)
-        scales = _scales(fmt, stats, methods, percentile, gamma)
-        for m in set(methods) & set(formats.SEARCH_METHODS):  # never worse than amax on it
-            scale = formats.no_worse_than_amax(rows, fmt, scales[m][:, None], axis=1)
-            scales[m] = np.asarray(scale, np.float32).reshape(-1)
-        sqnr = {
-            m: _sqnr(rows, formats.quantize_scaled(rows, fmt, scale=s[:, None]))
-            for m, s in scales.items()
-        }
-        best = max(sqnr, key=lambda m: (sqnr[m], -methods.index(m)))
-        encodings[name] = Float8Encoding(name, "param", layout.axis, scales, best, sqnr)
+        found = float8_weight(name, w, axis, fmt, methods, num_bins, percentile, gamma)
+        if isinstance(found, str):
+            unquantized[name] = found
+        else:
+            encodings[name] = found
         bar.advance()
     count, branches = 0, {}
     if batches is not None:
@@ -198,9 +188,42 @@ def calibrate_float8(
                 unquantized[name] = found
                 continue
             stats = made["percentile"].get_stats()
-            scales = _scales(fmt, stats, methods, percentile, gamma)
+            scales = activation_scales(fmt, stats, methods, percentile, gamma)
             encodings[name] = Float8Encoding(name, "activation", None, scales, methods[0])
     return Float8Calibration(fmt, encodings, unquantized, branches, count)
+
+
+def float8_weight(
+    name: str,
+    w: np.ndarray,
+    axis: int | None,
+    fmt: formats.FloatFormat,
+    methods: tuple = formats.FLOAT_METHODS,
+    num_bins: int = 2048,
+    percentile: float = 99.99,
+    gamma: float = 3.0,
+) -> Float8Encoding | str:
+    """Return a weight's float-format scales by each method (per channel of ``axis``).
+
+    The search methods are never worse than amax on the weight itself; the method of best
+    SQNR is the one in use. A channel without a finite value: the reason, instead.
+    """
+    methods = tuple(methods)
+    layout = layout_for(w.shape, axis)
+    rows = to_rows(np, w, plan(w.shape, layout.shape))
+    if not np.isfinite(rows).any(axis=1).all():
+        return "a channel without a finite value"
+    stats = PercentileEncodingAnalyzer(layout.shape, num_bins).update_stats(w)
+    scales = activation_scales(fmt, stats, methods, percentile, gamma)
+    for m in set(methods) & set(formats.SEARCH_METHODS):  # never worse than amax on it
+        scale = formats.no_worse_than_amax(rows, fmt, scales[m][:, None], axis=1)
+        scales[m] = np.asarray(scale, np.float32).reshape(-1)
+    sqnr = {
+        m: _sqnr(rows, formats.quantize_scaled(rows, fmt, scale=s[:, None]))
+        for m, s in scales.items()
+    }
+    best = max(sqnr, key=lambda m: (sqnr[m], -methods.index(m)))
+    return Float8Encoding(name, "param", layout.axis, scales, best, sqnr)
 
 
 def _sqnr(rows: np.ndarray, q: np.ndarray) -> float:

@@ -100,7 +100,7 @@ def calibratable(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _channel_axis(module: torch.nn.Module) -> int:
+def channel_axis(module: torch.nn.Module) -> int:
     """Output-channel axis of the module's weight (``ConvTranspose``: 1, else 0)."""
     return 1 if isinstance(module, _TRANSPOSED) else 0
 
@@ -391,7 +391,7 @@ def calibrate(
     for name, module in chosen.items():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
-            axis = _channel_axis(module) if per_channel_weights else None
+            axis = channel_axis(module) if per_channel_weights else None
             key = f"{name}.weight" if name else "weight"
             found = weight_or_reason(key, weight.detach(), axis, methods, num_steps, wsym)
             file_under(key, found, encodings, unquantized)

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._calibration import CalibrationResult, TensorEncoding
+from .._calibration import TensorEncoding
 from .._io import float_weights
 from .._warnings import warn
+from ..onnx._blocks import BlockCalibration, block_weight
 from ..onnx._calibrate import feeds, model_inputs, run_batch, session, value_infos
 from ._calibrate import Untouched, flat_outputs, forward_batch
-from ._fake_quant import module_of
+from ._fake_quant import kind_of, module_of
 
 __all__ = ["export_float", "onnx_result"]
 
@@ -74,13 +75,14 @@ def _split(example_inputs) -> tuple[tuple, dict | None]:
     return (example_inputs,), None
 
 
-def onnx_result(
-    model: torch.nn.Module, proto, example_inputs, result: CalibrationResult
-) -> tuple[CalibrationResult, dict[str, str]]:
+def onnx_result(model: torch.nn.Module, proto, example_inputs, result) -> tuple[object, dict]:
     """Return ``result`` keyed by ``proto``'s tensor names, and the name each encoding got.
 
-    ``proto`` is ``model``'s ONNX export. Encodings no exported tensor holds are left out, under
-    ``unquantized`` with the reason, and a ``UserWarning`` names them.
+    ``proto`` is ``model``'s ONNX export; ``result`` a :class:`CalibrationResult`,
+    :class:`~encanalyze.onnx.Float8Calibration` or :class:`~encanalyze.onnx.BlockCalibration`
+    (a transposed weight's blocks are taken again along its sum axis: the same blocks).
+    Encodings no exported tensor holds are left out, under ``unquantized`` with the reason, and
+    a ``UserWarning`` names them.
     """
     values = _torch_values(model, result, example_inputs)
     exported, order = _onnx_values(proto, example_inputs)
@@ -93,18 +95,18 @@ def onnx_result(
     names: dict[str, str] = {}
     encodings: dict[str, TensorEncoding] = {}
     for key, e in result.encodings.items():
-        if e.kind != "param":
+        if kind_of(e) != "param":
             continue
         module, _ = module_of(key, e)
         found = _weight_name(values[key], initializers)
         if found is not None:
             name, transposed = found
             names[key] = name
-            encodings[name] = _renamed(e, name, transposed)
+            encodings[name] = _renamed(result, e, name, transposed, initializers[name])
             layers[module] = _reader(name, consumers)
     taken: dict[str, str] = {}
     for key, e in sorted(result.encodings.items(), key=lambda kv: not kv[0].endswith(":output")):
-        if e.kind != "activation" or key not in values:
+        if kind_of(e) != "activation" or key not in values:
             continue
         module, where = module_of(key, e)
         name = _activation_name(values[key], exported, order, layers.get(module), where)
@@ -126,10 +128,11 @@ def onnx_result(
             "floating point in the QDQ model",
             UserWarning,
         )
-    return dataclasses.replace(result, encodings=encodings, unquantized=unquantized), names
+    field = "weights" if isinstance(result, BlockCalibration) else "encodings"
+    return dataclasses.replace(result, **{field: encodings}, unquantized=unquantized), names
 
 
-def _torch_values(model, result: CalibrationResult, example_inputs) -> dict[str, np.ndarray]:
+def _torch_values(model, result, example_inputs) -> dict[str, np.ndarray]:
     """Every encoded tensor's value on ``example_inputs`` in the float ``model`` (float32)."""
     modules = dict(model.named_modules())
     values, handles = {}, []
@@ -198,12 +201,17 @@ def _weight_name(w: np.ndarray, initializers: dict) -> tuple[str, bool] | None:
     return None
 
 
-def _renamed(e: TensorEncoding, name: str, transposed: bool) -> TensorEncoding:
+def _renamed(result, e, name: str, transposed: bool, value: np.ndarray):
+    """Return weight encoding ``e`` as the exported initializer ``name`` holding ``value``."""
     if not transposed:
         return dataclasses.replace(e, name=name)
-    flip = {"min": e.min.T, "max": e.max.T, "scale": e.scale.T, "offset": e.offset.T}
+    if isinstance(result, BlockCalibration):  # blocks along the same (now first) axis
+        return block_weight(name, value, 1, result.scheme, result.fmt, (result.method,))
     axis = None if e.axis is None else 1 - e.axis
-    return dataclasses.replace(e, name=name, axis=axis, **flip)
+    if isinstance(e, TensorEncoding):
+        flip = {"min": e.min.T, "max": e.max.T, "scale": e.scale.T, "offset": e.offset.T}
+        return dataclasses.replace(e, name=name, axis=axis, **flip)
+    return dataclasses.replace(e, name=name, axis=axis)  # (FP8: flat scales)
 
 
 def _reader(weight: str, consumers: dict):

@@ -1,18 +1,23 @@
 """Quantize-dequantize inside a torch model, as ONNX Runtime's QDQ nodes compute it.
 
-``fake_quant`` is the arithmetic; :class:`Quantizer` holds one tensor's encoding as buffers (it
-follows the model across devices); :func:`attach` gives a model's layers their quantizers with
-forward hooks that run them, and swaps its weights for their quantize-dequantized values.
+``fake_quant`` is the integer arithmetic; :class:`Quantizer` holds one tensor's integer grid
+and :class:`FloatQuantizer` its float-format scale (FP8, FP6, FP4) as buffers (they follow the
+model across devices); :func:`attach` gives a model's layers their quantizers with forward hooks
+that run them, and swaps its weights for their quantize-dequantized values (MX and NVFP4
+weights: their blocks' values).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import formats
 from .._backends import to_numpy
-from .._calibration import CalibrationResult, TensorEncoding
+from .._calibration import TensorEncoding
+from ..onnx._blocks import BlockCalibration, dequantized
+from ..onnx._float8 import Float8Calibration, Float8Encoding
 
-__all__ = ["Quantizer", "attach", "fake_quant", "module_of", "reencode"]
+__all__ = ["FloatQuantizer", "Quantizer", "attach", "fake_quant", "module_of", "reencode"]
 
 _ON_GRID = "_encanalyze_on_grid"
 """Attribute set on a tensor an output quantizer returned: the next layer's input quantizer
@@ -60,9 +65,46 @@ class Quantizer(torch.nn.Module):
         return f"{self.tensor!r}, {where}, {self.num_steps + 1} levels"
 
 
-def module_of(name: str, encoding: TensorEncoding) -> tuple[str, str]:
+class FloatQuantizer(torch.nn.Module):
+    """One tensor's float-format quantize-dequantize: ``scale`` along ``axis`` (or per tensor).
+
+    ``formats.quantize_scaled`` of ``x / scale`` (round to nearest even, saturating: ONNX's
+    ``QuantizeLinear`` to FLOAT8 with ``saturate``), in float32; returns the input's dtype.
+    """
+
+    def __init__(self, encoding: Float8Encoding, fmt: formats.FloatFormat) -> None:
+        super().__init__()
+        scale = torch.as_tensor(to_numpy(encoding.scale), dtype=torch.float32).reshape(-1)
+        self.axis = encoding.axis if scale.numel() > 1 else None
+        self.fmt, self.tensor = fmt, encoding.name
+        self.register_buffer("scale", scale)
+
+    def set_encoding(self, encoding: Float8Encoding) -> None:
+        """Take ``encoding``'s scale (of the same layout) in place."""
+        with torch.no_grad():
+            self.scale.copy_(torch.as_tensor(to_numpy(encoding.scale)).reshape(-1))
+        self.tensor = encoding.name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.ndim
+        if self.axis is not None:
+            shape[self.axis] = self.scale.numel()
+        scale = self.scale.reshape(shape) if self.axis is not None else self.scale.reshape(())
+        return formats.quantize_scaled(x.float(), self.fmt, scale=scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        where = "per tensor" if self.axis is None else f"axis {self.axis}"
+        return f"{self.tensor!r}, {where}, {self.fmt.name}"
+
+
+def kind_of(encoding) -> str:
+    """Return an encoding's kind: ``"param"`` or ``"activation"`` (block weights: params)."""
+    return getattr(encoding, "kind", "param")
+
+
+def module_of(name: str, encoding) -> tuple[str, str]:
     """Return ``(module name, where)`` of an encoding: ``"input"``, ``"output"`` or ``"weight"``."""
-    if encoding.kind == "activation":
+    if kind_of(encoding) == "activation":
         module, _, where = name.rpartition(":")
         return module, where
     return (name[: -len(".weight")] if name != "weight" else ""), "weight"
@@ -83,21 +125,27 @@ def _quantize_output(module: torch.nn.Module, args: tuple, out):
     return q
 
 
-def attach(model: torch.nn.Module, result: CalibrationResult) -> torch.nn.Module:
+def attach(model: torch.nn.Module, result) -> torch.nn.Module:
     """Make ``model`` (the caller's own copy) run ``result``'s quantize-dequantize; return it.
 
-    Each weight with an encoding is replaced by its quantize-dequantized values; each module
-    with an activation encoding gets an ``input_quantizer`` / ``output_quantizer``
-    (:class:`Quantizer`) run by a forward (pre-)hook. A layer's input that is the quantized
-    output of the layer before it is quantized once (by that output's quantizer).
+    ``result``: a :class:`~encanalyze.torch.CalibrationResult` (integer grids), a
+    :class:`~encanalyze.onnx.Float8Calibration` (float formats) or a
+    :class:`~encanalyze.onnx.BlockCalibration` (MX, NVFP4 weights), keyed by the model's
+    tensor names. Each weight with an encoding is replaced by its quantize-dequantized values;
+    each module with an activation encoding gets an ``input_quantizer`` / ``output_quantizer``
+    run by a forward (pre-)hook. A layer's input that is the quantized output of the layer
+    before it is quantized once (by that output's quantizer).
     """
-    levels = 2**result.bits - 1
     modules = dict(model.named_modules())
     with torch.no_grad():
         for name, e in result.encodings.items():
             module_name, where = module_of(name, e)
             module = modules[module_name]
-            quantizer = Quantizer(e, levels).to(_device_of(module))
+            if isinstance(result, BlockCalibration):
+                values = dequantized(e, result.method, result.block_size)
+                module.weight.copy_(torch.as_tensor(values).to(module.weight))
+                continue
+            quantizer = _quantizer(result, e).to(_device_of(module))
             if where == "weight":
                 module.weight.copy_(quantizer(module.weight))
             elif where == "input":
@@ -109,12 +157,18 @@ def attach(model: torch.nn.Module, result: CalibrationResult) -> torch.nn.Module
     return model
 
 
+def _quantizer(result, encoding) -> torch.nn.Module:
+    if isinstance(result, Float8Calibration):
+        return FloatQuantizer(encoding, result.fmt)
+    return Quantizer(encoding, 2**result.bits - 1)
+
+
 def _device_of(module: torch.nn.Module) -> torch.device:
     first = next(iter(module.parameters()), None)
     return first.device if first is not None else torch.device("cpu")
 
 
-def reencode(model: torch.nn.Module, result: CalibrationResult) -> None:
+def reencode(model: torch.nn.Module, result) -> None:
     """Give ``model``'s activation quantizers (:func:`attach`'s) ``result``'s encodings."""
     modules = dict(model.named_modules())
     for name, e in result.encodings.items():

@@ -7,21 +7,25 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .._backends import to_numpy
 from .._calibration import CalibrationResult, TensorEncoding, warn_clipping
+from .._html_report import write_report
 from .._io import Outputs, strict_json
 from .._output_errors import OutputErrors
 from .._registry import AUTO_ACTIVATIONS
+from ..onnx._blocks import BlockCalibration, block_qdq_model
+from ..onnx._float8 import FLOAT8_FORMATS, Float8Calibration, float8_qdq_model
 from ..onnx._qdq import own_qdq_model
 from ..onnx._qdq_graph import save_model
 from ._batchnorm import batchnorms
 from ._batchnorm import fold_batchnorm as folded_copy
 from ._calibrate import Untouched, as_numpy, calibratable, calibrate, numpy_outputs
 from ._export import export_float, onnx_result
-from ._fake_quant import attach, reencode
+from ._fake_quant import attach, kind_of, reencode
+from ._formats import calibrate_format, number_format
+from ._report import torch_report
 
 __all__ = ["CONFIG_KEYS", "QuantizedModel", "quantize"]
 
@@ -37,6 +41,7 @@ CONFIG_KEYS = (
     "activation_options",
     "weight_options",
     "outputs",
+    "number_format",
 )
 """What ``quantize``'s ``config`` may set: :func:`~encanalyze.torch.calibrate`'s options (the
 defaults are :data:`encanalyze._registry.DEFAULTS`, shared by every entry point)."""
@@ -88,12 +93,31 @@ class QuantizedModel(torch.nn.Module):
     def report(self, path, batches=None, *, title: str | None = None) -> Path:
         """Write the analysis report of the float model's calibration (``batches``: held out).
 
-        :meth:`encanalyze.torch.CalibrationResult.report` with the float model and the
-        statistics of the calibration.
+        Integer grids: :meth:`encanalyze.torch.CalibrationResult.report` with the float model
+        and the statistics of the calibration. Float and block formats: every quantizer with
+        its methods' ranges and SQNR, and with ``batches`` this model's output SQNR on them.
         """
-        return self.result.report(
-            path, self.float_model, batches, statistics=self._statistics, title=title
+        if isinstance(self.result, CalibrationResult):
+            return self.result.report(
+                path, self.float_model, batches, statistics=self._statistics, title=title
+            )
+        summary = {"job": "torch model", "number format": _format_name(self.result)}
+        data = torch_report(
+            self.float_model, self.result, statistics=self._statistics, summary=summary
         )
+        if batches:
+            with Untouched(self.float_model, True), torch.no_grad():
+                want = [numpy_outputs(self.float_model, b) for b in batches]
+                got = [numpy_outputs(self, b) for b in batches]
+            errors = OutputErrors.measure([str(k) for k in range(len(want[0]))], want, got)
+            measure = "output SQNR" if errors.unit == "dB" else "output agreement"
+            summary[f"{measure}, everything quantized"] = f"{errors.score():.2f} {errors.unit}"
+            data["comparison"] = [
+                {"label": "encanalyze, as quantized", "output_sqnr_db": errors.score(),
+                 "measured_on": "given"}
+            ]  # fmt: skip
+        data["title"] = title or data["title"]
+        return write_report(path, data)
 
     def export_onnx(
         self,
@@ -121,6 +145,7 @@ class QuantizedModel(torch.nn.Module):
         then maps each encoding to its exported tensor.
         """
         _check_format(format)
+        _check_exportable(self.result, qdq, encodings)
         with Outputs() as out, tempfile.TemporaryDirectory(prefix="encanalyze-") as work:
             staged = out.file(path, "QDQ model", sidecar=True)
             staged_json = None if encodings is None else out.file(encodings, "encodings")
@@ -131,7 +156,7 @@ class QuantizedModel(torch.nn.Module):
             proto = onnx.load(str(source))
             result, names = onnx_result(self.float_model, proto, example_inputs, self.result)
             if qdq:
-                proto, _ = own_qdq_model(proto, result, list(result.encodings))
+                proto = _qdq_model(proto, result)
             save_model(proto, staged)
             if staged_json is not None:
                 staged_json.write_text(strict_json(_encodings_file(result, format)))
@@ -148,6 +173,7 @@ class QuantizedModel(torch.nn.Module):
         first (the names are the exported model's).
         """
         _check_format(format)
+        _check_exportable(self.result, False, path)
         result = self.__dict__.get("_onnx_result")
         if result is None:
             raise ValueError(
@@ -159,6 +185,39 @@ class QuantizedModel(torch.nn.Module):
             staged.write_text(strict_json(_encodings_file(result, format)))
             out.commit()
         return Path(path)
+
+
+def _qdq_model(proto, result):
+    """Return the QDQ model of ``proto`` with ``result`` (keyed by its tensor names)."""
+    if isinstance(result, Float8Calibration):
+        return float8_qdq_model(proto, result)
+    if isinstance(result, BlockCalibration):
+        return block_qdq_model(proto, result)
+    return own_qdq_model(proto, result, list(result.encodings))[0]
+
+
+def _check_exportable(result, qdq: bool, encodings) -> None:
+    """Raise ``ValueError`` before any work where ``result`` has no such export."""
+    if encodings is not None and not isinstance(result, CalibrationResult):
+        raise ValueError(
+            "encodings files hold integer grids: a float or block format's encodings are "
+            "in its QDQ model (export_onnx without encodings)"
+        )
+    if qdq and isinstance(result, Float8Calibration) and result.fmt.name not in FLOAT8_FORMATS:
+        raise ValueError(
+            f"ONNX has no QuantizeLinear to {result.fmt.name}: its QDQ models take "
+            f"{list(FLOAT8_FORMATS)}"
+        )
+
+
+def _format_name(result) -> str:
+    if isinstance(result, BlockCalibration):
+        return f"{result.scheme} blocks of {result.block_size}, {result.fmt.name} elements"
+    return f"{result.fmt.name}, FP32 scales"
+
+
+def _bytes(values) -> bytes:
+    return b"" if values is None else to_numpy(values).tobytes()
 
 
 def _check_format(format: str) -> None:
@@ -213,6 +272,15 @@ def quantize(
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
         raise ValueError(f"config has no option {unknown[0]!r}; it takes {list(CONFIG_KEYS)}")
+    fmt = number_format(config.pop("number_format", "int"))
+    auto = config["activations"] == AUTO
+    if fmt.scheme == "int" and auto:
+        config["activations"] = list(AUTO_ACTIVATIONS)
+    elif fmt.scheme != "int" and not auto and config["activations"] not in fmt.methods:
+        raise ValueError(
+            f"number_format {fmt.name!r} takes the activation methods {list(fmt.methods)} "
+            f"or {AUTO!r}, got {config['activations']!r}"
+        )
     source = calibratable(model)
     float_model = source
     if fold_batchnorm and batchnorms(source):
@@ -220,67 +288,66 @@ def quantize(
             float_model = folded_copy(source)
         except TypeError:  # not traceable: calibrate warns of a BatchNorm after a layer
             pass
-    auto = config["activations"] == AUTO
-    if auto:
-        config["activations"] = list(AUTO_ACTIVATIONS)
-        if not callable(batches) and iter(batches) is batches:  # one pass only: kept to judge
-            batches = list(batches)
+    if auto and not callable(batches) and iter(batches) is batches:  # one pass: kept to judge
+        batches = list(batches)
     statistics: dict = {"ranges": None}  # the report's histograms; no per-batch ranges (syncs)
     reference: list = []  # the float model's outputs, to judge the methods by
     handle = float_model.register_forward_hook(lambda m, a, out: reference.append(as_numpy(out)))
+    options = {"progress": progress, "batch_to_inputs": batch_to_inputs, "statistics": statistics}
     try:
-        result = calibrate(
-            float_model,
-            batches,
-            progress=progress,
-            batch_to_inputs=batch_to_inputs,
-            statistics=statistics,
-            **config,
-        )
+        if fmt.scheme == "int":
+            result = calibrate(float_model, batches, **options, **config)
+        else:
+            result = calibrate_format(float_model, batches, fmt, config, **options)
     finally:
         handle.remove()
+    variants = {}
+    if fmt.scheme == "int":
+        methods = dict.fromkeys(m for c in result.candidates.values() for m in c)
+        variants = {m: result.with_activations(m) for m in methods}
+    elif fmt.scheme == "scaled":
+        named = fmt.methods if auto else (config["activations"],)
+        variants = {m: result.with_activations(m) for m in named}
+        result = variants[named[0]]
     quantized = attach(copy.deepcopy(float_model).eval(), result)
     scores = {}
-    if auto and result.candidates:
-        scores = _scores(quantized, result, reference, batches, batch_to_inputs)
-        result = result.with_activations(max(scores, key=scores.get))  # ties: the first
+    if auto and len(variants) > 1:
+        scores = _scores(quantized, variants, reference, batches, batch_to_inputs)
+        result = variants[max(scores, key=scores.get)]  # ties: the first
         reencode(quantized, result)
-        warn_clipping(result.encodings, statistics["stats"])
+        if fmt.scheme == "int":  # (one method named: calibrate warned already)
+            warn_clipping(result.encodings, statistics["stats"])
     return QuantizedModel(quantized, float_model, result, statistics, scores)
 
 
-def _scores(quantized, result: CalibrationResult, reference: list, batches, batch_to_inputs):
-    """Each activation method's output score (:class:`~encanalyze.OutputErrors`) on ``batches``.
+def _scores(quantized, variants: dict, reference: list, batches, batch_to_inputs) -> dict:
+    """Each variant's output score (:class:`~encanalyze.OutputErrors`) on ``batches``.
 
-    ``reference``: the float model's outputs on each batch (or forward call), captured while
-    it calibrated. ``quantized`` runs the batches once per method, its activation quantizers
-    re-encoded in place; methods whose encodings are all another's share its score.
+    ``variants``: the calibration with each activation method in use; ``reference``: the float
+    model's outputs on each batch (or forward call), captured while it calibrated.
+    ``quantized`` runs the batches once per variant, its activation quantizers re-encoded in
+    place; variants whose activation encodings are all another's share its score.
     """
-    methods: dict[str, str] = {}  # method -> the first method with the same encodings
-    for method in dict.fromkeys(m for c in result.candidates.values() for m in c):
-        same = next((o for o in methods if _same(result, o, method)), None)
-        methods[method] = same or method
+    first: dict[str, str] = {}  # method -> the first method with the same activation encodings
+    seen: dict[tuple, str] = {}
+    for method, variant in variants.items():
+        first[method] = seen.setdefault(_activations_of(variant), method)
     names = [str(k) for k in range(len(reference[0]) if reference else 0)]
     scores: dict[str, float] = {}
-    for method in [m for m, first in methods.items() if first == m]:
-        reencode(quantized, result.with_activations(method))
+    for method in dict.fromkeys(first.values()):
+        reencode(quantized, variants[method])
         got = _outputs_of(quantized, batches, batch_to_inputs)
         scores[method] = OutputErrors.measure(names, reference, got).score()
-    return {m: scores[first] for m, first in methods.items()}
+    return {m: scores[f] for m, f in first.items()}
 
 
-def _same(result: CalibrationResult, a: str, b: str) -> bool:
-    """Whether methods ``a`` and ``b`` gave every activation the same scale and offset."""
-    for by in result.candidates.values():
-        ea, eb = by.get(a), by.get(b)
-        if (ea is None) != (eb is None):
-            return False
-        if ea is not None and not (
-            np.array_equal(to_numpy(ea.scale), to_numpy(eb.scale))
-            and np.array_equal(to_numpy(ea.offset), to_numpy(eb.offset))
-        ):
-            return False
-    return True
+def _activations_of(result) -> tuple:
+    """Return the activation encodings' scales and offsets (bytes): equal where they are."""
+    return tuple(
+        (name, to_numpy(e.scale).tobytes(), _bytes(getattr(e, "offset", None)))
+        for name, e in result.encodings.items()
+        if kind_of(e) == "activation"
+    )
 
 
 def _outputs_of(model, batches, batch_to_inputs) -> list[list]:
