@@ -20,8 +20,11 @@ held-out output SQNR (mean over the model's outputs, each against the float mode
 
 and the calibration wall time of ours, pct and PT2E (from the float model to the model that
 runs quantized: ``quantize``; PT2E's export + prepare + calibration + convert) with torch at 1 and 2
-threads (first draw), best of ``--repeat`` interleaved rounds after a warm-up. Goal (issue 34):
-mean SQNR >= PT2E's on every model (ours is on X86's own grid) and time <= 1.2x PT2E's.
+threads (first draw), best of ``--repeat`` interleaved rounds after a warm-up; then, per model,
+how far the QDQ model ``export_onnx`` writes is from the torch quantized model in ONNX Runtime
+(largest difference as a fraction of the output's range, and the share of values that differ).
+Goal (issue 34): mean SQNR >= PT2E's on every model (ours is on X86's own grid) and time <= 1.2x
+PT2E's.
 
     python benchmarks/bench_torch.py [--repeat 3]
 """
@@ -129,6 +132,31 @@ def pt2e(model, batches: list[torch.Tensor]):
         return convert_pt2e(prepared)
 
 
+def export_check(model, batches, held) -> str:
+    """The QDQ model's ONNX Runtime outputs against the torch quantized model's, on ``held``."""
+    import tempfile
+
+    import onnxruntime
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = quantize(model, batches)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "q.onnx"
+            quantized.export_onnx(path, batches[0])
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = session.run(None, {session.get_inputs()[0].name: held.numpy()})
+    with torch.no_grad():
+        want = [t.numpy() for t in _outputs(quantized(held))]
+    cells = []
+    for w, g in zip(want, got, strict=True):
+        d = np.abs(g - w)
+        cells.append(
+            f"max {d.max() / np.abs(w).max():.1e} of range, {100 * (d > 1e-5).mean():.2f}%"
+        )
+    return "; ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -143,6 +171,7 @@ def main() -> None:
     head = f"{'model':<17}{'ours':>7}{'pct':>7}{'asym w':>8}{'PT2E X86':>9}{'gain':>7}{'worst':>7}"
     times = "   ".join(f"{t} thr: ours / pct / PT2E (ratios)   " for t in (1, 2))
     print(f"{head}  {times}goal met")
+    exports = {}
     for name in args.models:
         build, data = MODELS[name]
         model = build()
@@ -185,6 +214,10 @@ def main() -> None:
             f"{mean[0] - mean[3]:>+7.2f}{worst:>+7.2f}  {cells}  {'yes' if met else 'NO'}"
         )
         torch.set_num_threads(2)
+        exports[name] = export_check(model, batches, torch.from_numpy(data(HELD_OUT, 1000)))
+    print("\nexport_onnx: ONNX Runtime's outputs against the torch quantized model's (held out)")
+    for name, line in exports.items():
+        print(f"{name:<17}{line}")
 
 
 if __name__ == "__main__":

@@ -223,7 +223,7 @@ def update_shared(analyzer, x: Array, gathered: dict) -> None:
     if key in gathered:
         analyzer.share_stats(gathered[key])
     else:
-        analyzer.update_stats(x)
+        analyzer.observe(x)  # (no histogram of x alone: nobody reads it)
         gathered[key] = analyzer
 
 

@@ -311,3 +311,23 @@ def test_format_options_are_checked_at_the_call(tmp_path):
     with pytest.raises(ValueError, match="no QuantizeLinear to float4_e2m1"):
         fp4.export_onnx(tmp_path / "q.onnx", batches[0])
     assert not list(tmp_path.iterdir())
+
+
+def test_large_host_batches_take_the_numpy_views_with_the_same_encodings(monkeypatch):
+    """The issue's speed row: host batches past 2**16 values left the NumPy views (10-20x
+    slower on torch's kernels); with the compiled kernels every batch takes them, and the
+    encodings are torch's own either way."""
+    from encanalyze import _backends
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    batches = [torch.randn(16, 3, 32, 32) for _ in range(2)]  # 49,152 and 262,144 values
+    if _backends._compiled.LIBRARY is not None:
+        assert _backends.HOST_TWIN_UPDATE == float("inf")
+    assert batches[0].numel() * 16 / 3 > 2**16
+    found = {}
+    for limit in (_backends.HOST_TWIN_UPDATE, 0):  # 0: every batch on torch's kernels
+        monkeypatch.setattr(_backends, "HOST_TWIN_UPDATE", limit)
+        found[limit] = calibrate(model, batches, activations="percentile")
+    a, b = found.values()
+    for name, e in a.encodings.items():
+        np.testing.assert_array_equal(np.asarray(e.scale), np.asarray(b.encodings[name].scale))

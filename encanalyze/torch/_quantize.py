@@ -44,7 +44,8 @@ CONFIG_KEYS = (
     "number_format",
 )
 """What ``quantize``'s ``config`` may set: :func:`~encanalyze.torch.calibrate`'s options (the
-defaults are :data:`encanalyze._registry.DEFAULTS`, shared by every entry point)."""
+defaults are :data:`encanalyze._registry.DEFAULTS`, shared by every entry point) and
+``number_format`` (a name of :data:`encanalyze.formats.NUMBER_FORMATS`; default ``"int"``)."""
 
 ENCODING_FORMATS = ("aimet", "onnx_qdq")
 
@@ -136,18 +137,19 @@ class QuantizedModel(torch.nn.Module):
         ``dynamo`` False by default); each encoding is placed on the exported tensor that
         holds its values (:mod:`encanalyze.torch._export`), and gets a ``QuantizeLinear`` /
         ``DequantizeLinear`` pair there (weights: their integer values behind
-        ``DequantizeLinear``; biases stay in float, as here). Its outputs equal this model's to
-        within rounding (one step of the last grid). ``qdq`` False writes the float export
-        itself, as AIMET's ``export`` does, for tools that take a float model and its
-        encodings (QNN's converters). ``encodings``: also write the encodings keyed by the
-        exported float model's names (``format``: ``"aimet"`` or ``"onnx_qdq"``). The files
-        are staged and published together; a failure leaves the old ones. :attr:`onnx_names`
-        then maps each encoding to its exported tensor.
+        ``DequantizeLinear``; biases stay in float, as here). Its outputs are this model's,
+        but where a value within rounding of a grid's midpoint rounds to the next step in
+        ONNX Runtime's kernels (they add in another order) and that step carries on. ``qdq``
+        False writes the float export itself, as AIMET's ``export`` does, for tools that take
+        a float model and its encodings (QNN's converters). ``encodings``: also write the
+        encodings keyed by the exported float model's names (``format``: ``"aimet"`` or
+        ``"onnx_qdq"``). The files are staged and published together; a failure leaves the old
+        ones. :attr:`onnx_names` then maps each encoding to its exported tensor.
         """
         _check_format(format)
         _check_exportable(self.result, qdq, encodings)
         with Outputs() as out, tempfile.TemporaryDirectory(prefix="encanalyze-") as work:
-            staged = out.file(path, "QDQ model", sidecar=True)
+            staged = out.file(path, "QDQ model" if qdq else "ONNX model", sidecar=True)
             staged_json = None if encodings is None else out.file(encodings, "encodings")
             source = Path(work) / "float.onnx"
             export_float(self.float_model, example_inputs, source, export_options)
