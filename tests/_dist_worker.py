@@ -104,3 +104,56 @@ def run_mismatch(rank: int, world: int, init_file: str, out_dir: str) -> None:
             f.write(str(analyzer.get_stats().min.dtype))
     finally:
         dist.destroy_process_group()
+
+
+class BranchNet:
+    """A small torch model whose ``head`` runs only when asked (one rank never asks)."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(3)
+                self.body = torch.nn.Linear(6, 8)
+                self.head = torch.nn.Linear(8, 3)
+
+            def forward(self, x, head=True):
+                h = torch.relu(self.body(x))
+                return self.head(h) if head else h
+
+        return Net().eval()
+
+    @staticmethod
+    def batches(world: int):
+        """Every batch, and each rank's shard: rank r takes batches r, r + world, ...; the
+        head runs on rank 0's batches only."""
+        import torch
+
+        g = torch.Generator().manual_seed(11)
+        batches = [(torch.randn(16, 6, generator=g) * (1 + i), i % world == 0) for i in range(6)]
+        return batches, [batches[r::world] for r in range(world)]
+
+
+def run_torch_calibrate(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Calibrate a shard with encanalyze.torch.calibrate(group=WORLD); save the scales."""
+    import torch.distributed as dist
+
+    from encanalyze.torch import calibrate
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = BranchNet.build()
+        _, shards = BranchNet.batches(world)
+        for method in ("minmax", "percentile"):
+            result = calibrate(
+                model, shards[rank], activations=method, group=dist.group.WORLD,
+                batch_to_inputs=lambda b: (b[0], b[1]),
+            )  # fmt: skip
+            arrays = {k: np.asarray(e.scale) for k, e in result.encodings.items()}
+            arrays["num_batches"] = np.asarray(result.num_batches)
+            np.savez(os.path.join(out_dir, f"torch-{method}-{rank}.npz"), **arrays)
+    finally:
+        dist.destroy_process_group()

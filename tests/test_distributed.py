@@ -123,3 +123,58 @@ def test_mismatched_ranks_raise_the_same_error_everywhere(tmp_path):
     bf.update_stats(torch.tensor([1.0, -4.0], dtype=torch.bfloat16))
     assert dtypes == {str(ea.merge_stats(a16.get_stats(), bf.get_stats()).min.dtype)}
     assert dtypes == {"torch.float32"}
+
+
+def test_torch_calibrate_over_ranks_equals_one_process(tmp_path):
+    """Issue 35: encanalyze.torch.calibrate(group=...) on a shard per rank gives every rank the
+    same encodings, also for a layer one rank never reached: min-max ones are one process's on
+    all the data, bit for bit; histogram ones are within a bin of it (one process re-bins as its
+    range grows, the ranks' histograms are re-binned once onto the union range)."""
+    import torch.multiprocessing as mp
+
+    from encanalyze.torch import calibrate
+
+    world = 2
+    mp.spawn(
+        worker.run_torch_calibrate,
+        args=(world, str(tmp_path / "rendezvous"), str(tmp_path)),
+        nprocs=world,
+        join=True,
+    )
+    batches, _ = worker.BranchNet.batches(world)
+    model = worker.BranchNet.build()
+    for method in ("minmax", "percentile"):
+        ranks = [dict(np.load(tmp_path / f"torch-{method}-{r}.npz")) for r in range(world)]
+        one = calibrate(model, batches, activations=method, batch_to_inputs=lambda b: b)
+        assert "head:input" in ranks[1] and int(ranks[1]["num_batches"]) == len(batches)
+        want = {k: np.asarray(e.scale) for k, e in one.encodings.items()}
+        for got in ranks:
+            assert set(got) - {"num_batches"} == set(want)
+            for name, scale in want.items():
+                np.testing.assert_array_equal(got[name], ranks[0][name])
+                if method == "minmax":
+                    np.testing.assert_array_equal(got[name], scale, err_msg=name)
+                else:  # 2048 bins
+                    np.testing.assert_allclose(got[name], scale, rtol=1 / 2048, err_msg=name)
+
+
+def test_docs_torchrun_model_example(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "examples"
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(script / "calibrate_model_distributed.py")],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    import re
+
+    found = sorted(
+        re.findall(r"rank (\d): (\d+) batches from 2 ranks, \S+ scale ([\d.]+)", out.stdout)
+    )
+    assert [(r, n) for r, n, _ in found] == [("0", "8"), ("1", "8")]  # (lines may interleave)
+    assert found[0][2] == found[1][2]  # the same encodings
+    assert (tmp_path / "encodings.json").is_file()

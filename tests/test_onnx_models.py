@@ -345,7 +345,9 @@ def test_command_data_from_a_folder_equals_npz_and_all_picks_the_best_weight_met
             "json",
             "--activation-method",
             "percentile",
-        ]  # no choice by the output: best tensor SQNR
+            "--method",
+            "all",
+        ]  # every weight method, no choice by the output: each weight's best SQNR
         assert cli.main(args) == 0
         reports.append({t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]})
     assert reports[0] == reports[1]

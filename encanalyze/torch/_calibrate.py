@@ -29,6 +29,7 @@ from .._report_data import activation_histogram
 from .._stats import Histogram
 from .._warnings import warn
 from ._batchnorm import batchnorms, foldable, folds
+from ._distributed import all_reduce_calibration
 
 __all__ = [
     "CalibrationResult",
@@ -295,6 +296,7 @@ def calibrate(
     statistics: dict | None = None,
     batch_to_inputs: Callable | None = None,
     outputs: bool = True,
+    group=None,
 ) -> CalibrationResult:
     """Run ``batches`` through ``model`` and return the encodings of its quantizable tensors.
 
@@ -323,6 +325,12 @@ def calibrate(
     (:meth:`~encanalyze.onnx.CalibrationResult.report`): ``"histograms"`` (each
     activation's, from a histogram method) and ``"ranges"`` (its ``[min, max]`` per batch,
     which syncs with the device once per batch; not where the dict holds ``"ranges": None``).
+
+    ``group``: a ``torch.distributed`` process group (``torch.distributed.group.WORLD`` for
+    every rank): each rank calibrates its own shard of the data, and the activations'
+    statistics are all-reduced (:func:`encanalyze.distributed.all_reduce_stats`) before they
+    are encoded, so every rank returns the encodings of all the ranks' data (``num_batches``:
+    their sum). Every rank of the group must call it, with the same model and options.
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
     the same); the default is the deployment default of ONNX Runtime, TensorRT and QNN,
@@ -354,6 +362,8 @@ def calibrate(
     hooks = _Hooks(chosen, act_methods, per_channel_activations, ranges, norms, outputs)
     with Untouched(model, eval_mode), hooks, torch.no_grad():
         count = run_batches(model, batches, batch_to_inputs, progress)
+    if group is not None:  # every rank of the group: its shard's statistics, all-reduced
+        count = all_reduce_calibration(hooks, count, group)
     pairs = hooks.followers
     if pairs:  # only the pairs that fold, where torch.fx can tell
         known = foldable(model)
