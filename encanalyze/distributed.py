@@ -8,12 +8,14 @@ import math
 
 from ._analyzer import EncodingAnalyzer
 from ._backends import from_torch, to_torch
+from ._calibration import statistics_key
 from ._histograms import RowHistogram, last_edge, rebin_onto
 from ._observers import EmaState
+from ._registry import METHODS
 from ._stats import MinMaxRange
 from ._xp import index_dtype, wide_dtype
 
-__all__ = ["all_reduce_stats"]
+__all__ = ["all_reduce_analyzers", "all_reduce_stats"]
 
 # float dtypes by rank, so that ranks agree on the widest one (a rank without data knows none)
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -74,6 +76,49 @@ def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer
     state = reduce(torch, dist, group, comm, analyzer, xp, device)
     analyzer._state, analyzer._home = state, (xp, device)
     return analyzer
+
+
+def all_reduce_analyzers(
+    analyzers: dict, axes: dict, methods: dict, seen, group, count: int, reached=()
+) -> tuple[int, set]:
+    """Merge every rank's activation statistics (a collective); return the batches and reached.
+
+    ``analyzers``: each tensor's ``{method: analyzer}`` (``methods``' options), ``axes`` its
+    channel axis, ``seen`` the tensors this rank has statistics of (their layouts count), both
+    updated in place: a tensor another rank saw gets its layout's empty analyzers here, so every
+    rank reduces the same tensors in the same order; analyzers of one tensor that share
+    statistics are reduced once. ``count``: this rank's batches; ``reached``: names (of
+    modules) to unite across the ranks. ``ValueError`` (on every rank) where the ranks disagree
+    on a tensor's layout.
+    """
+    _, dist = _torch()
+    mine = {key: (tuple(next(iter(analyzers[key].values())).shape), axes.get(key)) for key in seen}
+    gathered: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(
+        gathered, {"tensors": mine, "reached": sorted(reached), "count": count}, group=group
+    )
+    tensors: dict = {}
+    for rank in gathered:
+        for key, layout in rank["tensors"].items():
+            if tensors.setdefault(key, layout) != layout:
+                raise ValueError(
+                    f"the ranks calibrated {key!r} with different layouts "
+                    f"({tensors[key]} and {layout}): every rank must run the same model"
+                )
+    for key in sorted(tensors):
+        shape, axis = tensors[key]
+        if key not in mine:  # no batch reached it here
+            analyzers[key] = {m: METHODS[m].analyzer(shape, **o) for m, o in methods.items()}
+            axes[key] = axis
+        reduced: dict = {}
+        for analyzer in analyzers[key].values():
+            kind = statistics_key(analyzer)
+            if kind in reduced:
+                analyzer.share_stats(reduced[kind])
+            else:
+                reduced[kind] = all_reduce_stats(analyzer, group)
+    united = {name for rank in gathered for name in rank["reached"]}
+    return sum(rank["count"] for rank in gathered), united
 
 
 def _check_agreement(torch, dist, group, comm, analyzer) -> None:

@@ -157,3 +157,29 @@ def run_torch_calibrate(rank: int, world: int, init_file: str, out_dir: str) -> 
             np.savez(os.path.join(out_dir, f"torch-{method}-{rank}.npz"), **arrays)
     finally:
         dist.destroy_process_group()
+
+
+def run_onnx_calibrate(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Calibrate a shard of ``mlp_batches`` on ``out_dir/mlp.onnx`` with group=WORLD."""
+    import torch.distributed as dist
+
+    from encanalyze.onnx import calibrate
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        shard = mlp_batches()[rank::world]
+        for method in ("minmax", "percentile"):
+            result = calibrate(
+                os.path.join(out_dir, "mlp.onnx"), shard, activations=method,
+                group=dist.group.WORLD,
+            )  # fmt: skip
+            arrays = {k: np.asarray(e.scale) for k, e in result.encodings.items()}
+            arrays["num_batches"] = np.asarray(result.num_batches)
+            np.savez(os.path.join(out_dir, f"onnx-{method}-{rank}.npz"), **arrays)
+    finally:
+        dist.destroy_process_group()
+
+
+def mlp_batches() -> list:
+    rng = np.random.default_rng(5)
+    return [rng.standard_normal((8, 4)).astype(np.float32) * (1 + i) for i in range(5)]

@@ -178,3 +178,37 @@ def test_docs_torchrun_model_example(tmp_path):
     assert [(r, n) for r, n, _ in found] == [("0", "8"), ("1", "8")]  # (lines may interleave)
     assert found[0][2] == found[1][2]  # the same encodings
     assert (tmp_path / "encodings.json").is_file()
+
+
+def test_onnx_calibrate_over_ranks_equals_one_process(tmp_path):
+    """Issue 35: encanalyze.onnx.calibrate(group=...) on a shard per rank (one rank with more
+    batches than the other) gives every rank the same encodings: min-max ones one process's on
+    all the data, bit for bit, histogram ones within a bin of it."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    import torch.multiprocessing as mp
+
+    from encanalyze.onnx import calibrate
+    from tests import onnx_models
+
+    onnx.save(onnx_models.mlp(), str(tmp_path / "mlp.onnx"))
+    world = 2
+    mp.spawn(
+        worker.run_onnx_calibrate,
+        args=(world, str(tmp_path / "rendezvous"), str(tmp_path)),
+        nprocs=world,
+        join=True,
+    )
+    batches = worker.mlp_batches()
+    for method in ("minmax", "percentile"):
+        ranks = [dict(np.load(tmp_path / f"onnx-{method}-{r}.npz")) for r in range(world)]
+        one = calibrate(str(tmp_path / "mlp.onnx"), batches, activations=method)
+        assert all(int(r["num_batches"]) == len(batches) for r in ranks)
+        for got in ranks:
+            assert set(got) - {"num_batches"} == set(one.encodings)
+            for name, e in one.encodings.items():
+                np.testing.assert_array_equal(got[name], ranks[0][name])
+                if method == "minmax":
+                    np.testing.assert_array_equal(got[name], np.asarray(e.scale), err_msg=name)
+                else:
+                    np.testing.assert_allclose(got[name], e.scale, rtol=1 / 2048, err_msg=name)

@@ -29,6 +29,7 @@ from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
 from .._warnings import warn
+from ..distributed import all_reduce_analyzers
 from ._branches import BRANCHES, branch_ifs, conditions, inline_branches
 
 __all__ = [
@@ -279,8 +280,15 @@ def calibrate(
     tensors: Callable[[str], bool] | None = None,
     activation_axis: int | None = None,
     statistics: dict | None = None,
+    group=None,
 ) -> CalibrationResult:
     """Calibrate an ONNX model's weights and, with ``batches``, its activations.
+
+    ``group``: a ``torch.distributed`` process group (needs torch): each rank calibrates its
+    own shard of the batches and the activations' statistics are all-reduced
+    (:func:`encanalyze.distributed.all_reduce_analyzers`) before they are encoded, so every
+    rank returns the encodings of all the ranks' data (``num_batches``: their sum); every rank
+    of the group must call it with the same model and options.
 
     ``model`` is a path (external data is read from the model's folder) or a ``ModelProto``.
     Weights (:func:`quantizable_weights`: initializers, ``Constant`` nodes and subgraph
@@ -379,6 +387,8 @@ def calibrate(
                 activation_axis,
                 ranges,
             )
+            if group is not None:
+                count = _all_reduce(analyzers, act_options, group, count)
             if statistics is not None:
                 statistics["histograms"] = histograms(analyzers)
             items = [
@@ -403,6 +413,16 @@ def calibrate(
     return CalibrationResult(
         encodings, bits, symmetric, count, unquantized, branches, weight_symmetric, candidates
     )
+
+
+def _all_reduce(analyzers: dict, methods: dict, group, count: int) -> int:
+    """All-reduce :func:`observe_activations`' analyzers over ``group``; return the batches."""
+    made = {name: m for name, (m, _) in analyzers.items()}
+    axes = {name: axis for name, (_, axis) in analyzers.items()}
+    seen = [n for n, m in made.items() if next(iter(m.values())).get_stats() is not None]
+    count, _ = all_reduce_analyzers(made, axes, methods, seen, group, count)
+    analyzers.update({name: (made[name], axes[name]) for name in made})
+    return count
 
 
 def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:

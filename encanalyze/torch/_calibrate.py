@@ -28,8 +28,8 @@ from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
 from .._warnings import warn
+from ..distributed import all_reduce_analyzers
 from ._batchnorm import batchnorms, foldable, folds
-from ._distributed import all_reduce_calibration
 
 __all__ = [
     "CalibrationResult",
@@ -363,7 +363,11 @@ def calibrate(
     with Untouched(model, eval_mode), hooks, torch.no_grad():
         count = run_batches(model, batches, batch_to_inputs, progress)
     if group is not None:  # every rank of the group: its shard's statistics, all-reduced
-        count = all_reduce_calibration(hooks, count, group)
+        count, reached = all_reduce_analyzers(
+            hooks.analyzers, hooks.axes, act_methods, list(hooks.analyzers), group, count,
+            hooks.reached,
+        )  # fmt: skip
+        hooks.reached |= reached
     pairs = hooks.followers
     if pairs:  # only the pairs that fold, where torch.fx can tell
         known = foldable(model)
