@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +22,14 @@ from ..onnx._qdq import own_qdq_model
 from ..onnx._qdq_graph import save_model
 from ._batchnorm import batchnorms
 from ._batchnorm import fold_batchnorm as folded_copy
-from ._calibrate import Untouched, as_numpy, calibratable, calibrate, numpy_outputs
+from ._calibrate import (
+    Untouched,
+    as_numpy,
+    calibratable,
+    calibrate,
+    numpy_outputs,
+    run_batches,
+)
 from ._export import export_float, onnx_result
 from ._fake_quant import attach, kind_of, reencode
 from ._formats import calibrate_format, number_format
@@ -294,15 +302,13 @@ def quantize(
         batches = list(batches)
     statistics: dict = {"ranges": None}  # the report's histograms; no per-batch ranges (syncs)
     reference: list = []  # the float model's outputs, to judge the methods by
-    handle = float_model.register_forward_hook(lambda m, a, out: reference.append(as_numpy(out)))
+    judged = auto and fmt.scheme in ("int", "scaled")  # (blocks have no activation to choose)
     options = {"progress": progress, "batch_to_inputs": batch_to_inputs, "statistics": statistics}
-    try:
+    with _outputs_into(float_model, reference if judged else None):
         if fmt.scheme == "int":
             result = calibrate(float_model, batches, **options, **config)
         else:
             result = calibrate_format(float_model, batches, fmt, config, **options)
-    finally:
-        handle.remove()
     variants = {}
     if fmt.scheme == "int":
         methods = dict.fromkeys(m for c in result.candidates.values() for m in c)
@@ -354,14 +360,20 @@ def _activations_of(result) -> tuple:
 
 def _outputs_of(model, batches, batch_to_inputs) -> list[list]:
     """Return the model's outputs (NumPy) on each batch, or each forward call of a loop."""
-    with Untouched(model, True), torch.no_grad():
-        if not callable(batches) or isinstance(batches, torch.nn.Module):
-            feed = batches if batch_to_inputs is None else map(batch_to_inputs, batches)
-            return [numpy_outputs(model, b) for b in feed]
-        calls: list = []
-        handle = model.register_forward_hook(lambda m, a, out: calls.append(as_numpy(out)))
-        try:
-            batches(model)
-        finally:
-            handle.remove()
-        return calls
+    got: list = []
+    with Untouched(model, True), torch.no_grad(), _outputs_into(model, got):
+        run_batches(model, batches, batch_to_inputs, False)
+    return got
+
+
+@contextlib.contextmanager
+def _outputs_into(model: torch.nn.Module, outputs: list | None):
+    """Append the model's outputs (NumPy) of each of its forward calls to ``outputs`` inside."""
+    if outputs is None:
+        yield
+        return
+    handle = model.register_forward_hook(lambda m, a, out: outputs.append(as_numpy(out)))
+    try:
+        yield
+    finally:
+        handle.remove()
