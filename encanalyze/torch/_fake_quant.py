@@ -29,7 +29,35 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, num_s
     return (torch.clamp(torch.round(x / scale) - offset, 0, num_steps) + offset) * scale
 
 
-class Quantizer(torch.nn.Module):
+class _Scaled(torch.nn.Module):
+    """A tensor's ``scale`` buffer (float32) along ``axis``, or per tensor (``axis`` None)."""
+
+    def __init__(self, encoding) -> None:
+        super().__init__()
+        scale = torch.as_tensor(to_numpy(encoding.scale), dtype=torch.float32).reshape(-1)
+        self.axis = encoding.axis if scale.numel() > 1 else None
+        self.tensor = encoding.name
+        self.register_buffer("scale", scale)
+
+    def set_encoding(self, encoding) -> None:
+        """Take ``encoding``'s scale (of the same layout) in place."""
+        with torch.no_grad():
+            self.scale.copy_(torch.as_tensor(to_numpy(encoding.scale)).reshape(-1))
+        self.tensor = encoding.name
+
+    def along(self, buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Return ``buffer`` shaped to broadcast against ``x`` (its values on ``axis``)."""
+        shape = [1] * x.ndim
+        if self.axis is not None:
+            shape[self.axis] = buffer.numel()
+        return buffer.reshape(shape)
+
+    def extra_repr(self) -> str:
+        where = "per tensor" if self.axis is None else f"axis {self.axis}"
+        return f"{self.tensor!r}, {where}, {self.grid()}"
+
+
+class Quantizer(_Scaled):
     """One tensor's integer grid: ``scale`` and ``offset`` buffers along ``axis`` (or per tensor).
 
     Computes in float32 (the encodings' type, as ``QuantizeLinear`` does) and returns the input's
@@ -37,35 +65,26 @@ class Quantizer(torch.nn.Module):
     """
 
     def __init__(self, encoding: TensorEncoding, num_steps: int) -> None:
-        super().__init__()
-        scale = torch.as_tensor(to_numpy(encoding.scale), dtype=torch.float32).reshape(-1)
+        super().__init__(encoding)
         offset = torch.as_tensor(to_numpy(encoding.offset), dtype=torch.float32).reshape(-1)
-        self.axis = encoding.axis if scale.numel() > 1 else None
         self.num_steps = int(num_steps)
-        self.tensor = encoding.name
-        self.register_buffer("scale", scale)
         self.register_buffer("offset", offset)
 
     def set_encoding(self, encoding: TensorEncoding) -> None:
         """Take ``encoding``'s scale and offset (of the same layout) in place."""
+        super().set_encoding(encoding)
         with torch.no_grad():
-            self.scale.copy_(torch.as_tensor(to_numpy(encoding.scale)).reshape(-1))
             self.offset.copy_(torch.as_tensor(to_numpy(encoding.offset)).reshape(-1))
-        self.tensor = encoding.name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = [1] * x.ndim
-        if self.axis is not None:
-            shape[self.axis] = self.scale.numel()
-        s, o = self.scale.reshape(shape), self.offset.reshape(shape)
+        s, o = self.along(self.scale, x), self.along(self.offset, x)
         return fake_quant(x.float(), s, o, self.num_steps).to(x.dtype)
 
-    def extra_repr(self) -> str:
-        where = "per tensor" if self.axis is None else f"axis {self.axis}"
-        return f"{self.tensor!r}, {where}, {self.num_steps + 1} levels"
+    def grid(self) -> str:
+        return f"{self.num_steps + 1} levels"
 
 
-class FloatQuantizer(torch.nn.Module):
+class FloatQuantizer(_Scaled):
     """One tensor's float-format quantize-dequantize: ``scale`` along ``axis`` (or per tensor).
 
     ``formats.quantize_scaled`` of ``x / scale`` (round to nearest even, saturating: ONNX's
@@ -73,28 +92,15 @@ class FloatQuantizer(torch.nn.Module):
     """
 
     def __init__(self, encoding: Float8Encoding, fmt: formats.FloatFormat) -> None:
-        super().__init__()
-        scale = torch.as_tensor(to_numpy(encoding.scale), dtype=torch.float32).reshape(-1)
-        self.axis = encoding.axis if scale.numel() > 1 else None
-        self.fmt, self.tensor = fmt, encoding.name
-        self.register_buffer("scale", scale)
-
-    def set_encoding(self, encoding: Float8Encoding) -> None:
-        """Take ``encoding``'s scale (of the same layout) in place."""
-        with torch.no_grad():
-            self.scale.copy_(torch.as_tensor(to_numpy(encoding.scale)).reshape(-1))
-        self.tensor = encoding.name
+        super().__init__(encoding)
+        self.fmt = fmt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = [1] * x.ndim
-        if self.axis is not None:
-            shape[self.axis] = self.scale.numel()
-        scale = self.scale.reshape(shape) if self.axis is not None else self.scale.reshape(())
+        scale = self.along(self.scale, x) if self.axis is not None else self.scale.reshape(())
         return formats.quantize_scaled(x.float(), self.fmt, scale=scale).to(x.dtype)
 
-    def extra_repr(self) -> str:
-        where = "per tensor" if self.axis is None else f"axis {self.axis}"
-        return f"{self.tensor!r}, {where}, {self.fmt.name}"
+    def grid(self) -> str:
+        return self.fmt.name
 
 
 def kind_of(encoding) -> str:
