@@ -137,45 +137,44 @@ class BranchNet:
         return batches, [batches[r::world] for r in range(world)]
 
 
-def run_torch_calibrate(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    """Calibrate a shard with encanalyze.torch.calibrate(group=WORLD); save the scales."""
-    import torch.distributed as dist
+def frontend_batches(frontend: str, world: int) -> tuple[list, list]:
+    """Every batch of ``frontend``'s model (``"torch"``: BranchNet, ``"onnx"``: the MLP) and
+    each rank's shard of them."""
+    if frontend == "torch":
+        return BranchNet.batches(world)
+    batches = mlp_batches()
+    return batches, [batches[r::world] for r in range(world)]
 
-    from encanalyze.torch import calibrate
+
+def calibrations(frontend: str, out_dir: str, batches: list, group=None) -> dict:
+    """Each method's calibration of ``batches`` by ``frontend``'s calibrate (``group``: over
+    ranks); the ONNX model is ``out_dir/mlp.onnx``."""
+    if frontend == "torch":
+        from encanalyze.torch import calibrate
+
+        model, extra = BranchNet.build(), {"batch_to_inputs": lambda b: b}
+    else:
+        from encanalyze.onnx import calibrate
+
+        model, extra = os.path.join(out_dir, "mlp.onnx"), {}
+    return {
+        m: calibrate(model, batches, activations=m, group=group, **extra)
+        for m in ("minmax", "percentile")
+    }
+
+
+def run_calibrate(rank: int, world: int, init_file: str, out_dir: str, frontend: str) -> None:
+    """Calibrate this rank's shard with ``frontend``'s calibrate(group=WORLD); save the scales."""
+    import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = BranchNet.build()
-        _, shards = BranchNet.batches(world)
-        for method in ("minmax", "percentile"):
-            result = calibrate(
-                model, shards[rank], activations=method, group=dist.group.WORLD,
-                batch_to_inputs=lambda b: (b[0], b[1]),
-            )  # fmt: skip
+        _, shards = frontend_batches(frontend, world)
+        found = calibrations(frontend, out_dir, shards[rank], dist.group.WORLD)
+        for method, result in found.items():
             arrays = {k: np.asarray(e.scale) for k, e in result.encodings.items()}
             arrays["num_batches"] = np.asarray(result.num_batches)
-            np.savez(os.path.join(out_dir, f"torch-{method}-{rank}.npz"), **arrays)
-    finally:
-        dist.destroy_process_group()
-
-
-def run_onnx_calibrate(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    """Calibrate a shard of ``mlp_batches`` on ``out_dir/mlp.onnx`` with group=WORLD."""
-    import torch.distributed as dist
-
-    from encanalyze.onnx import calibrate
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        shard = mlp_batches()[rank::world]
-        for method in ("minmax", "percentile"):
-            result = calibrate(
-                os.path.join(out_dir, "mlp.onnx"), shard, activations=method,
-                group=dist.group.WORLD,
-            )  # fmt: skip
-            arrays = {k: np.asarray(e.scale) for k, e in result.encodings.items()}
-            arrays["num_batches"] = np.asarray(result.num_batches)
-            np.savez(os.path.join(out_dir, f"onnx-{method}-{rank}.npz"), **arrays)
+            np.savez(os.path.join(out_dir, f"{frontend}-{method}-{rank}.npz"), **arrays)
     finally:
         dist.destroy_process_group()
 

@@ -125,28 +125,35 @@ def test_mismatched_ranks_raise_the_same_error_everywhere(tmp_path):
     assert dtypes == {"torch.float32"}
 
 
-def test_torch_calibrate_over_ranks_equals_one_process(tmp_path):
-    """Issue 35: encanalyze.torch.calibrate(group=...) on a shard per rank gives every rank the
-    same encodings, also for a layer one rank never reached: min-max ones are one process's on
-    all the data, bit for bit; histogram ones are within a bin of it (one process re-bins as its
-    range grows, the ranks' histograms are re-binned once onto the union range)."""
+@pytest.mark.parametrize("frontend", ["torch", "onnx"])
+def test_calibrate_over_ranks_equals_one_process(tmp_path, frontend):
+    """Issue 35: encanalyze.torch / encanalyze.onnx calibrate(group=...) on a shard per rank
+    gives every rank the same encodings, also for a layer one rank never reached (torch) and
+    with one rank given more batches (ONNX): min-max ones are one process's on all the data,
+    bit for bit; histogram ones are within a bin of it (one process re-bins as its range grows,
+    the ranks' histograms are re-binned once onto the union range)."""
     import torch.multiprocessing as mp
 
-    from encanalyze.torch import calibrate
+    if frontend == "onnx":
+        pytest.importorskip("onnxruntime")
+        import onnx
 
+        from tests import onnx_models
+
+        onnx.save(onnx_models.mlp(), str(tmp_path / "mlp.onnx"))
     world = 2
     mp.spawn(
-        worker.run_torch_calibrate,
-        args=(world, str(tmp_path / "rendezvous"), str(tmp_path)),
+        worker.run_calibrate,
+        args=(world, str(tmp_path / "rendezvous"), str(tmp_path), frontend),
         nprocs=world,
         join=True,
     )
-    batches, _ = worker.BranchNet.batches(world)
-    model = worker.BranchNet.build()
-    for method in ("minmax", "percentile"):
-        ranks = [dict(np.load(tmp_path / f"torch-{method}-{r}.npz")) for r in range(world)]
-        one = calibrate(model, batches, activations=method, batch_to_inputs=lambda b: b)
-        assert "head:input" in ranks[1] and int(ranks[1]["num_batches"]) == len(batches)
+    batches, _ = worker.frontend_batches(frontend, world)
+    for method, one in worker.calibrations(frontend, str(tmp_path), batches).items():
+        ranks = [dict(np.load(tmp_path / f"{frontend}-{method}-{r}.npz")) for r in range(world)]
+        assert all(int(r["num_batches"]) == len(batches) for r in ranks)
+        if frontend == "torch":
+            assert "head:input" in ranks[1]  # (the head ran on rank 0's batches only)
         want = {k: np.asarray(e.scale) for k, e in one.encodings.items()}
         for got in ranks:
             assert set(got) - {"num_batches"} == set(want)
@@ -178,37 +185,3 @@ def test_docs_torchrun_model_example(tmp_path):
     assert [(r, n) for r, n, _ in found] == [("0", "8"), ("1", "8")]  # (lines may interleave)
     assert found[0][2] == found[1][2]  # the same encodings
     assert (tmp_path / "encodings.json").is_file()
-
-
-def test_onnx_calibrate_over_ranks_equals_one_process(tmp_path):
-    """Issue 35: encanalyze.onnx.calibrate(group=...) on a shard per rank (one rank with more
-    batches than the other) gives every rank the same encodings: min-max ones one process's on
-    all the data, bit for bit, histogram ones within a bin of it."""
-    pytest.importorskip("onnxruntime")
-    import onnx
-    import torch.multiprocessing as mp
-
-    from encanalyze.onnx import calibrate
-    from tests import onnx_models
-
-    onnx.save(onnx_models.mlp(), str(tmp_path / "mlp.onnx"))
-    world = 2
-    mp.spawn(
-        worker.run_onnx_calibrate,
-        args=(world, str(tmp_path / "rendezvous"), str(tmp_path)),
-        nprocs=world,
-        join=True,
-    )
-    batches = worker.mlp_batches()
-    for method in ("minmax", "percentile"):
-        ranks = [dict(np.load(tmp_path / f"onnx-{method}-{r}.npz")) for r in range(world)]
-        one = calibrate(str(tmp_path / "mlp.onnx"), batches, activations=method)
-        assert all(int(r["num_batches"]) == len(batches) for r in ranks)
-        for got in ranks:
-            assert set(got) - {"num_batches"} == set(one.encodings)
-            for name, e in one.encodings.items():
-                np.testing.assert_array_equal(got[name], ranks[0][name])
-                if method == "minmax":
-                    np.testing.assert_array_equal(got[name], np.asarray(e.scale), err_msg=name)
-                else:
-                    np.testing.assert_allclose(got[name], e.scale, rtol=1 / 2048, err_msg=name)
