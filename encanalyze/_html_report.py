@@ -5,7 +5,8 @@
 ``{name, kind, shape, layout, best, methods: {method: {min, max, sqnr_db, clipped}}, hist:
 {lo, hi, counts} | None, batches: [[min, max], ...], flags: [...], gain_db, own_sqnr_db}``;
 optionally ``sensitivity`` (``{layer, op, weights_sqnr_db, activations_sqnr_db}`` per layer)
-and ``comparison`` (``{label, output_sqnr_db, measured_on}`` per row). It returns the page:
+and ``comparison`` (``{label, output_sqnr_db, measured_on, note}`` per row; ``note``, where
+a row has no score, says why). It returns the page:
 the data sits in the page as JSON, a few hundred lines of plain JavaScript draw it (no
 library, no network: it opens from ``file://``), the table is sorted, filtered and paged in
 the browser (a few thousand quantizers stay quick), and a quantizer's charts (its histogram
@@ -242,7 +243,8 @@ function comparison() {
     const tr = el("tr");
     const name = el("td", {}, r.label);
     if (r.output_sqnr_db === best) name.className = "best";
-    tr.append(name, el("td", {class: "num"}, db(r.output_sqnr_db)), el("td", {}, r.measured_on || ""));
+    const where = r.note ? `${r.measured_on || ""} (${r.note})` : (r.measured_on || "");
+    tr.append(name, el("td", {class: "num"}, db(r.output_sqnr_db)), el("td", {}, where));
     t.append(tr);
   }
 }

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ._analyzer import EncodingAnalyzer
 from ._backends import from_torch, to_torch
@@ -15,7 +18,7 @@ from ._registry import METHODS
 from ._stats import MinMaxRange
 from ._xp import index_dtype, wide_dtype
 
-__all__ = ["all_reduce_analyzers", "all_reduce_stats"]
+__all__ = ["Ranks", "all_reduce_analyzers", "all_reduce_stats", "launched_ranks"]
 
 # float dtypes by rank, so that ranks agree on the widest one (a rank without data knows none)
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -35,6 +38,42 @@ def _torch():
             "first (torchrun does the rendezvous)"
         )
     return torch, dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """A process's place among the ranks of a launch: its ``group``, ``rank`` and ``size``."""
+
+    group: object
+    rank: int
+    size: int
+
+    def shard(self, items: Sequence) -> Sequence:
+        """Return this rank's share of ``items``: every ``size``-th, from the ``rank``-th."""
+        return items[self.rank :: self.size]
+
+    @property
+    def first(self) -> bool:
+        """Whether this is rank 0 (the one that writes the outputs)."""
+        return self.rank == 0
+
+
+def launched_ranks(backend: str = "gloo") -> Ranks | None:
+    """Return the ranks of a ``torchrun`` launch (``None`` when not launched with several).
+
+    Reads torchrun's environment (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``...) and initializes
+    the default process group with ``backend`` unless it already is (the caller's own group
+    and backend then stand).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    try:
+        import torch.distributed as dist
+    except ImportError as err:  # pragma: no cover - exercised only without torch
+        raise ImportError("calibrating across processes needs torch (pip install torch)") from err
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Ranks(dist.group.WORLD, dist.get_rank(), dist.get_world_size())
 
 
 def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer:

@@ -185,3 +185,48 @@ def test_docs_torchrun_model_example(tmp_path):
     assert [(r, n) for r, n, _ in found] == [("0", "8"), ("1", "8")]  # (lines may interleave)
     assert found[0][2] == found[1][2]  # the same encodings
     assert (tmp_path / "encodings.json").is_file()
+
+
+@pytest.mark.parametrize("activations", ["minmax", "auto"])
+def test_the_command_under_torchrun_shards_the_data_and_rank_0_writes(tmp_path, activations):
+    import json
+    import subprocess
+    import sys
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from tests import onnx_models as om
+
+    onnx.save(om.cnn(), str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(88, 3, 8, 8)).astype("f4") * rng.uniform(0.5, 3, (88, 1, 1, 1))
+    np.savez(tmp_path / "d.npz", x=x.astype("f4"))
+    common = ["m.onnx", "--data", "d.npz", "--batch-size", "8", "--format", "json",
+              "--activation-method", activations, "--qdq-model"]  # fmt: skip
+
+    def run(*launcher, out):
+        done = subprocess.run(
+            [sys.executable, *launcher, "-m", "encanalyze", "calibrate", *common, f"{out}.onnx",
+             "--output", f"{out}.json"],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    one = run(out="one")
+    two = run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", out="two")
+    assert one.stdout.count('"config"') == two.stdout.count('"config"') == 1  # rank 0 alone
+    assert "calibrated on 2 ranks (8 batches in all)" in two.stderr
+    want, got = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert got["param_encodings"] == want["param_encodings"]
+    mine = {e["name"]: e for e in got["activation_encodings"]}
+    assert sorted(mine) == sorted(e["name"] for e in want["activation_encodings"])
+    for encoding in want["activation_encodings"]:
+        if activations == "minmax":  # bit for bit
+            assert mine[encoding["name"]] == encoding
+        else:  # histograms re-binned once onto the union range: within a bin of the scale
+            got_scale = mine[encoding["name"]]["scale"]
+            np.testing.assert_allclose(got_scale, encoding["scale"], rtol=1 / 512)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["m.onnx", "d.npz", "one.onnx", "one.json", "two.onnx", "two.json"]
+    )  # one set of outputs, no leftovers of either rank

@@ -1,14 +1,15 @@
 """The model job's data: ``encanalyze calibrate model.onnx --data SOURCE``.
 
 Calibration data comes from a ``.npz`` file or a folder of ``.npy`` files (one array per model
-input, by input name), or ``random`` (normal values of each input's shape, with a note). Each
-input is per sample, with its samples along axis 0 (``--sample-axis NAME=AXIS`` for another
-axis), or a constant fed whole with every batch (``--sample-axis NAME=none``; inputs the model
-declares as scalars are constants by default). Every array is checked against the model's
-declaration (element type, rank, fixed dimensions) before anything runs. Weights are
-calibrated per output channel on each operator's axis with ``--method`` (``all``: the method
-with the best SQNR on each weight), activations with ``--activation-method`` through ONNX
-Runtime.
+input, by input name), a folder of ``.npz`` files (one group of samples per file: groups may
+differ in shape, such as a transformer's sequence length), or ``random`` (normal values of
+each input's shape, with a note). Each input is per sample, with its samples along axis 0
+(``--sample-axis NAME=AXIS`` for another axis), or a constant fed whole with every batch
+(``--sample-axis NAME=none``; inputs the model declares as scalars are constants by default).
+Every array is checked against the model's declaration (element type, rank, fixed dimensions)
+before anything runs. Weights are calibrated per output channel on each operator's axis with
+``--method`` (``all``: the method with the best SQNR on each weight), activations with
+``--activation-method`` through ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -176,7 +177,9 @@ def data_files(source: str) -> list[Path]:
     if source == "random":
         return []
     path = Path(source)
-    return [path, *sorted(path.glob("*.npy"))] if path.is_dir() else [path]
+    if not path.is_dir():
+        return [path]
+    return [path, *sorted(path.glob("*.npy")), *sorted(path.glob("*.npz"))]
 
 
 def _check_array(spec: InputSpec, array: np.ndarray) -> np.ndarray:
@@ -274,6 +277,27 @@ def _random(specs: list[InputSpec], batch_size: int | None, seed: int) -> Batche
     return Batches(RANDOM_BATCHES, make)
 
 
+def _sources(data: Path, names: list[str]) -> list[Path]:
+    """Return the files (or ``.npy`` folder) that hold ``--data``'s groups of samples.
+
+    A ``.npz`` file or a folder of ``.npy`` files (one per input) is one group; a folder of
+    ``.npz`` files is one group per file, in name order, so that groups may differ in shape
+    (sequence length) from file to file.
+    """
+    if not data.is_dir():
+        return [data]
+    groups = sorted(f for f in data.glob("*.npz") if f.is_file())
+    if not groups:
+        return [data]
+    npy = [n for n in names if (data / f"{n}.npy").is_file()]
+    if npy:
+        raise DataError(
+            f"{data}: the folder holds both .npz files (groups of samples) and {npy[0]}.npy "
+            "(one array per input): keep one kind"
+        )
+    return groups
+
+
 def batches_for(
     model,
     data: str,
@@ -286,7 +310,10 @@ def batches_for(
     Per-sample inputs are cut into batches of ``batch_size`` samples along their sample axis
     (default: the model's fixed batch size, else 16); constants go whole into every batch. A
     model with a fixed batch size gets only full batches: the samples left over are left out
-    (a note says how many).
+    (a note says how many). A folder of ``.npz`` files is one group of samples per file: each
+    file is cut into batches on its own (a batch never mixes files), so files may hold
+    different sequence lengths; every file is checked before anything runs, and one file is
+    held in memory at a time.
     """
     specs = input_specs(model, sample_axes)
     fixed = {s.batch_dim for s in specs if s.batch_dim is not None}
@@ -300,44 +327,67 @@ def batches_for(
     size = fixed or batch_size or DEFAULT_BATCH_SIZE
     if data == "random":
         return _random(specs, size, seed), True, []
-    raw = _read_data(Path(data), [s.name for s in specs])
-    arrays = {s.name: _check_array(s, raw[s.name]) for s in specs}
+    names = [s.name for s in specs]
+    sources = _sources(Path(data), names)
+    cache: dict[Path, dict] = {}
+
+    def arrays_of(source: Path) -> dict[str, np.ndarray]:
+        if source not in cache:  # one group in memory at a time
+            cache.clear()
+            raw = _read_data(source, names)
+            try:
+                cache[source] = {s.name: _check_array(s, raw[s.name]) for s in specs}
+            except DataError as err:
+                if len(sources) == 1:
+                    raise
+                raise DataError(f"{source}: {err}") from None
+        return cache[source]
+
+    index: list[tuple[Path, int, int]] = []  # (group, first sample, end) of each batch
+    notes = []
+    for source in sources:
+        where = source if len(sources) > 1 else data
+        total, left = _samples(specs, arrays_of(source), where, fixed)
+        if left:
+            of = f" of {where}" if len(sources) > 1 else ""
+            notes.append(
+                f"{left} of {total + left} samples{of} left out: the model takes batches "
+                f"of exactly {fixed}"
+            )
+        index += [(source, i, min(i + size, total)) for i in range(0, total, size)]
+
+    def make(i: int) -> dict:
+        source, start, stop = index[i]
+        batch = {}
+        for s, a in zip(specs, arrays_of(source).values(), strict=True):
+            if s.axis is not None:
+                cut = [slice(None)] * a.ndim
+                cut[s.axis] = slice(start, stop)
+                a = a[tuple(cut)]
+            batch[s.name] = a
+        return batch
+
+    return Batches(len(index), make), False, notes
+
+
+def _samples(specs, arrays: dict, where, fixed: int | None) -> tuple[int, int]:
+    """Return ``(samples used, samples left out)`` of one group (:class:`DataError` if none)."""
     counts = {s.name: arrays[s.name].shape[s.axis] for s in specs if s.axis is not None}
     if len(set(counts.values())) > 1:
         raise DataError(
-            f"{data}: the inputs hold different numbers of samples {counts} (an "
+            f"{where}: the inputs hold different numbers of samples {counts} (an "
             "input whose samples are not on axis 0: --sample-axis NAME=AXIS)"
         )
     total = next(iter(counts.values()), 1)
     if total == 0:
-        raise DataError(f"{data}: the data holds 0 samples")
-    notes = []
-    if fixed is not None:
-        if total < fixed:
-            raise DataError(
-                f"{data}: {total} samples, fewer than the model's fixed batch size {fixed}"
-            )
-        if total % fixed:
-            notes.append(
-                f"{total % fixed} of {total} samples left out: the model takes batches "
-                f"of exactly {fixed}"
-            )
-            total -= total % fixed
-    if not counts:
-        size = total = 1
-
-    def make(i: int) -> dict:
-        batch = {}
-        for s in specs:
-            a = arrays[s.name]
-            if s.axis is not None:
-                index = [slice(None)] * a.ndim
-                index[s.axis] = slice(i * size, min((i + 1) * size, total))
-                a = a[tuple(index)]
-            batch[s.name] = a
-        return batch
-
-    return Batches(-(-total // size), make), False, notes
+        raise DataError(f"{where}: the data holds 0 samples")
+    if fixed is None:
+        return total, 0
+    if total < fixed:
+        raise DataError(
+            f"{where}: {total} samples, fewer than the model's fixed batch size {fixed}"
+        )
+    return total - total % fixed, total % fixed
 
 
 def split(batches: Batches, holdout: float) -> tuple[Batches, Batches, list[str]]:

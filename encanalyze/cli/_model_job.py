@@ -23,6 +23,7 @@ from .._html_report import write_report
 from .._io import float_weights, printable
 from .._registry import AUTO_ACTIVATIONS
 from .._report import layout_for
+from ..distributed import launched_ranks
 from ..onnx import calibrate as calibrate_onnx
 from ..onnx import choose_encodings, compare_outputs
 from ..onnx._blocks import BLOCK_METHODS, block_qdq_model, calibrate_blocks
@@ -80,12 +81,30 @@ class ModelJob:
         self.notes: list[str] = []  # said after the progress bar, before the table
 
     def run(self) -> int:
-        """Run the job; return the exit status."""
+        """Run the job; return the exit status.
+
+        Under ``torchrun`` (:func:`encanalyze.distributed.launched_ranks`) each rank calibrates
+        its shard of the calibration batches, the statistics are all-reduced, and rank 0 goes
+        on alone (the choice, the table, the outputs) with the encodings of all the data.
+        """
         started = time.perf_counter()
+        self.ranks = launched_ranks()
         data = job_data(self.args)
-        with Progress(self.steps(data)) as progress:
-            self.calibrate(data, progress)
+        mine = data
+        if self.ranks is not None:
+            mine = dataclasses.replace(data, calib=self.ranks.shard(data.calib))
+        steps = self.steps(data) - len(data.calib) + len(mine.calib)
+        first = self.ranks is None or self.ranks.first
+        with Progress(steps, None if first else False) as progress:
+            self.calibrate(mine, progress)
+            if not first:
+                return 0  # its statistics are in rank 0's encodings
             self.choose(data, progress)
+        if self.ranks is not None:
+            self.notes.append(
+                f"calibrated on {self.ranks.size} ranks ({len(data.calib)} batches in all); "
+                "rank 0 chose and wrote the outputs"
+            )
         for message in data.notes + self.notes:
             note(message)
         for name, reason in self.result.unquantized.items():
@@ -132,8 +151,17 @@ class ModelJob:
         raise NotImplementedError
 
     def calibrate(self, data: JobData, progress: Progress) -> None:
-        """Calibrate: set ``self.result`` (:class:`JobError` where nothing could be)."""
+        """Calibrate: set ``self.result`` (:class:`JobError` where nothing could be).
+
+        ``data.calib`` is this rank's shard; the statistics are all-reduced over
+        :attr:`group`.
+        """
         raise NotImplementedError
+
+    @property
+    def group(self):
+        """The process group of a ``torchrun`` launch (``None``: one process)."""
+        return None if self.ranks is None else self.ranks.group
 
     def choose(self, data: JobData, progress: Progress) -> None:
         """Choose among the methods by the model's output (``self.result`` becomes the choice)."""
@@ -234,6 +262,7 @@ class IntJob(ModelJob):
             tensors=lambda name: selected(name, args),
             activation_axis=args.per_channel,
             statistics=self.statistics,
+            group=self.group,
         )
         if not self.result.encodings:
             raise JobError("no tensor of the model could be calibrated")
@@ -405,6 +434,7 @@ class Float8Job(ModelJob):
             tensors=lambda name: selected(name, args),
             progress=progress,
             statistics=self.statistics,
+            group=self.group,
         )
         self.result = _weights_by(result, self.weight_methods)
         if not self.result.encodings:

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SOURCE",
         help="calibration data for the one .onnx FILE: a .npz or a folder of .npy files by "
-        "input name (samples along axis 0), or 'random'",
+        "input name (samples along axis 0), a folder of .npz files (one group of samples per "
+        "file: groups may differ in shape, e.g. sequence length), or 'random'",
     )
     model.add_argument(
         "--sample-axis",

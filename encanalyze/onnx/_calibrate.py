@@ -35,6 +35,7 @@ from ._branches import BRANCHES, branch_ifs, conditions, inline_branches
 __all__ = [
     "QUANTIZABLE_OPS",
     "ModelRunError",
+    "all_reduce_observed",
     "calibrate",
     "chosen_weights",
     "default_providers",
@@ -388,7 +389,7 @@ def calibrate(
                 ranges,
             )
             if group is not None:
-                count = _all_reduce(analyzers, act_options, group, count)
+                count = all_reduce_observed(analyzers, act_options, group, count)
             if statistics is not None:
                 statistics["histograms"] = histograms(analyzers)
             items = [
@@ -415,7 +416,7 @@ def calibrate(
     )
 
 
-def _all_reduce(analyzers: dict, methods: dict, group, count: int) -> int:
+def all_reduce_observed(analyzers: dict, methods: dict, group, count: int) -> int:
     """All-reduce :func:`observe_activations`' analyzers over ``group``; return the batches."""
     made = {name: m for name, (m, _) in analyzers.items()}
     axes = {name: axis for name, (_, axis) in analyzers.items()}

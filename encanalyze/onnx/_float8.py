@@ -25,6 +25,7 @@ from .._shapes import plan, to_rows
 from ._branches import inline_branches
 from ._calibrate import (
     QUANTIZABLE_OPS,
+    all_reduce_observed,
     chosen_weights,
     histograms,
     observe_activations,
@@ -143,6 +144,7 @@ def calibrate_float8(
     tensors: Callable[[str], bool] | None = None,
     progress: Progress | None = None,
     statistics: dict | None = None,
+    group=None,
 ) -> Float8Calibration:
     """Calibrate an ONNX model's weights and activations for an FP8 format.
 
@@ -152,7 +154,9 @@ def calibrate_float8(
     ``num_bins`` bins. Weights keep their best-SQNR method, activations the first of
     ``methods`` (:meth:`Float8Calibration.with_activations` switches them). ``statistics``, a
     dict, receives what the analysis report shows (each activation's histogram and per-batch
-    range, as :func:`encanalyze.onnx.calibrate`'s).
+    range, as :func:`encanalyze.onnx.calibrate`'s). ``group``: a ``torch.distributed`` process
+    group over which the activations' statistics are all-reduced, as
+    :func:`encanalyze.onnx.calibrate`'s.
     """
     if fmt.name not in FLOAT8_FORMATS:
         raise ValueError(f"ONNX has no QuantizeLinear to {fmt.name}: use {list(FLOAT8_FORMATS)}")
@@ -178,6 +182,8 @@ def calibrate_float8(
         analyzers, count, branches = observe_activations(
             proto, values, batches, options, op_types, providers, bar, tensors, None, ranges
         )
+        if group is not None:
+            count = all_reduce_observed(analyzers, options, group, count)
         if statistics is not None:
             statistics["histograms"] = histograms(analyzers)
         for name, (made, _) in analyzers.items():

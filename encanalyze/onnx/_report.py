@@ -128,12 +128,13 @@ def ort_calibrators_sqnr(
     *,
     op_types=QUANTIZABLE_OPS,
     providers=None,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """Return the output SQNR (dB, mean over outputs) of ONNX Runtime's own QDQ models.
 
     ``quantize_static`` with each of :data:`ORT_CALIBRATORS` on the ``calibration`` batches,
     the grids of ``result`` (bits, activations' and weights' symmetry, per-channel weights where
-    ``result``'s are), scored on ``judged``; a calibrator that fails gets ``nan``. The model is
+    ``result``'s are), scored on ``judged``; a calibrator that fails gets its error's first line
+    (a ``str``: variable-length activations fail its histogram calibrators). The model is
     prepared as ONNX Runtime advises (opset 13 for per-channel weights, its
     ``quant_pre_process``; where that fails, the model as it is).
     """
@@ -165,8 +166,8 @@ def ort_float8_sqnr(
     *,
     op_types=QUANTIZABLE_OPS,
     providers=None,
-) -> float:
-    """Return the output SQNR (dB) of ONNX Runtime's own FP8 QDQ model (``nan`` where it fails).
+) -> float | str:
+    """Return the output SQNR (dB) of ONNX Runtime's own FP8 QDQ model (or why it failed).
 
     ``quantize_static`` with ``QFLOAT8E4M3FN`` activations and weights and its ``Distribution``
     calibrator (the only one it has for FP8), per-channel weights where ``result``'s
@@ -203,8 +204,8 @@ def _ort_sqnr(
     op_types,
     providers,
     session_config: dict | None = None,
-) -> dict[str, float]:
-    """Score ``quantize_static`` with each of ``configs``' keyword arguments (``nan``: failed).
+) -> dict[str, float | str]:
+    """Score ``quantize_static`` with each of ``configs``' keyword arguments (``str``: failed).
 
     ``proto`` (a model of the caller's own) is pre-processed by ``quant_pre_process`` where
     that works; each QDQ model is calibrated on ``calibration`` and scored by its output SQNR
@@ -254,8 +255,9 @@ def _ort_sqnr(
                     )
                 errors = compare_outputs(proto, str(target), judged, providers, session_config)
                 out[label] = errors.score()
-            except Exception:  # noqa: BLE001 - a peer's failure is a row, not the report's
-                out[label] = float("nan")
+            except Exception as err:  # noqa: BLE001 - a peer's failure is a row, not the report's
+                text = " ".join(str(err).split()) or type(err).__name__
+                out[label] = f"failed: {text[:300]}"
             finally:
                 logging.disable(logging.NOTSET)
     return out
@@ -329,13 +331,13 @@ def model_report(
                     model, result, calibration, judged, op_types=op_types, providers=providers
                 )
                 label = "ONNX Runtime FP8 E4M3FN, Distribution (quantize_static)"
-                rows.append({"label": label, "output_sqnr_db": db, "measured_on": measured_on})
+                rows.append(_peer_row(label, db, measured_on))
         elif peers and not blocks:  # no peer calibrates MX or NVFP4 weights in ONNX
             for method, db in ort_calibrators_sqnr(
                 model, result, calibration, judged, op_types=op_types, providers=providers
             ).items():
                 label = f"ONNX Runtime {method} (quantize_static)"
-                rows.append({"label": label, "output_sqnr_db": db, "measured_on": measured_on})
+                rows.append(_peer_row(label, db, measured_on))
     methods = list(dict.fromkeys(m for q in quantizers for m in q["methods"]))
     summary = dict(summary or {})
     summary["report built in"] = f"{time.perf_counter() - start:.1f} s"
@@ -350,6 +352,13 @@ def model_report(
     if sens is not None and sens.unit != "dB":  # no float output: scored by agreement
         page["output_unit"] = sens.unit
     return page
+
+
+def _peer_row(label: str, score: float | str, measured_on: str) -> dict:
+    """Return a comparison row of a peer: its score, or ``None`` and why it failed."""
+    if isinstance(score, str):
+        return {"label": label, "output_sqnr_db": None, "measured_on": measured_on, "note": score}
+    return {"label": label, "output_sqnr_db": score, "measured_on": measured_on}
 
 
 def _takes(model) -> bool:
