@@ -48,7 +48,11 @@ __all__ = [
     "BLOCK_METHODS",
     "FLOAT_METHODS",
     "FORMATS",
+    "INT4",
     "INT8",
+    "INT_BLOCK",
+    "INT_BLOCK_MODES",
+    "IntFormat",
     "MX_BLOCK",
     "NVFP4_BLOCK",
     "NUMBER_FORMATS",
@@ -63,6 +67,8 @@ __all__ = [
     "check_scales",
     "compute_scale",
     "from_json",
+    "int_block_dequantize",
+    "int_block_quantize",
     "mx_dequantize",
     "mx_exponents",
     "mx_quantize",
@@ -159,17 +165,47 @@ class FixedFormat:
         return np.arange(2 ** (self.bits - 1)) * self.smallest
 
 
+@dataclass(frozen=True)
+class IntFormat:
+    """A signed integer element format of ``bits`` bits: ``-2**(bits-1) .. 2**(bits-1) - 1``.
+
+    The grid of integer groups (:func:`int_block_quantize`): each block's FP32 scale maps its
+    largest magnitude to :attr:`max` (the project's symmetric grid, AIMET's and ONNX
+    Runtime's: ``amax / (2**(bits-1) - 1)``), and the extra negative level stays available to
+    the least-error scales.
+    """
+
+    name: str
+    bits: int
+
+    @property
+    def max(self) -> float:
+        """The largest value, ``2**(bits - 1) - 1``."""
+        return float(2 ** (self.bits - 1) - 1)
+
+    @property
+    def min(self) -> float:
+        """The smallest value, ``-2**(bits - 1)``."""
+        return float(-(2 ** (self.bits - 1)))
+
+    def values(self) -> np.ndarray:
+        """Return every non-negative value, ascending (float64)."""
+        return np.arange(2 ** (self.bits - 1), dtype=np.float64)
+
+
 E4M3FN = FloatFormat("float8_e4m3fn", 4, 3, 448.0)
 E5M2 = FloatFormat("float8_e5m2", 5, 2, 57344.0)
 E3M2 = FloatFormat("float6_e3m2", 3, 2, 28.0)
 E2M3 = FloatFormat("float6_e2m3", 2, 3, 7.5)
 E2M1 = FloatFormat("float4_e2m1", 2, 1, 6.0)
 INT8 = FixedFormat("int8", 8)
-FORMATS = {f.name: f for f in (E4M3FN, E5M2, E3M2, E2M3, E2M1, INT8)}
-"""The element formats by name (:data:`INT8` only as MXINT8's element)."""
+INT4 = IntFormat("int4", 4)
+FORMATS = {f.name: f for f in (E4M3FN, E5M2, E3M2, E2M3, E2M1, INT8, INT4)}
+"""The element formats by name (:data:`INT8` only as MXINT8's element, :data:`INT4` only as
+the integer groups')."""
 
-ElementFormat = FloatFormat | FixedFormat
-"""An element format: a float one, or MXINT8's fixed-point one."""
+ElementFormat = FloatFormat | FixedFormat | IntFormat
+"""An element format: a float one, MXINT8's fixed-point one, or an integer groups' one."""
 
 
 def _work(xp, x: Array) -> Array:
@@ -750,6 +786,90 @@ def nvfp4_dequantize(
     return xp.reshape(blocks * scale[..., None], tuple(elements.shape))
 
 
+# -- integer groups: signed integers with one FP32 scale per block ------------------------------
+INT_BLOCK = 128
+"""The integer groups' block size (INT4 weights in groups of 128, as GPTQ, AWQ and torchao)."""
+
+INT_BLOCK_MODES = ("amax", "mse")
+"""How an integer block's scale is chosen: ``amax`` (``amax / (2**(bits-1) - 1)``), or
+``mse``: of ``amax`` shrunk by ``1 - k / 64`` for ``k = 0 .. 31``, the scale whose
+quantize-dequantize of the block has the least squared error (the larger on ties)."""
+
+_INT_SHRINK = 32
+
+
+def _int_elements(xp, blocks: Array, scale: Array, fmt: IntFormat) -> Array:
+    with quiet(xp):
+        scaled = div(xp, blocks, scale[..., None])
+    return xp.clip(xp.round(scaled), fmt.min, fmt.max)
+
+
+def int_block_quantize(
+    x: Array,
+    fmt: IntFormat = INT4,
+    block_size: int = INT_BLOCK,
+    mode: str = "amax",
+    scales: Array | None = None,
+) -> tuple[Array, Array]:
+    """Return ``(elements, scales)``: ``x`` in signed integer blocks along its last axis.
+
+    Each block of ``block_size`` values gets one FP32 scale (``mode``:
+    :data:`INT_BLOCK_MODES`); elements are ``x / scale`` rounded to the nearest integer (ties
+    to even) and clamped to ``[fmt.min, fmt.max]`` (float32 values). A block of zeros gets the
+    scale 1 (its elements are 0). ``x`` must be finite; ``scales`` is ``(..., K / block_size)``
+    (given, e.g. read back with :func:`from_json`, they are used as they are).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from encanalyze.formats import int_block_dequantize, int_block_quantize
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(2, 128)
+    >>> q, s = int_block_quantize(x)
+    >>> s.tolist() == [np.float32(1 / 7), np.float32(1 / 7)], float(q.max()), float(q.min())
+    (True, 7.0, -7.0)
+    >>> float(np.abs(int_block_dequantize(q, s) - x).max()) <= 0.5 / 7
+    True
+    """
+    if mode not in INT_BLOCK_MODES:
+        raise ValueError(f"mode must be one of {INT_BLOCK_MODES}, got {mode!r}")
+    if not isinstance(fmt, IntFormat):
+        raise TypeError(f"integer blocks take an IntFormat, got {fmt!r}")
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    blocks = _blocks(xp, x, block_size)
+    if not bool(xp.all(xp.isfinite(blocks))):
+        raise ValueError("integer blocks take finite values only")
+    if scales is not None:
+        scale = xp.astype(xp.asarray(scales, device=device_of(blocks)), xp.float32)
+        if tuple(scale.shape) != tuple(blocks.shape[:-1]) or not bool(xp.all(scale > 0)):
+            raise ValueError(
+                f"scales must be numbers > 0 of the blocks' shape {tuple(blocks.shape[:-1])}"
+            )
+        return xp.reshape(_int_elements(xp, blocks, scale, fmt), tuple(x.shape)), scale
+    amax = xp.max(xp.abs(blocks), axis=-1)
+    top = xp.asarray(fmt.max, dtype=xp.float32, device=device_of(blocks))
+    scale = xp.where(amax > 0, div(xp, amax, top), xp.ones_like(amax))
+    if mode == "mse":
+        candidates = [scale * np.float32(1 - k / 64) for k in range(_INT_SHRINK)]
+        scale = _least_error(
+            xp, blocks, candidates, lambda s: _int_elements(xp, blocks, s, fmt) * s[..., None]
+        )
+    q = _int_elements(xp, blocks, scale, fmt)
+    return xp.reshape(q, tuple(x.shape)), scale
+
+
+def int_block_dequantize(elements: Array, scales: Array, block_size: int = INT_BLOCK) -> Array:
+    """Return ``elements * scale`` block by block (float32)."""
+    xp = namespace_of(elements)
+    blocks = _blocks(xp, elements, block_size)
+    if tuple(scales.shape) != tuple(blocks.shape[:-1]):
+        raise ValueError(
+            f"scales of shape {tuple(scales.shape)} do not match the blocks "
+            f"{tuple(blocks.shape[:-1])}"
+        )
+    return xp.reshape(blocks * xp.astype(scales, xp.float32)[..., None], tuple(elements.shape))
+
+
 # -- choosing an FP32 scale from histograms: the least expected noise on the format's grid -----
 SEARCH_CANDIDATES = 128
 """Candidate scales per encoding: ``amax * k / 128`` for ``k = 1..128``, over ``fmt.max``."""
@@ -991,8 +1111,12 @@ def to_json(
         out |= {"scale_format": E4M3FN.name}
         out["scales"] = np.asarray(values, dtype=np.float32).astype(float).tolist()
         out["tensor_scale"] = None if tensor_scale is None else float(to_numpy(tensor_scale))
+    elif scheme == "int_groups":
+        out = {"scheme": "int_groups", "element_format": fmt.name, "block_size": INT_BLOCK}
+        out |= {"scale_format": "float32"}
+        out["scales"] = np.asarray(values, dtype=np.float32).astype(float).tolist()
     else:
-        raise ValueError(f"scheme must be 'mx' or 'nvfp4', got {scheme!r}")
+        raise ValueError(f"scheme must be 'mx', 'nvfp4' or 'int_groups', got {scheme!r}")
     if isinstance(block_axis, bool) or not isinstance(block_axis, int):
         raise TypeError(f"block_axis must be an integer, got {block_axis!r}")
     return {"format_version": JSON_VERSION, "block_axis": block_axis, **out}
@@ -1015,15 +1139,23 @@ def from_json(data: dict) -> dict:
         raise ValueError("not a block-encodings dict (see encanalyze.formats.to_json)") from None
     if version != JSON_VERSION:
         raise ValueError(f"unsupported block-encodings version {version!r}")
-    if scheme not in ("mx", "nvfp4") or name not in FORMATS:
+    if scheme not in ("mx", "nvfp4", "int_groups") or name not in FORMATS:
         raise ValueError(f"unknown scheme {scheme!r} or element format {name!r}")
-    if (scheme, block_size) not in (("mx", MX_BLOCK), ("nvfp4", NVFP4_BLOCK)):
+    sizes = (("mx", MX_BLOCK), ("nvfp4", NVFP4_BLOCK), ("int_groups", INT_BLOCK))
+    if (scheme, block_size) not in sizes:
         raise ValueError(f"{scheme} blocks are not {block_size!r} values long")
     try:
         array = np.asarray(scales, dtype=np.float64)  # 127.9 is no exponent: not truncated
     except (TypeError, ValueError, OverflowError):
         raise ValueError("block-encodings scales must be a nested list of numbers") from None
-    array = check_scales("exponents" if scheme == "mx" else "block_scales", array)
+    if scheme == "int_groups":
+        if not isinstance(FORMATS[name], IntFormat):
+            raise ValueError(f"integer groups hold integers, not {name!r}")
+        if not np.all(np.isfinite(array) & (array > 0)):
+            raise ValueError("integer group scales must be finite numbers > 0")
+        array = array.astype(np.float32)
+    else:
+        array = check_scales("exponents" if scheme == "mx" else "block_scales", array)
     axis = data.get("block_axis", -1)
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise ValueError(f"block_axis must be an integer, got {axis!r}")
@@ -1049,8 +1181,9 @@ class NumberFormat:
 
     ``scheme``: ``"int"`` (the integer grids of a bit width), ``"scaled"`` (an element format
     with one FP32 scale per tensor or channel: FP8, FP6, FP4), ``"mx"`` (OCP MX blocks of
-    :data:`MX_BLOCK` with E8M0 scales) or ``"nvfp4"`` (blocks of :data:`NVFP4_BLOCK` with E4M3
-    scales and an FP32 tensor scale); ``element``: the element format (``None`` for ``int``);
+    :data:`MX_BLOCK` with E8M0 scales), ``"nvfp4"`` (blocks of :data:`NVFP4_BLOCK` with E4M3
+    scales and an FP32 tensor scale) or ``"int_groups"`` (INT4 weights in blocks of
+    :data:`INT_BLOCK` with FP32 scales); ``element``: the element format (``None`` for ``int``);
     ``methods``: the range methods it has; ``onnx_type``: the ``TensorProto`` type an ONNX
     ``QuantizeLinear`` produces for it (``None``: ONNX has none); ``block_size``: its block
     (``None``: not a block format).
@@ -1076,9 +1209,10 @@ def _number_formats() -> dict[str, NumberFormat]:
     ):  # fmt: skip
         out[name] = NumberFormat(name, "mx", element, BLOCK_METHODS, None, MX_BLOCK)
     out["nvfp4"] = NumberFormat("nvfp4", "nvfp4", E2M1, BLOCK_METHODS, None, NVFP4_BLOCK)
+    out["int4_g128"] = NumberFormat("int4_g128", "int_groups", INT4, BLOCK_METHODS, None, INT_BLOCK)
     return out
 
 
 NUMBER_FORMATS = _number_formats()
 """Every number format by name: :class:`NumberFormat` (``int``, the FP8 / FP6 / FP4 element
-formats with FP32 scales, the MX formats, NVFP4)."""
+formats with FP32 scales, the MX formats, NVFP4, INT4 groups of 128)."""

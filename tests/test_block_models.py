@@ -34,6 +34,7 @@ SCHEMES = [
     ("mx", formats.E2M3),
     ("mx", formats.INT8),
     ("nvfp4", formats.E2M1),
+    ("int_groups", formats.INT4),
 ]
 
 
@@ -88,6 +89,9 @@ def test_blocks_are_the_formats_blocks_along_the_reduction_axis(scheme, fmt):
             if scheme == "mx":
                 q, e = formats.mx_quantize(padded, fmt, mode=mode)
                 d = formats.mx_dequantize(q, e)
+            elif scheme == "int_groups":
+                q, s = formats.int_block_quantize(padded, mode="amax" if mode == "floor" else mode)
+                d = formats.int_block_dequantize(q, s)
             else:
                 ts = formats.nvfp4_tensor_scale(padded)
                 q, b = formats.nvfp4_quantize(padded, ts, mode="amax" if mode == "floor" else mode)
@@ -130,13 +134,17 @@ def test_onnx_runtime_dequantizes_the_same_weights(scheme, fmt):
         np.testing.assert_array_equal(got[f"{name}_block_dq"], want)
         np.testing.assert_array_equal(ref[f"{name}_block_dq"], want)
     init = {t.name: t for t in proto.graph.initializer}
-    storage = {"float8_e5m2": TensorProto.FLOAT8E5M2, "int8": TensorProto.INT8}
+    storage = {
+        "float8_e5m2": TensorProto.FLOAT8E5M2,
+        "int8": TensorProto.INT8,
+        "int4": TensorProto.INT4,
+    }
     assert init["w1_blocks"].data_type == storage.get(fmt.name, TensorProto.FLOAT8E4M3FN)
     assert list(init["w1_blocks"].dims) == [64, 288]
     assert not {"w0", "w1", "w2", "w3"} & set(init)  # the float weights replaced
     float_y = session(model, ["CPUExecutionProvider"]).run(None, {"x": x})[0]
     sqnr = 10 * np.log10(np.sum(float_y**2) / np.sum((float_y - got["y"]) ** 2))
-    assert sqnr > (10 if fmt in (formats.E2M1, formats.E2M3) else 15)
+    assert sqnr > (10 if fmt in (formats.E2M1, formats.E2M3, formats.INT4) else 15)
 
 
 def test_nan_weights_stay_in_float():
@@ -167,7 +175,7 @@ def _job(tmp_path, capsys, number_format, *extra):
     return path, json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("number_format", ["mxfp4", "nvfp4", "mxfp8_e4m3"])
+@pytest.mark.parametrize("number_format", ["mxfp4", "nvfp4", "mxfp8_e4m3", "int4_g128"])
 def test_model_job_in_blocks(tmp_path, capsys, number_format):
     """The weights' method is the one whose block QDQ model's output is closest to the float
     model's on the held-out batches; the encodings file and the QDQ model hold its blocks."""
@@ -176,7 +184,8 @@ def test_model_job_in_blocks(tmp_path, capsys, number_format):
     out_file, qdq = tmp_path / "enc.json", tmp_path / "q.onnx"
     path, out = _job(tmp_path, capsys, number_format, "--output", out_file, "--qdq-model", qdq)
     scheme, fmt = {"mxfp4": ("mx", formats.E2M1), "nvfp4": ("nvfp4", formats.E2M1),
-                   "mxfp8_e4m3": ("mx", formats.E4M3FN)}[number_format]  # fmt: skip
+                   "mxfp8_e4m3": ("mx", formats.E4M3FN),
+                   "int4_g128": ("int_groups", formats.INT4)}[number_format]  # fmt: skip
     scores = out["weights"]["output_sqnr_db"]
     mean = {m: np.mean(list(v.values())) for m, v in scores.items()}
     method = out["weights"]["method"]
@@ -198,10 +207,12 @@ def test_model_job_in_blocks(tmp_path, capsys, number_format):
         enc = formats.from_json(saved["tensors"][name])
         weight = numpy_helper.to_array(model.graph.initializer[int(name[1])]).reshape(w.view)
         moved = np.moveaxis(weight, w.axis, -1)
-        if moved.shape[-1] % result.block_size:  # w0: one partial block, zero-padded
-            moved = np.concatenate([moved, np.zeros((moved.shape[0], 5), "f4")], axis=-1)
+        pad = -moved.shape[-1] % result.block_size  # w0: one partial block, zero-padded
+        moved = np.concatenate([moved, np.zeros((*moved.shape[:-1], pad), "f4")], axis=-1)
         if scheme == "mx":
             q, _ = formats.mx_quantize(moved, enc["format"], exponents=enc["scales"])
+        elif scheme == "int_groups":
+            q, _ = formats.int_block_quantize(moved, enc["format"], scales=enc["scales"])
         else:
             q, _ = formats.nvfp4_quantize(moved, enc["tensor_scale"], enc["scales"])
         q = q[..., : w.view[w.axis]]

@@ -39,14 +39,16 @@ def _export(module, path: Path, outputs: list[str], max_len: int) -> Path:
     return path
 
 
-def encoder_module(hidden: int = 64, layers: int = 2, heads: int = 4, max_len: int = 128):
+def encoder_module(
+    hidden: int = 64, layers: int = 2, heads: int = 4, vocab: int = VOCAB, max_len: int = 128
+):
     """A BERT encoder with random weights (eval mode)."""
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,

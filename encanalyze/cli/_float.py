@@ -122,13 +122,13 @@ def scaled_json(fmt, layout: Layout, scales: np.ndarray) -> dict:
 
 
 def _blocked(x, fmt, scheme: str, methods, args) -> tuple[Layout, dict]:
-    """MX or NVFP4 blocks along ``--block-axis`` (the only axis of a 1-D tensor)."""
+    """MX, NVFP4 or INT4-group blocks along ``--block-axis`` (the only axis of a 1-D tensor)."""
     xp = namespace_of(x)
     axis = 0 if x.ndim == 1 else args.block_axis
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"has no block axis {axis} (shape {tuple(x.shape)})")
     axis %= x.ndim
-    size = formats.MX_BLOCK if scheme == "mx" else formats.NVFP4_BLOCK
+    size = {"mx": formats.MX_BLOCK, "nvfp4": formats.NVFP4_BLOCK}.get(scheme, formats.INT_BLOCK)
     if x.shape[axis] % size:
         raise ValueError(
             f"axis {axis} of length {x.shape[axis]} does not split into blocks of {size}"
@@ -147,6 +147,12 @@ def _blocked(x, fmt, scheme: str, methods, args) -> tuple[Layout, dict]:
             e = to_numpy(exps).reshape(-1)
             scale = np.where(e == 255, np.nan, np.ldexp(1.0, e - 127)).astype(np.float32)
             export = formats.to_json("mx", exps, fmt, block_axis=axis)
+        elif scheme == "int_groups":
+            mode = "amax" if method == "minmax" else "mse"
+            elements, scales = formats.int_block_quantize(moved, fmt, size, mode=mode)
+            q = formats.int_block_dequantize(elements, scales, size)
+            scale = to_numpy(scales).reshape(-1).astype(np.float32)
+            export = formats.to_json("int_groups", scales, fmt, block_axis=axis)
         else:
             ts = formats.nvfp4_tensor_scale(moved)
             mode = "amax" if method == "minmax" else "mse"

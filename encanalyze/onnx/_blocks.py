@@ -1,7 +1,8 @@
-"""MX and NVFP4 weights of ONNX models, and their weight-only block QDQ models.
+"""MX, NVFP4 and INT4-group weights of ONNX models, and their weight-only block QDQ models.
 
 Each weight of a quantized operator (Conv, ConvTranspose, Gemm, MatMul) is split into blocks
-along its reduction axis (blocks of 32 for MX, 16 for NVFP4; a Conv weight ``(O, I, kh, kw)``
+along its reduction axis (blocks of 32 for MX, 16 for NVFP4, 128 for INT4 groups with FP32
+scales; a Conv weight ``(O, I, kh, kw)``
 as the matrix ``(O, I * kh * kw)`` it multiplies by; the last block of an axis that does not
 split into whole blocks is shorter, as ONNX's blocked ``DequantizeLinear`` allows), quantized by
 :mod:`encanalyze.formats` with each method (``minmax``: the references' amax scales;
@@ -46,7 +47,14 @@ BLOCK_OPSET = 21
 BLOCK_METHODS = formats.BLOCK_METHODS
 """The block formats' methods (:data:`encanalyze.formats.BLOCK_METHODS`)."""
 
-SCHEMES = ("mx", "nvfp4")
+SCHEMES = ("mx", "nvfp4", "int_groups")
+
+BLOCK_SIZES = {
+    "mx": formats.MX_BLOCK,
+    "nvfp4": formats.NVFP4_BLOCK,
+    "int_groups": formats.INT_BLOCK,
+}
+"""Each scheme's block size."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +147,7 @@ def calibrate_blocks(
     tensors: Callable[[str], bool] | None = None,
     progress: Progress | None = None,
 ) -> BlockCalibration:
-    """Quantize an ONNX model's weights in MX (``scheme="mx"``) or NVFP4 blocks, by each method.
+    """Quantize an ONNX model's weights in MX, NVFP4 or INT4-group blocks, by each method.
 
     The weights of ``op_types`` nodes (``tensors``: a predicate on their names), in blocks
     along their reduction axis (a Conv weight as its ``(O, I * kh * kw)`` matrix; a last
@@ -152,10 +160,12 @@ def calibrate_blocks(
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if scheme == "nvfp4" and fmt is not formats.E2M1:
         raise ValueError(f"NVFP4 elements are {formats.E2M1.name}, not {fmt.name}")
+    if (scheme == "int_groups") != isinstance(fmt, formats.IntFormat):
+        raise ValueError(f"the {scheme} scheme does not take {fmt.name} elements")
     bad = [m for m in methods if m not in BLOCK_METHODS]
     if bad or not methods:
         raise ValueError(f"methods must be some of {BLOCK_METHODS}, got {list(methods)}")
-    size = formats.MX_BLOCK if scheme == "mx" else formats.NVFP4_BLOCK
+    size = BLOCK_SIZES[scheme]
     proto, _ = load_model(model)
     values, chosen = chosen_weights(proto, op_types, tensors)
     bar = progress if progress is not None else Progress(len(chosen), False)
@@ -184,10 +194,10 @@ def block_weight(
     """Return ``w`` (float32, finite) in blocks along the axis its ``channel`` axis sums over.
 
     A convolution's ``(O, I, ...)`` weight (``channel`` 0, more than 2 axes) as its
-    ``(O, I * kh * kw)`` matrix; blocks of :data:`~encanalyze.formats.MX_BLOCK` (``"mx"``) or
-    :data:`~encanalyze.formats.NVFP4_BLOCK` (``"nvfp4"``), by each of ``methods``.
+    ``(O, I * kh * kw)`` matrix; blocks of :data:`BLOCK_SIZES` of ``scheme``, by each of
+    ``methods``.
     """
-    size = formats.MX_BLOCK if scheme == "mx" else formats.NVFP4_BLOCK
+    size = BLOCK_SIZES[scheme]
     if channel == 0 and w.ndim > 2:  # Conv: the (O, I * kh * kw) matrix
         view, axis = (w.shape[0], int(np.prod(w.shape[1:]))), 1
     else:
@@ -225,6 +235,11 @@ def _weight(name: str, w: np.ndarray, axis: int, scheme: str, fmt, methods, size
             scale = np.ldexp(np.float32(1), exps.astype(np.int32) - formats.E8M0_BIAS)
             export[method] = formats.to_json("mx", exps, fmt, block_axis=axis)
             d = formats.mx_dequantize(q, exps)
+        elif scheme == "int_groups":
+            mode = "amax" if method == "minmax" else "mse"
+            q, scale = formats.int_block_quantize(moved, fmt, size, mode=mode)
+            export[method] = formats.to_json("int_groups", scale, fmt, block_axis=axis)
+            d = formats.int_block_dequantize(q, scale, size)
         else:
             ts = formats.nvfp4_tensor_scale(moved)
             mode = "amax" if method == "minmax" else "mse"
@@ -240,9 +255,9 @@ def _weight(name: str, w: np.ndarray, axis: int, scheme: str, fmt, methods, size
     return BlockWeight(name, axis, tuple(w.shape), elements, scales, sqnr, export)
 
 
-_STORAGE = {"float8_e5m2": "FLOAT8E5M2", "int8": "INT8"}
+_STORAGE = {"float8_e5m2": "FLOAT8E5M2", "int8": "INT8", "int4": "INT4"}
 """The ONNX type that holds each element format's values exactly (FLOAT8E4M3FN for the rest:
-every FP6 and FP4 value is an E4M3 value)."""
+every FP6 and FP4 value is an E4M3 value; MXINT8's INT8 with the scale divided by 64)."""
 
 
 def block_qdq_model(
@@ -263,7 +278,9 @@ def block_qdq_model(
     weight ``NAME`` also gets a boolean input ``NAME::on`` selecting, by ``Where``, its blocks
     or its float values (kept), for :class:`BlockSwitches`. FP4 and FP6 values are held as
     ``FLOAT8E4M3FN`` (exactly: ONNX Runtime 1.32's CPU provider has no ``FLOAT4E2M1``
-    kernel), E5M2 as ``FLOAT8E5M2``, MXINT8 as ``INT8`` with the scale divided by 64.
+    kernel), E5M2 as ``FLOAT8E5M2``, MXINT8 as ``INT8`` with the scale divided by 64, INT4
+    groups as ``INT4`` (ONNX Runtime fuses ``DequantizeLinear`` and ``MatMul`` into its
+    ``MatMulNBits``, whose default accuracy level computes with int8 activations).
     ``ValueError`` where an older model cannot be converted to opset 21.
     """
     from onnx import TensorProto, helper, numpy_helper
@@ -288,7 +305,7 @@ def block_qdq_model(
         by_name = {} if methods is None or isinstance(methods, str) else methods
         method = methods if isinstance(methods, str) else by_name.get(name, result.method)
         q, scale = wt.elements[method], wt.scales[method]
-        if storage == "INT8":
+        if result.fmt is formats.INT8:  # MXINT8's k / 64 values as integers
             q, scale = np.rint(q * 64).astype(np.int8), scale / np.float32(64)
         q_name, s_name, dq = f"{name}_blocks", f"{name}_block_scale", f"{name}_block_dq"
         new_inits.append(numpy_helper.from_array(q.astype(np_type), q_name))

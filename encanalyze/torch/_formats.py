@@ -63,7 +63,7 @@ def calibrate_format(
     if given:
         raise ValueError(f"{given[0]!r} sets an integer grid; number_format {fmt.name!r} has none")
     chosen = quantizable_modules(model, config.get("modules"))
-    if fmt.scheme in ("mx", "nvfp4"):
+    if fmt.scheme in ("mx", "nvfp4", "int_groups"):
         methods = _methods(config.get("weights", BLOCK_METHODS), BLOCK_METHODS, fmt.name)
         weights, unquantized = {}, {}
         for name, module in chosen.items():
