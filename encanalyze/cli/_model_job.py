@@ -34,7 +34,7 @@ from ..onnx._float8 import (
     calibrate_float8,
     choose_float8_activations,
 )
-from ..onnx._qdq import stage_qdq_model
+from ..onnx._qdq import compare_outputs_on, stage_qdq_model
 from ..onnx._qdq_graph import save_model
 from ..onnx._report import model_report
 from ._data import JobData, iter_rows, job_data, weight_methods
@@ -60,6 +60,19 @@ __all__ = ["BlockJob", "Float8Job", "IntJob", "JobError", "ModelJob", "model_job
 
 class JobError(ValueError):
     """A failure of the model job as a whole: one line, exit status 1, no output written."""
+
+
+class _Counted:
+    """Batches that advance ``progress`` as they are taken, with their number (``len``)."""
+
+    def __init__(self, batches, progress: Progress) -> None:
+        self.batches, self.progress = batches, progress
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(progress_bar(self.batches, self.progress, "SQNR batch"))
 
 
 class ModelJob:
@@ -285,13 +298,11 @@ class IntJob(ModelJob):
         if self.staged_model is None:
             self.staged_model, self.opset = stage_qdq_model(data.model, self.result, stage)
         progress.advance()
-        self.errors = compare_outputs(
-            data.model, self.staged_model, progress_bar(data.judged, progress, "SQNR batch")
+        sets = [data.judged, data.calib] if len(data.held) else [data.judged]
+        self.errors, *others = compare_outputs_on(
+            data.model, self.staged_model, [_Counted(b, progress) for b in sets]
         )
-        self.calib_errors = self.errors
-        if len(data.held):
-            batches = progress_bar(data.calib, progress, "SQNR batch")
-            self.calib_errors = compare_outputs(data.model, self.staged_model, batches)
+        self.calib_errors = others[0] if others else self.errors
         self.qdq = {
             "path": str(self.args.qdq_model),
             "opset": self.opset,
@@ -467,8 +478,7 @@ class Float8Job(ModelJob):
         """Return the choice, every encoding and the QDQ model on the calibration data."""
         on_calib = None
         if self.args.qdq_model is not None and len(data.held):
-            calib = list(data.calib)
-            on_calib = compare_outputs(data.model, self.qdq, calib, None, FLOAT8_SESSION)
+            on_calib = compare_outputs(data.model, self.qdq, data.calib, None, FLOAT8_SESSION)
         return _scored_json(self, data, "activations", on_calib)
 
     def table(self, data: JobData) -> str:
@@ -633,7 +643,7 @@ class BlockJob(ModelJob):
         """Return the choice, every weight's blocks and the model on the calibration data."""
         on_calib = None
         if len(data.held):
-            on_calib = compare_outputs(data.model, self.models[self.method], list(data.calib))
+            on_calib = compare_outputs(data.model, self.models[self.method], data.calib)
         return _scored_json(self, data, "weights", on_calib)
 
     def table(self, data: JobData) -> str:

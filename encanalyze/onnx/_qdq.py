@@ -7,7 +7,7 @@ import inspect
 import itertools
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ __all__ = [
     "model_outputs",
     "quantized_tensors",
     "compare_outputs",
+    "compare_outputs_on",
     "output_sqnr",
     "own_qdq_model",
     "stage_qdq_model",
@@ -348,13 +349,32 @@ def compare_outputs(
     config entries). Float outputs are judged by their SQNR, integer and bool ones by their
     agreement (:class:`~encanalyze._output_errors.OutputErrors`).
     """
+    return compare_outputs_on(float_model, quantized_model, [batches], providers, config)[0]
+
+
+def compare_outputs_on(
+    float_model,
+    quantized_model,
+    batch_sets: Sequence[Sized],
+    providers=None,
+    config: dict | None = None,
+) -> list[OutputErrors]:
+    """:func:`compare_outputs` on each of ``batch_sets`` (each non-empty), in one session each.
+
+    One ONNX Runtime session per model serves every set: a large model pays for its sessions
+    once (a BERT-base's two cost about 3 s to make).
+    """
     reference = own_model(float_model)  # session() may convert the models it runs
     names = [o.name for o in reference.graph.output]
+    batches = itertools.chain.from_iterable(batch_sets)
     first, second = itertools.tee(batches)  # one pass over the batches, both models in step
     want = model_outputs(reference, first, names, providers)
     del reference  # held by the generator until its session exists, then dropped
     got = model_outputs(own_model(quantized_model), second, names, providers, config)
-    return OutputErrors.measure(names, want, got)
+    return [
+        OutputErrors.measure(names, itertools.islice(want, n), itertools.islice(got, n))
+        for n in map(len, batch_sets)
+    ]
 
 
 def model_outputs(
