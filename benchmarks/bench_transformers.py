@@ -64,12 +64,19 @@ def vocab_of(config: dict) -> int:
     return config.get("vocab", VOCAB)
 
 
-def write_groups(folder: Path, samples: int, seed: int, vocab: int, pad_to: int | None = None):
+def write_groups(
+    folder: Path,
+    samples: int,
+    seed: int,
+    vocab: int,
+    pad_to: int | None = None,
+    lengths: tuple[int, int] = (16, 129),
+):
     """``samples`` token sequences in groups of :data:`GROUP`, one random length per group."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for k in range(-(-samples // GROUP)):
-        length = int(rng.integers(16, 129))
+        length = int(rng.integers(*lengths))
         n = min(GROUP, samples - k * GROUP)
         ids = rng.integers(0, vocab, (n, length))
         mask = np.ones((n, length), np.int64)
@@ -162,7 +169,7 @@ def run_child(argv: list[str], limit_gb: float) -> dict:
     elif proc.returncode != 0:
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
         ended = "failed: " + (lines[-1][:160] if lines else f"exit {proc.returncode}")
-    return {"seconds": seconds, "peak_gb": peak[0] / 2**20, "ended": ended}
+    return {"seconds": seconds, "peak_gb": peak[0] / 2**20, "ended": ended, "stdout": out}
 
 
 def held_out_sqnr(model: Path, qdq: Path, held: list[dict]) -> float:

@@ -69,7 +69,7 @@ def decoder_module(
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=int(hidden * 8 / 3) // 32 * 32 or 32,
+        intermediate_size=-(-int(hidden * 8 / 3) // 128) * 128,  # groups of 128 fit
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
