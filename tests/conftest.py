@@ -27,7 +27,7 @@ import pytest
 from encanalyze import cli
 
 ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "torch-cuda", "cupy")
-SAMPLED = {"jax": 48}
+SAMPLED = {"jax": 64}
 """Backends whose cases the fast run samples: one in K of all their cases."""
 
 

@@ -101,6 +101,7 @@ def test_an_encoder_with_dynamic_axes_through_the_model_job(bert, tmp_path, comm
         assert row["output_sqnr_db"] is not None or row["note"].startswith("failed: ")
 
 
+@pytest.mark.slow  # a second exported transformer: the full matrix (the encoder runs fast)
 def test_a_decoder_through_the_python_api_per_channel_and_variable_length(llama):
     from encanalyze.onnx import calibrate, write_qdq_model
 
