@@ -51,20 +51,20 @@ def test_a_group_that_misfits_the_model_is_named_before_anything_runs(tmp_path):
         batches_for(_sequence_model(), str(tmp_path), 8)
 
 
+def _exported(tmp_path_factory, build, name: str):
+    for module in ("torch", "transformers", "onnxscript"):
+        pytest.importorskip(module)
+    return build(tmp_path_factory.mktemp(name) / f"{name}.onnx")
+
+
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    pytest.importorskip("onnxscript")
-    return tm.encoder(tmp_path_factory.mktemp("bert") / "bert.onnx")
+    return _exported(tmp_path_factory, tm.encoder, "bert")
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    pytest.importorskip("onnxscript")
-    return tm.decoder(tmp_path_factory.mktemp("llama") / "llama.onnx")
+    return _exported(tmp_path_factory, tm.decoder, "llama")
 
 
 def _output_sqnr(model, qdq, batch) -> float:
