@@ -46,6 +46,7 @@ __all__ = [
     "E4M3FN",
     "E5M2",
     "BLOCK_METHODS",
+    "BLOCK_SIZES",
     "FLOAT_METHODS",
     "FORMATS",
     "INT4",
@@ -870,6 +871,10 @@ def int_block_dequantize(elements: Array, scales: Array, block_size: int = INT_B
     return xp.reshape(blocks * xp.astype(scales, xp.float32)[..., None], tuple(elements.shape))
 
 
+BLOCK_SIZES = {"mx": MX_BLOCK, "nvfp4": NVFP4_BLOCK, "int_groups": INT_BLOCK}
+"""Each block scheme's block size."""
+
+
 # -- choosing an FP32 scale from histograms: the least expected noise on the format's grid -----
 SEARCH_CANDIDATES = 128
 """Candidate scales per encoding: ``amax * k / 128`` for ``k = 1..128``, over ``fmt.max``."""
@@ -1139,10 +1144,9 @@ def from_json(data: dict) -> dict:
         raise ValueError("not a block-encodings dict (see encanalyze.formats.to_json)") from None
     if version != JSON_VERSION:
         raise ValueError(f"unsupported block-encodings version {version!r}")
-    if scheme not in ("mx", "nvfp4", "int_groups") or name not in FORMATS:
+    if scheme not in BLOCK_SIZES or name not in FORMATS:
         raise ValueError(f"unknown scheme {scheme!r} or element format {name!r}")
-    sizes = (("mx", MX_BLOCK), ("nvfp4", NVFP4_BLOCK), ("int_groups", INT_BLOCK))
-    if (scheme, block_size) not in sizes:
+    if BLOCK_SIZES.get(scheme) != block_size:
         raise ValueError(f"{scheme} blocks are not {block_size!r} values long")
     try:
         array = np.asarray(scales, dtype=np.float64)  # 127.9 is no exponent: not truncated

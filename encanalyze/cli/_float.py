@@ -128,7 +128,7 @@ def _blocked(x, fmt, scheme: str, methods, args) -> tuple[Layout, dict]:
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"has no block axis {axis} (shape {tuple(x.shape)})")
     axis %= x.ndim
-    size = {"mx": formats.MX_BLOCK, "nvfp4": formats.NVFP4_BLOCK}.get(scheme, formats.INT_BLOCK)
+    size = formats.BLOCK_SIZES[scheme]
     if x.shape[axis] % size:
         raise ValueError(
             f"axis {axis} of length {x.shape[axis]} does not split into blocks of {size}"

@@ -47,14 +47,10 @@ BLOCK_OPSET = 21
 BLOCK_METHODS = formats.BLOCK_METHODS
 """The block formats' methods (:data:`encanalyze.formats.BLOCK_METHODS`)."""
 
-SCHEMES = ("mx", "nvfp4", "int_groups")
+SCHEMES = tuple(formats.BLOCK_SIZES)
 
-BLOCK_SIZES = {
-    "mx": formats.MX_BLOCK,
-    "nvfp4": formats.NVFP4_BLOCK,
-    "int_groups": formats.INT_BLOCK,
-}
-"""Each scheme's block size."""
+BLOCK_SIZES = formats.BLOCK_SIZES
+"""Each scheme's block size (:data:`encanalyze.formats.BLOCK_SIZES`)."""
 
 
 @dataclasses.dataclass(frozen=True)
