@@ -47,6 +47,7 @@ __all__ = [
     "E5M2",
     "BLOCK_METHODS",
     "BLOCK_SIZES",
+    "BlockEncoding",
     "FLOAT_METHODS",
     "FORMATS",
     "INT4",
@@ -64,6 +65,7 @@ __all__ = [
     "FloatFormat",
     "NumberFormat",
     "amax_scale",
+    "block_encode",
     "SCALE_KINDS",
     "check_scales",
     "compute_scale",
@@ -851,7 +853,7 @@ def int_block_quantize(
     top = xp.asarray(fmt.max, dtype=xp.float32, device=device_of(blocks))
     scale = xp.where(amax > 0, div(xp, amax, top), xp.ones_like(amax))
     if mode == "mse":
-        candidates = [scale * np.float32(1 - k / 64) for k in range(_INT_SHRINK)]
+        candidates = [scale * float(np.float32(1 - k / 64)) for k in range(_INT_SHRINK)]
         scale = _least_error(
             xp, blocks, candidates, lambda s: _int_elements(xp, blocks, s, fmt) * s[..., None]
         )
@@ -873,6 +875,75 @@ def int_block_dequantize(elements: Array, scales: Array, block_size: int = INT_B
 
 BLOCK_SIZES = {"mx": MX_BLOCK, "nvfp4": NVFP4_BLOCK, "int_groups": INT_BLOCK}
 """Each block scheme's block size."""
+
+BLOCK_METHODS = ("minmax", "mse")
+"""The block formats' methods: the references' amax scales (MX: the floor exponent; NVFP4:
+``amax / 6`` in E4M3), or each block's least-error scale (``mode="mse"``)."""
+
+
+@dataclass(frozen=True)
+class BlockEncoding:
+    """A tensor in blocks along its last axis (:func:`block_encode`).
+
+    ``elements``: the element values (float32, the tensor's shape); ``scales``: each block's
+    FP32 scale, the product an element is multiplied by (``(..., K / block_size)``, NaN for an
+    MX block of NaN exponent); ``dequantized``: ``elements`` times their scales (float32);
+    ``export``: :func:`to_json`'s dict of the encodings (``block_axis`` as given).
+    """
+
+    elements: Array
+    scales: Array
+    dequantized: Array
+    export: dict
+
+
+def block_encode(
+    x: Array, scheme: str, fmt: ElementFormat, method: str = "minmax", block_axis: int = -1
+) -> BlockEncoding:
+    """Return ``x`` in blocks of ``scheme`` (:data:`BLOCK_SIZES`) along its last axis.
+
+    ``method`` (:data:`BLOCK_METHODS`): ``"minmax"``, the references' amax scales (MX: the
+    floor exponent; NVFP4: ``amax / 6`` in E4M3 under the tensor scale; integer groups:
+    ``amax / qmax``), or ``"mse"``, each block's least-error scale. ``fmt``: the element
+    format (NVFP4's is E2M1 whatever is given). ``block_axis`` is written into ``export``
+    only: the axis the blocks run along in the caller's tensor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from encanalyze.formats import E2M1, block_encode
+    >>> x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
+    >>> enc = block_encode(x, "mx", E2M1)
+    >>> enc.scales.tolist(), enc.export["scales"]
+    ([[0.25], [0.25]], [[125], [125]])
+    >>> bool(np.all(enc.dequantized == enc.elements * 0.25))
+    True
+    """
+    if method not in BLOCK_METHODS:
+        raise ValueError(f"block method must be one of {BLOCK_METHODS}, got {method!r}")
+    x = analyzer_input(x)
+    xp = namespace_of(x)
+    mode = "mse" if method == "mse" else None
+    if scheme == "mx":
+        elements, exps = mx_quantize(x, fmt, mode=mode or "floor")
+        dequantized = mx_dequantize(elements, exps)
+        e = xp.astype(exps, xp.float64) - E8M0_BIAS
+        scales = _pow2(xp, e, device_of(elements))
+        scales = xp.where(exps == E8M0_NAN, xp.full_like(scales, xp.nan), scales)
+        export = to_json("mx", exps, fmt, block_axis=block_axis)
+    elif scheme == "int_groups":
+        elements, scales = int_block_quantize(x, fmt, INT_BLOCK, mode=mode or "amax")
+        dequantized = int_block_dequantize(elements, scales)
+        export = to_json("int_groups", scales, fmt, block_axis=block_axis)
+    elif scheme == "nvfp4":
+        ts = nvfp4_tensor_scale(x)
+        elements, block_scales = nvfp4_quantize(x, ts, mode=mode or "amax")
+        dequantized = nvfp4_dequantize(elements, block_scales, ts)
+        scales = xp.astype(ts, xp.float32) * block_scales
+        export = to_json("nvfp4", block_scales, tensor_scale=ts, block_axis=block_axis)
+    else:
+        raise ValueError(f"scheme must be one of {tuple(BLOCK_SIZES)}, got {scheme!r}")
+    return BlockEncoding(elements, scales, dequantized, export)
 
 
 # -- choosing an FP32 scale from histograms: the least expected noise on the format's grid -----
@@ -1135,8 +1206,6 @@ def from_json(data: dict) -> dict:
     (``exponents=``) and :func:`nvfp4_quantize` (``block_scales=``, ``tensor_scale=``) take.
     ``ValueError`` for a dict of another layout or version.
     """
-    import numpy as np
-
     try:
         version, scheme, name = data["format_version"], data["scheme"], data["element_format"]
         block_size, scales = data["block_size"], data["scales"]
@@ -1174,11 +1243,6 @@ def from_json(data: dict) -> dict:
 
 
 # -- the number formats: one registry ----------------------------------------------------------
-BLOCK_METHODS = ("minmax", "mse")
-"""The block formats' methods: the references' amax scales (MX: the floor exponent; NVFP4:
-``amax / 6`` in E4M3), or each block's least-error scale (``mode="mse"``)."""
-
-
 @dataclass(frozen=True)
 class NumberFormat:
     """A number format a tensor is quantized to, by name (``--number-format``).

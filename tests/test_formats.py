@@ -695,3 +695,40 @@ def test_one_registry_of_number_formats_serves_the_command_and_the_onnx_frontend
         if spec.scheme == "scaled":
             assert spec.element is formats.FORMATS[name] and spec.methods == formats.FLOAT_METHODS
     assert FLOAT8_FORMATS == {"float8_e4m3fn": "FLOAT8E4M3FN", "float8_e5m2": "FLOAT8E5M2"}
+
+
+@pytest.mark.parametrize(
+    ("scheme", "fmt"),
+    [("mx", E2M1), ("mx", E4M3FN), ("nvfp4", E2M1), ("int_groups", formats.INT4)],
+    ids=["mxfp4", "mxfp8", "nvfp4", "int4_g128"],
+)
+@pytest.mark.parametrize("method", formats.BLOCK_METHODS)
+def test_block_encode_is_each_schemes_quantizer(backend, rng, scheme, fmt, method):
+    """One function serves the model and tensor jobs: its elements, scales, dequantized values
+    and export are the scheme's own functions', and scales times elements are the values."""
+    w = (rng.standard_t(4, (4, 256)) * rng.uniform(0.01, 10, (4, 1))).astype(np.float32)
+    enc = formats.block_encode(backend.asarray(w), scheme, fmt, method, block_axis=1)
+    size = formats.BLOCK_SIZES[scheme]
+    backend.check(enc.elements, w.shape, "float32")
+    backend.check(enc.dequantized, w.shape, "float32")
+    scales = backend.to_numpy(enc.scales)
+    assert scales.shape == (4, 256 // size)
+    elements, dq = backend.to_numpy(enc.elements), backend.to_numpy(enc.dequantized)
+    np.testing.assert_array_equal(dq, elements * np.repeat(scales, size, axis=1))
+    mode = {"minmax": {"mx": "floor"}.get(scheme, "amax"), "mse": "mse"}[method]
+    if scheme == "mx":
+        want, exps = formats.mx_quantize(w, fmt, mode=mode)
+        assert enc.export == formats.to_json("mx", exps, fmt, block_axis=1)
+    elif scheme == "nvfp4":
+        ts = formats.nvfp4_tensor_scale(w)
+        want, block = formats.nvfp4_quantize(w, ts, mode=mode)
+        assert enc.export == formats.to_json("nvfp4", block, tensor_scale=ts, block_axis=1)
+    else:
+        want, s = formats.int_block_quantize(w, fmt, mode=mode)
+        assert enc.export == formats.to_json("int_groups", s, fmt, block_axis=1)
+    np.testing.assert_array_equal(elements, want)
+    assert formats.from_json(enc.export)["block_axis"] == 1
+    with pytest.raises(ValueError, match="scheme"):
+        formats.block_encode(w, "blocks", fmt)
+    with pytest.raises(ValueError, match="block method"):
+        formats.block_encode(w, scheme, fmt, "sqnr")

@@ -140,27 +140,9 @@ def _blocked(x, fmt, scheme: str, methods, args) -> tuple[Layout, dict]:
     rows = xp.reshape(xp.astype(moved, xp.float32), (-1, size))
     found = {}
     for method in methods:
-        if scheme == "mx":
-            mode = "floor" if method == "minmax" else "mse"
-            elements, exps = formats.mx_quantize(moved, fmt, mode=mode)
-            q = formats.mx_dequantize(elements, exps)
-            e = to_numpy(exps).reshape(-1)
-            scale = np.where(e == 255, np.nan, np.ldexp(1.0, e - 127)).astype(np.float32)
-            export = formats.to_json("mx", exps, fmt, block_axis=axis)
-        elif scheme == "int_groups":
-            mode = "amax" if method == "minmax" else "mse"
-            elements, scales = formats.int_block_quantize(moved, fmt, size, mode=mode)
-            q = formats.int_block_dequantize(elements, scales, size)
-            scale = to_numpy(scales).reshape(-1).astype(np.float32)
-            export = formats.to_json("int_groups", scales, fmt, block_axis=axis)
-        else:
-            ts = formats.nvfp4_tensor_scale(moved)
-            mode = "amax" if method == "minmax" else "mse"
-            elements, block_scales = formats.nvfp4_quantize(moved, ts, mode=mode)
-            q = formats.nvfp4_dequantize(elements, block_scales, ts)
-            scale = to_numpy(block_scales).reshape(-1) * np.float32(to_numpy(ts))
-            export = formats.to_json("nvfp4", block_scales, tensor_scale=ts, block_axis=axis)
-        found[method] = (scale, rows, xp.reshape(q, (-1, size)), export)
+        enc = formats.block_encode(moved, scheme, fmt, method, block_axis=axis)
+        scale = to_numpy(enc.scales).reshape(-1).astype(np.float32)
+        found[method] = (scale, rows, xp.reshape(enc.dequantized, (-1, size)), enc.export)
     return layout, found
 
 

@@ -226,28 +226,12 @@ def _weight(name: str, w: np.ndarray, axis: int, scheme: str, fmt, methods, size
         )
     elements, scales, sqnr, export = {}, {}, {}, {}
     for method in methods:
-        if scheme == "mx":
-            q, exps = formats.mx_quantize(moved, fmt, mode="floor" if method == "minmax" else "mse")
-            scale = np.ldexp(np.float32(1), exps.astype(np.int32) - formats.E8M0_BIAS)
-            export[method] = formats.to_json("mx", exps, fmt, block_axis=axis)
-            d = formats.mx_dequantize(q, exps)
-        elif scheme == "int_groups":
-            mode = "amax" if method == "minmax" else "mse"
-            q, scale = formats.int_block_quantize(moved, fmt, size, mode=mode)
-            export[method] = formats.to_json("int_groups", scale, fmt, block_axis=axis)
-            d = formats.int_block_dequantize(q, scale, size)
-        else:
-            ts = formats.nvfp4_tensor_scale(moved)
-            mode = "amax" if method == "minmax" else "mse"
-            q, block = formats.nvfp4_quantize(moved, ts, mode=mode)
-            scale = np.float32(ts) * block  # the product nvfp4_dequantize multiplies by
-            export[method] = formats.to_json("nvfp4", block, tensor_scale=ts, block_axis=axis)
-            d = formats.nvfp4_dequantize(q, block, ts)
-        r, d = moved.astype(np.float64), np.asarray(d, np.float64)
+        enc = formats.block_encode(moved, scheme, fmt, method, block_axis=axis)
+        r, d = moved.astype(np.float64), np.asarray(enc.dequantized, np.float64)
         sqnr[method] = sqnr_db(float(np.sum(r * r)), float(np.sum((r - d) ** 2)))
-        elements[method] = np.moveaxis(np.asarray(q, np.float32)[..., :k], -1, axis)
-        scales[method] = np.moveaxis(np.asarray(scale, np.float32), -1, axis)
-        export[method]["view"] = list(w.shape)
+        elements[method] = np.moveaxis(np.asarray(enc.elements, np.float32)[..., :k], -1, axis)
+        scales[method] = np.moveaxis(np.asarray(enc.scales, np.float32), -1, axis)
+        export[method] = {**enc.export, "view": list(w.shape)}
     return BlockWeight(name, axis, tuple(w.shape), elements, scales, sqnr, export)
 
 
