@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -568,7 +569,9 @@ class Progress:
 
     Drawn on a terminal (``enabled=None``), always (``True``) or never (``False``); without tqdm
     (``pip install tqdm``, part of the ``onnx`` extra) there is no bar. ``advance`` counts work
-    done, ``stage`` names what runs now.
+    done, ``stage`` names what runs now, ``phase`` names a phase of the job: beside the bar, or,
+    with ``enabled=None`` and stderr not a terminal (a log, a pipe), as a plain line with the
+    time since the start.
     """
 
     def __init__(
@@ -579,7 +582,9 @@ class Progress:
         unit_scale: bool = False,
     ) -> None:
         self.bar = None
-        if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        self.started = time.perf_counter()
+        self.plain = enabled is None and not sys.stderr.isatty()
+        if enabled is False or self.plain:
             return
         try:
             from tqdm import tqdm
@@ -599,6 +604,14 @@ class Progress:
         """Show ``text`` (what runs now) beside the bar."""
         if self.bar is not None:
             self.bar.set_postfix_str(printable(text)[:40], refresh=True)
+
+    def phase(self, text: str) -> None:
+        """Name a phase of the job: beside the bar, or as a plain line where there is none."""
+        if self.bar is not None:
+            self.stage(text)
+        elif self.plain:
+            seconds = time.perf_counter() - self.started
+            print(f"encanalyze: [{seconds:6.1f} s] {printable(text)}", file=sys.stderr, flush=True)
 
     def advance(self, amount: int = 1) -> None:
         """Count ``amount`` units of work done."""

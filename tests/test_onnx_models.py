@@ -1,6 +1,7 @@
 """Calibrating ONNX models (``encanalyze.onnx``): small real graphs built with onnx.helper."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,8 +189,9 @@ def test_constant_weights_count_toward_the_external_data_limit(tmp_path, monkeyp
     assert model_bytes(model) > (om.W1.size + om.W2.size) * 4
     small = calibrate(om.cnn(weights_as="constants"), _batches(2))
     monkeypatch.setattr(_calibrate, "INLINE_LIMIT", model_bytes(model) - 1)
-    session = _calibrate.session(model, workdir=str(tmp_path))  # Constant values go external
-    assert (tmp_path / "model.data").stat().st_size == om.W2.nbytes  # W1: under 1 KB, inline
+    session = _calibrate.session(model)  # Constant values go external, in its own folder
+    folder = Path(session.encanalyze_keep[1].name)
+    assert (folder / "model.data").stat().st_size == om.W2.nbytes  # W1: under 1 KB, inline
     assert session.get_inputs()[0].name == "x"
     large = calibrate(om.cnn(weights_as="constants"), _batches(2))
     for name in small.encodings:
@@ -448,3 +450,40 @@ def test_batches_run_ahead_give_the_same_statistics(monkeypatch):
     for name, e in want.encodings.items():
         np.testing.assert_array_equal(np.asarray(got[name].scale), np.asarray(e.scale))
         np.testing.assert_array_equal(np.asarray(got[name].offset), np.asarray(e.offset))
+
+
+@needs_ort
+def test_sessions_share_the_weights_arrays_instead_of_copying_them():
+    """A session reads the large initializers from NumPy arrays (the caller's where they fit),
+    computes what a plain session of the serialized model computes, and leaves the model as it
+    was; extra outputs come without a copy of the model."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from encanalyze._io import without_large_initializers
+    from encanalyze.onnx import _calibrate
+
+    model = om.cnn()
+    before = model.SerializeToString()
+    skeleton, taken = without_large_initializers(model)
+    assert [t.name for t in taken] == [
+        i.name for i in model.graph.initializer if i.ByteSize() >= 1024
+    ] and taken
+    assert skeleton.ByteSize() < model.ByteSize() - sum(t.ByteSize() for t in taken) + 1024
+    weights = {t.name: numpy_helper.to_array(t) for t in taken}
+    run = _calibrate.session(model, ["CPUExecutionProvider"], arrays=weights)
+    shared = run.encanalyze_keep[0]
+    assert len(shared) == len(taken)
+    for value, name in zip(shared, weights, strict=True):  # the caller's arrays, not copies
+        assert value.data_ptr() == weights[name].__array_interface__["data"][0]
+    plain = ort.InferenceSession(before, providers=["CPUExecutionProvider"])
+    x = _batches(1, (2, 3, 8, 8), seed=1)[0]
+    want = plain.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(run.run(None, {"x": x})[0], want)
+    inner = model.graph.node[0].output[0]
+    extra = _calibrate.value_infos(model)
+    typed = [vi for vi in extra if vi.name == inner]
+    both = _calibrate.session(model, ["CPUExecutionProvider"], outputs=typed)
+    got = both.run(None, {"x": x})
+    assert len(got) == 2 and np.array_equal(got[0], want)
+    assert model.SerializeToString() == before

@@ -6,6 +6,7 @@ Everything a job writes goes through :class:`Outputs` (or :func:`write_atomic` f
 from ._npz import NpzError, read_member
 from ._onnx_files import (
     FLOAT_TYPES,
+    IN_MEMORY,
     ModelFileError,
     all_graphs,
     external_locations,
@@ -14,6 +15,7 @@ from ._onnx_files import (
     model_bytes,
     model_files,
     own_model,
+    without_large_initializers,
 )
 from ._outputs import (
     SIDECAR,
@@ -31,6 +33,7 @@ from ._text import printable, strict_json
 __all__ = [
     "SIDECAR",
     "FLOAT_TYPES",
+    "IN_MEMORY",
     "ModelFileError",
     "NpzError",
     "OutputPathError",
@@ -51,5 +54,6 @@ __all__ = [
     "read_tensors",
     "sample_tensors",
     "stopping_signals",
+    "without_large_initializers",
     "write_atomic",
 ]

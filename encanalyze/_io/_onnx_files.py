@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "FLOAT_TYPES",
+    "IN_MEMORY",
     "ModelFileError",
     "all_graphs",
     "external_locations",
@@ -26,6 +27,7 @@ __all__ = [
     "model_files",
     "model_bytes",
     "own_model",
+    "without_large_initializers",
 ]
 
 
@@ -132,6 +134,91 @@ def model_bytes(model) -> int:
             total += count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
             total += 16 + len(tensor.name) + 10 * len(tensor.dims)
     return total
+
+
+IN_MEMORY = "encanalyze-in-memory"
+"""The external data location :func:`without_large_initializers` gives the tensors it takes."""
+
+_SHAREABLE = ("FLOAT", "DOUBLE", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64",
+              "UINT64", "BOOL")  # fmt: skip
+"""Types shared (float16 is not: a CPU session casts it to float32 by a node it folds)."""
+
+
+def without_large_initializers(model, min_bytes: int = 1024) -> tuple[object, list]:
+    """Return ``model`` less its main graph's large initializers' data, and those initializers.
+
+    A new ``ModelProto``: every field of ``model`` but the main graph's initializers of at least
+    ``min_bytes`` bytes (:data:`_SHAREABLE`: integers, bool, float32, float64) that only
+    :data:`_RUN_TIME_READERS` read, which it declares as external data at :data:`IN_MEMORY`
+    (their name, type and dims only); the second value
+    lists those initializers of ``model`` (not copied). For ONNX Runtime sessions that take
+    the data from arrays (``SessionOptions.add_initializer``) instead of a serialized copy.
+    ``model`` itself is not changed.
+    """
+    onnx = _onnx()
+    kinds = {getattr(onnx.TensorProto, name) for name in _SHAREABLE}
+    shareable = _read_at_run_time(model.graph)
+    out = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _copy_field(out, field, value)
+    taken = []
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(out.graph, field, value)
+    for init in model.graph.initializer:
+        size = math.prod(init.dims) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        if (
+            init.data_type not in kinds
+            or size < min_bytes
+            or init.external_data
+            or init.name not in shareable
+        ):
+            out.graph.initializer.add().CopyFrom(init)
+            continue
+        taken.append(init)
+        stub = out.graph.initializer.add(name=init.name, data_type=init.data_type)
+        stub.dims.extend(init.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=IN_MEMORY)
+    return out, taken
+
+
+_RUN_TIME_READERS = ("MatMul", "Gemm", "Gather")
+"""Operators that read a weight only when they run (beside an operand computed at run time):
+ONNX Runtime's graph optimizers read the data of other weights from the graph (constant
+folding, Conv and Cast fusions, QDQ rewrites) before a session's shared arrays take their place."""
+
+
+def _read_at_run_time(graph) -> set[str]:
+    """Return the initializers of ``graph`` that only :data:`_RUN_TIME_READERS` read.
+
+    Each of those nodes has an operand that no initializer holds; no subgraph reads them and
+    they are no input or output of the graph.
+    """
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    ok = set(constants) - {o.name for o in graph.output} - {i.name for i in graph.input}
+    for node in graph.node:
+        nested = any(a.g.node or a.graphs for a in node.attribute)
+        runtime = any(i and i not in constants for i in node.input)
+        if node.op_type not in _RUN_TIME_READERS or not runtime or nested:
+            ok -= set(node.input)
+    for sub in list(all_graphs(graph))[1:]:  # what a body reads from outside
+        for node in sub.node:
+            ok -= set(node.input)
+    return ok
+
+
+def _copy_field(target, field, value) -> None:
+    """Copy one set field of a message into ``target`` (repeated, message or scalar)."""
+    current = getattr(target, field.name)
+    if hasattr(current, "extend"):
+        current.extend(value)
+    elif hasattr(current, "CopyFrom"):
+        current.CopyFrom(value)
+    else:
+        setattr(target, field.name, value)
 
 
 def external_locations(model) -> list[str]:

@@ -109,6 +109,8 @@ class ModelJob:
         steps = self.steps(data) - len(data.calib) + len(mine.calib)
         first = self.ranks is None or self.ranks.first
         with Progress(steps, None if first else False) as progress:
+            count = len(mine.calib)
+            progress.phase(f"calibrating on {count} batch{'' if count == 1 else 'es'}")
             self.calibrate(mine, progress)
             if not first:
                 return 0  # its statistics are in rank 0's encodings
@@ -137,6 +139,7 @@ class ModelJob:
         if "--output" in self.staged:
             write_json(self.staged["--output"], self.encodings_file())
         if "--report" in self.staged:
+            progress.phase("the report: sensitivity and comparison")
             summary = {
                 "job": self.job,
                 "model": printable(str(self.args.files[0])),
@@ -287,17 +290,18 @@ class IntJob(ModelJob):
         result = self.result
         if len(self.methods) > 1 and any(e.kind == "activation" for e in result.encodings.values()):
             acts, params = candidates_of(result, True, True)
-            progress.stage(f"choosing the encodings ({len(acts) + len(params) - 1} options)")
+            progress.phase(f"choosing the encodings ({len(acts) + len(params) - 1} options)")
             self.result, chosen = choose_encodings(data.model, result, data.judged, stage=stage)
             self.staged_model, self.opset = chosen.qdq_model, chosen.opset  # built while choosing
             progress.advance()
             self.chosen = chosen
         if stage is None:
             return
-        progress.stage("writing the QDQ model")
+        progress.phase("writing the QDQ model")
         if self.staged_model is None:
             self.staged_model, self.opset = stage_qdq_model(data.model, self.result, stage)
         progress.advance()
+        progress.phase("the QDQ model's output SQNR")
         sets = [data.judged, data.calib] if len(data.held) else [data.judged]
         self.errors, *others = compare_outputs_on(
             data.model, self.staged_model, [_Counted(b, progress) for b in sets]
@@ -453,7 +457,7 @@ class Float8Job(ModelJob):
 
     def choose(self, data: JobData, progress: Progress) -> None:
         """Choose the activations' method by the FP8 QDQ model's output SQNR."""
-        progress.stage("choosing the activations' method")
+        progress.phase("choosing the activations' method")
         judged = list(data.judged)
         self.method, self.scores, self.qdq = choose_float8_activations(
             data.model, self.result, judged, self.act_methods
@@ -618,7 +622,7 @@ class BlockJob(ModelJob):
         self.scores, self.models = {}, {}
         judged = list(data.judged)
         for method in self.methods:
-            progress.stage(f"the {method} model's output")
+            progress.phase(f"the {method} model's output")
             self.models[method] = block_qdq_model(data.model, self.result, method)
             self.scores[method] = compare_outputs(data.model, self.models[method], judged)
             progress.advance()

@@ -44,10 +44,13 @@ def inline_branches(proto, choices: dict[str, str]) -> object:
     """Return a copy of ``proto`` with each ``If`` (by first output) replaced by its branch.
 
     ``choices`` maps an ``If``'s first output to ``"then_branch"`` or ``"else_branch"``. A
-    branch whose tensor names collide with the main graph's is left as it is.
+    branch whose tensor names collide with the main graph's is left as it is. Without
+    ``choices``, ``proto`` itself (no copy of a large model for nothing).
     """
     from onnx import helper
 
+    if not choices:
+        return proto
     model = type(proto)()
     model.CopyFrom(proto)
     graph = model.graph

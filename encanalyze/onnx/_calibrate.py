@@ -23,7 +23,15 @@ from .._calibration import (
     weight_or_reason,
 )
 from .._encoding import validate_num_steps
-from .._io import FLOAT_TYPES, all_graphs, float_weights, load_model, model_bytes
+from .._io import (
+    FLOAT_TYPES,
+    IN_MEMORY,
+    all_graphs,
+    float_weights,
+    load_model,
+    model_bytes,
+    without_large_initializers,
+)
 from .._registry import DEFAULTS, METHODS
 from .._report import layout_for
 from .._report_data import activation_histogram
@@ -178,32 +186,32 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def session(model, providers=None, workdir: str | None = None, config: dict | None = None):
-    """Return an ONNX Runtime session for a loaded ``ModelProto``.
+def session(
+    model,
+    providers=None,
+    config: dict | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    outputs: Sequence = (),
+):
+    """Return an ONNX Runtime session for a loaded ``ModelProto`` (which it does not change).
 
-    A model larger than :data:`INLINE_LIMIT` is saved to ``workdir`` with external data, which
-    converts it in place: pass a model of your own (a copy). ``config``: session options
-    (``{"graph_optimization_level": "ORT_ENABLE_BASIC"}``, a level by name) and config entries
-    (``{"session.disable_quant_qdq": "1"}``).
+    The main graph's initializers of 1 KiB or more reach ONNX Runtime as NumPy arrays that the
+    session shares (``SessionOptions.add_initializer``), not as a serialized copy that it would
+    copy again: ``arrays`` by name where one has the initializer's dtype and shape (e.g.
+    :func:`~encanalyze._io.float_weights`' values of a float32 model), else an array read from
+    the model; they live as long as the session. The rest of the model is saved in a temporary
+    folder, also kept with the session (with external data past :data:`INLINE_LIMIT`: protobuf's
+    2 GiB limit). ``config``: session options (``{"graph_optimization_level":
+    "ORT_ENABLE_BASIC"}``, a level by name) and config entries (``{"session.disable_quant_qdq":
+    "1"}``). ``outputs``: more graph outputs (``ValueInfoProto``) for the session to compute.
     """
     import onnx
     import onnxruntime as ort
+    from onnx import numpy_helper
 
     providers = providers or default_providers()
-    if model_bytes(model) <= INLINE_LIMIT:
-        source = model.SerializeToString()
-    else:
-        if workdir is None:
-            raise ValueError("a model this large needs a working folder for its external data")
-        path = Path(workdir) / "model.onnx"
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            location="model.data",
-            convert_attribute=True,
-        )
-        source = str(path)
+    skeleton, taken = without_large_initializers(model)
+    skeleton.graph.output.extend(outputs)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its graph-cleaning warnings are not the user's
     for key, value in (config or {}).items():
@@ -211,9 +219,29 @@ def session(model, providers=None, workdir: str | None = None, config: dict | No
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, value)
         else:
             options.add_session_config_entry(key, value)
-    return _ort_call(
-        "load the model", ort.InferenceSession, source, sess_options=options, providers=providers
-    )
+    shared = []
+    for init in taken:
+        given = (arrays or {}).get(init.name)
+        want = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+        fits = given is not None and given.dtype == want and given.shape == tuple(init.dims)
+        value = np.ascontiguousarray(given if fits else numpy_helper.to_array(init))
+        shared.append(ort.OrtValue.ortvalue_from_numpy(value))
+        options.add_initializer(init.name, shared[-1])
+    folder = tempfile.TemporaryDirectory(prefix="encanalyze-")
+    path = Path(folder.name) / "model.onnx"
+    (path.parent / IN_MEMORY).touch()  # the location the shared initializers name
+    large = model_bytes(skeleton) > INLINE_LIMIT
+    onnx.save_model(
+        skeleton, str(path), save_as_external_data=large, location="model.data",
+        convert_attribute=True,
+    )  # fmt: skip
+    del skeleton
+    run = _ort_call(
+        "load the model", ort.InferenceSession, str(path), sess_options=options,
+        providers=providers,
+    )  # fmt: skip
+    run.encanalyze_keep = (shared, folder)  # the arrays it reads, its folder: as long as it
+    return run
 
 
 def run_batch(run, names: list[str], feed: dict) -> list:
@@ -438,10 +466,9 @@ def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
         helper.make_tensor_value_info(c, TensorProto.BOOL, None)
         for c in dict.fromkeys(conds.values())
     )
-    with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
-        run = session(probe, providers, workdir)
-        names = list(dict.fromkeys(conds.values()))
-        values = dict(zip(names, run_batch(run, names, feeds(batch, inputs)), strict=True))
+    run = session(probe, providers)
+    names = list(dict.fromkeys(conds.values()))
+    values = dict(zip(names, run_batch(run, names, feeds(batch, inputs)), strict=True))
     return {out: BRANCHES[bool(np.asarray(values[c]).reshape(-1)[0])] for out, c in conds.items()}
 
 
@@ -562,14 +589,12 @@ def observe_activations(
         )
     fed = {i.name for i in inputs}
     wanted = [n for n in names if n not in fed]  # graph inputs come from the feed itself
-    augmented = type(proto)()
-    augmented.CopyFrom(proto)
     outputs = {o.name for o in proto.graph.output}
-    augmented.graph.output.extend(typed[n] for n in wanted if n not in outputs)
     checks = [c for c in conds if c not in wanted and c not in fed]
-    augmented.graph.output.extend(
+    extra = [typed[n] for n in wanted if n not in outputs]
+    extra += [
         helper.make_tensor_value_info(c, TensorProto.BOOL, None) for c in checks if c not in outputs
-    )
+    ]
     wanted = wanted + checks
     # name -> ({method: analyzer}, channel axis, the analyzers that observe), made at the
     # tensor's first batch: methods that gather the same statistics share one analyzer's
@@ -588,25 +613,23 @@ def observe_activations(
         return analyzers[name][2]
 
     count = 0
-    with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
-        run = session(augmented, providers, workdir) if wanted else None
-        del augmented
-        fed = (feeds(batch, inputs) for batch in progress_bar(batches, progress))
-        for feed, produced in _run_ahead(run, wanted, fed):
-            for cond, branch in conds.items():
-                value = produced[cond] if cond in produced else feed[cond]
-                if BRANCHES[bool(np.asarray(value).reshape(-1)[0])] != branch:
-                    raise ModelRunError(
-                        f"batch {count + 1} takes another branch of the If on {cond!r} than the "
-                        f"first batch ({branch}): calibrate each branch's data separately"
-                    )
-            for name in names:
-                value = produced[name] if name in produced else feed[name]
-                for analyzer in observers_of(name, value):
-                    analyzer.observe(value)
-                if ranges is not None and (r := _finite_range(value)) is not None:
-                    ranges.setdefault(name, []).append(r)
-            count += 1
+    run = session(proto, providers, arrays=weights, outputs=extra) if wanted else None
+    fed = (feeds(batch, inputs) for batch in progress_bar(batches, progress))
+    for feed, produced in _run_ahead(run, wanted, fed):
+        for cond, branch in conds.items():
+            value = produced[cond] if cond in produced else feed[cond]
+            if BRANCHES[bool(np.asarray(value).reshape(-1)[0])] != branch:
+                raise ModelRunError(
+                    f"batch {count + 1} takes another branch of the If on {cond!r} than the "
+                    f"first batch ({branch}): calibrate each branch's data separately"
+                )
+        for name in names:
+            value = produced[name] if name in produced else feed[name]
+            for analyzer in observers_of(name, value):
+                analyzer.observe(value)
+            if ranges is not None and (r := _finite_range(value)) is not None:
+                ranges.setdefault(name, []).append(r)
+        count += 1
     out = {}
     for name in names:
         if name not in analyzers:  # no batch reached it: analyzers without statistics

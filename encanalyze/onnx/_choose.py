@@ -15,14 +15,13 @@ import math
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .._calibration import CalibrationResult
-from .._io import SIDECAR, own_model
+from .._io import SIDECAR, load_model, own_model
 from .._output_errors import OutputErrors
 from .._report import sqnr_rank
 from ._calibrate import QUANTIZABLE_OPS
@@ -182,7 +181,7 @@ def choose_encodings(
     check_qdq(result)
     acts, params = candidates_of(result, activations, weights)
     batches = list(batches)
-    proto = own_model(model)
+    proto, _ = load_model(model)
     names = [o.name for o in proto.graph.output]
     reference = list(model_outputs(proto, batches, names, providers))  # the float model once
     del proto
@@ -202,15 +201,6 @@ def choose_encodings(
             folder = Path(tempfile.mkdtemp(dir=parent, prefix=".option-"))
             return stage_qdq_model(model, option.apply(result), folder / name, op_types=op_types)
 
-        # min-max everywhere, then the default (the usual decision), are built by ONNX
-        # Runtime's (Python) quantizer on a worker thread while the emulated options run (its
-        # sessions release the GIL); the pool is waited for before the folder goes, also when
-        # the emulation raises
-        pending: dict = {}
-        stack.callback(_remove_unused, pending)  # those taken up leave it
-        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="encanalyze-qdq"))
-        for option in dict.fromkeys([simple, default]):
-            pending[option.label] = pool.submit(build, option)
         with Emulator(model, result, op_types=op_types, providers=providers) as emulator:
 
             def per_sample(option: Option) -> tuple:
@@ -236,9 +226,8 @@ def choose_encodings(
 
             base = keep_or_switch(default, [Option(a, default.weights) for a in acts])
             decision = keep_or_switch(base, [Option(base.activations, w) for w in params])
-        for option in dict.fromkeys([simple, decision]):
-            found = pending.pop(option.label, None)
-            built[option.label] = build(option) if found is None else found.result()
+        for option in dict.fromkeys([simple, decision]):  # after the emulation: memory
+            built[option.label] = build(option)
             outputs = model_outputs(own_model(built[option.label][0]), batches, names, providers)
             measured[option.label] = OutputErrors.measure(names, reference, outputs)
             checked[option.label] = _score(measured[option.label])
@@ -309,16 +298,6 @@ def _beats(gain: float, se: float, z: float) -> bool:
     if not math.isfinite(se):  # too few samples to tell: only z <= 0 lets a gain through
         return z <= 0 and gain > (0.0 if z == 0 else -math.inf)
     return gain > z * se
-
-
-def _remove_unused(pending: dict) -> None:
-    """Remove the folders of QDQ models built ahead and still pending: never taken up.
-
-    They were built speculatively: a build that failed there stops nothing.
-    """
-    for future in pending.values():
-        if future.exception() is None:
-            shutil.rmtree(future.result()[0].parent, ignore_errors=True)
 
 
 def _temporary():

@@ -14,7 +14,15 @@ import numpy as np
 
 from .._calibration import CalibrationResult
 from .._encoding import to_scale_offset
-from .._io import Outputs, all_graphs, float_weights, model_bytes, model_files, own_model
+from .._io import (
+    Outputs,
+    all_graphs,
+    float_weights,
+    load_model,
+    model_bytes,
+    model_files,
+    own_model,
+)
 from .._output_errors import OutputErrors
 from .._warnings import warn
 from ._branches import inline_branches
@@ -364,13 +372,13 @@ def compare_outputs_on(
     One ONNX Runtime session per model serves every set: a large model pays for its sessions
     once (a BERT-base's two cost about 3 s to make).
     """
-    reference = own_model(float_model)  # session() may convert the models it runs
+    reference, _ = load_model(float_model)
     names = [o.name for o in reference.graph.output]
     batches = itertools.chain.from_iterable(batch_sets)
     first, second = itertools.tee(batches)  # one pass over the batches, both models in step
     want = model_outputs(reference, first, names, providers)
     del reference  # held by the generator until its session exists, then dropped
-    got = model_outputs(own_model(quantized_model), second, names, providers, config)
+    got = model_outputs(load_model(quantized_model)[0], second, names, providers, config)
     return [
         OutputErrors.measure(names, itertools.islice(want, n), itertools.islice(got, n))
         for n in map(len, batch_sets)
@@ -380,13 +388,12 @@ def compare_outputs_on(
 def model_outputs(
     proto, batches: Iterable, names: list[str], providers, config: dict | None = None
 ) -> Iterator[list]:
-    """Yield ``names`` computed by ``proto`` (a model of the caller's own) on each batch."""
+    """Yield ``names`` computed by ``proto`` (a loaded model, not changed) on each batch."""
     inputs = model_inputs(proto)
-    with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
-        run = session(proto, providers, workdir, config)
-        del proto
-        for batch in batches:
-            yield run_batch(run, names, feeds(batch, inputs))
+    run = session(proto, providers, config)
+    del proto
+    for batch in batches:
+        yield run_batch(run, names, feeds(batch, inputs))
 
 
 def own_qdq_model(proto, result: CalibrationResult, names: list[str]) -> tuple[object, str]:

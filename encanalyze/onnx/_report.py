@@ -91,28 +91,26 @@ def own_sqnr(model, branches: dict, qdq: dict, batches: Sequence, providers=None
     """
     import numpy as np
 
-    proto = inline_branches(own_model(model), branches)
+    proto = inline_branches(load_model(model)[0], branches)
     typed = {vi.name: vi for vi in value_infos(proto)}
     inputs = model_inputs(proto)
     fed = {i.name for i in inputs}
     wanted = [n for n in qdq if n in typed and n not in fed]
     have = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(typed[n] for n in wanted if n not in have)
     energy = {n: {m: [0.0, 0.0] for m in by} for n, by in qdq.items()}
-    with tempfile.TemporaryDirectory(prefix="encanalyze-") as tmp:
-        run = session(proto, providers, tmp)
-        for batch in batches:
-            feed = feeds(batch, inputs)
-            got = dict(zip(wanted, run_batch(run, wanted, feed), strict=True)) if wanted else {}
-            for name, by in qdq.items():
-                if name not in got and name not in feed:
-                    continue
-                x = np.asarray(got[name] if name in got else feed[name], np.float64)
-                x = x[np.isfinite(x)]
-                for method, fn in by.items():
-                    q = np.asarray(fn(x), np.float64)
-                    energy[name][method][0] += float(np.sum(x * x))
-                    energy[name][method][1] += float(np.sum((x - q) ** 2))
+    run = session(proto, providers, outputs=[typed[n] for n in wanted if n not in have])
+    for batch in batches:
+        feed = feeds(batch, inputs)
+        got = dict(zip(wanted, run_batch(run, wanted, feed), strict=True)) if wanted else {}
+        for name, by in qdq.items():
+            if name not in got and name not in feed:
+                continue
+            x = np.asarray(got[name] if name in got else feed[name], np.float64)
+            x = x[np.isfinite(x)]
+            for method, fn in by.items():
+                q = np.asarray(fn(x), np.float64)
+                energy[name][method][0] += float(np.sum(x * x))
+                energy[name][method][1] += float(np.sum((x - q) ** 2))
     return {
         n: {m: sqnr_db(*v) for m, v in by.items()}
         for n, by in energy.items()

@@ -46,7 +46,7 @@ def sensitivity(
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)  # weights as initializers, as the emulation has them
     names = [o.name for o in proto.graph.output]
-    reference = list(model_outputs(own_model(proto), batches, names, providers))
+    reference = list(model_outputs(proto, batches, names, providers))
     initializers = {t.name for t in proto.graph.initializer}
     with emulator(model, result, op_types=op_types, providers=providers) as run:
         on = set(run.tensors)

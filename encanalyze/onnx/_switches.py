@@ -41,16 +41,12 @@ class QuantizerSession:
     names: list
 
     def _open(self, proto, providers=None, config: dict | None = None) -> None:
-        """Start the session of ``proto`` in a working folder of its own."""
-        import tempfile
-
-        self._workdir = tempfile.TemporaryDirectory(prefix="encanalyze-")
-        self._run = session(proto, providers, self._workdir.name, config)
+        """Start the session of ``proto``."""
+        self._run = session(proto, providers, config)
 
     def close(self) -> None:
-        """Drop the session and its working folder."""
+        """Drop the session."""
         self._run = None
-        self._workdir.cleanup()
 
     def __enter__(self):
         return self
