@@ -41,6 +41,7 @@ LAYERS = [
         "encanalyze._histograms",
         "encanalyze._stats",
         "encanalyze._io",
+        "encanalyze._memory",
     ),
     # observers, rules, analyzers, the method registry, persistence
     (

@@ -32,6 +32,7 @@ from .._io import (
     model_bytes,
     without_large_initializers,
 )
+from .._memory import release_freed_memory
 from .._registry import DEFAULTS, METHODS
 from .._report import layout_for
 from .._report_data import activation_histogram
@@ -630,6 +631,8 @@ def observe_activations(
             if ranges is not None and (r := _finite_range(value)) is not None:
                 ranges.setdefault(name, []).append(r)
         count += 1
+    del run
+    release_freed_memory()  # the session's copies and the batches' activations
     out = {}
     for name in names:
         if name not in analyzers:  # no batch reached it: analyzers without statistics

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._calibration import CalibrationResult
 from .._io import SIDECAR, load_model, own_model
+from .._memory import release_freed_memory
 from .._output_errors import OutputErrors
 from .._report import sqnr_rank
 from ._calibrate import QUANTIZABLE_OPS
@@ -227,6 +228,7 @@ def choose_encodings(
             base = keep_or_switch(default, [Option(a, default.weights) for a in acts])
             decision = keep_or_switch(base, [Option(base.activations, w) for w in params])
         for option in dict.fromkeys([simple, decision]):  # after the emulation: memory
+            release_freed_memory()  # the emulation's, then each build's
             built[option.label] = build(option)
             outputs = model_outputs(own_model(built[option.label][0]), batches, names, providers)
             measured[option.label] = OutputErrors.measure(names, reference, outputs)
