@@ -768,3 +768,26 @@ def test_method_auto_means_min_max_weights_whatever_the_activation_method():
         assert list(weight_methods(args)) == list(AUTO_WEIGHTS) == ["minmax"]
     args = parser.parse_args(["calibrate", "m.onnx", "--data", "random", "--method", "all"])
     assert len(weight_methods(args)) > 1
+
+
+def test_the_reports_summary_names_the_weights_method_it_did_not_choose(command, tmp_path):
+    """With one weight method (the default's min-max) the choice is the activations' only: the
+    summary names the weights' method instead of 'None'."""
+    path = _save(tmp_path, _mlp())
+    report = tmp_path / "r.html"
+    status, out, err = command(path, "--data", _data(tmp_path, n=64), "--report", report)
+    assert status == 0, err
+    page = report.read_text()
+    assert "weights None" not in page and "weights minmax (the only method)" in page
+
+
+def test_integer_data_for_a_float_input_is_converted_and_said(command, tmp_path):
+    """uint8 image-like data for a float input runs (values as they are) with one note."""
+    path = _save(tmp_path, _mlp())
+    pixels = np.random.default_rng(0).integers(0, 256, size=(32, 4)).astype("u1")
+    status, out, err = command(path, "--data", _data(tmp_path, x=pixels), "--method", "minmax")
+    assert status == 0, err
+    said = [line for line in err.splitlines() if "converted as they are" in line]
+    assert len(said) == 1 and "uint8 -> float32" in said[0] and "'x'" in said[0]
+    status, out, err = command(path, "--data", _data(tmp_path), "--method", "minmax")
+    assert status == 0 and "converted" not in err

@@ -330,11 +330,16 @@ def batches_for(
     names = [s.name for s in specs]
     sources = _sources(Path(data), names)
     cache: dict[Path, dict] = {}
+    converted: dict[str, str] = {}  # float inputs fed integers or bools: said once each
 
     def arrays_of(source: Path) -> dict[str, np.ndarray]:
         if source not in cache:  # one group in memory at a time
             cache.clear()
             raw = _read_data(source, names)
+            for spec in specs:
+                kind = raw[spec.name].dtype
+                if spec.dtype.kind == "f" and kind.kind in "iub":
+                    converted.setdefault(spec.name, f"{kind} -> {spec.dtype}")
             try:
                 cache[source] = {s.name: _check_array(s, raw[s.name]) for s in specs}
             except DataError as err:
@@ -355,6 +360,11 @@ def batches_for(
                 f"of exactly {fixed}"
             )
         index += [(source, i, min(i + size, total)) for i in range(0, total, size)]
+    notes += [
+        f"input {name!r}: the data's values converted as they are ({how}), not rescaled "
+        "(integer image data: scale it as the model expects, e.g. to [0, 1])"
+        for name, how in converted.items()
+    ]
 
     def make(i: int) -> dict:
         source, start, stop = index[i]

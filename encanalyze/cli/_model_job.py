@@ -389,7 +389,9 @@ class IntJob(ModelJob):
         }
         if choice is not None:
             chosen = choice.chosen
-            out["chosen"] = f"activations {chosen.activations}, weights {chosen.weights}"
+            used = {e.method for e in self.result.encodings.values() if e.kind == "param"}
+            weights = chosen.weights or f"{', '.join(sorted(used)) or 'none'} (the only method)"
+            out["chosen"] = f"activations {chosen.activations}, weights {weights}"
         if qdq is not None:
             label = "QDQ model's output" + ("" if self.errors.exact.any() else " SQNR")
             out[label] = scores(self.errors)
