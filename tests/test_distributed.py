@@ -24,7 +24,7 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_all_reduce_equals_one_process(tmp_path, world):
     import torch.multiprocessing as mp
 
@@ -75,6 +75,7 @@ def test_needs_an_initialized_process_group():
         all_reduce_stats(ea.MinMaxEncodingAnalyzer((1,)))
 
 
+@pytest.mark.slow  # a docs example: run by the full matrix
 def test_docs_torchrun_example(tmp_path):
     import subprocess
     import sys
@@ -165,6 +166,7 @@ def test_calibrate_over_ranks_equals_one_process(tmp_path, frontend):
                     np.testing.assert_allclose(got[name], scale, rtol=1 / 2048, err_msg=name)
 
 
+@pytest.mark.slow  # a docs example: run by the full matrix
 def test_docs_torchrun_model_example(tmp_path):
     import subprocess
     import sys

@@ -24,7 +24,8 @@ def _blocks():
         pattern = r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)"
         for i, block in enumerate(re.findall(pattern, text)):
             code = "\n".join(line[3:] for line in block.splitlines())
-            yield pytest.param(code, id=f"{page.stem}-{i}")
+            slow = page.stem == "transformers"  # each exports a model: the full matrix
+            yield pytest.param(code, id=f"{page.stem}-{i}", marks=[pytest.mark.slow] * slow)
 
 
 @pytest.mark.parametrize("code", list(_blocks()))

@@ -164,7 +164,14 @@ SLOW_REPORT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize(
+    "signum",
+    [
+        signal.SIGTERM,
+        pytest.param(signal.SIGHUP, marks=pytest.mark.slow),  # the same handler: full matrix
+        pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+    ],
+)
 def test_a_signal_while_the_report_is_built_leaves_the_old_outputs_and_nothing_else(
     command, tmp_path, signum
 ):
