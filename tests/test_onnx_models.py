@@ -487,3 +487,31 @@ def test_sessions_share_the_weights_arrays_instead_of_copying_them():
     got = both.run(None, {"x": x})
     assert len(got) == 2 and np.array_equal(got[0], want)
     assert model.SerializeToString() == before
+
+
+@needs_ort
+def test_a_session_falls_back_to_copies_where_onnx_runtime_reads_a_shared_weight(monkeypatch):
+    """A graph optimizer that reads a weight's data from the graph (here: a float16 MatMul on
+    the CPU, whose weight ONNX Runtime casts to float32 by a node it folds, were float16
+    shared) refuses shared arrays: the session then holds copies and computes the same."""
+    from onnx import helper, numpy_helper
+
+    from encanalyze._io import _onnx_files
+    from encanalyze.onnx import _calibrate
+
+    half = np.random.default_rng(0).normal(size=(64, 16)).astype("f2")  # 2 KB
+    f16 = onnx.TensorProto.FLOAT16
+    model = om.graph_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [helper.make_tensor_value_info("x", f16, [2, 64])],
+        [helper.make_tensor_value_info("y", f16, [2, 16])],
+        [numpy_helper.from_array(half, "w")],
+    )
+    monkeypatch.setattr(_onnx_files, "_SHAREABLE", (*_onnx_files._SHAREABLE, "FLOAT16"))
+    with pytest.raises(_calibrate.ModelRunError):  # shared: ONNX Runtime refuses
+        _calibrate._session(model, ["CPUExecutionProvider"], None, None, (), 1024)
+    run = _calibrate.session(model, ["CPUExecutionProvider"])
+    assert run.encanalyze_keep[0] == []  # copies
+    x = np.ones((2, 64), "f2")
+    want = (x.astype("f4") @ half.astype("f4")).astype("f2")
+    np.testing.assert_allclose(run.run(None, {"x": x})[0], want, rtol=2e-3, atol=2e-3)

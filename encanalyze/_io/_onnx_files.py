@@ -144,7 +144,9 @@ _SHAREABLE = ("FLOAT", "DOUBLE", "INT8", "UINT8", "INT16", "UINT16", "INT32", "U
 """Types shared (float16 is not: a CPU session casts it to float32 by a node it folds)."""
 
 
-def without_large_initializers(model, min_bytes: int = 1024) -> tuple[object, list]:
+def without_large_initializers(
+    model, min_bytes: float = 1024, *, for_session: bool = True
+) -> tuple[object, list]:
     """Return ``model`` less its main graph's large initializers' data, and those initializers.
 
     A new ``ModelProto``: every field of ``model`` but the main graph's initializers of at least
@@ -152,12 +154,14 @@ def without_large_initializers(model, min_bytes: int = 1024) -> tuple[object, li
     :data:`_RUN_TIME_READERS` read, which it declares as external data at :data:`IN_MEMORY`
     (their name, type and dims only); the second value
     lists those initializers of ``model`` (not copied). For ONNX Runtime sessions that take
-    the data from arrays (``SessionOptions.add_initializer``) instead of a serialized copy.
-    ``model`` itself is not changed.
+    the data from arrays (``SessionOptions.add_initializer``) instead of a serialized copy;
+    ``for_session=False`` takes every initializer of ``min_bytes`` or more (for shape inference,
+    which reads types and dims only). ``model`` itself is not changed (setting a tensor's bytes
+    and back would leave a copy of them in its arena for as long as it lives).
     """
     onnx = _onnx()
     kinds = {getattr(onnx.TensorProto, name) for name in _SHAREABLE}
-    shareable = _read_at_run_time(model.graph)
+    shareable = _read_at_run_time(model.graph) if for_session else None
     out = onnx.ModelProto()
     for field, value in model.ListFields():
         if field.name != "graph":
@@ -169,10 +173,9 @@ def without_large_initializers(model, min_bytes: int = 1024) -> tuple[object, li
     for init in model.graph.initializer:
         size = math.prod(init.dims) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
         if (
-            init.data_type not in kinds
-            or size < min_bytes
+            size < min_bytes
             or init.external_data
-            or init.name not in shareable
+            or (for_session and (init.data_type not in kinds or init.name not in shareable))
         ):
             out.graph.initializer.add().CopyFrom(init)
             continue
@@ -184,10 +187,12 @@ def without_large_initializers(model, min_bytes: int = 1024) -> tuple[object, li
     return out, taken
 
 
-_RUN_TIME_READERS = ("MatMul", "Gemm", "Gather")
+_RUN_TIME_READERS = ("MatMul", "Gemm", "Gather", "Mul", "Div", "Add", "Sub", "Where")
 """Operators that read a weight only when they run (beside an operand computed at run time):
 ONNX Runtime's graph optimizers read the data of other weights from the graph (constant
-folding, Conv and Cast fusions, QDQ rewrites) before a session's shared arrays take their place."""
+folding, Conv and Cast fusions, QDQ rewrites) before a session's shared arrays take their place
+(the arithmetic ones are here for the weights that the emulation quantizes by scales it is fed;
+a fusion that reads one anyway makes the session fall back to a copy)."""
 
 
 def _read_at_run_time(graph) -> set[str]:

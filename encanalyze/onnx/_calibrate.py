@@ -164,18 +164,8 @@ def value_infos(model) -> list:
     """Return the main graph's value infos after type inference (big tensor data left out)."""
     import onnx
 
-    stash = {}
-    for graph in all_graphs(model.graph):  # inference needs types and shapes, not the bytes
-        for t in graph.initializer:
-            if len(t.raw_data) > 4096:
-                stash[id(t)] = (t, t.raw_data)
-                t.raw_data = b""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    finally:
-        for t, raw in stash.values():
-            t.raw_data = raw
-    g = inferred.graph
+    skeleton, _ = without_large_initializers(model, 4096, for_session=False)  # types and dims
+    g = onnx.shape_inference.infer_shapes(skeleton).graph
     return [*g.input, *g.value_info, *g.output]
 
 
@@ -196,22 +186,39 @@ def session(
 ):
     """Return an ONNX Runtime session for a loaded ``ModelProto`` (which it does not change).
 
-    The main graph's initializers of 1 KiB or more reach ONNX Runtime as NumPy arrays that the
-    session shares (``SessionOptions.add_initializer``), not as a serialized copy that it would
-    copy again: ``arrays`` by name where one has the initializer's dtype and shape (e.g.
-    :func:`~encanalyze._io.float_weights`' values of a float32 model), else an array read from
-    the model; they live as long as the session. The rest of the model is saved in a temporary
-    folder, also kept with the session (with external data past :data:`INLINE_LIMIT`: protobuf's
-    2 GiB limit). ``config``: session options (``{"graph_optimization_level":
-    "ORT_ENABLE_BASIC"}``, a level by name) and config entries (``{"session.disable_quant_qdq":
-    "1"}``). ``outputs``: more graph outputs (``ValueInfoProto``) for the session to compute.
+    The main graph's initializers of :data:`SHARED_BYTES` or more reach ONNX Runtime as NumPy
+    arrays that the session shares (``SessionOptions.add_initializer``), not as a serialized
+    copy that it would copy again: ``arrays`` by name where one has the initializer's dtype and
+    shape (e.g. :func:`~encanalyze._io.float_weights`' values of a float32 model), else an array
+    read from the model; they live as long as the session. The rest of the model is saved in a
+    temporary folder, also kept with the session (with external data past
+    :data:`INLINE_LIMIT`: protobuf's 2 GiB limit). ``config``: session options
+    (``{"graph_optimization_level": "ORT_ENABLE_BASIC"}``, a level by name) and config entries
+    (``{"session.disable_quant_qdq": "1"}``). ``outputs``: more graph outputs
+    (``ValueInfoProto``) for the session to compute.
+    Only weights that the graph reads at run time are shared
+    (:func:`~encanalyze._io.without_large_initializers`); where ONNX Runtime still refuses (a
+    graph optimizer that reads one's data), the session holds copies instead.
     """
+    providers = providers or default_providers()
+    try:
+        return _session(model, providers, config, arrays, outputs, SHARED_BYTES)
+    except ModelRunError:  # a graph optimizer that reads a shared weight's data: copies
+        return _session(model, providers, config, arrays, outputs, math.inf)
+
+
+SHARED_BYTES = 1024
+"""Initializers of at least this many bytes are shared with sessions (ONNX Runtime takes
+user buffers of 128 bytes and more)."""
+
+
+def _session(model, providers, config, arrays, outputs, min_bytes: float):
+    """:func:`session`, sharing the initializers of ``min_bytes`` or more."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    providers = providers or default_providers()
-    skeleton, taken = without_large_initializers(model)
+    skeleton, taken = without_large_initializers(model, min_bytes)
     skeleton.graph.output.extend(outputs)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its graph-cleaning warnings are not the user's
@@ -251,9 +258,17 @@ def run_batch(run, names: list[str], feed: dict) -> list:
 
 
 def model_inputs(model) -> list:
-    """Return the graph inputs a caller feeds (old models list initializers as inputs too)."""
+    """Return the graph inputs a caller feeds (old models list initializers as inputs too).
+
+    Copies: a message read out of a model keeps the whole model (its weights) alive.
+    """
     initializers = {i.name for i in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
+    out = []
+    for given in model.graph.input:
+        if given.name not in initializers:
+            out.append(type(given)())
+            out[-1].CopyFrom(given)
+    return out
 
 
 def feeds(batch, inputs) -> dict[str, np.ndarray]:
