@@ -31,7 +31,7 @@ from functools import partial
 
 import numpy as np
 
-from ._backends import analyzer_input, quiet, to_numpy
+from ._backends import analyzer_input, primitives, quiet, to_numpy
 from ._errors import StatisticsNotFoundError
 from ._rules.minmax import MinMaxEncodingAnalyzer
 from ._rules.percentile import PercentileEncodingAnalyzer, percentile_range, validate_percentile
@@ -230,6 +230,10 @@ def _round_magnitudes(xp, a: Array, fmt: ElementFormat) -> Array:
     exact (a power of two), the rounding is the standard's ``round`` (ties to even), and the
     product back is exact too: one rounding, the format's own.
     """
+    if isinstance(fmt, FloatFormat) and (native := primitives(xp).round_magnitudes) is not None:
+        out = native(a, fmt.mantissa_bits, fmt.min_exponent)  # by the bits: no log2
+        if out is not None:
+            return out
     dev = device_of(a)
     two = xp.asarray(2.0, dtype=a.dtype, device=dev)
     if isinstance(fmt, FixedFormat):  # one spacing, a power of two

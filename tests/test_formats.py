@@ -732,3 +732,24 @@ def test_block_encode_is_each_schemes_quantizer(backend, rng, scheme, fmt, metho
         formats.block_encode(w, "blocks", fmt)
     with pytest.raises(ValueError, match="block method"):
         formats.block_encode(w, scheme, fmt, "sqnr")
+
+
+@pytest.mark.parametrize("fmt", FP_ALL, ids=lambda f: f.name)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rounding_by_the_bits_equals_the_portable_rounding(backend, rng, fmt, dtype):
+    """The backends' bit-level rounding (NumPy, CuPy, torch) gives the portable rounding's
+    values bit for bit: ties, subnormals, the largest value, zero and NaN included."""
+    import array_api_strict as strict
+
+    from encanalyze._backends import primitives
+
+    native = primitives(backend.xp).round_magnitudes
+    if native is None:
+        pytest.skip(f"{backend.name} rounds by the portable path")
+    x = np.abs(_hard_values(rng, fmt)).astype(dtype)
+    fine = rng.uniform(0, fmt.max, 2000) * rng.choice([1, 1e-3, 1e-6], 2000)  # float64 digits
+    a = np.minimum(np.concatenate([x, fine.astype(dtype)]), fmt.max)  # NaN stays
+    want = formats._round_magnitudes(strict, strict.asarray(a), fmt)
+    got = native(backend.asarray(a, dtype), fmt.mantissa_bits, fmt.min_exponent)
+    backend.check(got, a.shape, dtype)
+    np.testing.assert_array_equal(backend.to_numpy(got), np.asarray(want))

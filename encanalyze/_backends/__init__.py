@@ -66,7 +66,9 @@ class Primitives(NamedTuple):
     in the work dtype, with each row's count of NaN values, of values that are not finite and
     of finite values outside ``[lo, hi]`` from the same pass (with ``absolute``, of ``|rows|``,
     and each row's count of negative values; compiled; None where not built, or, from the call,
-    for other dtypes).
+    for other dtypes); ``round_magnitudes(a, mantissa_bits, min_exponent)`` is
+    ``formats._round_magnitudes`` for a float format by the bits of float32 / float64 ``a``
+    (None for other dtypes: the portable path).
     """
 
     minmax: Callable
@@ -78,6 +80,7 @@ class Primitives(NamedTuple):
     rebin: Callable | None = None
     noise_by_cells: Callable | None = None
     count_checked: Callable | None = None
+    round_magnitudes: Callable | None = None
 
 
 _TABLE: dict[Namespace, Primitives] = {}

@@ -19,6 +19,7 @@ __all__ = [
     "minmax",
     "primitives",
     "rebin_rows",
+    "round_magnitudes",
 ]
 
 
@@ -32,6 +33,7 @@ def primitives(m, host: bool) -> dict:
         "clip": partial(clip, m),
         "bincount_rows": partial(bincount_rows, m, host),
         "histogram_rows": partial(histogram_rows, m, host),
+        "round_magnitudes": partial(round_magnitudes, m),
     }
     if host:
         out["rebin"] = rebin_rows
@@ -315,3 +317,31 @@ def rebin_rows(counts, lo, hi, new_lo, new_hi, whole: bool = False):
         counted = np.bincount(keys, weights, minlength=size)
         out[sl] = counted.reshape(rows, num_bins)
     return out
+
+
+_BITS = {"float32": ("uint32", 23), "float64": ("uint64", 52)}
+"""Each float dtype's unsigned twin and mantissa width."""
+
+
+def round_magnitudes(m, a, mantissa_bits: int, min_exponent: int):
+    """Return ``formats._round_magnitudes`` of ``a`` computed on its bits.
+
+    ``a``: non-negative float32 or float64, at most the format's largest value, or NaN; the
+    result has ``mantissa_bits`` bits, ties to even. Normal values round their mantissa in the
+    integer twin (add half an ulp less one, plus the kept part's last bit, then cut); values
+    below ``2**min_exponent`` (the format's subnormals) round by adding and taking back
+    ``2**(min_exponent - mantissa_bits + W)``, ``W`` the dtype's mantissa width, whose ulp is
+    their spacing. None for other dtypes.
+    """
+    twin = _BITS.get(str(a.dtype))
+    if twin is None:
+        return None
+    unsigned, width = twin
+    drop = width - mantissa_bits
+    bits = a.view(unsigned)
+    kept = (bits >> drop) & 1
+    rounded = (((bits + ((1 << (drop - 1)) - 1) + kept) >> drop) << drop).view(a.dtype)
+    magic = a.dtype.type(2.0 ** (min_exponent - mantissa_bits + width))
+    tiny = (a + magic) - magic
+    out = m.where(a < 2.0**min_exponent, tiny, rounded)
+    return m.where(m.isnan(a), a, out)

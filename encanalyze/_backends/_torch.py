@@ -209,7 +209,27 @@ def noise_by_cells(counts, edges, deltas, offsets, n: int, gamma: float, scale=N
     return None if found is None else torch.from_numpy(found)
 
 
+_BITS = {torch.float32: (torch.int32, 23), torch.float64: (torch.int64, 52)}
+
+
+def round_magnitudes(a: torch.Tensor, mantissa_bits: int, min_exponent: int):
+    """``_numpy_like.round_magnitudes`` in torch (signed twins: ``a`` is non-negative)."""
+    twin = _BITS.get(a.dtype)
+    if twin is None:
+        return None
+    signed, width = twin
+    drop = width - mantissa_bits
+    bits = a.view(signed)
+    kept = (bits >> drop) & 1
+    rounded = (((bits + ((1 << (drop - 1)) - 1) + kept) >> drop) << drop).view(a.dtype)
+    magic = 2.0 ** (min_exponent - mantissa_bits + width)
+    tiny = (a + magic) - magic
+    out = torch.where(a < 2.0**min_exponent, tiny, rounded)
+    return torch.where(torch.isnan(a), a, out)
+
+
 PRIMITIVES = {
+    "round_magnitudes": round_magnitudes,
     "noise_by_cells": noise_by_cells,
     "rebin": rebin,
     "minmax": minmax,
