@@ -339,9 +339,21 @@ def round_magnitudes(m, a, mantissa_bits: int, min_exponent: int):
     unsigned, width = twin
     drop = width - mantissa_bits
     bits = a.view(unsigned)
-    kept = (bits >> drop) & 1
-    rounded = (((bits + ((1 << (drop - 1)) - 1) + kept) >> drop) << drop).view(a.dtype)
     magic = a.dtype.type(2.0 ** (min_exponent - mantissa_bits + width))
-    tiny = (a + magic) - magic
-    out = m.where(a < 2.0**min_exponent, tiny, rounded)
-    return m.where(m.isnan(a), a, out)
+    if m is not np:  # CuPy: whole-array passes, no boolean indexing (a device sync)
+        kept = (bits >> drop) & 1
+        rounded = (((bits + ((1 << (drop - 1)) - 1) + kept) >> drop) << drop).view(a.dtype)
+        out = m.where(a < 2.0**min_exponent, (a + magic) - magic, rounded)
+        return m.where(m.isnan(a), a, out)
+    r = bits >> drop  # in place from here: one array
+    r &= 1
+    r += np.dtype(unsigned).type((1 << (drop - 1)) - 1)
+    r += bits
+    r >>= drop
+    r <<= drop
+    out = r.view(a.dtype)
+    other = ~(a >= a.dtype.type(2.0**min_exponent))  # the format's subnormals, and NaN
+    if other.any():
+        few = a[other]
+        out[other] = np.where(np.isnan(few), few, (few + magic) - magic)
+    return out
