@@ -272,6 +272,10 @@ function sensitivity() {
     for (const q of gains) ul.append(el("li", {}, `${q.name} (${q.kind}): +${db(q.gain_db)} ${OUT.gain}`));
     hint.append(ul);
   }
+  if (Q.some(q => (q.gain_db ?? 0) < 0))
+    hint.append(el("p", {id: "negative-gains"}, "A negative output gain: the output is closer " +
+      "to the float model's with that quantizer on than with it off (its error offsets " +
+      "the others'); keeping it in floating point would not help."));
   const t = document.getElementById("sensitivity");
   const head = el("tr");
   for (const h of ["rank", "layer", "op", `weights only ${OUT.unit}`, `activations only ${OUT.unit}`])
@@ -290,7 +294,7 @@ const COLUMNS = [
   {key: "kind", label: "kind", get: q => q.kind},
   {key: "shape", label: "shape", get: q => (q.shape || []).join("\u00d7"), sort: q => (q.shape || []).reduce((a, b) => a * b, 1)},
   {key: "layout", label: "layout", get: q => q.layout},
-  {key: "best", label: "best", get: q => q.best},
+  {key: "best", label: "in use", get: q => q.best},
 ];
 if (Q.some(q => q.own_sqnr_db !== undefined && q.own_sqnr_db !== null))
   COLUMNS.push({key: "own", label: "own dB", num: true, get: q => db(q.own_sqnr_db), sort: q => q.own_sqnr_db});
@@ -424,7 +428,7 @@ function draw() {
     const item = el("span");
     item.append(el("span", {class: "swatch", style: `background:${color(m)}`}),
       document.createTextNode(`${m}: [${fmt(r.min)}, ${fmt(r.max)}], ${db(r.sqnr_db)} dB` +
-        (m === q.best ? " (best)" : "")));
+        (m === q.best ? " (in use)" : "")));
     legend.append(item);
   });
   chart.append(s);

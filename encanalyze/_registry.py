@@ -70,7 +70,8 @@ class Method:
         The analyzer keywords a caller's common settings (``num_bins``, ``percentile``,
         ``gamma``) pass to it; the others keep their defaults.
     in_command
-        Whether the command offers it (and runs it with ``--method all``).
+        Whether the command's ``--method all`` runs it (every method can be named:
+        ``tf_enhanced``, the reference's legacy SQNR variant, is left out of ``all`` only).
     """
 
     name: str

@@ -277,3 +277,18 @@ def test_torch_backend_and_bfloat16_safetensors(tmp_path):
     want = torch.from_numpy(ACT).bfloat16().float().numpy()
     assert a["tensors"][0]["methods"]["minmax"]["max"] == [float(want.max())]
     assert a["tensors"][0]["methods"] == b["tensors"][0]["methods"]
+
+
+def test_tf_enhanced_can_be_named_but_all_leaves_it_out(tmp_path, capsys):
+    """The reference's TF-Enhanced method runs when named; ``--method all`` keeps to the
+    command's usual set."""
+    from encanalyze.cli import main
+
+    path = tmp_path / "t.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(64, 16)).astype("f4"))
+    runs = {}
+    for method in ("tf_enhanced", "all"):
+        assert main(["calibrate", str(path), "--method", method, "--format", "json"]) == 0
+        runs[method] = json.loads(capsys.readouterr().out)
+    named, every = (json.dumps(runs[m]) for m in ("tf_enhanced", "all"))
+    assert '"tf_enhanced"' in named and '"tf_enhanced"' not in every and '"entropy"' in every

@@ -105,8 +105,7 @@ def plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) -
 
     written, stems = [], set()
     palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
-    offered = [name for name, spec in METHODS.items() if spec.in_command]
-    colors = {m: palette[i % len(palette)] for i, m in enumerate(offered)}
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(METHODS)}
     for e in entries:
         values = tensors[e["name"]].astype(np.float64).ravel()
         values = values[np.isfinite(values)]
@@ -116,7 +115,7 @@ def plot(entries: list[dict], tensors: dict[str, np.ndarray], directory: Path) -
             lo, hi = min(r["min"]), max(r["max"])
             label = f"{method}: [{lo:.4g}, {hi:.4g}], SQNR {r['sqnr_db']:.2f} dB"
             if method == e["best"]:
-                label += " (best)"
+                label += " (in use)"
             ax.axvline(lo, color=colors[method], linestyle="--", label=label)
             ax.axvline(hi, color=colors[method], linestyle="--")
         ax.set_title(f"{printable(e['name'])} {tuple(e['shape'])}")

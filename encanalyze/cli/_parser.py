@@ -19,7 +19,7 @@ __all__ = [
     "method_options",
 ]
 
-METHODS = tuple(name for name, m in REGISTRY.items() if m.in_command)
+METHODS = tuple(name for name, m in REGISTRY.items() if m.in_command)  # --method all's
 """The methods the command offers (``--method``), in the order it reports them."""
 ONNX_BITS = (4, 8, 16)
 """Bit widths with an ONNX integer type (int4/uint4, int8/uint8, int16/uint16)."""
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument(
         "--method",
-        choices=(*METHODS, "all", "auto"),
+        choices=(*REGISTRY, "all", "auto"),
         default="auto",
         help="method to run; all runs each and marks the best SQNR; auto (default): all for "
         "tensor files, minmax for a model with --data (all: every method's weights, chosen with "
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--activation-method",
-        choices=(*METHODS, "auto"),
+        choices=(*REGISTRY, "auto"),
         default="auto",
         help="method for the activations; auto (default): the one whose QDQ model's output is "
         "closest to the float model's on the held-out samples; --method sets the weights'",
