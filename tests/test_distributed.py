@@ -189,7 +189,8 @@ def test_docs_torchrun_model_example(tmp_path):
     assert (tmp_path / "encodings.json").is_file()
 
 
-@pytest.mark.parametrize("activations", ["minmax", pytest.param("auto", marks=pytest.mark.slow)])
+@pytest.mark.slow  # five processes and a model job: the full matrix
+@pytest.mark.parametrize("activations", ["minmax", "auto"])
 def test_the_command_under_torchrun_shards_the_data_and_rank_0_writes(tmp_path, activations):
     import json
     import subprocess

@@ -38,7 +38,13 @@ def _job(capsys, *args):
     return status, out.out, out.err, time.perf_counter() - start
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+_FULL_ONLY = pytest.mark.slow  # the detector and recognizer cases: the full matrix runs them
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=[_FULL_ONLY] * (c != "ocr-classifier")) for c in sorted(CASES)],
+)
 def test_real_ocr_models(case, tmp_path, capsys):
     requirement, member, shape, opset = CASES[case]
     model = fetch(requirement, member)
@@ -208,7 +214,7 @@ def test_real_torch_models(case):
     print(f"{case}: {len(kinds)} tensors, held-out output SQNR {sqnr:.2f} dB, {seconds:.2f} s")
 
 
-@pytest.mark.parametrize("case", ["ocr-classifier", "ocr-detector"])
+@pytest.mark.parametrize("case", ["ocr-classifier", pytest.param("ocr-detector", marks=_FULL_ONLY)])
 def test_the_default_job_chooses_by_the_output_and_is_never_below_min_max(case, tmp_path, capsys):
     """The default job (auto methods, a quarter held out) on rendered text lines."""
     from tests.real_models import rendered_text
