@@ -130,9 +130,7 @@ def model_bytes(model) -> int:
             if tensor.data_type == onnx.TensorProto.STRING or tensor.external_data:
                 total += tensor.ByteSize()
                 continue
-            count = math.prod(tensor.dims)
-            total += count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-            total += 16 + len(tensor.name) + 10 * len(tensor.dims)
+            total += _data_bytes(tensor) + 16 + len(tensor.name) + 10 * len(tensor.dims)
     return total
 
 
@@ -171,9 +169,8 @@ def without_large_initializers(
         if field.name != "initializer":
             _copy_field(out.graph, field, value)
     for init in model.graph.initializer:
-        size = math.prod(init.dims) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
         if (
-            size < min_bytes
+            _data_bytes(init) < min_bytes
             or init.external_data
             or (for_session and (init.data_type not in kinds or init.name not in shareable))
         ):
@@ -224,6 +221,12 @@ def _copy_field(target, field, value) -> None:
         current.CopyFrom(value)
     else:
         setattr(target, field.name, value)
+
+
+def _data_bytes(tensor) -> int:
+    """Return the bytes a tensor's ``raw_data`` holds: its element count times its type's."""
+    itemsize = _onnx().helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return math.prod(tensor.dims) * itemsize
 
 
 def external_locations(model) -> list[str]:
