@@ -18,6 +18,7 @@ from ._encoding import to_scale_offset
 from ._errors import StatisticsNotFoundError
 from ._html_report import write_report
 from ._io import model_files, printable
+from ._memory import release_freed_memory
 from ._registry import METHODS, activation_defaults
 from ._report import (
     Layout,
@@ -606,7 +607,12 @@ class Progress:
             self.bar.set_postfix_str(printable(text)[:40], refresh=True)
 
     def phase(self, text: str) -> None:
-        """Name a phase of the job: beside the bar, or as a plain line where there is none."""
+        """Name a phase of the job: beside the bar, or as a plain line where there is none.
+
+        The memory that the phase before freed goes back to the system first
+        (:func:`~encanalyze._memory.release_freed_memory`), so that the next one starts low.
+        """
+        release_freed_memory(collect=False)
         if self.bar is not None:
             self.stage(text)
         elif self.plain:

@@ -22,6 +22,25 @@ EXACT_KINDS = frozenset("iub")
 """NumPy dtype kinds of the outputs compared exactly: signed and unsigned integers, bool."""
 
 
+BLOCK = 1 << 20
+"""Elements of an output converted to float64 at a time (8 MiB): a model's logits (8 x 128
+tokens x 32000) are then measured without float64 copies of the whole batch."""
+
+
+def _add_float_errors(y: np.ndarray, q: np.ndarray, signal: np.ndarray, noise: np.ndarray):
+    """Add each row's ``sum(y**2)`` to ``signal`` and ``sum((y - q)**2)`` to ``noise``.
+
+    In float64, :data:`BLOCK` elements at a time.
+    """
+    step = max(1, BLOCK // max(1, y.shape[0]))
+    for start in range(0, y.shape[1], step):
+        a = y[:, start : start + step].astype(np.float64)
+        b = q[:, start : start + step].astype(np.float64)
+        b -= a
+        signal += np.einsum("ij,ij->i", a, a)
+        noise += np.einsum("ij,ij->i", b, b)
+
+
 @dataclass(frozen=True)
 class OutputErrors:
     """Each output's error on each sample.
@@ -60,9 +79,9 @@ class OutputErrors:
                     s.append(np.full(n, y.size // n, np.float64))
                     d.append(np.sum(np.reshape(y != q, (n, -1)), axis=1, dtype=np.float64))
                 else:
-                    y, q = y.astype(np.float64), q.astype(np.float64)
-                    s.append(np.sum(np.reshape(y * y, (n, -1)), axis=1))
-                    d.append(np.sum(np.reshape((y - q) ** 2, (n, -1)), axis=1))
+                    s.append(np.zeros(n))
+                    d.append(np.zeros(n))
+                    _add_float_errors(np.reshape(y, (n, -1)), np.reshape(q, (n, -1)), s[-1], d[-1])
             signal.append(s)
             noise.append(d)
         if not signal:

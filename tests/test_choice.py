@@ -159,3 +159,40 @@ def test_the_gate():
     assert _beats(0.1, 1.0, 0) and not _beats(0.0, 1.0, 0)  # z = 0: any gain
     assert not _beats(5.0, np.inf, 1.645) and _beats(0.1, np.inf, 0)  # too few samples
     assert not _beats(9.0, 0.0, np.inf) and _beats(-1.0, 0.0, -np.inf)
+
+
+def test_fixed_weights_are_quantized_once_and_emulate_bit_for_bit(tmp_path):
+    """With one weight option the emulator quantizes the weights once, into its initializers
+    (no chain per run, one copy): its outputs equal the chained emulation's bit for bit."""
+    model = om.cnn()
+    calib, held = _data(5, 2), _data(6, 2)
+    result = calibrate(model, calib, activations=["minmax", "percentile"], weight_symmetric=True)
+    weights = {n: e for n, e in result.encodings.items() if e.kind == "param"}
+    assert len(weights) >= 2
+    with Emulator(model, result) as chained, Emulator(model, result, fixed=weights) as baked:
+        assert set(weights) <= set(chained.tensors)
+        assert not set(weights) & set(baked.tensors)  # not fed: always quantized
+        for method in ("minmax", "percentile"):
+            encodings = result.with_method("activation", method).encodings
+            want = list(chained.outputs(chained.feed(encodings), held))
+            got = list(baked.outputs(baked.feed(encodings), held))
+            for w, g in zip(want, got, strict=True):
+                np.testing.assert_array_equal(w[0], g[0])
+
+
+def test_the_qdq_model_is_written_from_the_weights_in_place_as_from_a_copy(tmp_path, monkeypatch):
+    """The QDQ model's float source is written one weight at a time from the caller's model
+    (stubs and their data): ONNX Runtime builds the same QDQ model as from a whole copy."""
+    import onnx
+
+    from encanalyze.onnx import _qdq
+
+    model = om.cnn()
+    result = calibrate(model, _data(7, 2), activations="minmax", weight_symmetric=True)
+    before = model.SerializeToString()
+    stubbed = write_qdq_model(model, result, tmp_path / "a.onnx")
+    monkeypatch.setattr(_qdq, "SHARED_BYTES", float("inf"))  # nothing stubbed: a whole copy
+    copied = write_qdq_model(model, result, tmp_path / "b.onnx")
+    a, b = onnx.load(str(stubbed)), onnx.load(str(copied))
+    assert a.graph.SerializeToString() == b.graph.SerializeToString()
+    assert model.SerializeToString() == before

@@ -490,6 +490,26 @@ def test_sessions_share_the_weights_arrays_instead_of_copying_them():
 
 
 @needs_ort
+def test_sessions_of_large_models_run_lean_and_compute_the_same(monkeypatch):
+    """A session sharing LEAN_BYTES of weights or more runs without ONNX Runtime's memory arena
+    and pre-packed weights (memory first); smaller ones keep its defaults. Same outputs, up to
+    the kernels' last bits."""
+    from encanalyze.onnx import _calibrate
+
+    model = om.cnn()
+    x = _batches(1, (2, 3, 8, 8), seed=2)[0]
+    plain = _calibrate.session(model, ["CPUExecutionProvider"])
+    assert plain.get_session_options().enable_cpu_mem_arena
+    monkeypatch.setattr(_calibrate, "LEAN_BYTES", 1)
+    lean = _calibrate.session(model, ["CPUExecutionProvider"])
+    options = lean.get_session_options()
+    assert not options.enable_cpu_mem_arena
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"
+    np.testing.assert_allclose(lean.run(None, {"x": x})[0], plain.run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+@needs_ort
 def test_a_session_falls_back_to_copies_where_onnx_runtime_reads_a_shared_weight(monkeypatch):
     """A graph optimizer that reads a weight's data from the graph (here: a float16 MatMul on
     the CPU, whose weight ONNX Runtime casts to float32 by a node it folds, were float16

@@ -114,3 +114,22 @@ def test_the_agreement_page_in_a_browser_says_percent_not_db(browser, tmp_path):
         "percentage of the model's outputs" in browser.find_element(By.ID, "sensitivity-text").text
     )
     assert _errors(browser) == []
+
+
+def test_float_errors_are_summed_in_blocks_without_whole_float64_copies(monkeypatch):
+    """A batch's outputs are converted to float64 a block at a time (BLOCK elements): the
+    per-sample sums are those of the whole arrays, whatever the block."""
+    from encanalyze import _output_errors
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(3, 5, 7)).astype("f4")
+    q = (y + rng.normal(scale=0.01, size=y.shape)).astype("f4")
+    whole = OutputErrors.measure(["y"], [[y]], [[q]])
+    y64, q64 = y.astype(np.float64).reshape(3, -1), q.astype(np.float64).reshape(3, -1)
+    np.testing.assert_allclose(whole.signal[0], (y64**2).sum(axis=1), rtol=1e-13)
+    np.testing.assert_allclose(whole.noise[0], ((y64 - q64) ** 2).sum(axis=1), rtol=1e-13)
+    for block in (1, 4, 35, 36):
+        monkeypatch.setattr(_output_errors, "BLOCK", block)
+        got = OutputErrors.measure(["y"], [[y]], [[q]])
+        np.testing.assert_allclose(got.signal, whole.signal, rtol=1e-13)
+        np.testing.assert_allclose(got.noise, whole.noise, rtol=1e-13)

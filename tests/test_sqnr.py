@@ -66,7 +66,7 @@ def test_matches_numpy_brute_force(backend, rng, n, symmetric, gamma):
         pytest.param(15, 2048, marks=pytest.mark.slow),
         pytest.param(255, 2048, marks=pytest.mark.slow),
         (15, 512),
-        (255, 1024),
+        pytest.param(255, 1024, marks=pytest.mark.slow),
         (255, 256),
         (255, 130),
         (3, 64),

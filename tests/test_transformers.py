@@ -129,3 +129,84 @@ def test_a_decoder_through_the_python_api_per_channel_and_variable_length(llama)
     qdq = llama.parent / "q.onnx"
     write_qdq_model(str(llama), result, str(qdq))
     assert _output_sqnr(llama, qdq, tm.token_batch(rng, 2, 27)) > 20
+
+
+def _runs(monkeypatch) -> list[int]:
+    """Spy on the calibration's runs: the samples of each (a batch's token ids' first axis)."""
+    from encanalyze.onnx import _calibrate
+
+    sizes, run_batch = [], _calibrate.run_batch
+
+    def spy(run, names, feed):
+        sizes.append(len(feed["input_ids"]))
+        return run_batch(run, names, feed)
+
+    monkeypatch.setattr(_calibrate, "run_batch", spy)
+    return sizes
+
+
+def test_a_batch_past_the_run_budget_is_observed_in_pieces_of_samples(bert, monkeypatch):
+    """A batch whose activations would pass RUN_BYTES runs in pieces of samples (memory: one
+    piece's activations); min-max encodings and the per-batch ranges are the whole batches'."""
+    from encanalyze.onnx import _pieces, calibrate
+
+    rng = np.random.default_rng(3)
+    batches = [tm.token_batch(rng, 6, length) for length in (9, 30, 17)]
+    axes = {"input_ids": 0, "attention_mask": 0}
+    runs = _runs(monkeypatch)
+    whole_stats, cut_stats = {}, {}
+    whole = calibrate(str(bert), batches, activations=["minmax", "percentile"],
+                      sample_axes=axes, statistics=whole_stats)  # fmt: skip
+    assert runs == [1, 6, 6, 6]  # a one-sample probe, then every batch whole: they fit
+    runs.clear()
+    per_sample = 2 * 30 * 8 * 1024  # far less than one sample of 30 tokens exposes
+    monkeypatch.setattr(_pieces, "RUN_BYTES", per_sample)
+    cut = calibrate(str(bert), batches, activations=["minmax", "percentile"],
+                    sample_axes=axes, statistics=cut_stats)  # fmt: skip
+    assert runs[0] == 1 and max(runs[1:]) < 6 and sum(runs[1:]) == 18, runs
+    assert cut.num_batches == whole.num_batches == 3
+    assert cut_stats["ranges"] == whole_stats["ranges"]
+    acts = [n for n, e in whole.encodings.items() if e.kind == "activation"]
+    assert len(acts) > 20
+    for name in acts:
+        a, b = whole.candidates[name]["minmax"], cut.candidates[name]["minmax"]
+        np.testing.assert_array_equal(a.min, b.min)
+        np.testing.assert_array_equal(a.max, b.max)
+        # the histograms saw smaller batches: their re-binning differs by about a bin
+        p, q = whole.candidates[name]["percentile"], cut.candidates[name]["percentile"]
+        assert abs(float(p.scale[0]) - float(q.scale[0])) <= 0.02 * float(p.scale[0]), name
+    # without sample axes (a caller's batches of unknown layout) nothing is cut
+    runs.clear()
+    calibrate(str(bert), batches, activations="minmax")
+    assert runs == [6, 6, 6]
+
+
+def test_comparisons_and_the_choice_run_in_pieces_with_the_whole_batches_scores(
+    bert, monkeypatch, tmp_path
+):
+    """The output comparison and the choice cut batches into pieces of samples (32 MiB of
+    outputs each) and keep the float outputs past KEPT_BYTES in files: the same per-sample
+    errors and the same choice as whole batches kept in memory, and no file left behind."""
+    from encanalyze.onnx import _choose, _qdq, calibrate, choose_encodings, write_qdq_model
+
+    rng = np.random.default_rng(4)
+    calib = [tm.token_batch(rng, 4, length) for length in (12, 25)]
+    held = [tm.token_batch(rng, 5, length) for length in (8, 20, 14)]
+    axes = {"input_ids": 0, "attention_mask": 0}
+    result = calibrate(str(bert), calib, activations=["minmax", "percentile", "mse"])
+    qdq = write_qdq_model(str(bert), result, tmp_path / "q.onnx")
+    whole = _qdq.compare_outputs(str(bert), str(qdq), held)
+    monkeypatch.setattr(_qdq, "OUTPUT_BYTES", 1)  # one sample a piece
+    monkeypatch.setattr(_choose, "KEPT_BYTES", 0)  # every piece's float outputs in a file
+    cut = _qdq.compare_outputs(str(bert), str(qdq), held, sample_axes=axes)
+    assert cut.signal.shape == whole.signal.shape == (2, 15)  # two outputs, 15 samples
+    np.testing.assert_allclose(cut.signal, whole.signal, rtol=1e-5)
+    np.testing.assert_allclose(cut.noise, whole.noise, rtol=1e-3)
+    stage = tmp_path / "stage" / "chosen.onnx"
+    stage.parent.mkdir()
+    _, in_memory = choose_encodings(str(bert), result, held)
+    _, pieces = choose_encodings(str(bert), result, held, stage=stage, sample_axes=axes)
+    assert pieces.chosen == in_memory.chosen
+    for label, db in in_memory.emulated.items():
+        assert pieces.emulated[label] == pytest.approx(db, abs=0.05), label
+    assert [p.name for p in stage.parent.iterdir()] == ["chosen.onnx"]

@@ -19,6 +19,9 @@ import numpy as np
 __all__ = [
     "FLOAT_TYPES",
     "IN_MEMORY",
+    "in_memory",
+    "save_with_stub_data",
+    "tensor_bytes",
     "ModelFileError",
     "all_graphs",
     "external_locations",
@@ -130,7 +133,7 @@ def model_bytes(model) -> int:
             if tensor.data_type == onnx.TensorProto.STRING or tensor.external_data:
                 total += tensor.ByteSize()
                 continue
-            total += _data_bytes(tensor) + 16 + len(tensor.name) + 10 * len(tensor.dims)
+            total += tensor_bytes(tensor) + 16 + len(tensor.name) + 10 * len(tensor.dims)
     return total
 
 
@@ -151,11 +154,13 @@ def without_large_initializers(
     ``min_bytes`` bytes (:data:`_SHAREABLE`: integers, bool, float32, float64) that only
     :data:`_RUN_TIME_READERS` read, which it declares as external data at :data:`IN_MEMORY`
     (their name, type and dims only); the second value
-    lists those initializers of ``model`` (not copied). For ONNX Runtime sessions that take
-    the data from arrays (``SessionOptions.add_initializer``) instead of a serialized copy;
-    ``for_session=False`` takes every initializer of ``min_bytes`` or more (for shape inference,
-    which reads types and dims only). ``model`` itself is not changed (setting a tensor's bytes
-    and back would leave a copy of them in its arena for as long as it lives).
+    lists those initializers of ``model`` (not copied). Stubs already in ``model``
+    (:func:`in_memory`) are taken like data where they qualify, and stay stubs otherwise. For
+    ONNX Runtime sessions that take the data from arrays (``SessionOptions.add_initializer``)
+    instead of a serialized copy; ``for_session=False`` takes every initializer of
+    ``min_bytes`` or more (for shape inference, which reads types and dims only). ``model``
+    itself is not changed (setting a tensor's bytes and back would leave a copy of them in its
+    arena for as long as it lives).
     """
     onnx = _onnx()
     kinds = {getattr(onnx.TensorProto, name) for name in _SHAREABLE}
@@ -170,8 +175,8 @@ def without_large_initializers(
             _copy_field(out.graph, field, value)
     for init in model.graph.initializer:
         if (
-            _data_bytes(init) < min_bytes
-            or init.external_data
+            tensor_bytes(init) < min_bytes
+            or (init.external_data and not in_memory(init))
             or (for_session and (init.data_type not in kinds or init.name not in shareable))
         ):
             out.graph.initializer.add().CopyFrom(init)
@@ -182,6 +187,35 @@ def without_large_initializers(
         stub.data_location = onnx.TensorProto.EXTERNAL
         stub.external_data.add(key="location", value=IN_MEMORY)
     return out, taken
+
+
+def in_memory(tensor) -> bool:
+    """Whether ``tensor`` is a stub of :func:`without_large_initializers` (data elsewhere)."""
+    return any(e.key == "location" and e.value == IN_MEMORY for e in tensor.external_data)
+
+
+def save_with_stub_data(model, data: dict, path: Path) -> None:
+    """Save ``model``, whose stubs' (:func:`in_memory`) data ``data`` holds, at ``path``.
+
+    ``data``: the initializers (``TensorProto``) by stub name, e.g. the second value of
+    :func:`without_large_initializers`. Their bytes go one tensor at a time to
+    ``path.name + ".data"`` beside it, as external data: the model is never held whole.
+    """
+    onnx = _onnx()
+    location = f"{path.name}.data"
+    with open(path.with_name(location), "wb") as out:
+        for stub in model.graph.initializer:
+            if not in_memory(stub):
+                continue
+            source = data[stub.name]
+            raw = source.raw_data or onnx.numpy_helper.to_array(source).tobytes()
+            offset = out.tell()
+            out.write(raw)
+            del stub.external_data[:]
+            for key, value in (("location", location), ("offset", offset), ("length", len(raw))):
+                stub.external_data.add(key=key, value=str(value))
+            del raw
+    onnx.save_model(model, str(path))
 
 
 _RUN_TIME_READERS = ("MatMul", "Gemm", "Gather", "Mul", "Div", "Add", "Sub", "Where")
@@ -223,7 +257,7 @@ def _copy_field(target, field, value) -> None:
         setattr(target, field.name, value)
 
 
-def _data_bytes(tensor) -> int:
+def tensor_bytes(tensor) -> int:
     """Return the bytes a tensor's ``raw_data`` holds: its element count times its type's."""
     itemsize = _onnx().helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     return math.prod(tensor.dims) * itemsize

@@ -232,10 +232,14 @@ def _shape(dims) -> str:
 
 
 class Batches(Sequence):
-    """Calibration batches, made one at a time when asked for (memory: one batch)."""
+    """Calibration batches, made one at a time when asked for (memory: one batch).
 
-    def __init__(self, count: int, make) -> None:
-        self._count, self._make = count, make
+    ``axes``: each input's sample axis (``None``: a constant), where a batch may hold any
+    number of samples (the calibrators may then run a large batch in pieces); else ``None``.
+    """
+
+    def __init__(self, count: int, make, axes: dict[str, int | None] | None = None) -> None:
+        self._count, self._make, self.axes = count, make, axes
 
     def __len__(self) -> int:
         return self._count
@@ -244,7 +248,7 @@ class Batches(Sequence):
         if isinstance(index, slice):  # a view: its batches are still made when asked for
             start, stop, step = index.indices(self._count)
             picked = range(start, stop, step)
-            return Batches(len(picked), lambda i: self._make(picked[i]))
+            return Batches(len(picked), lambda i: self._make(picked[i]), self.axes)
         if not -self._count <= index < self._count:
             raise IndexError(index)
         return self._make(index % self._count)
@@ -377,7 +381,8 @@ def batches_for(
             batch[s.name] = a
         return batch
 
-    return Batches(len(index), make), False, notes
+    axes = None if fixed is not None else {s.name: s.axis for s in specs}
+    return Batches(len(index), make, axes), False, notes
 
 
 def _samples(specs, arrays: dict, where, fixed: int | None) -> tuple[int, int]:

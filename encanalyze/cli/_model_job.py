@@ -279,6 +279,7 @@ class IntJob(ModelJob):
             activation_axis=args.per_channel,
             statistics=self.statistics,
             group=self.group,
+            sample_axes=data.calib.axes,
         )
         if not self.result.encodings:
             raise JobError("no tensor of the model could be calibrated")
@@ -291,7 +292,9 @@ class IntJob(ModelJob):
         if len(self.methods) > 1 and any(e.kind == "activation" for e in result.encodings.values()):
             acts, params = candidates_of(result, True, True)
             progress.phase(f"choosing the encodings ({len(acts) + len(params) - 1} options)")
-            self.result, chosen = choose_encodings(data.model, result, data.judged, stage=stage)
+            self.result, chosen = choose_encodings(
+                data.model, result, data.judged, stage=stage, sample_axes=data.calib.axes
+            )
             self.staged_model, self.opset = chosen.qdq_model, chosen.opset  # built while choosing
             progress.advance()
             self.chosen = chosen
@@ -304,7 +307,10 @@ class IntJob(ModelJob):
         progress.phase("the QDQ model's output SQNR")
         sets = [data.judged, data.calib] if len(data.held) else [data.judged]
         self.errors, *others = compare_outputs_on(
-            data.model, self.staged_model, [_Counted(b, progress) for b in sets]
+            data.model,
+            self.staged_model,
+            [_Counted(b, progress) for b in sets],
+            sample_axes=data.calib.axes,
         )
         self.calib_errors = others[0] if others else self.errors
         self.qdq = {
@@ -452,6 +458,7 @@ class Float8Job(ModelJob):
             progress=progress,
             statistics=self.statistics,
             group=self.group,
+            sample_axes=data.calib.axes,
         )
         self.result = _weights_by(result, self.weight_methods)
         if not self.result.encodings:
@@ -462,7 +469,7 @@ class Float8Job(ModelJob):
         progress.phase("choosing the activations' method")
         judged = list(data.judged)
         self.method, self.scores, self.qdq = choose_float8_activations(
-            data.model, self.result, judged, self.act_methods
+            data.model, self.result, judged, self.act_methods, sample_axes=data.calib.axes
         )
         progress.advance(len(self.act_methods))
         self.result = self.result.with_activations(self.method)
@@ -484,7 +491,9 @@ class Float8Job(ModelJob):
         """Return the choice, every encoding and the QDQ model on the calibration data."""
         on_calib = None
         if self.args.qdq_model is not None and len(data.held):
-            on_calib = compare_outputs(data.model, self.qdq, data.calib, None, FLOAT8_SESSION)
+            on_calib = compare_outputs(
+                data.model, self.qdq, data.calib, None, FLOAT8_SESSION, data.calib.axes
+            )
         return _scored_json(self, data, "activations", on_calib)
 
     def table(self, data: JobData) -> str:
@@ -626,7 +635,9 @@ class BlockJob(ModelJob):
         for method in self.methods:
             progress.phase(f"the {method} model's output")
             self.models[method] = block_qdq_model(data.model, self.result, method)
-            self.scores[method] = compare_outputs(data.model, self.models[method], judged)
+            self.scores[method] = compare_outputs(
+                data.model, self.models[method], judged, sample_axes=data.calib.axes
+            )
             progress.advance()
         self.mean = {m: v.score() for m, v in self.scores.items()}
         rank = {m: -np.inf if np.isnan(v) else v for m, v in self.mean.items()}
@@ -649,7 +660,9 @@ class BlockJob(ModelJob):
         """Return the choice, every weight's blocks and the model on the calibration data."""
         on_calib = None
         if len(data.held):
-            on_calib = compare_outputs(data.model, self.models[self.method], data.calib)
+            on_calib = compare_outputs(
+                data.model, self.models[self.method], data.calib, sample_axes=data.calib.axes
+            )
         return _scored_json(self, data, "weights", on_calib)
 
     def table(self, data: JobData) -> str:

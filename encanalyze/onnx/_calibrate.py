@@ -28,8 +28,10 @@ from .._io import (
     IN_MEMORY,
     all_graphs,
     float_weights,
+    in_memory,
     load_model,
     model_bytes,
+    tensor_bytes,
     without_large_initializers,
 )
 from .._memory import release_freed_memory
@@ -40,6 +42,7 @@ from .._stats import Histogram
 from .._warnings import warn
 from ..distributed import all_reduce_analyzers
 from ._branches import BRANCHES, branch_ifs, conditions, inline_branches
+from ._pieces import Pieces
 
 __all__ = [
     "QUANTIZABLE_OPS",
@@ -212,6 +215,14 @@ SHARED_BYTES = 1024
 user buffers of 128 bytes and more)."""
 
 
+LEAN_BYTES = 1 << 28
+"""Sessions that share this many bytes of weights or more (256 MiB) run lean: without ONNX
+Runtime's CPU memory arena, which keeps the largest run's buffers for the session's life, and
+without pre-packed weights, a second copy of every MatMul and Conv weight (a 0.6 GB decoder's
+calibration: 2.03 -> 1.67 GB peak). Their outputs may then differ from a plain session's in
+the last bit (other kernels); smaller models keep ONNX Runtime's defaults."""
+
+
 def _session(model, providers, config, arrays, outputs, min_bytes: float):
     """:func:`session`, sharing the initializers of ``min_bytes`` or more."""
     import onnx
@@ -220,8 +231,15 @@ def _session(model, providers, config, arrays, outputs, min_bytes: float):
 
     skeleton, taken = without_large_initializers(model, min_bytes)
     skeleton.graph.output.extend(outputs)
+    kept = {init.name for init in taken}
+    for init in skeleton.graph.initializer:  # stubs of the caller's that this graph reads
+        if in_memory(init) and init.name not in kept:  # otherwise: their data in the file
+            init.CopyFrom(numpy_helper.from_array(_array_of(init, arrays), init.name))
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its graph-cleaning warnings are not the user's
+    if sum(tensor_bytes(init) for init in taken) >= LEAN_BYTES:  # a large model: memory first
+        options.enable_cpu_mem_arena = False
+        options.add_session_config_entry("session.disable_prepacking", "1")
     for key, value in (config or {}).items():
         if key == "graph_optimization_level":
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, value)
@@ -229,10 +247,7 @@ def _session(model, providers, config, arrays, outputs, min_bytes: float):
             options.add_session_config_entry(key, value)
     shared = []
     for init in taken:
-        given = (arrays or {}).get(init.name)
-        want = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-        fits = given is not None and given.dtype == want and given.shape == tuple(init.dims)
-        value = np.ascontiguousarray(given if fits else numpy_helper.to_array(init))
+        value = np.ascontiguousarray(_array_of(init, arrays))
         shared.append(ort.OrtValue.ortvalue_from_numpy(value))
         options.add_initializer(init.name, shared[-1])
     folder = tempfile.TemporaryDirectory(prefix="encanalyze-")
@@ -250,6 +265,23 @@ def _session(model, providers, config, arrays, outputs, min_bytes: float):
     )  # fmt: skip
     run.encanalyze_keep = (shared, folder)  # the arrays it reads, its folder: as long as it
     return run
+
+
+def _array_of(init, arrays: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    """Return the array of ``arrays`` that holds initializer ``init``, else its own data.
+
+    A stub (:func:`~encanalyze._io.in_memory`) must have its array in ``arrays``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    given = (arrays or {}).get(init.name)
+    want = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+    if given is not None and given.dtype == want and given.shape == tuple(init.dims):
+        return given
+    if in_memory(init):
+        raise ValueError(f"initializer {init.name!r}: its data is in no array of the session")
+    return numpy_helper.to_array(init)
 
 
 def run_batch(run, names: list[str], feed: dict) -> list:
@@ -326,6 +358,7 @@ def calibrate(
     activation_axis: int | None = None,
     statistics: dict | None = None,
     group=None,
+    sample_axes: Mapping[str, int | None] | None = None,
 ) -> CalibrationResult:
     """Calibrate an ONNX model's weights and, with ``batches``, its activations.
 
@@ -365,7 +398,12 @@ def calibrate(
     Runtime's errors (a model it cannot load, a batch it cannot run) raise
     :class:`ModelRunError`. ``statistics``, a dict, receives what the analysis report shows:
     ``"histograms"`` (each activation's histogram, where a histogram method observed it) and
-    ``"ranges"`` (each activation's finite ``[min, max]`` per batch).
+    ``"ranges"`` (each activation's finite ``[min, max]`` per batch). ``sample_axes``: each
+    input's sample axis (``None``: a constant fed whole), e.g. ``{"input_ids": 0,
+    "attention_mask": 0}``; given, a batch whose activations would take more than 128 MiB
+    (:data:`~encanalyze.onnx._pieces.RUN_BYTES`) runs in pieces of samples, each observed as a
+    batch of its own, so that memory does not grow with the batch either (the command gives
+    its ``--sample-axis`` layout).
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
     the same); the default is the deployment default of ONNX Runtime, TensorRT and QNN,
@@ -431,6 +469,7 @@ def calibrate(
                 tensors,
                 activation_axis,
                 ranges,
+                sample_axes,
             )
             if group is not None:
                 count = all_reduce_observed(analyzers, act_options, group, count)
@@ -493,41 +532,50 @@ AHEAD_BYTES = 1 << 28
 activations take at most this many bytes (two batches' are then held at once)."""
 
 
-def _run_ahead(run, wanted: list[str], fed: Iterator[dict]) -> Iterator[tuple[dict, dict]]:
-    """Yield each feed of ``fed`` with the ``wanted`` outputs ``run`` computes from it.
+def _run_ahead(
+    run, wanted: list[str], fed: Iterator[tuple[dict, bool]], learn=None
+) -> Iterator[tuple[dict, bool, dict]]:
+    """Yield each ``(feed, last)`` of ``fed`` with the ``wanted`` outputs ``run`` computes.
 
-    After a first batch whose outputs are small enough (:data:`AHEAD_BYTES`), each batch is
+    After a first feed whose outputs are small enough (:data:`AHEAD_BYTES`), each feed is
     run on a worker thread while the caller observes the one before (ONNX Runtime releases the
-    GIL; so do the compiled counts): the model's time and the statistics' overlap.
+    GIL; so do the compiled counts): the model's time and the statistics' overlap. ``learn(feed,
+    nbytes)`` hears each run's bytes of outputs.
     """
     if run is None:  # run([]) would compute every output
-        for feed in fed:
-            yield feed, {}
+        for feed, last in fed:
+            yield feed, last, {}
         return
 
     def outputs(feed: dict) -> dict:
-        return dict(zip(wanted, run_batch(run, wanted, feed), strict=True))
+        produced = dict(zip(wanted, run_batch(run, wanted, feed), strict=True))
+        if learn is not None:
+            learn(feed, _nbytes(produced.values()))
+        return produced
 
-    feed = next(fed, None)
-    if feed is None:
+    first = next(fed, None)
+    if first is None:
         return
-    produced = outputs(feed)
-    size = sum(np.asarray(v).nbytes for v in produced.values())
-    if size > AHEAD_BYTES:
-        yield feed, produced
-        for feed in fed:
-            yield feed, outputs(feed)
+    produced = outputs(first[0])
+    if _nbytes(produced.values()) > AHEAD_BYTES:
+        yield *first, produced
+        for feed, last in fed:
+            yield feed, last, outputs(feed)
         return
     with ThreadPoolExecutor(1, thread_name_prefix="encanalyze-run") as pool:
         following = next(fed, None)
-        pending = None if following is None else (following, pool.submit(outputs, following))
-        yield feed, produced
+        pending = None if following is None else (following, pool.submit(outputs, following[0]))
+        yield *first, produced
         while pending is not None:
-            feed, future = pending
+            item, future = pending
             produced = future.result()
             following = next(fed, None)
-            pending = None if following is None else (following, pool.submit(outputs, following))
-            yield feed, produced
+            pending = None if following is None else (following, pool.submit(outputs, following[0]))
+            yield *item, produced
+
+
+def _nbytes(values) -> int:
+    return sum(np.asarray(v).nbytes for v in values)
 
 
 def histograms(analyzers: dict) -> dict:
@@ -562,6 +610,7 @@ def observe_activations(
     tensors,
     axis=None,
     ranges: dict | None = None,
+    sample_axes: Mapping[str, int | None] | None = None,
 ):
     """Run the batches with the activations as extra outputs; one analyzer per tensor.
 
@@ -570,7 +619,10 @@ def observe_activations(
     batch takes (every later batch must take it too), other bodies are not observed. A model
     without any activation of ``op_types`` in its main graph is not run. Returns the
     analyzers, the number of batches and the inlined branches. ``ranges``, a dict, gets each
-    tensor's finite ``[min, max]`` per batch.
+    tensor's finite ``[min, max]`` per batch. ``sample_axes``: each input's sample axis
+    (``None``: a constant); given, a batch whose activations would take more than
+    :data:`~encanalyze.onnx._pieces.RUN_BYTES` runs in pieces of samples, each observed as a
+    batch of its own (:class:`~encanalyze.onnx._pieces.Pieces`).
     """
     from onnx import TensorProto, helper
 
@@ -628,10 +680,14 @@ def observe_activations(
             analyzers[name] = (made, on, list(primary.values()))
         return analyzers[name][2]
 
-    count = 0
+    count, seen = 0, {}  # seen: each tensor's finite range over this batch's pieces
     run = session(proto, providers, arrays=weights, outputs=extra) if wanted else None
     fed = (feeds(batch, inputs) for batch in progress_bar(batches, progress))
-    for feed, produced in _run_ahead(run, wanted, fed):
+    pieces = None
+    if sample_axes is not None and run is not None:
+        pieces = Pieces(sample_axes, lambda feed, run=run: _nbytes(run_batch(run, wanted, feed)))
+    cut = pieces.cut(fed) if pieces is not None else ((feed, True) for feed in fed)
+    for feed, last, produced in _run_ahead(run, wanted, cut, pieces.learn if pieces else None):
         for cond, branch in conds.items():
             value = produced[cond] if cond in produced else feed[cond]
             if BRANCHES[bool(np.asarray(value).reshape(-1)[0])] != branch:
@@ -644,9 +700,15 @@ def observe_activations(
             for analyzer in observers_of(name, value):
                 analyzer.observe(value)
             if ranges is not None and (r := _finite_range(value)) is not None:
+                old = seen.get(name)
+                seen[name] = r if old is None else [min(old[0], r[0]), max(old[1], r[1])]
+        if last:
+            for name, r in seen.items():
                 ranges.setdefault(name, []).append(r)
-        count += 1
-    del run
+            seen = {}
+            count += 1
+    del run, pieces, cut  # the pieces hold the session too
+    feed = produced = value = None  # the last batch's
     release_freed_memory()  # the session's copies and the batches' activations
     out = {}
     for name in names:

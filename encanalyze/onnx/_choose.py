@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,14 +26,16 @@ from .._io import SIDECAR, load_model, own_model
 from .._memory import release_freed_memory
 from .._output_errors import OutputErrors
 from .._report import sqnr_rank
-from ._calibrate import QUANTIZABLE_OPS
+from ._calibrate import QUANTIZABLE_OPS, model_inputs, run_batch, session
 from ._emulate import Emulator
-from ._qdq import check_qdq, model_outputs, stage_qdq_model
+from ._qdq import check_qdq, model_outputs, output_pieces, stage_qdq_model
 
 __all__ = [
     "BEST_TENSOR_SQNR",
     "DEFAULT",
     "Choice",
+    "KEPT_BYTES",
+    "Kept",
     "Option",
     "candidates_of",
     "choose_encodings",
@@ -150,6 +153,7 @@ def choose_encodings(
     op_types=QUANTIZABLE_OPS,
     providers=None,
     stage: Path | None = None,
+    sample_axes: Mapping[str, int | None] | None = None,
 ) -> tuple[CalibrationResult, Choice]:
     """Pick the encodings whose quantized model's output is closest to the float model's.
 
@@ -177,14 +181,18 @@ def choose_encodings(
     :class:`Choice`. With ``stage`` (a file name in a folder of the caller's), the QDQ models
     are built there, each in a folder of its own, and the chosen one is left at ``stage``
     itself (``Choice.qdq_model``, with what its opset got in ``Choice.opset``; external data
-    beside it) for the caller to publish instead of building it again.
+    beside it) for the caller to publish instead of building it again. ``sample_axes``: each
+    input's sample axis; given, batches are run in pieces of samples whose outputs take about
+    32 MiB (:func:`~encanalyze.onnx._qdq.output_pieces`), and the float model's outputs past
+    :data:`KEPT_BYTES` wait in files of a temporary folder: memory does not grow with the
+    judged samples.
     """
     check_qdq(result)
     acts, params = candidates_of(result, activations, weights)
-    batches = list(batches)
     proto, _ = load_model(model)
     names = [o.name for o in proto.graph.output]
-    reference = list(model_outputs(proto, batches, names, providers))  # the float model once
+    inputs = model_inputs(proto)
+    run = session(proto, providers)
     del proto
     simple = Option(acts[0], params[0])
     default = Option(*(d if d in c else c[0] for d, c in zip(DEFAULT, (acts, params), strict=True)))
@@ -197,18 +205,31 @@ def choose_encodings(
     with contextlib.ExitStack() as stack:
         parent = stage.parent if stage is not None else Path(stack.enter_context(_temporary()))
         name = stage.name if stage is not None else "model.onnx"
+        reference = Kept(Path(tempfile.mkdtemp(dir=parent, prefix=".reference-")))
+        stack.callback(shutil.rmtree, reference.folder, True)
+        judged = []  # the float model once, on pieces of samples (memory: a few samples)
+        for feed in output_pieces(run, inputs, names, batches, sample_axes):
+            judged.append(feed)
+            reference.append(run_batch(run, names, feed))
+        del run
+        release_freed_memory(collect=False)  # the float session's
 
         def build(option: Option) -> tuple[Path, str]:
             folder = Path(tempfile.mkdtemp(dir=parent, prefix=".option-"))
             return stage_qdq_model(model, option.apply(result), folder / name, op_types=op_types)
 
-        with Emulator(model, result, op_types=op_types, providers=providers) as emulator:
+        # one weight option: the weights are quantized once, in the emulator's graph
+        fixed = None if len(params) > 1 else Option(acts[0], params[0]).apply(result).encodings
+        fixed = fixed and {n: e for n, e in fixed.items() if e.kind == "param"}
+        with Emulator(
+            model, result, op_types=op_types, providers=providers, fixed=fixed
+        ) as emulator:
 
             def per_sample(option: Option) -> tuple:
                 feed = emulator.feed(option.apply(result).encodings)
                 key = b"".join(k.encode() + v.tobytes() for k, v in sorted(feed.items()))
                 if key not in seen:  # options with the same encodings run once
-                    got = emulator.outputs(feed, batches)
+                    got = emulator.outputs(feed, judged)
                     seen[key] = OutputErrors.measure(names, reference, got)
                 emulated[option.label] = _score(seen[key])
                 return seen[key]
@@ -230,7 +251,7 @@ def choose_encodings(
         for option in dict.fromkeys([simple, decision]):  # after the emulation: memory
             release_freed_memory()  # the emulation's, then each build's
             built[option.label] = build(option)
-            outputs = model_outputs(own_model(built[option.label][0]), batches, names, providers)
+            outputs = model_outputs(own_model(built[option.label][0]), judged, names, providers)
             measured[option.label] = OutputErrors.measure(names, reference, outputs)
             checked[option.label] = _score(measured[option.label])
         # min-max everywhere replaces the decision where it is the better one by the same gate
@@ -300,6 +321,43 @@ def _beats(gain: float, se: float, z: float) -> bool:
     if not math.isfinite(se):  # too few samples to tell: only z <= 0 lets a gain through
         return z <= 0 and gain > (0.0 if z == 0 else -math.inf)
     return gain > z * se
+
+
+KEPT_BYTES = 1 << 27
+"""Bytes of the float model's outputs that the choice keeps in memory (128 MiB); the rest of
+the judged batches' outputs are kept in ``.npy`` files and read back one batch at a time."""
+
+
+class Kept(Sequence):
+    """Batches of outputs (lists of arrays), in memory up to :data:`KEPT_BYTES`, then in files.
+
+    ``folder``: where the files go (the caller removes it).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self._items, self._bytes = folder, [], 0
+
+    def append(self, arrays: list) -> None:
+        """Keep one batch's outputs."""
+        size = sum(getattr(a, "nbytes", 0) for a in arrays)
+        plain = all(isinstance(a, np.ndarray) and a.dtype.kind in "biufc" for a in arrays)
+        if not plain or self._bytes + size <= KEPT_BYTES:
+            self._bytes += size
+            self._items.append(arrays)
+            return
+        path = self.folder / f"{len(self._items)}.npz"
+        np.savez(path, *arrays)
+        self._items.append(path)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        item = self._items[index]
+        if not isinstance(item, Path):
+            return item
+        with np.load(item, allow_pickle=False) as saved:
+            return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 def _temporary():

@@ -15,13 +15,16 @@ QDQ model itself stays the judge of what is reported.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .._calibration import CalibrationResult, TensorEncoding
-from .._io import FLOAT_TYPES, own_model
+from .._io import FLOAT_TYPES, in_memory, load_model, without_large_initializers
 from ._branches import inline_branches
 from ._calibrate import (
     QUANTIZABLE_OPS,
+    SHARED_BYTES,
     model_inputs,
     value_infos,
 )
@@ -42,7 +45,10 @@ class Emulator(QuantizerSession):
     outputs of the main graph's ``op_types`` nodes that have an encoding, of nodes all of whose
     tensors have one (ONNX Runtime leaves the others in floating point). :meth:`feed` turns
     encodings into the inputs that set them, :meth:`outputs` runs batches with them and returns
-    ``outputs`` (default: the model's outputs; any tensor of the main graph).
+    ``outputs`` (default: the model's outputs; any tensor of the main graph). ``fixed``:
+    encodings of initializers that every run shares (a choice with one weight option): those
+    are quantized once, in the graph's initializers (computed as the graph's chain does, bit
+    for bit), instead of on every run, and :meth:`feed` leaves them out (always quantized).
     """
 
     def __init__(
@@ -53,10 +59,15 @@ class Emulator(QuantizerSession):
         op_types=QUANTIZABLE_OPS,
         providers=None,
         outputs: list[str] | None = None,
+        fixed: Mapping[str, TensorEncoding] | None = None,
     ):
-        from onnx import version_converter
+        from onnx import numpy_helper, version_converter
 
-        proto = inline_branches(own_model(model), result.branches)
+        source, _ = load_model(model)
+        # the graph without its large initializers' data (stubs); one array of each is made
+        # when the session opens, the only copy besides the caller's model
+        proto, taken = without_large_initializers(source, SHARED_BYTES, for_session=False)
+        proto = inline_branches(proto, result.branches)
         constants_to_initializers(proto)
         if opset_of(proto) < _ROUND_OPSET:
             proto = version_converter.convert_version(proto, _ROUND_OPSET)
@@ -68,12 +79,30 @@ class Emulator(QuantizerSession):
         proto.graph.output.extend(typed[n] for n in self.names if n not in have)
         elem, self._ndim = _types_and_ranks(proto, typed)
         elem = {n: elem[n] for n in quantized if n in elem}
+        steps = 2**result.bits - 1
+        baked = {  # quantized once, in the initializer: no chain per run
+            n: e for n, e in (fixed or {}).items() if n in elem and elem[n] == _FLOAT
+        }
+        initializers = {i.name for i in proto.graph.initializer}
+        for init in proto.graph.initializer:
+            if init.name in baked and not in_memory(init):  # a small one, in the graph
+                value = _fake_quant(numpy_helper.to_array(init), baked[init.name], steps)
+                init.CopyFrom(numpy_helper.from_array(value, init.name))
+        elem = {n: t for n, t in elem.items() if n not in baked}
         # name -> the element type of its scale and offset: float32 for float16 / bfloat16
         # tensors, quantized in float32 between Casts as their QDQ model does
         self.tensors = {n: _HALF.get(t, t) for n, t in elem.items()}
         fed = {i.name for i in self.inputs}
-        _insert_fake_quant(proto, elem, fed, 2**result.bits - 1, self._ndim)
-        self._open(proto, providers)
+        _insert_fake_quant(proto, elem, fed, steps, self._ndim)
+        arrays = {}
+        for init in taken:  # the stubs' data, by the names the graph now gives them
+            value = numpy_helper.to_array(init)
+            if init.name in baked:
+                value = _fake_quant(value, baked[init.name], steps)
+            chained = init.name in elem and init.name in initializers
+            arrays[f"{init.name}::float" if chained else init.name] = value
+        del source, taken
+        self._open(proto, providers, arrays=arrays)
 
     def feed(
         self, encodings: dict[str, TensorEncoding], quantized: set[str] | None = None
@@ -88,18 +117,39 @@ class Emulator(QuantizerSession):
         out = {}
         for name, elem in self.tensors.items():
             out[f"{name}::on"] = np.asarray(quantized is None or name in quantized)
-            e = encodings[name]
             dtype = helper.tensor_dtype_to_np_dtype(elem)
-            shape = [1] * self._ndim.get(name, 0)
-            scale = np.asarray(e.scale, dtype=np.float64).reshape(-1)
-            offset = np.asarray(e.offset, dtype=np.float64).reshape(-1)
-            if e.axis is not None and scale.size > 1:
-                shape[e.axis] = scale.size
-            else:
-                scale, offset = scale[:1], offset[:1]
-            out[f"{name}::scale"] = scale.astype(dtype).reshape(shape)
-            out[f"{name}::offset"] = offset.astype(dtype).reshape(shape)
+            scale, offset = _scale_offset(encodings[name], self._ndim.get(name, 0), dtype)
+            out[f"{name}::scale"], out[f"{name}::offset"] = scale, offset
         return out
+
+
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+
+
+def _scale_offset(e: TensorEncoding, ndim: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Return an encoding's scale and offset as ``dtype`` arrays that broadcast on its axis."""
+    shape = [1] * ndim
+    scale = np.asarray(e.scale, dtype=np.float64).reshape(-1)
+    offset = np.asarray(e.offset, dtype=np.float64).reshape(-1)
+    if e.axis is not None and scale.size > 1:
+        shape[e.axis] = scale.size
+    else:
+        scale, offset = scale[:1], offset[:1]
+    return scale.astype(dtype).reshape(shape), offset.astype(dtype).reshape(shape)
+
+
+def _fake_quant(x: np.ndarray, e: TensorEncoding, steps: int) -> np.ndarray:
+    """Return float32 ``x`` quantized and dequantized as the graph's chain computes it.
+
+    ``Div, Round (half to even), Sub, Clip, Add, Mul``, one IEEE operation each.
+    """
+    scale, offset = _scale_offset(e, x.ndim, np.float32)
+    q = np.round(x / scale)
+    q -= offset
+    np.clip(q, np.float32(0), np.float32(steps), out=q)
+    q += offset
+    q *= scale
+    return q
 
 
 def _types_and_ranks(proto, typed: dict) -> tuple[dict[str, int], dict[str, int]]:
@@ -177,20 +227,28 @@ def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int
         for i, inp in enumerate(node.input):
             if inp in renamed_inputs:
                 node.input[i] = renamed_inputs[inp]
-    # each chain right after its source keeps the graph topologically sorted
+    # each chain right after its source keeps the graph topologically sorted; an
+    # initializer's chain right before its first reader, so that one quantized weight at a
+    # time is alive (all of them first would hold a second copy of every weight at once)
     chains = dict(nodes)
     ordered, placed = [], set()
     initializers = {i.name for i in graph.initializer}
-    for name in chains:  # inputs and initializers first
-        if name in fed or f"{name}::float" in initializers:
+    for name in chains:  # inputs first
+        if name in fed:
             ordered.extend(chains[name])
             placed.add(name)
+    weights = {name for name in chains if f"{name}::float" in initializers}
     for node in graph.node:
+        for inp in node.input:
+            if inp in weights and inp not in placed:
+                ordered.extend(chains[inp])
+                placed.add(inp)
         ordered.append(node)
         for out in node.output:
             base = out[: -len("::float")] if out.endswith("::float") else None
             if base in chains and base not in placed:
                 ordered.extend(chains[base])
                 placed.add(base)
+    early = [n for name in weights - placed for n in chains[name]]  # read in subgraphs only
     del graph.node[:]
-    graph.node.extend(ordered)
+    graph.node.extend(early + ordered)

@@ -145,6 +145,7 @@ def calibrate_float8(
     progress: Progress | None = None,
     statistics: dict | None = None,
     group=None,
+    sample_axes=None,
 ) -> Float8Calibration:
     """Calibrate an ONNX model's weights and activations for an FP8 format.
 
@@ -180,8 +181,9 @@ def calibrate_float8(
         options = {"percentile": {"num_bins": num_bins, "percentile": 100.0}}
         ranges = None if statistics is None else statistics.setdefault("ranges", {})
         analyzers, count, branches = observe_activations(
-            proto, values, batches, options, op_types, providers, bar, tensors, None, ranges
-        )
+            proto, values, batches, options, op_types, providers, bar, tensors, None, ranges,
+            sample_axes,
+        )  # fmt: skip
         if group is not None:
             count = all_reduce_observed(analyzers, options, group, count)
         if statistics is not None:
@@ -301,7 +303,12 @@ class Float8Switches(SwitchedModel):
 
 
 def choose_float8_activations(
-    model, result: Float8Calibration, batches, methods=formats.FLOAT_METHODS, providers=None
+    model,
+    result: Float8Calibration,
+    batches,
+    methods=formats.FLOAT_METHODS,
+    providers=None,
+    sample_axes=None,
 ) -> tuple[str, dict, object]:
     """Return the activation method whose FP8 QDQ model's output is closest to the float one.
 
@@ -310,11 +317,14 @@ def choose_float8_activations(
     of its float outputs' SQNR (integer and bool outputs only where none is float, by their
     agreement: :class:`~encanalyze._output_errors.OutputErrors`); returns
     ``(method, {method: OutputErrors}, its model)``. The first of the best wins a tie.
+    ``sample_axes``: each input's sample axis (:func:`~._qdq.output_pieces`).
     """
     scores, models = {}, {}
     for method in methods:
         proto = float8_qdq_model(model, result.with_activations(method))
-        scores[method] = compare_outputs(model, proto, batches, providers, FLOAT8_SESSION)
+        scores[method] = compare_outputs(
+            model, proto, batches, providers, FLOAT8_SESSION, sample_axes
+        )
         models[method] = proto
     best = max(methods, key=lambda m: sqnr_rank(scores[m].score()))
     return best, scores, models[best]

@@ -7,7 +7,7 @@ import inspect
 import itertools
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,8 @@ from .._io import (
     model_bytes,
     model_files,
     own_model,
+    save_with_stub_data,
+    without_large_initializers,
 )
 from .._output_errors import OutputErrors
 from .._warnings import warn
@@ -29,12 +31,14 @@ from ._branches import inline_branches
 from ._calibrate import (
     INLINE_LIMIT,
     QUANTIZABLE_OPS,
+    SHARED_BYTES,
     feeds,
     is_bias,
     model_inputs,
     run_batch,
     session,
 )
+from ._pieces import OUTPUT_BYTES, Pieces
 from ._qdq_graph import (
     Quantizer,
     at_least_opset,
@@ -46,16 +50,17 @@ from ._qdq_graph import (
 )
 
 __all__ = [
-    "QDQ_OPSET",
     "calibrated_on",
     "check_qdq",
-    "constants_to_initializers",
-    "model_outputs",
-    "quantized_tensors",
     "compare_outputs",
     "compare_outputs_on",
+    "constants_to_initializers",
+    "model_outputs",
+    "output_pieces",
     "output_sqnr",
     "own_qdq_model",
+    "QDQ_OPSET",
+    "quantized_tensors",
     "stage_qdq_model",
     "unencoded_nodes",
     "write_qdq_model",
@@ -288,10 +293,22 @@ def stage_qdq_model(
     signed, unsigned = (getattr(QuantType, t) for t in _QUANT_TYPES[result.bits])
     act_type = signed if result.symmetric else unsigned
     weight_type = signed if result.weights_symmetric else unsigned
-    proto = inline_branches(own_model(model), result.branches)
-    constants_to_initializers(proto)
+    source, _ = load_model(model)
+    # the model without its large initializers' data (stubs): written from the caller's model
+    # one tensor at a time, never copied whole; opset conversions and the float16 path read
+    # the data and work on a copy
+    proto, taken = without_large_initializers(source, SHARED_BYTES, for_session=False)
     names, types = quantized_tensors(proto, result, op_types), tensor_types(proto)
-    if any(types.get(n, _FLOAT) != _FLOAT for n in names):  # float16 / bfloat16 tensors
+    half = any(types.get(n, _FLOAT) != _FLOAT for n in names)
+    if half or opset_of(proto) < QDQ_OPSET:
+        proto, taken = own_model(model), []
+    data = {t.name: t for t in taken}
+    large = model_bytes(source) > INLINE_LIMIT
+    del source
+    proto = inline_branches(proto, result.branches)
+    constants_to_initializers(proto)
+    names = quantized_tensors(proto, result, op_types)
+    if half:  # float16 / bfloat16 tensors
         calibrated_on(proto, result.encodings)
         proto, opset_note = own_qdq_model(proto, result, names)
         save_model(proto, path)
@@ -300,13 +317,15 @@ def stage_qdq_model(
     proto, result, opset_note = fit_opset(proto, result)
     present = calibrated_on(proto, result.encodings)
     overrides, ranges = _overrides(result, present)
-    large = model_bytes(proto) > INLINE_LIMIT
     with tempfile.TemporaryDirectory(prefix="encanalyze-") as workdir:
         import onnx
 
         source = Path(workdir) / "float.onnx"
-        onnx.save_model(proto, str(source), save_as_external_data=large, location="float.data")
-        del proto
+        if data:
+            save_with_stub_data(proto, data, source)
+        else:
+            onnx.save_model(proto, str(source), save_as_external_data=large, location="float.data")
+        del proto, data, taken
         cache = Path(workdir) / "ranges.json"
         data = {n: TensorData(lowest=lo, highest=hi) for n, (lo, hi) in ranges.items()}
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
@@ -349,23 +368,32 @@ def output_sqnr(
 
 
 def compare_outputs(
-    float_model, quantized_model, batches: Iterable, providers=None, config: dict | None = None
+    float_model,
+    quantized_model,
+    batches: Iterable,
+    providers=None,
+    config: dict | None = None,
+    sample_axes: Mapping[str, int | None] | None = None,
 ) -> OutputErrors:
     """Return how far each output of ``quantized_model`` is from ``float_model``'s, by sample.
 
     Both run with ONNX Runtime on the same batches (``config``: the quantized model's session
     config entries). Float outputs are judged by their SQNR, integer and bool ones by their
-    agreement (:class:`~encanalyze._output_errors.OutputErrors`).
+    agreement (:class:`~encanalyze._output_errors.OutputErrors`). ``sample_axes``: each
+    input's sample axis (:func:`output_pieces`).
     """
-    return compare_outputs_on(float_model, quantized_model, [batches], providers, config)[0]
+    return compare_outputs_on(
+        float_model, quantized_model, [batches], providers, config, sample_axes
+    )[0]
 
 
 def compare_outputs_on(
     float_model,
     quantized_model,
-    batch_sets: Sequence[Sized],
+    batch_sets: Sequence[Iterable],
     providers=None,
     config: dict | None = None,
+    sample_axes: Mapping[str, int | None] | None = None,
 ) -> list[OutputErrors]:
     """:func:`compare_outputs` on each of ``batch_sets`` (each non-empty), in one session each.
 
@@ -374,15 +402,39 @@ def compare_outputs_on(
     """
     reference, _ = load_model(float_model)
     names = [o.name for o in reference.graph.output]
-    batches = itertools.chain.from_iterable(batch_sets)
-    first, second = itertools.tee(batches)  # one pass over the batches, both models in step
-    want = model_outputs(reference, first, names, providers)
-    del reference  # held by the generator until its session exists, then dropped
-    got = model_outputs(load_model(quantized_model)[0], second, names, providers, config)
-    return [
-        OutputErrors.measure(names, itertools.islice(want, n), itertools.islice(got, n))
-        for n in map(len, batch_sets)
-    ]
+    inputs = model_inputs(reference)
+    want = session(reference, providers)
+    del reference
+    got = session(load_model(quantized_model)[0], providers, config)
+    out = []
+    for batches in batch_sets:  # both models in step: one piece's outputs at a time
+        first, second = itertools.tee(output_pieces(want, inputs, names, batches, sample_axes))
+        out.append(
+            OutputErrors.measure(
+                names,
+                (run_batch(want, names, feed) for feed in first),
+                (run_batch(got, names, feed) for feed in second),
+            )
+        )
+    return out
+
+
+def output_pieces(
+    run, inputs, names: list[str], batches: Iterable, axes: Mapping[str, int | None] | None
+) -> Iterator[dict]:
+    """Yield ``batches`` as feeds, cut into pieces whose outputs take about 32 MiB or less.
+
+    ``run``: a session of the float model, which measures one sample's ``names`` outputs
+    (:data:`~._pieces.OUTPUT_BYTES`); ``axes``: each input's sample axis (``None``: nothing is
+    cut). Samples stay whole, so that per-sample errors are those of the whole batches.
+    """
+    fed = (feeds(batch, inputs) for batch in batches)
+    if axes is None:
+        yield from fed
+        return
+    pieces = Pieces(axes, lambda f: sum(v.nbytes for v in run_batch(run, names, f)), OUTPUT_BYTES)
+    for piece, _ in pieces.cut(fed):
+        yield piece
 
 
 def model_outputs(

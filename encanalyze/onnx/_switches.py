@@ -40,9 +40,9 @@ class QuantizerSession:
     inputs: list
     names: list
 
-    def _open(self, proto, providers=None, config: dict | None = None) -> None:
-        """Start the session of ``proto``."""
-        self._run = session(proto, providers, config)
+    def _open(self, proto, providers=None, config: dict | None = None, arrays=None) -> None:
+        """Start the session of ``proto`` (``arrays``: initializers' data by name)."""
+        self._run = session(proto, providers, config, arrays)
 
     def close(self) -> None:
         """Drop the session."""
