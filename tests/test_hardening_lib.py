@@ -347,3 +347,25 @@ def test_load_names_an_unbalanced_bracket_in_a_npy_header(tmp_path):
             z.writestr(name, data)
     with pytest.raises(ea.StatsFileError, match="unreadable"):
         ea.load(path)
+
+
+def test_large_blocks_freed_between_live_ones_go_back_to_the_system():
+    """With the mmap threshold fixed (the model job's setting), a freed 8 MiB block leaves the
+    process at once, even between live blocks, where a heap would keep the hole."""
+    import sys
+
+    from encanalyze._memory import map_large_blocks
+
+    raised = np.ones(2 << 20)  # 16 MiB mapped, then freed: glibc raises its threshold
+    del raised
+    if not sys.platform.startswith("linux") or not map_large_blocks():
+        pytest.skip("glibc only")
+
+    def resident() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    blocks = [np.ones(1 << 20) for _ in range(8)]  # 8 MiB each, every page touched
+    before = resident()
+    del blocks[::2]  # four holes between live blocks
+    assert before - resident() >= 3 * (8 << 20)

@@ -21,6 +21,7 @@ from .._backends import to_numpy
 from .._calibration import Progress, progress_bar
 from .._html_report import write_report
 from .._io import float_weights, printable
+from .._memory import map_large_blocks
 from .._registry import AUTO_ACTIVATIONS
 from .._report import layout_for
 from ..distributed import launched_ranks
@@ -101,6 +102,7 @@ class ModelJob:
         on alone (the choice, the table, the outputs) with the encodings of all the data.
         """
         started = time.perf_counter()
+        map_large_blocks()  # a model's activations come and go on every run: no heap growth
         self.ranks = launched_ranks()
         data = job_data(self.args)
         mine = data
