@@ -514,15 +514,12 @@ def _first_branches(proto, ifs, batch, inputs, providers) -> dict[str, str]:
     from onnx import TensorProto, helper
 
     conds = conditions(ifs)
-    probe = type(proto)()
-    probe.CopyFrom(proto)
-    del probe.graph.output[:]
-    probe.graph.output.extend(
-        helper.make_tensor_value_info(c, TensorProto.BOOL, None)
-        for c in dict.fromkeys(conds.values())
-    )
-    run = session(probe, providers)
     names = list(dict.fromkeys(conds.values()))
+    outputs = {o.name for o in proto.graph.output}
+    extra = [  # more outputs: no copy of the model
+        helper.make_tensor_value_info(c, TensorProto.BOOL, None) for c in names if c not in outputs
+    ]
+    run = session(proto, providers, outputs=extra)
     values = dict(zip(names, run_batch(run, names, feeds(batch, inputs)), strict=True))
     return {out: BRANCHES[bool(np.asarray(values[c]).reshape(-1)[0])] for out, c in conds.items()}
 

@@ -166,22 +166,18 @@ def _torch_values(model, result, example_inputs) -> dict[str, np.ndarray]:
 
 def _onnx_values(proto, example_inputs) -> tuple[dict[str, np.ndarray], list[str]]:
     """Every float tensor of the exported model on ``example_inputs``, and their graph order."""
-    import onnx
-
     typed = {v.name: v for v in value_infos(proto) if v.type.tensor_type.elem_type == _FLOAT}
     inputs = model_inputs(proto)
     order = [i.name for i in inputs] + [o for n in proto.graph.node for o in n.output]
     order = [n for n in order if n in typed]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    del probe.graph.output[:]
-    probe.graph.output.extend(typed[n] for n in order)
+    outputs = {o.name for o in proto.graph.output}
+    extra = [typed[n] for n in order if n not in outputs]  # more outputs: no copy of the model
     args, kwargs = _split(example_inputs)
     batch = (
         [_numpy(a) for a in args] if kwargs is None else {k: _numpy(v) for k, v in kwargs.items()}
     )
     feed = feeds(batch if len(inputs) > 1 or kwargs is not None else batch[0], inputs)
-    got = run_batch(session(probe, ["CPUExecutionProvider"]), order, feed)
+    got = run_batch(session(proto, ["CPUExecutionProvider"], outputs=extra), order, feed)
     return dict(zip(order, (np.asarray(g) for g in got), strict=True)), order
 
 
