@@ -14,6 +14,7 @@ run again on the same samples padded to 128 tokens (``padded``), a fair chance t
 
     python benchmarks/bench_transformers.py                  # the issue's sizes (~1 h)
     python benchmarks/bench_transformers.py --quick          # small models, 16 and 32 samples
+    python benchmarks/bench_transformers.py --ours-only      # encanalyze's default job alone
 """
 
 from __future__ import annotations
@@ -178,7 +179,9 @@ def held_out_sqnr(model: Path, qdq: Path, held: list[dict]) -> float:
     return compare_outputs(str(model), str(qdq), held).score()
 
 
-def bench(kind: str, config: dict, counts: list[int], limit_gb: float, tmp: Path) -> list[dict]:
+def bench(
+    kind: str, config: dict, counts: list[int], limit_gb: float, tmp: Path, ours_only: bool = False
+) -> list[dict]:
     model = export(kind, config)
     vocab = vocab_of(config)
     held = groups_of(write_groups(tmp / f"{kind}-held", 16, seed=99, vocab=vocab))
@@ -196,8 +199,10 @@ def bench(kind: str, config: dict, counts: list[int], limit_gb: float, tmp: Path
             "encanalyze percentile": ["--data", str(data), "--activation-method", "percentile"],
         }
         ort = ["Percentile", "Entropy", "MinMax"] if samples == main_count else ["Percentile"]
-        if samples != main_count:
+        if samples != main_count or ours_only:
             runs.pop("encanalyze percentile")
+        if ours_only:  # the default job alone: its memory and time over the sample counts
+            ort = []
         jobs = []
         for label, extra in runs.items():
             out = tmp / f"{kind}-{samples}-{label.split()[1]}.onnx"
@@ -235,6 +240,7 @@ def main() -> None:
     parser.add_argument("--limit-gb", type=float, default=18.0)
     parser.add_argument("--child-ort", nargs=4, metavar=("MODEL", "DATA", "METHOD", "OUT"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--ours-only", action="store_true", help="encanalyze's default job only")
     args = parser.parse_args()
     if args.child_ort:
         child_ort(*args.child_ort)
@@ -247,7 +253,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-transformers-") as tmp:
         for kind in args.models:
-            rows += bench(kind, sizes[kind], counts, args.limit_gb, Path(tmp))
+            rows += bench(kind, sizes[kind], counts, args.limit_gb, Path(tmp), args.ours_only)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
