@@ -325,7 +325,7 @@ def _beats(gain: float, se: float, z: float) -> bool:
 
 KEPT_BYTES = 1 << 27
 """Bytes of the float model's outputs that the choice keeps in memory (128 MiB); the rest of
-the judged batches' outputs are kept in ``.npy`` files and read back one batch at a time."""
+the judged batches' outputs are kept in ``.npz`` files and read back one batch at a time."""
 
 
 class Kept(Sequence):

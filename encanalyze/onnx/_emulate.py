@@ -61,7 +61,7 @@ class Emulator(QuantizerSession):
         outputs: list[str] | None = None,
         fixed: Mapping[str, TensorEncoding] | None = None,
     ):
-        from onnx import numpy_helper, version_converter
+        from onnx import TensorProto, numpy_helper, version_converter
 
         source, _ = load_model(model)
         # the graph without its large initializers' data (stubs); one array of each is made
@@ -81,7 +81,7 @@ class Emulator(QuantizerSession):
         elem = {n: elem[n] for n in quantized if n in elem}
         steps = 2**result.bits - 1
         baked = {  # quantized once, in the initializer: no chain per run
-            n: e for n, e in (fixed or {}).items() if n in elem and elem[n] == _FLOAT
+            n: e for n, e in (fixed or {}).items() if elem.get(n) == TensorProto.FLOAT
         }
         initializers = {i.name for i in proto.graph.initializer}
         for init in proto.graph.initializer:
@@ -121,9 +121,6 @@ class Emulator(QuantizerSession):
             scale, offset = _scale_offset(encodings[name], self._ndim.get(name, 0), dtype)
             out[f"{name}::scale"], out[f"{name}::offset"] = scale, offset
         return out
-
-
-_FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
 def _scale_offset(e: TensorEncoding, ndim: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -227,28 +224,20 @@ def _insert_fake_quant(proto, tensors: dict[str, int], fed: set[str], steps: int
         for i, inp in enumerate(node.input):
             if inp in renamed_inputs:
                 node.input[i] = renamed_inputs[inp]
-    # each chain right after its source keeps the graph topologically sorted; an
-    # initializer's chain right before its first reader, so that one quantized weight at a
-    # time is alive (all of them first would hold a second copy of every weight at once)
+    # each chain right after its source keeps the graph topologically sorted
     chains = dict(nodes)
     ordered, placed = [], set()
     initializers = {i.name for i in graph.initializer}
-    for name in chains:  # inputs first
-        if name in fed:
+    for name in chains:  # inputs and initializers first
+        if name in fed or f"{name}::float" in initializers:
             ordered.extend(chains[name])
             placed.add(name)
-    weights = {name for name in chains if f"{name}::float" in initializers}
     for node in graph.node:
-        for inp in node.input:
-            if inp in weights and inp not in placed:
-                ordered.extend(chains[inp])
-                placed.add(inp)
         ordered.append(node)
         for out in node.output:
             base = out[: -len("::float")] if out.endswith("::float") else None
             if base in chains and base not in placed:
                 ordered.extend(chains[base])
                 placed.add(base)
-    early = [n for name in weights - placed for n in chains[name]]  # read in subgraphs only
     del graph.node[:]
-    graph.node.extend(early + ordered)
+    graph.node.extend(ordered)
