@@ -229,6 +229,7 @@ def test_plot_names_are_unique(tmp_path):
 # -- Ctrl-C ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the full matrix (the model job's Ctrl-C at every phase runs fast)
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     big = np.random.default_rng(0).standard_normal(30_000_000).astype(np.float32)
     src = _tensor_file(tmp_path, array=big)
@@ -259,6 +260,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
 # -- hostile tensor files ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 2**26 paths: the full matrix
 def test_pt_of_shared_references_is_read_once(tmp_path):
     torch = pytest.importorskip("torch")
     t = torch.arange(10.0)
