@@ -42,7 +42,7 @@ from .._stats import Histogram
 from .._warnings import warn
 from ..distributed import all_reduce_analyzers
 from ._branches import BRANCHES, branch_ifs, conditions, inline_branches
-from ._pieces import Pieces
+from ._pieces import Pieces, nbytes
 
 __all__ = [
     "QUANTIZABLE_OPS",
@@ -547,14 +547,14 @@ def _run_ahead(
     def outputs(feed: dict) -> dict:
         produced = dict(zip(wanted, run_batch(run, wanted, feed), strict=True))
         if learn is not None:
-            learn(feed, _nbytes(produced.values()))
+            learn(feed, nbytes(produced.values()))
         return produced
 
     first = next(fed, None)
     if first is None:
         return
     produced = outputs(first[0])
-    if _nbytes(produced.values()) > AHEAD_BYTES:
+    if nbytes(produced.values()) > AHEAD_BYTES:
         yield *first, produced
         for feed, last in fed:
             yield feed, last, outputs(feed)
@@ -569,10 +569,6 @@ def _run_ahead(
             following = next(fed, None)
             pending = None if following is None else (following, pool.submit(outputs, following[0]))
             yield *item, produced
-
-
-def _nbytes(values) -> int:
-    return sum(np.asarray(v).nbytes for v in values)
 
 
 def histograms(analyzers: dict) -> dict:
@@ -682,7 +678,7 @@ def observe_activations(
     fed = (feeds(batch, inputs) for batch in progress_bar(batches, progress))
     pieces = None
     if sample_axes is not None and run is not None:
-        pieces = Pieces(sample_axes, lambda feed, run=run: _nbytes(run_batch(run, wanted, feed)))
+        pieces = Pieces(sample_axes, lambda feed, run=run: nbytes(run_batch(run, wanted, feed)))
     cut = pieces.cut(fed) if pieces is not None else ((feed, True) for feed in fed)
     for feed, last, produced in _run_ahead(run, wanted, cut, pieces.learn if pieces else None):
         for cond, branch in conds.items():

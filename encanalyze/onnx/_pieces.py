@@ -7,13 +7,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["OUTPUT_BYTES", "RUN_BYTES", "Pieces"]
+__all__ = ["OUTPUT_BYTES", "RUN_BYTES", "Pieces", "nbytes"]
 
 RUN_BYTES = 1 << 27
 """The most bytes of activations one run of the model should expose (128 MiB): a batch whose
 activations would take more is run in pieces of samples (a transformer's batch of 8 x 128
 tokens exposes every MatMul's inputs and outputs at once: 0.84 GB on a BERT-base, ~2.4 GB
 with ONNX Runtime's own buffers)."""
+
+
+def nbytes(values: Iterable) -> int:
+    """Return the bytes that a run's outputs ``values`` take."""
+    return sum(np.asarray(v).nbytes for v in values)
 
 
 class Pieces:

@@ -38,7 +38,7 @@ from ._calibrate import (
     run_batch,
     session,
 )
-from ._pieces import OUTPUT_BYTES, Pieces
+from ._pieces import OUTPUT_BYTES, Pieces, nbytes
 from ._qdq_graph import (
     Quantizer,
     at_least_opset,
@@ -432,7 +432,7 @@ def output_pieces(
     if axes is None:
         yield from fed
         return
-    pieces = Pieces(axes, lambda f: sum(v.nbytes for v in run_batch(run, names, f)), OUTPUT_BYTES)
+    pieces = Pieces(axes, lambda f: nbytes(run_batch(run, names, f)), OUTPUT_BYTES)
     for piece, _ in pieces.cut(fed):
         yield piece
 
