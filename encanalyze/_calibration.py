@@ -41,9 +41,11 @@ __all__ = [
     "encode_activations",
     "encode_weight",
     "file_under",
+    "first_of_each",
     "measure_models",
     "Progress",
     "progress_bar",
+    "share_within",
     "statistics_key",
     "update_shared",
     "weight_methods",
@@ -213,6 +215,28 @@ def statistics_key(analyzer) -> tuple[str, str]:
     """Return what identifies the statistics an analyzer gathers: its observer and parameters."""
     observer = analyzer.observer
     return type(observer).__name__, json.dumps(observer.params(), sort_keys=True)
+
+
+def first_of_each(made: dict) -> list:
+    """Return the first analyzer of ``made``'s values for each kind of statistics.
+
+    A tensor's analyzers that gather the same statistics (the histogram methods) are updated
+    through the first of them; :func:`share_within` gives the others its statistics.
+    """
+    first: dict = {}
+    for analyzer in made.values():
+        first.setdefault(statistics_key(analyzer), analyzer)
+    return list(first.values())
+
+
+def share_within(made: dict) -> dict:
+    """Give each analyzer of ``made`` the statistics of :func:`first_of_each`'s; return it."""
+    first = {statistics_key(a): a for a in first_of_each(made)}
+    for analyzer in made.values():
+        source = first[statistics_key(analyzer)]
+        if source is not analyzer:
+            analyzer.share_stats(source)
+    return made
 
 
 def update_shared(analyzer, x: Array, gathered: dict) -> None:

@@ -28,17 +28,21 @@ from ._xp import (
 )
 
 __all__ = [
+    "BatchRange",
     "RowHistogram",
     "add_counts",
     "bin_counts",
+    "batch_range",
     "bin_edges",
     "check_range_fits",
+    "counting_range",
     "histogram_update",
     "last_edge",
     "merge_rows",
     "rebin",
     "rebin_onto",
     "stack_rows",
+    "take_batch",
     "wide_dtype",
 ]
 
@@ -235,6 +239,159 @@ def check_range_fits(xp: Namespace, lo: Array, hi: Array) -> None:
         )
 
 
+class BatchRange(NamedTuple):
+    """What a batch's update needs besides its counts: per row ``(E,)``.
+
+    ``lo``/``hi``: the finite min and max (in the ranges' dtype; ``lo > hi`` where the row held
+    no finite value; histograms of ``|x|`` start at 0), ``num_nan``: NaN values dropped
+    (``None``: none), ``num_negative``: negative values (histograms of ``|x|`` only).
+    """
+
+    lo: Array
+    hi: Array
+    num_nan: Array | None = None
+    num_negative: Array | None = None
+
+
+def batch_range(xp: Namespace, rows: Array, dtype, absolute: bool) -> tuple[Array, BatchRange]:
+    """Return the rows to count (``|rows|`` where ``absolute``) and the batch's range.
+
+    Host backends raise ``ValueError`` where a row's range overflows (:func:`check_range_fits`).
+    """
+    num_negative = None
+    if absolute:
+        num_negative = xp.astype(xp.count_nonzero(rows < 0, axis=1), index_dtype(xp))
+        rows = xp.abs(rows)
+    lo, hi, num_nan = primitives(xp).minmax(rows, (1,), finite=True)
+    lo, hi = xp.astype(lo, dtype, copy=False), xp.astype(hi, dtype, copy=False)
+    if absolute:  # |x| histograms start at 0
+        lo = xp.where(lo <= hi, xp.zeros_like(lo), lo)
+    if on_host(rows):
+        check_range_fits(xp, lo, hi)
+    return rows, BatchRange(lo, hi, num_nan, num_negative)
+
+
+def _own_edges(xp: Namespace, batch: BatchRange, num_bins: int, growth_limit: float):
+    """Return a batch's own edge range ``(lo, hi, stored hi)`` and its growth limits.
+
+    A single value (or a range whose bin width underflows to 0) gets ``[v - 0.5, v + 0.5]``,
+    at least one ulp wide even where 0.5 rounds away; the limits (``None`` without a growth
+    limit) come from the stored (first and last edge) range.
+    """
+    lo, hi = batch.lo, batch.hi
+    wd = work_dtype(xp, lo.dtype)
+    point = div(xp, xp.astype(hi, wd) - xp.astype(lo, wd), num_bins) == 0
+    e_lo = xp.where(point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.full_like(lo, -xp.inf))), lo)
+    e_hi = xp.where(point, xp.maximum(hi + 0.5, xp.nextafter(hi, xp.full_like(hi, xp.inf))), hi)
+    stored_hi = last_edge(xp, e_lo, e_hi, num_bins)
+    limits = _growth_limits(e_lo, stored_hi, growth_limit) if math.isfinite(growth_limit) else None
+    return e_lo, e_hi, stored_hi, limits
+
+
+def _next_range(xp: Namespace, running: RowHistogram, batch: BatchRange, own) -> tuple:
+    """Return the range ``(lo, hi)`` the running histograms take with a batch, and its limits.
+
+    A later batch merges with its raw finite range; only a row's first batch is widened (its
+    ``own`` edges, :func:`_own_edges`); rows seeing their first value take the batch's limits.
+    Only ``running``'s ``lo``, ``hi`` and ``limits`` are read.
+    """
+    e_lo, e_hi, _, batch_limits = own
+    seen = batch.lo <= batch.hi
+    was_seen = running.lo <= running.hi
+    limits = running.limits
+    if batch_limits is not None and limits is None:
+        limits = batch_limits
+    elif batch_limits is not None:
+        limits = (
+            xp.where(was_seen, limits[0], batch_limits[0]),
+            xp.where(was_seen, limits[1], batch_limits[1]),
+        )
+    new_lo = xp.minimum(running.lo, xp.where(was_seen, batch.lo, e_lo))
+    new_hi = xp.maximum(running.hi, xp.where(was_seen, batch.hi, e_hi))
+    if limits is not None:
+        new_lo = xp.where(seen, xp.maximum(new_lo, limits[0]), new_lo)
+        new_hi = xp.where(seen, xp.minimum(new_hi, limits[1]), new_hi)
+    if on_host(new_lo):
+        check_range_fits(xp, new_lo, new_hi)
+    return new_lo, new_hi, limits
+
+
+def counting_range(
+    xp: Namespace,
+    running: RowHistogram | None,
+    batch: BatchRange,
+    num_bins: int,
+    growth_limit: float = math.inf,
+) -> tuple[tuple[Array, Array], RowHistogram]:
+    """Return the edge range a batch is counted on and the running edges after it.
+
+    The second is a ``RowHistogram`` without counts (its ``lo``, ``hi`` and ``limits``), which
+    is all the next batch's range needs: ranks replay the ranges of the batches before theirs
+    with it (:class:`encanalyze.distributed.Lockstep`) and count on what one process would.
+    """
+    own = _own_edges(xp, batch, num_bins, growth_limit)
+    if running is None:
+        return (own[0], own[1]), RowHistogram(None, own[0], own[2], limits=own[3])
+    new_lo, new_hi, limits = _next_range(xp, running, batch, own)
+    return (new_lo, new_hi), RowHistogram(
+        None, new_lo, last_edge(xp, new_lo, new_hi, num_bins), limits=limits
+    )
+
+
+def take_batch(
+    xp: Namespace,
+    running: RowHistogram | None,
+    batch: BatchRange,
+    counts: Array,
+    growth_limit: float = math.inf,
+) -> RowHistogram:
+    """Return the running histograms after a batch: :func:`histogram_update`'s merge.
+
+    ``counts`` ``(E, B)``: the batch's values counted on :func:`counting_range`'s edges.
+    """
+    num_bins = counts.shape[1]
+    own = _own_edges(xp, batch, num_bins, growth_limit)
+    if running is None:
+        observed = (batch.lo, batch.hi)
+        return RowHistogram(
+            counts, own[0], own[2], batch.num_nan, own[3], observed, batch.num_negative
+        )
+    new_lo, new_hi, limits = _next_range(xp, running, batch, own)
+    return _merge_batch(xp, running, batch, (new_lo, new_hi, limits), counts)
+
+
+def _merge_batch(
+    xp: Namespace, running: RowHistogram, batch: BatchRange, step: tuple, new: Array
+) -> RowHistogram:
+    """Return ``running`` re-binned onto ``step``'s range with the batch's ``new`` counts added.
+
+    Observed range: the new range where a seen row grew, the batch's own on a row's first
+    batch, unchanged where the batch had nothing for the row.
+    """
+    new_lo, new_hi, limits = step
+    old = rebin_onto(xp, running, new_lo, new_hi)
+    seen = batch.lo <= batch.hi
+    run_lo, run_hi = running.observed_range()
+    later = seen & (running.lo <= running.hi)
+    observed = (
+        xp.where(later, new_lo, xp.where(seen, batch.lo, run_lo)),
+        xp.where(later, new_hi, xp.where(seen, batch.hi, run_hi)),
+    )
+    if old is running.counts:  # kept as it was: the running state's own table
+        old = old + new
+    else:  # a fresh re-binned table: the batch is added into it
+        old += new
+    return RowHistogram(
+        old,
+        new_lo,
+        last_edge(xp, new_lo, new_hi, new.shape[1]),
+        add_counts(running.num_nan, batch.num_nan),
+        limits,
+        observed,
+        add_counts(running.num_negative, batch.num_negative),
+    )
+
+
 def histogram_update(
     xp: Namespace,
     rows: Array,
@@ -273,62 +430,32 @@ def histogram_update(
         The batch's own histograms (over its own finite range; ``None`` for a later batch
         without ``want_batch``) and the merged running histograms (the batch's values counted
         on the new edges and added to the re-binned old counts), with their growth limits.
+        The merge is :func:`counting_range`'s edges, the batch counted on them, and
+        :func:`take_batch`, with shortcuts that compute the same numbers.
     """
     fused = primitives(xp).count_checked
     if fused is not None and not want_batch and running is not None:
         merged = _count_inside(xp, rows, running, fused, absolute)
         if merged is not None:
             return None, merged
-    num_negative = None
-    if absolute:
-        num_negative = xp.astype(xp.count_nonzero(rows < 0, axis=1), index_dtype(xp))
-        rows = xp.abs(rows)
-    lo, hi, num_nan = primitives(xp).minmax(rows, (1,), finite=True)
-    lo, hi = xp.astype(lo, dtype, copy=False), xp.astype(hi, dtype, copy=False)
-    seen = lo <= hi  # rows with at least one finite value
-    if absolute:  # |x| histograms start at 0
-        lo = xp.where(seen, xp.zeros_like(lo), lo)
-    if on_host(rows):
-        check_range_fits(xp, lo, hi)
-    if not want_batch and running is not None and _inside(xp, rows, lo, hi, running):
-        return None, _add_inside(xp, rows, running, num_nan, num_negative)
-    # the batch's own edges: a single value (or a range whose bin width underflows to 0) gets
-    # [v - 0.5, v + 0.5], at least one ulp wide even where 0.5 rounds away
-    wd = work_dtype(xp, dtype)
-    point = div(xp, xp.astype(hi, wd) - xp.astype(lo, wd), num_bins) == 0
-    e_lo = xp.where(point, xp.minimum(lo - 0.5, xp.nextafter(lo, xp.full_like(lo, -xp.inf))), lo)
-    e_hi = xp.where(point, xp.maximum(hi + 0.5, xp.nextafter(hi, xp.full_like(hi, xp.inf))), hi)
-    may_have_nan = num_nan is not None
-    stored_hi = last_edge(xp, e_lo, e_hi, num_bins)
-    # growth limits from the stored (first and last edge) range
-    batch_limits = (
-        _growth_limits(e_lo, stored_hi, growth_limit) if math.isfinite(growth_limit) else None
-    )
+    rows, found = batch_range(xp, rows, dtype, absolute)
+    if not want_batch and running is not None and _inside(xp, rows, found.lo, found.hi, running):
+        return None, _add_inside(xp, rows, running, found.num_nan, found.num_negative)
+    own = _own_edges(xp, found, num_bins, growth_limit)
+    e_lo, e_hi, stored_hi, batch_limits = own
+    may_have_nan = found.num_nan is not None
     counts = batch = None
     if want_batch or running is None:
         counts = bin_counts(xp, rows, e_lo, e_hi, num_bins, may_have_nan)
-        batch = RowHistogram(counts, e_lo, stored_hi, num_nan, batch_limits, (lo, hi), num_negative)
+        observed = (found.lo, found.hi)
+        batch = RowHistogram(
+            counts, e_lo, stored_hi, found.num_nan, batch_limits, observed, found.num_negative
+        )
     if running is None:
         return batch, batch
-
-    was_seen = running.lo <= running.hi
-    limits = running.limits
-    if batch_limits is not None and limits is None:
-        limits = batch_limits
-    elif batch_limits is not None:  # rows seeing their first value take this batch's limits
-        limits = (
-            xp.where(was_seen, limits[0], batch_limits[0]),
-            xp.where(was_seen, limits[1], batch_limits[1]),
-        )
-    # a later batch merges with its raw finite range; only a row's first batch is widened
-    new_lo = xp.minimum(running.lo, xp.where(was_seen, lo, e_lo))
-    new_hi = xp.maximum(running.hi, xp.where(was_seen, hi, e_hi))
-    if limits is not None:
-        new_lo = xp.where(seen, xp.maximum(new_lo, limits[0]), new_lo)
-        new_hi = xp.where(seen, xp.minimum(new_hi, limits[1]), new_hi)
-    if on_host(rows):
-        check_range_fits(xp, new_lo, new_hi)
-    old = rebin_onto(xp, running, new_lo, new_hi)
+    step = _next_range(xp, running, found, own)
+    new_lo, new_hi, _ = step
+    seen = found.lo <= found.hi
     if (
         counts is not None
         and on_host(rows)
@@ -337,28 +464,7 @@ def histogram_update(
         new = counts  # the batch spans the new range: its own counts are the ones on the new edges
     else:
         new = bin_counts(xp, rows, new_lo, new_hi, num_bins, may_have_nan)
-    # observed range: the new range where a seen row grew, the batch's own on a row's first
-    # batch, unchanged where the batch had nothing for the row
-    run_lo, run_hi = running.observed_range()
-    later = seen & was_seen
-    observed = (
-        xp.where(later, new_lo, xp.where(seen, lo, run_lo)),
-        xp.where(later, new_hi, xp.where(seen, hi, run_hi)),
-    )
-    if old is running.counts:  # kept as it was: the running state's own table
-        old = old + new
-    else:  # a fresh re-binned table: the batch is added into it
-        old += new
-    merged = RowHistogram(
-        old,
-        new_lo,
-        last_edge(xp, new_lo, new_hi, num_bins),
-        add_counts(running.num_nan, num_nan),
-        limits,
-        observed,
-        add_counts(running.num_negative, num_negative),
-    )
-    return batch, merged
+    return batch, _merge_batch(xp, running, found, step, new)
 
 
 def _inside(xp: Namespace, rows: Array, lo: Array, hi: Array, running: RowHistogram) -> bool:

@@ -6,19 +6,30 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import array_api_compat
+import array_api_compat.numpy
+import numpy as np
+
 from ._analyzer import EncodingAnalyzer
-from ._backends import from_torch, to_torch
+from ._backends import analyzer_input, from_torch, numpy_twin, quiet, to_numpy, to_torch
 from ._calibration import statistics_key
-from ._histograms import RowHistogram, last_edge, rebin_onto
+from ._histograms import BatchRange, RowHistogram, last_edge, rebin_onto
 from ._observers import EmaState
 from ._registry import METHODS
 from ._stats import MinMaxRange
-from ._xp import index_dtype, wide_dtype
+from ._xp import (
+    check_same_home,
+    device_of,
+    float_dtype,
+    index_dtype,
+    namespace_of,
+    wide_dtype,
+)
 
-__all__ = ["Ranks", "all_reduce_analyzers", "all_reduce_stats", "launched_ranks"]
+__all__ = ["Lockstep", "Ranks", "all_reduce_analyzers", "all_reduce_stats", "launched_ranks"]
 
 # float dtypes by rank, so that ranks agree on the widest one (a rank without data knows none)
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -107,8 +118,6 @@ def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer
     if reduce is None:
         raise TypeError(f"cannot all-reduce the statistics of a {type(analyzer).__name__}")
     if analyzer._home is None:
-        import array_api_compat
-
         xp, device = array_api_compat.array_namespace(torch.empty(0)), comm
     else:
         xp, device = analyzer._home
@@ -117,8 +126,275 @@ def all_reduce_stats(analyzer: EncodingAnalyzer, group=None) -> EncodingAnalyzer
     return analyzer
 
 
+class Lockstep:
+    """Histograms that the ranks of ``group`` update in one process's order: bit-identical.
+
+    One process re-bins its histograms as their range grows, batch after batch, so the merge
+    of the ranks' own histograms (:func:`all_reduce_stats`) differs from it within a bin. Here
+    the ranks take steps together: at step ``t`` rank ``r`` brings its ``t``-th batch (the
+    batch ``t * W + r`` of ``W`` ranks sharded every ``W``-th, :meth:`Ranks.shard`); each rank
+    finds its batch's range per tensor, one object all-gather shares them, every rank replays
+    the ranges of the step's batches in rank order to count its own batch on the edges one
+    process would count it on, one all-gather shares the counts, and every rank adds them in
+    that order (:meth:`~encanalyze._observers.HistogramObserver.take`). Every rank ends with
+    the statistics one process computes on the batches in that order, bit for bit.
+
+    ``make(name, shape, axis)`` returns the primary analyzers of a tensor this rank has not
+    seen (made in the caller's tables). Per step: :meth:`add` each histogram analyzer's
+    tensor (:meth:`takes`), then :meth:`step`; when a rank's batches are done it calls
+    :meth:`finish`, which takes empty steps until every rank's are.
+    """
+
+    def __init__(self, group, make: Callable[[str, tuple, int | None], list]) -> None:
+        torch, dist = _torch()
+        self.group, self.make = group, make
+        self.rank, self.size = dist.get_rank(group), dist.get_world_size(group)
+        self.comm = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend(group) == "nccl"
+            else torch.device("cpu")
+        )
+        self.pending: dict[str, list] = {}  # key -> this step's tensors
+        self.analyzers: dict[str, EncodingAnalyzer] = {}
+        self.layouts: dict[str, tuple] = {}  # key -> (name, shape, channel axis)
+
+    @classmethod
+    def over(cls, group, make: Callable[[str, tuple, int | None], list]) -> Lockstep | None:
+        """Return a lockstep over ``group`` (None for one rank: its own order is one process's)."""
+        _, dist = _torch()
+        return cls(group, make) if dist.get_world_size(group) > 1 else None
+
+    @staticmethod
+    def takes(analyzer: EncodingAnalyzer) -> bool:
+        """Whether ``analyzer``'s statistics are histograms (min-max ones reduce exactly)."""
+        return getattr(analyzer.observer, "kind", None) == "histogram"
+
+    def add(self, name: str, axis: int | None, analyzer: EncodingAnalyzer, x) -> None:
+        """Bring tensor ``x`` of ``name`` (channel ``axis``) to ``analyzer`` at this step.
+
+        ``x`` is read at :meth:`step`: the caller must not change it in place before then.
+        """
+        key = json.dumps([name, *statistics_key(analyzer)])
+        self.pending.setdefault(key, []).append(x)
+        self.analyzers[key] = analyzer
+        self.layouts[key] = (name, tuple(analyzer.shape), axis)
+
+    def finish(self) -> None:
+        """Take empty steps until no rank has a batch left (every rank must call it)."""
+        while self.step(present=False):
+            pass
+
+    def step(self, present: bool = True) -> bool:
+        """Update every rank's analyzers with the step's batches; return whether any rank had one.
+
+        A collective: every rank calls it once per step (``present``: whether it brought a
+        batch). A tensor no rank can take (a wrong shape) raises the same error on every rank,
+        with no statistics changed.
+        """
+        torch, dist = _torch()
+        pending, self.pending = self.pending, {}
+        works: dict = {}  # key -> where its step is computed
+        local: dict = {}  # key -> [(rows, BatchRange) or None]
+        report: dict = {}
+        error = None
+        try:
+            for key, xs in sorted(pending.items()):
+                works[key], local[key], report[key] = self._ranges(self.analyzers[key], xs)
+        except (TypeError, ValueError) as err:
+            error = f"{type(err).__name__}: {err}"
+        gathered: list = [None] * self.size
+        layouts = {key: self.layouts[key] for key in report}
+        note = {"present": present, "ranges": report, "layouts": layouts, "error": error}
+        dist.all_gather_object(gathered, note, group=self.group)
+        failed = [(r, g["error"]) for r, g in enumerate(gathered) if g["error"]]
+        if failed:
+            rank, why = failed[0]
+            raise ValueError(f"rank {rank} could not take its batch: {why}")
+        keys = sorted({key for g in gathered for key in g["ranges"]})
+        for key in keys:
+            if key not in works:  # another rank's tensor alone
+                analyzer = self._analyzer(key, gathered)
+                works[key] = _work(analyzer, self._home(analyzer, key, gathered), [])[0]
+        mine = [
+            counts
+            for key in keys
+            for counts in self._own_counts(key, works[key], gathered, local.get(key, []))
+        ]
+        sizes = [
+            sum(
+                math.prod(self.analyzers[k].shape) * self.analyzers[k].observer.num_bins
+                for k, entries in g["ranges"].items()
+                for entry in entries
+                if entry["lo"] is not None
+            )
+            for g in gathered
+        ]
+        every = self._all_gather(torch, dist, mine, sizes)
+        offsets = [0] * self.size
+        for key in keys:
+            self._take(key, works[key], gathered, every, offsets)
+        return any(g["present"] for g in gathered)
+
+    def _ranges(self, analyzer: EncodingAnalyzer, xs: list) -> tuple:
+        """Return where the step of ``xs`` is computed, and each one's range.
+
+        The ranges: ``(rows, range)`` where the step is computed (None: empty), and on the host.
+        """
+        xs = [analyzer_input(x) for x in xs]
+        home = analyzer._home or (namespace_of(xs[0]), device_of(xs[0]))
+        for x in xs:
+            check_same_home(home, namespace_of(x), device_of(x))
+        work, views = _work(analyzer, home, xs)
+        local, report = [], []
+        for x, view in zip(xs, views, strict=True):
+            with quiet(work.xp):
+                found = analyzer.observer.batch_range(work.xp, view)
+            dtype = str(float_dtype(home[0], x)).rsplit(".", 1)[-1]
+            kind = "torch" if type(x).__module__.startswith("torch") else "array"
+            entry = {"dtype": dtype, "kind": kind, "lo": None}
+            if found is not None:
+                entry.update(
+                    {f: None if v is None else to_numpy(v) for f, v in found[1]._asdict().items()}
+                )
+            local.append(found)
+            report.append(entry)
+        return work, local, report
+
+    def _analyzer(self, key: str, gathered: list) -> EncodingAnalyzer:
+        """Return ``key``'s analyzer, made (``make``) where this rank has not seen the tensor."""
+        if key not in self.analyzers:
+            name, shape, axis = next(g["layouts"][key] for g in gathered if key in g["layouts"])
+            made = {json.dumps([name, *statistics_key(a)]): a for a in self.make(name, shape, axis)}
+            self.analyzers[key] = made[key]
+        return self.analyzers[key]
+
+    def _home(self, analyzer: EncodingAnalyzer, key: str, gathered: list) -> tuple:
+        """Return the namespace and device of ``key``'s statistics.
+
+        The analyzer's own; for a tensor this rank has not seen, NumPy where the ranks' arrays
+        were not torch tensors, else torch on the communication device.
+        """
+        if analyzer._home is not None:
+            return analyzer._home
+        kinds = {e["kind"] for g in gathered for e in g["ranges"].get(key, [])}
+        if "torch" in kinds:
+            torch, _ = _torch()
+            return array_api_compat.array_namespace(torch.empty(0)), self.comm
+        return array_api_compat.numpy, "cpu"
+
+    def _replayed(self, xp, device, entry: dict) -> BatchRange:
+        """Return a gathered range in ``xp`` on ``device``, in its dtype."""
+        dtype = getattr(xp, entry["dtype"])
+
+        def back(v, dt):
+            if v is None:
+                return None
+            if array_api_compat.is_numpy_namespace(xp):
+                return xp.astype(xp.asarray(v), dt)
+            return xp.astype(from_torch(xp, to_torch(np.asarray(v)), device), dt)
+
+        return BatchRange(
+            back(entry["lo"], dtype),
+            back(entry["hi"], dtype),
+            back(entry["num_nan"], index_dtype(xp)),
+            back(entry["num_negative"], index_dtype(xp)),
+        )
+
+    def _own_counts(self, key: str, work: _Work, gathered: list, local: list) -> list:
+        """Count this rank's tensors of ``key`` on the edges one process would count them on."""
+        observer, xp = self.analyzers[key].observer, work.xp
+        edges, out = work.state, []
+        for rank, g in enumerate(gathered[: self.rank + 1] if local else []):
+            for i, entry in enumerate(g["ranges"].get(key, [])):
+                if entry["lo"] is None:
+                    continue
+                with quiet(xp):
+                    batch = self._replayed(xp, work.device, entry)
+                    (lo, hi), edges = observer.counting_range(xp, edges, batch)
+                    if rank == self.rank:
+                        rows, own = local[i]
+                        out.append(observer.count(xp, rows, own, lo, hi))
+        return out
+
+    def _all_gather(self, torch, dist, mine: list, sizes: list) -> list:
+        """All-gather each rank's flat counts (padded to the longest); return them by rank."""
+        top = max(sizes)
+        if top == 0:
+            return [None] * self.size
+        flat = torch.zeros(top, dtype=torch.float64, device=self.comm)
+        if mine:
+            own = torch.cat([to_torch(c, self.comm).double().reshape(-1) for c in mine])
+            flat[: own.numel()] = own
+        every = [torch.empty_like(flat) for _ in range(self.size)]
+        dist.all_gather(every, flat, group=self.group)
+        return every
+
+    def _take(self, key: str, work: _Work, gathered: list, every: list, offsets: list) -> None:
+        """Add the step's counts of ``key``, rank after rank, as one process would."""
+        analyzer = self.analyzers[key]
+        observer, xp, device = analyzer.observer, work.xp, work.device
+        e, num_bins = math.prod(analyzer.shape), observer.num_bins
+        state = work.state
+        for rank, g in enumerate(gathered):
+            for entry in g["ranges"].get(key, []):
+                with quiet(xp):
+                    if entry["lo"] is None:  # an empty batch: the update's empty statistics
+                        if state is None:
+                            state = observer.empty(xp, getattr(xp, entry["dtype"]), device)
+                        continue
+                    start = offsets[rank]
+                    offsets[rank] += e * num_bins
+                    flat = every[rank][start : offsets[rank]].reshape(e, num_bins)
+                    counts = xp.astype(from_torch(xp, flat, device), wide_dtype(xp, device))
+                    batch = self._replayed(xp, device, entry)
+                    state = observer.take(xp, state, batch, counts)
+        analyzer._state = state if work.back is None else work.back(state)
+        analyzer._home = work.home
+
+
+@dataclass(frozen=True)
+class _Work:
+    """Where one tensor's step is computed.
+
+    ``xp`` on ``device`` with the statistics ``state`` there; ``back`` (None: nothing to do)
+    returns them to ``home``'s arrays.
+    """
+
+    xp: object
+    device: object
+    state: object
+    back: Callable | None
+    home: tuple
+
+
+def _work(analyzer: EncodingAnalyzer, home: tuple, xs: list) -> tuple[_Work, list]:
+    """Return where an analyzer's step is computed, and its tensors ``xs`` there.
+
+    Host torch statistics and batches are worked on through their NumPy views, as the
+    analyzers' own updates take them (:func:`~encanalyze._backends.numpy_twin`; the results
+    are torch's own, tested bit for bit); everything else in its own namespace.
+    """
+    xp, device = home
+    if array_api_compat.is_torch_namespace(xp) and getattr(device, "type", device) == "cpu":
+        twins = [numpy_twin(xp, analyzer._state, batch=x) for x in xs]
+        twins = twins or [numpy_twin(xp, analyzer._state)]
+        if all(t is not None for t in twins):
+            np_xp, views, back = twins[0]
+            state = views[1] if xs else views
+            batches = [t[1][0] for t in twins] if xs else []
+            return _Work(np_xp, "cpu", state, back, home), batches
+    return _Work(xp, device, analyzer._state, None, home), xs
+
+
 def all_reduce_analyzers(
-    analyzers: dict, axes: dict, methods: dict, seen, group, count: int, reached=()
+    analyzers: dict,
+    axes: dict,
+    methods: dict,
+    seen,
+    group,
+    count: int,
+    reached=(),
+    replayed: bool = False,
 ) -> tuple[int, set]:
     """Merge every rank's activation statistics (a collective); return the batches and reached.
 
@@ -128,7 +404,8 @@ def all_reduce_analyzers(
     rank reduces the same tensors in the same order; analyzers of one tensor that share
     statistics are reduced once. ``count``: this rank's batches; ``reached``: names (of
     modules) to unite across the ranks. ``ValueError`` (on every rank) where the ranks disagree
-    on a tensor's layout.
+    on a tensor's layout. ``replayed``: the histograms were updated in :class:`Lockstep` (every
+    rank's are the same already); they are not reduced again.
     """
     _, dist = _torch()
     mine = {key: (tuple(next(iter(analyzers[key].values())).shape), axes.get(key)) for key in seen}
@@ -154,6 +431,8 @@ def all_reduce_analyzers(
             kind = statistics_key(analyzer)
             if kind in reduced:
                 analyzer.share_stats(reduced[kind])
+            elif replayed and Lockstep.takes(analyzer):
+                reduced[kind] = analyzer
             else:
                 reduced[kind] = all_reduce_stats(analyzer, group)
     united = {name for rank in gathered for name in rank["reached"]}

@@ -121,7 +121,7 @@ class BranchNet:
                 self.head = torch.nn.Linear(8, 3)
 
             def forward(self, x, head=True):
-                h = torch.relu(self.body(x))
+                h = torch.relu_(self.body(x))  # in place: after the hook saw body's output
                 return self.head(h) if head else h
 
         return Net().eval()
@@ -157,10 +157,20 @@ def calibrations(frontend: str, out_dir: str, batches: list, group=None) -> dict
         from encanalyze.onnx import calibrate
 
         model, extra = os.path.join(out_dir, "mlp.onnx"), {}
-    return {
-        m: calibrate(model, batches, activations=m, group=group, **extra)
-        for m in ("minmax", "percentile")
-    }
+    options = {"minmax": None, "percentile": {"percentile": 99.0}, "mse": None}
+    out = {}
+    for m, o in options.items():
+        stats: dict = {}
+        if frontend == "torch":
+            extra["statistics"] = stats
+        out[m] = calibrate(
+            model, batches, activations=m, activation_options=o, group=group, **extra
+        )
+        out[m].arrays = {k: np.asarray(e.scale) for k, e in out[m].encodings.items()}
+        for name, st in stats.get("stats", {}).items():  # torch: each histogram's counts
+            if hasattr(st, "histogram"):
+                out[m].arrays[f"{name}#counts"] = st.histogram.numpy()
+    return out
 
 
 def run_calibrate(rank: int, world: int, init_file: str, out_dir: str, frontend: str) -> None:
@@ -172,7 +182,7 @@ def run_calibrate(rank: int, world: int, init_file: str, out_dir: str, frontend:
         _, shards = frontend_batches(frontend, world)
         found = calibrations(frontend, out_dir, shards[rank], dist.group.WORLD)
         for method, result in found.items():
-            arrays = {k: np.asarray(e.scale) for k, e in result.encodings.items()}
+            arrays = dict(result.arrays)
             arrays["num_batches"] = np.asarray(result.num_batches)
             np.savez(os.path.join(out_dir, f"{frontend}-{method}-{rank}.npz"), **arrays)
     finally:
@@ -182,3 +192,69 @@ def run_calibrate(rank: int, world: int, init_file: str, out_dir: str, frontend:
 def mlp_batches() -> list:
     rng = np.random.default_rng(5)
     return [rng.standard_normal((8, 4)).astype(np.float32) * (1 + i) for i in range(5)]
+
+
+HISTOGRAM_METHODS = ("percentile", "sqnr", "entropy")  # plain, growth-limited, |x|
+
+
+def lockstep_batches(world: int) -> tuple[list, list]:
+    """Every batch (growing ranges, a NaN, an empty batch, infinities only, a point) and each
+    rank's shard (every ``world``-th from its rank: one rank gets one batch more)."""
+    rng = np.random.default_rng(9)
+    batches = [rng.standard_t(4, (32, 6)).astype(np.float32) * (1 + i % 3) for i in range(7)]
+    batches[1][4, 2] = np.nan
+    batches[3] = np.zeros((0, 6), np.float32)
+    batches[4] = INFINITIES.copy()
+    batches[5][:, 0] = 2.5  # a row of one value: its own edges are widened
+    return batches, [batches[r::world] for r in range(world)]
+
+
+def run_lockstep(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Each histogram method through Lockstep on this rank's shard; a tensor of a shape the
+    analyzer cannot take on rank 1 must raise on every rank and change nothing."""
+    import torch.distributed as dist
+
+    import encanalyze as ea
+    from encanalyze.distributed import Lockstep
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        _, shards = lockstep_batches(world)
+        for method in HISTOGRAM_METHODS:
+            made: dict = {}
+
+            def make(name, shape, axis, method=method, made=made):
+                made[name] = make_analyzer(method)
+                return [made[name]]
+
+            steps = Lockstep(dist.group.WORLD, make)
+            for batch in shards[rank]:
+                analyzer = made.get("t") or make("t", (1, 6), None)[0]
+                steps.add("t", None, analyzer, batch)
+                steps.step()
+            steps.finish()
+            ea.save(made["t"], os.path.join(out_dir, f"lockstep-{method}-{rank}.npz"))
+        analyzer = make_analyzer("percentile")
+        analyzer.update_stats(shards[0][0])
+        before = {k: np.asarray(v).copy() for k, v in analyzer.state_dict()["state"].items()}
+        steps = Lockstep(dist.group.WORLD, lambda *a: [analyzer])
+        steps.add("t", None, analyzer, np.ones((4, 5 if rank == 1 else 6), np.float32))
+        try:
+            steps.step()
+            outcome = "stepped"
+        except ValueError as err:
+            after = analyzer.state_dict()["state"]
+            kept = all(np.array_equal(np.asarray(after[k]), v) for k, v in before.items())
+            outcome = f"raised, kept {kept}: {err}"
+        with open(os.path.join(out_dir, f"lockstep-error-{rank}.txt"), "w") as f:
+            f.write(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def make_analyzer(method: str):
+    """A histogram analyzer of ``method`` of shape (1, 6) with few bins (re-binning matters)."""
+    import encanalyze as ea
+
+    extra = {"sqnr": {"histogram_growth_limit": 2.0}, "entropy": {"start_bin": 16}}
+    return ea.METHODS[method].analyzer((1, 6), num_bins=64, **extra.get(method, {}))

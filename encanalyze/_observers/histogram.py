@@ -7,7 +7,17 @@ import numbers
 
 from .._checks import int_at_least
 from .._errors import EncodingAnalyzerError
-from .._histograms import RowHistogram, check_range_fits, histogram_update, merge_rows
+from .._histograms import (
+    BatchRange,
+    RowHistogram,
+    batch_range,
+    bin_counts,
+    check_range_fits,
+    counting_range,
+    histogram_update,
+    merge_rows,
+    take_batch,
+)
 from .._shapes import to_rows
 from .._stats import Histogram, histogram_of, histogram_rows
 from .._xp import Array, Namespace, device_of, float_dtype, index_dtype, wide_dtype
@@ -94,6 +104,33 @@ class HistogramObserver(Observer[RowHistogram]):
         return histogram_update(
             xp, rows, dtype, self.num_bins, state, self.growth_limit, self.absolute, want_batch
         )
+
+    # -- an update in steps, for ranks that replay one process's order (distributed.Lockstep)
+    def batch_range(self, xp: Namespace, x: Array) -> tuple[Array, BatchRange] | None:
+        """Return the rows to count and the range of batch ``x`` (None: ``x`` holds no values).
+
+        With :meth:`counting_range`, :meth:`count` and :meth:`take`: :meth:`update` in steps,
+        the same numbers.
+        """
+        p = self.plan(x)
+        if p.values_per_encoding == 0:
+            return None
+        rows = to_rows(xp, x, p)
+        if xp.isdtype(rows.dtype, "bool"):
+            rows = xp.astype(rows, float_dtype(xp, x))
+        return batch_range(xp, rows, float_dtype(xp, x), self.absolute)
+
+    def counting_range(self, xp: Namespace, state, batch: BatchRange):
+        """Return the edge range a batch is counted on, and the edges after it (no counts)."""
+        return counting_range(xp, state, batch, self.num_bins, self.growth_limit)
+
+    def count(self, xp: Namespace, rows: Array, batch: BatchRange, lo: Array, hi: Array):
+        """Return the ``(E, B)`` counts of a batch's rows on the edge range ``[lo, hi]``."""
+        return bin_counts(xp, rows, lo, hi, self.num_bins, batch.num_nan is not None)
+
+    def take(self, xp: Namespace, state, batch: BatchRange, counts: Array) -> RowHistogram:
+        """Return the state after a batch whose counts on its counting range are ``counts``."""
+        return take_batch(xp, state, batch, counts, self.growth_limit)
 
     def empty(self, xp: Namespace, dtype, device) -> RowHistogram:
         """Histograms that have seen nothing (the merge identity)."""

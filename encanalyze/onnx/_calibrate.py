@@ -17,8 +17,9 @@ from .._calibration import (
     activation_methods,
     encode_activations,
     file_under,
+    first_of_each,
     progress_bar,
-    statistics_key,
+    share_within,
     weight_methods,
     weight_or_reason,
 )
@@ -40,14 +41,13 @@ from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
 from .._warnings import warn
-from ..distributed import all_reduce_analyzers
+from ..distributed import Lockstep, all_reduce_analyzers
 from ._branches import BRANCHES, branch_ifs, conditions, inline_branches
 from ._pieces import Pieces, nbytes
 
 __all__ = [
     "QUANTIZABLE_OPS",
     "ModelRunError",
-    "all_reduce_observed",
     "calibrate",
     "chosen_weights",
     "default_providers",
@@ -470,9 +470,8 @@ def calibrate(
                 activation_axis,
                 ranges,
                 sample_axes,
+                group,
             )
-            if group is not None:
-                count = all_reduce_observed(analyzers, act_options, group, count)
             if statistics is not None:
                 statistics["histograms"] = histograms(analyzers)
             items = [
@@ -499,12 +498,15 @@ def calibrate(
     )
 
 
-def all_reduce_observed(analyzers: dict, methods: dict, group, count: int) -> int:
-    """All-reduce :func:`observe_activations`' analyzers over ``group``; return the batches."""
+def _all_reduce_observed(analyzers: dict, methods: dict, group, count: int) -> int:
+    """All-reduce :func:`observe_activations`' analyzers over ``group``; return the batches.
+
+    The histograms, updated in lockstep, are every rank's already.
+    """
     made = {name: m for name, (m, _) in analyzers.items()}
     axes = {name: axis for name, (_, axis) in analyzers.items()}
-    seen = [n for n, m in made.items() if next(iter(m.values())).get_stats() is not None]
-    count, _ = all_reduce_analyzers(made, axes, methods, seen, group, count)
+    seen = [n for n, m in made.items() if any(a.get_stats() is not None for a in m.values())]
+    count, _ = all_reduce_analyzers(made, axes, methods, seen, group, count, replayed=True)
     analyzers.update({name: (made[name], axes[name]) for name in made})
     return count
 
@@ -604,6 +606,7 @@ def observe_activations(
     axis=None,
     ranges: dict | None = None,
     sample_axes: Mapping[str, int | None] | None = None,
+    group=None,
 ):
     """Run the batches with the activations as extra outputs; one analyzer per tensor.
 
@@ -615,7 +618,11 @@ def observe_activations(
     tensor's finite ``[min, max]`` per batch. ``sample_axes``: each input's sample axis
     (``None``: a constant); given, a batch whose activations would take more than
     :data:`~encanalyze.onnx._pieces.RUN_BYTES` runs in pieces of samples, each observed as a
-    batch of its own (:class:`~encanalyze.onnx._pieces.Pieces`).
+    batch of its own (:class:`~encanalyze.onnx._pieces.Pieces`). ``group``: a
+    ``torch.distributed`` process group whose ranks each run their shard of the batches: the
+    histograms are updated in lockstep (:class:`~encanalyze.distributed.Lockstep`: batch
+    ``t * W + r`` on rank ``r``, bit-identical to one process on the batches in that order),
+    the other statistics all-reduced at the end; the count is then every rank's.
     """
     from onnx import TensorProto, helper
 
@@ -661,19 +668,21 @@ def observe_activations(
     # tensor's first batch: methods that gather the same statistics share one analyzer's
     analyzers: dict = {}
 
+    def make(name: str, shape: tuple, on: int | None) -> list:
+        made = {m: METHODS[m].analyzer(shape, **o) for m, o in methods.items()}
+        analyzers[name] = (made, on, first_of_each(made))
+        return analyzers[name][2]
+
     def observers_of(name: str, value) -> list:
         if name not in analyzers:
             ndim = np.ndim(value)
             on = axis % ndim if axis is not None and -ndim <= axis < ndim else None
             shape = layout_for(tuple(np.shape(value)), on).shape if on is not None else (1,)
-            made = {m: METHODS[m].analyzer(shape, **o) for m, o in methods.items()}
-            primary: dict = {}
-            for a in made.values():
-                primary.setdefault(statistics_key(a), a)
-            analyzers[name] = (made, on, list(primary.values()))
+            return make(name, shape, on)
         return analyzers[name][2]
 
     count, seen = 0, {}  # seen: each tensor's finite range over this batch's pieces
+    lockstep = None if group is None else Lockstep.over(group, make)
     run = session(proto, providers, arrays=weights, outputs=extra) if wanted else None
     fed = (feeds(batch, inputs) for batch in progress_bar(batches, progress))
     pieces = None
@@ -691,15 +700,22 @@ def observe_activations(
         for name in names:
             value = produced[name] if name in produced else feed[name]
             for analyzer in observers_of(name, value):
-                analyzer.observe(value)
+                if lockstep is not None and lockstep.takes(analyzer):
+                    lockstep.add(name, analyzers[name][1], analyzer, value)
+                else:
+                    analyzer.observe(value)
             if ranges is not None and (r := _finite_range(value)) is not None:
                 old = seen.get(name)
                 seen[name] = r if old is None else [min(old[0], r[0]), max(old[1], r[1])]
+        if lockstep is not None:
+            lockstep.step()
         if last:
             for name, r in seen.items():
                 ranges.setdefault(name, []).append(r)
             seen = {}
             count += 1
+    if lockstep is not None:
+        lockstep.finish()
     del run, pieces, cut  # the pieces hold the session too
     feed = produced = value = None  # the last batch's
     release_freed_memory()  # the session's copies and the batches' activations
@@ -708,10 +724,8 @@ def observe_activations(
         if name not in analyzers:  # no batch reached it: analyzers without statistics
             out[name] = ({m: METHODS[m].analyzer((1,), **o) for m, o in methods.items()}, None)
             continue
-        made, on, primary = analyzers[name]
-        shared = {statistics_key(a): a for a in primary}
-        for a in made.values():
-            if all(a is not p for p in primary):
-                a.share_stats(shared[statistics_key(a)])
-        out[name] = (made, on)
+        made, on, _ = analyzers[name]
+        out[name] = (share_within(made), on)
+    if group is not None:
+        count = _all_reduce_observed(out, methods, group, count)
     return out, count, branches

@@ -25,7 +25,6 @@ from .._shapes import plan, to_rows
 from ._branches import inline_branches
 from ._calibrate import (
     QUANTIZABLE_OPS,
-    all_reduce_observed,
     chosen_weights,
     histograms,
     observe_activations,
@@ -182,10 +181,8 @@ def calibrate_float8(
         ranges = None if statistics is None else statistics.setdefault("ranges", {})
         analyzers, count, branches = observe_activations(
             proto, values, batches, options, op_types, providers, bar, tensors, None, ranges,
-            sample_axes,
+            sample_axes, group,
         )  # fmt: skip
-        if group is not None:
-            count = all_reduce_observed(analyzers, options, group, count)
         if statistics is not None:
             statistics["histograms"] = histograms(analyzers)
         for name, (made, _) in analyzers.items():

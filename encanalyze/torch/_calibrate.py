@@ -16,7 +16,9 @@ from .._calibration import (
     activation_methods,
     encode_activations,
     file_under,
+    first_of_each,
     progress_bar,
+    share_within,
     update_shared,
     warn_clipping,
     weight_methods,
@@ -28,7 +30,7 @@ from .._report import layout_for
 from .._report_data import activation_histogram
 from .._stats import Histogram
 from .._warnings import warn
-from ..distributed import all_reduce_analyzers
+from ..distributed import Lockstep, all_reduce_analyzers
 from ._batchnorm import batchnorms, foldable, folds
 
 __all__ = [
@@ -121,6 +123,7 @@ class _Hooks:
         ranges=None,
         norms: dict | None = None,
         outputs: bool = True,
+        steps: tuple[torch.nn.Module, object] | None = None,
     ) -> None:
         self.modules, self.methods, self.per_channel = modules, methods, per_channel
         self.ranges = ranges  # name -> [[min, max] per batch] (the report's; syncs)
@@ -132,27 +135,63 @@ class _Hooks:
         self.outputs: dict[str, tuple[int, weakref.ref]] = {}  # each module's last output
         self.followers: dict[str, str] = {}
         self.handles = []
+        # steps = (the model, a process group): its histograms in lockstep, a step per forward
+        self.root = None if steps is None else steps[0]
+        self.lockstep = None
+        if steps is not None and any(
+            Lockstep.takes(METHODS[m].analyzer((1,), **o)) for m, o in methods.items()
+        ):
+            self.lockstep = Lockstep.over(steps[1], self._make)
+
+    def _make(self, name: str, shape: tuple, axis: int | None) -> list:
+        """Make the analyzers of tensor ``name``; return the first of each kind of statistics."""
+        made = {m: METHODS[m].analyzer(shape, **o) for m, o in self.methods.items()}
+        self.analyzers[name], self.axes[name] = made, axis
+        return first_of_each(made)
 
     def _observe(self, name: str, t: torch.Tensor, module: torch.nn.Module) -> None:
-        """Feed ``t`` to the tensor's analyzers (the histogram methods share one histogram)."""
-        made = self.analyzers.get(name)
-        if made is None:
+        """Feed ``t`` to the tensor's analyzers (the histogram methods share one histogram).
+
+        In lockstep the histograms take a copy at the step, after the forward (which may
+        change ``t`` in place meanwhile: an in-place ReLU).
+        """
+        if name not in self.analyzers:
             axis = None
             if self.per_channel and t.ndim >= 2:  # channels: axis 1 for convolutions, else last
                 axis = 1 if isinstance(module, (*_CONV, *_TRANSPOSED)) else t.ndim - 1
-            shape = layout_for(tuple(t.shape), axis).shape
-            made = {m: METHODS[m].analyzer(shape, **o) for m, o in self.methods.items()}
-            self.analyzers[name], self.axes[name] = made, axis
-        gathered: dict = {}
-        for analyzer in made.values():
-            update_shared(analyzer, t, gathered)
+            self._make(name, layout_for(tuple(t.shape), axis).shape, axis)
+        made = self.analyzers[name]
+        if self.lockstep is None:
+            gathered: dict = {}
+            for analyzer in made.values():
+                update_shared(analyzer, t, gathered)
+            return
+        kept = None
+        for analyzer in first_of_each(made):  # (the others share its statistics at the end)
+            if self.lockstep.takes(analyzer):
+                kept = t.clone() if kept is None else kept
+                self.lockstep.add(name, self.axes[name], analyzer, kept)
+            else:
+                analyzer.observe(t)
 
     def __enter__(self):
         for name, module in self.modules.items():
             self.handles.append(module.register_forward_hook(self._hook(name)))
         for name, module in self.norms.items():
             self.handles.append(module.register_forward_pre_hook(self._norm(name)))
+        if self.lockstep is not None:  # after the layers' hooks: a step ends each forward
+            self.handles.append(self.root.register_forward_hook(self._step))
         return self
+
+    def _step(self, module, inputs, output) -> None:
+        self.lockstep.step()
+
+    def finish(self) -> None:
+        """After this rank's batches: the steps of the other ranks' batches, then sharing."""
+        if self.lockstep is not None:
+            self.lockstep.finish()
+            for made in self.analyzers.values():
+                share_within(made)
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
@@ -359,13 +398,15 @@ def calibrate(
     chosen = quantizable_modules(model, modules)
     ranges = None if statistics is None else statistics.setdefault("ranges", {})
     norms = batchnorms(model) if eval_mode else {}
-    hooks = _Hooks(chosen, act_methods, per_channel_activations, ranges, norms, outputs)
+    steps = None if group is None else (model, group)
+    hooks = _Hooks(chosen, act_methods, per_channel_activations, ranges, norms, outputs, steps)
     with Untouched(model, eval_mode), hooks, torch.no_grad():
         count = run_batches(model, batches, batch_to_inputs, progress)
+        hooks.finish()
     if group is not None:  # every rank of the group: its shard's statistics, all-reduced
         count, reached = all_reduce_analyzers(
             hooks.analyzers, hooks.axes, act_methods, list(hooks.analyzers), group, count,
-            hooks.reached,
+            hooks.reached, replayed=True,
         )  # fmt: skip
         hooks.reached |= reached
     pairs = hooks.followers
