@@ -16,6 +16,15 @@ with its own initializer, then every weight given heavier tails as trained weigh
 - NVFP4: ours amax / MSE block scales (two-level); torchao ``nvfp4_quantize``: bit-equal
   expected.
 
+Then activations per token (``--activations``, also run by default): the decoder's Linear
+inputs quantized per token at run time with per-channel weights, W8A8 by
+``encanalyze.torch.quantize(..., {"per_token_activations": True, "symmetric": True})`` against
+torchao's ``Int8DynamicActivationInt8WeightConfig`` (per-token int8 activations), FP8 E4M3 by
+``number_format="float8_e4m3fn"`` against ``Float8DynamicActivationFloat8WeightConfig(PerRow)``,
+and encanalyze's static per-tensor activations (``quantize``'s default) for contrast: the
+logits' SQNR on held-out tokens and the time to quantize (best of 3; ours calibrates its weights
+on one batch, which its call needs).
+
 Per format and method: the weight SQNR (dB of all weights together, and the worst layer's),
 whether it equals torchao's bit for bit, and the time for every weight, quantized and
 dequantized (best of 3, one run where it took over 5 s; torchao's ``quantize_`` on a fresh
@@ -24,6 +33,7 @@ blocks are, tested equal).
 
     python benchmarks/bench_llm_weights.py            # hidden 512, 4 layers (28M values)
     python benchmarks/bench_llm_weights.py --quick    # hidden 256, 2 layers
+    python benchmarks/bench_llm_weights.py --activations-only
 """
 
 from __future__ import annotations
@@ -189,6 +199,7 @@ def torchao_nvfp4(weights: dict) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--activations-only", action="store_true", help="the per-token table")
     args = parser.parse_args()
     import torch
     from torchao.quantization import (
@@ -208,6 +219,9 @@ def main() -> None:
     print(f"# bench_llm_weights ({machine()}; torch {torch.__version__})")
     print(f"Llama decoder, hidden {hidden}, {layers} layers: {len(weights)} Linear weights, "
           f"{count / 1e6:.1f}M values\n")  # fmt: skip
+    if args.activations_only:
+        activations_table(model)
+        return
     print("| format | method | weight SQNR (all / worst layer) | bit-equal to torchao | time |")
     print("| --- | --- | --- | --- | --- |")
 
@@ -244,6 +258,80 @@ def main() -> None:
             equal = "yes" if same else "no"
             print(f"| {label} | encanalyze {method} | {all_db:.2f} / {worst:.2f} dB | "
                   f"{equal} | {t:.2f} s ({t / t_ref:.2f}x) |", flush=True)  # fmt: skip
+    activations_table(model)
+
+
+def token_batches(count: int, seed: int) -> list:
+    """``count`` batches of 4 x 64 random tokens (the decoder's vocabulary) with a mask."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {"input_ids": torch.randint(0, 32000, (4, 64), generator=g),
+         "attention_mask": torch.ones(4, 64, dtype=torch.long)}
+        for _ in range(count)
+    ]  # fmt: skip
+
+
+def activations_table(model) -> None:
+    """Per-token activations against torchao's dynamic configurations: logits SQNR and time."""
+    import torch
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Int8DynamicActivationInt8WeightConfig,
+        quantize_,
+    )
+    from torchao.quantization.granularity import PerRow
+
+    from encanalyze.torch import quantize
+
+    calib, held = token_batches(1, 1), token_batches(2, 2)
+    with torch.no_grad():
+        want = [model(**b).logits for b in held]
+
+    def logits_sqnr(quantized) -> str:
+        sig = noise = 0.0
+        with torch.no_grad():
+            for w, b in zip(want, held):
+                got = quantized(**b)
+                got = got.logits if hasattr(got, "logits") else got["logits"]
+                sig += float((w.double() ** 2).sum())
+                noise += float(((w.double() - got.double()) ** 2).sum())
+        return f"{10 * np.log10(sig / noise):.2f} dB"
+
+    def torchao_model(config):
+        peer = copy.deepcopy(model)
+        quantize_(peer, config)
+        return peer
+
+    def ours(config):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantize(model, calib, config)
+
+    per_token = {"per_token_activations": True, "activations": "minmax", "weights": "minmax"}
+    rows = [
+        ("W8A8, activations per token", "torchao Int8DynamicActivationInt8WeightConfig",
+         lambda: torchao_model(Int8DynamicActivationInt8WeightConfig())),
+        ("W8A8, activations per token", "encanalyze per_token_activations, symmetric int8",
+         lambda: ours({**per_token, "symmetric": True})),
+        ("W8A8, activations per tensor", "encanalyze quantize default (static, auto)",
+         lambda: ours({})),
+        ("FP8 E4M3, activations per token",
+         "torchao Float8DynamicActivationFloat8WeightConfig(PerRow)",
+         lambda: torchao_model(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))),
+        ("FP8 E4M3, activations per token", "encanalyze per_token_activations, float8_e4m3fn",
+         lambda: ours({**per_token, "number_format": "float8_e4m3fn"})),
+    ]  # fmt: skip
+    print("\n| scheme | by | held-out logits SQNR | time to quantize |")
+    print("| --- | --- | --- | --- |")
+    for scheme, who, make in rows:
+        try:
+            quantized, t = best_time(make)
+        except Exception as err:  # a peer's kernels this machine lacks: say how it failed
+            print(f"| {scheme} | {who} | failed: {type(err).__name__}: {str(err)[:90]} | - |")
+            continue
+        print(f"| {scheme} | {who} | {logits_sqnr(quantized)} | {t:.2f} s |", flush=True)
 
 
 if __name__ == "__main__":

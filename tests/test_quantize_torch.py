@@ -14,7 +14,13 @@ ort = pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 from encanalyze._registry import AUTO_ACTIVATIONS  # noqa: E402
-from encanalyze.torch import QuantizedModel, calibrate, fold_batchnorm, quantize  # noqa: E402
+from encanalyze.torch import (  # noqa: E402
+    QuantizedModel,
+    TokenQuantizer,
+    calibrate,
+    fold_batchnorm,
+    quantize,
+)
 from encanalyze.torch._fake_quant import fake_quant  # noqa: E402
 from encanalyze.torch._quantize import CONFIG_KEYS  # noqa: E402
 
@@ -157,7 +163,8 @@ def test_forward_loops_batch_to_inputs_and_bad_configs():
         quantize(model, batches, {"percentile": 99.9})
     with pytest.raises(ValueError, match="percentile"):
         quantize(model, batches, {"weights": "percentile", "weight_options": {"percentile": 101}})
-    assert set(CONFIG_KEYS) - {"number_format"} < set(inspect.signature(calibrate).parameters)
+    own = {"number_format", "per_token_activations"}  # quantize's, not calibrate's
+    assert set(CONFIG_KEYS) - own < set(inspect.signature(calibrate).parameters)
 
 
 def test_export_onnx_runs_as_the_torch_model_does(tmp_path):
@@ -331,3 +338,91 @@ def test_large_host_batches_take_the_numpy_views_with_the_same_encodings(monkeyp
     a, b = found.values()
     for name, e in a.encodings.items():
         np.testing.assert_array_equal(np.asarray(e.scale), np.asarray(b.encodings[name].scale))
+
+
+class _Mlp(torch.nn.Module):
+    """A transformer block's MLP: tokens (batch, sequence, hidden) through two linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.up, self.down = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+def _tokens(seed: int) -> torch.Tensor:
+    """Tokens whose magnitudes differ from token to token (a static range fits none)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 32, 64, generator=g) * torch.rand(1, 32, 1, generator=g) * 4
+
+
+def _sqnr(want, got) -> float:
+    want, got = want.detach().double(), got.detach().double()
+    return float(10 * torch.log10((want**2).sum() / ((want - got) ** 2).sum()))
+
+
+def test_token_quantizer_puts_each_token_on_its_own_grid():
+    """Issue 35: each row of the last axis gets its own min-max encoding (the analyzer's, one
+    row at a time), or its own FP8 amax scale; NaN stays NaN, infinities saturate, an empty
+    tensor passes."""
+    import encanalyze as ea
+    from encanalyze import formats
+
+    x = _tokens(1)
+    x[0, 3] = 0.0  # a token of zeros
+    x[1, 4, :5] = float("nan")
+    x[1, 5, 0] = float("inf")
+    for symmetric in (True, False):
+        got = TokenQuantizer(255, symmetric)(x).reshape(-1, 64).numpy()
+        for row, out in zip(x.reshape(-1, 64).numpy(), got):
+            finite = np.where(np.isfinite(row), row, 0.0).astype(np.float32)
+            a = ea.MinMaxEncodingAnalyzer((1,))
+            a.update_stats(finite)
+            scale, offset = ea.to_scale_offset(*a.compute_encodings(255, symmetric), 255, symmetric)
+            want = (np.clip(np.round(row / scale) - offset, 0, 255) + offset) * scale
+            np.testing.assert_array_equal(out, want.astype(np.float32))
+    fp8 = TokenQuantizer(fmt=formats.E4M3FN)(x).reshape(-1, 64)
+    want = formats.quantize_scaled(x.reshape(-1, 64), formats.E4M3FN, axis=1)
+    np.testing.assert_array_equal(fp8.numpy(), want.numpy())
+    assert TokenQuantizer()(torch.zeros(0, 64)).shape == (0, 64)
+    half = TokenQuantizer()(x.to(torch.bfloat16))
+    assert half.dtype == torch.bfloat16
+
+
+def test_per_token_activations_quantize_linear_inputs_at_run_time(tmp_path):
+    """Issue 35: ``per_token_activations`` gives every linear layer's input a per-token
+    quantizer (no calibrated encoding): on tokens of different magnitudes the output is far
+    nearer the float model's than with static per-tensor encodings, and as near as torchao's
+    dynamic int8 (same scheme but its grid: ``amax / 127.5``); it has no QDQ export."""
+    model, batches, held = _Mlp().eval(), [_tokens(s) for s in range(4)], _tokens(9)
+    config = {"symmetric": True, "activations": "minmax"}
+    tokens = quantize(model, batches, {**config, "per_token_activations": True})
+    static = quantize(model, batches, config)
+    assert tokens.per_token == ("up:input", "down:input")
+    assert sorted(tokens.encodings) == ["down.weight", "up.weight"]
+    assert isinstance(tokens.model.up.input_quantizer, TokenQuantizer)
+    want = model(held)
+    ours, theirs = _sqnr(want, tokens(held)), _sqnr(want, static(held))
+    assert ours > theirs + 3, (ours, theirs)
+    torchao = pytest.importorskip("torchao.quantization")
+    import copy
+
+    peer = copy.deepcopy(model)
+    torchao.quantize_(peer, torchao.Int8DynamicActivationInt8WeightConfig())
+    assert ours > _sqnr(want, peer(held)) - 0.5
+    fp8 = quantize(
+        model, batches, {"per_token_activations": True, "number_format": "float8_e4m3fn"}
+    )
+    assert fp8.per_token == ("up:input", "down:input") and _sqnr(want, fp8(held)) > 20
+    with pytest.raises(ValueError, match="quantized per token at run time"):
+        tokens.export_onnx(tmp_path / "q.onnx", held)
+    assert not (tmp_path / "q.onnx").exists()
+    tokens.export_onnx(tmp_path / "f.onnx", held, qdq=False, encodings=tmp_path / "e.json")
+    names = {e["name"] for e in json.loads((tmp_path / "e.json").read_text())["param_encodings"]}
+    assert len(names) == 2
+    with pytest.raises(ValueError, match="per block"):
+        quantize(model, batches, {"per_token_activations": True, "number_format": "mxfp4"})
+    with pytest.raises(TypeError, match="True or False"):
+        quantize(model, batches, {"per_token_activations": "yes"})

@@ -7,7 +7,7 @@ guide's "Calibrating a model".
 from . import _report as _report  # registers its measurements for CalibrationResult.report
 from ._batchnorm import fold_batchnorm
 from ._calibrate import CalibrationResult, TensorEncoding, calibrate, quantizable_modules
-from ._fake_quant import FloatQuantizer, Quantizer
+from ._fake_quant import FloatQuantizer, Quantizer, TokenQuantizer
 from ._quantize import QuantizedModel, quantize
 from ._torchao import to_mx_tensor, to_nvfp4_tensor
 
@@ -17,6 +17,7 @@ __all__ = [
     "QuantizedModel",
     "Quantizer",
     "TensorEncoding",
+    "TokenQuantizer",
     "calibrate",
     "fold_batchnorm",
     "quantizable_modules",

@@ -14,10 +14,21 @@ import torch
 from .. import formats
 from .._backends import to_numpy
 from .._calibration import TensorEncoding
+from .._encoding import to_scale_offset
+from .._registry import METHODS
 from ..onnx._blocks import BlockCalibration, dequantized
 from ..onnx._float8 import Float8Calibration, Float8Encoding
 
-__all__ = ["FloatQuantizer", "Quantizer", "attach", "fake_quant", "module_of", "reencode"]
+__all__ = [
+    "FloatQuantizer",
+    "Quantizer",
+    "TokenQuantizer",
+    "attach",
+    "attach_tokens",
+    "fake_quant",
+    "module_of",
+    "reencode",
+]
 
 _ON_GRID = "_encanalyze_on_grid"
 """Attribute set on a tensor an output quantizer returned: the next layer's input quantizer
@@ -101,6 +112,64 @@ class FloatQuantizer(_Scaled):
 
     def grid(self) -> str:
         return self.fmt.name
+
+
+class TokenQuantizer(torch.nn.Module):
+    """Quantize-dequantize each token on a grid of its own, found at run time (per token).
+
+    Each row of the input's last axis (one token's hidden vector) gets the encoding of its own
+    finite values: the min-max encoding on an integer grid of ``num_steps`` steps
+    (``symmetric``: signed, zero point 0; a min-max analyzer's
+    :meth:`~encanalyze.EncodingAnalyzer.compute_dynamic_encodings` with one encoding per row,
+    then :func:`~encanalyze.to_scale_offset`), or,
+    for a float element format ``fmt`` (FP8, FP6, FP4), its FP32 amax scale
+    (:func:`encanalyze.formats.quantize_scaled` along the row). This is how torchao's dynamic
+    activation configurations and LLM runtimes quantize a linear layer's input: no calibrated
+    range, one scale per token. Computes in float32; returns the input's dtype.
+    """
+
+    def __init__(self, num_steps: int = 255, symmetric: bool = True, fmt=None) -> None:
+        super().__init__()
+        self.num_steps, self.symmetric, self.fmt = int(num_steps), bool(symmetric), fmt
+        self.tensor = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 0 or x.numel() == 0:
+            return x
+        rows = x.float().reshape(-1, x.shape[-1])
+        if self.fmt is not None:
+            out = formats.quantize_scaled(rows, self.fmt, axis=1)
+        else:
+            # the range of the finite values (and 0, which every grid holds): infinities
+            # saturate and NaN stays NaN, as in the FP8 path
+            finite = torch.where(torch.isfinite(rows), rows, 0.0)
+            analyzer = METHODS["minmax"].analyzer((rows.shape[0], 1))
+            lo, hi = analyzer.compute_dynamic_encodings(finite, self.num_steps, self.symmetric)
+            scale, offset = to_scale_offset(lo, hi, self.num_steps, self.symmetric)
+            out = fake_quant(rows, scale, offset, self.num_steps)
+        return out.reshape(x.shape).to(x.dtype)
+
+    def grid(self) -> str:
+        if self.fmt is not None:
+            return self.fmt.name
+        return f"{self.num_steps + 1} levels{', symmetric' if self.symmetric else ''}"
+
+    def extra_repr(self) -> str:
+        return f"{self.tensor!r}, per token, {self.grid()}"
+
+
+def attach_tokens(model: torch.nn.Module, names, make) -> torch.nn.Module:
+    """Give each module of ``names`` an ``input_quantizer`` ``make()`` (a per-token one).
+
+    A forward pre-hook runs it, as :func:`attach`'s static input quantizers are run.
+    """
+    modules = dict(model.named_modules())
+    for name in names:
+        quantizer = make()
+        quantizer.tensor = f"{name}:input"
+        modules[name].input_quantizer = quantizer
+        modules[name].register_forward_pre_hook(_quantize_input)
+    return model
 
 
 def kind_of(encoding) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -31,7 +32,7 @@ from ._calibrate import (
     run_batches,
 )
 from ._export import export_float, onnx_result
-from ._fake_quant import attach, kind_of, reencode
+from ._fake_quant import TokenQuantizer, attach, attach_tokens, kind_of, reencode
 from ._formats import calibrate_format, number_format
 from ._report import torch_report
 
@@ -50,10 +51,13 @@ CONFIG_KEYS = (
     "weight_options",
     "outputs",
     "number_format",
+    "per_token_activations",
 )
 """What ``quantize``'s ``config`` may set: :func:`~encanalyze.torch.calibrate`'s options (the
 defaults are :data:`encanalyze._registry.DEFAULTS`, shared by every entry point) and
-``number_format`` (a name of :data:`encanalyze.formats.NUMBER_FORMATS`; default ``"int"``)."""
+``number_format`` (a name of :data:`encanalyze.formats.NUMBER_FORMATS`; default ``"int"``) and
+``per_token_activations`` (default False: every linear layer's input quantized per token at run
+time, :class:`~encanalyze.torch.TokenQuantizer`)."""
 
 ENCODING_FORMATS = ("aimet", "onnx_qdq")
 
@@ -72,7 +76,9 @@ class QuantizedModel(torch.nn.Module):
     calibration (:class:`~encanalyze.torch.CalibrationResult`), ``encodings`` its encodings by
     tensor name, ``scores`` each activation method's output score where :func:`quantize` chose
     among them (``auto``), ``float_model`` the float model they were calibrated on (BatchNorm
-    folded where :func:`quantize` folded it). The model given to :func:`quantize` is never changed.
+    folded where :func:`quantize` folded it), ``per_token`` the tensors quantized per token at
+    run time (``per_token_activations``; they have no encoding). The model given to
+    :func:`quantize` is never changed.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class QuantizedModel(torch.nn.Module):
         result: CalibrationResult,
         statistics: dict,
         scores: dict | None = None,
+        per_token: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.model = quantized
@@ -90,6 +97,7 @@ class QuantizedModel(torch.nn.Module):
         self.__dict__["_statistics"] = statistics
         self.__dict__["onnx_names"] = {}
         self.__dict__["scores"] = dict(scores or {})
+        self.__dict__["per_token"] = tuple(per_token)
 
     @property
     def encodings(self) -> dict[str, TensorEncoding]:
@@ -156,6 +164,13 @@ class QuantizedModel(torch.nn.Module):
         """
         _check_format(format)
         _check_exportable(self.result, qdq, encodings)
+        if qdq and self.per_token:
+            raise ValueError(
+                f"{len(self.per_token)} tensor(s) are quantized per token at run time "
+                f"({self.per_token[0]!r}, ...): ONNX's QuantizeLinear takes fixed scales, so a "
+                "QDQ model cannot hold them; export_onnx(..., qdq=False, encodings=...) writes "
+                "the float model and the calibrated encodings (weights, static activations)"
+            )
         with Outputs() as out, tempfile.TemporaryDirectory(prefix="encanalyze-") as work:
             staged = out.file(path, "QDQ model" if qdq else "ONNX model", sidecar=True)
             staged_json = None if encodings is None else out.file(encodings, "encodings")
@@ -263,6 +278,15 @@ def quantize(
     folded into it first (:func:`~encanalyze.torch.fold_batchnorm`, on a copy), as deployments
     run it; with False the model is calibrated as it is (and a ``UserWarning`` names a
     BatchNorm that follows a calibrated layer). ``model`` itself is left exactly as it was.
+    ``per_token_activations`` True quantizes every calibrated linear layer's input per token at
+    run time (:class:`~encanalyze.torch.TokenQuantizer`: each row of its last axis on its own
+    min-max grid, or amax scale for a float ``number_format``), as torchao's
+    ``Int8DynamicActivationInt8WeightConfig`` and LLM runtimes do; those inputs then have no
+    calibrated encoding (the other layers' activations keep theirs), and the model has no QDQ
+    export (:attr:`QuantizedModel.per_token` names them). The activations' grid is the
+    config's ``bits`` / ``symmetric`` (the deployments' per-token grid is symmetric int8:
+    ``{"symmetric": True}``). MX and NVFP4 scale their activations per block and take no
+    per-token option.
 
     Examples
     --------
@@ -283,6 +307,14 @@ def quantize(
     if unknown:
         raise ValueError(f"config has no option {unknown[0]!r}; it takes {list(CONFIG_KEYS)}")
     fmt = number_format(config.pop("number_format", "int"))
+    per_token = config.pop("per_token_activations", False)
+    if not isinstance(per_token, bool):
+        raise TypeError(f"per_token_activations must be True or False, got {per_token!r}")
+    if per_token and fmt.scheme not in ("int", "scaled"):
+        raise ValueError(
+            f"per_token_activations applies to integer grids and float element formats; "
+            f"{fmt.name!r} scales its values per block"
+        )
     auto = config["activations"] == AUTO
     if fmt.scheme == "int" and auto:
         config["activations"] = list(AUTO_ACTIVATIONS)
@@ -309,6 +341,14 @@ def quantize(
             result = calibrate(float_model, batches, **options, **config)
         else:
             result = calibrate_format(float_model, batches, fmt, config, **options)
+    tokens: tuple[str, ...] = ()
+    if per_token:  # the linear layers' inputs: per token at run time, not calibrated
+        linear = {n for n, m in float_model.named_modules() if isinstance(m, torch.nn.Linear)}
+        tokens = tuple(
+            n for n in result.encodings if n.endswith(":input") and n[: -len(":input")] in linear
+        )
+        kept = {n: e for n, e in result.encodings.items() if n not in tokens}
+        result = dataclasses.replace(result, encodings=kept)
     variants = {}
     if fmt.scheme == "int":
         methods = dict.fromkeys(m for c in result.candidates.values() for m in c)
@@ -318,6 +358,14 @@ def quantize(
         variants = {m: result.with_activations(m) for m in named}
         result = variants[named[0]]
     quantized = attach(copy.deepcopy(float_model).eval(), result)
+    if tokens:
+
+        def make() -> TokenQuantizer:
+            if fmt.scheme == "int":
+                return TokenQuantizer(2**result.bits - 1, result.symmetric)
+            return TokenQuantizer(fmt=fmt.element)
+
+        attach_tokens(quantized, [n[: -len(":input")] for n in tokens], make)
     scores = {}
     if auto and len(variants) > 1:
         scores = _scores(quantized, variants, reference, batches, batch_to_inputs)
@@ -325,7 +373,7 @@ def quantize(
         reencode(quantized, result)
         if fmt.scheme == "int":  # (one method named: calibrate warned already)
             warn_clipping(result.encodings, statistics["stats"])
-    return QuantizedModel(quantized, float_model, result, statistics, scores)
+    return QuantizedModel(quantized, float_model, result, statistics, scores, tokens)
 
 
 def _scores(quantized, variants: dict, reference: list, batches, batch_to_inputs) -> dict:
