@@ -113,10 +113,8 @@ _TWIN_CASES = [
         method,
         symmetric,
         library,
-        # JAX's own eager path takes seconds a case: the fast run keeps two of them
-        marks=[pytest.mark.slow]
-        if library == "jax" and (symmetric or method not in ("minmax", "percentile"))
-        else [],
+        # JAX's own eager path takes seconds a case: the fast run keeps one of them
+        marks=[pytest.mark.slow] if library == "jax" and (symmetric or method != "minmax") else [],
     )
     for library in ("torch", "jax")
     for method in _TWIN_METHODS

@@ -93,7 +93,7 @@ def test_cells_and_brute_force_choose_the_same(rng, n, bins, symmetric):
     assert len(differ) <= 2
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("symmetric", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_sparse_rows_search_only_their_occupied_bins(backend, rng, symmetric):
     """Weights of a few dozen values leave most bins empty: the brute force over the occupied
     bins alone is chosen, and it picks what the brute force over every bin picks."""
