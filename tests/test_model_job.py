@@ -539,6 +539,8 @@ def test_api_and_command_share_the_percentile_default(command, tmp_path):
         "64",
         "--activation-method",
         "percentile",
+        "--holdout",
+        "0",
     )
     command = {t["name"]: t for t in json.loads(out)["tensors"]}
     x = np.load(data)["x"]
@@ -620,6 +622,8 @@ def test_per_channel_activations_with_data(command, tmp_path):
         out,
         "--activation-method",
         "minmax",
+        "--holdout",
+        "0",
     )
     assert status == 0, err
     rows = {t["name"]: t for t in json.loads(stdout)["tensors"]}
@@ -741,8 +745,21 @@ def test_holdout_is_checked_and_split(command, tmp_path):
     checked = choice["qdq_output_sqnr_db"]
     below = checked[label] < checked["minmax+minmax"]
     assert not below or "within their noise" in choice["note"]
+    # split by samples: 16 samples in one batch give 12 to calibrate and 4 held out, said on
+    # stdout; one sample is not split
     status, out, err = command(path, "--data", data, "--batch-size", "16", "--format", "json")
-    assert status == 0 and "nothing held out" in err
+    assert status == 0, err
+    split = json.loads(out)["data"]
+    assert split["calibration"] == {"samples": 12, "batches": 1}
+    assert split["held_out"] == {"samples": 4, "batches": 1} and split["holdout"] == 0.25
+    status, out, err = command(path, "--data", data, "--batch-size", "16")
+    assert status == 0, err
+    assert out.splitlines()[-1] == (
+        "data: 12 samples (1 batch) calibrate, 4 samples (1 batch) held out to judge the "
+        "output (--holdout 0.25)"
+    )
+    status, out, err = command(path, "--data", _data(tmp_path, n=1), "--format", "json")
+    assert status == 0 and "one sample of data: nothing held out" in err
     assert json.loads(out)["choice"]["measured_on"] == "calibration"
 
 

@@ -111,7 +111,7 @@ def _interrupt(*args, **kwargs):
     "number_format, phase",
     [
         ("int", "model_report"),
-        ("int", "write_json"),
+        pytest.param("int", "write_json", marks=pytest.mark.slow),  # (the full matrix's)
         ("float8_e4m3fn", "model_report"),
         ("float8_e4m3fn", "plot"),
         ("mxfp4", "model_report"),

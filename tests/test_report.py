@@ -245,3 +245,25 @@ def test_torch_report_sensitivity_by_hand(tmp_path):
     assert len(by["0:output"]["batches"]) == 4 and by["0:output"]["hist"] is not None
     assert by["3.weight"]["own_sqnr_db"] == pytest.approx(e.sqnr_db)
     assert all(by[n]["gain_db"] is not None for n in by)
+
+
+def test_peers_get_batches_of_one_size_with_the_same_samples():
+    """Issue 36: a split by samples leaves a smaller last batch, on which ONNX Runtime's
+    histogram calibrators fail ("inhomogeneous shape"): they get the same samples, in order,
+    in batches of the sizes' greatest common divisor; constants stay whole; batches of one
+    size, or without known sample axes, go as they are."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from encanalyze.onnx._report import even_feeds
+
+    x = np.arange(36 * 2, dtype=np.float32).reshape(36, 2)
+    batches = [{"x": x[:16], "k": np.ones(3, np.float32)}, {"x": x[16:32], "k": np.ones(3)},
+               {"x": x[32:], "k": np.ones(3)}]  # fmt: skip
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "k")]
+    fed = list(even_feeds(batches, inputs, {"x": 0, "k": None}))
+    assert [f["x"].shape for f in fed] == [(4, 2)] * 9
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f in fed]), x)
+    assert all(f["k"].shape == (3,) for f in fed)
+    assert len(list(even_feeds(batches, inputs, None))) == 3
+    assert len(list(even_feeds(batches[:2], inputs, {"x": 0, "k": None}))) == 2

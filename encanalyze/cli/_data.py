@@ -35,6 +35,7 @@ __all__ = [
     "JobData",
     "AUTO_WEIGHTS",
     "RANDOM_BATCH_BYTES",
+    "SampleBatches",
     "batches_for",
     "data_files",
     "input_specs",
@@ -254,6 +255,44 @@ class Batches(Sequence):
         return self._make(index % self._count)
 
 
+class SampleBatches(Batches):
+    """Batches of ``size`` samples cut from spans of groups of samples.
+
+    ``spans``: ``(group, first sample, end)`` of each group's samples in use, in order; a batch
+    never mixes groups. ``cut(group, start, stop)`` returns the batch of those samples.
+    ``fixed``: the model takes batches of exactly ``size`` samples (spans hold whole batches).
+    """
+
+    def __init__(self, spans: list, size: int, cut, axes, fixed: bool) -> None:
+        index = [
+            (group, i, min(i + size, stop))
+            for group, start, stop in spans
+            for i in range(start, stop, size)
+        ]
+        self.spans, self.size, self.fixed, self._cut = spans, size, fixed, cut
+        super().__init__(len(index), lambda i: cut(*index[i]), axes)
+
+    @property
+    def num_samples(self) -> int:
+        """The samples of every batch."""
+        return sum(stop - start for _, start, stop in self.spans)
+
+    def split(self, held: int) -> tuple[SampleBatches, SampleBatches]:
+        """Return the batches of all but the last ``held`` samples, and of those ``held``."""
+        first, last = [], []
+        for group, start, stop in reversed(self.spans):
+            take = min(held, stop - start)
+            held -= take
+            if stop - take > start:
+                first.append((group, start, stop - take))
+            if take:
+                last.append((group, stop - take, stop))
+        return tuple(
+            SampleBatches(spans[::-1], self.size, self._cut, self.axes, self.fixed)
+            for spans in (first, last)
+        )
+
+
 def _random(specs: list[InputSpec], batch_size: int | None, seed: int) -> Batches:
     shapes = {}
     for s in specs:
@@ -352,7 +391,7 @@ def batches_for(
                 raise DataError(f"{source}: {err}") from None
         return cache[source]
 
-    index: list[tuple[Path, int, int]] = []  # (group, first sample, end) of each batch
+    spans: list[tuple[Path, int, int]] = []  # (group, first sample, end) of each group
     notes = []
     for source in sources:
         where = source if len(sources) > 1 else data
@@ -363,15 +402,14 @@ def batches_for(
                 f"{left} of {total + left} samples{of} left out: the model takes batches "
                 f"of exactly {fixed}"
             )
-        index += [(source, i, min(i + size, total)) for i in range(0, total, size)]
+        spans.append((source, 0, total))
     notes += [
         f"input {name!r}: the data's values converted as they are ({how}), not rescaled "
         "(integer image data: scale it as the model expects, e.g. to [0, 1])"
         for name, how in converted.items()
     ]
 
-    def make(i: int) -> dict:
-        source, start, stop = index[i]
+    def cut(source: Path, start: int, stop: int) -> dict:
         batch = {}
         for s, a in zip(specs, arrays_of(source).values(), strict=True):
             if s.axis is not None:
@@ -382,7 +420,7 @@ def batches_for(
         return batch
 
     axes = None if fixed is not None else {s.name: s.axis for s in specs}
-    return Batches(len(index), make, axes), False, notes
+    return SampleBatches(spans, size, cut, axes, fixed is not None), False, notes
 
 
 def _samples(specs, arrays: dict, where, fixed: int | None) -> tuple[int, int]:
@@ -406,20 +444,37 @@ def _samples(specs, arrays: dict, where, fixed: int | None) -> tuple[int, int]:
 
 
 def split(batches: Batches, holdout: float) -> tuple[Batches, Batches, list[str]]:
-    """Return ``(calibration, held_out, notes)``: the last ``ceil(holdout x N)`` batches held out.
+    """Return ``(calibration, held_out, notes)``: the last ``holdout`` of the data held out.
 
-    At least one batch stays for calibration; with a single batch nothing is held out (a note
-    says that the quality is then measured on the calibration data).
+    Data read from files is split by samples: the last ``ceil(holdout x samples)`` samples are
+    held out, each part cut into batches of its own (whole batches for a model with a fixed
+    batch size); random data by batches. At least one sample (batch) stays for calibration;
+    with a single one nothing is held out (a note says that the quality is then measured on the
+    calibration data).
     """
-    n = len(batches)
+    by_samples = isinstance(batches, SampleBatches)
+    unit = batches.size if by_samples and batches.fixed else 1
+    n = batches.num_samples // unit if by_samples else len(batches)
     k = min(n - 1, math.ceil(holdout * n)) if holdout > 0 else 0
     notes = []
     if holdout > 0 and k == 0:
+        what = "sample" if unit == 1 and by_samples else "batch"
         notes.append(
-            "one batch of data: nothing held out, quality measured on the calibration "
-            "data (give more samples or a smaller --batch-size)"
+            f"one {what} of data: nothing held out, quality measured on the calibration data "
+            f"(give more samples{' or a smaller --batch-size' if what == 'batch' else ''})"
         )
+    if by_samples:
+        return (*batches.split(k * unit), notes)
     return batches[: n - k], batches[n - k :], notes
+
+
+def _count(batches: Batches) -> str:
+    """``24 samples (2 batches)``, or ``2 batches`` where the samples are not counted."""
+    plural = "" if len(batches) == 1 else "es"
+    if isinstance(batches, SampleBatches):
+        n = batches.num_samples
+        return f"{n} sample{'' if n == 1 else 's'} ({len(batches)} batch{plural})"
+    return f"{len(batches)} batch{plural}"
 
 
 @dataclass(frozen=True)
@@ -435,11 +490,33 @@ class JobData:
     held: Batches
     judged: Batches
     notes: list[str]
+    holdout: float = 0.0
 
     @property
     def measured_on(self) -> str:
         """``held-out`` or ``calibration``: the batches the output is judged on."""
         return "held-out" if len(self.held) else "calibration"
+
+    def split_line(self) -> str:
+        """Say how the data was split: ``data: 24 samples (2 batches) calibrate, ...``."""
+        held = (
+            f"{_count(self.held)} held out to judge the output"
+            if len(self.held)
+            else "none held out"
+        )
+        return f"data: {_count(self.calib)} calibrate, {held} (--holdout {self.holdout:g})"
+
+    def split_json(self) -> dict:
+        """Return the split as ``--format json`` gives it: samples (where counted), batches."""
+
+        def part(batches: Batches) -> dict:
+            out = {"batches": len(batches)}
+            if isinstance(batches, SampleBatches):
+                out = {"samples": batches.num_samples, **out}
+            return out
+
+        return {"calibration": part(self.calib), "held_out": part(self.held),
+                "holdout": self.holdout}  # fmt: skip
 
 
 def job_data(args) -> JobData:
@@ -455,7 +532,7 @@ def job_data(args) -> JobData:
             "calibrating on random data: the activation ranges say nothing about real inputs"
         )
     calib, held, more = split(batches, args.holdout)
-    return JobData(model, calib, held, held if len(held) else calib, notes + more)
+    return JobData(model, calib, held, held if len(held) else calib, notes + more, args.holdout)
 
 
 AUTO_WEIGHTS = ("minmax",)

@@ -132,9 +132,10 @@ class ModelJob:
                 "activations are calibrated (and the QDQ model serves that branch)"
             )
         if self.args.format == "json":
-            print(strict_json({"config": config_of(self.args), **self.json(data)}))
+            found = {"config": config_of(self.args), "data": data.split_json(), **self.json(data)}
+            print(strict_json(found))
         else:
-            print(self.table(data))
+            print(f"{self.table(data)}\n{data.split_line()}")
         if "--plot" in self.staged:
             weights = float_weights(data.model)
             plot(self.plot_entries(weights), weights, self.staged["--plot"])
@@ -154,7 +155,7 @@ class ModelJob:
             page = model_report(
                 data.model, self.result, list(data.calib), list(data.judged), summary=summary,
                 comparison=self.comparison(data), measured_on=data.measured_on,
-                **self.report_options(),
+                sample_axes=data.calib.axes, **self.report_options(),
             )  # fmt: skip
             write_report(self.staged["--report"], page)
             seconds = time.perf_counter() - started

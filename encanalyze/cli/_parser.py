@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.25,
         metavar="FRACTION",
-        help="fraction of the batches held out (0.25): statistics from the rest, the choice of "
-        "activations and the reported output SQNR from them",
+        help="fraction of the samples held out (0.25; the last ones, batched on their own): "
+        "statistics from the rest, the choice of activations and the reported output SQNR "
+        "from them (random data: of the batches)",
     )
     model.add_argument(
         "--weight-grid",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from .. import formats
 from .._calibration import CalibrationResult, measure_models
@@ -126,6 +129,7 @@ def ort_calibrators_sqnr(
     *,
     op_types=QUANTIZABLE_OPS,
     providers=None,
+    sample_axes: Mapping | None = None,
 ) -> dict[str, float | str]:
     """Return the output SQNR (dB, mean over outputs) of ONNX Runtime's own QDQ models.
 
@@ -153,7 +157,9 @@ def ort_calibrators_sqnr(
         m: {**grids, "calibrate_method": getattr(CalibrationMethod, m)} for m in ORT_CALIBRATORS
     }
     per_channel = any(e.axis is not None for e in result.encodings.values() if e.kind == "param")
-    return _ort_sqnr(proto, calibration, judged, configs, per_channel, op_types, providers)
+    return _ort_sqnr(
+        proto, calibration, judged, configs, per_channel, op_types, providers, None, sample_axes
+    )
 
 
 def ort_float8_sqnr(
@@ -164,6 +170,7 @@ def ort_float8_sqnr(
     *,
     op_types=QUANTIZABLE_OPS,
     providers=None,
+    sample_axes: Mapping | None = None,
 ) -> float | str:
     """Return the output SQNR (dB) of ONNX Runtime's own FP8 QDQ model (or why it failed).
 
@@ -190,7 +197,40 @@ def ort_float8_sqnr(
         op_types,
         providers,
         FLOAT8_SESSION,
+        sample_axes,
     )["Distribution"]
+
+
+def even_feeds(batches: Sequence, inputs, axes: Mapping | None) -> Iterator[dict]:
+    """Yield the feeds of ``batches`` in batches of one number of samples.
+
+    ONNX Runtime's histogram calibrators stack every batch's outputs and fail on batches of
+    different sizes ("inhomogeneous shape"); a split by samples leaves a smaller last batch.
+    Where the inputs' sample axes are known (``axes``: each input's, ``None`` for a constant)
+    and the batches differ in size, each is cut into batches of the sizes' greatest common
+    divisor: the same samples, in the same order. Otherwise the batches go as they are.
+    """
+    fed = (feeds(b, inputs) for b in batches)
+    if not axes:
+        yield from fed
+        return
+
+    def samples(feed: dict) -> int:
+        return next(np.shape(v)[axes[n]] for n, v in feed.items() if axes.get(n) is not None)
+
+    sizes = [samples(feeds(b, inputs)) for b in batches]
+    step = math.gcd(*sizes)
+    if len(set(sizes)) <= 1 or step == 0:
+        yield from fed
+        return
+    for feed, n in zip(fed, sizes, strict=True):
+        for start in range(0, n, step):
+            yield {
+                name: v
+                if axes.get(name) is None
+                else np.take(v, range(start, start + step), axes[name])
+                for name, v in feed.items()
+            }
 
 
 def _ort_sqnr(
@@ -202,12 +242,14 @@ def _ort_sqnr(
     op_types,
     providers,
     session_config: dict | None = None,
+    sample_axes: Mapping | None = None,
 ) -> dict[str, float | str]:
     """Score ``quantize_static`` with each of ``configs``' keyword arguments (``str``: failed).
 
     ``proto`` (a model of the caller's own) is pre-processed by ``quant_pre_process`` where
-    that works; each QDQ model is calibrated on ``calibration`` and scored by its output SQNR
-    (mean over outputs) on ``judged``.
+    that works; each QDQ model is calibrated on ``calibration`` (in batches of one size where
+    ``sample_axes`` allow, :func:`even_feeds`) and scored by its output SQNR (mean over
+    outputs) on ``judged``.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
@@ -215,7 +257,7 @@ def _ort_sqnr(
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter(feeds(b, inputs) for b in calibration)
+            self.items = even_feeds(calibration, inputs, sample_axes)
 
         def get_next(self):
             return next(self.items, None)
@@ -274,6 +316,7 @@ def model_report(
     op_types=QUANTIZABLE_OPS,
     providers=None,
     peers: bool = True,
+    sample_axes: Mapping | None = None,
 ) -> dict:
     """Return the report data of a calibrated ONNX model.
 
@@ -286,7 +329,8 @@ def model_report(
     (:class:`~._float8.Float8Switches`) and the peer is ONNX Runtime's FP8 calibration
     (:func:`ort_float8_sqnr`, E4M3FN only). A :class:`~._blocks.BlockCalibration` (MX or
     NVFP4 weights) runs its real block QDQ model (:class:`~._blocks.BlockSwitches`), with no
-    peer.
+    peer. ``sample_axes``: each input's sample axis, so that the peers get batches of one size
+    (:func:`even_feeds`).
     """
     start = time.perf_counter()
     statistics = statistics or {}
@@ -326,14 +370,16 @@ def model_report(
         if peers and fp8:
             if result.fmt.name == "float8_e4m3fn":
                 db = ort_float8_sqnr(
-                    model, result, calibration, judged, op_types=op_types, providers=providers
-                )
+                    model, result, calibration, judged, op_types=op_types, providers=providers,
+                    sample_axes=sample_axes,
+                )  # fmt: skip
                 label = "ONNX Runtime FP8 E4M3FN, Distribution (quantize_static)"
                 rows.append(_peer_row(label, db, measured_on))
         elif peers and not blocks:  # no peer calibrates MX or NVFP4 weights in ONNX
             for method, db in ort_calibrators_sqnr(
-                model, result, calibration, judged, op_types=op_types, providers=providers
-            ).items():
+                model, result, calibration, judged, op_types=op_types, providers=providers,
+                sample_axes=sample_axes,
+            ).items():  # fmt: skip
                 label = f"ONNX Runtime {method} (quantize_static)"
                 rows.append(_peer_row(label, db, measured_on))
     methods = list(dict.fromkeys(m for q in quantizers for m in q["methods"]))
