@@ -19,7 +19,6 @@ on the held-out and the calibration samples.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_quality import BATCH, BATCHES, MODELS, OPS, _mean, prepare  # noqa: E402
+from benchmarks.common import real_model_args  # noqa: E402
 
 
 def ort_float8(model: Path, batches: list, out: Path) -> float:
@@ -75,19 +75,11 @@ def encanalyze_float8(model: Path, batches: list, out: Path) -> tuple[float, str
 
 
 def main() -> None:
-    import logging
-    import warnings
-
     from encanalyze.onnx import output_sqnr
     from encanalyze.onnx._float8 import FLOAT8_SESSION
     from tests.real_models import OCR, fetch, rendered_text
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
-    parser.add_argument("--draws", type=int, default=2, help="sample sets per model (2)")
-    args = parser.parse_args()
-    logging.disable(logging.WARNING)
-    warnings.simplefilter("ignore")
+    args = real_model_args(MODELS, 2)
     print("| model | draw | tool | held-out dB | calibration dB | time s |")
     print("| --- | --- | --- | --- | --- | --- |")
     summary: dict = {}

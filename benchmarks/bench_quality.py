@@ -24,7 +24,6 @@ from one sample set to the next).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import real_model_args  # noqa: E402
 
 MODELS = {
     "classifier": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (48, 192)),
@@ -111,18 +112,10 @@ def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
 
 
 def main() -> None:
-    import logging
-    import warnings
-
     from encanalyze.onnx import output_sqnr
     from tests.real_models import OCR, fetch, rendered_text
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
-    parser.add_argument("--draws", type=int, default=3, help="sample sets per model (3)")
-    args = parser.parse_args()
-    logging.disable(logging.WARNING)
-    warnings.simplefilter("ignore")
+    args = real_model_args(MODELS, 3)
     print("| model | draw | tool | held-out dB | calibration dB | time s |")
     print("| --- | --- | --- | --- | --- | --- |")
     summary: dict = {}

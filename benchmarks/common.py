@@ -173,3 +173,19 @@ def versus_reference(name, t, ref, goal=20, scale=1e3, unit="ms", **widths):
         return
     goal_row(name, f"{t * scale:.1f} {unit}", f"{ref * scale:.1f} {unit}", "reference, same run",
              f"{ref / t:.1f}x", f">= {goal}x", ref / t >= goal, **widths)  # fmt: skip
+
+
+def real_model_args(models, draws: int, argv=None):
+    """Parse ``--models`` (of ``models``) and ``--draws`` (default ``draws``) of the benchmarks
+    on real models; ONNX Runtime's logging and Python's warnings go quiet for their tables."""
+    import argparse
+    import logging
+    import warnings
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", choices=sorted(models), default=sorted(models))
+    parser.add_argument("--draws", type=int, default=draws, help=f"sample sets per model ({draws})")
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    return args

@@ -11,6 +11,14 @@ dist = pytest.importorskip("torch.distributed")
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
 
+def _spawn(target, tmp_path, world: int, *args) -> None:
+    """Run ``target(rank, world, rendezvous file, tmp_path, *args)`` on ``world`` processes."""
+    import torch.multiprocessing as mp
+
+    rendezvous = str(tmp_path / "rendezvous")
+    mp.spawn(target, args=(world, rendezvous, str(tmp_path), *args), nprocs=world, join=True)
+
+
 def _state(analyzer):
     arrays = {k: np.asarray(v) for k, v in analyzer.state_dict()["state"].items()}
     key = "lo" if "lo" in arrays else "min"
@@ -26,14 +34,7 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_all_reduce_equals_one_process(tmp_path, world):
-    import torch.multiprocessing as mp
-
-    mp.spawn(
-        worker.run,
-        args=(world, str(tmp_path / "rendezvous"), str(tmp_path)),
-        nprocs=world,
-        join=True,
-    )
+    _spawn(worker.run, tmp_path, world)
     batches, parts = worker.dataset(world)
     for method in worker.METHODS:
         ranks = [ea.load(tmp_path / f"{method}-{r}.npz") for r in range(world)]
@@ -106,14 +107,7 @@ def test_docs_torchrun_example(tmp_path):
 
 
 def test_mismatched_ranks_raise_the_same_error_everywhere(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(
-        worker.run_mismatch,
-        args=(2, str(tmp_path / "rendezvous"), str(tmp_path)),
-        nprocs=2,
-        join=True,
-    )
+    _spawn(worker.run_mismatch, tmp_path, 2)
     for name in worker.MISMATCHES:
         outcomes = {(tmp_path / f"{name}-{r}.txt").read_text() for r in range(2)}
         assert outcomes == {"raised"}, name
@@ -133,8 +127,6 @@ def test_calibrate_over_ranks_equals_one_process(tmp_path, frontend):
     with one rank given more batches (ONNX): one process's on all the data, bit for bit, the
     histograms themselves too (torch): the ranks update them in lockstep, in one process's
     order (one process re-bins as its range grows; a merge at the end would be within a bin)."""
-    import torch.multiprocessing as mp
-
     if frontend == "onnx":
         pytest.importorskip("onnxruntime")
         import onnx
@@ -143,12 +135,7 @@ def test_calibrate_over_ranks_equals_one_process(tmp_path, frontend):
 
         onnx.save(onnx_models.mlp(), str(tmp_path / "mlp.onnx"))
     world = 2
-    mp.spawn(
-        worker.run_calibrate,
-        args=(world, str(tmp_path / "rendezvous"), str(tmp_path), frontend),
-        nprocs=world,
-        join=True,
-    )
+    _spawn(worker.run_calibrate, tmp_path, world, frontend)
     batches, _ = worker.frontend_batches(frontend, world)
     for method, one in worker.calibrations(frontend, str(tmp_path), batches).items():
         ranks = [dict(np.load(tmp_path / f"{frontend}-{method}-{r}.npz")) for r in range(world)]
@@ -236,15 +223,8 @@ def test_lockstep_histograms_equal_one_process_bit_for_bit(tmp_path):
     ranges, NaN, an empty batch, infinities only, a one-value row, a growth limit and |x|
     histograms, one rank with a batch more. A batch one rank cannot take raises on every
     rank and changes no statistics."""
-    import torch.multiprocessing as mp
-
     world = 2
-    mp.spawn(
-        worker.run_lockstep,
-        args=(world, str(tmp_path / "rendezvous"), str(tmp_path)),
-        nprocs=world,
-        join=True,
-    )
+    _spawn(worker.run_lockstep, tmp_path, world)
     batches, shards = worker.lockstep_batches(world)
     assert len(shards[0]) == len(shards[1]) + 1
     for method in worker.HISTOGRAM_METHODS:

@@ -14,6 +14,7 @@ from encanalyze.onnx import (  # noqa: E402
     ModelFileError,
     calibrate,
     float_weights,
+    fold_batchnorm,
     load_model,
     output_sqnr,
     write_qdq_model,
@@ -535,3 +536,96 @@ def test_a_session_falls_back_to_copies_where_onnx_runtime_reads_a_shared_weight
     x = np.ones((2, 64), "f2")
     want = (x.astype("f4") @ half.astype("f4")).astype("f2")
     np.testing.assert_allclose(run.run(None, {"x": x})[0], want, rtol=2e-3, atol=2e-3)
+
+
+def _conv_bn(weights_as: str = "initializers"):
+    """Conv(+bias) -> BatchNormalization -> Relu -> Conv -> BatchNormalization (a graph output
+    kept), and a BatchNormalization whose Conv output is read twice (not foldable)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    f = {
+        "w1": rng.normal(size=(4, 3, 3, 3)), "b1": rng.normal(size=4),
+        "w2": rng.normal(size=(2, 4, 1, 1)), "w3": rng.normal(size=(2, 4, 1, 1)),
+    }  # fmt: skip
+    for i in (1, 2, 3):
+        n = 4 if i == 1 else 2
+        f.update({f"g{i}": rng.uniform(0.5, 2, n), f"be{i}": rng.normal(size=n),
+                  f"m{i}": rng.normal(size=n), f"v{i}": rng.uniform(0.1, 3, n)})  # fmt: skip
+    tensors = [numpy_helper.from_array(np.asarray(v, "f4"), k) for k, v in f.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g1", "be1", "m1", "v1"], ["n1"],
+                         epsilon=1e-3),
+        helper.make_node("Relu", ["n1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+        helper.make_node("BatchNormalization", ["c2", "g2", "be2", "m2", "v2"], ["y"]),
+        helper.make_node("Conv", ["r1", "w3"], ["c3"]),
+        helper.make_node("BatchNormalization", ["c3", "g3", "be3", "m3", "v3"], ["n3"]),
+        helper.make_node("Add", ["n3", "c3"], ["z"]),
+    ]  # fmt: skip
+    if weights_as == "constants":
+        nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in tensors] + nodes
+        tensors = []
+    graph = helper.make_graph(
+        nodes, "conv_bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")], tensors,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@needs_ort
+@pytest.mark.parametrize("weights_as", ["initializers", "constants"])
+def test_batchnorm_folds_into_the_conv_before_it_with_the_same_outputs(weights_as):
+    """Issue 36: each Conv + BatchNormalization that folds becomes one Conv (new folded
+    weight and bias, the normalization's output name kept), the outputs equal to rounding;
+    a Conv whose output is read elsewhere keeps its BatchNormalization; the caller's model is
+    not changed."""
+    import onnxruntime as ort
+
+    model = _conv_bn(weights_as)
+    before = model.SerializeToString()
+    folded, names = fold_batchnorm(model)
+    assert model.SerializeToString() == before
+    assert names == ["n1", "y"]
+    ops = [n.op_type for n in folded.graph.node if n.op_type != "Constant"]
+    assert ops == ["Conv", "Relu", "Conv", "Conv", "BatchNormalization", "Add"]
+    assert not {"w1", "w2", "g1", "v2"} & set(float_weights(folded))  # no leftovers
+    assert {"w3", "g3"} <= set(float_weights(folded))
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype("f4")
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    got = ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+@needs_ort
+def test_the_command_folds_batchnorm_on_request(tmp_path):
+    """Issue 36: ``--fold-batchnorm`` calibrates the folded model (the normalized output's
+    encoding instead of the raw convolution's) and writes its QDQ model; the model file is
+    not changed; without a BatchNormalization a note says nothing was folded."""
+    import onnx
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_bn(), path)
+    before = path.read_bytes()
+    x = np.random.default_rng(1).normal(size=(32, 3, 8, 8)).astype("f4")
+    np.savez(tmp_path / "d.npz", x=x)
+    common = [str(path), "--data", str(tmp_path / "d.npz"), "--format", "json"]
+    out = {}
+    for flag in ([], ["--fold-batchnorm"]):
+        qdq = tmp_path / f"q{len(flag)}.onnx"
+        assert cli.main(["calibrate", *common, *flag, "--qdq-model", str(qdq)]) == 0
+        out[bool(flag)] = qdq
+    assert path.read_bytes() == before
+    plain, folded = (onnx.load(str(out[k])) for k in (False, True))
+    assert sum(n.op_type == "BatchNormalization" for n in plain.graph.node) == 3
+    assert sum(n.op_type == "BatchNormalization" for n in folded.graph.node) == 1
+    quantized = {n.input[0] for n in folded.graph.node if n.op_type == "QuantizeLinear"}
+    assert "n1" in quantized and "c1" not in quantized  # the normalized output is calibrated
+    held = x[24:]
+    assert np.mean(list(output_sqnr(str(path), str(out[True]), [held]).values())) > 20
+    onnx.save(om.cnn(), tmp_path / "cnn.onnx")
+    status = cli.main(["calibrate", str(tmp_path / "cnn.onnx"), "--data", "random",
+                       "--fold-batchnorm"])  # fmt: skip
+    assert status == 0

@@ -27,6 +27,7 @@ from .._io import load_model, read_tensors
 from .._registry import METHODS as REGISTRY
 from .._report import encoding_lists
 from ..onnx._calibrate import model_inputs
+from ..onnx._fold import fold_batchnorm
 from ._parser import method_options
 
 __all__ = [
@@ -525,8 +526,18 @@ def job_data(args) -> JobData:
     The batches are split by ``--holdout``.
     """
     model = load(Path(args.files[0]))
+    notes = []
+    if args.fold_batchnorm:
+        model, folded = fold_batchnorm(model)
+        notes.append(
+            f"--fold-batchnorm: {len(folded)} BatchNormalization node(s) folded into the Conv "
+            "before them (the QDQ model carries the folded weights)"
+            if folded
+            else "--fold-batchnorm: no BatchNormalization follows a Conv alone: nothing folded"
+        )
     axes = parse_sample_axes(args.sample_axis)
-    batches, random, notes = batches_for(model, args.data, args.batch_size, axes)
+    batches, random, more = batches_for(model, args.data, args.batch_size, axes)
+    notes += more
     if random:
         notes.append(
             "calibrating on random data: the activation ranges say nothing about real inputs"

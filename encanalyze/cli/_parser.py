@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one encoding per weight (default: per output channel on each operator's axis)",
     )
     model.add_argument(
+        "--fold-batchnorm",
+        action="store_true",
+        help="fold each BatchNormalization into the Conv before it first, as integer runtimes "
+        "(and ONNX Runtime's quant_pre_process) run it: the folded weights and the normalized "
+        "outputs are calibrated, and the QDQ model carries them (the model file is not changed)",
+    )
+    model.add_argument(
         "--qdq-model",
         type=Path,
         default=None,

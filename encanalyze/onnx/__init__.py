@@ -22,6 +22,7 @@ from ._float8 import (
     choose_float8_activations,
     float8_qdq_model,
 )
+from ._fold import fold_batchnorm
 from ._qdq import compare_outputs, output_sqnr, write_qdq_model
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "compare_outputs",
     "float8_qdq_model",
     "float_weights",
+    "fold_batchnorm",
     "load_model",
     "output_sqnr",
     "quantizable_weights",
