@@ -59,7 +59,9 @@ def prepare(source: Path, folder: Path) -> Path:
     return prepared
 
 
-def ort_quantize(model: Path, batches: list, method: str, out: Path) -> float:
+def ort_quantize(
+    model: Path, batches: list, method: str, out: Path, per_channel: bool = True
+) -> float:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -82,7 +84,7 @@ def ort_quantize(model: Path, batches: list, method: str, out: Path) -> float:
         Reader(),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=OPS,
-        per_channel=True,
+        per_channel=per_channel,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=getattr(CalibrationMethod, method),
@@ -90,7 +92,7 @@ def ort_quantize(model: Path, batches: list, method: str, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
+def encanalyze_quantize(model: Path, batches: list, out: Path, per_channel: bool = True) -> float:
     from encanalyze._io import Outputs
     from encanalyze._registry import AUTO_ACTIVATIONS
     from encanalyze.cli._data import AUTO_WEIGHTS
@@ -101,7 +103,7 @@ def encanalyze_quantize(model: Path, batches: list, out: Path) -> float:
     held = max(1, len(batches) // 4)
     result = calibrate(
         str(model), batches[:-held], activations=AUTO_ACTIVATIONS, weights=weights,
-        weight_symmetric=True, progress=False,
+        weight_symmetric=True, per_channel_weights=per_channel, progress=False,
     )  # fmt: skip
     with Outputs([model]) as outputs:  # the chosen QDQ model is built while choosing, as the
         stage = outputs.file(out, "QDQ model", sidecar=True)  # command builds it

@@ -27,7 +27,7 @@ from .._io import load_model, read_tensors
 from .._registry import METHODS as REGISTRY
 from .._report import encoding_lists
 from ..onnx._calibrate import model_inputs
-from ..onnx._fold import fold_batchnorm
+from ..onnx._ptq import equalize_layers, fold_batchnorm
 from ._parser import method_options
 
 __all__ = [
@@ -534,6 +534,15 @@ def job_data(args) -> JobData:
             "before them (the QDQ model carries the folded weights)"
             if folded
             else "--fold-batchnorm: no BatchNormalization follows a Conv alone: nothing folded"
+        )
+    if args.cross_layer_equalization:
+        model, pairs = equalize_layers(model)
+        notes.append(
+            f"--cross-layer-equalization: {len(pairs)} Conv pair(s) equalized (the QDQ model "
+            "carries the scaled weights)"
+            if pairs
+            else "--cross-layer-equalization: no Conv feeds another alone (through a Relu or "
+            "not): nothing equalized"
         )
     axes = parse_sample_axes(args.sample_axis)
     batches, random, more = batches_for(model, args.data, args.batch_size, axes)

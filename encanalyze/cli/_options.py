@@ -67,7 +67,10 @@ def check_options(args) -> None:
 
 
 def _check_model_options(args) -> None:
-    model_only = ("qdq_model", "batch_size", "per_tensor_weights", "sample_axis", "fold_batchnorm")
+    model_only = (
+        "qdq_model", "batch_size", "per_tensor_weights", "sample_axis", "fold_batchnorm",
+        "cross_layer_equalization",
+    )  # fmt: skip
     if args.data is None and args.holdout != 0.25:
         raise UsageError("--holdout needs --data")
     if args.data is None and args.weight_grid != "symmetric":

@@ -202,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         "outputs are calibrated, and the QDQ model carries them (the model file is not changed)",
     )
     model.add_argument(
+        "--cross-layer-equalization",
+        action="store_true",
+        help="equalize the weight ranges of each Conv pair (a Conv feeding another alone, "
+        "through a Relu or not; AIMET's CLE), after --fold-batchnorm: for per-tensor weights "
+        "of depthwise-separable networks (the model file is not changed)",
+    )
+    model.add_argument(
         "--qdq-model",
         type=Path,
         default=None,
