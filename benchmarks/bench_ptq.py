@@ -1,10 +1,11 @@
-"""AIMET's model-level steps (BatchNorm folding, cross-layer equalization) on real models.
+"""AIMET's model-level steps (BatchNorm folding, CLE, bias correction) on real models.
 
 PaddleOCR's classifier, detector and recognizer as ``rapidocr-onnxruntime`` ships them (opset
 raised to 13, nothing else done), quantized by encanalyze's default model job
 (``bench_quality.encanalyze_quantize``: 6 calibration batches of 8 rendered-text samples, the
-choice on 2) on the model as it is, after ``--fold-batchnorm`` (``encanalyze.onnx.fold_batchnorm``)
-and after that and ``--cross-layer-equalization`` (``encanalyze.onnx.equalize_layers``), with
+choice on 2) on the model as it is, after ``--fold-batchnorm`` (``encanalyze.onnx.fold_batchnorm``),
+after it and ``--cross-layer-equalization`` (``encanalyze.onnx.equalize_layers``), and after
+both with ``--bias-correction`` (``encanalyze.onnx.correct_biases`` of the chosen encodings), with
 per-channel int8 weights (the default) and per-tensor ones (where equalization matters), and by
 ONNX Runtime's ``quantize_static`` (Percentile) after its own ``quant_pre_process`` (which folds
 BatchNorm too); every QDQ model scored by its output SQNR against the shipped float model on 64
@@ -60,11 +61,12 @@ def main() -> None:
             peer_model = prepare(source, folder)  # ONNX Runtime's own pre-processing
             print(f"| {name} | | | {len(norms)} BatchNormalization folded, {len(pairs)} Conv "
                   "pairs equalized | |")  # fmt: skip
-            models = {
-                "encanalyze default, as shipped": shipped,
-                "encanalyze default, --fold-batchnorm": folder / "folded.onnx",
-                "encanalyze default, --fold-batchnorm --cross-layer-equalization": folder
-                / "equalized.onnx",
+            steps = "--fold-batchnorm --cross-layer-equalization"
+            models = {  # tool: (model, bias correction)
+                "encanalyze default, as shipped": (shipped, False),
+                "encanalyze default, --fold-batchnorm": (folder / "folded.onnx", False),
+                f"encanalyze default, {steps}": (folder / "equalized.onnx", False),
+                f"encanalyze default, {steps} --bias-correction": (folder / "equalized.onnx", True),
             }
             for draw in range(args.draws):
                 seed = 1000 * draw
@@ -73,9 +75,9 @@ def main() -> None:
                 for per_channel in (True, False):
                     weights = "per channel" if per_channel else "per tensor"
                     runs = {}
-                    for tool, model in models.items():
+                    for tool, (model, corrected) in models.items():
                         out = folder / f"{len(runs)}.onnx"
-                        encanalyze_quantize(model, calib, out, per_channel)
+                        encanalyze_quantize(model, calib, out, per_channel, corrected)
                         runs[tool] = out
                     out = folder / "ort.onnx"
                     ort_quantize(peer_model, calib, "Percentile", out, per_channel)

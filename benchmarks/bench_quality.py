@@ -92,11 +92,14 @@ def ort_quantize(
     return time.perf_counter() - start
 
 
-def encanalyze_quantize(model: Path, batches: list, out: Path, per_channel: bool = True) -> float:
+def encanalyze_quantize(
+    model: Path, batches: list, out: Path, per_channel: bool = True, bias_correction: bool = False
+) -> float:
     from encanalyze._io import Outputs
     from encanalyze._registry import AUTO_ACTIVATIONS
     from encanalyze.cli._data import AUTO_WEIGHTS
-    from encanalyze.onnx import calibrate, choose_encodings
+    from encanalyze.onnx import calibrate, choose_encodings, correct_biases
+    from encanalyze.onnx._qdq import stage_qdq_model
 
     weights = dict.fromkeys(AUTO_WEIGHTS)  # --method auto
     start = time.perf_counter()
@@ -108,6 +111,9 @@ def encanalyze_quantize(model: Path, batches: list, out: Path, per_channel: bool
     with Outputs([model]) as outputs:  # the chosen QDQ model is built while choosing, as the
         stage = outputs.file(out, "QDQ model", sidecar=True)  # command builds it
         result, choice = choose_encodings(str(model), result, batches[-held:], stage=stage)
+        if bias_correction:  # the command's --bias-correction: the QDQ model written again
+            corrected, _ = correct_biases(str(model), result, batches[:-held])
+            stage_qdq_model(corrected, result, stage)
         outputs.commit()
     CHOICES.append(choice.chosen.label)
     return time.perf_counter() - start

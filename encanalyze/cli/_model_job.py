@@ -26,7 +26,7 @@ from .._registry import AUTO_ACTIVATIONS
 from .._report import layout_for
 from ..distributed import launched_ranks
 from ..onnx import calibrate as calibrate_onnx
-from ..onnx import choose_encodings, compare_outputs
+from ..onnx import choose_encodings, compare_outputs, correct_biases
 from ..onnx._blocks import BLOCK_METHODS, block_qdq_model, calibrate_blocks
 from ..onnx._calibrate import quantizable_weights
 from ..onnx._choose import candidates_of
@@ -304,7 +304,14 @@ class IntJob(ModelJob):
         if stage is None:
             return
         progress.phase("writing the QDQ model")
-        if self.staged_model is None:
+        if self.args.bias_correction:  # the chosen encodings' weight errors, from the biases
+            corrected, layers = correct_biases(data.model, self.result, data.calib)
+            self.notes.append(
+                f"--bias-correction: {len(layers)} layer(s)' biases absorb the mean error of "
+                "their quantized weights on the calibration batches (in the QDQ model)"
+            )
+            self.staged_model, self.opset = stage_qdq_model(corrected, self.result, stage)
+        elif self.staged_model is None:
             self.staged_model, self.opset = stage_qdq_model(data.model, self.result, stage)
         progress.advance()
         progress.phase("the QDQ model's output SQNR")

@@ -69,7 +69,7 @@ def check_options(args) -> None:
 def _check_model_options(args) -> None:
     model_only = (
         "qdq_model", "batch_size", "per_tensor_weights", "sample_axis", "fold_batchnorm",
-        "cross_layer_equalization",
+        "cross_layer_equalization", "bias_correction",
     )  # fmt: skip
     if args.data is None and args.holdout != 0.25:
         raise UsageError("--holdout needs --data")
@@ -92,6 +92,11 @@ def _check_model_options(args) -> None:
                 f"--{name.replace('_', '-')} does not apply with --data (weights are per output "
                 "channel on each operator's axis, --per-tensor-weights for one encoding each)"
             )
+    if args.bias_correction and (args.qdq_model is None or args.number_format != "int"):
+        raise UsageError(
+            "--bias-correction corrects the biases of an integer QDQ model: it needs "
+            "--qdq-model (and the int number format)"
+        )
     if args.per_channel is not None and args.qdq_model is not None:
         raise UsageError(
             "--per-channel with --data calibrates activations per channel, which "

@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         "of depthwise-separable networks (the model file is not changed)",
     )
     model.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="the QDQ model's biases absorb the mean error of their layer's quantized weights "
+        "on the calibration batches (AIMET's empirical bias correction; needs --qdq-model)",
+    )
+    model.add_argument(
         "--qdq-model",
         type=Path,
         default=None,

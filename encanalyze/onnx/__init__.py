@@ -22,7 +22,7 @@ from ._float8 import (
     choose_float8_activations,
     float8_qdq_model,
 )
-from ._ptq import equalize_layers, fold_batchnorm
+from ._ptq import correct_biases, equalize_layers, fold_batchnorm
 from ._qdq import compare_outputs, output_sqnr, write_qdq_model
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "choose_float8_activations",
     "choose_encodings",
     "compare_outputs",
+    "correct_biases",
     "equalize_layers",
     "float8_qdq_model",
     "float_weights",

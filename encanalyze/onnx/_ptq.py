@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._backends import to_numpy
 from .._io import all_graphs, float_weights, own_model
+from ._calibrate import feeds, model_inputs, run_batch, session
 
-__all__ = ["equalize_layers", "fold_batchnorm"]
+__all__ = ["correct_biases", "equalize_layers", "fold_batchnorm"]
 
 _BETWEEN = ("Relu",)
 """What may stand between two equalized convolutions: ``f(x / s) = f(x) / s`` for ``s > 0``."""
@@ -256,3 +258,125 @@ def _remove_unused(graph, names: set) -> None:
     keep_inputs = [i for i in graph.input if i.name not in gone]
     del graph.input[:]
     graph.input.extend(keep_inputs)
+
+
+def correct_biases(model, result, batches, *, providers=None):
+    """Return a copy of ``model`` whose biases absorb the mean error of the quantized weights.
+
+    Empirical bias correction (AIMET's, Nagel et al. 2019): a layer whose weight ``W`` is
+    quantized to ``Q`` (``result``'s encoding) computes ``f(x, W) + f(x, Q - W)``; the second
+    term's mean over the calibration ``batches``, per output channel, is subtracted from the
+    layer's bias, so that the quantized layer's outputs keep the float layer's mean. The mean is
+    measured exactly: each layer is copied with ``Q - W`` as its weight (no bias) beside the
+    original and run on the float model's own inputs. Conv (bias added where it has none),
+    Gemm (``alpha = beta = 1``, ``C`` added where it has none) and MatMul followed by an Add of
+    a constant bias; weights read by one node only. The corrected model quantized with the same
+    ``result`` is the QDQ model to deploy; ``model`` is not changed. Returns ``(model, {layer
+    output: largest correction magnitude})``.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = own_model(model)
+    graph = proto.graph
+    values, readers = _main_weights(proto), _readers(graph)
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    layers = []  # (node, channel axis of its output, where its bias goes)
+    for node in graph.node:
+        w = node.input[1] if node.op_type in ("Conv", "Gemm", "MatMul") else None
+        e = result.encodings.get(w) if w else None
+        if e is None or e.kind != "param" or w not in values or readers.get(w) != 1:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Gemm" and (
+            attrs.get("alpha", helper.make_attribute("alpha", 1.0)).f != 1
+            or attrs.get("beta", helper.make_attribute("beta", 1.0)).f != 1
+            or attrs.get("transA", helper.make_attribute("transA", 0)).i
+        ):
+            continue
+        bias = _bias_of(node, consumers, values, readers)
+        if bias is not False:
+            layers.append((node, 1 if node.op_type == "Conv" else -1, bias))
+    if not layers or not batches:
+        return proto, {}
+    num_steps = 2**result.bits - 1
+    probe = type(proto)()
+    probe.CopyFrom(proto)
+    errors = []
+    for k, (node, _, _) in enumerate(layers):
+        e = result.encodings[node.input[1]]
+        w = values[node.input[1]].astype(np.float64)
+        shape = np.shape(to_numpy(e.min))
+        scale = to_numpy(e.scale).astype(np.float64).reshape(shape)
+        offset = to_numpy(e.offset).astype(np.float64).reshape(shape)
+        q = (np.clip(np.round(w / scale) - offset, 0, num_steps) + offset) * scale
+        name = f"encanalyze_bias_error_{k}"
+        probe.graph.initializer.append(
+            numpy_helper.from_array((q - w).astype(values[node.input[1]].dtype), name + "_w")
+        )
+        copy = helper.make_node(node.op_type, [node.input[0], name + "_w"], [name])
+        copy.attribute.extend(node.attribute)
+        probe.graph.node.append(copy)
+        errors.append(name)
+    probe.graph.output.extend(
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in errors]
+    )
+    run = session(probe, providers)
+    inputs = model_inputs(probe)
+    sums: list = [0.0] * len(layers)
+    counts = [0] * len(layers)
+    for batch in batches:
+        for k, out in enumerate(run_batch(run, errors, feeds(batch, inputs))):
+            axis = layers[k][1] % np.ndim(out)
+            moved = np.moveaxis(np.asarray(out, np.float64), axis, 0).reshape(out.shape[axis], -1)
+            sums[k] = sums[k] + moved.sum(axis=1)
+            counts[k] += moved.shape[1]
+    producer = {o: n for n in graph.node for o in n.output}
+    taken = {i.name for i in graph.initializer} | set(producer) | {i.name for i in graph.input}
+    corrected, replaced = {}, set()
+    for k, (node, _, bias) in enumerate(layers):
+        if counts[k] == 0:
+            continue
+        shift = sums[k] / counts[k]
+        dtype = values[node.input[1]].dtype
+        holder, index = bias if bias is not None else (node, 2)
+        old = holder.input[index] if len(holder.input) > index else ""
+        base = values[old].astype(np.float64) if old else np.zeros(len(shift))
+        new = (base.reshape(-1) - shift).reshape(base.shape if old else (len(shift),))
+        name = _fresh(f"{old or node.output[0]}_bias_corrected", taken)
+        graph.initializer.append(numpy_helper.from_array(new.astype(dtype), name))
+        if old:
+            holder.input[index] = name
+            replaced.add(old)
+        else:
+            holder.input.append(name)
+        corrected[node.output[0]] = float(np.abs(shift).max())
+    _remove_unused(graph, replaced)
+    return proto, corrected
+
+
+def _bias_of(node, consumers: dict, values: dict, readers: dict):
+    """Return where ``node``'s bias is: ``(node, input index)``.
+
+    ``None``: it has none of its own yet (one is added); ``False``: none to correct (a MatMul
+    without an Add of a constant after it, a bias another node reads).
+    """
+    if node.op_type in ("Conv", "Gemm"):
+        index = 2
+        if len(node.input) > index and node.input[index]:
+            b = node.input[index]
+            if b not in values or readers.get(b) != 1:
+                return False
+            return node, index
+        return None
+    after = consumers.get(node.output[0], [])
+    if len(after) != 1 or after[0].op_type != "Add":
+        return False
+    add = after[0]
+    index = 1 if add.input[0] == node.output[0] else 0
+    b = add.input[index]
+    if b not in values or readers.get(b) != 1 or values[b].ndim != 1:
+        return False
+    return add, index
