@@ -181,6 +181,8 @@ class LayerSensitivity:
             "op": self.op,
             "weights_sqnr_db": self.weights_sqnr_db,
             "activations_sqnr_db": self.activations_sqnr_db,
+            "weights": list(self.weights),
+            "activations": list(self.activations),
         }
 
 

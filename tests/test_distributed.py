@@ -205,7 +205,7 @@ def test_the_command_under_torchrun_shards_the_data_and_rank_0_writes(tmp_path, 
     one = run(out="one")
     two = run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", out="two")
     assert one.stdout.count('"config"') == two.stdout.count('"config"') == 1  # rank 0 alone
-    assert "calibrated on 2 ranks (8 batches in all)" in two.stderr
+    assert "calibrated on 2 ranks (9 batches in all)" in two.stderr  # 66 of 88 samples by 8
     want, got = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert got["param_encodings"] == want["param_encodings"]
     mine = {e["name"]: e for e in got["activation_encodings"]}

@@ -267,3 +267,30 @@ def test_peers_get_batches_of_one_size_with_the_same_samples():
     assert all(f["k"].shape == (3,) for f in fed)
     assert len(list(even_feeds(batches, inputs, None))) == 3
     assert len(list(even_feeds(batches[:2], inputs, {"x": 0, "k": None}))) == 2
+
+
+def test_report_layers_runs_the_layers_of_lowest_own_sqnr_only(cnn_job, capsys):
+    """Issue 36: ``--report-layers 1`` runs the sensitivity of the one layer whose quantizers'
+    own SQNR is lowest (the same scores as with every layer), gives gains to its quantizers
+    only, lists the other layers unscored, says so in the summary and prints the report's
+    share of the time."""
+    folder, _, every = cnn_job
+    target = folder / "one.html"
+    args = ["calibrate", folder / "cnn.onnx", "--data", folder / "data.npz", "--method", "all",
+            "--bits", "4", "--report", target, "--report-layers", "1"]  # fmt: skip
+    assert main(list(map(str, args))) == 0
+    assert "encanalyze: note: report:" in capsys.readouterr().err
+    one = _data(target.read_text())
+    assert one["summary"]["layers measured"].startswith("1 of 2")
+    assert every["summary"]["layers measured"] == "2 of 2"
+    scored = [r for r in one["sensitivity"] if r["weights_sqnr_db"] is not None]
+    assert len(scored) == 1
+    proxy = {q["name"]: q["methods"][q["best"]]["sqnr_db"] for q in one["quantizers"]}
+    lowest = {r["layer"]: min(proxy[n] for n in (*r["weights"], *r["activations"]))
+              for r in one["sensitivity"]}  # fmt: skip
+    assert scored[0]["layer"] == min(lowest, key=lowest.get)
+    want = next(r for r in every["sensitivity"] if r["layer"] == scored[0]["layer"])
+    assert scored[0]["weights_sqnr_db"] == pytest.approx(want["weights_sqnr_db"])
+    gained = {q["name"] for q in one["quantizers"] if q["gain_db"] is not None}
+    assert gained == set(scored[0]["weights"]) | set(scored[0]["activations"])
+    assert main(["calibrate", "x.onnx", "--report-layers", "0"]) == 2

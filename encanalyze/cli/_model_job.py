@@ -152,14 +152,19 @@ class ModelJob:
                 **self.summary(),
                 "calibration took": f"{time.perf_counter() - started:.1f} s",
             }
+            before = time.perf_counter()
+            layers = None if self.args.report_layers == "all" else int(self.args.report_layers)
             page = model_report(
                 data.model, self.result, list(data.calib), list(data.judged), summary=summary,
                 comparison=self.comparison(data), measured_on=data.measured_on,
-                sample_axes=data.calib.axes, **self.report_options(),
+                sample_axes=data.calib.axes, layers=layers, **self.report_options(),
             )  # fmt: skip
             write_report(self.staged["--report"], page)
             seconds = time.perf_counter() - started
-            note(f"report: {self.args.report} ({seconds:.1f} s in all)")
+            note(
+                f"report: {self.args.report} (the report {time.perf_counter() - before:.1f} s "
+                f"of {seconds:.1f} s in all)"
+            )
         if "--qdq-model" in self.staged:
             self.write_qdq_model(self.staged["--qdq-model"])
         return 0

@@ -40,6 +40,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _layers(text: str) -> str:
+    """``--report-layers``: a count of at least 1, or ``all``."""
+    if text == "all" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a count of at least 1 or 'all', got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command's argument parser."""
     parser = _Parser(
@@ -142,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HTML",
         help="write the analysis report: one self-contained HTML page (tables, histograms, "
         "and for a model the layer sensitivity and ONNX Runtime's calibrators)",
+    )
+    cal.add_argument(
+        "--report-layers",
+        type=_layers,
+        default="8",
+        metavar="N|all",
+        help="the report's sensitivity runs the N layers whose quantizers' own SQNR is lowest "
+        "(8; all: every layer, one run of the held-out data each, two per layer)",
     )
     model = cal.add_argument_group("calibrating an ONNX model's activations (needs onnxruntime)")
     model.add_argument(

@@ -317,6 +317,7 @@ def model_report(
     providers=None,
     peers: bool = True,
     sample_axes: Mapping | None = None,
+    layers: int | None = None,
 ) -> dict:
     """Return the report data of a calibrated ONNX model.
 
@@ -330,7 +331,8 @@ def model_report(
     (:func:`ort_float8_sqnr`, E4M3FN only). A :class:`~._blocks.BlockCalibration` (MX or
     NVFP4 weights) runs its real block QDQ model (:class:`~._blocks.BlockSwitches`), with no
     peer. ``sample_axes``: each input's sample axis, so that the peers get batches of one size
-    (:func:`even_feeds`).
+    (:func:`even_feeds`). ``layers``: the sensitivity runs only that many layers, those whose
+    quantizers' own SQNR is lowest (``None``: every layer; the summary says how many ran).
     """
     start = time.perf_counter()
     statistics = statistics or {}
@@ -346,20 +348,23 @@ def model_report(
     sens = None
     if judged and (blocks or any(e.kind == "activation" for e in result.encodings.values())):
         emulator = {"blocks": BlockSwitches, "fp8": Float8Switches, "int": Emulator}[kind]
-        sens = sensitivity(
-            model, result, judged, op_types=op_types, providers=providers, emulator=emulator
-        )
         own = {}
         if not blocks:
             measure = float8_activation_sqnr if fp8 else activation_sqnr
             own = measure(model, result, judged, providers)
         for q in quantizers:
-            q["gain_db"] = sens.gain_db.get(q["name"])
             if q["kind"] == "activation" and q["name"] in own:
                 for method, db in own[q["name"]].items():
                     if method in q["methods"]:
                         q["methods"][method]["sqnr_db"] = db
                 q["own_sqnr_db"] = own[q["name"]].get(q["best"])
+        proxy = {q["name"]: q["methods"].get(q["best"], {}).get("sqnr_db") for q in quantizers}
+        sens = sensitivity(
+            model, result, judged, op_types=op_types, providers=providers, emulator=emulator,
+            proxy=proxy, top=layers,
+        )  # fmt: skip
+        for q in quantizers:
+            q["gain_db"] = sens.gain_db.get(q["name"])
         rows.append(
             {
                 "label": f"encanalyze, as chosen ({'emulated' if kind == 'int' else 'QDQ model'})",
@@ -384,6 +389,11 @@ def model_report(
                 rows.append(_peer_row(label, db, measured_on))
     methods = list(dict.fromkeys(m for q in quantizers for m in q["methods"]))
     summary = dict(summary or {})
+    if sens is not None:
+        ran = sum(1 for x in sens.layers if x.worst() != float("inf"))
+        summary["layers measured"] = f"{ran} of {len(sens.layers)}" + (
+            " (their quantizers' own SQNR lowest)" if ran < len(sens.layers) else ""
+        )
     summary["report built in"] = f"{time.perf_counter() - start:.1f} s"
     page = {
         "title": "encanalyze calibration report",

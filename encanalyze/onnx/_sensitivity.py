@@ -8,7 +8,7 @@ session and the float model's outputs computed once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._calibration import CalibrationResult
 from .._io import own_model
@@ -32,6 +32,8 @@ def sensitivity(
     gains: bool = True,
     progress=None,
     emulator=Emulator,
+    proxy: Mapping[str, float] | None = None,
+    top: int | None = None,
 ) -> Sensitivity:
     """Measure each layer's and each quantizer's effect on the model's output.
 
@@ -42,6 +44,9 @@ def sensitivity(
     only integer or bool outputs: their agreement in %, :attr:`Sensitivity.unit`).
     ``emulator`` makes the session that quantizes a subset (:class:`~._emulate.Emulator` for
     integer encodings, :class:`~._float8.Float8Switches` for FP8 ones: their real QDQ model).
+    ``top`` (with ``proxy``, each quantizer's own SQNR in dB, a cheap stand-in): only the
+    ``top`` layers whose quantizers' lowest proxy is lowest are run, and only their quantizers'
+    gains; the other layers are listed without scores. ``None``: every layer.
     """
     proto = inline_branches(own_model(model), result.branches)
     constants_to_initializers(proto)  # weights as initializers, as the emulation has them
@@ -60,26 +65,45 @@ def sensitivity(
 
         everything = errors(on)
         base = everything.score()
-        layers = []
+        found = []  # (label, op, weights, activations) of each quantized layer
         for node in proto.graph.node:
             if op_types is not None and node.op_type not in op_types:
                 continue
             ins = [n for i, n in enumerate(node.input) if n and not is_bias(node, i)]
             weights = tuple(n for n in ins if n in on and n in initializers)
             acts = tuple(n for n in (*ins, *node.output) if n in on and n not in initializers)
-            if not weights and not acts:
-                continue
-            label = node.name or node.output[0]
-            w = score(set(weights)) if weights else None
-            a = score(set(acts)) if acts else None
-            layers.append(LayerSensitivity(label, node.op_type, weights, acts, w, a))
-            if progress is not None:
-                progress.advance()
-        gain = {}
-        if gains:
-            for name in run.tensors:
-                gain[name] = score(on - {name}) - base
+            if weights or acts:
+                found.append((node.name or node.output[0], node.op_type, weights, acts))
+        measured = _worst_by_proxy(found, proxy, top)
+        layers = []
+        for label, op, weights, acts in found:
+            w = a = None
+            if label in measured:
+                w = score(set(weights)) if weights else None
+                a = score(set(acts)) if acts else None
                 if progress is not None:
                     progress.advance()
+            layers.append(LayerSensitivity(label, op, weights, acts, w, a))
+        gain = {}
+        if gains:
+            chosen = {n for label, _, w, a in found if label in measured for n in (*w, *a)}
+            for name in run.tensors:
+                if name in chosen:
+                    gain[name] = score(on - {name}) - base
+                    if progress is not None:
+                        progress.advance()
 
     return Sensitivity(base, sorted(layers, key=LayerSensitivity.worst), gain, everything.unit)
+
+
+def _worst_by_proxy(found: list, proxy: Mapping[str, float] | None, top: int | None) -> set:
+    """Return the labels of the ``top`` layers whose quantizers' lowest ``proxy`` is lowest."""
+    if top is None or proxy is None or len(found) <= top:
+        return {label for label, *_ in found}
+
+    def lowest(item) -> float:
+        _, _, weights, acts = item
+        values = [proxy[n] for n in (*weights, *acts) if proxy.get(n) is not None]
+        return min(values) if values else float("inf")
+
+    return {label for label, *_ in sorted(found, key=lowest)[:top]}
