@@ -214,7 +214,9 @@ def test_real_torch_models(case):
     print(f"{case}: {len(kinds)} tensors, held-out output SQNR {sqnr:.2f} dB, {seconds:.2f} s")
 
 
-@pytest.mark.parametrize("case", ["ocr-classifier", pytest.param("ocr-detector", marks=_FULL_ONLY)])
+@pytest.mark.parametrize(  # (the fast run's real model: test_real_ocr_models' classifier)
+    "case", [pytest.param(c, marks=_FULL_ONLY) for c in ("ocr-classifier", "ocr-detector")]
+)
 def test_the_default_job_chooses_by_the_output_and_is_never_below_min_max(case, tmp_path, capsys):
     """The default job (auto methods, a quarter held out) on rendered text lines."""
     from tests.real_models import rendered_text
@@ -242,6 +244,7 @@ def test_the_default_job_chooses_by_the_output_and_is_never_below_min_max(case, 
     print(f"{case}: {label}, held-out output SQNR {held:.2f} dB, {seconds:.1f} s")
 
 
+@_FULL_ONLY  # (the FP8 job's fast tests: tests/test_float8_models.py)
 def test_real_classifier_in_fp8(tmp_path, capsys):
     """The FP8 model job on a real opset-11 model: every weight and activation of its 53 Conv
     nodes encoded, and ONNX Runtime with FLOAT8_SESSION computes its FP8 QDQ model as without

@@ -142,6 +142,7 @@ def _names(browser) -> list[str]:
     return [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows]
 
 
+@pytest.mark.slow  # (the fast run's browser test: test_browser_model_report)
 def test_browser_table_sorts_filters_and_pages(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
