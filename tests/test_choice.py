@@ -63,6 +63,7 @@ def test_the_emulation_is_fake_quantization_of_every_encoded_tensor(tmp_path):
     assert np.abs(qdq - got).max() <= 1.0001 * step  # at most one step of y's grid apart
 
 
+@pytest.mark.slow  # (the fast run's gate: the model job's choice tests)
 def test_choose_encodings_keeps_the_default_unless_significantly_beaten(tmp_path):
     model = om.cnn()
     calib, held = _data(3, 3), _data(4, 2)

@@ -32,7 +32,8 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.slow  # (the fast run's 2-rank runs: calibrate over ranks, the lockstep)
+@pytest.mark.parametrize("world", [2, 3])
 def test_all_reduce_equals_one_process(tmp_path, world):
     _spawn(worker.run, tmp_path, world)
     batches, parts = worker.dataset(world)
@@ -106,6 +107,7 @@ def test_docs_torchrun_example(tmp_path):
     )
 
 
+@pytest.mark.slow  # (the lockstep's own error case stays in the fast run)
 def test_mismatched_ranks_raise_the_same_error_everywhere(tmp_path):
     _spawn(worker.run_mismatch, tmp_path, 2)
     for name in worker.MISMATCHES:

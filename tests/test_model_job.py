@@ -730,21 +730,6 @@ def test_holdout_is_checked_and_split(command, tmp_path):
         choice["activations"]
     }
     assert {t["method"] for t in report["tensors"] if t["kind"] == "param"} == {"minmax"}
-    # --method all: every weight option too, with the activations kept
-    status, out, err = command(
-        path, "--data", data, "--batch-size", "4", "--format", "json", "--method", "all"
-    )
-    assert status == 0, err
-    choice = json.loads(out)["choice"]
-    emulated = choice["emulated_output_sqnr_db"]
-    assert {f"{m}+minmax" for m in acts} <= set(emulated)
-    weights = {"best-tensor-sqnr", "minmax", "percentile", "sqnr", "mse", "entropy", "ema"}
-    assert any({f"{a}+{w}" for w in weights} <= set(emulated) for a in acts)
-    assert choice["default"] == "percentile+minmax" and choice["simple"] == "minmax+minmax"
-    label = f"{choice['activations']}+{choice['weights']}"
-    checked = choice["qdq_output_sqnr_db"]
-    below = checked[label] < checked["minmax+minmax"]
-    assert not below or "within their noise" in choice["note"]
     # split by samples: 16 samples in one batch give 12 to calibrate and 4 held out, said on
     # stdout; one sample is not split
     status, out, err = command(path, "--data", data, "--batch-size", "16", "--format", "json")
@@ -761,6 +746,27 @@ def test_holdout_is_checked_and_split(command, tmp_path):
     status, out, err = command(path, "--data", _data(tmp_path, n=1), "--format", "json")
     assert status == 0 and "one sample of data: nothing held out" in err
     assert json.loads(out)["choice"]["measured_on"] == "calibration"
+
+
+@pytest.mark.slow  # (every weight option: the full matrix)
+def test_method_all_chooses_the_weights_too(command, tmp_path):
+    path, data = _save(tmp_path, _mlp()), _data(tmp_path, n=16)
+    acts = ("minmax", "percentile", "sqnr", "mse", "entropy")
+    # --method all: every weight option too, with the activations kept
+    status, out, err = command(
+        path, "--data", data, "--batch-size", "4", "--format", "json", "--method", "all"
+    )
+    assert status == 0, err
+    choice = json.loads(out)["choice"]
+    emulated = choice["emulated_output_sqnr_db"]
+    assert {f"{m}+minmax" for m in acts} <= set(emulated)
+    weights = {"best-tensor-sqnr", "minmax", "percentile", "sqnr", "mse", "entropy", "ema"}
+    assert any({f"{a}+{w}" for w in weights} <= set(emulated) for a in acts)
+    assert choice["default"] == "percentile+minmax" and choice["simple"] == "minmax+minmax"
+    label = f"{choice['activations']}+{choice['weights']}"
+    checked = choice["qdq_output_sqnr_db"]
+    below = checked[label] < checked["minmax+minmax"]
+    assert not below or "within their noise" in choice["note"]
 
 
 def test_auto_without_a_qdq_grid_says_it_used_percentile(command, tmp_path):

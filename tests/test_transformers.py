@@ -181,6 +181,7 @@ def test_a_batch_past_the_run_budget_is_observed_in_pieces_of_samples(bert, monk
     assert runs == [6, 6, 6]
 
 
+@pytest.mark.slow  # (the fast run's pieces: the calibration's, in the test above)
 def test_comparisons_and_the_choice_run_in_pieces_with_the_whole_batches_scores(
     bert, monkeypatch, tmp_path
 ):

@@ -363,10 +363,12 @@ def calibrate(
     """Calibrate an ONNX model's weights and, with ``batches``, its activations.
 
     ``group``: a ``torch.distributed`` process group (needs torch): each rank calibrates its
-    own shard of the batches and the activations' statistics are all-reduced
-    (:func:`encanalyze.distributed.all_reduce_analyzers`) before they are encoded, so every
-    rank returns the encodings of all the ranks' data (``num_batches``: their sum); every rank
-    of the group must call it with the same model and options.
+    own shard of the batches (rank ``r`` of ``W``: batches ``r``, ``r + W``, ...), the
+    histograms in lockstep with the other ranks (:class:`encanalyze.distributed.Lockstep`)
+    and the other statistics all-reduced at the end
+    (:func:`encanalyze.distributed.all_reduce_analyzers`), so every rank returns one process's
+    encodings of all the ranks' data in that order, bit for bit (``num_batches``: their sum);
+    every rank of the group must call it with the same model and options.
 
     ``model`` is a path (external data is read from the model's folder) or a ``ModelProto``.
     Weights (:func:`quantizable_weights`: initializers, ``Constant`` nodes and subgraph

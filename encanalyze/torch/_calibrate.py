@@ -366,10 +366,13 @@ def calibrate(
     which syncs with the device once per batch; not where the dict holds ``"ranges": None``).
 
     ``group``: a ``torch.distributed`` process group (``torch.distributed.group.WORLD`` for
-    every rank): each rank calibrates its own shard of the data, and the activations'
-    statistics are all-reduced (:func:`encanalyze.distributed.all_reduce_stats`) before they
-    are encoded, so every rank returns the encodings of all the ranks' data (``num_batches``:
-    their sum). Every rank of the group must call it, with the same model and options.
+    every rank): each rank calibrates its own shard of the data (rank ``r`` of ``W``: batches
+    ``r``, ``r + W``, ...), the histograms in lockstep with the other ranks
+    (:class:`encanalyze.distributed.Lockstep`: a step after each forward; each observed tensor
+    is copied until then) and the other statistics all-reduced at the end
+    (:func:`encanalyze.distributed.all_reduce_stats`), so every rank returns one process's
+    encodings of all the ranks' data in that order, bit for bit (``num_batches``: their sum).
+    Every rank of the group must call it, with the same model and options.
 
     ``symmetric`` is the activations' grid and ``weight_symmetric`` the weights' (``None``:
     the same); the default is the deployment default of ONNX Runtime, TensorRT and QNN,
