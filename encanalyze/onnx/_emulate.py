@@ -32,7 +32,7 @@ from ._qdq import constants_to_initializers, quantized_tensors
 from ._qdq_graph import opset_of
 from ._switches import QuantizerSession
 
-__all__ = ["Emulator"]
+__all__ = ["Emulator", "fake_quant"]
 
 _ROUND_OPSET = 11  # Round, and Clip with min and max as inputs
 _HALF = {10: 1, 16: 1}  # onnx.TensorProto FLOAT16, BFLOAT16: computed in FLOAT
@@ -86,7 +86,7 @@ class Emulator(QuantizerSession):
         initializers = {i.name for i in proto.graph.initializer}
         for init in proto.graph.initializer:
             if init.name in baked and not in_memory(init):  # a small one, in the graph
-                value = _fake_quant(numpy_helper.to_array(init), baked[init.name], steps)
+                value = fake_quant(numpy_helper.to_array(init), baked[init.name], steps)
                 init.CopyFrom(numpy_helper.from_array(value, init.name))
         elem = {n: t for n, t in elem.items() if n not in baked}
         # name -> the element type of its scale and offset: float32 for float16 / bfloat16
@@ -98,7 +98,7 @@ class Emulator(QuantizerSession):
         for init in taken:  # the stubs' data, by the names the graph now gives them
             value = numpy_helper.to_array(init)
             if init.name in baked:
-                value = _fake_quant(value, baked[init.name], steps)
+                value = fake_quant(value, baked[init.name], steps)
             chained = init.name in elem and init.name in initializers
             arrays[f"{init.name}::float" if chained else init.name] = value
         del source, taken
@@ -135,7 +135,7 @@ def _scale_offset(e: TensorEncoding, ndim: int, dtype) -> tuple[np.ndarray, np.n
     return scale.astype(dtype).reshape(shape), offset.astype(dtype).reshape(shape)
 
 
-def _fake_quant(x: np.ndarray, e: TensorEncoding, steps: int) -> np.ndarray:
+def fake_quant(x: np.ndarray, e: TensorEncoding, steps: int) -> np.ndarray:
     """Return float32 ``x`` quantized and dequantized as the graph's chain computes it.
 
     ``Div, Round (half to even), Sub, Clip, Add, Mul``, one IEEE operation each.

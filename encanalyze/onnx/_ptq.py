@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backends import to_numpy
 from .._io import all_graphs, float_weights, own_model
 from ._calibrate import feeds, model_inputs, run_batch, session
+from ._emulate import fake_quant
 
 __all__ = ["correct_biases", "equalize_layers", "fold_batchnorm"]
 
@@ -67,8 +67,8 @@ def fold_batchnorm(model):
     consumers = _readers(graph)
     outputs = {o.name for o in graph.output}
     producer = {o: node for node in graph.node for o in node.output}
-    taken = {i.name for i in graph.initializer} | set(producer)
-    folded, dropped = [], []
+    taken = _names_in_use(graph)
+    folded, dropped, gone = [], [], set()
     for bn in list(graph.node):
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
             continue
@@ -102,13 +102,13 @@ def fold_batchnorm(model):
         dropped += [conv.input[1], *params] + ([conv.input[2]] if len(conv.input) > 2 else [])
         del conv.input[1:]
         conv.input.extend(names)
-        gone = conv.output[0]
+        gone.add(conv.output[0])
         conv.output[0] = bn.output[0]
         graph.node.remove(bn)
-        kept_infos = [v for v in graph.value_info if v.name != gone]
-        del graph.value_info[:]
-        graph.value_info.extend(kept_infos)
         folded.append(bn.output[0])
+    kept_infos = [v for v in graph.value_info if v.name not in gone]  # no node makes them now
+    del graph.value_info[:]
+    graph.value_info.extend(kept_infos)
     _remove_unused(graph, {d for d in dropped if d})
     return proto, folded
 
@@ -166,7 +166,7 @@ def equalize_layers(model, *, iterations: int = 4):
     for _ in range(iterations):
         for first, second, groups in pairs:
             _equalize(values, first, second, groups)
-    taken = {i.name for i in graph.initializer} | set(producer) | {i.name for i in graph.input}
+    taken = _names_in_use(graph)
     renamed: dict[str, str] = {}  # a Conv of two pairs has its weight scaled by both
     for first, second, _ in pairs:
         for node, index in ((first, 1), (first, 2), (second, 1)):
@@ -238,6 +238,12 @@ def _readers(graph) -> dict[str, int]:
     return readers
 
 
+def _names_in_use(graph) -> set:
+    """Return the main graph's initializer, input and node output names (for :func:`_fresh`)."""
+    made = {o for node in graph.node for o in node.output}
+    return {i.name for i in graph.initializer} | {i.name for i in graph.input} | made
+
+
 def _fresh(base: str, taken: set) -> str:
     name, k = base, 1
     while name in taken:
@@ -267,8 +273,9 @@ def correct_biases(model, result, batches, *, providers=None):
     quantized to ``Q`` (``result``'s encoding) computes ``f(x, W) + f(x, Q - W)``; the second
     term's mean over the calibration ``batches``, per output channel, is subtracted from the
     layer's bias, so that the quantized layer's outputs keep the float layer's mean. The mean is
-    measured exactly: each layer is copied with ``Q - W`` as its weight (no bias) beside the
-    original and run on the float model's own inputs. Conv (bias added where it has none),
+    measured exactly: each layer is copied with ``Q - W`` as its weight (no bias; ``Q`` as the
+    QDQ graph computes it, :func:`~._emulate.fake_quant`) beside the original and run on the
+    float model's own inputs. Conv (bias added where it has none),
     Gemm (``alpha = beta = 1``, ``C`` added where it has none) and MatMul followed by an Add of
     a constant bias; weights read by one node only. The corrected model quantized with the same
     ``result`` is the QDQ model to deploy; ``model`` is not changed. Returns ``(model, {layer
@@ -302,29 +309,22 @@ def correct_biases(model, result, batches, *, providers=None):
     if not layers or not batches:
         return proto, {}
     num_steps = 2**result.bits - 1
-    probe = type(proto)()
-    probe.CopyFrom(proto)
+    # the layers' copies run in the model itself (no second copy of it), then go again
+    sizes = (len(graph.node), len(graph.initializer), len(graph.output))
     errors = []
     for k, (node, _, _) in enumerate(layers):
-        e = result.encodings[node.input[1]]
-        w = values[node.input[1]].astype(np.float64)
-        shape = np.shape(to_numpy(e.min))
-        scale = to_numpy(e.scale).astype(np.float64).reshape(shape)
-        offset = to_numpy(e.offset).astype(np.float64).reshape(shape)
-        q = (np.clip(np.round(w / scale) - offset, 0, num_steps) + offset) * scale
+        w = values[node.input[1]]
+        q = fake_quant(w.astype(np.float32), result.encodings[node.input[1]], num_steps)
         name = f"encanalyze_bias_error_{k}"
-        probe.graph.initializer.append(
-            numpy_helper.from_array((q - w).astype(values[node.input[1]].dtype), name + "_w")
-        )
+        error = (q.astype(np.float64) - w.astype(np.float64)).astype(w.dtype)
+        graph.initializer.append(numpy_helper.from_array(error, name + "_w"))
         copy = helper.make_node(node.op_type, [node.input[0], name + "_w"], [name])
         copy.attribute.extend(node.attribute)
-        probe.graph.node.append(copy)
+        graph.node.append(copy)
         errors.append(name)
-    probe.graph.output.extend(
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in errors]
-    )
-    run = session(probe, providers)
-    inputs = model_inputs(probe)
+    graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in errors])
+    run = session(proto, providers)
+    inputs = model_inputs(proto)
     sums: list = [0.0] * len(layers)
     counts = [0] * len(layers)
     for batch in batches:
@@ -333,8 +333,9 @@ def correct_biases(model, result, batches, *, providers=None):
             moved = np.moveaxis(np.asarray(out, np.float64), axis, 0).reshape(out.shape[axis], -1)
             sums[k] = sums[k] + moved.sum(axis=1)
             counts[k] += moved.shape[1]
-    producer = {o: n for n in graph.node for o in n.output}
-    taken = {i.name for i in graph.initializer} | set(producer) | {i.name for i in graph.input}
+    del run
+    del graph.node[sizes[0] :], graph.initializer[sizes[1] :], graph.output[sizes[2] :]
+    taken = _names_in_use(graph)
     corrected, replaced = {}, set()
     for k, (node, _, bias) in enumerate(layers):
         if counts[k] == 0:
