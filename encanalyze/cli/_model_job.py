@@ -153,11 +153,11 @@ class ModelJob:
                 "calibration took": f"{time.perf_counter() - started:.1f} s",
             }
             before = time.perf_counter()
-            layers = None if self.args.report_layers == "all" else int(self.args.report_layers)
             page = model_report(
                 data.model, self.result, list(data.calib), list(data.judged), summary=summary,
                 comparison=self.comparison(data), measured_on=data.measured_on,
-                sample_axes=data.calib.axes, layers=layers, **self.report_options(),
+                sample_axes=data.calib.axes, layers=self.args.report_layers,
+                **self.report_options(),
             )  # fmt: skip
             write_report(self.staged["--report"], page)
             seconds = time.perf_counter() - started

@@ -40,10 +40,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _layers(text: str) -> str:
-    """``--report-layers``: a count of at least 1, or ``all``."""
-    if text == "all" or (text.isdigit() and int(text) >= 1):
-        return text
+def _layers(text: str) -> int | None:
+    """``--report-layers``: a count of at least 1, or ``all`` (``None``: every layer)."""
+    if text == "all":
+        return None
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
     raise argparse.ArgumentTypeError(f"expected a count of at least 1 or 'all', got {text!r}")
 
 

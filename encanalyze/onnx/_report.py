@@ -9,7 +9,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -201,36 +201,34 @@ def ort_float8_sqnr(
     )["Distribution"]
 
 
-def even_feeds(batches: Sequence, inputs, axes: Mapping | None) -> Iterator[dict]:
-    """Yield the feeds of ``batches`` in batches of one number of samples.
+def even_feeds(batches: Sequence, inputs, axes: Mapping | None) -> list[dict]:
+    """Return the feeds of ``batches`` in batches of one number of samples.
 
     ONNX Runtime's histogram calibrators stack every batch's outputs and fail on batches of
     different sizes ("inhomogeneous shape"); a split by samples leaves a smaller last batch.
     Where the inputs' sample axes are known (``axes``: each input's, ``None`` for a constant)
     and the batches differ in size, each is cut into batches of the sizes' greatest common
-    divisor: the same samples, in the same order. Otherwise the batches go as they are.
+    divisor (views: the same samples, in the same order). Otherwise the batches go as they are.
     """
-    fed = (feeds(b, inputs) for b in batches)
+    fed = [feeds(b, inputs) for b in batches]
     if not axes:
-        yield from fed
-        return
-
-    def samples(feed: dict) -> int:
-        return next(np.shape(v)[axes[n]] for n, v in feed.items() if axes.get(n) is not None)
-
-    sizes = [samples(feeds(b, inputs)) for b in batches]
+        return fed
+    sizes = [
+        next(np.shape(v)[axes[n]] for n, v in feed.items() if axes.get(n) is not None)
+        for feed in fed
+    ]
     step = math.gcd(*sizes)
     if len(set(sizes)) <= 1 or step == 0:
-        yield from fed
-        return
-    for feed, n in zip(fed, sizes, strict=True):
-        for start in range(0, n, step):
-            yield {
-                name: v
-                if axes.get(name) is None
-                else np.take(v, range(start, start + step), axes[name])
-                for name, v in feed.items()
-            }
+        return fed
+
+    def cut(v, axis: int, start: int):
+        return v[(slice(None),) * axis + (slice(start, start + step),)]
+
+    return [
+        {n: v if axes.get(n) is None else cut(v, axes[n], start) for n, v in feed.items()}
+        for feed, size in zip(fed, sizes, strict=True)
+        for start in range(0, size, step)
+    ]
 
 
 def _ort_sqnr(
@@ -253,11 +251,11 @@ def _ort_sqnr(
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    inputs = model_inputs(proto)
+    fed = even_feeds(calibration, model_inputs(proto), sample_axes)  # once for every config
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = even_feeds(calibration, inputs, sample_axes)
+            self.items = iter(fed)
 
         def get_next(self):
             return next(self.items, None)
