@@ -250,7 +250,7 @@ class Lockstep:
             with quiet(work.xp):
                 found = analyzer.observer.batch_range(work.xp, view)
             dtype = str(float_dtype(home[0], x)).rsplit(".", 1)[-1]
-            kind = "torch" if type(x).__module__.startswith("torch") else "array"
+            kind = "torch" if array_api_compat.is_torch_array(x) else "array"
             entry = {"dtype": dtype, "kind": kind, "lo": None}
             if found is not None:
                 entry.update(
