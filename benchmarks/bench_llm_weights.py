@@ -16,8 +16,8 @@ with its own initializer, then every weight given heavier tails as trained weigh
 - NVFP4: ours amax / MSE block scales (two-level); torchao ``nvfp4_quantize``: bit-equal
   expected.
 
-Then activations per token (``--activations``, also run by default): the decoder's Linear
-inputs quantized per token at run time with per-channel weights, W8A8 by
+Then activations per token (after the weights, or alone with ``--activations-only``): the
+decoder's Linear inputs quantized per token at run time with per-channel weights, W8A8 by
 ``encanalyze.torch.quantize(..., {"per_token_activations": True, "symmetric": True})`` against
 torchao's ``Int8DynamicActivationInt8WeightConfig`` (per-token int8 activations), FP8 E4M3 by
 ``number_format="float8_e4m3fn"`` against ``Float8DynamicActivationFloat8WeightConfig(PerRow)``,
